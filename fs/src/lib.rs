@@ -1,0 +1,1 @@
+//! mafs core: the shared-volume format, block devices, journal and filesystem logic.

@@ -1,0 +1,1 @@
+//! The gRPC API of lockd; generated from proto/*.proto (issue 3).
