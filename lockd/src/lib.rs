@@ -1,2 +1,6 @@
-//! lockd: the Raft-replicated distributed lock manager (issue 3 fills this in).
+//! lockd: the Raft-replicated distributed lock manager of mafs (see docs/lockd.md).
 pub mod cli;
+pub mod lock_table;
+pub mod mode;
+
+pub use mode::Mode;
