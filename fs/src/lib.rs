@@ -1,1 +1,18 @@
-//! mafs core: the shared-volume format, block devices, journal and filesystem logic.
+//! mafs core: the shared-volume format, block devices, journal and filesystem logic. Nothing
+//! here knows about FUSE or gRPC; `fuse/` is the kernel glue.
+pub mod alloc;
+pub mod btree;
+pub mod cache;
+pub mod claim;
+pub mod device;
+pub mod dir;
+pub mod error;
+pub mod filesystem;
+pub mod format;
+pub mod journal;
+pub mod locks;
+pub mod mkfs;
+pub mod volume;
+pub mod xattr;
+pub mod fuse;
+pub mod fsck;

@@ -1,1 +1,178 @@
-fn main() {}
+//! `mafs`: the one command-line program: format, mount, check and inspect volumes, and run or
+//! use lockd.
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use mafs::device::{FileDevice, OpenOptions};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+mod cli_fsck;
+mod cli_info;
+mod size_arg;
+
+#[derive(Parser)]
+#[command(name = "mafs", version, about = "mafs: a cluster-aware shared-disk filesystem")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create a new volume in a file (sparse) or on a block device.
+    Mkfs {
+        volume: PathBuf,
+        /// Size, e.g. 2G, 1T, 512M (required for a file that does not exist yet; a block
+        /// device uses its whole size when omitted).
+        #[arg(long, value_parser = size_arg::parse_size)]
+        size: Option<u64>,
+        /// Node slots: how many nodes may mount the volume at once.
+        #[arg(long, default_value_t = 8)]
+        slots: u32,
+        #[arg(long, default_value = "")]
+        label: String,
+        /// Journal size per slot, e.g. 32M (default: 32 MiB, less on small volumes).
+        #[arg(long, value_parser = size_arg::parse_size)]
+        journal_size: Option<u64>,
+        /// Overwrite an existing mafs volume.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Mount a volume (runs in the foreground until unmounted).
+    Mount {
+        volume: PathBuf,
+        mountpoint: PathBuf,
+        /// Mount without a lock service: this node must be the only one using the volume.
+        #[arg(long)]
+        standalone: bool,
+        /// Bypass the host page cache for device I/O (O_DIRECT).
+        #[arg(long)]
+        direct_io: bool,
+        /// FUSE worker threads.
+        #[arg(long, default_value_t = 4)]
+        threads: usize,
+        /// Seconds between journal commits when nothing asks for one sooner.
+        #[arg(long, default_value_t = 5)]
+        commit_interval: u64,
+        /// Seconds the kernel may cache attributes and names.
+        #[arg(long, default_value_t = 60)]
+        attr_timeout: u64,
+        /// Node slot to use (each mounting node needs its own).
+        #[arg(long, default_value_t = 0)]
+        slot: u32,
+    },
+    /// Unmount a mafs mount point and wait until its volume is clean.
+    Umount { mountpoint: PathBuf },
+    /// Check a volume; with --repair, fix what can be fixed. Exit codes follow fsck(8).
+    Fsck {
+        volume: PathBuf,
+        #[arg(long)]
+        repair: bool,
+    },
+    /// Show the superblock, slots and free space of a volume.
+    Info { volume: PathBuf },
+    /// Run a lockd replica, or administer lockd (status, dump, membership).
+    Lockd(lockd::cli::LockdCommand),
+    /// Run a command while holding a cluster-wide lock.
+    Lock(lockd::cli::LockCommand),
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("MAFS_LOG").unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => ExitCode::from(code as u8),
+        Err(e) => {
+            eprintln!("mafs: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<i32> {
+    match cli.command {
+        Command::Mkfs { volume, size, slots, label, journal_size, force } => {
+            let exists = volume.exists();
+            if !exists && size.is_none() {
+                anyhow::bail!("{} does not exist: give --size to create a volume file", volume.display());
+            }
+            let _claim = if exists { Some(mafs::claim::claim_volume(&volume, Duration::from_secs(1))?) } else { None };
+            let dev = FileDevice::open(&volume, &OpenOptions { create: true, size, ..Default::default() })
+                .with_context(|| format!("cannot open {}", volume.display()))?;
+            if let Some(s) = size {
+                if mafs::device::BlockDevice::size(&dev) < s {
+                    anyhow::bail!("{} holds only {} bytes, less than --size {s}", volume.display(), mafs::device::BlockDevice::size(&dev));
+                }
+            }
+            let opts = mafs::mkfs::MkfsOptions { slots, label, journal_blocks: journal_size.map(|j| (j / 4096) as u32), force };
+            let sb = mafs::mkfs::mkfs(&dev, &opts).with_context(|| format!("cannot format {}", volume.display()))?;
+            println!(
+                "formatted {}: {} bytes, {} slots, {} allocation groups, uuid {}",
+                volume.display(),
+                sb.layout.total_blocks * 4096,
+                sb.layout.slot_count,
+                sb.layout.ag_count,
+                sb.uuid_string()
+            );
+            Ok(0)
+        }
+        Command::Mount { volume, mountpoint, standalone, direct_io, threads, commit_interval, attr_timeout, slot } => {
+            if !standalone {
+                anyhow::bail!("cluster mounts (through lockd) are not available yet: mount with --standalone, and only on one node at a time");
+            }
+            let cfg = mafs::fuse::mount::MountConfig {
+                volume,
+                mountpoint,
+                direct_io,
+                slot,
+                threads,
+                commit_interval: Duration::from_secs(commit_interval.max(1)),
+                attr_ttl: Duration::from_secs(attr_timeout),
+                node_name: hostname(),
+            };
+            mafs::fuse::mount::mount(&cfg)?;
+            Ok(0)
+        }
+        Command::Umount { mountpoint } => {
+            let volume = mount_source(&mountpoint)?;
+            let c = std::ffi::CString::new(mountpoint.as_os_str().as_encoded_bytes()).context("mount point path has a NUL byte")?;
+            // SAFETY: plain syscall with a valid C string.
+            if unsafe { libc::umount2(c.as_ptr(), 0) } != 0 {
+                return Err(std::io::Error::last_os_error()).with_context(|| format!("cannot unmount {}", mountpoint.display()));
+            }
+            if let Some(v) = volume {
+                // The mount process releases the volume once it has left it clean.
+                drop(mafs::claim::claim_volume(&v, Duration::from_secs(60))?);
+            }
+            Ok(0)
+        }
+        Command::Fsck { volume, repair } => cli_fsck::run(&volume, repair),
+        Command::Info { volume } => cli_info::run(&volume),
+        Command::Lockd(cmd) => lockd::cli::run_lockd(cmd),
+        Command::Lock(cmd) => lockd::cli::run_lock(cmd),
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_else(|_| "localhost".into())
+}
+
+/// The volume file behind a mafs mount point, from /proc/self/mounts.
+fn mount_source(mountpoint: &std::path::Path) -> anyhow::Result<Option<PathBuf>> {
+    let canon = std::fs::canonicalize(mountpoint).unwrap_or_else(|_| mountpoint.to_path_buf());
+    let mounts = std::fs::read_to_string("/proc/self/mounts").context("cannot read /proc/self/mounts")?;
+    for line in mounts.lines() {
+        let f: Vec<&str> = line.split(' ').collect();
+        if f.len() >= 3 && PathBuf::from(f[1].replace("\\040", " ")) == canon {
+            if f[2] != "fuse.mafs" {
+                anyhow::bail!("{} is not a mafs mount (it is {})", mountpoint.display(), f[2]);
+            }
+            return Ok(Some(PathBuf::from(f[0].replace("\\040", " "))));
+        }
+    }
+    anyhow::bail!("{} is not mounted", mountpoint.display())
+}

@@ -1,0 +1,340 @@
+//! The block allocator: allocation groups (AGs), each with its own header (free count) and a
+//! bitmap of two bits per block (free / data / metadata / inode), each behind its own lock, so
+//! that nodes — and threads of one node — allocating in different AGs never contend.
+//!
+//! The on-disk bitmaps change only through the journal. Each AG also keeps an in-memory map
+//! of blocks that may be handed out: a freed block enters it only when the transaction that
+//! freed it has committed, so a crash can never leave a committed file pointing at a block
+//! that was already reused.
+use crate::cache::{MetaBuf, MetaCache};
+use crate::error::{FsError, Result};
+use crate::format::header::{BlockType, HEADER_LEN};
+use crate::format::layout::{Layout, STATES_PER_BITMAP_BLOCK};
+use crate::format::le::*;
+use crate::journal::Handle;
+use parking_lot::Mutex;
+use std::sync::Arc;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum BlockState {
+    Free = 0,
+    Data = 1,
+    Meta = 2,
+    Inode = 3,
+}
+
+impl BlockState {
+    pub fn from_bits(b: u8) -> BlockState {
+        match b & 3 {
+            0 => BlockState::Free,
+            1 => BlockState::Data,
+            2 => BlockState::Meta,
+            _ => BlockState::Inode,
+        }
+    }
+}
+
+/// AG header body offsets.
+pub const AGH_INDEX: usize = HEADER_LEN;
+pub const AGH_START: usize = HEADER_LEN + 8;
+pub const AGH_LEN: usize = HEADER_LEN + 16;
+pub const AGH_FREE: usize = HEADER_LEN + 24;
+
+/// Reads the 2-bit state of AG-relative block `rel` from its bitmap block.
+pub fn bitmap_get(bitmap_block: &[u8], rel: u64) -> BlockState {
+    let i = (rel % STATES_PER_BITMAP_BLOCK) as usize;
+    BlockState::from_bits(bitmap_block[HEADER_LEN + i / 4] >> ((i % 4) * 2))
+}
+
+pub fn bitmap_set(bitmap_block: &mut [u8], rel: u64, s: BlockState) {
+    let i = (rel % STATES_PER_BITMAP_BLOCK) as usize;
+    let byte = &mut bitmap_block[HEADER_LEN + i / 4];
+    let shift = (i % 4) * 2;
+    *byte = (*byte & !(3 << shift)) | ((s as u8) << shift);
+}
+
+struct AgMem {
+    /// One bit per AG block: 1 = not available for allocation.
+    used: Vec<u64>,
+    free: u64,
+    cursor: u64,
+}
+
+struct Ag {
+    index: u32,
+    first: u64,
+    len: u64,
+    mem: Mutex<Option<AgMem>>,
+    /// Free count from the AG header, known without loading the bitmap.
+    free_hint: Mutex<u64>,
+}
+
+pub struct Allocator {
+    cache: Arc<MetaCache>,
+    layout: Layout,
+    ags: Vec<Ag>,
+    /// AG this node allocates from first (chosen by its slot).
+    home_ag: u32,
+}
+
+impl Allocator {
+    pub fn open(cache: Arc<MetaCache>, layout: Layout, slot: u32) -> Result<Allocator> {
+        let mut ags = Vec::with_capacity(layout.ag_count as usize);
+        for a in 0..layout.ag_count {
+            let first = layout.ag_first_block(a);
+            let hdr = cache.get(first, BlockType::AgHeader)?;
+            let free = u64_at(&hdr.read(), AGH_FREE);
+            ags.push(Ag { index: a, first, len: layout.ag_len(a) as u64, mem: Mutex::new(None), free_hint: Mutex::new(free) });
+        }
+        let home_ag = ((slot as u64 * layout.ag_count as u64) / layout.slot_count as u64) as u32;
+        Ok(Allocator { cache, layout, ags, home_ag })
+    }
+
+    pub fn free_blocks(&self) -> u64 {
+        self.ags.iter().map(|a| *a.free_hint.lock()).sum()
+    }
+
+    pub fn total_blocks(&self) -> u64 {
+        self.layout.data_blocks()
+    }
+
+    fn bitmap_buf(&self, ag: &Ag, rel: u64) -> Result<Arc<MetaBuf>> {
+        self.cache.get(ag.first + 1 + rel / STATES_PER_BITMAP_BLOCK, BlockType::Bitmap)
+    }
+
+    fn load(&self, ag: &Ag) -> Result<AgMem> {
+        let words = (ag.len as usize).div_ceil(64);
+        let mut used = vec![0u64; words];
+        let mut free = 0;
+        let mut rel = 0;
+        while rel < ag.len {
+            let buf = self.bitmap_buf(ag, rel)?;
+            let data = buf.read();
+            let end = (rel + STATES_PER_BITMAP_BLOCK).min(ag.len);
+            for r in rel..end {
+                if bitmap_get(&data, r) == BlockState::Free {
+                    free += 1;
+                } else {
+                    used[(r / 64) as usize] |= 1 << (r % 64);
+                }
+            }
+            rel = end;
+        }
+        // Bits past the AG's end are never free.
+        for r in ag.len..(words as u64 * 64) {
+            used[(r / 64) as usize] |= 1 << (r % 64);
+        }
+        Ok(AgMem { used, free, cursor: self.layout.ag_overhead() as u64 })
+    }
+
+    fn set_states(&self, h: &Handle, ag: &Ag, rel: u64, len: u64, s: BlockState) -> Result<()> {
+        let mut r = rel;
+        while r < rel + len {
+            let buf = self.bitmap_buf(ag, r)?;
+            let end = ((r / STATES_PER_BITMAP_BLOCK + 1) * STATES_PER_BITMAP_BLOCK).min(rel + len);
+            let mut data = h.write(&buf);
+            for x in r..end {
+                bitmap_set(&mut data, x, s);
+            }
+            r = end;
+        }
+        Ok(())
+    }
+
+    fn adjust_header(&self, h: &Handle, ag: &Ag, delta: i64) -> Result<()> {
+        let hdr = self.cache.get(ag.first, BlockType::AgHeader)?;
+        let mut d = h.write(&hdr);
+        let free = (u64_at(&d, AGH_FREE) as i64 + delta).max(0) as u64;
+        put_u64(&mut d, AGH_FREE, free);
+        *ag.free_hint.lock() = free;
+        Ok(())
+    }
+
+    /// Allocates up to `want` contiguous blocks, preferably at or after `goal` (0: no
+    /// preference), marking them `kind`. Returns (first block, count); count >= 1.
+    pub fn alloc(&self, h: &Handle, want: u64, goal: u64, kind: BlockState) -> Result<(u64, u64)> {
+        let want = want.max(1);
+        let start_ag = self.layout.ag_of(goal).unwrap_or(self.home_ag);
+        let n = self.ags.len() as u32;
+        for i in 0..n {
+            let ag = &self.ags[((start_ag + i) % n) as usize];
+            if *ag.free_hint.lock() == 0 {
+                continue;
+            }
+            let mut guard = ag.mem.lock();
+            if guard.is_none() {
+                *guard = Some(self.load(ag)?);
+            }
+            let Some(mem) = guard.as_mut() else { continue };
+            if mem.free == 0 {
+                continue;
+            }
+            let from = if i == 0 && goal >= ag.first && goal < ag.first + ag.len { goal - ag.first } else { mem.cursor };
+            let Some(rel) = find_free(&mem.used, from, ag.len).or_else(|| find_free(&mem.used, 0, ag.len)) else {
+                continue;
+            };
+            let mut len = 1;
+            while len < want && rel + len < ag.len && !is_used(&mem.used, rel + len) {
+                len += 1;
+            }
+            for r in rel..rel + len {
+                mem.used[(r / 64) as usize] |= 1 << (r % 64);
+            }
+            mem.free -= len;
+            mem.cursor = rel + len;
+            self.set_states(h, ag, rel, len, kind)?;
+            self.adjust_header(h, ag, -(len as i64))?;
+            return Ok((ag.first + rel, len));
+        }
+        Err(FsError::NoSpace)
+    }
+
+    /// Marks an extent free on disk (in this transaction). It becomes allocatable through
+    /// `release` after the transaction commits.
+    pub fn free(&self, h: &Handle, start: u64, len: u64) -> Result<()> {
+        let mut s = start;
+        while s < start + len {
+            let a = self.layout.ag_of(s).ok_or_else(|| FsError::corrupt(s, "freeing a block outside every allocation group"))?;
+            let ag = &self.ags[a as usize];
+            let end = (start + len).min(ag.first + ag.len);
+            // Load the in-memory map before the on-disk bits change, so the freed blocks stay
+            // unavailable in it until the freeing transaction commits.
+            let mut g = ag.mem.lock();
+            if g.is_none() {
+                *g = Some(self.load(ag)?);
+            }
+            self.set_states(h, ag, s - ag.first, end - s, BlockState::Free)?;
+            self.adjust_header(h, ag, (end - s) as i64)?;
+            s = end;
+        }
+        h.freed(start, len);
+        Ok(())
+    }
+
+    /// Makes extents freed by a committed transaction allocatable again.
+    pub fn release(&self, freed: &[(u64, u64)]) {
+        for &(start, len) in freed {
+            let mut s = start;
+            while s < start + len {
+                let Some(a) = self.layout.ag_of(s) else { break };
+                let ag = &self.ags[a as usize];
+                let end = (start + len).min(ag.first + ag.len);
+                if let Some(mem) = ag.mem.lock().as_mut() {
+                    for b in s..end {
+                        let r = b - ag.first;
+                        if is_used(&mem.used, r) {
+                            mem.used[(r / 64) as usize] &= !(1 << (r % 64));
+                            mem.free += 1;
+                        }
+                    }
+                }
+                s = end;
+            }
+        }
+    }
+
+    pub fn ag_index_of(&self, blk: u64) -> Option<u32> {
+        self.layout.ag_of(blk).map(|a| self.ags[a as usize].index)
+    }
+}
+
+fn is_used(used: &[u64], r: u64) -> bool {
+    used[(r / 64) as usize] & (1 << (r % 64)) != 0
+}
+
+/// First clear bit at or after `from` and before `len`.
+fn find_free(used: &[u64], from: u64, len: u64) -> Option<u64> {
+    let mut w = (from / 64) as usize;
+    if w >= used.len() {
+        return None;
+    }
+    let mut word = !used[w] & (!0u64 << (from % 64));
+    loop {
+        if word != 0 {
+            let r = w as u64 * 64 + word.trailing_zeros() as u64;
+            return (r < len).then_some(r);
+        }
+        w += 1;
+        if w >= used.len() {
+            return None;
+        }
+        word = !used[w];
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn find_free_skips_used_words_and_respects_the_end() {
+        let mut used = vec![!0u64; 4];
+        used[2] = !0u64 ^ (1 << 5);
+        assert_eq!(find_free(&used, 0, 256), Some(133));
+        assert_eq!(find_free(&used, 134, 256), None);
+        assert_eq!(find_free(&used, 0, 100), None);
+    }
+
+    #[test]
+    fn bitmap_states_round_trip_without_touching_neighbours() {
+        let mut b = vec![0u8; crate::format::BLOCK_SIZE];
+        bitmap_set(&mut b, 5, BlockState::Inode);
+        bitmap_set(&mut b, 6, BlockState::Data);
+        assert_eq!(bitmap_get(&b, 5), BlockState::Inode);
+        assert_eq!(bitmap_get(&b, 6), BlockState::Data);
+        assert_eq!(bitmap_get(&b, 4), BlockState::Free);
+        bitmap_set(&mut b, 5, BlockState::Free);
+        assert_eq!(bitmap_get(&b, 5), BlockState::Free);
+        assert_eq!(bitmap_get(&b, 6), BlockState::Data);
+    }
+}
+
+/// Repairs used by fsck: set a block's state regardless of what the bitmap said, and set an AG's
+/// free count to what the bitmap really holds.
+impl Allocator {
+    pub fn set_state(&self, h: &Handle, blk: u64, s: BlockState) -> Result<()> {
+        let a = self.layout.ag_of(blk).ok_or_else(|| FsError::corrupt(blk, "block outside every allocation group"))?;
+        let ag = &self.ags[a as usize];
+        let mut g = ag.mem.lock();
+        if g.is_none() {
+            *g = Some(self.load(ag)?);
+        }
+        let rel = blk - ag.first;
+        if let Some(mem) = g.as_mut() {
+            let was_used = is_used(&mem.used, rel);
+            if s != BlockState::Free && !was_used {
+                mem.used[(rel / 64) as usize] |= 1 << (rel % 64);
+                mem.free -= 1;
+            }
+        }
+        self.set_states(h, ag, rel, 1, s)?;
+        if s == BlockState::Free {
+            h.freed(blk, 1);
+        }
+        Ok(())
+    }
+
+    /// Counts free states in AG `a`'s bitmap and writes that count to its header; returns
+    /// (old count, new count).
+    pub fn recount(&self, h: &Handle, a: u32) -> Result<(u64, u64)> {
+        let ag = &self.ags[a as usize];
+        let _g = ag.mem.lock();
+        let mut free = 0;
+        let mut rel = 0;
+        while rel < ag.len {
+            let buf = self.bitmap_buf(ag, rel)?;
+            let data = buf.read();
+            let end = (rel + STATES_PER_BITMAP_BLOCK).min(ag.len);
+            free += (rel..end).filter(|&r| bitmap_get(&data, r) == BlockState::Free).count() as u64;
+            rel = end;
+        }
+        let hdr = self.cache.get(ag.first, BlockType::AgHeader)?;
+        let old = u64_at(&hdr.read(), AGH_FREE);
+        if old != free {
+            put_u64(&mut h.write(&hdr), AGH_FREE, free);
+            *ag.free_hint.lock() = free;
+        }
+        Ok((old, free))
+    }
+}

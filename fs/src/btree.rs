@@ -1,0 +1,426 @@
+//! The index tree every inode carries: a B+tree keyed by u64 whose root node lives in the
+//! inode's inline area and whose other nodes are whole metadata blocks. Files map logical
+//! block -> extent with it; directories map name hash -> entry. Nodes never merge on delete
+//! (an emptied node is freed), as in GFS2 and XFS directories that only shrink when emptied.
+//!
+//! Node layout (in the inode's inline area, or after a block's 32-byte header):
+//! level u16 (0 = leaf), count u16, 4 reserved bytes, then `count` entries:
+//! leaf: key u64, value length u16, value bytes; internal: key u64, child block u64 — where
+//! a child's key is a lower bound of the keys below it.
+use crate::alloc::{Allocator, BlockState};
+use crate::cache::{MetaBuf, MetaCache};
+use crate::error::{FsError, Result};
+use crate::format::header::{BlockType, HEADER_LEN};
+use crate::format::inode::{INLINE_LEN, INLINE_OFFSET};
+use crate::format::le::*;
+use crate::format::BLOCK_SIZE;
+use crate::journal::Handle;
+use std::sync::Arc;
+
+const NODE_HDR: usize = 8;
+const BLOCK_AREA: usize = BLOCK_SIZE - HEADER_LEN;
+pub const MAX_VALUE: usize = 512;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum NodeRef {
+    Root,
+    Block(u64),
+}
+
+#[derive(Debug, Clone, Default)]
+struct Node {
+    level: u16,
+    leaf: Vec<(u64, Vec<u8>)>,
+    kids: Vec<(u64, u64)>,
+}
+
+impl Node {
+    fn bytes(&self) -> usize {
+        if self.level == 0 {
+            NODE_HDR + self.leaf.iter().map(|(_, v)| 10 + v.len()).sum::<usize>()
+        } else {
+            NODE_HDR + 16 * self.kids.len()
+        }
+    }
+    fn is_empty(&self) -> bool {
+        if self.level == 0 {
+            self.leaf.is_empty()
+        } else {
+            self.kids.is_empty()
+        }
+    }
+    fn parse(area: &[u8], blk: u64) -> Result<Node> {
+        let level = u16_at(area, 0);
+        let count = u16_at(area, 2) as usize;
+        let mut n = Node { level, ..Default::default() };
+        let mut o = NODE_HDR;
+        let bad = || FsError::corrupt(blk, "index tree node entries run past the node");
+        for _ in 0..count {
+            if level == 0 {
+                if o + 10 > area.len() {
+                    return Err(bad());
+                }
+                let k = u64_at(area, o);
+                let vl = u16_at(area, o + 8) as usize;
+                if o + 10 + vl > area.len() {
+                    return Err(bad());
+                }
+                n.leaf.push((k, area[o + 10..o + 10 + vl].to_vec()));
+                o += 10 + vl;
+            } else {
+                if o + 16 > area.len() {
+                    return Err(bad());
+                }
+                n.kids.push((u64_at(area, o), u64_at(area, o + 8)));
+                o += 16;
+            }
+        }
+        Ok(n)
+    }
+    fn serialize(&self, area: &mut [u8]) {
+        area.fill(0);
+        put_u16(area, 0, self.level);
+        let count = if self.level == 0 { self.leaf.len() } else { self.kids.len() };
+        put_u16(area, 2, count as u16);
+        let mut o = NODE_HDR;
+        if self.level == 0 {
+            for (k, v) in &self.leaf {
+                put_u64(area, o, *k);
+                put_u16(area, o + 8, v.len() as u16);
+                area[o + 10..o + 10 + v.len()].copy_from_slice(v);
+                o += 10 + v.len();
+            }
+        } else {
+            for (k, c) in &self.kids {
+                put_u64(area, o, *k);
+                put_u64(area, o + 8, *c);
+                o += 16;
+            }
+        }
+    }
+    /// Index of the child whose range holds `key`.
+    fn child_for(&self, key: u64) -> usize {
+        match self.kids.binary_search_by_key(&key, |(k, _)| *k) {
+            Ok(i) => i,
+            Err(0) => 0,
+            Err(i) => i - 1,
+        }
+    }
+    /// Splits off the upper half (by bytes) into a new node.
+    fn split(&mut self) -> Node {
+        if self.level == 0 {
+            let total = self.bytes();
+            let mut acc = NODE_HDR;
+            let mut at = 0;
+            for (i, (_, v)) in self.leaf.iter().enumerate() {
+                acc += 10 + v.len();
+                if acc > total / 2 {
+                    at = i.max(1);
+                    break;
+                }
+            }
+            let at = at.clamp(1, self.leaf.len() - 1);
+            Node { level: 0, leaf: self.leaf.split_off(at), kids: Vec::new() }
+        } else {
+            let at = self.kids.len() / 2;
+            Node { level: self.level, leaf: Vec::new(), kids: self.kids.split_off(at) }
+        }
+    }
+    fn first_key(&self) -> u64 {
+        if self.level == 0 {
+            self.leaf.first().map(|e| e.0).unwrap_or(0)
+        } else {
+            self.kids.first().map(|e| e.0).unwrap_or(0)
+        }
+    }
+}
+
+fn area_cap(r: NodeRef) -> usize {
+    match r {
+        NodeRef::Root => INLINE_LEN,
+        NodeRef::Block(_) => BLOCK_AREA,
+    }
+}
+
+/// Read access to one inode's tree.
+pub struct TreeRead<'a> {
+    pub cache: &'a MetaCache,
+    pub inode_buf: &'a Arc<MetaBuf>,
+}
+
+impl TreeRead<'_> {
+    fn load(&self, r: NodeRef) -> Result<Node> {
+        match r {
+            NodeRef::Root => Node::parse(&self.inode_buf.read()[INLINE_OFFSET..], self.inode_buf.blkno),
+            NodeRef::Block(b) => {
+                let buf = self.cache.get(b, BlockType::TreeNode)?;
+                let d = buf.read();
+                Node::parse(&d[HEADER_LEN..], b)
+            }
+        }
+    }
+
+    pub fn get(&self, key: u64) -> Result<Option<Vec<u8>>> {
+        let mut r = NodeRef::Root;
+        loop {
+            let n = self.load(r)?;
+            if n.level == 0 {
+                return Ok(n.leaf.binary_search_by_key(&key, |e| e.0).ok().map(|i| n.leaf[i].1.clone()));
+            }
+            if n.kids.is_empty() {
+                return Ok(None);
+            }
+            r = NodeRef::Block(n.kids[n.child_for(key)].1);
+        }
+    }
+
+    /// Visits entries with key >= `from` in order until `f` returns false.
+    pub fn scan(&self, from: u64, f: &mut dyn FnMut(u64, &[u8]) -> bool) -> Result<()> {
+        self.scan_node(NodeRef::Root, from, f).map(|_| ())
+    }
+
+    fn scan_node(&self, r: NodeRef, from: u64, f: &mut dyn FnMut(u64, &[u8]) -> bool) -> Result<bool> {
+        let n = self.load(r)?;
+        if n.level == 0 {
+            let start = n.leaf.partition_point(|e| e.0 < from);
+            for (k, v) in &n.leaf[start..] {
+                if !f(*k, v) {
+                    return Ok(false);
+                }
+            }
+            return Ok(true);
+        }
+        if n.kids.is_empty() {
+            return Ok(true);
+        }
+        for i in n.child_for(from)..n.kids.len() {
+            if !self.scan_node(NodeRef::Block(n.kids[i].1), from, f)? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// The entry with the greatest key <= `key`.
+    pub fn last_le(&self, key: u64) -> Result<Option<(u64, Vec<u8>)>> {
+        self.last_le_node(NodeRef::Root, key)
+    }
+
+    fn last_le_node(&self, r: NodeRef, key: u64) -> Result<Option<(u64, Vec<u8>)>> {
+        let n = self.load(r)?;
+        if n.level == 0 {
+            let p = n.leaf.partition_point(|e| e.0 <= key);
+            return Ok((p > 0).then(|| n.leaf[p - 1].clone()));
+        }
+        if n.kids.is_empty() {
+            return Ok(None);
+        }
+        // Separators are lower bounds, so the answer is in the chosen child or, if that child
+        // holds nothing <= key, in an earlier one.
+        let mut i = n.child_for(key) as isize;
+        while i >= 0 {
+            if let Some(e) = self.last_le_node(NodeRef::Block(n.kids[i as usize].1), key)? {
+                return Ok(Some(e));
+            }
+            i -= 1;
+        }
+        Ok(None)
+    }
+
+    /// Every node block of the tree (for freeing the whole tree and for fsck).
+    pub fn node_blocks(&self) -> Result<Vec<u64>> {
+        let mut out = Vec::new();
+        let mut stack = vec![NodeRef::Root];
+        while let Some(r) = stack.pop() {
+            let n = self.load(r)?;
+            if let NodeRef::Block(b) = r {
+                out.push(b);
+            }
+            if n.level > 0 {
+                if n.level > 32 {
+                    return Err(FsError::corrupt(self.inode_buf.blkno, "index tree deeper than 32 levels"));
+                }
+                stack.extend(n.kids.iter().map(|(_, c)| NodeRef::Block(*c)));
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Write access to one inode's tree inside a transaction. `blocks_delta` counts node blocks
+/// allocated minus freed, for the inode's block count.
+pub struct TreeWrite<'a> {
+    pub read: TreeRead<'a>,
+    pub alloc: &'a Allocator,
+    pub h: &'a Handle<'a>,
+    pub blocks_delta: i64,
+}
+
+impl<'a> TreeWrite<'a> {
+    pub fn new(cache: &'a MetaCache, alloc: &'a Allocator, h: &'a Handle<'a>, inode_buf: &'a Arc<MetaBuf>) -> Self {
+        TreeWrite { read: TreeRead { cache, inode_buf }, alloc, h, blocks_delta: 0 }
+    }
+
+    fn store(&self, r: NodeRef, n: &Node) -> Result<()> {
+        match r {
+            NodeRef::Root => {
+                let mut d = self.h.write(self.read.inode_buf);
+                n.serialize(&mut d[INLINE_OFFSET..]);
+            }
+            NodeRef::Block(b) => {
+                let buf = self.read.cache.get(b, BlockType::TreeNode)?;
+                let mut d = self.h.write(&buf);
+                n.serialize(&mut d[HEADER_LEN..]);
+            }
+        }
+        Ok(())
+    }
+
+    fn new_node(&mut self, n: &Node) -> Result<u64> {
+        let (b, _) = self.alloc.alloc(self.h, 1, self.read.inode_buf.blkno, BlockState::Meta)?;
+        let buf = self.read.cache.create(b, BlockType::TreeNode);
+        {
+            let mut d = self.h.write(&buf);
+            n.serialize(&mut d[HEADER_LEN..]);
+        }
+        self.blocks_delta += 1;
+        Ok(b)
+    }
+
+    fn free_node(&mut self, b: u64) -> Result<()> {
+        self.h.revoke(b);
+        self.alloc.free(self.h, b, 1)?;
+        self.blocks_delta -= 1;
+        Ok(())
+    }
+
+    /// Inserts or replaces; returns the old value.
+    pub fn insert(&mut self, key: u64, value: &[u8]) -> Result<Option<Vec<u8>>> {
+        if value.len() > MAX_VALUE {
+            return Err(FsError::Invalid("index tree value too large"));
+        }
+        let (old, split) = self.insert_at(NodeRef::Root, key, value)?;
+        debug_assert!(split.is_none(), "root never reports a split");
+        Ok(old)
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn insert_at(&mut self, r: NodeRef, key: u64, value: &[u8]) -> Result<(Option<Vec<u8>>, Option<(u64, u64)>)> {
+        let mut n = self.read.load(r)?;
+        let old;
+        if n.level == 0 {
+            match n.leaf.binary_search_by_key(&key, |e| e.0) {
+                Ok(i) => old = Some(std::mem::replace(&mut n.leaf[i].1, value.to_vec())),
+                Err(i) => {
+                    n.leaf.insert(i, (key, value.to_vec()));
+                    old = None;
+                }
+            }
+        } else {
+            if n.kids.is_empty() {
+                return Err(FsError::corrupt(self.read.inode_buf.blkno, "empty internal index node"));
+            }
+            let i = n.child_for(key);
+            if key < n.kids[i].0 {
+                n.kids[i].0 = key;
+            }
+            let (o, split) = self.insert_at(NodeRef::Block(n.kids[i].1), key, value)?;
+            old = o;
+            match split {
+                Some((sep, blk)) => n.kids.insert(i + 1, (sep, blk)),
+                None => {
+                    if key == n.kids[i].0 {
+                        self.store(r, &n)?;
+                    }
+                    return Ok((old, None));
+                }
+            }
+        }
+        if n.bytes() <= area_cap(r) {
+            self.store(r, &n)?;
+            return Ok((old, None));
+        }
+        match r {
+            NodeRef::Block(_) => {
+                let right = n.split();
+                let sep = right.first_key();
+                let rb = self.new_node(&right)?;
+                self.store(r, &n)?;
+                Ok((old, Some((sep, rb))))
+            }
+            NodeRef::Root => {
+                // Grow in height: the root's entries move to new blocks below it.
+                let mut left = n.clone();
+                let mut kids = Vec::new();
+                if left.bytes() > BLOCK_AREA {
+                    let right = left.split();
+                    let lk = left.first_key();
+                    let lb = self.new_node(&left)?;
+                    let rk = right.first_key();
+                    let rb = self.new_node(&right)?;
+                    kids.push((lk, lb));
+                    kids.push((rk, rb));
+                } else {
+                    let lk = left.first_key();
+                    let lb = self.new_node(&left)?;
+                    kids.push((lk, lb));
+                }
+                let root = Node { level: n.level + 1, leaf: Vec::new(), kids };
+                self.store(NodeRef::Root, &root)?;
+                Ok((old, None))
+            }
+        }
+    }
+
+    /// Removes `key`; returns its value if it was there.
+    pub fn remove(&mut self, key: u64) -> Result<Option<Vec<u8>>> {
+        let (old, _) = self.remove_at(NodeRef::Root, key)?;
+        Ok(old)
+    }
+
+    /// Returns (removed value, node now empty).
+    fn remove_at(&mut self, r: NodeRef, key: u64) -> Result<(Option<Vec<u8>>, bool)> {
+        let mut n = self.read.load(r)?;
+        let old;
+        if n.level == 0 {
+            match n.leaf.binary_search_by_key(&key, |e| e.0) {
+                Ok(i) => old = Some(n.leaf.remove(i).1),
+                Err(_) => return Ok((None, false)),
+            }
+        } else {
+            if n.kids.is_empty() {
+                return Ok((None, r == NodeRef::Root));
+            }
+            let i = n.child_for(key);
+            let child = n.kids[i].1;
+            let (o, empty) = self.remove_at(NodeRef::Block(child), key)?;
+            if o.is_none() {
+                return Ok((None, false));
+            }
+            old = o;
+            if !empty {
+                return Ok((old, false));
+            }
+            self.free_node(child)?;
+            n.kids.remove(i);
+        }
+        let empty = n.is_empty();
+        if empty && r == NodeRef::Root {
+            // An empty tree is an empty leaf root again.
+            self.store(r, &Node::default())?;
+            return Ok((old, false));
+        }
+        if !empty {
+            self.store(r, &n)?;
+        }
+        Ok((old, empty))
+    }
+
+    /// Frees every node block and resets the root to an empty leaf.
+    pub fn clear(&mut self) -> Result<()> {
+        for b in self.read.node_blocks()? {
+            self.free_node(b)?;
+        }
+        self.store(NodeRef::Root, &Node::default())
+    }
+}

@@ -1,0 +1,114 @@
+//! The metadata block cache. Every metadata block a node reads or changes lives here as a
+//! `MetaBuf`; changes are made in memory under the buffer's own lock and reach the disk only
+//! through the journal (`journal::Journal::commit`), never directly.
+use crate::device::BlockDevice;
+use crate::error::Result;
+use crate::format::header::{self, BlockType};
+use crate::format::le::*;
+use crate::format::{BLOCK_SIZE, FORMAT_VERSION};
+use parking_lot::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+pub struct MetaBuf {
+    pub blkno: u64,
+    data: RwLock<Box<[u8]>>,
+    /// In the running transaction: must not be evicted, will be journaled.
+    pub(crate) dirty: AtomicBool,
+    /// Sequence of the last transaction that captured this block; it may be evicted only once
+    /// that transaction is written home (otherwise a re-read would see the older home copy).
+    pub(crate) last_seq: AtomicU64,
+}
+
+impl MetaBuf {
+    pub fn read(&self) -> RwLockReadGuard<'_, Box<[u8]>> {
+        self.data.read()
+    }
+    /// Changes go through `Handle::write`, which also joins the block to the transaction.
+    pub(crate) fn write_raw(&self) -> RwLockWriteGuard<'_, Box<[u8]>> {
+        self.data.write()
+    }
+}
+
+pub struct MetaCache {
+    dev: Arc<dyn BlockDevice>,
+    seed: u32,
+    map: Mutex<HashMap<u64, Arc<MetaBuf>>>,
+    capacity: usize,
+    /// Highest transaction whose blocks are all at home.
+    pub(crate) checkpointed_seq: AtomicU64,
+}
+
+impl MetaCache {
+    pub fn new(dev: Arc<dyn BlockDevice>, seed: u32, capacity: usize) -> MetaCache {
+        MetaCache { dev, seed, map: Mutex::new(HashMap::new()), capacity, checkpointed_seq: AtomicU64::new(0) }
+    }
+
+    /// The block `blkno`, which must be a valid block of type `ty`; read from disk on a miss.
+    pub fn get(&self, blkno: u64, ty: BlockType) -> Result<Arc<MetaBuf>> {
+        if let Some(b) = self.map.lock().get(&blkno) {
+            return Ok(b.clone());
+        }
+        let mut data = vec![0u8; BLOCK_SIZE].into_boxed_slice();
+        self.dev.read_at(&mut data, blkno * BLOCK_SIZE as u64)?;
+        header::verify(&data, ty, blkno, self.seed)?;
+        // Read from home, so it is checkpointed by definition.
+        let buf = Arc::new(MetaBuf { blkno, data: RwLock::new(data), dirty: AtomicBool::new(false), last_seq: AtomicU64::new(0) });
+        let mut map = self.map.lock();
+        if map.len() >= self.capacity {
+            self.evict(&mut map);
+        }
+        Ok(map.entry(blkno).or_insert(buf).clone())
+    }
+
+    /// A freshly allocated block of type `ty`, zeroed but for its header; replaces whatever the
+    /// cache held for that block number.
+    pub fn create(&self, blkno: u64, ty: BlockType) -> Arc<MetaBuf> {
+        let mut data = vec![0u8; BLOCK_SIZE].into_boxed_slice();
+        put_u32(&mut data, 0, ty as u32);
+        put_u32(&mut data, 4, FORMAT_VERSION);
+        put_u64(&mut data, 8, blkno);
+        let buf = Arc::new(MetaBuf { blkno, data: RwLock::new(data), dirty: AtomicBool::new(false), last_seq: AtomicU64::new(0) });
+        let mut map = self.map.lock();
+        if map.len() >= self.capacity {
+            self.evict(&mut map);
+        }
+        map.insert(blkno, buf.clone());
+        buf
+    }
+
+    /// Drops a freed block from the cache.
+    pub fn forget(&self, blkno: u64) {
+        self.map.lock().remove(&blkno);
+    }
+
+    /// Drops every clean block (cluster mode: after losing the locks that covered them).
+    pub fn drop_clean(&self) {
+        let done = self.checkpointed_seq.load(Ordering::Acquire);
+        self.map.lock().retain(|_, b| b.dirty.load(Ordering::Acquire) || b.last_seq.load(Ordering::Acquire) > done);
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Evicts about a quarter of the clean, checkpointed blocks nobody else references.
+    fn evict(&self, map: &mut HashMap<u64, Arc<MetaBuf>>) {
+        let done = self.checkpointed_seq.load(Ordering::Acquire);
+        let target = self.capacity / 4;
+        let victims: Vec<u64> = map
+            .iter()
+            .filter(|(_, b)| Arc::strong_count(b) == 1 && !b.dirty.load(Ordering::Acquire) && b.last_seq.load(Ordering::Acquire) <= done)
+            .map(|(k, _)| *k)
+            .take(target)
+            .collect();
+        for k in victims {
+            map.remove(&k);
+        }
+    }
+}

@@ -1,0 +1,30 @@
+//! The volume claim: an flock on the volume file or device that a standalone mount, mkfs and
+//! fsck hold, so that on one machine they never use a volume at the same time.
+use crate::error::{FsError, Result};
+use std::os::unix::io::AsRawFd;
+use std::path::Path;
+use std::time::Duration;
+
+/// Holds an flock on the volume while mounted: a standalone mount excludes every other user of
+/// the volume file on this machine (another mount, fsck), as a kernel filesystem would.
+pub struct VolumeClaim {
+    _file: std::fs::File,
+}
+
+/// Takes the volume's lock, waiting up to `wait` for a previous holder to let go.
+pub fn claim_volume(path: &Path, wait: Duration) -> Result<VolumeClaim> {
+    let file = std::fs::File::open(path).map_err(|e| FsError::Io { offset: 0, source: e })?;
+    let start = std::time::Instant::now();
+    loop {
+        // SAFETY: flock on an fd we own.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc == 0 {
+            return Ok(VolumeClaim { _file: file });
+        }
+        if start.elapsed() >= wait {
+            return Err(FsError::Busy(format!("{} is in use by another mafs process on this machine (mounted, or being checked); unmount it first", path.display())));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+

@@ -1,0 +1,44 @@
+//! `mafs info`: the superblock, slots and free space in readable form.
+use anyhow::Context;
+use mafs::device::{FileDevice, OpenOptions};
+use mafs::format::slot::SlotState;
+use mafs::volume::{read_slot, read_superblock};
+use std::path::Path;
+
+pub fn run(volume: &Path) -> anyhow::Result<i32> {
+    let dev = FileDevice::open(volume, &OpenOptions { read_only: true, ..Default::default() }).with_context(|| format!("cannot open {}", volume.display()))?;
+    let (sb, backup) = read_superblock(&dev).with_context(|| format!("{} is not a readable mafs volume", volume.display()))?;
+    let l = &sb.layout;
+    println!("volume:          {}", volume.display());
+    if backup {
+        println!("WARNING:         primary superblock damaged; showing the backup copy (run `mafs fsck --repair`)");
+    }
+    println!("uuid:            {}", sb.uuid_string());
+    println!("label:           {}", if sb.label.is_empty() { "(none)" } else { &sb.label });
+    println!("size:            {} bytes ({} blocks of 4096)", l.total_blocks * 4096, l.total_blocks);
+    println!("node slots:      {} (journal {} MiB each)", l.slot_count, l.journal_blocks as u64 * 4096 >> 20);
+    println!("alloc groups:    {} of {} MiB", l.ag_count, l.ag_blocks as u64 * 4096 >> 20);
+    println!("root inode:      {}", sb.root_ino);
+    let mut free = 0u64;
+    let mut b = vec![0u8; 4096];
+    for a in 0..l.ag_count {
+        mafs::device::BlockDevice::read_at(&dev, &mut b, l.ag_first_block(a) * 4096)?;
+        free += mafs::format::le::u64_at(&b, mafs::alloc::AGH_FREE);
+    }
+    let total = l.data_blocks();
+    println!("free space:      {} of {} MiB ({:.1}% used)", free * 4096 >> 20, total * 4096 >> 20, 100.0 * (total - free.min(total)) as f64 / total as f64);
+    println!("slots:");
+    for s in 0..l.slot_count {
+        match read_slot(&dev, &sb, s) {
+            Ok(h) => println!(
+                "  {s:3}  {:8}  generation {:5}  owner {:20}  next journal seq {}",
+                if h.state == SlotState::Clean { "clean" } else { "IN USE" },
+                h.generation,
+                if h.owner.is_empty() { "-" } else { &h.owner },
+                h.tail_seq
+            ),
+            Err(e) => println!("  {s:3}  unreadable: {e}"),
+        }
+    }
+    Ok(0)
+}

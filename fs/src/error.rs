@@ -1,0 +1,89 @@
+//! Typed errors of the mafs core. The FUSE glue maps them to errno values in one place
+//! (`fuse/errno.rs`); the command line reports them with context.
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum FsError {
+    #[error("device I/O error at byte {offset}: {source}")]
+    Io { offset: u64, #[source] source: std::io::Error },
+    #[error("short read at byte {offset}: wanted {wanted} bytes, device ended after {got}")]
+    ShortRead { offset: u64, wanted: usize, got: usize },
+    #[error("the device is full (ENOSPC) writing at byte {offset}")]
+    DeviceFull { offset: u64 },
+    #[error("corrupt metadata in block {block}: {what}. Run `mafs fsck` on the volume; do not mount it until it is repaired")]
+    Corrupt { block: u64, what: String },
+    #[error("not a mafs volume: {0}")]
+    NotMafs(String),
+    #[error("unsupported volume format: {0}")]
+    Unsupported(String),
+    #[error("no such file or directory")]
+    NotFound,
+    #[error("file exists")]
+    Exists,
+    #[error("not a directory")]
+    NotDir,
+    #[error("is a directory")]
+    IsDir,
+    #[error("directory not empty")]
+    NotEmpty,
+    #[error("no space left on the volume")]
+    NoSpace,
+    #[error("name longer than 255 bytes")]
+    NameTooLong,
+    #[error("invalid argument: {0}")]
+    Invalid(&'static str),
+    #[error("no such extended attribute")]
+    NoAttr,
+    #[error("extended attribute value or list too large")]
+    AttrTooBig,
+    #[error("buffer too small for the result")]
+    Range,
+    #[error("file too large")]
+    FileTooBig,
+    #[error("too many links")]
+    TooManyLinks,
+    #[error("operation not supported")]
+    NotSupported,
+    #[error("{0}")]
+    Busy(String),
+    #[error("offset past the end of the file")]
+    PastEnd,
+    #[error("operation not permitted")]
+    NotPermitted,
+    #[error("the filesystem stopped writing after an earlier fatal error ({0}); unmount, run `mafs fsck`, and mount again")]
+    Stopped(String),
+}
+
+pub type Result<T> = std::result::Result<T, FsError>;
+
+impl FsError {
+    pub fn corrupt(block: u64, what: impl Into<String>) -> Self {
+        FsError::Corrupt { block, what: what.into() }
+    }
+
+    /// The errno a POSIX caller should see for this error.
+    pub fn errno(&self) -> i32 {
+        match self {
+            FsError::Io { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
+            FsError::ShortRead { .. } | FsError::Corrupt { .. } | FsError::Stopped(_) => libc::EIO,
+            FsError::DeviceFull { .. } | FsError::NoSpace => libc::ENOSPC,
+            FsError::NotMafs(_) | FsError::Unsupported(_) => libc::EINVAL,
+            FsError::NotFound => libc::ENOENT,
+            FsError::Exists => libc::EEXIST,
+            FsError::NotDir => libc::ENOTDIR,
+            FsError::IsDir => libc::EISDIR,
+            FsError::NotEmpty => libc::ENOTEMPTY,
+            FsError::NameTooLong => libc::ENAMETOOLONG,
+            FsError::Invalid(_) => libc::EINVAL,
+            FsError::NoAttr => libc::ENODATA,
+            FsError::AttrTooBig => libc::E2BIG,
+            FsError::Range => libc::ERANGE,
+            FsError::FileTooBig => libc::EFBIG,
+            FsError::TooManyLinks => libc::EMLINK,
+            FsError::NotSupported => libc::EOPNOTSUPP,
+            FsError::NotPermitted => libc::EPERM,
+            FsError::PastEnd => libc::ENXIO,
+            FsError::Busy(_) => libc::EBUSY,
+        }
+    }
+}

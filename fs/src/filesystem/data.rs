@@ -1,0 +1,506 @@
+//! File data: the extent map (logical block -> physical extent, in the inode's tree), small
+//! files stuffed in the inode block, reads, writes, truncation, fallocate and SEEK_DATA/HOLE.
+//!
+//! Extent value: physical start u64, length u32 (blocks), keyed by the first logical block.
+use super::Fs;
+use crate::alloc::BlockState;
+use crate::btree::{TreeRead, TreeWrite};
+use crate::cache::MetaBuf;
+use crate::error::{FsError, Result};
+use crate::format::inode::{Inode, Timespec, FLAG_STUFFED, INLINE_LEN, INLINE_OFFSET};
+use crate::format::le::*;
+use crate::format::BLOCK_SIZE;
+use crate::journal::Handle;
+use crate::locks::Mode;
+use std::sync::Arc;
+
+const BS: u64 = BLOCK_SIZE as u64;
+/// Longest extent recorded (fits u32 and keeps one extent inside one AG anyway).
+const MAX_EXTENT: u64 = 1 << 20;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Extent {
+    pub lblk: u64,
+    pub pblk: u64,
+    pub len: u64,
+}
+
+fn enc(pblk: u64, len: u64) -> [u8; 12] {
+    let mut v = [0u8; 12];
+    put_u64(&mut v, 0, pblk);
+    put_u32(&mut v, 8, len as u32);
+    v
+}
+
+fn dec(lblk: u64, v: &[u8]) -> Option<Extent> {
+    (v.len() == 12).then(|| Extent { lblk, pblk: u64_at(v, 0), len: u32_at(v, 8) as u64 })
+}
+
+/// The extent holding logical block `lblk`, if any.
+pub fn extent_at(t: &TreeRead, lblk: u64) -> Result<Option<Extent>> {
+    Ok(t.last_le(lblk)?.and_then(|(k, v)| dec(k, &v)).filter(|e| lblk < e.lblk + e.len))
+}
+
+/// Extents overlapping [from, to), in order, at most `max`.
+pub fn extents_in(t: &TreeRead, from: u64, to: u64, max: usize) -> Result<Vec<Extent>> {
+    let mut out = Vec::new();
+    if let Some(e) = extent_at(t, from)? {
+        out.push(e);
+    }
+    t.scan(from + 1, &mut |k, v| {
+        if k >= to || out.len() >= max {
+            return false;
+        }
+        if let Some(e) = dec(k, v) {
+            out.push(e);
+        }
+        true
+    })?;
+    Ok(out)
+}
+
+fn insert_extent(t: &mut TreeWrite, e: Extent) -> Result<()> {
+    if e.lblk > 0 {
+        if let Some(prev) = extent_at(&t.read, e.lblk - 1)? {
+            if prev.lblk + prev.len == e.lblk && prev.pblk + prev.len == e.pblk && prev.len + e.len <= MAX_EXTENT {
+                t.insert(prev.lblk, &enc(prev.pblk, prev.len + e.len))?;
+                return Ok(());
+            }
+        }
+    }
+    t.insert(e.lblk, &enc(e.pblk, e.len)).map(|_| ())
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Whence {
+    Data,
+    Hole,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FallocMode {
+    pub keep_size: bool,
+    pub punch_hole: bool,
+    pub zero_range: bool,
+}
+
+impl FallocMode {
+    pub fn from_flags(mode: i32) -> Result<FallocMode> {
+        let known = libc::FALLOC_FL_KEEP_SIZE | libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_ZERO_RANGE;
+        if mode & !known != 0 {
+            return Err(FsError::NotSupported);
+        }
+        let m = FallocMode {
+            keep_size: mode & libc::FALLOC_FL_KEEP_SIZE != 0,
+            punch_hole: mode & libc::FALLOC_FL_PUNCH_HOLE != 0,
+            zero_range: mode & libc::FALLOC_FL_ZERO_RANGE != 0,
+        };
+        if m.punch_hole && (!m.keep_size || m.zero_range) {
+            return Err(FsError::Invalid("PUNCH_HOLE needs KEEP_SIZE and excludes ZERO_RANGE"));
+        }
+        Ok(m)
+    }
+}
+
+impl Fs {
+    fn dev_write(&self, data: &[u8], pblk: u64, within: u64) -> Result<()> {
+        self.vol.dev.write_at(data, pblk * BS + within)
+    }
+
+    /// Moves a stuffed file's bytes out of the inode into a data block.
+    fn unstuff(&self, h: &Handle, buf: &Arc<MetaBuf>, inode: &mut Inode) -> Result<()> {
+        let inline: Vec<u8> = buf.read()[INLINE_OFFSET..INLINE_OFFSET + inode.size as usize].to_vec();
+        {
+            let mut d = h.write(buf);
+            d[INLINE_OFFSET..].fill(0);
+        }
+        inode.flags &= !FLAG_STUFFED;
+        if inode.size > 0 {
+            let (p, _) = self.vol.alloc.alloc(h, 1, buf.blkno + 1, BlockState::Data)?;
+            let mut block = vec![0u8; BLOCK_SIZE];
+            block[..inline.len()].copy_from_slice(&inline);
+            self.dev_write(&block, p, 0)?;
+            let mut t = self.tree_mut(h, buf);
+            insert_extent(&mut t, Extent { lblk: 0, pblk: p, len: 1 })?;
+            inode.blocks = (inode.blocks as i64 + 1 + t.blocks_delta) as u64;
+        }
+        inode.encode_into(&mut h.write(buf));
+        Ok(())
+    }
+
+    /// Allocates and fills blocks for the hole [lblk, lblk+n) with `fill(i, block)` giving the
+    /// content of the i-th block; returns how many blocks were mapped (at least one).
+    fn fill_hole(&self, h: &Handle, buf: &Arc<MetaBuf>, inode: &mut Inode, lblk: u64, n: u64, fill: &mut dyn FnMut(u64, u64, u64) -> Result<()>) -> Result<u64> {
+        let goal = {
+            let t = self.tree(buf);
+            match lblk.checked_sub(1).map(|p| extent_at(&t, p)).transpose()?.flatten() {
+                Some(prev) => prev.pblk + (lblk - prev.lblk),
+                None => buf.blkno + 1,
+            }
+        };
+        let (p, got) = self.vol.alloc.alloc(h, n.min(MAX_EXTENT), goal, BlockState::Data)?;
+        // Data first, then the mapping (ordered mode).
+        fill(lblk, p, got)?;
+        let mut t = self.tree_mut(h, buf);
+        insert_extent(&mut t, Extent { lblk, pblk: p, len: got })?;
+        inode.blocks = (inode.blocks as i64 + got as i64 + t.blocks_delta) as u64;
+        Ok(got)
+    }
+
+    /// Writes `data` at byte `off` of an unstuffed file, allocating holes.
+    fn write_extents(&self, h: &Handle, buf: &Arc<MetaBuf>, inode: &mut Inode, off: u64, data: &[u8]) -> Result<()> {
+        let end = off + data.len() as u64;
+        let mut lblk = off / BS;
+        let last = (end - 1) / BS;
+        while lblk <= last {
+            let (mapped, next_key) = {
+                let t = self.tree(buf);
+                let m = extent_at(&t, lblk)?;
+                let mut next = None;
+                if m.is_none() {
+                    t.scan(lblk + 1, &mut |k, _| {
+                        next = Some(k);
+                        false
+                    })?;
+                }
+                (m, next)
+            };
+            match mapped {
+                Some(e) => {
+                    let run_end = (e.lblk + e.len).min(last + 1);
+                    let bstart = (lblk * BS).max(off);
+                    let bend = (run_end * BS).min(end);
+                    let src = &data[(bstart - off) as usize..(bend - off) as usize];
+                    self.dev_write(src, e.pblk + (lblk - e.lblk), bstart - lblk * BS)?;
+                    lblk = run_end;
+                }
+                None => {
+                    let hole_end = next_key.unwrap_or(u64::MAX).min(last + 1);
+                    let got = self.fill_hole(h, buf, inode, lblk, hole_end - lblk, &mut |l0, p, n| {
+                        let bstart = l0 * BS;
+                        let bend = (l0 + n) * BS;
+                        let (ds, de) = (bstart.max(off), bend.min(end));
+                        if ds == bstart && de == bend {
+                            return self.dev_write(&data[(ds - off) as usize..(de - off) as usize], p, 0);
+                        }
+                        // Partial blocks at the edges of a new run: the rest reads as zeros.
+                        let mut tmp = vec![0u8; (n * BS) as usize];
+                        tmp[(ds - bstart) as usize..(de - bstart) as usize].copy_from_slice(&data[(ds - off) as usize..(de - off) as usize]);
+                        self.dev_write(&tmp, p, 0)
+                    })?;
+                    lblk += got;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes bytes from `from` up to the end of its block, and every allocated block from the
+    /// next block up to `to_blk`, read as zeros (they may hold stale bytes beyond the old EOF).
+    fn zero_beyond_eof(&self, buf: &Arc<MetaBuf>, inode: &Inode, from: u64, to: u64) -> Result<()> {
+        if inode.stuffed() || to <= from {
+            return Ok(());
+        }
+        let t = self.tree(buf);
+        let first_full = from.div_ceil(BS);
+        if from % BS != 0 {
+            if let Some(e) = extent_at(&t, from / BS)? {
+                let within = from % BS;
+                let n = (BS - within).min(to - from);
+                self.vol.dev.zero_range((e.pblk + from / BS - e.lblk) * BS + within, n)?;
+            }
+        }
+        let last_blk = to.div_ceil(BS);
+        if first_full < last_blk {
+            for e in extents_in(&t, first_full, last_blk, usize::MAX)? {
+                let s = e.lblk.max(first_full);
+                let eend = (e.lblk + e.len).min(last_blk);
+                if s < eend {
+                    self.vol.dev.zero_range((e.pblk + s - e.lblk) * BS, (eend - s) * BS)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn write(&self, ino: u64, off: u64, data: &[u8]) -> Result<usize> {
+        if data.is_empty() {
+            return Ok(0);
+        }
+        let end = off.checked_add(data.len() as u64).ok_or(FsError::FileTooBig)?;
+        if end > super::MAX_FILE_SIZE {
+            return Err(FsError::FileTooBig);
+        }
+        let h = self.begin()?;
+        let _g = self.locks.lock(ino, Mode::Exclusive);
+        let (buf, mut inode) = self.iget(ino)?;
+        if inode.is_dir() {
+            return Err(FsError::IsDir);
+        }
+        if inode.stuffed() && end <= INLINE_LEN as u64 {
+            let mut d = h.write(&buf);
+            d[INLINE_OFFSET + off as usize..INLINE_OFFSET + end as usize].copy_from_slice(data);
+        } else {
+            if inode.stuffed() {
+                self.unstuff(&h, &buf, &mut inode)?;
+            }
+            if off > inode.size {
+                self.zero_beyond_eof(&buf, &inode, inode.size, off)?;
+            }
+            self.write_extents(&h, &buf, &mut inode, off, data)?;
+        }
+        let now = Timespec::now();
+        inode.size = inode.size.max(end);
+        inode.mtime = now;
+        inode.ctime = now;
+        self.iput(&h, &buf, &inode);
+        Ok(data.len())
+    }
+
+    pub fn read(&self, ino: u64, off: u64, size: u32) -> Result<Vec<u8>> {
+        let _g = self.locks.lock(ino, Mode::Shared);
+        let (buf, inode) = self.iget(ino)?;
+        if inode.is_dir() {
+            return Err(FsError::IsDir);
+        }
+        if off >= inode.size {
+            return Ok(Vec::new());
+        }
+        let end = (off + size as u64).min(inode.size);
+        let mut out = vec![0u8; (end - off) as usize];
+        if inode.stuffed() {
+            out.copy_from_slice(&buf.read()[INLINE_OFFSET + off as usize..INLINE_OFFSET + end as usize]);
+            return Ok(out);
+        }
+        let t = self.tree(&buf);
+        for e in extents_in(&t, off / BS, end.div_ceil(BS), usize::MAX)? {
+            let s = (e.lblk * BS).max(off);
+            let en = ((e.lblk + e.len) * BS).min(end);
+            if s < en {
+                let dst = &mut out[(s - off) as usize..(en - off) as usize];
+                self.vol.dev.read_at(dst, e.pblk * BS + (s - e.lblk * BS))?;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Frees the data blocks of logical blocks [from, to), at most `max` extents; returns
+    /// whether the range is now empty. The caller writes the inode back.
+    pub(crate) fn free_blocks_range(&self, h: &Handle, buf: &Arc<MetaBuf>, inode: &mut Inode, from: u64, to: u64, max: usize) -> Result<bool> {
+        if inode.stuffed() {
+            return Ok(true);
+        }
+        let list = extents_in(&self.tree(buf), from, to, max + 1)?;
+        let done = list.len() <= max;
+        let mut t = self.tree_mut(h, buf);
+        let mut freed = 0u64;
+        for e in list.into_iter().take(max) {
+            let s = e.lblk.max(from);
+            let en = (e.lblk + e.len).min(to);
+            if s >= en {
+                continue;
+            }
+            t.remove(e.lblk)?;
+            if e.lblk < s {
+                t.insert(e.lblk, &enc(e.pblk, s - e.lblk))?;
+            }
+            if e.lblk + e.len > en {
+                t.insert(en, &enc(e.pblk + (en - e.lblk), e.lblk + e.len - en))?;
+            }
+            self.vol.alloc.free(h, e.pblk + (s - e.lblk), en - s)?;
+            freed += en - s;
+        }
+        inode.blocks = (inode.blocks as i64 - freed as i64 + t.blocks_delta) as u64;
+        Ok(done)
+    }
+
+    /// Frees every data block at or after logical block `from` (bounded step).
+    pub(crate) fn free_data_from(&self, h: &Handle, buf: &Arc<MetaBuf>, inode: &mut Inode, from: u64, max: usize) -> Result<bool> {
+        self.free_blocks_range(h, buf, inode, from, u64::MAX >> 16, max)
+    }
+
+    /// Changes the size: shrinking frees blocks in bounded transactions; growing leaves a hole.
+    pub(crate) fn truncate(&self, ino: u64, new_size: u64) -> Result<()> {
+        if new_size > super::MAX_FILE_SIZE {
+            return Err(FsError::FileTooBig);
+        }
+        let mut first = true;
+        loop {
+            let h = self.begin()?;
+            let _g = self.locks.lock(ino, Mode::Exclusive);
+            let (buf, mut inode) = self.iget(ino)?;
+            if inode.is_dir() {
+                return Err(FsError::IsDir);
+            }
+            if first {
+                first = false;
+                let old = inode.size;
+                if inode.stuffed() {
+                    if new_size <= INLINE_LEN as u64 {
+                        if new_size < old {
+                            h.write(&buf)[INLINE_OFFSET + new_size as usize..INLINE_OFFSET + old as usize].fill(0);
+                        }
+                    } else {
+                        self.unstuff(&h, &buf, &mut inode)?;
+                    }
+                } else if new_size < old {
+                    // The tail of the last kept block must read as zeros if the file regrows.
+                    self.zero_beyond_eof(&buf, &inode, new_size, new_size.div_ceil(BS) * BS)?;
+                } else if new_size > old {
+                    self.zero_beyond_eof(&buf, &inode, old, new_size)?;
+                }
+                if new_size != old {
+                    let now = Timespec::now();
+                    inode.mtime = now;
+                    inode.ctime = now;
+                }
+                inode.size = new_size;
+            }
+            let done = if inode.stuffed() { true } else { self.free_data_from(&h, &buf, &mut inode, new_size.div_ceil(BS), super::orphans::EXTENTS_PER_STEP)? };
+            self.iput(&h, &buf, &inode);
+            if done {
+                return Ok(());
+            }
+        }
+    }
+
+    pub fn fallocate(&self, ino: u64, off: u64, len: u64, mode: FallocMode) -> Result<()> {
+        if len == 0 {
+            return Err(FsError::Invalid("fallocate length 0"));
+        }
+        let end = off.checked_add(len).ok_or(FsError::FileTooBig)?;
+        if end > super::MAX_FILE_SIZE {
+            return Err(FsError::FileTooBig);
+        }
+        if mode.punch_hole || mode.zero_range {
+            self.punch(ino, off, end)?;
+            if mode.punch_hole {
+                return Ok(());
+            }
+        }
+        let h = self.begin()?;
+        let _g = self.locks.lock(ino, Mode::Exclusive);
+        let (buf, mut inode) = self.iget(ino)?;
+        if !inode.is_reg() {
+            return Err(if inode.is_dir() { FsError::IsDir } else { FsError::NotSupported });
+        }
+        let stays_inline = inode.stuffed() && (end <= INLINE_LEN as u64 || mode.keep_size && off >= inode.size);
+        if !stays_inline || end > INLINE_LEN as u64 {
+            if inode.stuffed() {
+                self.unstuff(&h, &buf, &mut inode)?;
+            }
+            if end > inode.size && !mode.keep_size {
+                self.zero_beyond_eof(&buf, &inode, inode.size, end)?;
+            }
+            let mut lblk = off / BS;
+            let last = end.div_ceil(BS);
+            while lblk < last {
+                let t = self.tree(&buf);
+                if let Some(e) = extent_at(&t, lblk)? {
+                    lblk = e.lblk + e.len;
+                    continue;
+                }
+                let mut next = u64::MAX;
+                t.scan(lblk + 1, &mut |k, _| {
+                    next = k;
+                    false
+                })?;
+                let hole_end = next.min(last);
+                let dev = &self.vol.dev;
+                lblk += self.fill_hole(&h, &buf, &mut inode, lblk, hole_end - lblk, &mut |_, p, n| dev.zero_range(p * BS, n * BS))?;
+            }
+        }
+        if !mode.keep_size && end > inode.size {
+            inode.size = end;
+        }
+        inode.ctime = Timespec::now();
+        if !mode.keep_size {
+            inode.mtime = inode.ctime;
+        }
+        self.iput(&h, &buf, &inode);
+        Ok(())
+    }
+
+    /// Punches [off, end): whole blocks are freed, partial edge blocks zeroed.
+    fn punch(&self, ino: u64, off: u64, end: u64) -> Result<()> {
+        let mut first = true;
+        loop {
+            let h = self.begin()?;
+            let _g = self.locks.lock(ino, Mode::Exclusive);
+            let (buf, mut inode) = self.iget(ino)?;
+            if !inode.is_reg() {
+                return Err(if inode.is_dir() { FsError::IsDir } else { FsError::NotSupported });
+            }
+            if inode.stuffed() {
+                let s = off.min(inode.size) as usize;
+                let e = end.min(inode.size) as usize;
+                if s < e {
+                    h.write(&buf)[INLINE_OFFSET + s..INLINE_OFFSET + e].fill(0);
+                }
+                inode.mtime = Timespec::now();
+                inode.ctime = inode.mtime;
+                self.iput(&h, &buf, &inode);
+                return Ok(());
+            }
+            if first {
+                first = false;
+                let t = self.tree(&buf);
+                // Partial blocks at either edge: zero the covered bytes in place.
+                for (s, e) in [(off, end.min(off.div_ceil(BS) * BS)), ((end / BS * BS).max(off), end)] {
+                    if s < e && (s % BS != 0 || e % BS != 0) {
+                        if let Some(x) = extent_at(&t, s / BS)? {
+                            self.vol.dev.zero_range((x.pblk + s / BS - x.lblk) * BS + s % BS, e - s)?;
+                        }
+                    }
+                }
+                inode.mtime = Timespec::now();
+                inode.ctime = inode.mtime;
+            }
+            let done = self.free_blocks_range(&h, &buf, &mut inode, off.div_ceil(BS), end / BS, super::orphans::EXTENTS_PER_STEP)?;
+            self.iput(&h, &buf, &inode);
+            if done {
+                return Ok(());
+            }
+        }
+    }
+
+    /// SEEK_DATA / SEEK_HOLE from `off`; ENXIO past the end.
+    pub fn lseek(&self, ino: u64, off: u64, whence: Whence) -> Result<u64> {
+        let _g = self.locks.lock(ino, Mode::Shared);
+        let (buf, inode) = self.iget(ino)?;
+        if off >= inode.size {
+            return Err(FsError::PastEnd);
+        }
+        if inode.stuffed() {
+            return Ok(match whence {
+                Whence::Data => off,
+                Whence::Hole => inode.size,
+            });
+        }
+        let t = self.tree(&buf);
+        let mut lblk = off / BS;
+        let last = inode.size.div_ceil(BS);
+        loop {
+            if lblk >= last {
+                return match whence {
+                    Whence::Data => Err(FsError::PastEnd),
+                    Whence::Hole => Ok(inode.size),
+                };
+            }
+            let here = extent_at(&t, lblk)?;
+            match (whence, here) {
+                (Whence::Data, Some(_)) | (Whence::Hole, None) => return Ok((lblk * BS).max(off).min(inode.size)),
+                (Whence::Hole, Some(e)) => lblk = e.lblk + e.len,
+                (Whence::Data, None) => {
+                    let mut next = u64::MAX;
+                    t.scan(lblk + 1, &mut |k, _| {
+                        next = k;
+                        false
+                    })?;
+                    lblk = next;
+                }
+            }
+        }
+    }
+}
+

@@ -1,0 +1,145 @@
+//! The filesystem proper: POSIX operations on a mounted volume, independent of FUSE (the FUSE
+//! glue in `fuse/` only translates). Each operation joins the journal's running transaction
+//! through a `Handle`, takes its inode locks (see `locks.rs` for the order), changes blocks in
+//! the metadata cache and returns.
+pub mod attr;
+mod data;
+pub mod namespace;
+mod orphans;
+
+pub use attr::SetAttr;
+pub use data::{FallocMode, Whence};
+
+use crate::btree::{TreeRead, TreeWrite};
+use crate::cache::MetaBuf;
+use crate::error::{FsError, Result};
+use crate::format::header::BlockType;
+use crate::format::inode::Inode;
+use crate::journal::Handle;
+use crate::locks::{InodeLocks, Mode};
+use crate::volume::Volume;
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+pub const MAX_LINKS: u32 = 65000;
+pub const MAX_FILE_SIZE: u64 = 1 << 50; // 1 PiB: logical block numbers stay far below 2^47
+
+/// Who is asking: the caller's credentials as the kernel reports them.
+#[derive(Debug, Clone, Copy)]
+pub struct Caller {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+pub struct Fs {
+    pub vol: Volume,
+    pub(crate) locks: InodeLocks,
+    rename_lock: Mutex<()>,
+    /// Open file handles per inode: an unlinked inode is reclaimed only when this reaches 0.
+    open: Mutex<HashMap<u64, u32>>,
+    orphan_dir: u64,
+}
+
+impl Fs {
+    /// Wraps an opened volume and reclaims inodes left in this slot's orphan directory.
+    pub fn new(vol: Volume) -> Result<Fs> {
+        let orphan_dir = vol.journal.slot().orphan_dir;
+        let fs = Fs { vol, locks: InodeLocks::default(), rename_lock: Mutex::new(()), open: Mutex::new(HashMap::new()), orphan_dir };
+        fs.reclaim_orphans()?;
+        Ok(fs)
+    }
+
+    pub fn root(&self) -> u64 {
+        self.vol.sb.root_ino
+    }
+
+    pub(crate) fn begin(&self) -> Result<Handle<'_>> {
+        self.vol.journal.begin()
+    }
+
+    /// The inode block and its decoded fields. The caller holds the inode's lock.
+    pub(crate) fn iget(&self, ino: u64) -> Result<(Arc<MetaBuf>, Inode)> {
+        let l = &self.vol.sb.layout;
+        if ino < l.ag_start || ino >= l.total_blocks {
+            return Err(FsError::NotFound);
+        }
+        let buf = self.vol.cache.get(ino, BlockType::Inode)?;
+        let inode = Inode::decode(&buf.read(), ino)?;
+        Ok((buf, inode))
+    }
+
+    pub(crate) fn iput(&self, h: &Handle, buf: &Arc<MetaBuf>, inode: &Inode) {
+        inode.encode_into(&mut h.write(buf));
+    }
+
+    pub(crate) fn tree<'a>(&'a self, buf: &'a Arc<MetaBuf>) -> TreeRead<'a> {
+        TreeRead { cache: &self.vol.cache, inode_buf: buf }
+    }
+
+    pub(crate) fn tree_mut<'a>(&'a self, h: &'a Handle<'a>, buf: &'a Arc<MetaBuf>) -> TreeWrite<'a> {
+        TreeWrite::new(&self.vol.cache, &self.vol.alloc, h, buf)
+    }
+
+    pub fn getattr(&self, ino: u64) -> Result<Inode> {
+        let _g = self.locks.lock(ino, Mode::Shared);
+        let (_, inode) = self.iget(ino)?;
+        if inode.nlink == 0 && !self.is_open(ino) {
+            return Err(FsError::NotFound);
+        }
+        Ok(inode)
+    }
+
+    pub fn open(&self, ino: u64) -> Result<Inode> {
+        let inode = self.getattr(ino)?;
+        *self.open.lock().entry(ino).or_insert(0) += 1;
+        Ok(inode)
+    }
+
+    fn is_open(&self, ino: u64) -> bool {
+        self.open.lock().get(&ino).copied().unwrap_or(0) > 0
+    }
+
+    /// Closes one handle; the last close of an unlinked inode frees it.
+    pub fn release(&self, ino: u64) -> Result<()> {
+        let last = {
+            let mut open = self.open.lock();
+            match open.get_mut(&ino) {
+                Some(n) if *n > 1 => {
+                    *n -= 1;
+                    false
+                }
+                Some(_) => {
+                    open.remove(&ino);
+                    true
+                }
+                None => false,
+            }
+        };
+        if last {
+            let nlink = {
+                let _g = self.locks.lock(ino, Mode::Shared);
+                self.iget(ino)?.1.nlink
+            };
+            if nlink == 0 {
+                self.reclaim(ino)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// fsync / fsyncdir / syncfs: everything done so far becomes durable.
+    pub fn sync(&self) -> Result<()> {
+        self.vol.sync()
+    }
+
+    /// Periodic commit (the mount runs it every few seconds, like ext4's commit interval).
+    pub fn commit(&self) -> Result<()> {
+        self.vol.commit()
+    }
+
+    /// Clean unmount.
+    pub fn close(&self) -> Result<()> {
+        self.vol.close()
+    }
+}

@@ -1,0 +1,421 @@
+//! Names: lookup, create (files, directories, symlinks, device nodes, fifos, sockets), link,
+//! unlink, rmdir, rename (with RENAME_NOREPLACE and RENAME_EXCHANGE), readdir and readlink.
+use super::{Caller, Fs, MAX_LINKS};
+use crate::alloc::BlockState;
+use crate::dir::{self, DirEntry};
+use crate::error::{FsError, Result};
+use crate::format::header::BlockType;
+use crate::format::inode::{Inode, Timespec, FLAG_STUFFED, FLAG_SYSTEM};
+use crate::format::BLOCK_SIZE;
+use crate::journal::Handle;
+use crate::locks::Mode;
+
+pub const RENAME_NOREPLACE: u32 = 1;
+pub const RENAME_EXCHANGE: u32 = 2;
+
+/// What to create.
+pub struct NewNode<'a> {
+    pub mode: u32,
+    pub rdev: u64,
+    pub symlink_target: Option<&'a [u8]>,
+}
+
+impl Fs {
+    pub fn lookup(&self, parent: u64, name: &[u8]) -> Result<Inode> {
+        if name.len() > crate::format::MAX_NAME_LEN {
+            return Err(FsError::NameTooLong);
+        }
+        let ino = {
+            let _g = self.locks.lock(parent, Mode::Shared);
+            let (pbuf, p) = self.iget(parent)?;
+            if !p.is_dir() {
+                return Err(FsError::NotDir);
+            }
+            match name {
+                b"." => parent,
+                b".." => p.parent,
+                _ => dir::lookup(&self.tree(&pbuf), name)?.ok_or(FsError::NotFound)?.ino,
+            }
+        };
+        let _g = self.locks.lock(ino, Mode::Shared);
+        Ok(self.iget(ino)?.1)
+    }
+
+    /// Looks `name` up in a directory whose lock the caller holds.
+    fn entry(&self, pbuf: &std::sync::Arc<crate::cache::MetaBuf>, name: &[u8]) -> Result<Option<DirEntry>> {
+        dir::lookup(&self.tree(pbuf), name)
+    }
+
+    pub fn create(&self, parent: u64, name: &[u8], node: NewNode, who: Caller) -> Result<Inode> {
+        dir::check_name(name)?;
+        let ftype = node.mode & libc::S_IFMT;
+        if !matches!(ftype, libc::S_IFREG | libc::S_IFDIR | libc::S_IFLNK | libc::S_IFIFO | libc::S_IFCHR | libc::S_IFBLK | libc::S_IFSOCK) {
+            return Err(FsError::Invalid("unknown file type"));
+        }
+        let h = self.begin()?;
+        let _pg = self.locks.lock(parent, Mode::Exclusive);
+        let (pbuf, mut p) = self.iget(parent)?;
+        if !p.is_dir() {
+            return Err(FsError::NotDir);
+        }
+        if p.nlink == 0 {
+            return Err(FsError::NotFound);
+        }
+        if self.entry(&pbuf, name)?.is_some() {
+            return Err(FsError::Exists);
+        }
+        let is_dir = ftype == libc::S_IFDIR;
+        if is_dir && p.nlink >= MAX_LINKS {
+            return Err(FsError::TooManyLinks);
+        }
+        let (ino, _) = self.vol.alloc.alloc(&h, 1, parent, BlockState::Inode)?;
+        let buf = self.vol.cache.create(ino, BlockType::Inode);
+        let now = Timespec::now();
+        let mut mode = node.mode;
+        let mut gid = who.gid;
+        if p.mode & libc::S_ISGID != 0 {
+            // BSD group semantics under a set-group-ID directory, as on ext4.
+            gid = p.gid;
+            if is_dir {
+                mode |= libc::S_ISGID;
+            }
+        }
+        let mut inode = Inode {
+            ino,
+            mode,
+            uid: who.uid,
+            gid,
+            flags: if ftype == libc::S_IFREG || ftype == libc::S_IFLNK { FLAG_STUFFED } else { 0 },
+            nlink: if is_dir { 2 } else { 1 },
+            size: if is_dir { BLOCK_SIZE as u64 } else { 0 },
+            atime: now,
+            mtime: now,
+            ctime: now,
+            crtime: now,
+            rdev: node.rdev,
+            generation: now.nsec as u64 ^ (now.sec as u64) << 20,
+            parent: if is_dir { parent } else { 0 },
+            ..Default::default()
+        };
+        self.iput(&h, &buf, &inode);
+        let mut t = self.tree_mut(&h, &pbuf);
+        dir::add(&mut t, name, ino, dir::dtype_of_mode(mode))?;
+        p.blocks = (p.blocks as i64 + t.blocks_delta) as u64;
+        p.entries += 1;
+        if is_dir {
+            p.nlink += 1;
+        }
+        p.mtime = now;
+        p.ctime = now;
+        self.iput(&h, &pbuf, &p);
+        drop(h);
+        if let Some(target) = node.symlink_target {
+            if target.is_empty() || target.len() > 4095 {
+                return Err(if target.is_empty() { FsError::NotFound } else { FsError::NameTooLong });
+            }
+            self.write(ino, 0, target)?;
+            let _g = self.locks.lock(ino, Mode::Shared);
+            inode = self.iget(ino)?.1;
+        }
+        Ok(inode)
+    }
+
+    pub fn readlink(&self, ino: u64) -> Result<Vec<u8>> {
+        let inode = self.getattr(ino)?;
+        if !inode.is_symlink() {
+            return Err(FsError::Invalid("not a symbolic link"));
+        }
+        self.read(ino, 0, inode.size as u32)
+    }
+
+    pub fn link(&self, ino: u64, parent: u64, name: &[u8]) -> Result<Inode> {
+        dir::check_name(name)?;
+        let h = self.begin()?;
+        let _pg = self.locks.lock(parent, Mode::Exclusive);
+        let _ig = self.locks.lock(ino, Mode::Exclusive);
+        let (pbuf, mut p) = self.iget(parent)?;
+        let (buf, mut inode) = self.iget(ino)?;
+        if !p.is_dir() {
+            return Err(FsError::NotDir);
+        }
+        if inode.is_dir() {
+            return Err(FsError::NotPermitted);
+        }
+        if inode.nlink == 0 || p.nlink == 0 {
+            return Err(FsError::NotFound);
+        }
+        if inode.nlink >= MAX_LINKS {
+            return Err(FsError::TooManyLinks);
+        }
+        if self.entry(&pbuf, name)?.is_some() {
+            return Err(FsError::Exists);
+        }
+        let mut t = self.tree_mut(&h, &pbuf);
+        dir::add(&mut t, name, ino, dir::dtype_of_mode(inode.mode))?;
+        p.blocks = (p.blocks as i64 + t.blocks_delta) as u64;
+        let now = Timespec::now();
+        p.entries += 1;
+        p.mtime = now;
+        p.ctime = now;
+        inode.nlink += 1;
+        inode.ctime = now;
+        self.iput(&h, &pbuf, &p);
+        self.iput(&h, &buf, &inode);
+        Ok(inode)
+    }
+
+    /// Drops one link of `child` (its lock held); lists it as an orphan at zero.
+    fn drop_link(&self, h: &Handle, child: &mut Inode, now: Timespec) -> Result<()> {
+        child.nlink = if child.is_dir() { 0 } else { child.nlink.saturating_sub(1) };
+        child.ctime = now;
+        if child.nlink == 0 {
+            self.add_orphan(h, child.ino)?;
+        }
+        Ok(())
+    }
+
+    fn reclaim_if_unused(&self, ino: u64) -> Result<()> {
+        if !self.is_open(ino) {
+            let nlink = {
+                let _g = self.locks.lock(ino, Mode::Shared);
+                self.iget(ino)?.1.nlink
+            };
+            if nlink == 0 {
+                self.reclaim(ino)?;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn unlink(&self, parent: u64, name: &[u8], rmdir: bool) -> Result<()> {
+        if name.len() > crate::format::MAX_NAME_LEN {
+            return Err(FsError::NameTooLong);
+        }
+        let victim = {
+            let h = self.begin()?;
+            let _pg = self.locks.lock(parent, Mode::Exclusive);
+            let (pbuf, mut p) = self.iget(parent)?;
+            if !p.is_dir() {
+                return Err(FsError::NotDir);
+            }
+            let e = self.entry(&pbuf, name)?.ok_or(FsError::NotFound)?;
+            let _cg = self.locks.lock(e.ino, Mode::Exclusive);
+            let (cbuf, mut c) = self.iget(e.ino)?;
+            if rmdir {
+                if !c.is_dir() {
+                    return Err(FsError::NotDir);
+                }
+                if c.entries > 0 {
+                    return Err(FsError::NotEmpty);
+                }
+            } else if c.is_dir() {
+                return Err(FsError::IsDir);
+            }
+            let mut t = self.tree_mut(&h, &pbuf);
+            dir::remove(&mut t, e.key)?;
+            p.blocks = (p.blocks as i64 + t.blocks_delta) as u64;
+            let now = Timespec::now();
+            p.entries -= 1;
+            if c.is_dir() {
+                p.nlink -= 1;
+            }
+            p.mtime = now;
+            p.ctime = now;
+            self.drop_link(&h, &mut c, now)?;
+            self.iput(&h, &pbuf, &p);
+            self.iput(&h, &cbuf, &c);
+            e.ino
+        };
+        self.reclaim_if_unused(victim)
+    }
+
+    /// True if directory `ancestor` is `dir` or one of its ancestors.
+    fn is_ancestor(&self, ancestor: u64, mut dir: u64) -> Result<bool> {
+        let root = self.root();
+        for _ in 0..4096 {
+            if dir == ancestor {
+                return Ok(true);
+            }
+            if dir == root {
+                return Ok(false);
+            }
+            let _g = self.locks.lock(dir, Mode::Shared);
+            dir = self.iget(dir)?.1.parent;
+        }
+        Err(FsError::corrupt(dir, "directory parent chain does not reach the root"))
+    }
+
+    pub fn rename(&self, sp: u64, sname: &[u8], dp: u64, dname: &[u8], flags: u32) -> Result<()> {
+        dir::check_name(dname)?;
+        if sname.len() > crate::format::MAX_NAME_LEN {
+            return Err(FsError::NameTooLong);
+        }
+        if flags & !(RENAME_NOREPLACE | RENAME_EXCHANGE) != 0 || flags == (RENAME_NOREPLACE | RENAME_EXCHANGE) {
+            return Err(FsError::Invalid("unsupported rename flags"));
+        }
+        let h = self.begin()?;
+        let _rg = (sp != dp).then(|| self.rename_lock.lock());
+        let _pg = self.locks.lock_many(&[sp, dp]);
+        let (spbuf, mut spi) = self.iget(sp)?;
+        let (dpbuf, mut dpi) = if sp == dp { (spbuf.clone(), spi.clone()) } else { self.iget(dp)? };
+        if !spi.is_dir() || !dpi.is_dir() {
+            return Err(FsError::NotDir);
+        }
+        let se = self.entry(&spbuf, sname)?.ok_or(FsError::NotFound)?;
+        let de = self.entry(&dpbuf, dname)?;
+        if let Some(d) = &de {
+            if d.ino == se.ino {
+                return Ok(()); // both names are links to one inode: nothing to do (POSIX)
+            }
+        }
+        let _cg = self.locks.lock_many(&[se.ino, de.as_ref().map(|d| d.ino).unwrap_or(0)]);
+        let (sbuf, mut s) = self.iget(se.ino)?;
+        let victim = match &de {
+            Some(d) => Some(self.iget(d.ino)?),
+            None => None,
+        };
+        if flags & RENAME_EXCHANGE != 0 && victim.is_none() {
+            return Err(FsError::NotFound);
+        }
+        if flags & RENAME_NOREPLACE != 0 && victim.is_some() {
+            return Err(FsError::Exists);
+        }
+        // A directory may not move below itself.
+        if sp != dp {
+            if s.is_dir() && self.is_ancestor(s.ino, dp)? {
+                return Err(FsError::Invalid("cannot move a directory into itself"));
+            }
+            if flags & RENAME_EXCHANGE != 0 {
+                if let Some((_, v)) = &victim {
+                    if v.is_dir() && self.is_ancestor(v.ino, sp)? {
+                        return Err(FsError::Invalid("cannot move a directory into itself"));
+                    }
+                }
+            }
+        }
+        let now = Timespec::now();
+        if flags & RENAME_EXCHANGE != 0 {
+            let (vbuf, mut v) = victim.ok_or(FsError::NotFound)?;
+            let de = de.clone().ok_or(FsError::NotFound)?;
+            {
+                let mut t = self.tree_mut(&h, &spbuf);
+                dir::replace(&mut t, se.key, sname, v.ino, dir::dtype_of_mode(v.mode))?;
+                spi.blocks = (spi.blocks as i64 + t.blocks_delta) as u64;
+            }
+            if sp == dp {
+                dpi = self.iget(dp)?.1;
+                dpi.blocks = spi.blocks;
+            }
+            {
+                let mut t = self.tree_mut(&h, &dpbuf);
+                dir::replace(&mut t, de.key, dname, s.ino, dir::dtype_of_mode(s.mode))?;
+                dpi.blocks = (dpi.blocks as i64 + t.blocks_delta) as u64;
+            }
+            if sp == dp {
+                spi = dpi.clone();
+            } else {
+                if s.is_dir() {
+                    s.parent = dp;
+                    spi.nlink -= 1;
+                    dpi.nlink += 1;
+                }
+                if v.is_dir() {
+                    v.parent = sp;
+                    dpi.nlink -= 1;
+                    spi.nlink += 1;
+                }
+            }
+            s.ctime = now;
+            v.ctime = now;
+            self.iput(&h, &vbuf, &v);
+        } else {
+            if let Some((vbuf, mut v)) = victim {
+                let de = de.clone().ok_or(FsError::NotFound)?;
+                if s.is_dir() {
+                    if !v.is_dir() {
+                        return Err(FsError::NotDir);
+                    }
+                    if v.entries > 0 {
+                        return Err(FsError::NotEmpty);
+                    }
+                } else if v.is_dir() {
+                    return Err(FsError::IsDir);
+                }
+                let mut t = self.tree_mut(&h, &dpbuf);
+                dir::replace(&mut t, de.key, dname, s.ino, dir::dtype_of_mode(s.mode))?;
+                dpi.blocks = (dpi.blocks as i64 + t.blocks_delta) as u64;
+                dpi.entries -= 1; // the replaced entry; the moved one is counted below
+                if v.is_dir() {
+                    dpi.nlink -= 1;
+                }
+                self.drop_link(&h, &mut v, now)?;
+                self.iput(&h, &vbuf, &v);
+            } else {
+                let mut t = self.tree_mut(&h, &dpbuf);
+                dir::add(&mut t, dname, s.ino, dir::dtype_of_mode(s.mode))?;
+                dpi.blocks = (dpi.blocks as i64 + t.blocks_delta) as u64;
+            }
+            dpi.entries += 1;
+            if sp == dp {
+                // One directory: carry the destination's changes into the source's copy.
+                spi = dpi.clone();
+            }
+            {
+                let mut t = self.tree_mut(&h, &spbuf);
+                dir::remove(&mut t, se.key)?;
+                spi.blocks = (spi.blocks as i64 + t.blocks_delta) as u64;
+            }
+            spi.entries -= 1;
+            if s.is_dir() && sp != dp {
+                s.parent = dp;
+                spi.nlink -= 1;
+                dpi.nlink += 1;
+            }
+            s.ctime = now;
+            if sp == dp {
+                dpi = spi.clone();
+            }
+        }
+        spi.mtime = now;
+        spi.ctime = now;
+        dpi.mtime = now;
+        dpi.ctime = now;
+        self.iput(&h, &sbuf, &s);
+        if sp == dp {
+            self.iput(&h, &spbuf, &spi);
+        } else {
+            self.iput(&h, &spbuf, &spi);
+            self.iput(&h, &dpbuf, &dpi);
+        }
+        let victim_ino = de.map(|d| d.ino).filter(|_| flags & RENAME_EXCHANGE == 0);
+        drop(_cg);
+        drop(_pg);
+        drop(_rg);
+        drop(h);
+        if let Some(v) = victim_ino {
+            self.reclaim_if_unused(v)?;
+        }
+        Ok(())
+    }
+
+    /// Directory entries after readdir cookie `offset` (0 starts; `.` is 1, `..` is 2, an
+    /// entry's cookie is its key + 1), until `f` returns false. System inodes are hidden.
+    pub fn readdir(&self, ino: u64, offset: u64, f: &mut dyn FnMut(u64, u8, &[u8], u64) -> bool) -> Result<()> {
+        let _g = self.locks.lock(ino, Mode::Shared);
+        let (buf, inode) = self.iget(ino)?;
+        if !inode.is_dir() {
+            return Err(FsError::NotDir);
+        }
+        if inode.flags & FLAG_SYSTEM != 0 {
+            return Err(FsError::NotFound);
+        }
+        if offset < 1 && !f(ino, libc::DT_DIR, b".", 1) {
+            return Ok(());
+        }
+        if offset < 2 && !f(inode.parent, libc::DT_DIR, b"..", 2) {
+            return Ok(());
+        }
+        let from = if offset <= 2 { 0 } else { offset };
+        dir::list(&self.tree(&buf), from, &mut |e| f(e.ino, e.dtype, &e.name, e.key + 1))
+    }
+}

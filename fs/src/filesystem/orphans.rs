@@ -1,0 +1,89 @@
+//! Orphans: an inode whose last name is removed is first listed in this slot's orphan
+//! directory (in the same transaction as the unlink), then freed in bounded steps once no one
+//! has it open. A crash anywhere in between leaves it listed, and the next mount of the slot
+//! (or, in cluster mode, the node recovering it) finishes the job.
+use super::Fs;
+use crate::dir;
+use crate::error::{FsError, Result};
+use crate::journal::Handle;
+use crate::locks::Mode;
+
+/// Data extents freed per transaction while reclaiming, so no transaction outgrows the journal.
+pub(crate) const EXTENTS_PER_STEP: usize = 16;
+
+fn orphan_name(ino: u64) -> Vec<u8> {
+    format!("{ino:016x}").into_bytes()
+}
+
+impl Fs {
+    /// Lists `ino` in the orphan directory (the caller holds the inode's lock and `h`).
+    pub(crate) fn add_orphan(&self, h: &Handle, ino: u64) -> Result<()> {
+        let _g = self.locks.lock(self.orphan_dir, Mode::Exclusive);
+        let (dbuf, mut d) = self.iget(self.orphan_dir)?;
+        let mut t = self.tree_mut(h, &dbuf);
+        dir::add(&mut t, &orphan_name(ino), ino, libc::DT_REG)?;
+        d.blocks = (d.blocks as i64 + t.blocks_delta) as u64;
+        d.entries += 1;
+        self.iput(h, &dbuf, &d);
+        Ok(())
+    }
+
+    fn remove_orphan(&self, h: &Handle, ino: u64) -> Result<()> {
+        let _g = self.locks.lock(self.orphan_dir, Mode::Exclusive);
+        let (dbuf, mut d) = self.iget(self.orphan_dir)?;
+        let Some(e) = dir::lookup(&self.tree(&dbuf), &orphan_name(ino))? else { return Ok(()) };
+        let mut t = self.tree_mut(h, &dbuf);
+        dir::remove(&mut t, e.key)?;
+        d.blocks = (d.blocks as i64 + t.blocks_delta) as u64;
+        d.entries = d.entries.saturating_sub(1);
+        self.iput(h, &dbuf, &d);
+        Ok(())
+    }
+
+    /// Frees an unlinked, closed inode: its data in steps, then its tree, xattrs and itself.
+    pub(crate) fn reclaim(&self, ino: u64) -> Result<()> {
+        loop {
+            let h = self.begin()?;
+            let _g = self.locks.lock(ino, Mode::Exclusive);
+            let (buf, mut inode) = match self.iget(ino) {
+                Ok(x) => x,
+                Err(FsError::NotFound) => return Ok(()),
+                Err(e) => return Err(e),
+            };
+            if inode.nlink != 0 {
+                return self.remove_orphan(&h, ino);
+            }
+            if inode.is_reg() || inode.is_symlink() {
+                if !self.free_data_from(&h, &buf, &mut inode, 0, EXTENTS_PER_STEP)? {
+                    self.iput(&h, &buf, &inode);
+                    continue;
+                }
+            }
+            if !inode.stuffed() {
+                self.tree_mut(&h, &buf).clear()?;
+            }
+            if inode.xattr_blk != 0 {
+                h.revoke(inode.xattr_blk);
+                self.vol.alloc.free(&h, inode.xattr_blk, 1)?;
+            }
+            self.remove_orphan(&h, ino)?;
+            h.revoke(ino);
+            self.vol.alloc.free(&h, ino, 1)?;
+            return Ok(());
+        }
+    }
+
+    /// At mount: frees everything a previous mount of this slot left orphaned.
+    pub(crate) fn reclaim_orphans(&self) -> Result<()> {
+        let (dbuf, _) = self.iget(self.orphan_dir)?;
+        let mut inos = Vec::new();
+        dir::list(&self.tree(&dbuf), 0, &mut |e| {
+            inos.push(e.ino);
+            true
+        })?;
+        for ino in inos {
+            self.reclaim(ino)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,567 @@
+//! The checker: verifies every structure of a volume and, with repair, fixes what can be fixed.
+//!
+//! Order: superblocks; slot headers (a slot left in use has its committed journal replayed, as
+//! a mount would); then a walk from the root and from every slot's orphan directory that
+//! verifies each inode, tree node, xattr block and directory entry, counts links and records
+//! which block is used for what; inodes marked in the bitmaps but not reached are picked up as
+//! disconnected; last, every AG's bitmap and free count are compared with the walk. Repairs
+//! run through the journal of slot 0 with the volume claimed, like any other change.
+use crate::alloc::{bitmap_get, BlockState, AGH_FREE};
+use crate::btree::TreeRead;
+use crate::cache::MetaCache;
+use crate::claim::claim_volume;
+use crate::device::{BlockDevice, FileDevice, OpenOptions};
+use crate::dir;
+use crate::error::{FsError, Result};
+use crate::filesystem::Fs;
+use crate::format::header::{self, BlockType};
+use crate::format::inode::{Inode, FLAG_SYSTEM, INLINE_LEN};
+use crate::format::layout::{Layout, STATES_PER_BITMAP_BLOCK};
+use crate::format::le::*;
+use crate::format::slot::{SlotHeader, SlotState};
+use crate::format::superblock::{Superblock, SUPERBLOCK_BLKNO};
+use crate::format::BLOCK_SIZE;
+use crate::journal::{replay, write_slot};
+use crate::locks::Mode;
+use crate::volume::{read_slot, read_superblock, Volume};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Debug, Default)]
+pub struct Report {
+    pub notes: Vec<String>,
+    pub problems: Vec<String>,
+    pub fixed: Vec<String>,
+    pub files: u64,
+    pub directories: u64,
+    pub used_blocks: u64,
+}
+
+impl Report {
+    /// fsck(8): 0 clean, 1 errors corrected, 4 errors left uncorrected.
+    pub fn exit_code(&self) -> i32 {
+        if self.problems.is_empty() {
+            0
+        } else if !self.fixed.is_empty() && self.fixed.len() >= self.problems.len() {
+            1
+        } else {
+            4
+        }
+    }
+
+    pub fn summary(&self) -> String {
+        let state = match self.exit_code() {
+            0 => "clean".to_string(),
+            1 => format!("{} problems found and fixed", self.problems.len()),
+            _ => format!("{} problems found, {} fixed; run `mafs fsck --repair`", self.problems.len(), self.fixed.len()),
+        };
+        format!("{state}: {} files, {} directories, {} blocks in use", self.files, self.directories, self.used_blocks)
+    }
+}
+
+/// Everything the walk learned, for the comparison and the repairs.
+#[derive(Default)]
+struct Walk {
+    /// Expected state of each block the walk found in use.
+    used: HashMap<u64, BlockState>,
+    /// Names pointing at each inode.
+    refs: HashMap<u64, u32>,
+    inodes: BTreeMap<u64, Inode>,
+    /// Directory entries to remove: (dir, key, why).
+    bad_entries: Vec<(u64, u64, String)>,
+    /// Directory -> (subdirectories, entries) actually found.
+    dir_counts: HashMap<u64, (u32, u64)>,
+    /// Blocks charged to each inode by its tree, extents and xattrs.
+    charged: HashMap<u64, u64>,
+    /// Inodes reached only by scanning the bitmaps.
+    disconnected: Vec<u64>,
+}
+
+pub fn check_path(path: &Path, repair: bool) -> Result<Report> {
+    let claim = claim_volume(path, Duration::from_secs(15))?;
+    let dev: Arc<dyn BlockDevice> = Arc::new(FileDevice::open(path, &OpenOptions::default())?);
+    let r = check(dev, repair);
+    drop(claim);
+    r
+}
+
+pub fn check(dev: Arc<dyn BlockDevice>, repair: bool) -> Result<Report> {
+    let mut rep = Report::default();
+    let (sb, backup) = read_superblock(&*dev)?;
+    let seed = sb.crc_seed();
+    if backup {
+        rep.problems.push("primary superblock is damaged; the backup copy is intact".into());
+        if repair {
+            dev.write_at(&sb.encode(SUPERBLOCK_BLKNO), 0)?;
+            dev.flush()?;
+            rep.fixed.push("rewrote the primary superblock from the backup".into());
+        }
+    } else {
+        let mut b = vec![0u8; BLOCK_SIZE];
+        dev.read_at(&mut b, crate::format::superblock::BACKUP_SUPERBLOCK_BLKNO * BLOCK_SIZE as u64)?;
+        if Superblock::decode(&b, 1).map(|s| s != sb).unwrap_or(true) {
+            rep.problems.push("backup superblock is damaged or differs from the primary".into());
+            if repair {
+                dev.write_at(&sb.encode(1), BLOCK_SIZE as u64)?;
+                dev.flush()?;
+                rep.fixed.push("rewrote the backup superblock".into());
+            }
+        }
+    }
+    let l = sb.layout;
+    let mut orphan_dirs = Vec::new();
+    for s in 0..l.slot_count {
+        let hdr = match read_slot(&*dev, &sb, s) {
+            Ok(h) => h,
+            Err(e) => {
+                rep.problems.push(format!("slot {s}: header unreadable ({e})"));
+                let fresh = SlotHeader {
+                    index: s,
+                    state: SlotState::Clean,
+                    generation: 0,
+                    journal_tail: 0,
+                    tail_seq: crate::format::inode::Timespec::now().sec as u64 * 1_000_000,
+                    orphan_dir: sb.lost_found_ino + 1 + s as u64,
+                    mounted_at: 0,
+                    owner: String::new(),
+                };
+                if repair {
+                    write_slot(&*dev, &l, &fresh, seed)?;
+                    rep.fixed.push(format!("slot {s}: wrote a fresh header (its journal is discarded)"));
+                }
+                orphan_dirs.push(fresh.orphan_dir);
+                continue;
+            }
+        };
+        orphan_dirs.push(hdr.orphan_dir);
+        if hdr.state == SlotState::InUse {
+            let stats = replay::replay(&*dev, &l, &hdr, seed)?;
+            let clean = SlotHeader { state: SlotState::Clean, journal_tail: 0, tail_seq: stats.next_seq, ..hdr.clone() };
+            write_slot(&*dev, &l, &clean, seed)?;
+            rep.notes.push(format!(
+                "slot {s} ({}) was not unmounted cleanly: replayed {} journal transactions ({} blocks)",
+                if hdr.owner.is_empty() { "-" } else { &hdr.owner },
+                stats.transactions,
+                stats.blocks_written
+            ));
+        }
+    }
+
+    let cache = MetaCache::new(dev.clone(), seed, 1 << 20);
+    let mut w = Walk::default();
+    walk(&cache, &sb, &orphan_dirs, &mut w, &mut rep)?;
+    find_disconnected(&*dev, &cache, &l, seed, &orphan_dirs, &mut w, &mut rep)?;
+    let bitmap_fixes = compare_bitmaps(&*dev, &l, seed, &w, &mut rep)?;
+    let link_fixes = check_links(&sb, &orphan_dirs, &w, &mut rep);
+    rep.used_blocks = w.used.len() as u64 + l.ag_count as u64 * l.ag_overhead() as u64;
+
+    if repair && rep.problems.len() > rep.fixed.len() {
+        drop(cache);
+        apply_repairs(dev, &sb, &w, &bitmap_fixes, &link_fixes, &mut rep)?;
+    }
+    Ok(rep)
+}
+
+fn walk(cache: &MetaCache, sb: &Superblock, orphan_dirs: &[u64], w: &mut Walk, rep: &mut Report) -> Result<()> {
+    let mut queue: Vec<(u64, u64, Option<(u64, u64)>)> = vec![(sb.root_ino, sb.root_ino, None)];
+    for &o in orphan_dirs {
+        queue.push((o, o, None));
+    }
+    let mut seen = HashSet::new();
+    while let Some((ino, parent, via)) = queue.pop() {
+        if !seen.insert(ino) {
+            continue;
+        }
+        visit(cache, sb, ino, parent, via, w, rep, &mut queue, orphan_dirs)?;
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn visit(cache: &MetaCache, sb: &Superblock, ino: u64, parent: u64, via: Option<(u64, u64)>, w: &mut Walk, rep: &mut Report, queue: &mut Vec<(u64, u64, Option<(u64, u64)>)>, orphan_dirs: &[u64]) -> Result<()> {
+    let l = &sb.layout;
+    let bad = |w: &mut Walk, rep: &mut Report, why: String| {
+        if let Some((d, key)) = via {
+            rep.problems.push(format!("directory {d}: entry points at {why}"));
+            w.bad_entries.push((d, key, why));
+        } else {
+            rep.problems.push(format!("system inode {ino}: {why}"));
+        }
+    };
+    if l.ag_of(ino).is_none() {
+        bad(w, rep, format!("inode {ino} outside every allocation group"));
+        return Ok(());
+    }
+    let buf = match cache.get(ino, BlockType::Inode) {
+        Ok(b) => b,
+        Err(e) => {
+            bad(w, rep, format!("damaged inode {ino} ({e})"));
+            return Ok(());
+        }
+    };
+    let inode = match Inode::decode(&buf.read(), ino) {
+        Ok(i) => i,
+        Err(e) => {
+            bad(w, rep, format!("damaged inode {ino} ({e})"));
+            return Ok(());
+        }
+    };
+    if let Some(prev) = w.used.insert(ino, BlockState::Inode) {
+        rep.problems.push(format!("inode {ino} is also used as {prev:?} by another inode (cross-linked; not repairable automatically)"));
+    }
+    let t = TreeRead { cache, inode_buf: &buf };
+    let mut charged = 0u64;
+    let nodes = if inode.stuffed() { Ok(Vec::new()) } else { t.node_blocks() };
+    match nodes {
+        Ok(nodes) => {
+            for n in nodes {
+                charged += 1;
+                claim(w, rep, n, BlockState::Meta, ino, l);
+            }
+        }
+        Err(e) => rep.problems.push(format!("inode {ino}: index tree damaged ({e}); not repairable automatically")),
+    }
+    if inode.xattr_blk != 0 {
+        match cache.get(inode.xattr_blk, BlockType::Xattr).and_then(|b| crate::xattr::parse(&b.read(), inode.xattr_blk).map(|_| ())) {
+            Ok(()) => {
+                charged += 1;
+                claim(w, rep, inode.xattr_blk, BlockState::Meta, ino, l);
+            }
+            Err(e) => rep.problems.push(format!("inode {ino}: extended attribute block damaged ({e})")),
+        }
+    }
+    if inode.is_dir() {
+        rep.directories += 1;
+        if inode.flags & FLAG_SYSTEM == 0 && inode.parent != parent && via.is_some() {
+            rep.problems.push(format!("directory {ino}: parent field says {} but it is listed in {parent}", inode.parent));
+        }
+        let mut subdirs = 0u32;
+        let mut entries = 0u64;
+        let mut found = Vec::new();
+        let r = dir::list(&t, 0, &mut |e| {
+            found.push(e);
+            true
+        });
+        if let Err(e) = r {
+            rep.problems.push(format!("directory {ino}: entries unreadable ({e})"));
+        }
+        for e in found {
+            entries += 1;
+            if dir::name_hash(&e.name) != e.key >> 16 || dir::check_name(&e.name).is_err() {
+                rep.problems.push(format!("directory {ino}: entry {:?} is filed under the wrong hash or has an invalid name", String::from_utf8_lossy(&e.name)));
+                w.bad_entries.push((ino, e.key, "bad name".into()));
+                continue;
+            }
+            *w.refs.entry(e.ino).or_default() += 1;
+            if e.dtype == libc::DT_DIR {
+                subdirs += 1;
+            }
+            queue.push((e.ino, ino, Some((ino, e.key))));
+        }
+        w.dir_counts.insert(ino, (subdirs, entries));
+    } else if inode.is_reg() || inode.is_symlink() {
+        rep.files += 1;
+        if inode.stuffed() {
+            if inode.size > INLINE_LEN as u64 {
+                rep.problems.push(format!("inode {ino}: inline file larger than the inline area"));
+            }
+        } else {
+            let mut exts = Vec::new();
+            let r = t.scan(0, &mut |k, v| {
+                if v.len() == 12 {
+                    exts.push((k, u64_at(v, 0), u32_at(v, 8) as u64));
+                }
+                true
+            });
+            if let Err(e) = r {
+                rep.problems.push(format!("inode {ino}: extent map unreadable ({e})"));
+            }
+            let mut last_end = 0;
+            for (lb, p, n) in exts {
+                if lb < last_end || n == 0 {
+                    rep.problems.push(format!("inode {ino}: overlapping or empty extent at logical block {lb}"));
+                }
+                last_end = lb + n;
+                for b in p..p + n {
+                    claim(w, rep, b, BlockState::Data, ino, l);
+                }
+                charged += n;
+            }
+        }
+    } else {
+        rep.files += 1;
+    }
+    let _ = orphan_dirs;
+    w.charged.insert(ino, charged);
+    w.inodes.insert(ino, inode);
+    Ok(())
+}
+
+fn claim(w: &mut Walk, rep: &mut Report, blk: u64, s: BlockState, owner: u64, l: &Layout) {
+    let in_overhead = l.ag_of(blk).map(|a| blk < l.ag_first_block(a) + l.ag_overhead() as u64).unwrap_or(true);
+    if in_overhead {
+        rep.problems.push(format!("inode {owner}: points at block {blk}, which is not a data block of any allocation group"));
+        return;
+    }
+    if let Some(prev) = w.used.insert(blk, s) {
+        rep.problems.push(format!("block {blk} is used twice (as {prev:?} and as {s:?} by inode {owner}); not repairable automatically"));
+    }
+}
+
+/// Inodes the bitmaps mark in use that the walk never reached.
+fn find_disconnected(dev: &dyn BlockDevice, cache: &MetaCache, l: &Layout, seed: u32, orphan_dirs: &[u64], w: &mut Walk, rep: &mut Report) -> Result<()> {
+    let mut candidates = Vec::new();
+    for a in 0..l.ag_count {
+        for_each_state(dev, l, seed, a, &mut |blk, s| {
+            if s == BlockState::Inode && !w.used.contains_key(&blk) {
+                candidates.push(blk);
+            }
+        })?;
+    }
+    for ino in candidates {
+        if w.used.contains_key(&ino) {
+            continue;
+        }
+        let ok = cache.get(ino, BlockType::Inode).and_then(|b| Inode::decode(&b.read(), ino)).is_ok();
+        if !ok {
+            continue; // not an inode: compare_bitmaps reports the block as leaked
+        }
+        let mut queue = Vec::new();
+        let sb = Superblock { uuid: [0; 16], label: String::new(), layout: *l, root_ino: 0, lost_found_ino: 0, created_sec: 0, incompat: 0 };
+        visit(cache, &sb, ino, ino, None, w, rep, &mut queue, orphan_dirs)?;
+        // Whatever hangs below a disconnected directory comes along with it.
+        let mut seen: HashSet<u64> = HashSet::new();
+        while let Some((c, p, via)) = queue.pop() {
+            if w.inodes.contains_key(&c) || !seen.insert(c) {
+                continue;
+            }
+            visit(cache, &sb, c, p, via, w, rep, &mut queue, orphan_dirs)?;
+        }
+        let nlink = w.inodes.get(&ino).map(|i| i.nlink).unwrap_or(0);
+        rep.problems.push(format!("inode {ino} is in use but in no directory{}", if nlink == 0 { " (an unfinished delete)" } else { "" }));
+        w.disconnected.push(ino);
+    }
+    Ok(())
+}
+
+fn for_each_state(dev: &dyn BlockDevice, l: &Layout, seed: u32, a: u32, f: &mut dyn FnMut(u64, BlockState)) -> Result<()> {
+    let first = l.ag_first_block(a);
+    let len = l.ag_len(a) as u64;
+    let mut b = vec![0u8; BLOCK_SIZE];
+    for bi in 0..l.bitmap_blocks_per_ag as u64 {
+        let blk = first + 1 + bi;
+        dev.read_at(&mut b, blk * BLOCK_SIZE as u64)?;
+        header::verify(&b, BlockType::Bitmap, blk, seed)?;
+        let lo = bi * STATES_PER_BITMAP_BLOCK;
+        for r in lo..(lo + STATES_PER_BITMAP_BLOCK).min(len) {
+            f(first + r, bitmap_get(&b, r));
+        }
+    }
+    Ok(())
+}
+
+/// A bitmap correction: block, state wanted.
+type BitmapFix = (u64, BlockState);
+
+fn compare_bitmaps(dev: &dyn BlockDevice, l: &Layout, seed: u32, w: &Walk, rep: &mut Report) -> Result<Vec<BitmapFix>> {
+    let mut fixes = Vec::new();
+    let overhead = l.ag_overhead() as u64;
+    let mut hb = vec![0u8; BLOCK_SIZE];
+    let mut leaked = 0u64;
+    let mut unmarked = 0u64;
+    for a in 0..l.ag_count {
+        let first = l.ag_first_block(a);
+        dev.read_at(&mut hb, first * BLOCK_SIZE as u64)?;
+        if let Err(e) = header::verify(&hb, BlockType::AgHeader, first, seed) {
+            rep.problems.push(format!("allocation group {a}: header damaged ({e}); not repairable automatically"));
+            continue;
+        }
+        let mut free = 0u64;
+        let r = for_each_state(dev, l, seed, a, &mut |blk, s| {
+            let want = if blk < first + overhead { Some(BlockState::Meta) } else { w.used.get(&blk).copied() };
+            if s == BlockState::Free {
+                free += 1;
+            }
+            match (s, want) {
+                (BlockState::Free, None) => {}
+                (_, None) => {
+                    leaked += 1;
+                    fixes.push((blk, BlockState::Free));
+                }
+                (BlockState::Free, Some(ws)) => {
+                    unmarked += 1;
+                    fixes.push((blk, ws));
+                }
+                (s, Some(ws)) if s != ws => {
+                    unmarked += 1;
+                    fixes.push((blk, ws));
+                }
+                _ => {}
+            }
+        });
+        if let Err(e) = r {
+            rep.problems.push(format!("allocation group {a}: bitmap damaged ({e}); not repairable automatically"));
+            continue;
+        }
+        let recorded = u64_at(&hb, AGH_FREE);
+        if recorded != free {
+            rep.problems.push(format!("allocation group {a}: header says {recorded} free blocks, bitmap has {free}"));
+            fixes.push((first, BlockState::Meta)); // marker: recount this AG
+        }
+    }
+    if leaked > 0 {
+        rep.problems.push(format!("{leaked} blocks are marked in use but belong to nothing (leaked)"));
+    }
+    if unmarked > 0 {
+        rep.problems.push(format!("{unmarked} blocks in use are marked free or with the wrong kind in the bitmaps"));
+    }
+    Ok(fixes)
+}
+
+/// Link counts, directory entry counts and block counts; returns inodes whose fields need
+/// fixing: (ino, nlink, entries, blocks).
+fn check_links(sb: &Superblock, orphan_dirs: &[u64], w: &Walk, rep: &mut Report) -> Vec<(u64, u32, u64, u64)> {
+    let mut fixes = Vec::new();
+    let orphans: HashSet<u64> = orphan_dirs.iter().copied().collect();
+    for (&ino, inode) in &w.inodes {
+        let refs = w.refs.get(&ino).copied().unwrap_or(0);
+        let listed_as_orphan = inode.nlink == 0 && refs > 0;
+        let mut want_nlink = if inode.is_dir() {
+            let (sub, _) = w.dir_counts.get(&ino).copied().unwrap_or((0, 0));
+            2 + sub
+        } else {
+            refs
+        };
+        if ino == sb.root_ino || orphans.contains(&ino) || w.disconnected.contains(&ino) {
+            want_nlink = if inode.is_dir() { want_nlink } else { inode.nlink };
+        }
+        // Orphans sit in an orphan directory with no link of their own.
+        if listed_as_orphan {
+            want_nlink = 0;
+        }
+        let (_, want_entries) = w.dir_counts.get(&ino).copied().unwrap_or((0, inode.entries));
+        let want_blocks = w.charged.get(&ino).copied().unwrap_or(inode.blocks);
+        let mut bad = false;
+        if inode.nlink != want_nlink && !(listed_as_orphan) {
+            rep.problems.push(format!("inode {ino}: link count is {} but should be {want_nlink}", inode.nlink));
+            bad = true;
+        }
+        if inode.is_dir() && inode.entries != want_entries {
+            rep.problems.push(format!("directory {ino}: entry count is {} but it holds {want_entries}", inode.entries));
+            bad = true;
+        }
+        if inode.blocks != want_blocks {
+            rep.problems.push(format!("inode {ino}: block count is {} but it uses {want_blocks}", inode.blocks));
+            bad = true;
+        }
+        if bad {
+            fixes.push((ino, want_nlink, want_entries, want_blocks));
+        }
+    }
+    fixes
+}
+
+fn apply_repairs(dev: Arc<dyn BlockDevice>, sb: &Superblock, w: &Walk, bitmap: &[BitmapFix], links: &[(u64, u32, u64, u64)], rep: &mut Report) -> Result<()> {
+    let vol = Volume::open(dev, 0, "fsck", 1 << 16)?;
+    let fs = Fs::new(vol)?;
+    // Bad directory entries first, so the link counts below match what remains.
+    for (d, key, why) in &w.bad_entries {
+        let h = fs.begin()?;
+        let _g = fs.locks.lock(*d, Mode::Exclusive);
+        let (buf, mut inode) = fs.iget(*d)?;
+        let mut t = fs.tree_mut(&h, &buf);
+        if t.remove(*key)?.is_some() {
+            inode.entries = inode.entries.saturating_sub(1);
+            inode.blocks = (inode.blocks as i64 + t.blocks_delta) as u64;
+            fs.iput(&h, &buf, &inode);
+            rep.fixed.push(format!("directory {d}: removed the entry that pointed at {why}"));
+        }
+    }
+    let mut recount = Vec::new();
+    for chunk in bitmap.chunks(512) {
+        let h = fs.begin()?;
+        for &(blk, s) in chunk {
+            if sb.layout.ag_of(blk).map(|a| sb.layout.ag_first_block(a)) == Some(blk) {
+                recount.push(sb.layout.ag_of(blk).unwrap_or(0));
+                continue;
+            }
+            fs.vol.alloc.set_state(&h, blk, s)?;
+            if let Some(a) = sb.layout.ag_of(blk) {
+                recount.push(a);
+            }
+        }
+    }
+    if !bitmap.is_empty() {
+        rep.fixed.push("corrected the allocation bitmaps (leaked blocks freed, used blocks marked)".into());
+    }
+    recount.sort_unstable();
+    recount.dedup();
+    for a in recount {
+        let h = fs.begin()?;
+        let (old, new) = fs.vol.alloc.recount(&h, a)?;
+        if old != new {
+            rep.fixed.push(format!("allocation group {a}: free count {old} -> {new}"));
+        }
+    }
+    for &(ino, nlink, entries, blocks) in links {
+        if w.disconnected.contains(&ino) {
+            continue;
+        }
+        let h = fs.begin()?;
+        let _g = fs.locks.lock(ino, Mode::Exclusive);
+        let (buf, mut inode) = fs.iget(ino)?;
+        inode.nlink = nlink;
+        if inode.is_dir() {
+            inode.entries = entries;
+        }
+        inode.blocks = blocks;
+        fs.iput(&h, &buf, &inode);
+        rep.fixed.push(format!("inode {ino}: link count {nlink}, entries {entries}, blocks {blocks}"));
+    }
+    for &ino in &w.disconnected {
+        let nlink = w.inodes.get(&ino).map(|i| i.nlink).unwrap_or(0);
+        if nlink == 0 {
+            let h = fs.begin()?;
+            fs.add_orphan(&h, ino)?;
+            drop(h);
+            fs.reclaim(ino)?;
+            rep.fixed.push(format!("inode {ino}: finished its interrupted delete"));
+        } else {
+            fs.attach_to_lost_found(ino)?;
+            rep.fixed.push(format!("inode {ino}: linked into lost+found as #{ino}"));
+        }
+    }
+    fs.close()?;
+    Ok(())
+}
+
+impl Fs {
+    /// fsck: gives a disconnected inode the name `#ino` in lost+found.
+    pub(crate) fn attach_to_lost_found(&self, ino: u64) -> Result<()> {
+        let lf = self.vol.sb.lost_found_ino;
+        let h = self.begin()?;
+        let _pg = self.locks.lock(lf, Mode::Exclusive);
+        let _cg = self.locks.lock(ino, Mode::Exclusive);
+        let (pbuf, mut p) = self.iget(lf)?;
+        let (cbuf, mut c) = self.iget(ino)?;
+        let name = format!("#{ino}");
+        if dir::lookup(&self.tree(&pbuf), name.as_bytes())?.is_some() {
+            return Err(FsError::Exists);
+        }
+        let mut t = self.tree_mut(&h, &pbuf);
+        dir::add(&mut t, name.as_bytes(), ino, dir::dtype_of_mode(c.mode))?;
+        p.blocks = (p.blocks as i64 + t.blocks_delta) as u64;
+        p.entries += 1;
+        if c.is_dir() {
+            p.nlink += 1;
+            c.parent = lf;
+        } else {
+            c.nlink = 1;
+        }
+        self.iput(&h, &pbuf, &p);
+        self.iput(&h, &cbuf, &c);
+        Ok(())
+    }
+}

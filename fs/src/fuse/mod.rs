@@ -1,0 +1,400 @@
+//! The FUSE glue: translates kernel requests into `filesystem::Fs` calls and replies, and
+//! errors into errno values (`FsError::errno`). Nothing here decides filesystem behaviour.
+mod acl;
+pub mod mount;
+
+use crate::error::FsError;
+use crate::filesystem::namespace::NewNode;
+use crate::filesystem::{attr::XattrSet, Caller, FallocMode, Fs, SetAttr, Whence};
+use crate::format::inode::{Inode, Timespec};
+use fuser::{
+    AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
+    ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+};
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+pub struct MafsFuse {
+    fs: Arc<Fs>,
+    /// How long the kernel may trust attributes and names. A standalone node holds every lock
+    /// for ever, so every change goes through this kernel and long TTLs are safe.
+    ttl: Duration,
+    root: u64,
+}
+
+fn errno(e: &FsError) -> Errno {
+    if matches!(e, FsError::Io { .. } | FsError::Corrupt { .. } | FsError::ShortRead { .. } | FsError::Stopped(_)) {
+        tracing::error!("{e}");
+    }
+    Errno::from_i32(e.errno())
+}
+
+fn systime(t: Timespec) -> SystemTime {
+    if t.sec >= 0 {
+        UNIX_EPOCH + Duration::new(t.sec as u64, t.nsec)
+    } else {
+        UNIX_EPOCH - Duration::from_secs((-t.sec) as u64) + Duration::from_nanos(t.nsec as u64)
+    }
+}
+
+fn timespec(t: SystemTime) -> Timespec {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => Timespec { sec: d.as_secs() as i64, nsec: d.subsec_nanos() },
+        Err(e) => {
+            let d = e.duration();
+            let mut sec = -(d.as_secs() as i64);
+            let mut nsec = d.subsec_nanos();
+            if nsec > 0 {
+                sec -= 1;
+                nsec = 1_000_000_000 - nsec;
+            }
+            Timespec { sec, nsec }
+        }
+    }
+}
+
+fn kind(mode: u32) -> FileType {
+    match mode & libc::S_IFMT {
+        libc::S_IFDIR => FileType::Directory,
+        libc::S_IFLNK => FileType::Symlink,
+        libc::S_IFIFO => FileType::NamedPipe,
+        libc::S_IFCHR => FileType::CharDevice,
+        libc::S_IFBLK => FileType::BlockDevice,
+        libc::S_IFSOCK => FileType::Socket,
+        _ => FileType::RegularFile,
+    }
+}
+
+fn dtype_kind(dt: u8) -> FileType {
+    match dt {
+        libc::DT_DIR => FileType::Directory,
+        libc::DT_LNK => FileType::Symlink,
+        libc::DT_FIFO => FileType::NamedPipe,
+        libc::DT_CHR => FileType::CharDevice,
+        libc::DT_BLK => FileType::BlockDevice,
+        libc::DT_SOCK => FileType::Socket,
+        _ => FileType::RegularFile,
+    }
+}
+
+impl MafsFuse {
+    pub fn new(fs: Arc<Fs>, ttl: Duration) -> MafsFuse {
+        let root = fs.root();
+        MafsFuse { fs, ttl, root }
+    }
+
+    fn ino(&self, i: INodeNo) -> u64 {
+        if i.0 == 1 {
+            self.root
+        } else {
+            i.0
+        }
+    }
+
+    fn fuse_ino(&self, i: u64) -> INodeNo {
+        INodeNo(if i == self.root { 1 } else { i })
+    }
+
+    fn attr(&self, i: &Inode) -> FileAttr {
+        FileAttr {
+            ino: self.fuse_ino(i.ino),
+            size: i.size,
+            blocks: (i.blocks + 1) * 8,
+            atime: systime(i.atime),
+            mtime: systime(i.mtime),
+            ctime: systime(i.ctime),
+            crtime: systime(i.crtime),
+            kind: kind(i.mode),
+            perm: (i.mode & 0o7777) as u16,
+            nlink: i.nlink,
+            uid: i.uid,
+            gid: i.gid,
+            rdev: i.rdev as u32,
+            blksize: 4096,
+            flags: 0,
+        }
+    }
+
+    fn entry(&self, r: Result<Inode, FsError>, reply: ReplyEntry) {
+        match r {
+            Ok(i) => reply.entry(&self.ttl, &self.attr(&i), Generation(i.generation)),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn empty(r: Result<(), FsError>, reply: ReplyEmpty) {
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn caller(req: &Request) -> Caller {
+        Caller { uid: req.uid(), gid: req.gid() }
+    }
+
+    /// Creates a node, applying the parent's default ACL or else the umask (the kernel leaves
+    /// both to us when POSIX ACLs are on).
+    fn make(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, rdev: u64, target: Option<&[u8]>) -> Result<Inode, FsError> {
+        let parent = self.ino(parent);
+        let inherited = acl::inherit(&self.fs, parent, mode, umask)?;
+        let node = NewNode { mode: inherited.mode, rdev, symlink_target: target };
+        let inode = self.fs.create(parent, name.as_bytes(), node, Self::caller(req))?;
+        let had_acls = !inherited.xattrs_empty();
+        for (xname, value) in inherited.xattrs {
+            self.fs.setxattr(inode.ino, xname, Some(&value), XattrSet::Any)?;
+        }
+        if had_acls {
+            return self.fs.getattr(inode.ino);
+        }
+        Ok(inode)
+    }
+}
+
+impl Filesystem for MafsFuse {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        let _ = config.add_capabilities(InitFlags::FUSE_PARALLEL_DIROPS | InitFlags::FUSE_POSIX_ACL);
+        let _ = config.set_max_write(1 << 20);
+        Ok(())
+    }
+
+    fn destroy(&mut self) {
+        if let Err(e) = self.fs.close() {
+            tracing::error!("unmount: could not leave the volume clean: {e}");
+        }
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        match self.fs.lookup(self.ino(parent), name.as_bytes()) {
+            // A negative entry with a TTL lets the kernel cache "no such name".
+            Err(FsError::NotFound) => reply.entry(&self.ttl, &FileAttr { ino: INodeNo(0), ..self.attr(&Inode::default()) }, Generation(0)),
+            r => self.entry(r, reply),
+        }
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.fs.getattr(self.ino(ino)) {
+            Ok(i) => reply.attr(&self.ttl, &self.attr(&i)),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        ctime: Option<SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let now = Timespec::now();
+        let t = |x: Option<TimeOrNow>| {
+            x.map(|v| match v {
+                TimeOrNow::Now => now,
+                TimeOrNow::SpecificTime(s) => timespec(s),
+            })
+        };
+        let ino = self.ino(ino);
+        let a = SetAttr { mode, uid, gid, size, atime: t(atime), mtime: t(mtime), ctime: ctime.map(timespec) };
+        let r = self.fs.setattr(ino, &a).and_then(|i| {
+            if mode.is_some() {
+                acl::chmod(&self.fs, ino, i.mode)?;
+            }
+            Ok(i)
+        });
+        match r {
+            Ok(i) => reply.attr(&self.ttl, &self.attr(&i)),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        match self.fs.readlink(self.ino(ino)) {
+            Ok(d) => reply.data(&d),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn mknod(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, rdev: u32, reply: ReplyEntry) {
+        self.entry(self.make(req, parent, name, mode, umask, rdev as u64, None), reply)
+    }
+
+    fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
+        self.entry(self.make(req, parent, name, libc::S_IFDIR | (mode & 0o7777), umask, 0, None), reply)
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        Self::empty(self.fs.unlink(self.ino(parent), name.as_bytes(), false), reply)
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        Self::empty(self.fs.unlink(self.ino(parent), name.as_bytes(), true), reply)
+    }
+
+    fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
+        let r = dir_check(link_name).and_then(|_| {
+            let parent = self.ino(parent);
+            self.fs.create(parent, link_name.as_bytes(), NewNode { mode: libc::S_IFLNK | 0o777, rdev: 0, symlink_target: Some(target.as_os_str().as_bytes()) }, Self::caller(req))
+        });
+        self.entry(r, reply)
+    }
+
+    fn rename(&self, _req: &Request, parent: INodeNo, name: &OsStr, newparent: INodeNo, newname: &OsStr, flags: RenameFlags, reply: ReplyEmpty) {
+        if flags.contains(RenameFlags::RENAME_WHITEOUT) {
+            return reply.error(Errno::from_i32(libc::EINVAL));
+        }
+        Self::empty(self.fs.rename(self.ino(parent), name.as_bytes(), self.ino(newparent), newname.as_bytes(), flags.bits()), reply)
+    }
+
+    fn link(&self, _req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
+        self.entry(self.fs.link(self.ino(ino), self.ino(newparent), newname.as_bytes()), reply)
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        match self.fs.open(self.ino(ino)) {
+            Ok(_) => reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn read(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, size: u32, _flags: OpenFlags, _lock: Option<LockOwner>, reply: ReplyData) {
+        let ino = self.ino(ino);
+        match self.fs.read(ino, offset, size) {
+            Ok(d) => {
+                reply.data(&d);
+                if let Err(e) = self.fs.touch_atime(ino) {
+                    tracing::warn!("atime of inode {ino}: {e}");
+                }
+            }
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn write(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, data: &[u8], _wf: WriteFlags, _flags: OpenFlags, _lock: Option<LockOwner>, reply: ReplyWrite) {
+        match self.fs.write(self.ino(ino), offset, data) {
+            Ok(n) => reply.written(n as u32),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn flush(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _lock: LockOwner, reply: ReplyEmpty) {
+        reply.ok()
+    }
+
+    fn release(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _flags: OpenFlags, _lock: Option<LockOwner>, _flush: bool, reply: ReplyEmpty) {
+        Self::empty(self.fs.release(self.ino(ino)), reply)
+    }
+
+    fn fsync(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        Self::empty(self.fs.sync(), reply)
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        match self.fs.getattr(self.ino(ino)) {
+            Ok(i) if i.is_dir() => reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE),
+            Ok(_) => reply.error(Errno::from_i32(libc::ENOTDIR)),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+        let r = self.fs.readdir(self.ino(ino), offset, &mut |e_ino, dt, name, cookie| !reply.add(self.fuse_ino(e_ino), cookie, dtype_kind(dt), OsStr::from_bytes(name)));
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn fsyncdir(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        Self::empty(self.fs.sync(), reply)
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let s = self.fs.statfs();
+        reply.statfs(s.blocks, s.bfree, s.bfree, s.files, s.ffree, s.bsize, s.namelen, s.bsize)
+    }
+
+    fn setxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, value: &[u8], flags: i32, _position: u32, reply: ReplyEmpty) {
+        let how = if flags & libc::XATTR_CREATE != 0 {
+            XattrSet::Create
+        } else if flags & libc::XATTR_REPLACE != 0 {
+            XattrSet::Replace
+        } else {
+            XattrSet::Any
+        };
+        let ino = self.ino(ino);
+        Self::empty(acl::setxattr(&self.fs, ino, name.as_bytes(), value, how), reply)
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        match self.fs.getxattr(self.ino(ino), name.as_bytes()) {
+            Ok(v) if size == 0 => reply.size(v.len() as u32),
+            Ok(v) if v.len() > size as usize => reply.error(Errno::from_i32(libc::ERANGE)),
+            Ok(v) => reply.data(&v),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        match self.fs.listxattr(self.ino(ino)) {
+            Ok(v) if size == 0 => reply.size(v.len() as u32),
+            Ok(v) if v.len() > size as usize => reply.error(Errno::from_i32(libc::ERANGE)),
+            Ok(v) => reply.data(&v),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        Self::empty(self.fs.setxattr(self.ino(ino), name.as_bytes(), None, XattrSet::Any), reply)
+    }
+
+    fn access(&self, _req: &Request, ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
+        // Permissions are checked by the kernel (default_permissions); we only confirm existence.
+        Self::empty(self.fs.getattr(self.ino(ino)).map(|_| ()), reply)
+    }
+
+    fn create(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, _flags: i32, reply: ReplyCreate) {
+        let r = self.make(req, parent, name, mode, umask, 0, None).and_then(|i| self.fs.open(i.ino));
+        match r {
+            Ok(i) => reply.created(&self.ttl, &self.attr(&i), Generation(i.generation), FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn fallocate(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, length: u64, mode: i32, reply: ReplyEmpty) {
+        let r = FallocMode::from_flags(mode).and_then(|m| self.fs.fallocate(self.ino(ino), offset, length, m));
+        Self::empty(r, reply)
+    }
+
+    fn lseek(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: i64, whence: i32, reply: ReplyLseek) {
+        let w = match whence {
+            libc::SEEK_DATA => Whence::Data,
+            libc::SEEK_HOLE => Whence::Hole,
+            _ => return reply.error(Errno::from_i32(libc::EINVAL)),
+        };
+        if offset < 0 {
+            return reply.error(Errno::from_i32(libc::ENXIO));
+        }
+        match self.fs.lseek(self.ino(ino), offset as u64, w) {
+            Ok(o) => reply.offset(o as i64),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+}
+
+fn dir_check(name: &OsStr) -> Result<(), FsError> {
+    crate::dir::check_name(name.as_bytes())
+}

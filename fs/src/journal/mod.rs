@@ -1,0 +1,284 @@
+//! The node's metadata journal (write-ahead log in its own slot).
+//!
+//! Operations change metadata blocks in the cache inside a `Handle`; the handle joins every
+//! block it changes to the *running transaction*. `Journal::commit` closes that transaction
+//! (briefly excluding new handles while it copies the block images), writes it to the slot's
+//! journal, flushes, writes the commit record, flushes again, and then writes the images home.
+//! Many operations share one transaction (group commit), so a burst of creates costs a few
+//! flushes, not one per create.
+//!
+//! Ordered data: file data is written to its home blocks before the operation that maps it
+//! ends, and the first flush of the commit makes it durable before the commit record is, so
+//! metadata never points at unwritten data after a crash.
+pub mod records;
+pub mod replay;
+
+use crate::cache::{MetaBuf, MetaCache};
+use crate::device::BlockDevice;
+use crate::error::{FsError, Result};
+use crate::format::layout::Layout;
+use crate::format::slot::{SlotHeader, SlotState};
+use crate::format::{header, BLOCK_SIZE};
+use parking_lot::{Condvar, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+#[derive(Default)]
+struct Running {
+    dirty: HashMap<u64, Arc<MetaBuf>>,
+    revokes: HashSet<u64>,
+    /// Extents freed in this transaction: reusable only once it is committed.
+    freed: Vec<(u64, u64)>,
+}
+
+struct State {
+    /// Next free block in the journal (relative).
+    head: u64,
+    /// Sequence of the running transaction.
+    next_seq: u64,
+    committed_seq: u64,
+    slot: SlotHeader,
+}
+
+pub struct Journal {
+    dev: Arc<dyn BlockDevice>,
+    cache: Arc<MetaCache>,
+    layout: Layout,
+    seed: u32,
+    /// Held shared by every handle and exclusively by a commit while it captures images.
+    gate: RwLock<()>,
+    running: Mutex<Running>,
+    state: Mutex<State>,
+    commit_lock: Mutex<()>,
+    committed: Condvar,
+    fatal: Mutex<Option<String>>,
+    /// A running transaction with this many blocks is committed before new handles start.
+    limit: usize,
+}
+
+/// One operation's membership in the running transaction.
+pub struct Handle<'a> {
+    j: &'a Journal,
+    _gate: RwLockReadGuard<'a, ()>,
+}
+
+/// What a commit released for reuse.
+pub struct Committed {
+    pub seq: u64,
+    pub freed: Vec<(u64, u64)>,
+}
+
+impl Journal {
+    /// Starts journaling into `slot`, whose journal has been replayed: writes the slot header
+    /// as in use, with replay starting at the journal's start and sequence `next_seq`.
+    pub fn start(dev: Arc<dyn BlockDevice>, cache: Arc<MetaCache>, layout: Layout, seed: u32, mut slot: SlotHeader, next_seq: u64, owner: &str) -> Result<Journal> {
+        slot.state = SlotState::InUse;
+        slot.generation += 1;
+        slot.journal_tail = 0;
+        slot.tail_seq = next_seq;
+        slot.mounted_at = crate::format::inode::Timespec::now().sec;
+        slot.owner = owner.to_string();
+        write_slot(&*dev, &layout, &slot, seed)?;
+        let limit = (layout.journal_blocks as usize / 4).max(64);
+        Ok(Journal {
+            dev,
+            cache,
+            layout,
+            seed,
+            gate: RwLock::new(()),
+            running: Mutex::new(Running::default()),
+            state: Mutex::new(State { head: 0, next_seq, committed_seq: next_seq.saturating_sub(1), slot }),
+            commit_lock: Mutex::new(()),
+            committed: Condvar::new(),
+            fatal: Mutex::new(None),
+            limit,
+        })
+    }
+
+    fn check_fatal(&self) -> Result<()> {
+        match &*self.fatal.lock() {
+            Some(why) => Err(FsError::Stopped(why.clone())),
+            None => Ok(()),
+        }
+    }
+
+    /// Joins the running transaction; commits first if it has grown past its limit.
+    pub fn begin(&self) -> Result<Handle<'_>> {
+        loop {
+            self.check_fatal()?;
+            if self.running.lock().dirty.len() < self.limit {
+                break;
+            }
+            self.commit()?;
+        }
+        Ok(Handle { j: self, _gate: self.gate.read() })
+    }
+
+    /// Sequence of the running transaction: once it is committed, everything done so far is durable.
+    pub fn running_seq(&self) -> u64 {
+        self.state.lock().next_seq
+    }
+
+    pub fn slot(&self) -> SlotHeader {
+        self.state.lock().slot.clone()
+    }
+
+    /// Commits unless transaction `seq` already is.
+    pub fn commit_upto(&self, seq: u64) -> Result<Option<Committed>> {
+        if self.state.lock().committed_seq >= seq {
+            return Ok(None);
+        }
+        let c = self.commit()?;
+        Ok(Some(c))
+    }
+
+    /// Closes the running transaction and makes it durable (see the module comment).
+    pub fn commit(&self) -> Result<Committed> {
+        let _one = self.commit_lock.lock();
+        self.check_fatal()?;
+        let (seq, images, revokes, freed) = {
+            let _excl: RwLockWriteGuard<'_, ()> = self.gate.write();
+            let mut run = self.running.lock();
+            let mut st = self.state.lock();
+            let seq = st.next_seq;
+            st.next_seq += 1;
+            let taken = std::mem::take(&mut *run);
+            let mut images: Vec<(u64, Vec<u8>)> = Vec::with_capacity(taken.dirty.len());
+            for (blk, buf) in taken.dirty {
+                let mut img = buf.read().to_vec();
+                header::reseal(&mut img, seq, self.seed);
+                buf.dirty.store(false, Ordering::Release);
+                buf.last_seq.store(seq, Ordering::Release);
+                images.push((blk, img));
+            }
+            images.sort_unstable_by_key(|(b, _)| *b);
+            let mut revokes: Vec<u64> = taken.revokes.into_iter().collect();
+            revokes.sort_unstable();
+            (seq, images, revokes, taken.freed)
+        };
+        match self.write_txn(seq, &images, &revokes) {
+            Ok(()) => {}
+            Err(e) => {
+                *self.fatal.lock() = Some(format!("journal commit {seq} failed: {e}"));
+                return Err(e);
+            }
+        }
+        self.cache.checkpointed_seq.fetch_max(seq, Ordering::AcqRel);
+        let mut st = self.state.lock();
+        st.committed_seq = seq;
+        self.committed.notify_all();
+        Ok(Committed { seq, freed })
+    }
+
+    fn write_txn(&self, seq: u64, images: &[(u64, Vec<u8>)], revokes: &[u64]) -> Result<()> {
+        if images.is_empty() && revokes.is_empty() {
+            // Nothing to log, but fsync still needs the data writes durable.
+            return self.dev.flush();
+        }
+        let items: Vec<(u64, Option<&[u8]>)> =
+            revokes.iter().map(|r| (*r, None)).chain(images.iter().map(|(b, img)| (*b, Some(img.as_slice())))).collect();
+        let (jstart, jlen) = self.layout.journal_range(self.state.lock().slot.index);
+        let ndesc = items.len().div_ceil(records::DESC_CAPACITY).max(1);
+        let total = (ndesc + images.len() + 1) as u64;
+        if total > jlen as u64 {
+            return Err(FsError::Stopped(format!("transaction of {total} blocks does not fit the {jlen}-block journal")));
+        }
+        let mut head = self.state.lock().head;
+        if head + total > jlen as u64 {
+            // Wrap: every earlier transaction is already home; make that durable, then move the
+            // replay start to the journal's beginning before overwriting it.
+            self.dev.flush()?;
+            let slot = {
+                let mut st = self.state.lock();
+                st.slot.journal_tail = 0;
+                st.slot.tail_seq = seq;
+                st.head = 0;
+                st.slot.clone()
+            };
+            write_slot(&*self.dev, &self.layout, &slot, self.seed)?;
+            head = 0;
+        }
+        let body = records::build_txn(&items, jstart + head, seq, self.seed);
+        let nblocks = (body.len() / BLOCK_SIZE) as u64;
+        self.dev.write_at(&body, (jstart + head) * BLOCK_SIZE as u64)?;
+        self.dev.flush()?;
+        let commit = records::encode_commit(nblocks as u32, records::txn_crc(&body, seq), jstart + head + nblocks, seq, self.seed);
+        self.dev.write_at(&commit, (jstart + head + nblocks) * BLOCK_SIZE as u64)?;
+        self.dev.flush()?;
+        self.state.lock().head = head + nblocks + 1;
+        // Checkpoint: the transaction is durable in the journal, so home writes may now land
+        // in any order; they are made durable by the next flush (at the latest before a wrap).
+        write_home(&*self.dev, images)
+    }
+
+    /// Commits everything and marks the slot clean (unmount).
+    pub fn shutdown(&self) -> Result<()> {
+        self.commit()?;
+        self.dev.flush()?;
+        let slot = {
+            let mut st = self.state.lock();
+            st.slot.state = SlotState::Clean;
+            st.slot.journal_tail = st.head;
+            st.slot.tail_seq = st.next_seq;
+            st.slot.clone()
+        };
+        write_slot(&*self.dev, &self.layout, &slot, self.seed)
+    }
+}
+
+/// Writes images to their home blocks, coalescing runs of consecutive blocks.
+fn write_home(dev: &dyn BlockDevice, images: &[(u64, Vec<u8>)]) -> Result<()> {
+    let mut i = 0;
+    while i < images.len() {
+        let mut j = i + 1;
+        while j < images.len() && images[j].0 == images[j - 1].0 + 1 && j - i < 256 {
+            j += 1;
+        }
+        if j - i == 1 {
+            dev.write_at(&images[i].1, images[i].0 * BLOCK_SIZE as u64)?;
+        } else {
+            let mut run = Vec::with_capacity((j - i) * BLOCK_SIZE);
+            for (_, img) in &images[i..j] {
+                run.extend_from_slice(img);
+            }
+            dev.write_at(&run, images[i].0 * BLOCK_SIZE as u64)?;
+        }
+        i = j;
+    }
+    Ok(())
+}
+
+pub fn write_slot(dev: &dyn BlockDevice, layout: &Layout, slot: &SlotHeader, seed: u32) -> Result<()> {
+    let blk = layout.slot_header_blkno(slot.index);
+    dev.write_at(&slot.encode(blk, seed), blk * BLOCK_SIZE as u64)?;
+    dev.flush()
+}
+
+impl Handle<'_> {
+    /// Write access to `buf`, joining it to the running transaction.
+    pub fn write<'b>(&self, buf: &'b Arc<MetaBuf>) -> parking_lot::RwLockWriteGuard<'b, Box<[u8]>> {
+        if !buf.dirty.swap(true, Ordering::AcqRel) {
+            let mut run = self.j.running.lock();
+            run.revokes.remove(&buf.blkno);
+            run.dirty.insert(buf.blkno, buf.clone());
+        }
+        buf.write_raw()
+    }
+
+    /// A metadata block was freed: never replay older images of it, and drop it from the cache.
+    pub fn revoke(&self, blkno: u64) {
+        let mut run = self.j.running.lock();
+        if let Some(buf) = run.dirty.remove(&blkno) {
+            buf.dirty.store(false, Ordering::Release);
+        }
+        run.revokes.insert(blkno);
+        drop(run);
+        self.j.cache.forget(blkno);
+    }
+
+    /// An extent was freed; it becomes allocatable when this transaction commits.
+    pub fn freed(&self, start: u64, len: u64) {
+        self.j.running.lock().freed.push((start, len));
+    }
+}

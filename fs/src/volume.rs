@@ -1,0 +1,99 @@
+//! A volume opened by this node: superblock, its slot's journal (replayed at open), the
+//! metadata cache and the allocator.
+use crate::alloc::Allocator;
+use crate::cache::MetaCache;
+use crate::device::BlockDevice;
+use crate::error::{FsError, Result};
+use crate::format::slot::SlotHeader;
+use crate::format::superblock::{Superblock, BACKUP_SUPERBLOCK_BLKNO, SUPERBLOCK_BLKNO};
+use crate::format::BLOCK_SIZE;
+use crate::journal::replay::{self, ReplayStats};
+use crate::journal::Journal;
+use std::sync::Arc;
+
+/// Metadata blocks kept in memory (256 MiB); clean ones are evicted past this.
+pub const DEFAULT_CACHE_BLOCKS: usize = 65536;
+
+pub struct Volume {
+    pub dev: Arc<dyn BlockDevice>,
+    pub sb: Superblock,
+    pub seed: u32,
+    pub cache: Arc<MetaCache>,
+    pub journal: Journal,
+    pub alloc: Allocator,
+    pub replayed: ReplayStats,
+    /// The primary superblock was unreadable and the backup copy was used.
+    pub used_backup_superblock: bool,
+}
+
+/// Reads the superblock, falling back to the backup copy; returns it and whether the backup
+/// was used. Errors name what is wrong with the primary.
+pub fn read_superblock(dev: &dyn BlockDevice) -> Result<(Superblock, bool)> {
+    if dev.size() < 2 * BLOCK_SIZE as u64 {
+        return Err(FsError::NotMafs(format!("device of {} bytes is too small to hold a mafs volume", dev.size())));
+    }
+    let mut b = vec![0u8; BLOCK_SIZE];
+    dev.read_at(&mut b, SUPERBLOCK_BLKNO)?;
+    let primary = Superblock::decode(&b, SUPERBLOCK_BLKNO);
+    let (sb, backup) = match primary {
+        Ok(sb) => (sb, false),
+        Err(e) => {
+            dev.read_at(&mut b, BACKUP_SUPERBLOCK_BLKNO * BLOCK_SIZE as u64)?;
+            match Superblock::decode(&b, BACKUP_SUPERBLOCK_BLKNO) {
+                Ok(sb) => (sb, true),
+                Err(_) => return Err(e),
+            }
+        }
+    };
+    let need = sb.layout.total_blocks * BLOCK_SIZE as u64;
+    if dev.size() < need {
+        return Err(FsError::corrupt(0, format!("superblock says the volume has {need} bytes but the device has only {}", dev.size())));
+    }
+    Ok((sb, backup))
+}
+
+pub fn read_slot(dev: &dyn BlockDevice, sb: &Superblock, slot: u32) -> Result<SlotHeader> {
+    if slot >= sb.layout.slot_count {
+        return Err(FsError::Invalid("slot number beyond the volume's slot count"));
+    }
+    let blk = sb.layout.slot_header_blkno(slot);
+    let mut b = vec![0u8; BLOCK_SIZE];
+    dev.read_at(&mut b, blk * BLOCK_SIZE as u64)?;
+    SlotHeader::decode(&b, blk, sb.crc_seed())
+}
+
+impl Volume {
+    /// Opens the volume through `slot`: replays the slot's journal, then starts a new one.
+    pub fn open(dev: Arc<dyn BlockDevice>, slot: u32, owner: &str, cache_blocks: usize) -> Result<Volume> {
+        let (sb, used_backup_superblock) = read_superblock(&*dev)?;
+        let seed = sb.crc_seed();
+        let hdr = read_slot(&*dev, &sb, slot)?;
+        let replayed = replay::replay(&*dev, &sb.layout, &hdr, seed)?;
+        let cache = Arc::new(MetaCache::new(dev.clone(), seed, cache_blocks));
+        let journal = Journal::start(dev.clone(), cache.clone(), sb.layout, seed, hdr, replayed.next_seq, owner)?;
+        let alloc = Allocator::open(cache.clone(), sb.layout, slot)?;
+        Ok(Volume { dev, sb, seed, cache, journal, alloc, replayed, used_backup_superblock })
+    }
+
+    /// Commits the running transaction and returns the blocks it freed to the allocator.
+    pub fn commit(&self) -> Result<()> {
+        let c = self.journal.commit()?;
+        self.alloc.release(&c.freed);
+        Ok(())
+    }
+
+    /// Makes everything done before this call durable (fsync).
+    pub fn sync(&self) -> Result<()> {
+        let seq = self.journal.running_seq();
+        if let Some(c) = self.journal.commit_upto(seq)? {
+            self.alloc.release(&c.freed);
+        }
+        Ok(())
+    }
+
+    /// Commits, checkpoints and marks the slot clean.
+    pub fn close(&self) -> Result<()> {
+        self.commit()?;
+        self.journal.shutdown()
+    }
+}
