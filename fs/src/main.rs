@@ -168,7 +168,8 @@ fn mount_source(mountpoint: &std::path::Path) -> anyhow::Result<Option<PathBuf>>
     for line in mounts.lines() {
         let f: Vec<&str> = line.split(' ').collect();
         if f.len() >= 3 && PathBuf::from(f[1].replace("\\040", " ")) == canon {
-            if f[2] != "fuse.mafs" {
+            // fuser mounts through mount(2) directly, which records the type as plain "fuse".
+            if f[2] != "fuse.mafs" && f[2] != "fuse" {
                 anyhow::bail!("{} is not a mafs mount (it is {})", mountpoint.display(), f[2]);
             }
             return Ok(Some(PathBuf::from(f[0].replace("\\040", " "))));

@@ -229,7 +229,10 @@ impl Fs {
         self.reclaim_if_unused(victim)
     }
 
-    /// True if directory `ancestor` is `dir` or one of its ancestors.
+    /// True if directory `ancestor` is `dir` or one of its ancestors. Called with the rename
+    /// lock held: parent fields change only under it, so the walk needs no inode locks (and
+    /// must take none: it runs while this rename holds its directories' locks, and locking
+    /// upwards would invert the parent-before-child order).
     fn is_ancestor(&self, ancestor: u64, mut dir: u64) -> Result<bool> {
         let root = self.root();
         for _ in 0..4096 {
@@ -239,7 +242,6 @@ impl Fs {
             if dir == root {
                 return Ok(false);
             }
-            let _g = self.locks.lock(dir, Mode::Shared);
             dir = self.iget(dir)?.1.parent;
         }
         Err(FsError::corrupt(dir, "directory parent chain does not reach the root"))
