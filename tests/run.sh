@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it (.ci/run calls exactly this):
+#   1. installs what the tests need (apt packages, pjdfstest, cargo-nextest, test users);
+#   2. builds the workspace in release mode (the e2e tests drive target/release/mafs);
+#   3. runs every unit, integration and end-to-end test (real FUSE mounts, real lockd
+#      processes on 127.0.0.1, kill -9 crashes) under cargo-nextest;
+#   4. runs the POSIX conformance suite pjdfstest on a fresh mafs mount (and on ext4 on a
+#      loop device, for the side-by-side count in docs/pjdfstest.md).
+# Needs root: FUSE mounts, loop devices and the unprivileged test users.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "$(id -u)" != 0 ]; then
+    echo "tests/run.sh: run as root (it mounts FUSE and loop filesystems and creates test users)" >&2
+    exit 2
+fi
+
+echo "== installing test dependencies"
+bash tests/pjdfstest/install-deps.sh
+if ! command -v cargo-nextest >/dev/null 2>&1; then
+    cargo install --locked cargo-nextest
+fi
+[ -e /dev/fuse ] || modprobe fuse
+
+echo "== building (release)"
+cargo build --release --workspace
+
+echo "== unit, integration and end-to-end tests"
+cargo nextest run --release --workspace --no-fail-fast
+
+echo "== pjdfstest (POSIX conformance) on ext4 and on mafs"
+SKIP_INSTALL=1 MAFS="$PWD/target/release/mafs" PJDFSTEST_REQUIRE=1 bash tests/pjdfstest/ci.sh
