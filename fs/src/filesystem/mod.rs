@@ -133,8 +133,12 @@ impl Fs {
         self.vol.sync()
     }
 
-    /// Periodic commit (the mount runs it every few seconds, like ext4's commit interval).
+    /// Periodic commit (the mount runs it every few seconds, like ext4's commit interval);
+    /// does nothing when nothing changed.
     pub fn commit(&self) -> Result<()> {
+        if self.vol.journal.is_idle() {
+            return Ok(());
+        }
         self.vol.commit()
     }
 

@@ -115,6 +115,12 @@ impl Journal {
         Ok(Handle { j: self, _gate: self.gate.read() })
     }
 
+    /// True if the running transaction holds no change (a periodic commit would only flush).
+    pub fn is_idle(&self) -> bool {
+        let run = self.running.lock();
+        run.dirty.is_empty() && run.revokes.is_empty() && run.freed.is_empty()
+    }
+
     /// Sequence of the running transaction: once it is committed, everything done so far is durable.
     pub fn running_seq(&self) -> u64 {
         self.state.lock().next_seq
