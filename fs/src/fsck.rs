@@ -480,11 +480,15 @@ fn apply_repairs(dev: Arc<dyn BlockDevice>, sb: &Superblock, w: &Walk, bitmap: &
         }
     }
     let mut recount = Vec::new();
+    let mut flagged = HashSet::new();
     for chunk in bitmap.chunks(512) {
         let h = fs.begin()?;
         for &(blk, s) in chunk {
             if sb.layout.ag_of(blk).map(|a| sb.layout.ag_first_block(a)) == Some(blk) {
-                recount.push(sb.layout.ag_of(blk).unwrap_or(0));
+                // The marker compare_bitmaps leaves for an AG whose free count was wrong.
+                let a = sb.layout.ag_of(blk).unwrap_or(0);
+                flagged.insert(a);
+                recount.push(a);
                 continue;
             }
             fs.vol.alloc.set_state(&h, blk, s)?;
@@ -501,7 +505,7 @@ fn apply_repairs(dev: Arc<dyn BlockDevice>, sb: &Superblock, w: &Walk, bitmap: &
     for a in recount {
         let h = fs.begin()?;
         let (old, new) = fs.vol.alloc.recount(&h, a)?;
-        if old != new {
+        if old != new || flagged.contains(&a) {
             rep.fixed.push(format!("allocation group {a}: free count {old} -> {new}"));
         }
     }
