@@ -1,0 +1,523 @@
+//! End-to-end tests on a real FUSE mount: names and attributes (lookup, getattr, setattr,
+//! mkdir/rmdir/unlink, rename and its flags, links, symlinks, device nodes, readdir, name
+//! limits, statfs, fsync). Each test ends with a clean unmount and `mafs fsck` exit 0.
+use mafs_tests::fs_mount::*;
+use std::collections::{BTreeSet, HashMap};
+use std::fs;
+use std::os::unix::fs::{symlink, FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::time::Duration;
+
+fn ctime(p: &Path) -> (i64, i64) {
+    let m = fs::symlink_metadata(p).unwrap();
+    (m.ctime(), m.ctime_nsec())
+}
+
+#[test]
+fn chmod_and_chown_change_mode_owner_and_ctime_and_persist() {
+    let mut m = Mounted::new("64M");
+    let f = m.path("f");
+    fs::write(&f, b"x").unwrap();
+    let c0 = ctime(&f);
+    fs::set_permissions(&f, fs::Permissions::from_mode(0o4751)).unwrap();
+    let md = fs::metadata(&f).unwrap();
+    assert_eq!(md.mode() & 0o7777, 0o4751);
+    assert!(md.file_type().is_file());
+    let c1 = ctime(&f);
+    assert!(c1 > c0, "chmod must advance ctime: {c0:?} -> {c1:?}");
+    std::os::unix::fs::chown(&f, Some(1234), Some(5678)).unwrap();
+    let md = fs::metadata(&f).unwrap();
+    assert_eq!((md.uid(), md.gid()), (1234, 5678));
+    assert_eq!(md.mode() & 0o7777, 0o751, "chown clears the set-user-ID bit (Linux)");
+    let c2 = ctime(&f);
+    assert!(c2 > c1, "chown must advance ctime: {c1:?} -> {c2:?}");
+    // chown of the group only
+    std::os::unix::fs::chown(&f, None, Some(42)).unwrap();
+    assert_eq!((fs::metadata(&f).unwrap().uid(), fs::metadata(&f).unwrap().gid()), (1234, 42));
+    let d = m.path("d");
+    fs::create_dir(&d).unwrap();
+    fs::set_permissions(&d, fs::Permissions::from_mode(0o1777)).unwrap();
+    m.remount();
+    let md = fs::metadata(&f).unwrap();
+    assert_eq!((md.mode() & 0o7777, md.uid(), md.gid()), (0o751, 1234, 42));
+    assert_eq!(fs::metadata(&d).unwrap().mode() & 0o7777, 0o1777);
+    m.finish();
+}
+
+#[test]
+fn truncate_down_then_up_reads_zeros_beyond_the_cut() {
+    let mut m = Mounted::new("64M");
+    // one small (inline) and one large file, each cut and regrown
+    for (name, len, cut, regrow) in [("small", 3000usize, 1000usize, 3500usize), ("large", 50_000, 10_001, 70_000), ("cross", 9000, 3000, 9000)] {
+        let p = m.path(name);
+        let data = pattern(len as u64, len);
+        fs::write(&p, &data).unwrap();
+        let f = fs::OpenOptions::new().write(true).open(&p).unwrap();
+        f.set_len(cut as u64).unwrap();
+        assert_eq!(fs::metadata(&p).unwrap().len(), cut as u64);
+        f.set_len(regrow as u64).unwrap();
+        drop(f);
+        let got = fs::read(&p).unwrap();
+        assert_eq!(got.len(), regrow, "{name}: size after regrow");
+        assert!(got[..cut] == data[..cut], "{name}: data before the cut changed");
+        assert!(got[cut..].iter().all(|&b| b == 0), "{name}: bytes beyond the cut are not zero after regrow");
+    }
+    m.remount();
+    for (name, cut, regrow) in [("small", 1000usize, 3500usize), ("large", 10_001, 70_000), ("cross", 3000, 9000)] {
+        let got = fs::read(m.path(name)).unwrap();
+        assert_eq!(got.len(), regrow);
+        assert!(got[cut..].iter().all(|&b| b == 0), "{name}: bytes beyond the cut are not zero after remount");
+    }
+    m.finish();
+}
+
+#[test]
+fn truncate_changes_mtime_and_ctime() {
+    let m = Mounted::new("64M");
+    let p = m.path("f");
+    fs::write(&p, b"hello").unwrap();
+    utimensat(&p, (100, 0), (100, 0)).unwrap();
+    let c0 = ctime(&p);
+    fs::OpenOptions::new().write(true).open(&p).unwrap().set_len(2).unwrap();
+    let md = fs::metadata(&p).unwrap();
+    assert!(md.mtime() > 100, "truncate must update mtime");
+    assert!(ctime(&p) > c0, "truncate must update ctime");
+    m.finish();
+}
+
+#[test]
+fn utimensat_keeps_nanoseconds_and_honours_utime_now_and_omit() {
+    let mut m = Mounted::new("64M");
+    let p = m.path("f");
+    fs::write(&p, b"t").unwrap();
+    utimensat(&p, (1_000_000_000, 123_456_789), (1_500_000_000, 987_654_321)).unwrap();
+    let md = fs::metadata(&p).unwrap();
+    assert_eq!((md.atime(), md.atime_nsec()), (1_000_000_000, 123_456_789));
+    assert_eq!((md.mtime(), md.mtime_nsec()), (1_500_000_000, 987_654_321));
+
+    let c0 = ctime(&p);
+    let before = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    utimensat(&p, (0, libc::UTIME_OMIT), (0, libc::UTIME_NOW)).unwrap();
+    let md = fs::metadata(&p).unwrap();
+    assert_eq!((md.atime(), md.atime_nsec()), (1_000_000_000, 123_456_789), "UTIME_OMIT changed atime");
+    assert!(md.mtime() >= before && md.mtime() <= before + 60, "UTIME_NOW: mtime {} not now ({before})", md.mtime());
+    assert!(ctime(&p) > c0, "utimensat must update ctime");
+    utimensat(&p, (0, libc::UTIME_NOW), (0, libc::UTIME_OMIT)).unwrap();
+    let md2 = fs::metadata(&p).unwrap();
+    assert!(md2.atime() >= before, "UTIME_NOW for atime");
+    assert_eq!((md2.mtime(), md2.mtime_nsec()), (md.mtime(), md.mtime_nsec()), "UTIME_OMIT changed mtime");
+    utimensat(&p, (7, 999_999_999), (8, 1)).unwrap();
+    m.remount();
+    let md = fs::metadata(&p).unwrap();
+    assert_eq!((md.atime(), md.atime_nsec(), md.mtime(), md.mtime_nsec()), (7, 999_999_999, 8, 1), "times after remount");
+    m.finish();
+}
+
+#[test]
+#[ignore = "mafs bug: a pre-1970 time set with utimensat reads back as sec-1 and 1e9-nsec ({-1,500} -> {-2,999999500})"]
+fn timestamps_before_1970_keep_seconds_and_nanoseconds() {
+    let mut m = Mounted::new("64M");
+    let q = m.path("old");
+    fs::write(&q, b"o").unwrap();
+    utimensat(&q, (-1, 500), (-86_400, 1)).unwrap();
+    let md = fs::metadata(&q).unwrap();
+    assert_eq!((md.atime(), md.atime_nsec(), md.mtime(), md.mtime_nsec()), (-1, 500, -86_400, 1));
+    utimensat(&q, (-5, 0), (-86_400, 0)).unwrap();
+    m.remount();
+    let md = fs::metadata(&q).unwrap();
+    assert_eq!((md.atime(), md.atime_nsec(), md.mtime(), md.mtime_nsec()), (-5, 0, -86_400, 0), "pre-1970 times after remount");
+    m.finish();
+}
+
+#[test]
+fn mkdir_rmdir_unlink_report_linux_errnos() {
+    let m = Mounted::new("64M");
+    let d = m.path("d");
+    fs::create_dir(&d).unwrap();
+    assert_errno(fs::create_dir(&d), libc::EEXIST, "mkdir of an existing directory");
+    fs::write(d.join("f"), b"1").unwrap();
+    assert_errno(fs::remove_dir(&d), libc::ENOTEMPTY, "rmdir of a non-empty directory");
+    assert_errno(fs::remove_dir(d.join("f")), libc::ENOTDIR, "rmdir of a file");
+    assert_errno(fs::remove_file(&d), libc::EISDIR, "unlink of a directory");
+    assert_errno(fs::remove_file(m.path("nope")), libc::ENOENT, "unlink of a missing name");
+    assert_errno(fs::remove_dir(m.path("nope")), libc::ENOENT, "rmdir of a missing name");
+    assert_errno(fs::metadata(m.path("nope")), libc::ENOENT, "stat of a missing name");
+    assert_errno(fs::write(d.join("f/g"), b""), libc::ENOTDIR, "create below a file");
+    assert_errno(fs::create_dir(d.join("f/g")), libc::ENOTDIR, "mkdir below a file");
+    assert_errno(fs::write(m.path("missing/g"), b""), libc::ENOENT, "create in a missing directory");
+    assert_errno(fs::OpenOptions::new().write(true).create_new(true).open(d.join("f")), libc::EEXIST, "O_EXCL create of an existing file");
+    fs::remove_file(d.join("f")).unwrap();
+    fs::remove_dir(&d).unwrap();
+    assert_errno(fs::metadata(&d), libc::ENOENT, "stat after rmdir");
+    // nested directories and the parent's link count
+    fs::create_dir_all(m.path("a/b/c")).unwrap();
+    assert_eq!(fs::metadata(m.path("a")).unwrap().nlink(), 3);
+    fs::create_dir(m.path("a/b2")).unwrap();
+    assert_eq!(fs::metadata(m.path("a")).unwrap().nlink(), 4);
+    fs::remove_dir(m.path("a/b/c")).unwrap();
+    assert_eq!(fs::metadata(m.path("a/b")).unwrap().nlink(), 2);
+    m.finish();
+}
+
+#[test]
+fn rename_replaces_files_and_empty_dirs_and_refuses_with_linux_errnos() {
+    let mut m = Mounted::new("64M");
+    let p = |s: &str| m.path(s);
+    // plain
+    fs::write(p("a"), b"AAA").unwrap();
+    let ino = fs::metadata(p("a")).unwrap().ino();
+    fs::rename(p("a"), p("b")).unwrap();
+    assert_errno(fs::metadata(p("a")), libc::ENOENT, "old name after rename");
+    assert_eq!(fs::read(p("b")).unwrap(), b"AAA");
+    assert_eq!(fs::metadata(p("b")).unwrap().ino(), ino);
+    // over an existing file: replaced, the old target gone
+    fs::write(p("c"), b"CCCC").unwrap();
+    let held = fs::File::open(p("c")).unwrap();
+    fs::rename(p("b"), p("c")).unwrap();
+    assert_eq!(fs::read(p("c")).unwrap(), b"AAA");
+    assert_eq!(held.metadata().unwrap().nlink(), 0, "replaced file keeps no link");
+    drop(held);
+    // a directory over an empty directory
+    fs::create_dir(p("d1")).unwrap();
+    fs::write(p("d1/inner"), b"i").unwrap();
+    fs::create_dir(p("empty")).unwrap();
+    fs::rename(p("d1"), p("empty")).unwrap();
+    assert_eq!(fs::read(p("empty/inner")).unwrap(), b"i");
+    assert_errno(fs::metadata(p("d1")), libc::ENOENT, "old directory name");
+    // over a non-empty directory
+    fs::create_dir(p("d2")).unwrap();
+    assert_errno(fs::rename(p("d2"), p("empty")), libc::ENOTEMPTY, "rename over a non-empty directory");
+    // file over directory and directory over file
+    assert_errno(fs::rename(p("c"), p("d2")), libc::EISDIR, "rename of a file over a directory");
+    assert_errno(fs::rename(p("d2"), p("c")), libc::ENOTDIR, "rename of a directory over a file");
+    // a directory into its own subdirectory
+    fs::create_dir_all(p("top/sub/subsub")).unwrap();
+    assert_errno(fs::rename(p("top"), p("top/sub/subsub/x")), libc::EINVAL, "rename of a directory into its own subdirectory");
+    assert_errno(fs::rename(p("top"), p("top/x")), libc::EINVAL, "rename of a directory into itself");
+    // missing source
+    assert_errno(fs::rename(p("nope"), p("x")), libc::ENOENT, "rename of a missing name");
+    // across directories, with the moved directory's ".." following it
+    fs::rename(p("top/sub"), p("d2/sub")).unwrap();
+    assert_eq!(fs::metadata(p("d2/sub/..")).unwrap().ino(), fs::metadata(p("d2")).unwrap().ino());
+    assert_eq!(fs::metadata(p("top")).unwrap().nlink(), 2);
+    assert_eq!(fs::metadata(p("d2")).unwrap().nlink(), 3);
+    m.remount();
+    assert_eq!(fs::read(m.path("c")).unwrap(), b"AAA");
+    assert_eq!(names(&m.path("d2")), vec!["sub"]);
+    assert_eq!(names(&m.path("d2/sub")), vec!["subsub"]);
+    assert_eq!(fs::read(m.path("empty/inner")).unwrap(), b"i");
+    m.finish();
+}
+
+#[test]
+fn rename_noreplace_refuses_an_existing_target_with_eexist() {
+    let m = Mounted::new("64M");
+    fs::write(m.path("a"), b"a").unwrap();
+    fs::write(m.path("b"), b"b").unwrap();
+    assert_errno(renameat2(&m.path("a"), &m.path("b"), libc::RENAME_NOREPLACE), libc::EEXIST, "RENAME_NOREPLACE onto an existing file");
+    assert_eq!(fs::read(m.path("a")).unwrap(), b"a");
+    assert_eq!(fs::read(m.path("b")).unwrap(), b"b");
+    renameat2(&m.path("a"), &m.path("c"), libc::RENAME_NOREPLACE).unwrap();
+    assert_eq!(fs::read(m.path("c")).unwrap(), b"a");
+    assert_errno(renameat2(&m.path("c"), &m.path("b"), libc::RENAME_NOREPLACE | libc::RENAME_EXCHANGE), libc::EINVAL, "NOREPLACE|EXCHANGE");
+    m.finish();
+}
+
+#[test]
+fn rename_exchange_swaps_a_file_and_a_directory_across_directories() {
+    let mut m = Mounted::new("64M");
+    fs::create_dir(m.path("p1")).unwrap();
+    fs::create_dir(m.path("p2")).unwrap();
+    fs::write(m.path("p1/f"), b"file").unwrap();
+    fs::create_dir(m.path("p2/d")).unwrap();
+    fs::write(m.path("p2/d/child"), b"child").unwrap();
+    let (fino, dino) = (fs::metadata(m.path("p1/f")).unwrap().ino(), fs::metadata(m.path("p2/d")).unwrap().ino());
+    assert_eq!((fs::metadata(m.path("p1")).unwrap().nlink(), fs::metadata(m.path("p2")).unwrap().nlink()), (2, 3));
+    renameat2(&m.path("p1/f"), &m.path("p2/d"), libc::RENAME_EXCHANGE).unwrap();
+    let check = |m: &Mounted| {
+        let a = fs::symlink_metadata(m.path("p1/f")).unwrap();
+        let b = fs::symlink_metadata(m.path("p2/d")).unwrap();
+        assert!(a.is_dir() && a.ino() == dino, "p1/f is now the directory");
+        assert!(b.is_file() && b.ino() == fino, "p2/d is now the file");
+        assert_eq!(fs::read(m.path("p1/f/child")).unwrap(), b"child");
+        assert_eq!(fs::read(m.path("p2/d")).unwrap(), b"file");
+        assert_eq!(fs::metadata(m.path("p1")).unwrap().nlink(), 3, "p1 gained a subdirectory");
+        assert_eq!(fs::metadata(m.path("p2")).unwrap().nlink(), 2, "p2 lost its subdirectory");
+        assert_eq!(fs::metadata(m.path("p1/f/..")).unwrap().ino(), fs::metadata(m.path("p1")).unwrap().ino(), ".. of the moved directory");
+    };
+    check(&m);
+    assert_errno(renameat2(&m.path("p1/f"), &m.path("p2/missing"), libc::RENAME_EXCHANGE), libc::ENOENT, "RENAME_EXCHANGE with a missing target");
+    // exchange within one directory
+    fs::write(m.path("p2/x"), b"x").unwrap();
+    renameat2(&m.path("p2/x"), &m.path("p2/d"), libc::RENAME_EXCHANGE).unwrap();
+    assert_eq!(fs::read(m.path("p2/x")).unwrap(), b"file");
+    assert_eq!(fs::read(m.path("p2/d")).unwrap(), b"x");
+    renameat2(&m.path("p2/x"), &m.path("p2/d"), libc::RENAME_EXCHANGE).unwrap();
+    m.remount();
+    check(&m);
+    m.finish();
+}
+
+#[test]
+fn rename_between_hard_links_of_one_inode_changes_nothing() {
+    let m = Mounted::new("64M");
+    fs::write(m.path("a"), b"same").unwrap();
+    fs::hard_link(m.path("a"), m.path("b")).unwrap();
+    fs::rename(m.path("a"), m.path("b")).unwrap();
+    assert_eq!(fs::read(m.path("a")).unwrap(), b"same", "source name stays (POSIX)");
+    assert_eq!(fs::read(m.path("b")).unwrap(), b"same");
+    assert_eq!(fs::metadata(m.path("a")).unwrap().nlink(), 2);
+    m.finish();
+}
+
+#[test]
+fn hard_links_count_and_refuse_directories() {
+    let mut m = Mounted::new("64M");
+    fs::write(m.path("a"), b"data").unwrap();
+    fs::create_dir(m.path("sub")).unwrap();
+    fs::hard_link(m.path("a"), m.path("b")).unwrap();
+    fs::hard_link(m.path("a"), m.path("sub/c")).unwrap();
+    assert_eq!(fs::metadata(m.path("a")).unwrap().nlink(), 3);
+    assert_eq!(fs::metadata(m.path("sub/c")).unwrap().ino(), fs::metadata(m.path("a")).unwrap().ino());
+    assert_errno(fs::hard_link(m.path("a"), m.path("b")), libc::EEXIST, "link onto an existing name");
+    assert_errno(fs::hard_link(m.path("sub"), m.path("sublink")), libc::EPERM, "link of a directory");
+    assert_errno(fs::hard_link(m.path("nope"), m.path("x")), libc::ENOENT, "link of a missing file");
+    fs::remove_file(m.path("a")).unwrap();
+    assert_eq!(fs::metadata(m.path("b")).unwrap().nlink(), 2);
+    m.remount();
+    assert_eq!(fs::metadata(m.path("b")).unwrap().nlink(), 2);
+    assert_eq!(fs::read(m.path("sub/c")).unwrap(), b"data");
+    fs::remove_file(m.path("b")).unwrap();
+    assert_eq!(fs::metadata(m.path("sub/c")).unwrap().nlink(), 1);
+    m.finish();
+}
+
+#[test]
+fn symlinks_of_short_3000_and_4000_byte_targets_read_back() {
+    let mut m = Mounted::new("64M");
+    let targets: Vec<(String, String)> = [5usize, 3000, 4000, 4095]
+        .iter()
+        .map(|&n| {
+            let t: String = (0..n).map(|i| if i % 50 == 49 { '/' } else { (b'a' + (i % 26) as u8) as char }).collect();
+            (format!("l{n}"), t)
+        })
+        .collect();
+    for (name, t) in &targets {
+        symlink(t, m.path(name)).unwrap();
+    }
+    symlink("f", m.path("rel")).unwrap();
+    fs::write(m.path("f"), b"through the link").unwrap();
+    let check = |m: &Mounted| {
+        for (name, t) in &targets {
+            let got = fs::read_link(m.path(name)).unwrap();
+            assert_eq!(got.as_os_str().len(), t.len(), "{name}: target length");
+            assert_eq!(got.to_str().unwrap(), t, "{name}: target");
+            let md = fs::symlink_metadata(m.path(name)).unwrap();
+            assert!(md.file_type().is_symlink());
+            assert_eq!(md.len(), t.len() as u64, "{name}: st_size is the target length");
+        }
+        assert_eq!(fs::read(m.path("rel")).unwrap(), b"through the link");
+    };
+    check(&m);
+    let long: String = "x".repeat(4096);
+    assert_errno(symlink(&long, m.path("toolong")), libc::ENAMETOOLONG, "symlink target of 4096 bytes");
+    assert_errno(symlink("t", m.path("f")), libc::EEXIST, "symlink onto an existing name");
+    m.remount();
+    check(&m);
+    m.finish();
+}
+
+#[test]
+fn mknod_fifo_char_block_devices_and_sockets_keep_type_and_rdev() {
+    let mut m = Mounted::new("64M");
+    mknod(&m.path("fifo"), libc::S_IFIFO | 0o640, 0).unwrap();
+    let chr = libc::makedev(1, 3);
+    let blk = libc::makedev(259, 70000);
+    mknod(&m.path("chr"), libc::S_IFCHR | 0o600, chr).unwrap();
+    mknod(&m.path("blk"), libc::S_IFBLK | 0o660, blk).unwrap();
+    mknod(&m.path("reg"), libc::S_IFREG | 0o644, 0).unwrap();
+    let sock = std::os::unix::net::UnixListener::bind(m.path("sock")).unwrap();
+    assert_errno(mknod(&m.path("fifo"), libc::S_IFIFO | 0o640, 0), libc::EEXIST, "mknod onto an existing name");
+    let check = |m: &Mounted| {
+        let t = |n: &str| fs::symlink_metadata(m.path(n)).unwrap();
+        assert!(t("fifo").file_type().is_fifo());
+        assert_eq!(t("fifo").mode() & 0o7777, 0o640);
+        assert!(t("chr").file_type().is_char_device());
+        assert_eq!(t("chr").rdev(), chr, "char device rdev");
+        assert!(t("blk").file_type().is_block_device());
+        assert_eq!(t("blk").rdev(), blk, "block device rdev");
+        assert!(t("reg").file_type().is_file());
+        assert!(t("sock").file_type().is_socket());
+    };
+    check(&m);
+    // the fifo works as a fifo through the mount
+    let fifo = m.path("fifo");
+    let writer = std::thread::spawn(move || fs::write(fifo, b"through the fifo").unwrap());
+    assert_eq!(fs::read(m.path("fifo")).unwrap(), b"through the fifo");
+    writer.join().unwrap();
+    drop(sock);
+    m.remount();
+    check(&m);
+    m.finish();
+}
+
+#[test]
+fn readdir_lists_dot_dotdot_and_every_name_with_its_type() {
+    let mut m = Mounted::new("64M");
+    let d = m.path("d");
+    fs::create_dir(&d).unwrap();
+    let mut want = BTreeSet::new();
+    for i in 0..300 {
+        let n = format!("file-{i:03}-{}", "n".repeat(i % 200));
+        fs::write(d.join(&n), b"").unwrap();
+        want.insert(n);
+    }
+    fs::create_dir(d.join("subdir")).unwrap();
+    symlink("x", d.join("link")).unwrap();
+    want.extend(["subdir".to_string(), "link".to_string()]);
+    let check = |m: &Mounted| {
+        let mut r = DirReader::open(&m.path("d"));
+        let mut all = Vec::new();
+        loop {
+            let b = r.next_batch(4096).unwrap();
+            if b.is_empty() {
+                break;
+            }
+            all.extend(b.into_iter().map(|(_, n)| String::from_utf8(n).unwrap()));
+        }
+        assert!(all.contains(&".".to_string()) && all.contains(&"..".to_string()), "no . or ..");
+        let got: Vec<String> = all.iter().filter(|n| *n != "." && *n != "..").cloned().collect();
+        assert_eq!(got.len(), want.len(), "each name once");
+        assert_eq!(got.iter().cloned().collect::<BTreeSet<_>>(), want);
+        let types: HashMap<String, fs::FileType> = fs::read_dir(m.path("d")).unwrap().map(|e| e.unwrap()).map(|e| (e.file_name().into_string().unwrap(), e.file_type().unwrap())).collect();
+        assert!(types["subdir"].is_dir() && types["link"].is_symlink() && types["file-000-"].is_file());
+        assert_eq!(names(&m.mnt), vec!["d", "lost+found"]);
+    };
+    check(&m);
+    m.remount();
+    check(&m);
+    m.finish();
+}
+
+#[test]
+fn readdir_offsets_stay_stable_while_the_directory_changes() {
+    let m = Mounted::new("128M");
+    let d = m.path("d");
+    fs::create_dir(&d).unwrap();
+    for i in 0..1000 {
+        fs::File::create(d.join(format!("keep-{i}"))).unwrap();
+    }
+    for i in 0..400 {
+        fs::File::create(d.join(format!("churn-{i}"))).unwrap();
+    }
+    let mut r = DirReader::open(&d);
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    let mut cookies = Vec::new();
+    let mut round = 0usize;
+    loop {
+        // small buffers: about 20 entries per call
+        let batch = r.next_batch(700).unwrap();
+        if batch.is_empty() {
+            break;
+        }
+        for (off, n) in batch {
+            cookies.push((off, String::from_utf8(n.clone()).unwrap()));
+            *seen.entry(String::from_utf8(n).unwrap()).or_default() += 1;
+        }
+        // change the directory between calls: delete some churn entries, create new ones
+        for k in 0..8 {
+            let i = round * 8 + k;
+            if i < 400 {
+                fs::remove_file(d.join(format!("churn-{i}"))).unwrap();
+            }
+            fs::File::create(d.join(format!("new-{round}-{k}"))).unwrap();
+        }
+        round += 1;
+    }
+    assert!(round > 20, "the listing took several calls ({round})");
+    for i in 0..1000 {
+        let n = format!("keep-{i}");
+        assert_eq!(seen.get(&n).copied().unwrap_or(0), 1, "{n} was returned {} times", seen.get(&n).copied().unwrap_or(0));
+    }
+    for (n, c) in &seen {
+        assert_eq!(*c, 1, "{n} returned {c} times");
+    }
+    // seekdir back to a remembered cookie: the rest of the listing comes again, the same way
+    let (mid_off, _) = cookies[cookies.len() / 2].clone();
+    let expect_after: BTreeSet<String> = cookies[cookies.len() / 2 + 1..].iter().map(|(_, n)| n.clone()).filter(|n| n.starts_with("keep-")).collect();
+    fs::File::create(d.join("late-addition")).unwrap();
+    r.seek(mid_off);
+    let mut again = BTreeSet::new();
+    loop {
+        let b = r.next_batch(700).unwrap();
+        if b.is_empty() {
+            break;
+        }
+        again.extend(b.into_iter().map(|(_, n)| String::from_utf8(n).unwrap()).filter(|n| n.starts_with("keep-")));
+    }
+    assert_eq!(again, expect_after, "entries after a remembered cookie");
+    drop(r);
+    m.finish();
+}
+
+#[test]
+fn names_of_255_bytes_work_and_256_give_enametoolong() {
+    let mut m = Mounted::new("64M");
+    let n255 = "a".repeat(255);
+    let n256 = "b".repeat(256);
+    let d255 = "d".repeat(255);
+    fs::write(m.path(&n255), b"255").unwrap();
+    fs::create_dir(m.path(&d255)).unwrap();
+    fs::write(m.path("short"), b"s").unwrap();
+    let r255 = "r".repeat(255);
+    fs::rename(m.path("short"), m.path(&r255)).unwrap();
+    symlink("t", m.path("s".repeat(255))).unwrap();
+    fs::hard_link(m.path(&n255), m.path("h".repeat(255))).unwrap();
+    assert_errno(fs::write(m.path(&n256), b""), libc::ENAMETOOLONG, "create with a 256-byte name");
+    assert_errno(fs::create_dir(m.path(&n256)), libc::ENAMETOOLONG, "mkdir with a 256-byte name");
+    assert_errno(fs::rename(m.path(&n255), m.path(&n256)), libc::ENAMETOOLONG, "rename to a 256-byte name");
+    assert_errno(fs::metadata(m.path(&n256)), libc::ENAMETOOLONG, "lookup of a 256-byte name");
+    assert_errno(symlink("t", m.path(&n256)), libc::ENAMETOOLONG, "symlink with a 256-byte name");
+    assert_errno(fs::hard_link(m.path(&n255), m.path(&n256)), libc::ENAMETOOLONG, "link with a 256-byte name");
+    assert_errno(mknod(&m.path(&n256), libc::S_IFIFO | 0o600, 0), libc::ENAMETOOLONG, "mknod with a 256-byte name");
+    m.remount();
+    assert_eq!(fs::read(m.path(&n255)).unwrap(), b"255");
+    assert_eq!(fs::read(m.path(&r255)).unwrap(), b"s");
+    assert!(fs::metadata(m.path(&d255)).unwrap().is_dir());
+    assert!(names(&m.mnt).contains(&n255));
+    m.finish();
+}
+
+#[test]
+fn statfs_reports_namemax_and_free_blocks_follow_writes_and_deletes() {
+    let m = Mounted::new("128M");
+    let s0 = statfs(&m.mnt);
+    assert_eq!(s0.f_namelen, 255);
+    assert_eq!(s0.f_bsize, 4096);
+    assert!(s0.f_blocks > 0 && s0.f_bfree <= s0.f_blocks && s0.f_bavail <= s0.f_bfree);
+    let data = pattern(1, 8 << 20);
+    let f = m.path("big");
+    fs::write(&f, &data).unwrap();
+    let s1 = statfs(&m.mnt);
+    assert!(s0.f_bfree - s1.f_bfree >= 2048, "8 MiB written: free blocks {} -> {}", s0.f_bfree, s1.f_bfree);
+    fs::remove_file(&f).unwrap();
+    fs::File::open(&m.mnt).unwrap().sync_all().unwrap();
+    // freed blocks return to the allocator once the unlink is committed
+    let back = mafs_tests::wait_until(Duration::from_secs(30), || statfs(&m.mnt).f_bfree >= s0.f_bfree.saturating_sub(16));
+    assert!(back, "free blocks did not come back after delete: {} -> {} -> {}", s0.f_bfree, s1.f_bfree, statfs(&m.mnt).f_bfree);
+    m.finish();
+}
+
+#[test]
+fn fsync_fdatasync_and_fsyncdir_succeed() {
+    let m = Mounted::new("64M");
+    let mut f = fs::File::create(m.path("f")).unwrap();
+    std::io::Write::write_all(&mut f, &pattern(3, 100_000)).unwrap();
+    f.sync_data().unwrap();
+    f.sync_all().unwrap();
+    fs::create_dir(m.path("d")).unwrap();
+    fs::File::open(m.path("d")).unwrap().sync_all().unwrap();
+    fs::File::open(&m.mnt).unwrap().sync_all().unwrap();
+    drop(f);
+    m.finish();
+}
