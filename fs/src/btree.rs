@@ -135,6 +135,62 @@ impl Node {
     }
 }
 
+enum Step {
+    Done(Option<Vec<u8>>),
+    Down(u64),
+}
+
+/// Index of the child whose range holds `key` (the last with separator <= key, else the first).
+fn child_index(kids: &[(u64, u64)], key: u64) -> usize {
+    kids.partition_point(|(k, _)| *k <= key).saturating_sub(1)
+}
+
+/// A node's bytes, read in place.
+#[derive(Clone, Copy)]
+struct Raw<'a> {
+    area: &'a [u8],
+    blk: u64,
+}
+
+impl<'a> Raw<'a> {
+    fn level(&self) -> u16 {
+        u16_at(self.area, 0)
+    }
+    fn count(&self) -> usize {
+        u16_at(self.area, 2) as usize
+    }
+    fn leaf(self) -> impl Iterator<Item = Result<(u64, &'a [u8])>> {
+        let mut o = NODE_HDR;
+        let mut left = self.count();
+        std::iter::from_fn(move || {
+            if left == 0 {
+                return None;
+            }
+            left -= 1;
+            if o + 10 > self.area.len() {
+                left = 0;
+                return Some(Err(FsError::corrupt(self.blk, "index tree node entries run past the node")));
+            }
+            let k = u64_at(self.area, o);
+            let vl = u16_at(self.area, o + 8) as usize;
+            if o + 10 + vl > self.area.len() {
+                left = 0;
+                return Some(Err(FsError::corrupt(self.blk, "index tree node entries run past the node")));
+            }
+            let v = &self.area[o + 10..o + 10 + vl];
+            o += 10 + vl;
+            Some(Ok((k, v)))
+        })
+    }
+    fn kids(&self) -> Result<Vec<(u64, u64)>> {
+        let n = self.count();
+        if NODE_HDR + 16 * n > self.area.len() {
+            return Err(FsError::corrupt(self.blk, "index tree node entries run past the node"));
+        }
+        Ok((0..n).map(|i| (u64_at(self.area, NODE_HDR + 16 * i), u64_at(self.area, NODE_HDR + 16 * i + 8))).collect())
+    }
+}
+
 fn area_cap(r: NodeRef) -> usize {
     match r {
         NodeRef::Root => INLINE_LEN,
@@ -160,17 +216,49 @@ impl TreeRead<'_> {
         }
     }
 
+    /// Runs `f` on the raw bytes of node `r` under the block's read lock. Read paths work on
+    /// the bytes directly: parsing a node into vectors costs an allocation per entry, which
+    /// showed up in every lookup.
+    fn with_raw<T>(&self, r: NodeRef, f: impl FnOnce(Raw<'_>) -> Result<T>) -> Result<T> {
+        match r {
+            NodeRef::Root => {
+                let d = self.inode_buf.read();
+                f(Raw { area: &d[INLINE_OFFSET..], blk: self.inode_buf.blkno })
+            }
+            NodeRef::Block(b) => {
+                let buf = self.cache.get(b, BlockType::TreeNode)?;
+                let d = buf.read();
+                f(Raw { area: &d[HEADER_LEN..], blk: b })
+            }
+        }
+    }
+
     pub fn get(&self, key: u64) -> Result<Option<Vec<u8>>> {
         let mut r = NodeRef::Root;
         loop {
-            let n = self.load(r)?;
-            if n.level == 0 {
-                return Ok(n.leaf.binary_search_by_key(&key, |e| e.0).ok().map(|i| n.leaf[i].1.clone()));
+            let step = self.with_raw(r, |n| {
+                if n.level() == 0 {
+                    for e in n.leaf() {
+                        let (k, v) = e?;
+                        if k == key {
+                            return Ok(Step::Done(Some(v.to_vec())));
+                        }
+                        if k > key {
+                            break;
+                        }
+                    }
+                    return Ok(Step::Done(None));
+                }
+                let kids = n.kids()?;
+                if kids.is_empty() {
+                    return Ok(Step::Done(None));
+                }
+                Ok(Step::Down(kids[child_index(&kids, key)].1))
+            })?;
+            match step {
+                Step::Done(v) => return Ok(v),
+                Step::Down(b) => r = NodeRef::Block(b),
             }
-            if n.kids.is_empty() {
-                return Ok(None);
-            }
-            r = NodeRef::Block(n.kids[n.child_for(key)].1);
         }
     }
 
@@ -180,21 +268,24 @@ impl TreeRead<'_> {
     }
 
     fn scan_node(&self, r: NodeRef, from: u64, f: &mut dyn FnMut(u64, &[u8]) -> bool) -> Result<bool> {
-        let n = self.load(r)?;
-        if n.level == 0 {
-            let start = n.leaf.partition_point(|e| e.0 < from);
-            for (k, v) in &n.leaf[start..] {
-                if !f(*k, v) {
-                    return Ok(false);
+        let kids = self.with_raw(r, |n| {
+            if n.level() == 0 {
+                for e in n.leaf() {
+                    let (k, v) = e?;
+                    if k >= from && !f(k, v) {
+                        return Ok(None);
+                    }
                 }
+                return Ok(Some(Vec::new()));
             }
+            n.kids().map(Some)
+        })?;
+        let Some(kids) = kids else { return Ok(false) };
+        if kids.is_empty() {
             return Ok(true);
         }
-        if n.kids.is_empty() {
-            return Ok(true);
-        }
-        for i in n.child_for(from)..n.kids.len() {
-            if !self.scan_node(NodeRef::Block(n.kids[i].1), from, f)? {
+        for &(_, c) in &kids[child_index(&kids, from)..] {
+            if !self.scan_node(NodeRef::Block(c), from, f)? {
                 return Ok(false);
             }
         }
@@ -207,19 +298,32 @@ impl TreeRead<'_> {
     }
 
     fn last_le_node(&self, r: NodeRef, key: u64) -> Result<Option<(u64, Vec<u8>)>> {
-        let n = self.load(r)?;
-        if n.level == 0 {
-            let p = n.leaf.partition_point(|e| e.0 <= key);
-            return Ok((p > 0).then(|| n.leaf[p - 1].clone()));
-        }
-        if n.kids.is_empty() {
+        let step = self.with_raw(r, |n| {
+            if n.level() == 0 {
+                let mut best = None;
+                for e in n.leaf() {
+                    let (k, v) = e?;
+                    if k > key {
+                        break;
+                    }
+                    best = Some((k, v));
+                }
+                return Ok(Err(best.map(|(k, v)| (k, v.to_vec()))));
+            }
+            n.kids().map(Ok)
+        })?;
+        let kids = match step {
+            Err(found) => return Ok(found),
+            Ok(k) => k,
+        };
+        if kids.is_empty() {
             return Ok(None);
         }
         // Separators are lower bounds, so the answer is in the chosen child or, if that child
         // holds nothing <= key, in an earlier one.
-        let mut i = n.child_for(key) as isize;
+        let mut i = child_index(&kids, key) as isize;
         while i >= 0 {
-            if let Some(e) = self.last_le_node(NodeRef::Block(n.kids[i as usize].1), key)? {
+            if let Some(e) = self.last_le_node(NodeRef::Block(kids[i as usize].1), key)? {
                 return Ok(Some(e));
             }
             i -= 1;

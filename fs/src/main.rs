@@ -7,6 +7,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+/// Every FUSE request allocates a little (tree nodes, replies, block images); glibc's malloc
+/// showed up as a fifth of the mount's CPU time in a create/unlink profile.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod cli_fsck;
 mod cli_info;
 mod size_arg;
@@ -80,7 +85,7 @@ enum Command {
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("MAFS_LOG").unwrap_or_else(|_| "info".into()))
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("MAFS_LOG").unwrap_or_else(|_| "info,fuser::session=error".into()))
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();

@@ -75,6 +75,14 @@ impl Volume {
         Ok(Volume { dev, sb, seed, cache, journal, alloc, replayed, used_backup_superblock })
     }
 
+    /// Joins the running transaction, committing it first if it is full.
+    pub fn begin(&self) -> Result<crate::journal::Handle<'_>> {
+        while self.journal.is_full() {
+            self.commit()?;
+        }
+        self.journal.begin()
+    }
+
     /// Commits the running transaction and returns the blocks it freed to the allocator.
     pub fn commit(&self) -> Result<()> {
         let c = self.journal.commit()?;

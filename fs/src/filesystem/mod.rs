@@ -55,7 +55,7 @@ impl Fs {
     }
 
     pub(crate) fn begin(&self) -> Result<Handle<'_>> {
-        self.vol.journal.begin()
+        self.vol.begin()
     }
 
     /// The inode block and its decoded fields. The caller holds the inode's lock.

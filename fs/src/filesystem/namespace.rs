@@ -130,6 +130,9 @@ impl Fs {
 
     pub fn link(&self, ino: u64, parent: u64, name: &[u8]) -> Result<Inode> {
         dir::check_name(name)?;
+        if ino == parent {
+            return Err(FsError::NotPermitted); // a directory cannot be hard-linked
+        }
         let h = self.begin()?;
         let _pg = self.locks.lock(parent, Mode::Exclusive);
         let _ig = self.locks.lock(ino, Mode::Exclusive);
@@ -164,14 +167,20 @@ impl Fs {
         Ok(inode)
     }
 
-    /// Drops one link of `child` (its lock held); lists it as an orphan at zero.
-    fn drop_link(&self, h: &Handle, child: &mut Inode, now: Timespec) -> Result<()> {
+    /// Drops one link of `child` (its lock held). At zero links, a closed inode small enough to
+    /// free within this transaction is freed at once; any other is listed as an orphan and
+    /// freed later. Returns true if the inode is gone (the caller must not write it back).
+    fn drop_link(&self, h: &Handle, cbuf: &std::sync::Arc<crate::cache::MetaBuf>, child: &mut Inode, now: Timespec) -> Result<bool> {
         child.nlink = if child.is_dir() { 0 } else { child.nlink.saturating_sub(1) };
         child.ctime = now;
-        if child.nlink == 0 {
-            self.add_orphan(h, child.ino)?;
+        if child.nlink > 0 {
+            return Ok(false);
         }
-        Ok(())
+        if !self.is_open(child.ino) && self.free_inode_now(h, cbuf, child)? {
+            return Ok(true);
+        }
+        self.add_orphan(h, child.ino)?;
+        Ok(false)
     }
 
     fn reclaim_if_unused(&self, ino: u64) -> Result<()> {
@@ -221,12 +230,17 @@ impl Fs {
             }
             p.mtime = now;
             p.ctime = now;
-            self.drop_link(&h, &mut c, now)?;
+            let gone = self.drop_link(&h, &cbuf, &mut c, now)?;
             self.iput(&h, &pbuf, &p);
-            self.iput(&h, &cbuf, &c);
-            e.ino
+            if !gone {
+                self.iput(&h, &cbuf, &c);
+            }
+            (!gone).then_some(e.ino)
         };
-        self.reclaim_if_unused(victim)
+        match victim {
+            Some(ino) => self.reclaim_if_unused(ino),
+            None => Ok(()),
+        }
     }
 
     /// True if directory `ancestor` is `dir` or one of its ancestors. Called with the rename
@@ -296,6 +310,8 @@ impl Fs {
             }
         }
         let now = Timespec::now();
+        // Set when the replaced inode was freed on the spot (nothing left to reclaim).
+        let mut victim_gone = false;
         if flags & RENAME_EXCHANGE != 0 {
             let (vbuf, mut v) = victim.ok_or(FsError::NotFound)?;
             let de = de.clone().ok_or(FsError::NotFound)?;
@@ -350,8 +366,11 @@ impl Fs {
                 if v.is_dir() {
                     dpi.nlink -= 1;
                 }
-                self.drop_link(&h, &mut v, now)?;
-                self.iput(&h, &vbuf, &v);
+                if self.drop_link(&h, &vbuf, &mut v, now)? {
+                    victim_gone = true;
+                } else {
+                    self.iput(&h, &vbuf, &v);
+                }
             } else {
                 let mut t = self.tree_mut(&h, &dpbuf);
                 dir::add(&mut t, dname, s.ino, dir::dtype_of_mode(s.mode))?;
@@ -389,7 +408,7 @@ impl Fs {
             self.iput(&h, &spbuf, &spi);
             self.iput(&h, &dpbuf, &dpi);
         }
-        let victim_ino = de.map(|d| d.ino).filter(|_| flags & RENAME_EXCHANGE == 0);
+        let victim_ino = de.map(|d| d.ino).filter(|_| flags & RENAME_EXCHANGE == 0 && !victim_gone);
         drop(_cg);
         drop(_pg);
         drop(_rg);

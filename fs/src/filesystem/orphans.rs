@@ -5,7 +5,10 @@
 use super::Fs;
 use crate::dir;
 use crate::error::{FsError, Result};
+use crate::cache::MetaBuf;
+use crate::format::inode::Inode;
 use crate::journal::Handle;
+use std::sync::Arc;
 use crate::locks::Mode;
 
 /// Data extents freed per transaction while reclaiming, so no transaction outgrows the journal.
@@ -53,24 +56,41 @@ impl Fs {
             if inode.nlink != 0 {
                 return self.remove_orphan(&h, ino);
             }
-            if inode.is_reg() || inode.is_symlink() {
-                if !self.free_data_from(&h, &buf, &mut inode, 0, EXTENTS_PER_STEP)? {
-                    self.iput(&h, &buf, &inode);
-                    continue;
-                }
+            if (inode.is_reg() || inode.is_symlink()) && !self.free_data_from(&h, &buf, &mut inode, 0, EXTENTS_PER_STEP)? {
+                self.iput(&h, &buf, &inode);
+                continue;
             }
-            if !inode.stuffed() {
-                self.tree_mut(&h, &buf).clear()?;
-            }
-            if inode.xattr_blk != 0 {
-                h.revoke(inode.xattr_blk);
-                self.vol.alloc.free(&h, inode.xattr_blk, 1)?;
-            }
+            self.free_inode_blocks(&h, &buf, &inode)?;
             self.remove_orphan(&h, ino)?;
-            h.revoke(ino);
-            self.vol.alloc.free(&h, ino, 1)?;
             return Ok(());
         }
+    }
+
+    /// Frees an inode whose last link is gone, if its data fits in one bounded step; returns
+    /// false (and changes nothing) if it is too big to free in this transaction.
+    pub(crate) fn free_inode_now(&self, h: &Handle, buf: &Arc<MetaBuf>, inode: &mut Inode) -> Result<bool> {
+        if (inode.is_reg() || inode.is_symlink()) && !inode.stuffed() {
+            let n = super::data::extents_in(&self.tree(buf), 0, u64::MAX >> 16, EXTENTS_PER_STEP + 1)?.len();
+            if n > EXTENTS_PER_STEP {
+                return Ok(false);
+            }
+            self.free_data_from(h, buf, inode, 0, EXTENTS_PER_STEP)?;
+        }
+        self.free_inode_blocks(h, buf, inode)?;
+        Ok(true)
+    }
+
+    /// Frees the tree nodes, xattr block and inode block of an inode with no data left.
+    fn free_inode_blocks(&self, h: &Handle, buf: &Arc<MetaBuf>, inode: &Inode) -> Result<()> {
+        if !inode.stuffed() {
+            self.tree_mut(h, buf).clear()?;
+        }
+        if inode.xattr_blk != 0 {
+            h.revoke(inode.xattr_blk);
+            self.vol.alloc.free(h, inode.xattr_blk, 1)?;
+        }
+        h.revoke(inode.ino);
+        self.vol.alloc.free(h, inode.ino, 1)
     }
 
     /// At mount: frees everything a previous mount of this slot left orphaned.

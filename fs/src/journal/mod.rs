@@ -103,15 +103,16 @@ impl Journal {
         }
     }
 
-    /// Joins the running transaction; commits first if it has grown past its limit.
+    /// True if the running transaction has grown past its limit and should be committed
+    /// before another handle joins it.
+    pub fn is_full(&self) -> bool {
+        self.running.lock().dirty.len() >= self.limit
+    }
+
+    /// Joins the running transaction. Callers commit first when `is_full` (see
+    /// `Volume::begin`), so that one transaction never outgrows the journal.
     pub fn begin(&self) -> Result<Handle<'_>> {
-        loop {
-            self.check_fatal()?;
-            if self.running.lock().dirty.len() < self.limit {
-                break;
-            }
-            self.commit()?;
-        }
+        self.check_fatal()?;
         Ok(Handle { j: self, _gate: self.gate.read() })
     }
 
@@ -147,6 +148,20 @@ impl Journal {
             let _excl: RwLockWriteGuard<'_, ()> = self.gate.write();
             let mut run = self.running.lock();
             let mut st = self.state.lock();
+            let empty = run.dirty.is_empty() && run.revokes.is_empty() && run.freed.is_empty();
+            if empty {
+                // Nothing to log: an empty transaction must not use up a sequence number, or
+                // replay would stop at the gap. fsync still needs the data writes durable.
+                let done = st.committed_seq;
+                drop(st);
+                drop(run);
+                drop(_excl);
+                if let Err(e) = self.dev.flush() {
+                    *self.fatal.lock() = Some(format!("flush failed: {e}"));
+                    return Err(e);
+                }
+                return Ok(Committed { seq: done, freed: Vec::new() });
+            }
             let seq = st.next_seq;
             st.next_seq += 1;
             let taken = std::mem::take(&mut *run);
@@ -178,10 +193,6 @@ impl Journal {
     }
 
     fn write_txn(&self, seq: u64, images: &[(u64, Vec<u8>)], revokes: &[u64]) -> Result<()> {
-        if images.is_empty() && revokes.is_empty() {
-            // Nothing to log, but fsync still needs the data writes durable.
-            return self.dev.flush();
-        }
         let items: Vec<(u64, Option<&[u8]>)> =
             revokes.iter().map(|r| (*r, None)).chain(images.iter().map(|(b, img)| (*b, Some(img.as_slice())))).collect();
         let (jstart, jlen) = self.layout.journal_range(self.state.lock().slot.index);
