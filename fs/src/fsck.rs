@@ -469,7 +469,7 @@ fn apply_repairs(dev: Arc<dyn BlockDevice>, sb: &Superblock, w: &Walk, bitmap: &
     // Bad directory entries first, so the link counts below match what remains.
     for (d, key, why) in &w.bad_entries {
         let h = fs.begin()?;
-        let _g = fs.locks.lock(*d, Mode::Exclusive);
+        let _g = fs.locks.lock(*d, Mode::Exclusive)?;
         let (buf, mut inode) = fs.iget(*d)?;
         let mut t = fs.tree_mut(&h, &buf);
         if t.remove(*key)?.is_some() {
@@ -514,7 +514,7 @@ fn apply_repairs(dev: Arc<dyn BlockDevice>, sb: &Superblock, w: &Walk, bitmap: &
             continue;
         }
         let h = fs.begin()?;
-        let _g = fs.locks.lock(ino, Mode::Exclusive);
+        let _g = fs.locks.lock(ino, Mode::Exclusive)?;
         let (buf, mut inode) = fs.iget(ino)?;
         inode.nlink = nlink;
         if inode.is_dir() {
@@ -546,8 +546,8 @@ impl Fs {
     pub(crate) fn attach_to_lost_found(&self, ino: u64) -> Result<()> {
         let lf = self.vol.sb.lost_found_ino;
         let h = self.begin()?;
-        let _pg = self.locks.lock(lf, Mode::Exclusive);
-        let _cg = self.locks.lock(ino, Mode::Exclusive);
+        let _pg = self.locks.lock(lf, Mode::Exclusive)?;
+        let _cg = self.locks.lock(ino, Mode::Exclusive)?;
         let (pbuf, mut p) = self.iget(lf)?;
         let (cbuf, mut c) = self.iget(ino)?;
         let name = format!("#{ino}");

@@ -10,6 +10,7 @@
 //!    ascending inode number (`lock_many`);
 //! 4. allocation group locks (inside the allocator);
 //! 5. the metadata cache's map and each block's data lock, held only for a copy.
+use crate::error::Result;
 use parking_lot::lock_api::{ArcRwLockReadGuard, ArcRwLockWriteGuard};
 use parking_lot::{Mutex, RawRwLock, RwLock};
 use std::collections::HashMap;
@@ -23,6 +24,25 @@ pub enum Mode {
     Exclusive,
 }
 
+/// Where a node gets the right to cache and change an inode. Standalone: from nobody (the node
+/// owns the whole volume). Cluster mode: a lockd lock `inode/<n>` in PR or EX, kept cached
+/// after use and given up on a blocking notification, once what it covers is flushed.
+pub trait ClusterLocks: Send + Sync {
+    /// Makes sure this node holds `inode/<ino>` in at least `mode`; returns at once when the
+    /// lock is cached. Fails when the lock service cannot be reached or the session is lost
+    /// (the operation then fails with EIO).
+    fn hold(&self, ino: u64, mode: Mode) -> Result<()>;
+}
+
+/// A node that owns the whole volume (`mount --standalone`).
+pub struct Standalone;
+
+impl ClusterLocks for Standalone {
+    fn hold(&self, _ino: u64, _mode: Mode) -> Result<()> {
+        Ok(())
+    }
+}
+
 pub enum InodeGuard {
     Shared(#[allow(dead_code)] ArcRwLockReadGuard<RawRwLock, ()>),
     Exclusive(#[allow(dead_code)] ArcRwLockWriteGuard<RawRwLock, ()>),
@@ -30,17 +50,24 @@ pub enum InodeGuard {
 
 const SHARDS: usize = 64;
 
+/// Inode locks: the node's right to the inode (`ClusterLocks`), then a local reader-writer
+/// lock that orders this node's own threads.
 pub struct InodeLocks {
     shards: Vec<Mutex<HashMap<u64, Arc<RwLock<()>>>>>,
+    cluster: Box<dyn ClusterLocks>,
 }
 
 impl Default for InodeLocks {
     fn default() -> Self {
-        InodeLocks { shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect() }
+        InodeLocks::new(Box::new(Standalone))
     }
 }
 
 impl InodeLocks {
+    pub fn new(cluster: Box<dyn ClusterLocks>) -> Self {
+        InodeLocks { shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(), cluster }
+    }
+
     fn entry(&self, ino: u64) -> Arc<RwLock<()>> {
         let mut shard = self.shards[(ino as usize) % SHARDS].lock();
         if shard.len() > 4096 {
@@ -50,16 +77,17 @@ impl InodeLocks {
         shard.entry(ino).or_default().clone()
     }
 
-    pub fn lock(&self, ino: u64, mode: Mode) -> InodeGuard {
+    pub fn lock(&self, ino: u64, mode: Mode) -> Result<InodeGuard> {
+        self.cluster.hold(ino, mode)?;
         let l = self.entry(ino);
-        match mode {
+        Ok(match mode {
             Mode::Shared => InodeGuard::Shared(l.read_arc()),
             Mode::Exclusive => InodeGuard::Exclusive(l.write_arc()),
-        }
+        })
     }
 
     /// Exclusive locks on several inodes, taken in ascending order (duplicates once).
-    pub fn lock_many(&self, inos: &[u64]) -> Vec<InodeGuard> {
+    pub fn lock_many(&self, inos: &[u64]) -> Result<Vec<InodeGuard>> {
         let mut v: Vec<u64> = inos.iter().copied().filter(|&i| i != 0).collect();
         v.sort_unstable();
         v.dedup();

@@ -53,7 +53,7 @@ impl Fs {
             } else {
                 // POSIX: a successful truncate updates mtime and ctime even without a change.
                 let h = self.begin()?;
-                let _g = self.locks.lock(ino, Mode::Exclusive);
+                let _g = self.locks.lock(ino, Mode::Exclusive)?;
                 let (buf, mut inode) = self.iget(ino)?;
                 let now = Timespec::now();
                 inode.mtime = now;
@@ -62,7 +62,7 @@ impl Fs {
             }
         }
         let h = self.begin()?;
-        let _g = self.locks.lock(ino, Mode::Exclusive);
+        let _g = self.locks.lock(ino, Mode::Exclusive)?;
         let (buf, mut inode) = self.iget(ino)?;
         let now = Timespec::now();
         let mut changed = false;
@@ -106,7 +106,7 @@ impl Fs {
             return Ok(());
         }
         let h = self.begin()?;
-        let _g = self.locks.lock(ino, Mode::Exclusive);
+        let _g = self.locks.lock(ino, Mode::Exclusive)?;
         let (buf, mut inode) = self.iget(ino)?;
         inode.atime = now;
         self.iput(&h, &buf, &inode);
@@ -123,13 +123,13 @@ impl Fs {
     }
 
     pub fn getxattr(&self, ino: u64, name: &[u8]) -> Result<Vec<u8>> {
-        let _g = self.locks.lock(ino, Mode::Shared);
+        let _g = self.locks.lock(ino, Mode::Shared)?;
         let (_, inode) = self.iget(ino)?;
         self.xattrs_of(&inode)?.into_iter().find(|(n, _)| n == name).map(|(_, v)| v).ok_or(FsError::NoAttr)
     }
 
     pub fn listxattr(&self, ino: u64) -> Result<Vec<u8>> {
-        let _g = self.locks.lock(ino, Mode::Shared);
+        let _g = self.locks.lock(ino, Mode::Shared)?;
         let (_, inode) = self.iget(ino)?;
         let mut out = Vec::new();
         for (n, _) in self.xattrs_of(&inode)? {
@@ -154,7 +154,7 @@ impl Fs {
             }
         }
         let h = self.begin()?;
-        let _g = self.locks.lock(ino, Mode::Exclusive);
+        let _g = self.locks.lock(ino, Mode::Exclusive)?;
         let (buf, mut inode) = self.iget(ino)?;
         let mut attrs = self.xattrs_of(&inode)?;
         let pos = attrs.iter().position(|(n, _)| n == name);

@@ -232,7 +232,7 @@ impl Fs {
             return Err(FsError::FileTooBig);
         }
         let h = self.begin()?;
-        let _g = self.locks.lock(ino, Mode::Exclusive);
+        let _g = self.locks.lock(ino, Mode::Exclusive)?;
         let (buf, mut inode) = self.iget(ino)?;
         if inode.is_dir() {
             return Err(FsError::IsDir);
@@ -258,7 +258,7 @@ impl Fs {
     }
 
     pub fn read(&self, ino: u64, off: u64, size: u32) -> Result<Vec<u8>> {
-        let _g = self.locks.lock(ino, Mode::Shared);
+        let _g = self.locks.lock(ino, Mode::Shared)?;
         let (buf, inode) = self.iget(ino)?;
         if inode.is_dir() {
             return Err(FsError::IsDir);
@@ -327,7 +327,7 @@ impl Fs {
         let mut first = true;
         loop {
             let h = self.begin()?;
-            let _g = self.locks.lock(ino, Mode::Exclusive);
+            let _g = self.locks.lock(ino, Mode::Exclusive)?;
             let (buf, mut inode) = self.iget(ino)?;
             if inode.is_dir() {
                 return Err(FsError::IsDir);
@@ -379,7 +379,7 @@ impl Fs {
             }
         }
         let h = self.begin()?;
-        let _g = self.locks.lock(ino, Mode::Exclusive);
+        let _g = self.locks.lock(ino, Mode::Exclusive)?;
         let (buf, mut inode) = self.iget(ino)?;
         if !inode.is_reg() {
             return Err(if inode.is_dir() { FsError::IsDir } else { FsError::NotSupported });
@@ -426,7 +426,7 @@ impl Fs {
         let mut first = true;
         loop {
             let h = self.begin()?;
-            let _g = self.locks.lock(ino, Mode::Exclusive);
+            let _g = self.locks.lock(ino, Mode::Exclusive)?;
             let (buf, mut inode) = self.iget(ino)?;
             if !inode.is_reg() {
                 return Err(if inode.is_dir() { FsError::IsDir } else { FsError::NotSupported });
@@ -466,7 +466,7 @@ impl Fs {
 
     /// SEEK_DATA / SEEK_HOLE from `off`; ENXIO past the end.
     pub fn lseek(&self, ino: u64, off: u64, whence: Whence) -> Result<u64> {
-        let _g = self.locks.lock(ino, Mode::Shared);
+        let _g = self.locks.lock(ino, Mode::Shared)?;
         let (buf, inode) = self.iget(ino)?;
         if off >= inode.size {
             return Err(FsError::PastEnd);

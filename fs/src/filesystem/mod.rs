@@ -82,7 +82,7 @@ impl Fs {
     }
 
     pub fn getattr(&self, ino: u64) -> Result<Inode> {
-        let _g = self.locks.lock(ino, Mode::Shared);
+        let _g = self.locks.lock(ino, Mode::Shared)?;
         let (_, inode) = self.iget(ino)?;
         if inode.nlink == 0 && !self.is_open(ino) {
             return Err(FsError::NotFound);
@@ -118,7 +118,7 @@ impl Fs {
         };
         if last {
             let nlink = {
-                let _g = self.locks.lock(ino, Mode::Shared);
+                let _g = self.locks.lock(ino, Mode::Shared)?;
                 self.iget(ino)?.1.nlink
             };
             if nlink == 0 {

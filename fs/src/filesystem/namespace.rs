@@ -26,7 +26,7 @@ impl Fs {
             return Err(FsError::NameTooLong);
         }
         let ino = {
-            let _g = self.locks.lock(parent, Mode::Shared);
+            let _g = self.locks.lock(parent, Mode::Shared)?;
             let (pbuf, p) = self.iget(parent)?;
             if !p.is_dir() {
                 return Err(FsError::NotDir);
@@ -37,7 +37,7 @@ impl Fs {
                 _ => dir::lookup(&self.tree(&pbuf), name)?.ok_or(FsError::NotFound)?.ino,
             }
         };
-        let _g = self.locks.lock(ino, Mode::Shared);
+        let _g = self.locks.lock(ino, Mode::Shared)?;
         Ok(self.iget(ino)?.1)
     }
 
@@ -53,7 +53,7 @@ impl Fs {
             return Err(FsError::Invalid("unknown file type"));
         }
         let h = self.begin()?;
-        let _pg = self.locks.lock(parent, Mode::Exclusive);
+        let _pg = self.locks.lock(parent, Mode::Exclusive)?;
         let (pbuf, mut p) = self.iget(parent)?;
         if !p.is_dir() {
             return Err(FsError::NotDir);
@@ -114,7 +114,7 @@ impl Fs {
                 return Err(if target.is_empty() { FsError::NotFound } else { FsError::NameTooLong });
             }
             self.write(ino, 0, target)?;
-            let _g = self.locks.lock(ino, Mode::Shared);
+            let _g = self.locks.lock(ino, Mode::Shared)?;
             inode = self.iget(ino)?.1;
         }
         Ok(inode)
@@ -134,8 +134,8 @@ impl Fs {
             return Err(FsError::NotPermitted); // a directory cannot be hard-linked
         }
         let h = self.begin()?;
-        let _pg = self.locks.lock(parent, Mode::Exclusive);
-        let _ig = self.locks.lock(ino, Mode::Exclusive);
+        let _pg = self.locks.lock(parent, Mode::Exclusive)?;
+        let _ig = self.locks.lock(ino, Mode::Exclusive)?;
         let (pbuf, mut p) = self.iget(parent)?;
         let (buf, mut inode) = self.iget(ino)?;
         if !p.is_dir() {
@@ -186,7 +186,7 @@ impl Fs {
     fn reclaim_if_unused(&self, ino: u64) -> Result<()> {
         if !self.is_open(ino) {
             let nlink = {
-                let _g = self.locks.lock(ino, Mode::Shared);
+                let _g = self.locks.lock(ino, Mode::Shared)?;
                 self.iget(ino)?.1.nlink
             };
             if nlink == 0 {
@@ -202,13 +202,13 @@ impl Fs {
         }
         let victim = {
             let h = self.begin()?;
-            let _pg = self.locks.lock(parent, Mode::Exclusive);
+            let _pg = self.locks.lock(parent, Mode::Exclusive)?;
             let (pbuf, mut p) = self.iget(parent)?;
             if !p.is_dir() {
                 return Err(FsError::NotDir);
             }
             let e = self.entry(&pbuf, name)?.ok_or(FsError::NotFound)?;
-            let _cg = self.locks.lock(e.ino, Mode::Exclusive);
+            let _cg = self.locks.lock(e.ino, Mode::Exclusive)?;
             let (cbuf, mut c) = self.iget(e.ino)?;
             if rmdir {
                 if !c.is_dir() {
@@ -271,7 +271,7 @@ impl Fs {
         }
         let h = self.begin()?;
         let _rg = (sp != dp).then(|| self.rename_lock.lock());
-        let _pg = self.locks.lock_many(&[sp, dp]);
+        let _pg = self.locks.lock_many(&[sp, dp])?;
         let (spbuf, mut spi) = self.iget(sp)?;
         let (dpbuf, mut dpi) = if sp == dp { (spbuf.clone(), spi.clone()) } else { self.iget(dp)? };
         if !spi.is_dir() || !dpi.is_dir() {
@@ -284,7 +284,7 @@ impl Fs {
                 return Ok(()); // both names are links to one inode: nothing to do (POSIX)
             }
         }
-        let _cg = self.locks.lock_many(&[se.ino, de.as_ref().map(|d| d.ino).unwrap_or(0)]);
+        let _cg = self.locks.lock_many(&[se.ino, de.as_ref().map(|d| d.ino).unwrap_or(0)])?;
         let (sbuf, mut s) = self.iget(se.ino)?;
         let victim = match &de {
             Some(d) => Some(self.iget(d.ino)?),
@@ -422,7 +422,7 @@ impl Fs {
     /// Directory entries after readdir cookie `offset` (0 starts; `.` is 1, `..` is 2, an
     /// entry's cookie is its key + 1), until `f` returns false. System inodes are hidden.
     pub fn readdir(&self, ino: u64, offset: u64, f: &mut dyn FnMut(u64, u8, &[u8], u64) -> bool) -> Result<()> {
-        let _g = self.locks.lock(ino, Mode::Shared);
+        let _g = self.locks.lock(ino, Mode::Shared)?;
         let (buf, inode) = self.iget(ino)?;
         if !inode.is_dir() {
             return Err(FsError::NotDir);

@@ -21,7 +21,7 @@ fn orphan_name(ino: u64) -> Vec<u8> {
 impl Fs {
     /// Lists `ino` in the orphan directory (the caller holds the inode's lock and `h`).
     pub(crate) fn add_orphan(&self, h: &Handle, ino: u64) -> Result<()> {
-        let _g = self.locks.lock(self.orphan_dir, Mode::Exclusive);
+        let _g = self.locks.lock(self.orphan_dir, Mode::Exclusive)?;
         let (dbuf, mut d) = self.iget(self.orphan_dir)?;
         let mut t = self.tree_mut(h, &dbuf);
         dir::add(&mut t, &orphan_name(ino), ino, libc::DT_REG)?;
@@ -32,7 +32,7 @@ impl Fs {
     }
 
     fn remove_orphan(&self, h: &Handle, ino: u64) -> Result<()> {
-        let _g = self.locks.lock(self.orphan_dir, Mode::Exclusive);
+        let _g = self.locks.lock(self.orphan_dir, Mode::Exclusive)?;
         let (dbuf, mut d) = self.iget(self.orphan_dir)?;
         let Some(e) = dir::lookup(&self.tree(&dbuf), &orphan_name(ino))? else { return Ok(()) };
         let mut t = self.tree_mut(h, &dbuf);
@@ -47,7 +47,7 @@ impl Fs {
     pub(crate) fn reclaim(&self, ino: u64) -> Result<()> {
         loop {
             let h = self.begin()?;
-            let _g = self.locks.lock(ino, Mode::Exclusive);
+            let _g = self.locks.lock(ino, Mode::Exclusive)?;
             let (buf, mut inode) = match self.iget(ino) {
                 Ok(x) => x,
                 Err(FsError::NotFound) => return Ok(()),
