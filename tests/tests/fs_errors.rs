@@ -1,0 +1,316 @@
+//! End-to-end tests of the failure paths: the command line refusing what it must (mkfs over a
+//! volume, mount without --standalone), corrupt superblocks and metadata blocks (refusal or EIO,
+//! never a panic, and fsck reporting them), and ENOSPC on a full volume without damage.
+use mafs_tests::fs_mount::*;
+use mafs_tests::wait_until;
+use std::ffi::OsStr;
+use std::fs::{self, File};
+use std::io::Write;
+use std::os::unix::fs::MetadataExt;
+use std::time::Duration;
+
+fn assert_no_panic(text: &str) {
+    assert!(!text.contains("panicked"), "mafs panicked:\n{text}");
+}
+
+#[test]
+fn mkfs_refuses_an_existing_volume_without_force() {
+    let dir = tempfile::tempdir().unwrap();
+    let vol = dir.path().join("v");
+    mkfs(&vol, "64M", &["--slots", "1"]);
+    let (code, text) = code_and_text(&mafs([OsStr::new("mkfs"), vol.as_os_str(), OsStr::new("--size"), OsStr::new("64M")]));
+    assert_ne!(code, 0, "mkfs over an existing volume must fail:\n{text}");
+    assert!(text.contains("--force"), "the message should say how to override:\n{text}");
+    assert_no_panic(&text);
+    let (code, text) = code_and_text(&mafs([OsStr::new("mkfs"), vol.as_os_str(), OsStr::new("--size"), OsStr::new("64M"), OsStr::new("--slots"), OsStr::new("1"), OsStr::new("--force")]));
+    assert_eq!(code, 0, "mkfs --force:\n{text}");
+}
+
+#[test]
+fn mkfs_refuses_a_too_small_volume_with_a_size_hint() {
+    let dir = tempfile::tempdir().unwrap();
+    let vol = dir.path().join("v");
+    let (code, text) = code_and_text(&mafs([OsStr::new("mkfs"), vol.as_os_str(), OsStr::new("--size"), OsStr::new("1M")]));
+    assert_ne!(code, 0);
+    assert!(text.contains("too small"), "{text}");
+    assert_no_panic(&text);
+}
+
+#[test]
+fn mkfs_of_a_1_tib_sparse_file_succeeds_and_fsck_is_clean() {
+    let dir = tempfile::tempdir().unwrap();
+    let vol = dir.path().join("v");
+    mkfs(&vol, "1T", &[]);
+    assert_eq!(fs::metadata(&vol).unwrap().len(), 1 << 40);
+    assert!(fs::metadata(&vol).unwrap().blocks() * 512 < 4 << 30, "the volume file stays sparse");
+    let (code, text) = code_and_text(&mafs([OsStr::new("fsck"), vol.as_os_str()]));
+    assert_eq!(code, 0, "fsck of a fresh 1 TiB volume:\n{text}");
+}
+
+#[test]
+fn mount_without_standalone_is_refused_with_a_clear_error() {
+    let mut m = Mounted::unmounted("64M", &["--slots", "1"]);
+    let o = mafs([OsStr::new("mount"), m.vol.as_os_str(), m.mnt.as_os_str()]);
+    let (code, text) = code_and_text(&o);
+    assert_ne!(code, 0);
+    assert!(text.contains("--standalone"), "the message should name --standalone:\n{text}");
+    assert_no_panic(&text);
+    assert!(!is_mounted(&m.mnt));
+    m.mount();
+    m.finish();
+}
+
+#[test]
+fn mount_of_a_file_that_is_not_a_volume_is_refused_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let vol = dir.path().join("junk");
+    fs::write(&vol, pattern(1, 1 << 20)).unwrap();
+    let mnt = dir.path().join("mnt");
+    fs::create_dir(&mnt).unwrap();
+    let (code, text) = code_and_text(&mafs([OsStr::new("mount"), vol.as_os_str(), mnt.as_os_str(), OsStr::new("--standalone")]));
+    assert_ne!(code, 0);
+    assert_no_panic(&text);
+    assert!(!is_mounted(&mnt));
+    let (code, text) = code_and_text(&mafs([OsStr::new("fsck"), vol.as_os_str()]));
+    assert_eq!(code, 8, "fsck of a non-volume:\n{text}");
+}
+
+#[test]
+fn mafs_umount_unmounts_and_leaves_the_volume_clean() {
+    let mut m = Mounted::new("64M");
+    fs::write(m.path("f"), b"data").unwrap();
+    let (code, text) = code_and_text(&mafs([OsStr::new("umount"), m.mnt.as_os_str()]));
+    assert_eq!(code, 0, "mafs umount:\n{text}");
+    assert!(!is_mounted(&m.mnt));
+    m.unmount_clean();
+    m.mount();
+    assert_eq!(fs::read(m.path("f")).unwrap(), b"data");
+    m.finish();
+}
+
+#[test]
+fn second_mount_of_a_mounted_volume_is_refused() {
+    let m = Mounted::new("64M");
+    let other = m.scratch().join("mnt2");
+    fs::create_dir(&other).unwrap();
+    let mut child = std::process::Command::new(mafs_tests::mafs_bin())
+        .args([OsStr::new("mount"), m.vol.as_os_str(), other.as_os_str(), OsStr::new("--standalone")])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut st = None;
+    let exited = wait_until(Duration::from_secs(60), || {
+        st = child.try_wait().unwrap();
+        st.is_some() || is_mounted(&other)
+    });
+    if is_mounted(&other) || !exited {
+        let _ = umount2(&other, libc::MNT_DETACH);
+        let _ = child.kill();
+        panic!("a second mount of the same volume came up");
+    }
+    let o = child.wait_with_output().unwrap();
+    let (code, text) = code_and_text(&o);
+    assert_ne!(code, 0);
+    assert!(text.contains("in use"), "{text}");
+    assert_no_panic(&text);
+    m.finish();
+}
+
+/// A small volume with some files, unmounted cleanly.
+fn populated() -> Mounted {
+    let mut m = Mounted::new("64M");
+    fs::create_dir(m.path("dir")).unwrap();
+    for i in 0..20 {
+        fs::write(m.path(format!("dir/f{i}")), pattern(i, 10_000)).unwrap();
+    }
+    m.unmount_clean();
+    m
+}
+
+#[test]
+fn damaged_primary_superblock_mounts_from_the_backup_and_fsck_repairs_it() {
+    let mut m = populated();
+    corrupt_block(&m.vol, 0, 64, 200);
+    let (code, text) = m.fsck();
+    assert_eq!(code, 4, "fsck must report the damaged primary superblock:\n{text}");
+    assert_no_panic(&text);
+    match m.try_mount(&[]) {
+        Ok(()) => {
+            assert!(fs::read(m.path("dir/f3")).unwrap() == pattern(3, 10_000));
+            let st = m.unmount();
+            assert!(st.success(), "{}", m.log());
+        }
+        Err(e) => {
+            // refusing is acceptable, as long as it is clean
+            assert_no_panic(&e);
+            assert!(e.contains("superblock"), "refusal should name the superblock:\n{e}");
+        }
+    }
+    m.assert_no_panic();
+    let (code, text) = m.fsck_repair();
+    assert_eq!(code, 1, "fsck --repair fixes it:\n{text}");
+    m.assert_fsck_clean();
+    m.mount();
+    assert!(fs::read(m.path("dir/f19")).unwrap() == pattern(19, 10_000));
+    m.finish();
+}
+
+#[test]
+fn both_superblocks_damaged_makes_mount_and_fsck_refuse_without_panic() {
+    let mut m = populated();
+    corrupt_block(&m.vol, 0, 0, 4096);
+    corrupt_block(&m.vol, 1, 0, 4096);
+    let e = m.try_mount(&[]).expect_err("mount of a volume without a readable superblock must fail");
+    assert_no_panic(&e);
+    assert!(e.contains("cannot mount") || e.contains("superblock") || e.contains("not a mafs"), "a clear message:\n{e}");
+    assert!(!is_mounted(&m.mnt));
+    let (code, text) = m.fsck();
+    assert_eq!(code, 8, "fsck cannot check it:\n{text}");
+    assert_no_panic(&text);
+    assert!(text.contains("cannot check"), "{text}");
+    let (code, text) = code_and_text(&mafs([OsStr::new("info"), m.vol.as_os_str()]));
+    assert_ne!(code, 0);
+    assert_no_panic(&text);
+}
+
+#[test]
+fn corrupt_file_inode_gives_eio_or_refusal_and_fsck_reports_it() {
+    let mut m = Mounted::new("64M");
+    fs::write(m.path("victim"), pattern(1, 20_000)).unwrap();
+    fs::write(m.path("bystander"), b"fine").unwrap();
+    let ino = fs::metadata(m.path("victim")).unwrap().ino();
+    m.unmount_clean();
+    // the inode number is the inode's block number
+    corrupt_block(&m.vol, ino, 40, 64);
+    match m.try_mount(&[]) {
+        Ok(()) => {
+            let r = fs::read(m.path("victim"));
+            assert_errno(r, libc::EIO, "read of a file with a corrupt inode");
+            assert_eq!(fs::read(m.path("bystander")).unwrap(), b"fine", "other files still work");
+            m.unmount();
+        }
+        Err(e) => {
+            eprintln!("mount refused:\n{e}");
+            assert_no_panic(&e)
+        }
+    }
+    m.assert_no_panic();
+    let (code, text) = m.fsck();
+    assert_eq!(code, 4, "fsck must report the corrupt inode:\n{text}");
+    assert_no_panic(&text);
+}
+
+#[test]
+fn corrupt_root_inode_gives_eio_or_refusal_and_fsck_reports_it() {
+    let mut m = populated();
+    let root: u64 = info_field(&m.vol, "root inode").parse().unwrap();
+    corrupt_block(&m.vol, root, 300, 100);
+    match m.try_mount(&[]) {
+        Ok(()) => {
+            assert_errno(fs::read_dir(&m.mnt).and_then(|d| d.collect::<Result<Vec<_>, _>>()), libc::EIO, "listing a corrupt root");
+            m.unmount();
+        }
+        Err(e) => {
+            eprintln!("mount refused:\n{e}");
+            assert_no_panic(&e)
+        }
+    }
+    m.assert_no_panic();
+    let (code, text) = m.fsck();
+    assert_eq!(code, 4, "fsck must report the corrupt root inode:\n{text}");
+    assert_no_panic(&text);
+}
+
+#[test]
+fn corrupt_directory_tree_block_gives_eio_or_refusal_and_fsck_reports_it() {
+    let mut m = Mounted::new("64M");
+    fs::create_dir(m.path("big")).unwrap();
+    for i in 0..2000 {
+        File::create(m.path(format!("big/entry-with-a-longish-name-{i}"))).unwrap();
+    }
+    m.unmount_clean();
+    let nodes = find_blocks(&m.vol, MAGIC_TREE_NODE);
+    assert!(!nodes.is_empty(), "a 2000-entry directory has index tree blocks");
+    for &b in &nodes {
+        corrupt_block(&m.vol, b, 100, 200);
+    }
+    match m.try_mount(&[]) {
+        Ok(()) => {
+            let r = fs::read_dir(m.path("big")).and_then(|d| d.collect::<Result<Vec<_>, _>>());
+            assert_errno(r, libc::EIO, "listing a directory whose tree blocks are corrupt");
+            assert_errno(fs::metadata(m.path("big/entry-with-a-longish-name-1234")), libc::EIO, "lookup in it");
+            m.unmount();
+        }
+        Err(e) => {
+            eprintln!("mount refused:\n{e}");
+            assert_no_panic(&e)
+        }
+    }
+    m.assert_no_panic();
+    let (code, text) = m.fsck();
+    assert_eq!(code, 4, "fsck must report the corrupt tree blocks:\n{text}");
+    assert_no_panic(&text);
+}
+
+#[test]
+fn full_volume_gives_enospc_stays_usable_and_fsck_clean() {
+    let mut m = Mounted::new("64M");
+    let p = m.path("fill");
+    let chunk = pattern(1, 1 << 20);
+    let mut f = File::create(&p).unwrap();
+    let mut written = 0u64;
+    let err = loop {
+        match f.write(&chunk) {
+            Ok(n) => written += n as u64,
+            Err(e) => break e,
+        }
+        assert!(written < 128 << 20, "wrote {written} bytes into a 64 MiB volume without ENOSPC");
+    };
+    assert_eq!(err.raw_os_error(), Some(libc::ENOSPC), "error on a full volume: {err}");
+    assert!(written > 20 << 20, "only {written} bytes fit");
+    drop(f);
+    // small creations fail cleanly too (or succeed if they fit in what is left)
+    for i in 0..50 {
+        if let Err(e) = fs::write(m.path(format!("small{i}")), b"x") {
+            assert_eq!(e.raw_os_error(), Some(libc::ENOSPC), "create on a full volume: {e}");
+        }
+    }
+    assert_eq!(fs::metadata(&p).unwrap().len(), written);
+    fs::remove_file(&p).unwrap();
+    fs::File::open(&m.mnt).unwrap().sync_all().unwrap();
+    let free_again = wait_until(Duration::from_secs(30), || statfs(&m.mnt).f_bfree * 4096 > 30 << 20);
+    assert!(free_again, "space did not come back after delete");
+    let mut g = File::create(m.path("again")).unwrap();
+    for _ in 0..20 {
+        g.write_all(&chunk).unwrap();
+    }
+    g.sync_all().unwrap();
+    drop(g);
+    m.remount();
+    assert_eq!(fs::metadata(m.path("again")).unwrap().len(), 20 << 20);
+    m.finish();
+}
+
+#[test]
+fn filling_a_volume_with_small_files_gives_enospc_and_fsck_clean() {
+    let mut m = Mounted::new("64M");
+    let d = m.path("d");
+    fs::create_dir(&d).unwrap();
+    let mut n = 0;
+    let err = loop {
+        match fs::write(d.join(format!("f{n}")), b"tiny") {
+            Ok(()) => n += 1,
+            Err(e) => break e,
+        }
+        assert!(n < 100_000, "no ENOSPC after {n} files");
+    };
+    assert_eq!(err.raw_os_error(), Some(libc::ENOSPC), "after {n} files: {err}");
+    assert!(n > 1000, "only {n} files fit");
+    m.remount();
+    assert_eq!(names(&d).len(), n, "every created file is still there");
+    for i in 0..n {
+        fs::remove_file(d.join(format!("f{i}"))).unwrap();
+    }
+    m.finish();
+}
