@@ -1,26 +1,464 @@
 //! Command-line entry points that the `mafs` binary exposes: `mafs lockd ...` and `mafs lock ...`.
-use clap::{Args, Subcommand};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
-/// `mafs lockd ...`
+use anyhow::{bail, Context};
+use clap::{Args, Subcommand};
+use mafs_proto::v1 as pb;
+
+use crate::client::{Conn, Error as ClientError, LockOptions, Session, SessionOptions};
+use crate::mode::Mode;
+use crate::raft_node::ReplicaConfig;
+
+const DEFAULT_LISTEN: &str = "127.0.0.1:7400";
+const ENDPOINTS_ENV: &str = "MAFS_LOCKD_ENDPOINTS";
+
+/// `mafs lockd ...`: run a replica (no subcommand) or administer a running cluster.
 #[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct LockdCommand {
     #[command(subcommand)]
     pub action: Option<LockdAction>,
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// This replica's id (nonzero, unique in the cluster).
+    #[arg(long, default_value_t = 1)]
+    pub id: u64,
+    /// Address to listen on (clients and the other replicas).
+    #[arg(long, default_value = DEFAULT_LISTEN)]
+    pub listen: String,
+    /// Another bootstrap member, as ID=HOST:PORT (repeat for each).
+    #[arg(long = "peer", value_name = "ID=ADDR")]
+    pub peers: Vec<String>,
+    /// Where the Raft log, hard state and snapshots live (default /var/lib/mafs/lockd-<id>).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Join a running cluster (after `mafs lockd add-member`) instead of bootstrapping.
+    #[arg(long)]
+    pub join: bool,
+    /// Snapshot and compact the log every N applied entries.
+    #[arg(long, default_value_t = 10_000)]
+    pub snapshot_every: u64,
+    /// Extra milliseconds the leader waits past a lease before expiring a session.
+    #[arg(long, default_value_t = 1000)]
+    pub lease_margin_ms: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct EndpointArgs {
+    /// Replica addresses, comma separated (default $MAFS_LOCKD_ENDPOINTS or 127.0.0.1:7400).
+    #[arg(long, value_delimiter = ',')]
+    pub endpoints: Vec<String>,
+}
+
+impl EndpointArgs {
+    fn list(&self) -> Vec<String> {
+        if !self.endpoints.is_empty() {
+            return self.endpoints.clone();
+        }
+        match std::env::var(ENDPOINTS_ENV) {
+            Ok(v) if !v.trim().is_empty() => v.split(',').map(|s| s.trim().to_string()).collect(),
+            _ => vec![DEFAULT_LISTEN.to_string()],
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
-pub enum LockdAction {}
+pub enum LockdAction {
+    /// Leader, term, members, sessions and lock counts, as seen by each replica.
+    Status {
+        #[command(flatten)]
+        ep: EndpointArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Resources with their holders and waiters (linearizable, from the leader).
+    Dump {
+        #[command(flatten)]
+        ep: EndpointArgs,
+        /// Only resources whose name starts with this.
+        #[arg(long, default_value = "")]
+        prefix: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Add a replica to the running cluster; then start it with --join.
+    AddMember {
+        #[command(flatten)]
+        ep: EndpointArgs,
+        #[arg(long)]
+        id: u64,
+        #[arg(long)]
+        addr: String,
+    },
+    /// Remove a replica from the running cluster.
+    RemoveMember {
+        #[command(flatten)]
+        ep: EndpointArgs,
+        #[arg(long)]
+        id: u64,
+    },
+}
 
-/// `mafs lock ...`
+/// `mafs lock ...`: run a command while holding a cluster-wide lock (like flock(1)).
 #[derive(Debug, Args)]
 pub struct LockCommand {
+    #[command(flatten)]
+    pub ep: EndpointArgs,
+    /// Lock mode: NL, CR, CW, PR, PW or EX.
+    #[arg(long, default_value = "EX")]
+    pub mode: Mode,
+    /// Seconds to wait for the lock (exit 1 if it is not granted in time).
+    #[arg(long, default_value_t = 30.0)]
+    pub timeout: f64,
+    /// Do not wait: exit 1 at once if the lock is held in a conflicting mode.
+    #[arg(long = "try")]
+    pub try_lock: bool,
+    /// Session lease in milliseconds.
+    #[arg(long, default_value_t = 10_000)]
+    pub lease_ms: u64,
     pub resource: String,
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+    pub command: Vec<String>,
 }
 
-pub fn run_lockd(_cmd: LockdCommand) -> anyhow::Result<i32> {
-    anyhow::bail!("lockd is not built yet")
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")
 }
 
-pub fn run_lock(_cmd: LockCommand) -> anyhow::Result<i32> {
-    anyhow::bail!("lockd is not built yet")
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("MAFS_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}
+
+pub fn run_lockd(cmd: LockdCommand) -> anyhow::Result<i32> {
+    init_tracing();
+    let rt = runtime()?;
+    match cmd.action {
+        None => rt.block_on(serve(cmd.serve)),
+        Some(LockdAction::Status { ep, json }) => rt.block_on(status(ep.list(), json)),
+        Some(LockdAction::Dump { ep, prefix, json }) => rt.block_on(dump(ep.list(), prefix, json)),
+        Some(LockdAction::AddMember { ep, id, addr }) => rt.block_on(membership(
+            ep.list(),
+            pb::membership_request::Op::Add,
+            id,
+            addr,
+        )),
+        Some(LockdAction::RemoveMember { ep, id }) => rt.block_on(membership(
+            ep.list(),
+            pb::membership_request::Op::Remove,
+            id,
+            String::new(),
+        )),
+    }
+}
+
+fn parse_peers(id: u64, listen: &str, peers: &[String]) -> anyhow::Result<BTreeMap<u64, String>> {
+    let mut members = BTreeMap::from([(id, listen.to_string())]);
+    for p in peers {
+        let (pid, addr) = p
+            .split_once('=')
+            .with_context(|| format!("--peer {p:?}: expected ID=HOST:PORT"))?;
+        let pid: u64 = pid
+            .parse()
+            .with_context(|| format!("--peer {p:?}: bad id"))?;
+        if pid == 0 || members.insert(pid, addr.to_string()).is_some() {
+            bail!("--peer {p:?}: id must be nonzero and unique (this replica is {id})");
+        }
+    }
+    Ok(members)
+}
+
+async fn serve(a: ServeArgs) -> anyhow::Result<i32> {
+    if a.id == 0 {
+        bail!("--id must be nonzero");
+    }
+    let members = parse_peers(a.id, &a.listen, &a.peers)?;
+    let data_dir = a
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(format!("/var/lib/mafs/lockd-{}", a.id)));
+    let mut cfg = ReplicaConfig::new(a.id, a.listen.clone(), data_dir);
+    cfg.members = members;
+    cfg.join = a.join;
+    cfg.snapshot_every = a.snapshot_every.max(1);
+    cfg.lease_margin = Duration::from_millis(a.lease_margin_ms);
+    crate::server::serve(cfg).await?;
+    Ok(0)
+}
+
+async fn status_of(addr: &str) -> Result<pb::StatusResponse, String> {
+    let conn = Conn::new(&[addr.to_string()]).map_err(|e| e.to_string())?;
+    conn.call(
+        "status",
+        Instant::now() + Duration::from_secs(1),
+        Duration::from_secs(1),
+        |mut c| async move { c.status(pb::StatusRequest {}).await },
+    )
+    .await
+    .map_err(|e| e.to_string())
+}
+
+async fn status(endpoints: Vec<String>, json: bool) -> anyhow::Result<i32> {
+    let mut rows = Vec::new();
+    for e in &endpoints {
+        rows.push((e.clone(), status_of(e).await));
+    }
+    // The leader of the highest term any replica knows of.
+    let best = rows
+        .iter()
+        .filter_map(|(_, r)| r.as_ref().ok())
+        .filter(|s| s.leader_id != 0)
+        .max_by_key(|s| (s.term, s.role == "leader"));
+    let leader = best.map(|s| (s.leader_id, s.leader_addr.clone(), s.term));
+    let leader_view = rows
+        .iter()
+        .filter_map(|(_, r)| r.as_ref().ok())
+        .find(|s| s.role == "leader");
+    if json {
+        let replicas: Vec<serde_json::Value> = rows
+            .iter()
+            .map(|(e, r)| match r {
+                Ok(s) => serde_json::json!({
+                    "endpoint": e, "id": s.id, "role": s.role, "leader_id": s.leader_id, "term": s.term,
+                    "commit_index": s.commit_index, "applied_index": s.applied_index,
+                    "snapshot_index": s.snapshot_index, "last_log_index": s.last_log_index,
+                    "sessions": s.sessions, "resources": s.resources, "granted_locks": s.granted_locks,
+                    "waiting_locks": s.waiting_locks,
+                }),
+                Err(err) => serde_json::json!({ "endpoint": e, "error": err }),
+            })
+            .collect();
+        let v = serde_json::json!({
+            "leader": leader.as_ref().map(|l| l.0),
+            "leader_addr": leader.as_ref().map(|l| l.1.clone()),
+            "term": leader.as_ref().map(|l| l.2),
+            "members": leader_view.or(best).map(|s| s.members.iter().map(|m| serde_json::json!({"id": m.id, "addr": m.addr})).collect::<Vec<_>>()),
+            "sessions": leader_view.map(|s| s.sessions),
+            "resources": leader_view.map(|s| s.resources),
+            "granted_locks": leader_view.map(|s| s.granted_locks),
+            "waiting_locks": leader_view.map(|s| s.waiting_locks),
+            "replicas": replicas,
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        match &leader {
+            Some((id, addr, term)) => println!("leader: {id} ({addr}), term {term}"),
+            None => println!("no leader known"),
+        }
+        if let Some(s) = leader_view.or(best) {
+            let members: Vec<String> = s
+                .members
+                .iter()
+                .map(|m| format!("{}={}", m.id, m.addr))
+                .collect();
+            println!("members: {}", members.join(" "));
+        }
+        if let Some(s) = leader_view {
+            println!(
+                "sessions: {}  resources: {}  granted: {}  waiting: {}",
+                s.sessions, s.resources, s.granted_locks, s.waiting_locks
+            );
+        }
+        println!(
+            "{:<22} {:>3} {:<13} {:>6} {:>9} {:>9} {:>9}",
+            "ENDPOINT", "ID", "ROLE", "TERM", "COMMIT", "APPLIED", "SNAPSHOT"
+        );
+        for (e, r) in &rows {
+            match r {
+                Ok(s) => println!(
+                    "{:<22} {:>3} {:<13} {:>6} {:>9} {:>9} {:>9}",
+                    e, s.id, s.role, s.term, s.commit_index, s.applied_index, s.snapshot_index
+                ),
+                Err(err) => println!("{e:<22} unreachable: {err}"),
+            }
+        }
+    }
+    Ok(if leader.is_some() { 0 } else { 1 })
+}
+
+fn mode_name(v: i32) -> &'static str {
+    Mode::from_wire(v).map(Mode::name).unwrap_or("??")
+}
+
+async fn dump(endpoints: Vec<String>, prefix: String, json: bool) -> anyhow::Result<i32> {
+    let conn = Conn::new(&endpoints)?;
+    let d = conn
+        .call(
+            "dump",
+            Instant::now() + Duration::from_secs(10),
+            Duration::from_secs(6),
+            |mut c| {
+                let prefix = prefix.clone();
+                async move { c.dump(pb::DumpRequest { prefix }).await }
+            },
+        )
+        .await?;
+    let entry = |e: &pb::LockEntry| serde_json::json!({"session": e.session_id, "node": e.node_name, "mode": mode_name(e.mode), "granted_mode": mode_name(e.granted_mode), "token": e.fencing_token});
+    if json {
+        let v = serde_json::json!({
+            "resources": d.resources.iter().map(|r| serde_json::json!({
+                "name": r.name,
+                "lvb": r.lvb.iter().map(|b| format!("{b:02x}")).collect::<String>(),
+                "granted": r.granted.iter().map(entry).collect::<Vec<_>>(),
+                "converting": r.converting.iter().map(entry).collect::<Vec<_>>(),
+                "waiting": r.waiting.iter().map(entry).collect::<Vec<_>>(),
+            })).collect::<Vec<_>>(),
+            "sessions": d.sessions.iter().map(|s| serde_json::json!({"id": s.session_id, "node": s.node_name, "lease_ms": s.lease_ms, "state": s.state, "locks": s.locks})).collect::<Vec<_>>(),
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(0);
+    }
+    println!("sessions:");
+    for s in &d.sessions {
+        println!(
+            "  {:>6} {:<24} lease {:>6} ms  {:<10} {} locks",
+            s.session_id, s.node_name, s.lease_ms, s.state, s.locks
+        );
+    }
+    println!("resources:");
+    for r in &d.resources {
+        println!(
+            "  {}{}",
+            r.name,
+            if r.lvb.is_empty() {
+                String::new()
+            } else {
+                format!("  lvb {} bytes", r.lvb.len())
+            }
+        );
+        for e in &r.granted {
+            println!(
+                "    granted    {} session {} ({}) token {}",
+                mode_name(e.mode),
+                e.session_id,
+                e.node_name,
+                e.fencing_token
+            );
+        }
+        for e in &r.converting {
+            println!(
+                "    converting {}->{} session {} ({})",
+                mode_name(e.granted_mode),
+                mode_name(e.mode),
+                e.session_id,
+                e.node_name
+            );
+        }
+        for e in &r.waiting {
+            println!(
+                "    waiting    {} session {} ({})",
+                mode_name(e.mode),
+                e.session_id,
+                e.node_name
+            );
+        }
+    }
+    Ok(0)
+}
+
+async fn membership(
+    endpoints: Vec<String>,
+    op: pb::membership_request::Op,
+    id: u64,
+    addr: String,
+) -> anyhow::Result<i32> {
+    let conn = Conn::new(&endpoints)?;
+    let req = pb::MembershipRequest {
+        op: op as i32,
+        id,
+        addr,
+    };
+    let r = conn
+        .call(
+            "membership",
+            Instant::now() + Duration::from_secs(20),
+            Duration::from_secs(12),
+            |mut c| {
+                let req = req.clone();
+                async move { c.change_membership(req).await }
+            },
+        )
+        .await?;
+    let members: Vec<String> = r
+        .members
+        .iter()
+        .map(|m| format!("{}={}", m.id, m.addr))
+        .collect();
+    println!("members: {}", members.join(" "));
+    Ok(0)
+}
+
+pub fn run_lock(cmd: LockCommand) -> anyhow::Result<i32> {
+    init_tracing();
+    runtime()?.block_on(lock_and_run(cmd))
+}
+
+async fn lock_and_run(cmd: LockCommand) -> anyhow::Result<i32> {
+    let endpoints = cmd.ep.list();
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "host".into());
+    let mut opts = SessionOptions::new(format!("{host}/mafs-lock/{}", std::process::id()));
+    opts.lease = Duration::from_millis(cmd.lease_ms);
+    let session = Session::open(&endpoints, opts).await?;
+    let lock_opts = LockOptions {
+        try_lock: cmd.try_lock,
+        timeout: Some(Duration::from_secs_f64(cmd.timeout.max(0.001))),
+    };
+    let guard = match session.lock(&cmd.resource, cmd.mode, lock_opts).await {
+        Ok(g) => g,
+        Err(e @ (ClientError::NotGranted { .. } | ClientError::TimedOut { .. })) => {
+            eprintln!("mafs lock: {e}");
+            let _ = session.close().await;
+            return Ok(1);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let (prog, args) = cmd.command.split_first().context("no command given")?;
+    let mut child = tokio::process::Command::new(prog)
+        .args(args)
+        .env("MAFS_FENCING_TOKEN", guard.grant.token.to_string())
+        .env("MAFS_LOCK_MODE", guard.grant.mode.name())
+        .env("MAFS_LOCK_RESOURCE", &cmd.resource)
+        .spawn()
+        .with_context(|| format!("running {prog}"))?;
+    // If the session is lost while the command runs, the lock is no longer ours: stop the
+    // command rather than let it go on believing it is protected.
+    let status = loop {
+        tokio::select! {
+            s = child.wait() => break s?,
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {
+                if session.is_lost() {
+                    eprintln!("mafs lock: lockd session lost while holding {}; killing the command", cmd.resource);
+                    let _ = child.kill().await;
+                    return Ok(1);
+                }
+            }
+        }
+    };
+    drop(guard);
+    let released = session.release(&cmd.resource, None).await;
+    let _ = session.close().await;
+    if let Err(e) = released {
+        eprintln!("mafs lock: releasing {}: {e}", cmd.resource);
+    }
+    use std::os::unix::process::ExitStatusExt;
+    Ok(status
+        .code()
+        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
 }

@@ -30,15 +30,29 @@ pub enum LockError {
     #[error("invalid node name: {0}")]
     BadNodeName(String),
     #[error("session {session} holds no lock on {resource:?}")]
-    NotHeld { session: SessionId, resource: String },
+    NotHeld {
+        session: SessionId,
+        resource: String,
+    },
     #[error("session {session} already holds {resource:?} in {mode}; ask for a conversion")]
-    AlreadyHeld { session: SessionId, resource: String, mode: Mode },
+    AlreadyHeld {
+        session: SessionId,
+        resource: String,
+        mode: Mode,
+    },
     #[error("session {session} already has a pending request on {resource:?} (for {mode})")]
-    AlreadyQueued { session: SessionId, resource: String, mode: Mode },
+    AlreadyQueued {
+        session: SessionId,
+        resource: String,
+        mode: Mode,
+    },
     #[error("conversion of {resource:?} to {mode} would deadlock with another pending conversion")]
     Deadlock { resource: String, mode: Mode },
     #[error("nothing to cancel on {resource:?} for session {session}")]
-    NothingToCancel { session: SessionId, resource: String },
+    NothingToCancel {
+        session: SessionId,
+        resource: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -67,10 +81,21 @@ pub enum CancelOutcome {
 /// What the replicas tell the outside world after a command.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Effect {
-    Granted { session: SessionId, resource: String, grant: Grant },
+    Granted {
+        session: SessionId,
+        resource: String,
+        grant: Grant,
+    },
     /// `session` holds `resource` in `held`, and someone waits for `requested`, which conflicts.
-    Blocking { session: SessionId, resource: String, held: Mode, requested: Mode },
-    Expired { session: SessionId },
+    Blocking {
+        session: SessionId,
+        resource: String,
+        held: Mode,
+        requested: Mode,
+    },
+    Expired {
+        session: SessionId,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -121,10 +146,17 @@ impl Resource {
         self.granted.iter().find(|h| h.session == s)
     }
     fn pending(&self, s: SessionId) -> Option<Mode> {
-        self.converting.iter().chain(self.waiting.iter()).find(|r| r.session == s).map(|r| r.mode)
+        self.converting
+            .iter()
+            .chain(self.waiting.iter())
+            .find(|r| r.session == s)
+            .map(|r| r.mode)
     }
     fn compatible_with_holders(&self, mode: Mode, except: Option<SessionId>) -> bool {
-        self.granted.iter().filter(|h| Some(h.session) != except).all(|h| h.mode.compatible(mode))
+        self.granted
+            .iter()
+            .filter(|h| Some(h.session) != except)
+            .all(|h| h.mode.compatible(mode))
     }
 }
 
@@ -185,9 +217,16 @@ impl LockTable {
         c
     }
 
-    pub fn open_session(&mut self, node: &str, lease_ms: u32, hold_locks_on_expiry: bool) -> Result<SessionId, LockError> {
+    pub fn open_session(
+        &mut self,
+        node: &str,
+        lease_ms: u32,
+        hold_locks_on_expiry: bool,
+    ) -> Result<SessionId, LockError> {
         if node.is_empty() || node.len() > MAX_NODE_NAME {
-            return Err(LockError::BadNodeName(format!("must be 1..={MAX_NODE_NAME} bytes")));
+            return Err(LockError::BadNodeName(format!(
+                "must be 1..={MAX_NODE_NAME} bytes"
+            )));
         }
         self.next_session += 1;
         let id = self.next_session;
@@ -207,7 +246,9 @@ impl LockTable {
     fn active(&self, s: SessionId) -> Result<&Session, LockError> {
         match self.sessions.get(&s) {
             None => Err(LockError::UnknownSession(s)),
-            Some(sess) if sess.state == SessionState::Recovering => Err(LockError::SessionRecovering(s)),
+            Some(sess) if sess.state == SessionState::Recovering => {
+                Err(LockError::SessionRecovering(s))
+            }
             Some(sess) => Ok(sess),
         }
     }
@@ -246,19 +287,29 @@ impl LockTable {
         Ok(0)
     }
 
-    pub fn complete_recovery(&mut self, s: SessionId, fx: &mut Vec<Effect>) -> Result<u32, LockError> {
+    pub fn complete_recovery(
+        &mut self,
+        s: SessionId,
+        fx: &mut Vec<Effect>,
+    ) -> Result<u32, LockError> {
         match self.sessions.get(&s) {
             None => Err(LockError::UnknownSession(s)),
-            Some(sess) if sess.state != SessionState::Recovering => Err(LockError::NotRecovering(s)),
+            Some(sess) if sess.state != SessionState::Recovering => {
+                Err(LockError::NotRecovering(s))
+            }
             Some(_) => Ok(self.drop_session(s, fx)),
         }
     }
 
     fn drop_session(&mut self, s: SessionId, fx: &mut Vec<Effect>) -> u32 {
-        let Some(sess) = self.sessions.remove(&s) else { return 0 };
+        let Some(sess) = self.sessions.remove(&s) else {
+            return 0;
+        };
         let mut released = 0;
         for name in sess.resources {
-            let Some(res) = self.resources.get_mut(&name) else { continue };
+            let Some(res) = self.resources.get_mut(&name) else {
+                continue;
+            };
             let before = res.granted.len();
             res.granted.retain(|h| h.session != s);
             released += (before - res.granted.len()) as u32;
@@ -271,7 +322,9 @@ impl LockTable {
 
     /// Withdraws a queued request or conversion of `s` on `name`; the granted mode, if any, stays.
     fn withdraw_pending(&mut self, s: SessionId, name: &str, fx: &mut Vec<Effect>) -> bool {
-        let Some(res) = self.resources.get_mut(name) else { return false };
+        let Some(res) = self.resources.get_mut(name) else {
+            return false;
+        };
         let before = res.converting.len() + res.waiting.len();
         res.converting.retain(|r| r.session != s);
         res.waiting.retain(|r| r.session != s);
@@ -311,19 +364,45 @@ impl LockTable {
             if p == mode {
                 return Ok(LockOutcome::Queued);
             }
-            return Err(LockError::AlreadyQueued { session: s, resource: name.into(), mode: p });
+            return Err(LockError::AlreadyQueued {
+                session: s,
+                resource: name.into(),
+                mode: p,
+            });
         }
         let outcome = match (held, convert) {
-            (None, true) => Err(LockError::NotHeld { session: s, resource: name.into() }),
-            (Some(h), false) if h.mode == mode => Ok(LockOutcome::Granted(Grant { mode, token: h.token, lvb: res.lvb.clone() })),
-            (Some(h), false) => Err(LockError::AlreadyHeld { session: s, resource: name.into(), mode: h.mode }),
+            (None, true) => Err(LockError::NotHeld {
+                session: s,
+                resource: name.into(),
+            }),
+            (Some(h), false) if h.mode == mode => Ok(LockOutcome::Granted(Grant {
+                mode,
+                token: h.token,
+                lvb: res.lvb.clone(),
+            })),
+            (Some(h), false) => Err(LockError::AlreadyHeld {
+                session: s,
+                resource: name.into(),
+                mode: h.mode,
+            }),
             (Some(h), true) => self.convert(s, name, h, mode, try_lock, lvb, fx),
             (None, false) => {
                 let res = self.resources.entry(name.to_string()).or_default();
-                if res.converting.is_empty() && res.waiting.is_empty() && res.compatible_with_holders(mode, None) {
+                if res.converting.is_empty()
+                    && res.waiting.is_empty()
+                    && res.compatible_with_holders(mode, None)
+                {
                     self.next_token += 1;
-                    let grant = Grant { mode, token: self.next_token, lvb: res.lvb.clone() };
-                    res.granted.push(Holder { session: s, mode, token: grant.token });
+                    let grant = Grant {
+                        mode,
+                        token: self.next_token,
+                        lvb: res.lvb.clone(),
+                    };
+                    res.granted.push(Holder {
+                        session: s,
+                        mode,
+                        token: grant.token,
+                    });
                     Ok(LockOutcome::Granted(grant))
                 } else if try_lock {
                     Ok(LockOutcome::NotGranted)
@@ -340,7 +419,10 @@ impl LockTable {
 
     /// Keeps the session's resource index and the resource map tidy after a request.
     fn settle(&mut self, s: SessionId, name: &str, outcome: &Result<LockOutcome, LockError>) {
-        let involved = matches!(outcome, Ok(LockOutcome::Granted(_)) | Ok(LockOutcome::Queued));
+        let involved = matches!(
+            outcome,
+            Ok(LockOutcome::Granted(_)) | Ok(LockOutcome::Queued)
+        );
         if involved {
             if let Some(sess) = self.sessions.get_mut(&s) {
                 sess.resources.insert(name.to_string());
@@ -363,10 +445,14 @@ impl LockTable {
         fx: &mut Vec<Effect>,
     ) -> Result<LockOutcome, LockError> {
         let Some(res) = self.resources.get_mut(name) else {
-            return Err(LockError::NotHeld { session: s, resource: name.into() });
+            return Err(LockError::NotHeld {
+                session: s,
+                resource: name.into(),
+            });
         };
         let down = h.mode.covers(mode);
-        let grantable = down || (res.converting.is_empty() && res.compatible_with_holders(mode, Some(s)));
+        let grantable =
+            down || (res.converting.is_empty() && res.compatible_with_holders(mode, Some(s)));
         if grantable {
             if let (Some(v), true) = (lvb, h.mode.may_write_lvb()) {
                 res.lvb = v.to_vec();
@@ -377,7 +463,11 @@ impl LockTable {
                 holder.mode = mode;
                 holder.token = token;
             }
-            let grant = Grant { mode, token, lvb: res.lvb.clone() };
+            let grant = Grant {
+                mode,
+                token,
+                lvb: res.lvb.clone(),
+            };
             // A new mode may let queued requests through: not only a down-conversion, also a
             // sideways one (CW -> PR frees a PR waiter).
             self.process(name, fx);
@@ -393,14 +483,22 @@ impl LockTable {
             !their_held.compatible(mode) && !c.mode.compatible(h.mode)
         });
         if deadlock {
-            return Err(LockError::Deadlock { resource: name.into(), mode });
+            return Err(LockError::Deadlock {
+                resource: name.into(),
+                mode,
+            });
         }
         res.converting.push_back(Request { session: s, mode });
         notify_blockers(s, name, res, mode, fx);
         Ok(LockOutcome::Queued)
     }
 
-    pub fn cancel(&mut self, s: SessionId, name: &str, fx: &mut Vec<Effect>) -> Result<CancelOutcome, LockError> {
+    pub fn cancel(
+        &mut self,
+        s: SessionId,
+        name: &str,
+        fx: &mut Vec<Effect>,
+    ) -> Result<CancelOutcome, LockError> {
         validate_resource(name)?;
         self.active(s)?;
         if self.withdraw_pending(s, name, fx) {
@@ -411,21 +509,40 @@ impl LockTable {
         }
         let res = self.resources.get(name);
         match res.and_then(|r| r.holder(s).map(|h| (h.clone(), r.lvb.clone()))) {
-            Some((h, lvb)) => Ok(CancelOutcome::Granted(Grant { mode: h.mode, token: h.token, lvb })),
-            None => Err(LockError::NothingToCancel { session: s, resource: name.into() }),
+            Some((h, lvb)) => Ok(CancelOutcome::Granted(Grant {
+                mode: h.mode,
+                token: h.token,
+                lvb,
+            })),
+            None => Err(LockError::NothingToCancel {
+                session: s,
+                resource: name.into(),
+            }),
         }
     }
 
     /// Releases the session's lock on `name` (and withdraws a pending conversion of it).
-    pub fn release(&mut self, s: SessionId, name: &str, lvb: Option<&[u8]>, fx: &mut Vec<Effect>) -> Result<(), LockError> {
+    pub fn release(
+        &mut self,
+        s: SessionId,
+        name: &str,
+        lvb: Option<&[u8]>,
+        fx: &mut Vec<Effect>,
+    ) -> Result<(), LockError> {
         validate_resource(name)?;
         validate_lvb(lvb)?;
         self.active(s)?;
         let Some(res) = self.resources.get_mut(name) else {
-            return Err(LockError::NotHeld { session: s, resource: name.into() });
+            return Err(LockError::NotHeld {
+                session: s,
+                resource: name.into(),
+            });
         };
         let Some(pos) = res.granted.iter().position(|h| h.session == s) else {
-            return Err(LockError::NotHeld { session: s, resource: name.into() });
+            return Err(LockError::NotHeld {
+                session: s,
+                resource: name.into(),
+            });
         };
         let h = res.granted.remove(pos);
         if let (Some(v), true) = (lvb, h.mode.may_write_lvb()) {
@@ -442,7 +559,9 @@ impl LockTable {
     /// Grants whatever became grantable, in queue order: conversions first, then new requests,
     /// each queue strictly FIFO (a request never overtakes an older one, so nobody starves).
     fn process(&mut self, name: &str, fx: &mut Vec<Effect>) {
-        let Some(res) = self.resources.get_mut(name) else { return };
+        let Some(res) = self.resources.get_mut(name) else {
+            return;
+        };
         let mut newly: Vec<Holder> = Vec::new();
         while let Some(c) = res.converting.front().cloned() {
             if !res.compatible_with_holders(c.mode, Some(c.session)) {
@@ -455,7 +574,11 @@ impl LockTable {
                 h.mode = c.mode;
                 h.token = token;
             }
-            newly.push(Holder { session: c.session, mode: c.mode, token });
+            newly.push(Holder {
+                session: c.session,
+                mode: c.mode,
+                token,
+            });
         }
         if res.converting.is_empty() {
             while let Some(w) = res.waiting.front().cloned() {
@@ -464,7 +587,11 @@ impl LockTable {
                 }
                 res.waiting.pop_front();
                 self.next_token += 1;
-                let h = Holder { session: w.session, mode: w.mode, token: self.next_token };
+                let h = Holder {
+                    session: w.session,
+                    mode: w.mode,
+                    token: self.next_token,
+                };
                 res.granted.push(h.clone());
                 newly.push(h);
             }
@@ -473,14 +600,26 @@ impl LockTable {
             fx.push(Effect::Granted {
                 session: h.session,
                 resource: name.to_string(),
-                grant: Grant { mode: h.mode, token: h.token, lvb: res.lvb.clone() },
+                grant: Grant {
+                    mode: h.mode,
+                    token: h.token,
+                    lvb: res.lvb.clone(),
+                },
             });
         }
         // The fresh holders now block whoever still waits; tell them, or cached locks would
         // never be given back.
         for q in res.converting.iter().chain(res.waiting.iter()) {
-            for h in newly.iter().filter(|h| h.session != q.session && !h.mode.compatible(q.mode)) {
-                fx.push(Effect::Blocking { session: h.session, resource: name.to_string(), held: h.mode, requested: q.mode });
+            for h in newly
+                .iter()
+                .filter(|h| h.session != q.session && !h.mode.compatible(q.mode))
+            {
+                fx.push(Effect::Blocking {
+                    session: h.session,
+                    resource: name.to_string(),
+                    held: h.mode,
+                    requested: q.mode,
+                });
             }
         }
         if res.is_idle() {
@@ -492,9 +631,13 @@ impl LockTable {
     /// its event stream, so a leader change loses none.
     pub fn blocking_for(&self, s: SessionId) -> Vec<Effect> {
         let mut out = Vec::new();
-        let Some(sess) = self.sessions.get(&s) else { return out };
+        let Some(sess) = self.sessions.get(&s) else {
+            return out;
+        };
         for name in &sess.resources {
-            let Some(res) = self.resources.get(name) else { continue };
+            let Some(res) = self.resources.get(name) else {
+                continue;
+            };
             let Some(h) = res.holder(s) else { continue };
             let mut wanted: Option<Mode> = None;
             for q in res.converting.iter().chain(res.waiting.iter()) {
@@ -504,7 +647,12 @@ impl LockTable {
                 }
             }
             if let Some(requested) = wanted {
-                out.push(Effect::Blocking { session: s, resource: name.clone(), held: h.mode, requested });
+                out.push(Effect::Blocking {
+                    session: s,
+                    resource: name.clone(),
+                    held: h.mode,
+                    requested,
+                });
             }
         }
         out
@@ -512,8 +660,17 @@ impl LockTable {
 }
 
 fn notify_blockers(s: SessionId, name: &str, res: &Resource, mode: Mode, fx: &mut Vec<Effect>) {
-    for h in res.granted.iter().filter(|h| h.session != s && !h.mode.compatible(mode)) {
-        fx.push(Effect::Blocking { session: h.session, resource: name.to_string(), held: h.mode, requested: mode });
+    for h in res
+        .granted
+        .iter()
+        .filter(|h| h.session != s && !h.mode.compatible(mode))
+    {
+        fx.push(Effect::Blocking {
+            session: h.session,
+            resource: name.to_string(),
+            held: h.mode,
+            requested: mode,
+        });
     }
 }
 

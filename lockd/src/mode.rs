@@ -15,11 +15,11 @@ pub enum Mode {
 /// `COMPAT[a][b]`: a lock in mode `a` may be granted while another session holds `b`.
 const COMPAT: [[bool; 6]; 6] = [
     //  NL    CR     CW     PR     PW     EX
-    [true, true, true, true, true, true],     // NL
-    [true, true, true, true, true, false],    // CR
-    [true, true, true, false, false, false],  // CW
-    [true, true, false, true, false, false],  // PR
-    [true, true, false, false, false, false], // PW
+    [true, true, true, true, true, true],      // NL
+    [true, true, true, true, true, false],     // CR
+    [true, true, true, false, false, false],   // CW
+    [true, true, false, true, false, false],   // PR
+    [true, true, false, false, false, false],  // PW
     [true, false, false, false, false, false], // EX
 ];
 

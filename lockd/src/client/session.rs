@@ -1,0 +1,734 @@
+//! A lockd session as the filesystem sees it: heartbeats, the event stream, the lock cache, and
+//! revocation on blocking notifications.
+use std::collections::HashMap;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use mafs_proto::v1 as pb;
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+
+use super::{Conn, Error, Result};
+use crate::mode::Mode;
+
+/// A blocking notification: someone wants `resource` in `requested`, which conflicts with our
+/// `held` mode.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlockingNotice {
+    pub resource: String,
+    pub held: Mode,
+    pub requested: Mode,
+}
+
+/// What to do with a lock another session is waiting for. The handler runs (on a blocking
+/// thread) once no local user holds the lock, so it can flush whatever the lock covers first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Revoke {
+    Release { lvb: Option<Vec<u8>> },
+    Downgrade { mode: Mode, lvb: Option<Vec<u8>> },
+    Keep,
+}
+
+pub type BlockingHandler = Arc<dyn Fn(&BlockingNotice) -> Revoke + Send + Sync>;
+
+#[derive(Clone)]
+pub struct SessionOptions {
+    pub node_name: String,
+    pub lease: Duration,
+    /// Keep locks held (RECOVERING) after expiry until a survivor completes recovery.
+    pub hold_locks_on_expiry: bool,
+    /// Without a handler a blocked lock is released once unused.
+    pub on_blocking: Option<BlockingHandler>,
+    /// How long calls keep retrying through failovers before giving up.
+    pub retry_for: Duration,
+}
+
+impl SessionOptions {
+    pub fn new(node_name: impl Into<String>) -> Self {
+        SessionOptions {
+            node_name: node_name.into(),
+            lease: Duration::from_secs(10),
+            hold_locks_on_expiry: false,
+            on_blocking: None,
+            retry_for: Duration::from_secs(15),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LockOptions {
+    /// Answer NotGranted at once instead of queueing.
+    pub try_lock: bool,
+    /// Queue wait; `None` = the server default (30 s).
+    pub timeout: Option<Duration>,
+}
+
+impl LockOptions {
+    /// Queue for at most `timeout`.
+    pub fn wait(timeout: Duration) -> Self {
+        LockOptions {
+            try_lock: false,
+            timeout: Some(timeout),
+        }
+    }
+
+    /// Do not queue.
+    pub fn try_now() -> Self {
+        LockOptions {
+            try_lock: true,
+            timeout: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    pub resource: String,
+    pub mode: Mode,
+    pub token: u64,
+    pub lvb: Vec<u8>,
+}
+
+struct Cached {
+    /// `None` while the first request for it is in flight.
+    mode: Option<Mode>,
+    token: u64,
+    lvb: Vec<u8>,
+    /// Local users inside a LockGuard.
+    users: usize,
+    /// A request, conversion, release or revocation is in flight; others wait.
+    busy: bool,
+    revoke_pending: bool,
+}
+
+const CLOSED: &str = "closed";
+
+struct Inner {
+    conn: Conn,
+    id: u64,
+    lease: Duration,
+    retry_for: Duration,
+    cache: Mutex<HashMap<String, Cached>>,
+    changed: Notify,
+    lost: Mutex<Option<String>>,
+    valid_until: Mutex<Instant>,
+    handler: Option<BlockingHandler>,
+}
+
+pub struct Session {
+    inner: Arc<Inner>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+/// A lock in use. Dropping it keeps the lock cached (no network call); a later `lock` of a
+/// covered mode reuses it without a round trip.
+pub struct LockGuard {
+    inner: Weak<Inner>,
+    pub grant: Grant,
+}
+
+impl Drop for LockGuard {
+    fn drop(&mut self) {
+        if let Some(inner) = self.inner.upgrade() {
+            if let Some(c) = inner.cache.lock().get_mut(&self.grant.resource) {
+                c.users = c.users.saturating_sub(1);
+            }
+            inner.changed.notify_waiters();
+        }
+    }
+}
+
+impl Inner {
+    fn check(&self) -> Result<()> {
+        match &*self.lost.lock() {
+            Some(why) => Err(Error::SessionLost(why.clone())),
+            None => Ok(()),
+        }
+    }
+
+    fn mark_lost(&self, why: String) {
+        let mut lost = self.lost.lock();
+        if lost.is_none() {
+            if why != CLOSED {
+                tracing::warn!(session = self.id, "lockd session lost: {why}");
+            }
+            *lost = Some(why);
+        }
+        drop(lost);
+        self.cache.lock().clear();
+        self.changed.notify_waiters();
+    }
+
+    fn deadline(&self) -> Instant {
+        Instant::now() + self.retry_for
+    }
+
+    /// Waits until `resource` is not busy and `ready` holds for its entry (or it is absent),
+    /// then runs `take` under the cache lock.
+    async fn with_idle<T>(
+        &self,
+        resource: &str,
+        ready: impl Fn(&Cached) -> bool,
+        mut take: impl FnMut(&mut HashMap<String, Cached>) -> T,
+    ) -> Result<T> {
+        loop {
+            self.check()?;
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let mut cache = self.cache.lock();
+                let idle = cache.get(resource).is_none_or(|c| !c.busy && ready(c));
+                if idle {
+                    return Ok(take(&mut cache));
+                }
+            }
+            notified.await;
+        }
+    }
+
+    /// Marks a held lock busy for a release or conversion (waiting for local users to leave
+    /// when `unused`).
+    async fn claim_held(&self, resource: &str, unused: bool) -> Result<()> {
+        let held = self
+            .with_idle(
+                resource,
+                |c| !unused || c.users == 0,
+                |cache| match cache.get_mut(resource) {
+                    Some(c) if c.mode.is_some() => {
+                        c.busy = true;
+                        true
+                    }
+                    _ => false,
+                },
+            )
+            .await?;
+        if !held {
+            return Err(Error::Rejected {
+                kind: "not-held".into(),
+                message: format!("{resource:?} is not held by this session"),
+            });
+        }
+        Ok(())
+    }
+
+    fn finish(&self, resource: &str, update: impl FnOnce(Option<&mut Cached>) -> bool) {
+        let mut cache = self.cache.lock();
+        let keep = update(cache.get_mut(resource));
+        if !keep {
+            cache.remove(resource);
+        } else if let Some(c) = cache.get_mut(resource) {
+            c.busy = false;
+        }
+        drop(cache);
+        self.changed.notify_waiters();
+    }
+
+    async fn rpc_release(&self, resource: &str, lvb: Option<Vec<u8>>) -> Result<()> {
+        let req = pb::ReleaseRequest {
+            session_id: self.id,
+            resource: resource.to_string(),
+            write_lvb: lvb.is_some(),
+            lvb: lvb.unwrap_or_default(),
+        };
+        let r = self.conn.call(
+            resource,
+            self.deadline(),
+            Duration::from_secs(6),
+            |mut c| {
+                let req = req.clone();
+                async move { c.release(req).await }
+            },
+        );
+        match r.await {
+            // A retry after a lost answer finds the lock already gone.
+            Err(Error::Rejected { kind, .. }) if kind == "not-held" => Ok(()),
+            other => other.map(|_| ()),
+        }
+    }
+
+    async fn rpc_lock(
+        &self,
+        resource: &str,
+        mode: Mode,
+        convert: bool,
+        opts: LockOptions,
+        lvb: Option<Vec<u8>>,
+    ) -> Result<pb::LockResponse> {
+        let wait = opts.timeout.unwrap_or(Duration::from_secs(30));
+        let req = pb::LockRequest {
+            session_id: self.id,
+            resource: resource.to_string(),
+            mode: mode.to_wire(),
+            convert,
+            try_lock: opts.try_lock,
+            timeout_ms: u32::try_from(wait.as_millis()).unwrap_or(u32::MAX).max(1),
+            write_lvb: lvb.is_some(),
+            lvb: lvb.unwrap_or_default(),
+        };
+        let deadline = Instant::now() + wait + self.retry_for;
+        let mut resp = self
+            .conn
+            .call(
+                resource,
+                deadline,
+                wait + Duration::from_secs(6),
+                |mut c| {
+                    let mut req = req.clone();
+                    // A retry (after a failover) waits only for what is left of the caller's time.
+                    let left = deadline
+                        .saturating_duration_since(Instant::now())
+                        .saturating_sub(self.retry_for);
+                    req.timeout_ms = u32::try_from(left.as_millis()).unwrap_or(u32::MAX).max(1);
+                    async move { c.lock(req).await }
+                },
+            )
+            .await;
+        if matches!(resp, Err(Error::Unavailable(_))) {
+            // We may have been queued before the cluster went quiet; withdraw, and take a grant
+            // that slipped in.
+            let cancel = pb::CancelRequest {
+                session_id: self.id,
+                resource: resource.to_string(),
+            };
+            let c = self
+                .conn
+                .call(
+                    resource,
+                    Instant::now() + Duration::from_secs(5),
+                    Duration::from_secs(5),
+                    |mut cl| {
+                        let r = cancel.clone();
+                        async move { cl.cancel(r).await }
+                    },
+                )
+                .await;
+            if let Ok(c) = c {
+                if c.granted {
+                    resp = Ok(pb::LockResponse {
+                        status: pb::LockStatus::Granted as i32,
+                        mode: c.mode,
+                        fencing_token: c.fencing_token,
+                        lvb: Vec::new(),
+                    });
+                }
+            }
+        }
+        resp
+    }
+}
+
+impl Session {
+    pub async fn open(endpoints: &[String], opts: SessionOptions) -> Result<Session> {
+        let conn = Conn::new(endpoints)?;
+        let req = pb::OpenSessionRequest {
+            node_name: opts.node_name.clone(),
+            lease_ms: u32::try_from(opts.lease.as_millis()).unwrap_or(u32::MAX),
+            hold_locks_on_expiry: opts.hold_locks_on_expiry,
+        };
+        let sent = Instant::now();
+        let resp = conn
+            .call(
+                "open-session",
+                sent + opts.retry_for,
+                Duration::from_secs(6),
+                |mut c| {
+                    let r = req.clone();
+                    async move { c.open_session(r).await }
+                },
+            )
+            .await?;
+        let lease = Duration::from_millis(u64::from(resp.lease_ms));
+        let inner = Arc::new(Inner {
+            conn,
+            id: resp.session_id,
+            lease,
+            retry_for: opts.retry_for,
+            cache: Mutex::new(HashMap::new()),
+            changed: Notify::new(),
+            lost: Mutex::new(None),
+            valid_until: Mutex::new(sent + lease),
+            handler: opts.on_blocking,
+        });
+        let tasks = vec![
+            tokio::spawn(heartbeat_loop(Arc::downgrade(&inner))),
+            tokio::spawn(event_loop(Arc::downgrade(&inner))),
+        ];
+        Ok(Session { inner, tasks })
+    }
+
+    pub fn id(&self) -> u64 {
+        self.inner.id
+    }
+
+    pub fn lease(&self) -> Duration {
+        self.inner.lease
+    }
+
+    /// Until when our locks are certainly ours: the send time of the last acknowledged
+    /// heartbeat plus the lease. Writers to shared storage must stop before this instant.
+    pub fn valid_until(&self) -> Instant {
+        *self.inner.valid_until.lock()
+    }
+
+    pub fn is_lost(&self) -> bool {
+        self.inner.lost.lock().is_some()
+    }
+
+    pub fn round_trips(&self) -> u64 {
+        self.inner.conn.round_trips()
+    }
+
+    /// The cached mode of `resource`, if any.
+    pub fn cached(&self, resource: &str) -> Option<Mode> {
+        self.inner.cache.lock().get(resource).and_then(|c| c.mode)
+    }
+
+    /// Acquires `resource` in `mode` (or a mode covering it). A cached lock that covers `mode`
+    /// is reused without any network call; a weaker cached lock is converted.
+    pub async fn lock(&self, resource: &str, mode: Mode, opts: LockOptions) -> Result<LockGuard> {
+        let inner = &self.inner;
+        // Either the cache answers, or we mark the entry busy and go to the server.
+        let cached = inner
+            .with_idle(
+                resource,
+                |_| true,
+                |cache| match cache.get_mut(resource) {
+                    Some(c) if c.mode.is_some_and(|m| m.covers(mode)) => {
+                        c.users += 1;
+                        Ok(Grant {
+                            resource: resource.to_string(),
+                            mode: c.mode.unwrap_or(mode),
+                            token: c.token,
+                            lvb: c.lvb.clone(),
+                        })
+                    }
+                    Some(c) => {
+                        c.busy = true;
+                        Err(c.mode)
+                    }
+                    None => {
+                        cache.insert(
+                            resource.to_string(),
+                            Cached {
+                                mode: None,
+                                token: 0,
+                                lvb: Vec::new(),
+                                users: 0,
+                                busy: true,
+                                revoke_pending: false,
+                            },
+                        );
+                        Err(None)
+                    }
+                },
+            )
+            .await?;
+        let held = match cached {
+            Ok(grant) => {
+                return Ok(LockGuard {
+                    inner: Arc::downgrade(inner),
+                    grant,
+                })
+            }
+            Err(held) => held,
+        };
+        let r = inner
+            .rpc_lock(resource, mode, held.is_some(), opts, None)
+            .await;
+        let status = r
+            .as_ref()
+            .map(|x| pb::LockStatus::try_from(x.status).unwrap_or(pb::LockStatus::NotGranted))
+            .map_err(|_| ());
+        match (r, status) {
+            (Ok(resp), Ok(pb::LockStatus::Granted)) => {
+                let granted_mode = Mode::from_wire(resp.mode).unwrap_or(mode);
+                let grant = Grant {
+                    resource: resource.to_string(),
+                    mode: granted_mode,
+                    token: resp.fencing_token,
+                    lvb: resp.lvb,
+                };
+                inner.finish(resource, |c| {
+                    if let Some(c) = c {
+                        c.mode = Some(granted_mode);
+                        c.token = grant.token;
+                        c.lvb = grant.lvb.clone();
+                        c.users += 1;
+                    }
+                    true
+                });
+                Ok(LockGuard {
+                    inner: Arc::downgrade(inner),
+                    grant,
+                })
+            }
+            (r, status) => {
+                inner.finish(resource, |_| held.is_some());
+                match (r, status) {
+                    (Err(e), _) => Err(e),
+                    (_, Ok(pb::LockStatus::TimedOut)) => Err(Error::TimedOut {
+                        resource: resource.to_string(),
+                    }),
+                    _ => Err(Error::NotGranted {
+                        resource: resource.to_string(),
+                    }),
+                }
+            }
+        }
+    }
+
+    /// Gives the lock back to lockd (waiting for local users to finish). With `lvb`, a PW/EX
+    /// holder stores a new lock value block.
+    pub async fn release(&self, resource: &str, lvb: Option<Vec<u8>>) -> Result<()> {
+        let inner = &self.inner;
+        inner.claim_held(resource, true).await?;
+        let r = inner.rpc_release(resource, lvb).await;
+        inner.finish(resource, |_| r.is_err());
+        r
+    }
+
+    /// Converts a held lock to a weaker (or any) mode, e.g. EX -> PR after flushing.
+    pub async fn downgrade(
+        &self,
+        resource: &str,
+        mode: Mode,
+        lvb: Option<Vec<u8>>,
+    ) -> Result<Grant> {
+        let inner = &self.inner;
+        inner.claim_held(resource, false).await?;
+        let r = inner
+            .rpc_lock(resource, mode, true, LockOptions::default(), lvb)
+            .await;
+        let mut out = Err(Error::NotGranted {
+            resource: resource.to_string(),
+        });
+        inner.finish(resource, |c| {
+            if let (Some(c), Ok(resp)) = (c, &r) {
+                if resp.status == pb::LockStatus::Granted as i32 {
+                    c.mode = Some(mode);
+                    c.token = resp.fencing_token;
+                    c.lvb = resp.lvb.clone();
+                    out = Ok(Grant {
+                        resource: resource.to_string(),
+                        mode,
+                        token: resp.fencing_token,
+                        lvb: resp.lvb.clone(),
+                    });
+                }
+            }
+            true
+        });
+        match r {
+            Err(e) => Err(e),
+            Ok(_) => out,
+        }
+    }
+
+    /// Ends the session; lockd releases everything it held.
+    pub async fn close(mut self) -> Result<()> {
+        for t in self.tasks.drain(..) {
+            t.abort();
+        }
+        let inner = &self.inner;
+        inner.check()?;
+        let id = inner.id;
+        let r = inner
+            .conn
+            .call(
+                "close-session",
+                inner.deadline(),
+                Duration::from_secs(6),
+                |mut c| async move {
+                    c.close_session(pb::CloseSessionRequest { session_id: id })
+                        .await
+                },
+            )
+            .await;
+        inner.mark_lost(CLOSED.into());
+        match r {
+            Err(Error::SessionLost(_)) => Ok(()),
+            other => other.map(|_| ()),
+        }
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+async fn heartbeat_loop(weak: Weak<Inner>) {
+    loop {
+        let Some(inner) = weak.upgrade() else { return };
+        let period = inner.lease / 3;
+        drop(inner);
+        tokio::time::sleep(period).await;
+        let Some(inner) = weak.upgrade() else { return };
+        if inner.check().is_err() {
+            return;
+        }
+        let sent = Instant::now();
+        let id = inner.id;
+        let r = inner
+            .conn
+            .call("heartbeat", sent + period, period, |mut c| async move {
+                c.heartbeat(pb::HeartbeatRequest { session_id: id }).await
+            })
+            .await;
+        match r {
+            Ok(_) => *inner.valid_until.lock() = sent + inner.lease,
+            Err(Error::SessionLost(why)) => {
+                inner.mark_lost(why);
+                return;
+            }
+            Err(e) => {
+                let until = *inner.valid_until.lock();
+                if Instant::now() >= until {
+                    inner.mark_lost(format!("lease ran out without a heartbeat answer ({e})"));
+                    return;
+                }
+            }
+        }
+    }
+}
+
+async fn event_loop(weak: Weak<Inner>) {
+    loop {
+        let Some(inner) = weak.upgrade() else { return };
+        if inner.check().is_err() {
+            return;
+        }
+        let id = inner.id;
+        let stream = inner
+            .conn
+            .call(
+                "events",
+                Instant::now() + inner.lease,
+                Duration::from_secs(5),
+                |mut c| async move { c.events(pb::EventsRequest { session_id: id }).await },
+            )
+            .await;
+        let mut stream = match stream {
+            Ok(s) => s,
+            Err(Error::SessionLost(why)) => {
+                inner.mark_lost(why);
+                return;
+            }
+            Err(_) => {
+                drop(inner);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        drop(inner);
+        while let Ok(Some(ev)) = stream.message().await {
+            let Some(inner) = weak.upgrade() else { return };
+            match ev.kind {
+                Some(pb::event::Kind::Blocking(b)) => {
+                    let (Some(held), Some(requested)) =
+                        (Mode::from_wire(b.held), Mode::from_wire(b.requested))
+                    else {
+                        continue;
+                    };
+                    start_revoke(
+                        &inner,
+                        BlockingNotice {
+                            resource: b.resource,
+                            held,
+                            requested,
+                        },
+                    );
+                }
+                Some(pb::event::Kind::Expired(_)) => {
+                    inner.mark_lost("lease expired at lockd".into());
+                    return;
+                }
+                // Grants are also answered on the Lock call itself.
+                Some(pb::event::Kind::Granted(_)) | None => {}
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn start_revoke(inner: &Arc<Inner>, notice: BlockingNotice) {
+    {
+        let mut cache = inner.cache.lock();
+        let Some(c) = cache.get_mut(&notice.resource) else {
+            return;
+        };
+        if c.revoke_pending {
+            return;
+        }
+        c.revoke_pending = true;
+    }
+    let inner = inner.clone();
+    tokio::spawn(async move {
+        let res = notice.resource.clone();
+        let held = inner
+            .with_idle(
+                &res,
+                |c| c.users == 0,
+                |cache| {
+                    let c = cache.get_mut(&res)?;
+                    c.busy = true;
+                    c.mode
+                },
+            )
+            .await;
+        let held = match held {
+            Ok(Some(m)) => m,
+            Ok(None) => {
+                inner.finish(&res, |c| {
+                    if let Some(c) = c {
+                        c.revoke_pending = false;
+                    }
+                    true
+                });
+                return;
+            }
+            Err(_) => return,
+        };
+        let decision = if held.compatible(notice.requested) {
+            Revoke::Keep // already downgraded meanwhile
+        } else if let Some(h) = inner.handler.clone() {
+            let n = BlockingNotice {
+                held,
+                ..notice.clone()
+            };
+            tokio::task::spawn_blocking(move || h(&n))
+                .await
+                .unwrap_or(Revoke::Release { lvb: None })
+        } else {
+            Revoke::Release { lvb: None }
+        };
+        let keep = match decision {
+            Revoke::Keep => true,
+            Revoke::Release { lvb } => inner.rpc_release(&res, lvb).await.is_err(),
+            Revoke::Downgrade { mode, lvb } => {
+                let r = inner
+                    .rpc_lock(&res, mode, true, LockOptions::default(), lvb)
+                    .await;
+                let granted = matches!(&r, Ok(x) if x.status == pb::LockStatus::Granted as i32);
+                if let (true, Ok(resp)) = (granted, &r) {
+                    if let Some(c) = inner.cache.lock().get_mut(&res) {
+                        c.mode = Some(mode);
+                        c.token = resp.fencing_token;
+                    }
+                }
+                true
+            }
+        };
+        inner.finish(&res, |c| {
+            if let Some(c) = c {
+                c.revoke_pending = false;
+            }
+            keep
+        });
+    });
+}

@@ -1,0 +1,122 @@
+//! Replica-to-replica delivery of raft messages: one task per peer, batching whatever queued up
+//! while the previous RPC was in flight. Loss is fine (raft retransmits); the raft thread only
+//! has to hear about unreachable peers and the fate of snapshots.
+use std::collections::{BTreeMap, HashMap};
+use std::sync::mpsc::Sender;
+use std::time::Duration;
+
+use mafs_proto::v1 as pb;
+use pb::raft_transport_client::RaftTransportClient;
+use protobuf::Message as _;
+use raft::eraftpb::{Message, MessageType};
+use tokio::runtime::Handle;
+use tokio::sync::mpsc;
+
+use crate::raft_node::NodeMsg;
+
+/// Raft messages can carry a whole snapshot.
+pub const MAX_RAFT_MESSAGE: usize = 512 << 20;
+const MAX_BATCH: usize = 512;
+const MAX_QUEUED: usize = 20_000;
+
+struct Link {
+    addr: String,
+    tx: mpsc::UnboundedSender<Message>,
+}
+
+pub struct Transport {
+    rt: Handle,
+    node_tx: Sender<NodeMsg>,
+    links: HashMap<u64, Link>,
+}
+
+impl Transport {
+    pub fn new(rt: Handle, node_tx: Sender<NodeMsg>) -> Self {
+        Transport {
+            rt,
+            node_tx,
+            links: HashMap::new(),
+        }
+    }
+
+    pub fn send(&mut self, msgs: Vec<Message>, members: &BTreeMap<u64, String>) {
+        for m in msgs {
+            let to = m.to;
+            let Some(addr) = members.get(&to) else {
+                tracing::debug!(to, "no address for raft peer; dropping message");
+                continue;
+            };
+            let stale = self
+                .links
+                .get(&to)
+                .is_none_or(|l| &l.addr != addr || l.tx.is_closed());
+            if stale {
+                let (tx, rx) = mpsc::unbounded_channel();
+                self.rt
+                    .spawn(run_link(to, addr.clone(), rx, self.node_tx.clone()));
+                self.links.insert(
+                    to,
+                    Link {
+                        addr: addr.clone(),
+                        tx,
+                    },
+                );
+            }
+            if let Some(link) = self.links.get(&to) {
+                let _ = link.tx.send(m);
+            }
+        }
+        // Forget peers that left the membership; their task ends when its sender drops.
+        self.links.retain(|id, _| members.contains_key(id));
+    }
+}
+
+async fn run_link(
+    to: u64,
+    addr: String,
+    mut rx: mpsc::UnboundedReceiver<Message>,
+    node_tx: Sender<NodeMsg>,
+) {
+    let endpoint = match tonic::transport::Endpoint::from_shared(format!("http://{addr}")) {
+        Ok(e) => e
+            .connect_timeout(Duration::from_millis(500))
+            .timeout(Duration::from_secs(5))
+            .tcp_nodelay(true),
+        Err(e) => {
+            tracing::error!(to, %addr, "bad peer address: {e}");
+            return;
+        }
+    };
+    let mut client = RaftTransportClient::new(endpoint.connect_lazy())
+        .max_decoding_message_size(MAX_RAFT_MESSAGE)
+        .max_encoding_message_size(MAX_RAFT_MESSAGE);
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(m) => batch.push(m),
+                Err(_) => break,
+            }
+        }
+        // A peer that is down for long must not make us hoard messages it will never need.
+        while rx.len() > MAX_QUEUED {
+            let _ = rx.try_recv();
+        }
+        let has_snapshot = batch
+            .iter()
+            .any(|m| m.get_msg_type() == MessageType::MsgSnapshot);
+        let messages: Vec<Vec<u8>> = batch
+            .iter()
+            .filter_map(|m| m.write_to_bytes().ok())
+            .collect();
+        let ok = client.send(pb::RaftBatch { messages }).await.is_ok();
+        if !ok {
+            let _ = node_tx.send(NodeMsg::Unreachable(to));
+            // Do not spin on a dead peer; raft will resend what matters.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        if has_snapshot {
+            let _ = node_tx.send(NodeMsg::SnapshotStatus(to, ok));
+        }
+    }
+}

@@ -1,0 +1,407 @@
+//! The client library and the gRPC service against real replicas served in this process on
+//! 127.0.0.1: blocking notifications and downgrade, the lock cache, LVBs, lease expiry, and
+//! bad input answered with clear statuses.
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use lockd::client::{Error, LockOptions, Revoke, Session, SessionOptions};
+use lockd::raft_node::ReplicaConfig;
+use lockd::Mode;
+use mafs_proto::v1 as pb;
+use parking_lot::Mutex;
+use pb::lockd_client::LockdClient;
+use tonic::Code;
+
+fn free_addr() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().to_string()
+}
+
+/// Starts `n` replicas in this process and waits for a leader; returns the endpoints.
+async fn cluster(n: u64, dir: &std::path::Path) -> Vec<String> {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_env("MAFS_LOG"))
+        .with_test_writer()
+        .try_init();
+    let addrs: Vec<String> = (0..n).map(|_| free_addr()).collect();
+    let members: std::collections::BTreeMap<u64, String> = addrs
+        .iter()
+        .enumerate()
+        .map(|(i, a)| (i as u64 + 1, a.clone()))
+        .collect();
+    for (id, addr) in &members {
+        let mut cfg = ReplicaConfig::new(*id, addr.clone(), dir.join(format!("r{id}")));
+        cfg.members = members.clone();
+        cfg.lease_margin = Duration::from_millis(200);
+        cfg.snapshot_every = 50;
+        tokio::spawn(async move {
+            if let Err(e) = lockd::server::serve(cfg).await {
+                panic!("replica failed: {e}");
+            }
+        });
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(mut c) = LockdClient::connect(format!("http://{}", addrs[0])).await {
+            if let Ok(s) = c.status(pb::StatusRequest {}).await {
+                if s.get_ref().leader_id != 0 {
+                    return addrs;
+                }
+            }
+        }
+        assert!(Instant::now() < deadline, "no leader within 10 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn opts(name: &str) -> SessionOptions {
+    let mut o = SessionOptions::new(name);
+    o.lease = Duration::from_secs(3);
+    o
+}
+
+async fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blocking_notification_makes_the_holder_downgrade() {
+    let dir = tempfile::tempdir().unwrap();
+    let eps = cluster(3, dir.path()).await;
+    let notices = Arc::new(Mutex::new(Vec::new()));
+    let mut oa = opts("node-a");
+    let seen = notices.clone();
+    oa.on_blocking = Some(Arc::new(move |n| {
+        seen.lock().push(n.clone());
+        // Here the filesystem would flush what the lock covers and drop kernel caches.
+        Revoke::Downgrade {
+            mode: Mode::PR,
+            lvb: Some(b"size=42".to_vec()),
+        }
+    }));
+    let a = Session::open(&eps, oa).await.unwrap();
+    let b = Session::open(&eps, opts("node-b")).await.unwrap();
+
+    let g = a
+        .lock("inode/7", Mode::EX, LockOptions::default())
+        .await
+        .unwrap();
+    let ex_token = g.grant.token;
+    drop(g); // unused but cached
+    assert_eq!(a.cached("inode/7"), Some(Mode::EX));
+
+    // A cached lock is reused with no round trip at all.
+    let before = a.round_trips();
+    for _ in 0..100 {
+        let g = a
+            .lock("inode/7", Mode::PR, LockOptions::default())
+            .await
+            .unwrap();
+        assert_eq!(g.grant.token, ex_token);
+    }
+    assert_eq!(
+        a.round_trips(),
+        before,
+        "cached re-acquire went to the network"
+    );
+
+    let gb = b
+        .lock(
+            "inode/7",
+            Mode::PR,
+            LockOptions::wait(Duration::from_secs(10)),
+        )
+        .await
+        .unwrap();
+    assert_eq!(gb.grant.mode, Mode::PR);
+    assert!(gb.grant.token > ex_token);
+    assert_eq!(
+        gb.grant.lvb, b"size=42",
+        "the LVB written on downgrade reaches the next holder"
+    );
+    let n = notices.lock().clone();
+    assert_eq!(n.len(), 1, "{n:?}");
+    assert_eq!(
+        (n[0].resource.as_str(), n[0].held, n[0].requested),
+        ("inode/7", Mode::EX, Mode::PR)
+    );
+    wait_for("a's cache to show PR", Duration::from_secs(5), || {
+        a.cached("inode/7") == Some(Mode::PR)
+    })
+    .await;
+    // Both read now; a's PR is still cached.
+    let before = a.round_trips();
+    drop(
+        a.lock("inode/7", Mode::PR, LockOptions::default())
+            .await
+            .unwrap(),
+    );
+    assert_eq!(a.round_trips(), before);
+    a.close().await.unwrap();
+    b.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unused_cached_lock_is_released_on_demand_but_a_busy_one_waits_for_its_user() {
+    let dir = tempfile::tempdir().unwrap();
+    let eps = cluster(1, dir.path()).await;
+    let a = Session::open(&eps, opts("a")).await.unwrap();
+    let b = Session::open(&eps, opts("b")).await.unwrap();
+    let g = a
+        .lock("ag/1", Mode::EX, LockOptions::default())
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let eps2 = eps.clone();
+    let waiter = tokio::spawn(async move {
+        let r = b
+            .lock("ag/1", Mode::EX, LockOptions::wait(Duration::from_secs(10)))
+            .await;
+        (r.map(|g| g.grant.token), Instant::now(), b, eps2)
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let in_use_until = Instant::now();
+    drop(g); // the revocation may only proceed now
+    let (tok, granted_at, b, _) = waiter.await.unwrap();
+    assert!(tok.is_ok(), "{tok:?}");
+    assert!(
+        granted_at >= in_use_until,
+        "granted while a was still using it"
+    );
+    assert!(granted_at - started < Duration::from_secs(5));
+    wait_for("a's cache to drop ag/1", Duration::from_secs(5), || {
+        a.cached("ag/1").is_none()
+    })
+    .await;
+    // try-lock against b's EX fails at once.
+    let e = a.lock("ag/1", Mode::PR, LockOptions::try_now()).await.err();
+    assert!(matches!(e, Some(Error::NotGranted { .. })), "{e:?}");
+    drop(b);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lapsed_lease_releases_locks_and_the_holder_learns_it_lost_the_session() {
+    let dir = tempfile::tempdir().unwrap();
+    let eps = cluster(1, dir.path()).await;
+    let mut o = opts("doomed");
+    o.lease = Duration::from_millis(1000);
+    let a = Session::open(&eps, o).await.unwrap();
+    let b = Session::open(&eps, opts("survivor")).await.unwrap();
+    let _g = a
+        .lock("slot/3", Mode::EX, LockOptions::default())
+        .await
+        .unwrap();
+    let id = a.id();
+    drop(a); // a crash: heartbeats stop, no goodbye
+    let t0 = Instant::now();
+    let g = b
+        .lock(
+            "slot/3",
+            Mode::EX,
+            LockOptions::wait(Duration::from_secs(10)),
+        )
+        .await
+        .unwrap();
+    let waited = t0.elapsed();
+    assert!(
+        waited >= Duration::from_millis(700),
+        "granted after {waited:?}, before the lease could lapse"
+    );
+    assert!(waited < Duration::from_secs(5), "{waited:?}");
+    assert!(g.grant.token > 1);
+    // The expired session is gone for good.
+    let mut c = LockdClient::connect(format!("http://{}", eps[0]))
+        .await
+        .unwrap();
+    let st = c
+        .heartbeat(pb::HeartbeatRequest { session_id: id })
+        .await
+        .unwrap_err();
+    assert_eq!(st.code(), Code::NotFound);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_clear_statuses_and_the_service_stays_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let eps = cluster(1, dir.path()).await;
+    let mut c = LockdClient::connect(format!("http://{}", eps[0]))
+        .await
+        .unwrap();
+    let sid = c
+        .open_session(pb::OpenSessionRequest {
+            node_name: "n".into(),
+            lease_ms: 5000,
+            hold_locks_on_expiry: false,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .session_id;
+    let lock = |session_id: u64, resource: &str, mode: i32| pb::LockRequest {
+        session_id,
+        resource: resource.into(),
+        mode,
+        timeout_ms: 1000,
+        ..Default::default()
+    };
+    let cases: Vec<(&str, pb::LockRequest, Code, &str)> = vec![
+        (
+            "unknown session",
+            lock(9999, "r", Mode::EX.to_wire()),
+            Code::NotFound,
+            "unknown-session",
+        ),
+        (
+            "mode out of range",
+            lock(sid, "r", 17),
+            Code::InvalidArgument,
+            "invalid",
+        ),
+        (
+            "name over 256 bytes",
+            lock(sid, &"n".repeat(257), Mode::EX.to_wire()),
+            Code::InvalidArgument,
+            "bad-resource",
+        ),
+        (
+            "empty name",
+            lock(sid, "", Mode::EX.to_wire()),
+            Code::InvalidArgument,
+            "bad-resource",
+        ),
+        (
+            "conversion of nothing",
+            pb::LockRequest {
+                convert: true,
+                ..lock(sid, "r", Mode::EX.to_wire())
+            },
+            Code::FailedPrecondition,
+            "not-held",
+        ),
+        (
+            "LVB over 64 bytes",
+            pb::LockRequest {
+                write_lvb: true,
+                lvb: vec![0; 65],
+                ..lock(sid, "r", Mode::EX.to_wire())
+            },
+            Code::InvalidArgument,
+            "lvb-too-large",
+        ),
+    ];
+    for (what, req, code, kind) in cases {
+        let st = c.lock(req).await.expect_err(what);
+        assert_eq!(st.code(), code, "{what}: {st:?}");
+        assert_eq!(lockd::errors::kind_of(&st), Some(kind), "{what}");
+    }
+    let st = c
+        .release(pb::ReleaseRequest {
+            session_id: sid,
+            resource: "never-held".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(st.code(), Code::FailedPrecondition);
+    let st = c
+        .heartbeat(pb::HeartbeatRequest { session_id: 424242 })
+        .await
+        .unwrap_err();
+    assert_eq!(st.code(), Code::NotFound);
+    let st = c
+        .events(pb::EventsRequest { session_id: 424242 })
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(st.code(), Code::NotFound);
+    let st = c
+        .change_membership(pb::MembershipRequest {
+            op: 0,
+            id: 5,
+            addr: "not an address".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(st.code(), Code::InvalidArgument);
+    let st = c
+        .open_session(pb::OpenSessionRequest {
+            node_name: String::new(),
+            lease_ms: 5000,
+            hold_locks_on_expiry: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(st.code(), Code::InvalidArgument);
+    // Still serving, and the failed requests left nothing behind.
+    let ok = c
+        .lock(lock(sid, "r", Mode::EX.to_wire()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(ok.status, pb::LockStatus::Granted as i32);
+    let s = c.status(pb::StatusRequest {}).await.unwrap().into_inner();
+    assert_eq!((s.resources, s.granted_locks, s.waiting_locks), (1, 1, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recovering_locks_stay_held_until_recovery_completes() {
+    let dir = tempfile::tempdir().unwrap();
+    let eps = cluster(1, dir.path()).await;
+    let mut o = opts("crashes");
+    o.lease = Duration::from_millis(1000);
+    o.hold_locks_on_expiry = true;
+    let a = Session::open(&eps, o).await.unwrap();
+    let aid = a.id();
+    drop(
+        a.lock("inode/1", Mode::EX, LockOptions::default())
+            .await
+            .unwrap(),
+    );
+    drop(a); // a crash: heartbeats stop, no goodbye
+    let b = Session::open(&eps, opts("survivor")).await.unwrap();
+    let e = b
+        .lock(
+            "inode/1",
+            Mode::PR,
+            LockOptions::wait(Duration::from_secs(3)),
+        )
+        .await
+        .err();
+    assert!(
+        matches!(e, Some(Error::TimedOut { .. })),
+        "granted while the dead node's lock was recovering: {e:?}"
+    );
+    let mut c = LockdClient::connect(format!("http://{}", eps[0]))
+        .await
+        .unwrap();
+    let d = c
+        .dump(pb::DumpRequest {
+            prefix: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let sess = d
+        .sessions
+        .iter()
+        .find(|s| s.session_id == aid)
+        .expect("recovering session listed");
+    assert_eq!(sess.state, "recovering");
+    let r = c
+        .complete_recovery(pb::CompleteRecoveryRequest { session_id: aid })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.released, 1);
+    b.lock(
+        "inode/1",
+        Mode::PR,
+        LockOptions::wait(Duration::from_secs(3)),
+    )
+    .await
+    .unwrap();
+}
