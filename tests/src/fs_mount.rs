@@ -129,7 +129,12 @@ impl Mounted {
 
     /// Mounts the volume; panics with the mount process's log if it does not come up.
     pub fn mount(&mut self) {
-        if let Err(e) = self.try_mount(&[]) {
+        self.mount_with(&[]);
+    }
+
+    /// Mounts with extra `mafs mount` arguments; panics with the mount log if it fails.
+    pub fn mount_with(&mut self, extra: &[&str]) {
+        if let Err(e) = self.try_mount(extra) {
             panic!("mount failed: {e}");
         }
     }
