@@ -345,3 +345,130 @@ fn o_direct_writes_and_reads_round_trip() {
     }
     m.finish();
 }
+
+#[test]
+fn shared_mmap_writes_reach_the_file() {
+    let mut m = Mounted::new("64M");
+    let p = m.path("mapped");
+    let len = 3 * 4096 + 100;
+    let f = OpenOptions::new().read(true).write(true).create(true).open(&p).unwrap();
+    f.set_len(len as u64).unwrap();
+    let data = pattern(6, len);
+    // SAFETY: a fresh shared mapping of a file we hold open, unmapped below; no other alias.
+    unsafe {
+        use std::os::unix::io::AsRawFd;
+        let addr = libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, f.as_raw_fd(), 0);
+        assert_ne!(addr, libc::MAP_FAILED, "mmap: {}", std::io::Error::last_os_error());
+        std::ptr::copy_nonoverlapping(data.as_ptr(), addr as *mut u8, len);
+        assert_eq!(libc::msync(addr, len, libc::MS_SYNC), 0, "msync: {}", std::io::Error::last_os_error());
+        assert_eq!(libc::munmap(addr, len), 0);
+    }
+    f.sync_all().unwrap();
+    drop(f);
+    assert!(fs::read(&p).unwrap() == data);
+    m.remount();
+    assert!(fs::read(m.path("mapped")).unwrap() == data, "mmap writes after remount");
+    m.finish();
+}
+
+#[test]
+fn concurrent_writers_of_disjoint_ranges_and_files_all_land() {
+    let mut m = Mounted::new("256M");
+    let shared = m.path("shared");
+    File::create(&shared).unwrap();
+    std::thread::scope(|s| {
+        for t in 0..4u64 {
+            let (shared, own) = (shared.clone(), m.path(format!("own{t}")));
+            s.spawn(move || {
+                let f = OpenOptions::new().write(true).open(&shared).unwrap();
+                let mut o = File::create(&own).unwrap();
+                for i in 0..64u64 {
+                    // stripes of 12 KiB + 1 byte, so writers share blocks at the edges
+                    let stripe = 12289u64;
+                    let k = i * 4 + t;
+                    f.write_all_at(&pattern(k, stripe as usize), k * stripe).unwrap();
+                    o.write_all(&pattern(1000 + k, 5000)).unwrap();
+                }
+            });
+        }
+    });
+    let check = |m: &Mounted| {
+        let got = fs::read(m.path("shared")).unwrap();
+        let stripe = 12289usize;
+        assert_eq!(got.len(), 256 * stripe);
+        for k in 0..256usize {
+            assert!(got[k * stripe..(k + 1) * stripe] == pattern(k as u64, stripe), "stripe {k}");
+        }
+        for t in 0..4u64 {
+            let own = fs::read(m.path(format!("own{t}"))).unwrap();
+            let want: Vec<u8> = (0..64u64).flat_map(|i| pattern(1000 + i * 4 + t, 5000)).collect();
+            assert!(own == want, "own{t}");
+        }
+    };
+    check(&m);
+    m.remount();
+    check(&m);
+    m.finish();
+}
+
+#[test]
+fn copy_and_large_single_writes_round_trip() {
+    let m = Mounted::new("128M");
+    let data = pattern(12, (5 << 20) + 333);
+    // one 5 MiB write(2) call: the kernel splits it into FUSE writes of at most max_write
+    let mut f = File::create(m.path("src")).unwrap();
+    f.write_all(&data).unwrap();
+    drop(f);
+    // std::fs::copy uses copy_file_range where it can; the result must match either way
+    fs::copy(m.path("src"), m.path("dst")).unwrap();
+    assert!(fs::read(m.path("dst")).unwrap() == data);
+    // one big read(2)
+    let mut back = vec![0u8; data.len()];
+    File::open(m.path("dst")).unwrap().read_exact(&mut back).unwrap();
+    assert!(back == data);
+    m.finish();
+}
+
+#[test]
+fn writes_into_holes_between_extents_keep_both_neighbours() {
+    let mut m = Mounted::new("64M");
+    let f = OpenOptions::new().read(true).write(true).create(true).open(m.path("f")).unwrap();
+    let mut model = vec![0u8; 64 * 4096];
+    f.set_len(model.len() as u64).unwrap();
+    for blk in (0..64).step_by(4) {
+        let d = pattern(blk as u64, 4096);
+        f.write_all_at(&d, blk * 4096).unwrap();
+        model[blk as usize * 4096..(blk as usize + 1) * 4096].copy_from_slice(&d);
+    }
+    // fill the holes, partly, with writes that straddle block edges
+    for blk in (2..62).step_by(4) {
+        let off = blk * 4096 - 100;
+        let d = pattern(500 + blk as u64, 4096 + 200);
+        f.write_all_at(&d, off as u64).unwrap();
+        model[off..off + d.len()].copy_from_slice(&d);
+    }
+    let mut got = vec![0u8; model.len()];
+    f.read_exact_at(&mut got, 0).unwrap();
+    assert!(got == model);
+    drop(f);
+    m.remount();
+    assert!(fs::read(m.path("f")).unwrap() == model, "after remount");
+    m.finish();
+}
+
+#[test]
+fn fallocate_and_seek_refuse_what_linux_refuses() {
+    let m = Mounted::new("64M");
+    fs::write(m.path("f"), b"data").unwrap();
+    let ro = File::open(m.path("f")).unwrap();
+    assert_errno(fallocate(&ro, 0, 0, 4096), libc::EBADF, "fallocate on a read-only descriptor");
+    let rw = OpenOptions::new().read(true).write(true).open(m.path("f")).unwrap();
+    assert_errno(fallocate(&rw, 0, 0, 0), libc::EINVAL, "fallocate of length 0");
+    assert_errno(fallocate(&rw, 0x100, 0, 4096), libc::EOPNOTSUPP, "unknown fallocate mode bits");
+    assert_errno(lseek(&rw, -1, libc::SEEK_DATA), libc::ENXIO, "SEEK_DATA from a negative offset");
+    fs::create_dir(m.path("d")).unwrap();
+    let d = File::open(m.path("d")).unwrap();
+    assert_errno(fallocate(&d, 0, 0, 4096), libc::EBADF, "fallocate on a directory descriptor");
+    drop((ro, rw, d));
+    m.finish();
+}

@@ -521,3 +521,155 @@ fn fsync_fdatasync_and_fsyncdir_succeed() {
     drop(f);
     m.finish();
 }
+
+#[test]
+fn setgid_directory_passes_its_group_and_the_bit_to_new_entries() {
+    let mut m = Mounted::new("64M");
+    let d = m.path("sgid");
+    fs::create_dir(&d).unwrap();
+    std::os::unix::fs::chown(&d, None, Some(4321)).unwrap();
+    fs::set_permissions(&d, fs::Permissions::from_mode(0o2775)).unwrap();
+    fs::write(d.join("f"), b"x").unwrap();
+    fs::create_dir(d.join("sub")).unwrap();
+    let check = |m: &Mounted| {
+        let f = fs::metadata(m.path("sgid/f")).unwrap();
+        assert_eq!(f.gid(), 4321, "file takes the directory's group");
+        let s = fs::metadata(m.path("sgid/sub")).unwrap();
+        assert_eq!(s.gid(), 4321, "subdirectory takes the directory's group");
+        assert_ne!(s.mode() & libc::S_ISGID, 0, "subdirectory inherits the set-group-ID bit");
+    };
+    check(&m);
+    m.remount();
+    check(&m);
+    m.finish();
+}
+
+#[test]
+fn permissions_are_enforced_for_other_users() {
+    let m = Mounted::new("64M");
+    let open = m.path("open");
+    fs::create_dir(&open).unwrap();
+    fs::set_permissions(&open, fs::Permissions::from_mode(0o1777)).unwrap();
+    fs::write(open.join("roots"), b"r").unwrap();
+    let closed = m.path("closed");
+    fs::create_dir(&closed).unwrap();
+    fs::set_permissions(&closed, fs::Permissions::from_mode(0o700)).unwrap();
+    fs::write(closed.join("inside"), b"i").unwrap();
+    let ok = |cmd: String| run_as_nobody(&cmd).status.success();
+    assert!(ok(format!("touch '{}'", open.join("mine").display())), "nobody can create in a 1777 directory");
+    assert_eq!(fs::metadata(open.join("mine")).unwrap().uid(), 65534);
+    assert!(!ok(format!("rm -f '{}'", open.join("roots").display())), "the sticky bit stops nobody deleting root's file");
+    assert!(fs::metadata(open.join("roots")).is_ok());
+    assert!(ok(format!("rm '{}'", open.join("mine").display())), "nobody can delete its own file");
+    assert!(!ok(format!("ls '{}'", closed.display())), "mode 700 keeps nobody out");
+    assert!(!ok(format!("cat '{}'", closed.join("inside").display())), "nor through the directory");
+    assert!(!ok(format!("touch '{}'", m.path("at-root").display())), "nobody cannot create in the 755 root");
+    assert!(ok(format!("test -r '{}' && ! test -w '{}'", open.join("roots").display(), open.join("roots").display())), "access(2) reports r but not w");
+    m.finish();
+}
+
+#[test]
+fn unlinked_open_file_stays_readable_until_the_last_close_then_frees_space() {
+    let m = Mounted::new("128M");
+    fs::File::open(&m.mnt).unwrap().sync_all().unwrap();
+    let free0 = statfs(&m.mnt).f_bfree;
+    let p = m.path("f");
+    let data = pattern(5, 8 << 20);
+    fs::write(&p, &data).unwrap();
+    let f = fs::File::open(&p).unwrap();
+    fs::remove_file(&p).unwrap();
+    assert_errno(fs::metadata(&p), libc::ENOENT, "stat after unlink");
+    assert!(!names(&m.mnt).contains(&"f".to_string()));
+    let mut got = vec![0u8; data.len()];
+    std::os::unix::fs::FileExt::read_exact_at(&f, &mut got, 0).unwrap();
+    assert!(got == data, "an unlinked open file keeps its data");
+    assert_eq!(f.metadata().unwrap().nlink(), 0);
+    drop(f);
+    fs::File::open(&m.mnt).unwrap().sync_all().unwrap();
+    let back = mafs_tests::wait_until(Duration::from_secs(30), || statfs(&m.mnt).f_bfree + 64 >= free0);
+    assert!(back, "space not freed after the last close: {free0} -> {}", statfs(&m.mnt).f_bfree);
+    m.finish();
+}
+
+#[test]
+fn directory_operations_that_make_no_sense_fail_with_linux_errnos() {
+    let m = Mounted::new("64M");
+    let d = m.path("d");
+    fs::create_dir(&d).unwrap();
+    assert_errno(fs::OpenOptions::new().write(true).open(&d), libc::EISDIR, "open of a directory for writing");
+    assert_errno(fs::File::open(&d).and_then(|_| fs::OpenOptions::new().write(true).truncate(true).open(&d)), libc::EISDIR, "O_TRUNC of a directory");
+    let c = cstr(&d);
+    // SAFETY: valid C string.
+    assert_errno(cvt(unsafe { libc::truncate(c.as_ptr(), 0) }), libc::EISDIR, "truncate(2) of a directory");
+    assert_errno(fs::remove_dir(d.join(".")), libc::EINVAL, "rmdir of .");
+    fs::write(m.path("f"), b"x").unwrap();
+    assert_errno(fs::read_dir(m.path("f")), libc::ENOTDIR, "opendir of a file");
+    assert_errno(fs::metadata(m.path("f/")), libc::ENOTDIR, "a file with a trailing slash");
+    fs::rename(m.path("f"), m.path("f")).unwrap();
+    assert_eq!(fs::read(m.path("f")).unwrap(), b"x", "rename onto itself changes nothing");
+    m.finish();
+}
+
+#[test]
+fn concurrent_creates_and_deletes_in_one_directory_lose_nothing() {
+    let mut m = Mounted::new("256M");
+    let d = m.path("shared");
+    fs::create_dir(&d).unwrap();
+    std::thread::scope(|s| {
+        for t in 0..4 {
+            let d = d.clone();
+            s.spawn(move || {
+                for i in 0..1500 {
+                    fs::write(d.join(format!("t{t}-{i}")), format!("{t}:{i}")).unwrap();
+                    if i % 3 == 0 {
+                        fs::create_dir(d.join(format!("dir-t{t}-{i}"))).unwrap();
+                    }
+                    if i % 5 == 4 {
+                        fs::remove_file(d.join(format!("t{t}-{}", i - 2))).unwrap();
+                    }
+                }
+            });
+        }
+    });
+    let expect = |i: usize| i % 5 != 2 || i + 2 >= 1500;
+    let check = |m: &Mounted| {
+        let d = m.path("shared");
+        let got: BTreeSet<String> = names(&d).into_iter().collect();
+        for t in 0..4 {
+            for i in 0..1500 {
+                let n = format!("t{t}-{i}");
+                assert_eq!(got.contains(&n), expect(i), "{n}");
+                if expect(i) {
+                    assert_eq!(fs::read_to_string(d.join(&n)).unwrap(), format!("{t}:{i}"));
+                }
+            }
+        }
+        assert_eq!(fs::metadata(&d).unwrap().nlink(), 2 + 4 * 500, "link count of a directory with 2000 subdirectories");
+    };
+    check(&m);
+    m.remount();
+    check(&m);
+    m.finish();
+}
+
+#[test]
+fn rename_exchange_of_two_directories_across_parents_keeps_link_counts() {
+    let mut m = Mounted::new("64M");
+    fs::create_dir_all(m.path("a/x/deep")).unwrap();
+    fs::create_dir_all(m.path("b/y")).unwrap();
+    fs::create_dir_all(m.path("b/z")).unwrap();
+    renameat2(&m.path("a/x"), &m.path("b/y"), libc::RENAME_EXCHANGE).unwrap();
+    let check = |m: &Mounted| {
+        assert!(fs::metadata(m.path("a/x")).unwrap().is_dir() && names(&m.path("a/x")).is_empty());
+        assert_eq!(names(&m.path("b/y")), vec!["deep"]);
+        assert_eq!(fs::metadata(m.path("a")).unwrap().nlink(), 3);
+        assert_eq!(fs::metadata(m.path("b")).unwrap().nlink(), 4);
+        assert_eq!(fs::metadata(m.path("b/y/..")).unwrap().ino(), fs::metadata(m.path("b")).unwrap().ino());
+        assert_eq!(fs::metadata(m.path("a/x/..")).unwrap().ino(), fs::metadata(m.path("a")).unwrap().ino());
+    };
+    check(&m);
+    assert_errno(renameat2(&m.path("b/y"), &m.path("b/y/deep"), libc::RENAME_EXCHANGE), libc::EINVAL, "exchange of a directory with its own child");
+    m.remount();
+    check(&m);
+    m.finish();
+}
