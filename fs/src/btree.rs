@@ -528,3 +528,214 @@ impl<'a> TreeWrite<'a> {
         self.store(NodeRef::Root, &Node::default())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The tree against a `BTreeMap` model: thousands of random inserts, replacements and
+    //! removes with values of every size, enough to split the inline root and grow the tree to
+    //! several levels, then emptied again (every node block freed).
+    use super::*;
+    use crate::device::CrashDevice;
+    use crate::mkfs::{mkfs, MkfsOptions};
+    use crate::volume::Volume;
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+    use std::collections::{BTreeMap, HashSet};
+
+    fn volume(dev: &Arc<CrashDevice>) -> Volume {
+        Volume::open(dev.clone(), 0, "btree-test", 1 << 16).expect("open volume")
+    }
+
+    fn new_device() -> Arc<CrashDevice> {
+        let dev = Arc::new(CrashDevice::new(64 << 20));
+        mkfs(&*dev, &MkfsOptions { slots: 1, ..Default::default() }).expect("mkfs");
+        dev
+    }
+
+    /// A fresh inode block (zeroed inline area: an empty leaf root) to hang a tree on.
+    fn new_inode(vol: &Volume) -> Arc<MetaBuf> {
+        let h = vol.journal.begin().unwrap();
+        let (ino, _) = vol.alloc.alloc(&h, 1, 0, BlockState::Inode).unwrap();
+        let buf = vol.cache.create(ino, BlockType::Inode);
+        drop(h.write(&buf));
+        drop(h);
+        vol.commit().unwrap();
+        buf
+    }
+
+    fn root_level(buf: &MetaBuf) -> u16 {
+        u16_at(&buf.read()[INLINE_OFFSET..], 0)
+    }
+
+    fn value(rng: &mut StdRng, key: u64, max: usize) -> Vec<u8> {
+        let n = rng.gen_range(0..=max);
+        let salt: u8 = rng.gen();
+        (0..n).map(|i| (key as u8).wrapping_mul(31).wrapping_add(i as u8).wrapping_add(salt)).collect()
+    }
+
+    fn full_scan(t: &TreeRead) -> Vec<(u64, Vec<u8>)> {
+        let mut out = Vec::new();
+        t.scan(0, &mut |k, v| {
+            out.push((k, v.to_vec()));
+            true
+        })
+        .unwrap();
+        out
+    }
+
+    fn check_against(t: &TreeRead, model: &BTreeMap<u64, Vec<u8>>, rng: &mut StdRng, full: bool) {
+        for _ in 0..40 {
+            let k = probe(rng, model);
+            assert_eq!(t.get(k).unwrap(), model.get(&k).cloned(), "get({k})");
+            let want = model.range(..=k).next_back().map(|(a, b)| (*a, b.clone()));
+            assert_eq!(t.last_le(k).unwrap(), want, "last_le({k})");
+        }
+        let from = probe(rng, model);
+        let mut got = Vec::new();
+        t.scan(from, &mut |k, v| {
+            got.push((k, v.to_vec()));
+            got.len() < 50
+        })
+        .unwrap();
+        let want: Vec<(u64, Vec<u8>)> = model.range(from..).take(50).map(|(a, b)| (*a, b.clone())).collect();
+        assert_eq!(got, want, "scan from {from}");
+        if full {
+            let all: Vec<(u64, Vec<u8>)> = model.iter().map(|(a, b)| (*a, b.clone())).collect();
+            assert!(full_scan(t) == all, "full scan differs from the model ({} entries)", model.len());
+        }
+    }
+
+    /// A key near the model's keys: an existing one, a neighbour, or anything.
+    fn probe(rng: &mut StdRng, model: &BTreeMap<u64, Vec<u8>>) -> u64 {
+        let k = rng.gen_range(0..KEYS);
+        match rng.gen_range(0..4) {
+            0 => k,
+            1 => model.range(k..).next().map(|e| *e.0).unwrap_or(k).saturating_sub(1),
+            2 => u64::MAX - rng.gen_range(0..3),
+            _ => model.range(k..).next().map(|e| *e.0).unwrap_or(k),
+        }
+    }
+
+    const KEYS: u64 = 1 << 40;
+
+    #[test]
+    fn random_operations_match_a_btreemap_model_and_empty_nodes_are_freed() {
+        let dev = new_device();
+        let vol = volume(&dev);
+        let ibuf = new_inode(&vol);
+        let free_before = vol.alloc.free_blocks();
+        let mut rng = StdRng::seed_from_u64(0xb7ee);
+        let mut model: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
+        let mut nodes: i64 = 0;
+        let mut max_level = 0;
+        // (operations, percent inserts, largest value)
+        let phases = [(5000, 95, 24), (4000, 80, MAX_VALUE), (3000, 55, 200), (4000, 20, MAX_VALUE)];
+        for (pi, &(ops, insert_pct, maxv)) in phases.iter().enumerate() {
+            let mut done = 0;
+            while done < ops {
+                let h = vol.journal.begin().unwrap();
+                let mut t = TreeWrite::new(&vol.cache, &vol.alloc, &h, &ibuf);
+                for _ in 0..50 {
+                    if rng.gen_range(0..100) < insert_pct || model.is_empty() {
+                        // New keys mostly, some replacements of existing ones.
+                        let k = if rng.gen_bool(0.15) && !model.is_empty() { probe(&mut rng, &model) } else { rng.gen_range(0..KEYS) };
+                        let v = value(&mut rng, k, maxv);
+                        assert_eq!(t.insert(k, &v).unwrap(), model.insert(k, v), "insert({k}) old value");
+                    } else {
+                        let k = if rng.gen_bool(0.9) { model.range(rng.gen_range(0..KEYS)..).next().or(model.iter().next()).map(|e| *e.0).unwrap() } else { rng.gen_range(0..KEYS) };
+                        assert_eq!(t.remove(k).unwrap(), model.remove(&k), "remove({k})");
+                    }
+                }
+                nodes += t.blocks_delta;
+                drop(t);
+                drop(h);
+                vol.commit().unwrap();
+                done += 50;
+                max_level = max_level.max(root_level(&ibuf));
+                let t = TreeRead { cache: &vol.cache, inode_buf: &ibuf };
+                check_against(&t, &model, &mut rng, done % 1000 == 0);
+                let blocks = t.node_blocks().unwrap();
+                assert_eq!(blocks.len() as i64, nodes, "phase {pi}: node blocks vs blocks_delta");
+                assert_eq!(blocks.iter().collect::<HashSet<_>>().len(), blocks.len(), "a node block is used twice");
+            }
+        }
+        assert!(max_level >= 2, "the tree never grew past one level below the root (max level {max_level})");
+
+        // Everything survives a clean close and a re-read from disk.
+        let ino = ibuf.blkno;
+        drop(ibuf);
+        vol.close().unwrap();
+        drop(vol);
+        let dev2 = Arc::new(CrashDevice::from_image(dev.crash_image(|_| false)));
+        let vol = volume(&dev2);
+        let ibuf = vol.cache.get(ino, BlockType::Inode).unwrap();
+        {
+            let t = TreeRead { cache: &vol.cache, inode_buf: &ibuf };
+            check_against(&t, &model, &mut rng, true);
+        }
+
+        // Remove everything in random order: every node block is freed, the root is an empty leaf.
+        let mut keys: Vec<u64> = model.keys().copied().collect();
+        for i in (1..keys.len()).rev() {
+            keys.swap(i, rng.gen_range(0..=i));
+        }
+        for chunk in keys.chunks(200) {
+            let h = vol.journal.begin().unwrap();
+            let mut t = TreeWrite::new(&vol.cache, &vol.alloc, &h, &ibuf);
+            for k in chunk {
+                assert!(t.remove(*k).unwrap().is_some(), "remove({k}) of a present key");
+                model.remove(k);
+            }
+            assert_eq!(t.remove(chunk[0]).unwrap(), None, "second remove of one key");
+            nodes += t.blocks_delta;
+            drop(t);
+            drop(h);
+            vol.commit().unwrap();
+            let t = TreeRead { cache: &vol.cache, inode_buf: &ibuf };
+            assert_eq!(t.node_blocks().unwrap().len() as i64, nodes);
+        }
+        let t = TreeRead { cache: &vol.cache, inode_buf: &ibuf };
+        assert!(full_scan(&t).is_empty());
+        assert_eq!(t.node_blocks().unwrap(), Vec::<u64>::new(), "node blocks left after emptying the tree");
+        assert_eq!(root_level(&ibuf), 0, "an empty tree is a leaf root");
+        assert_eq!(t.last_le(u64::MAX).unwrap(), None);
+        assert_eq!(vol.alloc.free_blocks(), free_before, "every node block went back to the allocator");
+    }
+
+    #[test]
+    fn values_of_the_limit_size_split_cleanly_and_oversized_values_are_refused() {
+        let dev = new_device();
+        let vol = volume(&dev);
+        let ibuf = new_inode(&vol);
+        let h = vol.journal.begin().unwrap();
+        let mut t = TreeWrite::new(&vol.cache, &vol.alloc, &h, &ibuf);
+        assert!(matches!(t.insert(1, &vec![0u8; MAX_VALUE + 1]), Err(FsError::Invalid(_))));
+        // Descending keys of maximal values: every insert lands in the first leaf.
+        let mut model = BTreeMap::new();
+        for k in (0..400u64).rev() {
+            let v = vec![(k % 251) as u8; MAX_VALUE];
+            t.insert(k * 3, &v).unwrap();
+            model.insert(k * 3, v);
+        }
+        // Empty values and a replacement that grows a value to the limit.
+        t.insert(1, &[]).unwrap();
+        model.insert(1, vec![]);
+        t.insert(1, &vec![9u8; MAX_VALUE]).unwrap();
+        model.insert(1, vec![9u8; MAX_VALUE]);
+        let delta = t.blocks_delta;
+        drop(t);
+        drop(h);
+        vol.commit().unwrap();
+        let t = TreeRead { cache: &vol.cache, inode_buf: &ibuf };
+        let all: Vec<(u64, Vec<u8>)> = model.iter().map(|(a, b)| (*a, b.clone())).collect();
+        assert!(full_scan(&t) == all);
+        assert_eq!(t.node_blocks().unwrap().len() as i64, delta);
+        assert!(root_level(&ibuf) >= 1);
+        let h = vol.journal.begin().unwrap();
+        let mut t = TreeWrite::new(&vol.cache, &vol.alloc, &h, &ibuf);
+        t.clear().unwrap();
+        assert_eq!(t.blocks_delta, -delta, "clear frees every node block");
+        assert_eq!(t.read.node_blocks().unwrap(), Vec::<u64>::new());
+        assert_eq!(t.read.get(3).unwrap(), None);
+    }
+}
