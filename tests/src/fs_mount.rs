@@ -260,6 +260,15 @@ impl Mounted {
         assert!(!log.contains("panicked"), "a mount process panicked:\n{log}");
     }
 
+    /// Runs `check` now, then again after a clean remount (fsck clean in between), and ends the
+    /// test with a clean unmount: the usual way to prove that something persists.
+    pub fn check_across_remount(mut self, check: impl Fn(&Mounted)) {
+        check(&self);
+        self.remount();
+        check(&self);
+        self.finish();
+    }
+
     /// Unmounts cleanly with fsck clean: the usual end of a test.
     pub fn finish(mut self) {
         if self.is_mounted() {

@@ -373,7 +373,7 @@ fn shared_mmap_writes_reach_the_file() {
 
 #[test]
 fn concurrent_writers_of_disjoint_ranges_and_files_all_land() {
-    let mut m = Mounted::new("256M");
+    let m = Mounted::new("256M");
     let shared = m.path("shared");
     File::create(&shared).unwrap();
     std::thread::scope(|s| {
@@ -405,10 +405,7 @@ fn concurrent_writers_of_disjoint_ranges_and_files_all_land() {
             assert!(own == want, "own{t}");
         }
     };
-    check(&m);
-    m.remount();
-    check(&m);
-    m.finish();
+    m.check_across_remount(check);
 }
 
 #[test]

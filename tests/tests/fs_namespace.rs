@@ -363,7 +363,7 @@ fn mknod_fifo_char_block_devices_and_sockets_keep_type_and_rdev() {
 
 #[test]
 fn readdir_lists_dot_dotdot_and_every_name_with_its_type() {
-    let mut m = Mounted::new("64M");
+    let m = Mounted::new("64M");
     let d = m.path("d");
     fs::create_dir(&d).unwrap();
     let mut want = BTreeSet::new();
@@ -393,10 +393,7 @@ fn readdir_lists_dot_dotdot_and_every_name_with_its_type() {
         assert!(types["subdir"].is_dir() && types["link"].is_symlink() && types["file-000-"].is_file());
         assert_eq!(names(&m.mnt), vec!["d", "lost+found"]);
     };
-    check(&m);
-    m.remount();
-    check(&m);
-    m.finish();
+    m.check_across_remount(check);
 }
 
 #[test]
@@ -524,7 +521,7 @@ fn fsync_fdatasync_and_fsyncdir_succeed() {
 
 #[test]
 fn setgid_directory_passes_its_group_and_the_bit_to_new_entries() {
-    let mut m = Mounted::new("64M");
+    let m = Mounted::new("64M");
     let d = m.path("sgid");
     fs::create_dir(&d).unwrap();
     std::os::unix::fs::chown(&d, None, Some(4321)).unwrap();
@@ -538,10 +535,7 @@ fn setgid_directory_passes_its_group_and_the_bit_to_new_entries() {
         assert_eq!(s.gid(), 4321, "subdirectory takes the directory's group");
         assert_ne!(s.mode() & libc::S_ISGID, 0, "subdirectory inherits the set-group-ID bit");
     };
-    check(&m);
-    m.remount();
-    check(&m);
-    m.finish();
+    m.check_across_remount(check);
 }
 
 #[test]
@@ -612,7 +606,7 @@ fn directory_operations_that_make_no_sense_fail_with_linux_errnos() {
 
 #[test]
 fn concurrent_creates_and_deletes_in_one_directory_lose_nothing() {
-    let mut m = Mounted::new("256M");
+    let m = Mounted::new("256M");
     let d = m.path("shared");
     fs::create_dir(&d).unwrap();
     std::thread::scope(|s| {
@@ -646,10 +640,7 @@ fn concurrent_creates_and_deletes_in_one_directory_lose_nothing() {
         }
         assert_eq!(fs::metadata(&d).unwrap().nlink(), 2 + 4 * 500, "link count of a directory with 2000 subdirectories");
     };
-    check(&m);
-    m.remount();
-    check(&m);
-    m.finish();
+    m.check_across_remount(check);
 }
 
 #[test]
