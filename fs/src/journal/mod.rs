@@ -299,3 +299,6 @@ impl Handle<'_> {
         self.j.running.lock().freed.push((start, len));
     }
 }
+
+#[cfg(test)]
+mod tests;
