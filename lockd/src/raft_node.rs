@@ -363,6 +363,7 @@ impl Replica {
                 self.pending.retain(|_, p| !p.is_closed());
             }
             self.on_ready()?;
+            self.maybe_snapshot()?;
         }
     }
 
@@ -622,7 +623,7 @@ impl Replica {
         self.apply(committed)?;
         self.node.advance_apply();
         self.on_leadership();
-        self.maybe_snapshot()
+        Ok(())
     }
 
     fn apply(&mut self, entries: Vec<Entry>) -> Result<(), LockdError> {
@@ -685,9 +686,9 @@ impl Replica {
     fn maybe_snapshot(&mut self) -> Result<(), LockdError> {
         let applied = self.node.raft.raft_log.applied;
         let store = self.node.store();
-        if applied.saturating_sub(store.snapshot_index()) < self.cfg.snapshot_every
-            || applied > store.last_log_index()
-        {
+        let due = applied.saturating_sub(store.snapshot_index()) >= self.cfg.snapshot_every;
+        let wanted = store.take_fresh_snapshot_wanted() && applied > store.snapshot_index();
+        if !(due || wanted) || applied > store.last_log_index() {
             return Ok(());
         }
         let data = self.sm.encode_snapshot()?;

@@ -36,6 +36,9 @@ pub struct DiskStorage {
     /// `entries[0].index == snapshot.index + 1` when not empty.
     entries: Vec<Entry>,
     log: File,
+    /// raft-rs asked for a snapshot ours cannot serve (it predates the requester's membership);
+    /// the raft thread takes a fresh one.
+    fresh_snapshot_wanted: std::cell::Cell<bool>,
 }
 
 fn pb_err(e: protobuf::ProtobufError) -> LockdError {
@@ -91,6 +94,7 @@ impl DiskStorage {
             snapshot,
             entries: Vec::new(),
             log: File::open("/dev/null")?,
+            fresh_snapshot_wanted: std::cell::Cell::new(false),
         };
         st.hard_state.term = st.snapshot.get_metadata().term;
         st.hard_state.commit = st.snapshot.get_metadata().index;
@@ -200,6 +204,10 @@ impl DiskStorage {
 
     pub fn conf_state(&self) -> &ConfState {
         &self.conf_state
+    }
+
+    pub fn take_fresh_snapshot_wanted(&self) -> bool {
+        self.fresh_snapshot_wanted.replace(false)
     }
 
     pub fn snapshot_data(&self) -> &[u8] {
@@ -390,8 +398,17 @@ impl Storage for DiskStorage {
         Ok(self.last())
     }
 
-    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        if self.snapshot_index() < request_index {
+    fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
+        let cs = self.snapshot.get_metadata().get_conf_state();
+        // A replica added after our snapshot would refuse it (it is not in its conf state).
+        let knows_to = cs.voters.contains(&to) || cs.learners.contains(&to);
+        if self.snapshot_index() < request_index || !knows_to {
+            tracing::debug!(
+                to,
+                index = self.snapshot_index(),
+                "snapshot predates the peer; taking a fresh one"
+            );
+            self.fresh_snapshot_wanted.set(true);
             return Err(raft::Error::Store(
                 StorageError::SnapshotTemporarilyUnavailable,
             ));

@@ -1,5 +1,6 @@
 //! Helpers shared by the end-to-end tests: where the `mafs` binary is, scratch folders, waiting.
 pub mod fs_mount;
+pub mod lockd_cluster;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
