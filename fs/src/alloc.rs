@@ -338,3 +338,185 @@ impl Allocator {
         Ok((old, free))
     }
 }
+
+#[cfg(test)]
+mod commit_tests {
+    //! The allocator on a real volume: extents never overlap, bitmaps and free counts follow
+    //! every change and survive a remount, the volume fills up to a clean NoSpace, and a freed
+    //! block is not handed out again before the transaction that freed it has committed.
+    use super::*;
+    use crate::device::CrashDevice;
+    use crate::format::header::BlockType;
+    use crate::mkfs::{mkfs, MkfsOptions};
+    use crate::volume::Volume;
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+    use std::collections::{HashMap, HashSet};
+
+    fn setup(size: u64) -> (Arc<CrashDevice>, Volume) {
+        let dev = Arc::new(CrashDevice::new(size));
+        mkfs(&*dev, &MkfsOptions { slots: 1, journal_blocks: Some(1024), ..Default::default() }).expect("mkfs");
+        let vol = Volume::open(dev.clone(), 0, "alloc-test", 1 << 16).expect("open");
+        (dev, vol)
+    }
+
+    fn state_of(vol: &Volume, blk: u64) -> BlockState {
+        let l = vol.sb.layout;
+        let a = l.ag_of(blk).expect("block in an AG");
+        let first = l.ag_first_block(a);
+        let rel = blk - first;
+        let buf = vol.cache.get(first + 1 + rel / STATES_PER_BITMAP_BLOCK, BlockType::Bitmap).unwrap();
+        let d = buf.read();
+        bitmap_get(&d, rel)
+    }
+
+    fn is_data_area(vol: &Volume, blk: u64) -> bool {
+        let l = vol.sb.layout;
+        l.ag_of(blk).is_some_and(|a| blk >= l.ag_first_block(a) + l.ag_overhead() as u64)
+    }
+
+    #[test]
+    fn a_freed_block_is_not_reused_before_the_freeing_transaction_commits() {
+        let (_dev, vol) = setup(16 << 20);
+        let h = vol.begin().unwrap();
+        let (a, n) = vol.alloc.alloc(&h, 8, 0, BlockState::Data).unwrap();
+        assert_eq!(n, 8, "a fresh volume has 8 contiguous free blocks");
+        drop(h);
+        vol.commit().unwrap();
+        let free0 = vol.alloc.free_blocks();
+
+        let h = vol.begin().unwrap();
+        vol.alloc.free(&h, a, 8).unwrap();
+        assert_eq!(state_of(&vol, a), BlockState::Free);
+        assert_eq!(vol.alloc.free_blocks(), free0 + 8);
+        let mut got = Vec::new();
+        // Same handle, aiming right at the freed extent.
+        for _ in 0..10 {
+            got.push(vol.alloc.alloc(&h, 4, a, BlockState::Data).unwrap());
+        }
+        drop(h);
+        // Later handles of the same running transaction.
+        let h = vol.begin().unwrap();
+        for _ in 0..10 {
+            got.push(vol.alloc.alloc(&h, 1, a + 3, BlockState::Meta).unwrap());
+        }
+        drop(h);
+        for &(s, n) in &got {
+            assert!(s + n <= a || s >= a + 8, "extent {s}+{n} reuses a block freed by the uncommitted transaction");
+        }
+        // Once the freeing transaction is committed, the extent is available again.
+        vol.commit().unwrap();
+        let h = vol.begin().unwrap();
+        assert_eq!(vol.alloc.alloc(&h, 8, a, BlockState::Inode).unwrap(), (a, 8));
+        assert_eq!(state_of(&vol, a + 7), BlockState::Inode);
+    }
+
+    #[test]
+    fn random_allocations_never_overlap_and_bitmaps_and_counts_agree() {
+        let (dev, vol) = setup(32 << 20);
+        let l = vol.sb.layout;
+        let free0 = vol.alloc.free_blocks();
+        assert_eq!(free0, vol.alloc.total_blocks() - (2 + l.slot_count as u64), "only the system inodes are in use after mkfs");
+        let kinds = [BlockState::Data, BlockState::Meta, BlockState::Inode];
+        let mut rng = StdRng::seed_from_u64(99);
+        let mut owned: Vec<(u64, u64, BlockState)> = Vec::new();
+        let mut used: HashMap<u64, BlockState> = HashMap::new();
+        for round in 0..300 {
+            let mut freed_now: HashSet<u64> = HashSet::new();
+            let h = vol.begin().unwrap();
+            for _ in 0..12 {
+                // Keep the volume between a third and two thirds full.
+                if rng.gen_bool(if used.len() as u64 > free0 * 2 / 3 { 0.3 } else { 0.6 }) || owned.is_empty() {
+                    let want = rng.gen_range(1..80);
+                    let goal = if rng.gen_bool(0.5) { rng.gen_range(l.ag_start..l.total_blocks) } else { 0 };
+                    let kind = kinds[rng.gen_range(0..3)];
+                    let (s, n) = vol.alloc.alloc(&h, want, goal, kind).unwrap_or_else(|e| panic!("round {round}: {e} with {} blocks in use of {free0}", used.len()));
+                    assert!(n >= 1 && n <= want, "asked {want}, got {n}");
+                    assert_eq!(l.ag_of(s), l.ag_of(s + n - 1), "an extent stays inside one AG");
+                    for b in s..s + n {
+                        assert!(is_data_area(&vol, b), "block {b} is an AG header or bitmap");
+                        assert!(!freed_now.contains(&b), "block {b} reused in the transaction that freed it");
+                        assert!(used.insert(b, kind).is_none(), "block {b} handed out twice");
+                    }
+                    owned.push((s, n, kind));
+                } else {
+                    let (s, n, _) = owned.swap_remove(rng.gen_range(0..owned.len()));
+                    vol.alloc.free(&h, s, n).unwrap();
+                    for b in s..s + n {
+                        used.remove(&b);
+                        freed_now.insert(b);
+                    }
+                }
+            }
+            drop(h);
+            vol.commit().unwrap();
+            assert_eq!(vol.alloc.free_blocks(), free0 - used.len() as u64, "round {round}: free count");
+            if round % 50 == 49 {
+                for (&b, &k) in &used {
+                    assert_eq!(state_of(&vol, b), k, "bitmap state of block {b}");
+                }
+                for &b in freed_now.iter().take(50) {
+                    assert_eq!(state_of(&vol, b), BlockState::Free);
+                }
+            }
+        }
+        // Counts and bitmaps survive a clean close and a remount.
+        vol.close().unwrap();
+        drop(vol);
+        let dev2 = Arc::new(CrashDevice::from_image(dev.crash_image(|_| false)));
+        let vol2 = Volume::open(dev2, 0, "alloc-test", 1 << 16).unwrap();
+        assert_eq!(vol2.alloc.free_blocks(), free0 - used.len() as u64);
+        for (&b, &k) in &used {
+            assert_eq!(state_of(&vol2, b), k, "bitmap state of block {b} after remount");
+        }
+        // And the remounted allocator does not hand out what is in use.
+        let h = vol2.begin().unwrap();
+        for _ in 0..50 {
+            let (s, n) = vol2.alloc.alloc(&h, 16, 0, BlockState::Data).unwrap();
+            for b in s..s + n {
+                assert!(!used.contains_key(&b), "block {b} in use handed out after remount");
+            }
+        }
+    }
+
+    #[test]
+    fn allocating_everything_ends_in_nospace_and_freeing_gives_it_all_back() {
+        let (_dev, vol) = setup(16 << 20);
+        let free0 = vol.alloc.free_blocks();
+        let mut exts = Vec::new();
+        let mut seen = HashSet::new();
+        loop {
+            let h = vol.begin().unwrap();
+            let r = vol.alloc.alloc(&h, 50, 0, BlockState::Data);
+            drop(h);
+            match r {
+                Ok((s, n)) => {
+                    for b in s..s + n {
+                        assert!(seen.insert(b), "block {b} handed out twice");
+                    }
+                    exts.push((s, n));
+                }
+                Err(FsError::NoSpace) => break,
+                Err(e) => panic!("unexpected error filling the volume: {e}"),
+            }
+            if exts.len() % 20 == 0 {
+                vol.commit().unwrap();
+            }
+        }
+        vol.commit().unwrap();
+        assert_eq!(seen.len() as u64, free0, "every free block was handed out");
+        assert_eq!(vol.alloc.free_blocks(), 0);
+        // Freed but not committed: still full.
+        let h = vol.begin().unwrap();
+        for &(s, n) in &exts {
+            vol.alloc.free(&h, s, n).unwrap();
+        }
+        assert!(matches!(vol.alloc.alloc(&h, 1, 0, BlockState::Meta), Err(FsError::NoSpace)));
+        drop(h);
+        vol.commit().unwrap();
+        assert_eq!(vol.alloc.free_blocks(), free0);
+        let h = vol.begin().unwrap();
+        let (_, n) = vol.alloc.alloc(&h, 64, 0, BlockState::Data).unwrap();
+        assert_eq!(n, 64, "after freeing everything, long extents are available again");
+    }
+}
