@@ -315,3 +315,22 @@ fn kill_9_with_an_open_unlinked_file_reclaims_it_on_the_next_mount() {
     assert!(back, "orphan's blocks not reclaimed after replay: free {free0} before, {} now", statfs(&m.mnt).f_bfree);
     m.finish();
 }
+
+#[test]
+fn fsck_of_a_crashed_volume_replays_its_journal_and_is_clean() {
+    let mut m = Mounted::new("64M");
+    for i in 0..40u64 {
+        fs::write(m.path(format!("f{i}")), pattern(i, 5000)).unwrap();
+    }
+    File::open(&m.mnt).unwrap().sync_all().unwrap();
+    fs::create_dir(m.path("after-sync")).unwrap();
+    m.kill9();
+    let (code, text) = m.fsck();
+    assert_eq!(code, 0, "fsck of a volume whose mount was killed:\n{text}");
+    assert!(!text.contains("panicked"), "{text}");
+    m.mount();
+    for i in 0..40u64 {
+        assert!(fs::read(m.path(format!("f{i}"))).unwrap() == pattern(i, 5000), "f{i}");
+    }
+    m.finish();
+}
