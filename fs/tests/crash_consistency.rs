@@ -846,3 +846,167 @@ fn write_errors_fail_operations_cleanly_and_the_image_recovers() {
     }
     assert_eq!(checked, 26);
 }
+
+fn first_problems(rep: &fsck::Report) -> String {
+    rep.problems.iter().take(8).cloned().collect::<Vec<_>>().join("; ")
+}
+
+/// A volume filled to the last block: every operation that needs space fails with ENOSPC (no
+/// panic), nothing is left half done (fsck clean on the live state after a clean close and
+/// after a power cut), and deleting files gives the space back.
+#[test]
+fn a_full_volume_fails_with_nospace_and_stays_consistent() {
+    keep_big_allocations();
+    let dev = new_volume(32 << 20, 256);
+    let fs = mount(dev.clone(), 4096).expect("mount");
+    let root = fs.root();
+    let reg = || NewNode { mode: libc::S_IFREG | 0o644, rdev: 0, symlink_target: None };
+    let mut rng = StdRng::seed_from_u64(5);
+    let mut files: Vec<(Vec<u8>, u64, u64)> = Vec::new();
+    let mut nospace = 0;
+    let mut other_errors = Vec::new();
+    // Phase 1: big writes until the data runs out; phase 2: everything else that needs space.
+    for k in 0..2000u32 {
+        let name = format!("fill{k}").into_bytes();
+        let r = (|| {
+            let ino = fs.create(root, &name, reg(), ROOT_CALLER)?.ino;
+            files.push((name.clone(), ino, 0));
+            // Big writes while they fit (a write that runs out of space part way is the bug
+            // reduced in the next test), then writes of at most one block.
+            let big: usize = rng.gen_range(200_000..1_500_000);
+            let len = if fs.statfs().bfree > (big / 4096) as u64 + 200 { big } else { rng.gen_range(1..4096) };
+            let data = random_bytes(&mut rng, len);
+            fs.write(ino, 0, &data)?;
+            files.last_mut().unwrap().2 = len as u64;
+            if k % 7 == 0 {
+                fs.setxattr(ino, b"user.big", Some(&vec![1u8; 3000]), XattrSet::Any)?;
+            }
+            if k % 11 == 0 {
+                fs.create(root, format!("dir{k}").as_bytes(), NewNode { mode: libc::S_IFDIR | 0o755, rdev: 0, symlink_target: None }, ROOT_CALLER)?;
+            }
+            if k % 13 == 0 && fs.statfs().bfree > 300 {
+                fs.fallocate(ino, len as u64, 300_000, FallocMode { keep_size: false, punch_hole: false, zero_range: false })?;
+                files.last_mut().unwrap().2 = len as u64 + 300_000;
+            }
+            Ok::<(), mafs::error::FsError>(())
+        })();
+        match r {
+            Ok(()) => {}
+            Err(mafs::error::FsError::NoSpace) | Err(mafs::error::FsError::DeviceFull { .. }) => {
+                nospace += 1;
+                if nospace > 200 {
+                    break;
+                }
+            }
+            Err(e) => other_errors.push(format!("{k}: {e}")),
+        }
+        if k % 50 == 0 {
+            fs.sync().unwrap();
+        }
+    }
+    assert!(other_errors.is_empty(), "errors other than ENOSPC: {other_errors:?}");
+    assert!(nospace > 0, "the volume never filled up");
+    assert!(fs.statfs().bfree < 64, "{} blocks still free", fs.statfs().bfree);
+    fs.sync().unwrap();
+    // The live state, as of now, is consistent.
+    let rep = fsck::check(Arc::new(CrashDevice::from_image(dev.crash_image(|_| false))), false).unwrap();
+    assert_eq!(rep.exit_code(), 0, "power cut on a full volume: {}", first_problems(&rep));
+    // Files whose every write succeeded read back at their size.
+    for (_, ino, size) in &files {
+        let a = fs.getattr(*ino).unwrap();
+        assert!(a.size >= *size, "file {ino}: size {} < {size}", a.size);
+    }
+    // Deleting gives the space back (once committed), and writes work again.
+    let before = fs.statfs().bfree;
+    for (name, _, _) in files.iter().step_by(2) {
+        fs.unlink(root, name, false).unwrap();
+    }
+    fs.sync().unwrap();
+    assert!(fs.statfs().bfree > before + 1000, "space not returned: {} -> {}", before, fs.statfs().bfree);
+    let ino = fs.create(root, b"after", reg(), ROOT_CALLER).unwrap().ino;
+    fs.write(ino, 0, &vec![3u8; 1 << 20]).unwrap();
+    fs.close().unwrap();
+    drop(fs);
+    let rep = fsck::check(Arc::new(CrashDevice::from_image(dev.crash_image(|_| false))), false).unwrap();
+    assert_eq!(rep.exit_code(), 0, "after clean close: {}", first_problems(&rep));
+}
+
+/// Reduced from `a_full_volume_fails_with_nospace_and_stays_consistent`: one write (or
+/// fallocate) bigger than the free space. It must fail with ENOSPC and leave the volume as
+/// fsck expects it.
+#[test]
+#[ignore = "bug: a write/fallocate failing with ENOSPC part way keeps its extent-map and bitmap changes in the running transaction but never writes the inode (size, blocks) back: fsck finds 'block count is 0 but it uses N' and the blocks stay mapped past EOF (filesystem/data.rs write/fallocate return early before iput)"]
+fn a_write_or_fallocate_that_runs_out_of_space_leaves_a_consistent_inode() {
+    let mut failures = Vec::new();
+    for use_fallocate in [false, true] {
+        let dev = new_volume(32 << 20, 256);
+        let fs = mount(dev.clone(), 4096).expect("mount");
+        let ino = fs.create(fs.root(), b"big", NewNode { mode: libc::S_IFREG | 0o644, rdev: 0, symlink_target: None }, ROOT_CALLER).unwrap().ino;
+        let r = if use_fallocate {
+            fs.fallocate(ino, 0, 40 << 20, FallocMode { keep_size: false, punch_hole: false, zero_range: false })
+        } else {
+            fs.write(ino, 0, &vec![1u8; 40 << 20]).map(|_| ())
+        };
+        assert!(matches!(r, Err(mafs::error::FsError::NoSpace)), "{r:?}");
+        fs.sync().unwrap();
+        let a = fs.getattr(ino).unwrap();
+        let rep = fsck::check(Arc::new(CrashDevice::from_image(dev.crash_image(|_| false))), false).unwrap();
+        if rep.exit_code() != 0 {
+            failures.push(format!(
+                "{} of 40 MiB on a 32 MiB volume failed with ENOSPC, then sync: inode size {} blocks {}; fsck: {}",
+                if use_fallocate { "fallocate" } else { "write" },
+                a.size,
+                a.blocks,
+                first_problems(&rep)
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// Creates in a directory on a volume with exactly one free block, until a create needs a
+/// second block (its directory's index tree splits): that create must fail with ENOSPC
+/// without leaving its new inode allocated and unnamed.
+#[test]
+#[ignore = "bug: create allocates and writes the new inode, then dir::add fails with ENOSPC; the inode stays allocated in the committed transaction with no name: fsck 'inode N is in use but in no directory' (filesystem/namespace.rs create)"]
+fn a_create_that_runs_out_of_space_in_the_directory_leaves_nothing_behind() {
+    let dev = new_volume(32 << 20, 256);
+    let fs = mount(dev.clone(), 4096).expect("mount");
+    let root = fs.root();
+    let reg = || NewNode { mode: libc::S_IFREG | 0o644, rdev: 0, symlink_target: None };
+    let d = fs.create(root, b"d", NewNode { mode: libc::S_IFDIR | 0o755, rdev: 0, symlink_target: None }, ROOT_CALLER).unwrap().ino;
+    let filler = fs.create(root, b"filler", reg(), ROOT_CALLER).unwrap().ino;
+    // Fill the volume one block at a time (no write ever runs out of space part way).
+    let block = vec![9u8; 4096];
+    let mut size = 0u64;
+    loop {
+        match fs.write(filler, size, &block) {
+            Ok(_) => size += 4096,
+            Err(mafs::error::FsError::NoSpace) => break,
+            Err(e) => panic!("filling: {e}"),
+        }
+    }
+    fs.sync().unwrap();
+    let rep = fsck::check(Arc::new(CrashDevice::from_image(dev.crash_image(|_| false))), false).unwrap();
+    assert_eq!(rep.exit_code(), 0, "after filling the volume: {}", first_problems(&rep));
+    let mut outcome = None;
+    for k in 0..3000 {
+        // Give back exactly one block, committed.
+        size -= 4096;
+        fs.setattr(filler, &SetAttr { size: Some(size), ..Default::default() }).unwrap();
+        fs.sync().unwrap();
+        let name = format!("{k:0>200}");
+        match fs.create(d, name.as_bytes(), reg(), ROOT_CALLER) {
+            Ok(_) => {}
+            Err(mafs::error::FsError::NoSpace) => {
+                outcome = Some(k);
+                break;
+            }
+            Err(e) => panic!("create {k}: {e}"),
+        }
+    }
+    let k = outcome.expect("no create ever needed a second block");
+    fs.sync().unwrap();
+    let rep = fsck::check(Arc::new(CrashDevice::from_image(dev.crash_image(|_| false))), false).unwrap();
+    assert_eq!(rep.exit_code(), 0, "create #{k} in a directory failed with ENOSPC (one free block, the directory tree needed a new node); then sync; fsck: {}", first_problems(&rep));
+}
