@@ -76,6 +76,9 @@ pub struct Allocator {
     ags: Vec<Ag>,
     /// AG this node allocates from first (chosen by its slot).
     home_ag: u32,
+    /// Blocks freed by transactions that have not committed yet (free on disk, not yet
+    /// allocatable).
+    quarantined: std::sync::atomic::AtomicU64,
 }
 
 impl Allocator {
@@ -88,11 +91,21 @@ impl Allocator {
             ags.push(Ag { index: a, first, len: layout.ag_len(a) as u64, mem: Mutex::new(None), free_hint: Mutex::new(free) });
         }
         let home_ag = ((slot as u64 * layout.ag_count as u64) / layout.slot_count as u64) as u32;
-        Ok(Allocator { cache, layout, ags, home_ag })
+        Ok(Allocator { cache, layout, ags, home_ag, quarantined: std::sync::atomic::AtomicU64::new(0) })
     }
 
     pub fn free_blocks(&self) -> u64 {
         self.ags.iter().map(|a| *a.free_hint.lock()).sum()
+    }
+
+    /// Blocks that can be allocated now (free, and not waiting for their freeing commit).
+    pub fn available(&self) -> u64 {
+        self.free_blocks().saturating_sub(self.quarantined.load(std::sync::atomic::Ordering::Acquire))
+    }
+
+    /// Blocks freed by transactions not yet committed: a commit makes them available.
+    pub fn quarantined(&self) -> u64 {
+        self.quarantined.load(std::sync::atomic::Ordering::Acquire)
     }
 
     pub fn total_blocks(&self) -> u64 {
@@ -209,12 +222,14 @@ impl Allocator {
             s = end;
         }
         h.freed(start, len);
+        self.quarantined.fetch_add(len, std::sync::atomic::Ordering::AcqRel);
         Ok(())
     }
 
     /// Makes extents freed by a committed transaction allocatable again.
     pub fn release(&self, freed: &[(u64, u64)]) {
         for &(start, len) in freed {
+            let _ = self.quarantined.fetch_update(std::sync::atomic::Ordering::AcqRel, std::sync::atomic::Ordering::Acquire, |q| Some(q.saturating_sub(len)));
             let mut s = start;
             while s < start + len {
                 let Some(a) = self.layout.ag_of(s) else { break };
@@ -311,6 +326,7 @@ impl Allocator {
         self.set_states(h, ag, rel, 1, s)?;
         if s == BlockState::Free {
             h.freed(blk, 1);
+            self.quarantined.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         }
         Ok(())
     }

@@ -153,7 +153,7 @@ impl Fs {
                 return Err(FsError::AttrTooBig);
             }
         }
-        let h = self.begin()?;
+        let h = self.begin_alloc()?;
         let _g = self.locks.lock(ino, Mode::Exclusive)?;
         let (buf, mut inode) = self.iget(ino)?;
         let mut attrs = self.xattrs_of(&inode)?;

@@ -138,7 +138,12 @@ impl Fs {
                 None => buf.blkno + 1,
             }
         };
-        let (p, got) = self.vol.alloc.alloc(h, n.min(MAX_EXTENT), goal, BlockState::Data)?;
+        // Data may not take the last blocks: tree nodes for the new extents need them.
+        let room = self.vol.alloc.available().saturating_sub(super::METADATA_RESERVE);
+        if room == 0 {
+            return Err(FsError::NoSpace);
+        }
+        let (p, got) = self.vol.alloc.alloc(h, n.min(MAX_EXTENT).min(room), goal, BlockState::Data)?;
         // Data first, then the mapping (ordered mode).
         fill(lblk, p, got)?;
         let mut t = self.tree_mut(h, buf);
@@ -148,7 +153,9 @@ impl Fs {
     }
 
     /// Writes `data` at byte `off` of an unstuffed file, allocating holes.
-    fn write_extents(&self, h: &Handle, buf: &Arc<MetaBuf>, inode: &mut Inode, off: u64, data: &[u8]) -> Result<()> {
+    /// `progress` ends as the number of bytes from `off` on that are written and mapped, so a
+    /// write that runs out of space partway can report a short write.
+    fn write_extents(&self, h: &Handle, buf: &Arc<MetaBuf>, inode: &mut Inode, off: u64, data: &[u8], progress: &mut u64) -> Result<()> {
         let end = off + data.len() as u64;
         let mut lblk = off / BS;
         let last = (end - 1) / BS;
@@ -173,6 +180,7 @@ impl Fs {
                     let src = &data[(bstart - off) as usize..(bend - off) as usize];
                     self.dev_write(src, e.pblk + (lblk - e.lblk), bstart - lblk * BS)?;
                     lblk = run_end;
+                    *progress = bend - off;
                 }
                 None => {
                     let hole_end = next_key.unwrap_or(u64::MAX).min(last + 1);
@@ -189,6 +197,7 @@ impl Fs {
                         self.dev_write(&tmp, p, 0)
                     })?;
                     lblk += got;
+                    *progress = (lblk * BS).min(end) - off;
                 }
             }
         }
@@ -231,7 +240,7 @@ impl Fs {
         if end > super::MAX_FILE_SIZE {
             return Err(FsError::FileTooBig);
         }
-        let h = self.begin()?;
+        let h = self.begin_alloc()?;
         let _g = self.locks.lock(ino, Mode::Exclusive)?;
         let (buf, mut inode) = self.iget(ino)?;
         if inode.is_dir() {
@@ -247,7 +256,18 @@ impl Fs {
             if off > inode.size {
                 self.zero_beyond_eof(&buf, &inode, inode.size, off)?;
             }
-            self.write_extents(&h, &buf, &mut inode, off, data)?;
+            let mut progress = 0;
+            let r = self.write_extents(&h, &buf, &mut inode, off, data, &mut progress);
+            if let Err(e) = r {
+                // What was mapped stays mapped and counted; a partial write is a short write.
+                if progress > 0 {
+                    inode.size = inode.size.max(off + progress);
+                    inode.mtime = Timespec::now();
+                    inode.ctime = inode.mtime;
+                }
+                self.iput(&h, &buf, &inode);
+                return if progress > 0 && matches!(e, FsError::NoSpace) { Ok(progress as usize) } else { Err(e) };
+            }
         }
         let now = Timespec::now();
         inode.size = inode.size.max(end);
@@ -378,7 +398,7 @@ impl Fs {
                 return Ok(());
             }
         }
-        let h = self.begin()?;
+        let h = self.begin_alloc()?;
         let _g = self.locks.lock(ino, Mode::Exclusive)?;
         let (buf, mut inode) = self.iget(ino)?;
         if !inode.is_reg() {
@@ -407,7 +427,14 @@ impl Fs {
                 })?;
                 let hole_end = next.min(last);
                 let dev = &self.vol.dev;
-                lblk += self.fill_hole(&h, &buf, &mut inode, lblk, hole_end - lblk, &mut |_, p, n| dev.zero_range(p * BS, n * BS))?;
+                match self.fill_hole(&h, &buf, &mut inode, lblk, hole_end - lblk, &mut |_, p, n| dev.zero_range(p * BS, n * BS)) {
+                    Ok(got) => lblk += got,
+                    Err(e) => {
+                        // Blocks already mapped stay (beyond EOF if KEEP_SIZE-like), counted.
+                        self.iput(&h, &buf, &inode);
+                        return Err(e);
+                    }
+                }
             }
         }
         if !mode.keep_size && end > inode.size {

@@ -24,6 +24,9 @@ use std::sync::Arc;
 
 pub const MAX_LINKS: u32 = 65000;
 pub const MAX_FILE_SIZE: u64 = 1 << 50; // 1 PiB: logical block numbers stay far below 2^47
+/// Blocks kept back from file data so that an operation never runs out of space for its
+/// metadata halfway (transactions cannot be undone, so an operation must not fail midway).
+pub const METADATA_RESERVE: u64 = 64;
 
 /// Who is asking: the caller's credentials as the kernel reports them.
 #[derive(Debug, Clone, Copy)]
@@ -54,7 +57,23 @@ impl Fs {
         self.vol.sb.root_ino
     }
 
+    /// Joins the running transaction for an operation that frees or changes blocks in place.
     pub(crate) fn begin(&self) -> Result<Handle<'_>> {
+        self.vol.begin()
+    }
+
+    /// Joins the running transaction for an operation that may allocate: fails with ENOSPC
+    /// before changing anything if fewer than the metadata reserve of blocks are available.
+    /// Blocks freed by an uncommitted transaction become available by committing it, which
+    /// is done here (as ext4 forces a commit before giving up with ENOSPC).
+    pub(crate) fn begin_alloc(&self) -> Result<Handle<'_>> {
+        let alloc = &self.vol.alloc;
+        if alloc.available() <= METADATA_RESERVE && alloc.quarantined() > 0 {
+            self.vol.commit()?;
+        }
+        if alloc.available() <= METADATA_RESERVE / 2 {
+            return Err(FsError::NoSpace);
+        }
         self.vol.begin()
     }
 

@@ -52,7 +52,7 @@ impl Fs {
         if !matches!(ftype, libc::S_IFREG | libc::S_IFDIR | libc::S_IFLNK | libc::S_IFIFO | libc::S_IFCHR | libc::S_IFBLK | libc::S_IFSOCK) {
             return Err(FsError::Invalid("unknown file type"));
         }
-        let h = self.begin()?;
+        let h = self.begin_alloc()?;
         let _pg = self.locks.lock(parent, Mode::Exclusive)?;
         let (pbuf, mut p) = self.iget(parent)?;
         if !p.is_dir() {
@@ -133,7 +133,7 @@ impl Fs {
         if ino == parent {
             return Err(FsError::NotPermitted); // a directory cannot be hard-linked
         }
-        let h = self.begin()?;
+        let h = self.begin_alloc()?;
         let _pg = self.locks.lock(parent, Mode::Exclusive)?;
         let _ig = self.locks.lock(ino, Mode::Exclusive)?;
         let (pbuf, mut p) = self.iget(parent)?;
@@ -249,7 +249,8 @@ impl Fs {
     /// upwards would invert the parent-before-child order).
     fn is_ancestor(&self, ancestor: u64, mut dir: u64) -> Result<bool> {
         let root = self.root();
-        for _ in 0..4096 {
+        // A chain longer than the volume has blocks can only be a loop (corruption).
+        for _ in 0..self.vol.sb.layout.total_blocks {
             if dir == ancestor {
                 return Ok(true);
             }
@@ -269,7 +270,7 @@ impl Fs {
         if flags & !(RENAME_NOREPLACE | RENAME_EXCHANGE) != 0 || flags == (RENAME_NOREPLACE | RENAME_EXCHANGE) {
             return Err(FsError::Invalid("unsupported rename flags"));
         }
-        let h = self.begin()?;
+        let h = self.begin_alloc()?;
         let _rg = (sp != dp).then(|| self.rename_lock.lock());
         let _pg = self.locks.lock_many(&[sp, dp])?;
         let (spbuf, mut spi) = self.iget(sp)?;

@@ -143,6 +143,10 @@ pub fn chmod(fs: &Fs, ino: u64, mode: u32) -> Result<()> {
 /// that says no more than the mode is not stored (as on ext4).
 pub fn setxattr(fs: &Fs, ino: u64, name: &[u8], value: &[u8], how: XattrSet) -> Result<()> {
     if name == ACCESS || name == DEFAULT {
+        if value.is_empty() {
+            // An empty ACL removes it (what setfacl -b / -k send for some types).
+            return removexattr(fs, ino, name);
+        }
         let es = parse(value)?;
         let inode = fs.getattr(ino)?;
         if name == DEFAULT && !inode.is_dir() {
@@ -160,4 +164,13 @@ pub fn setxattr(fs: &Fs, ino: u64, name: &[u8], value: &[u8], how: XattrSet) -> 
         }
     }
     fs.setxattr(ino, name, Some(value), how)
+}
+
+/// removexattr; removing a POSIX ACL that is not there succeeds, as on ext4 (the mode bits
+/// already say everything such an ACL would).
+pub fn removexattr(fs: &Fs, ino: u64, name: &[u8]) -> Result<()> {
+    match fs.setxattr(ino, name, None, XattrSet::Any) {
+        Err(FsError::NoAttr) if name == ACCESS || name == DEFAULT => Ok(()),
+        r => r,
+    }
 }

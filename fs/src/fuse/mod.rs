@@ -40,18 +40,15 @@ fn systime(t: Timespec) -> SystemTime {
     }
 }
 
-fn timespec(t: SystemTime) -> Timespec {
+/// A time the kernel sent (setattr). fuser 0.18 turns the kernel's (sec < 0, nsec) into
+/// `UNIX_EPOCH - (|sec| s + nsec ns)` instead of `- |sec| s + nsec ns`, so before 1970 the
+/// duration back to the epoch holds |sec| and nsec as they were sent.
+fn timespec_from_kernel(t: SystemTime) -> Timespec {
     match t.duration_since(UNIX_EPOCH) {
         Ok(d) => Timespec { sec: d.as_secs() as i64, nsec: d.subsec_nanos() },
         Err(e) => {
             let d = e.duration();
-            let mut sec = -(d.as_secs() as i64);
-            let mut nsec = d.subsec_nanos();
-            if nsec > 0 {
-                sec -= 1;
-                nsec = 1_000_000_000 - nsec;
-            }
-            Timespec { sec, nsec }
+            Timespec { sec: -(d.as_secs() as i64), nsec: d.subsec_nanos() }
         }
     }
 }
@@ -156,7 +153,9 @@ impl MafsFuse {
 
 impl Filesystem for MafsFuse {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
-        let _ = config.add_capabilities(InitFlags::FUSE_PARALLEL_DIROPS | InitFlags::FUSE_POSIX_ACL);
+        // DONT_MASK: the kernel passes the mode unmasked, with the umask beside it, so a
+        // parent's default ACL can replace the umask as POSIX requires (see acl.rs).
+        let _ = config.add_capabilities(InitFlags::FUSE_PARALLEL_DIROPS | InitFlags::FUSE_POSIX_ACL | InitFlags::FUSE_DONT_MASK);
         let _ = config.set_max_write(1 << 20);
         Ok(())
     }
@@ -204,11 +203,11 @@ impl Filesystem for MafsFuse {
         let t = |x: Option<TimeOrNow>| {
             x.map(|v| match v {
                 TimeOrNow::Now => now,
-                TimeOrNow::SpecificTime(s) => timespec(s),
+                TimeOrNow::SpecificTime(s) => timespec_from_kernel(s),
             })
         };
         let ino = self.ino(ino);
-        let a = SetAttr { mode, uid, gid, size, atime: t(atime), mtime: t(mtime), ctime: ctime.map(timespec) };
+        let a = SetAttr { mode, uid, gid, size, atime: t(atime), mtime: t(mtime), ctime: ctime.map(timespec_from_kernel) };
         let r = self.fs.setattr(ino, &a).and_then(|i| {
             if mode.is_some() {
                 acl::chmod(&self.fs, ino, i.mode)?;
@@ -358,7 +357,7 @@ impl Filesystem for MafsFuse {
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        Self::empty(self.fs.setxattr(self.ino(ino), name.as_bytes(), None, XattrSet::Any), reply)
+        Self::empty(acl::removexattr(&self.fs, self.ino(ino), name.as_bytes()), reply)
     }
 
     fn access(&self, _req: &Request, ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
