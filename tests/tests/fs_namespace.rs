@@ -696,3 +696,96 @@ fn rename_of_a_directory_into_one_5000_levels_deep_works() {
     m.assert_no_panic();
     m.finish();
 }
+
+#[test]
+fn concurrent_renames_across_directories_neither_deadlock_nor_lose_files() {
+    use rand::{Rng, SeedableRng};
+    use std::sync::atomic::{AtomicI64, Ordering};
+    let mut m = Mounted::new("128M");
+    let dirs = ["a", "b", "c", "a/x", "b/y"];
+    for d in dirs {
+        fs::create_dir(m.path(d)).unwrap();
+    }
+    let files = std::sync::Arc::new(AtomicI64::new(0));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mnt = m.mnt.clone();
+    let workers: Vec<_> = (0..4u64)
+        .map(|t| {
+            let (mnt, tx, files) = (mnt.clone(), tx.clone(), files.clone());
+            std::thread::spawn(move || {
+                let mut rng = rand::rngs::StdRng::seed_from_u64(t);
+                let pick = |rng: &mut rand::rngs::StdRng| {
+                    let all = ["a", "b", "c", "a/x", "b/y", "c/moved-x", "c/moved-y", "a/moved-y"];
+                    mnt.join(all[rng.gen_range(0..all.len())])
+                };
+                for i in 0..1500 {
+                    let d1 = pick(&mut rng);
+                    let d2 = pick(&mut rng);
+                    match rng.gen_range(0..6) {
+                        0 | 1 => {
+                            if fs::write(d1.join(format!("file-{t}-{i}")), b"x").is_ok() {
+                                files.fetch_add(1, Ordering::SeqCst);
+                            }
+                        }
+                        2 | 3 => {
+                            // move some file of d1 to d2
+                            if let Ok(mut rd) = fs::read_dir(&d1) {
+                                if let Some(Ok(e)) = rd.find(|e| e.as_ref().map(|e| e.file_name().to_string_lossy().starts_with("file-")).unwrap_or(false)) {
+                                    let _ = fs::rename(e.path(), d2.join(e.file_name()));
+                                }
+                            }
+                        }
+                        4 => {
+                            // move a directory around (may fail: EINVAL into itself, ENOENT, ...)
+                            let (src, dst) = if rng.gen_bool(0.5) { ("a/x", "c/moved-x") } else { ("b/y", "c/moved-y") };
+                            let (src, dst) = if rng.gen_bool(0.5) { (src, dst) } else { (dst, src) };
+                            let _ = fs::rename(mnt.join(src), mnt.join(dst));
+                            let _ = renameat2(&mnt.join("c/moved-y"), &mnt.join("a/moved-y"), libc::RENAME_NOREPLACE);
+                            let _ = fs::rename(mnt.join("a/moved-y"), mnt.join("b/y"));
+                        }
+                        _ => {
+                            if let Ok(mut rd) = fs::read_dir(&d1) {
+                                if let Some(Ok(e)) = rd.find(|e| e.as_ref().map(|e| e.file_name().to_string_lossy().starts_with("file-")).unwrap_or(false)) {
+                                    if fs::remove_file(e.path()).is_ok() {
+                                        files.fetch_sub(1, Ordering::SeqCst);
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+                tx.send(()).unwrap();
+            })
+        })
+        .collect();
+    drop(tx);
+    for _ in 0..4 {
+        if rx.recv_timeout(Duration::from_secs(120)).is_err() {
+            m.kill9();
+            panic!("concurrent renames did not finish within 2 minutes: deadlock in the mount");
+        }
+    }
+    for w in workers {
+        w.join().unwrap();
+    }
+    let count = |m: &Mounted| {
+        let mut n = 0;
+        let mut stack = vec![m.mnt.clone()];
+        while let Some(d) = stack.pop() {
+            for e in fs::read_dir(&d).unwrap() {
+                let e = e.unwrap();
+                if e.file_type().unwrap().is_dir() {
+                    stack.push(e.path());
+                } else if e.file_name().to_string_lossy().starts_with("file-") {
+                    n += 1;
+                }
+            }
+        }
+        n
+    };
+    let want = files.load(Ordering::SeqCst);
+    assert_eq!(count(&m), want, "files created minus files deleted");
+    m.remount();
+    assert_eq!(count(&m), want, "after remount");
+    m.finish();
+}
