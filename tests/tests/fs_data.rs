@@ -469,3 +469,42 @@ fn fallocate_and_seek_refuse_what_linux_refuses() {
     drop((ro, rw, d));
     m.finish();
 }
+
+#[test]
+fn mount_with_direct_io_round_trips_data() {
+    let mut m = Mounted::unmounted("128M", &["--slots", "1"]);
+    m.mount_with(&["--direct-io"]);
+    let big = pattern(13, (3 << 20) + 77);
+    fs::write(m.path("big"), &big).unwrap();
+    fs::write(m.path("small"), b"small").unwrap();
+    let f = OpenOptions::new().read(true).write(true).create(true).open(m.path("odd")).unwrap();
+    f.write_all_at(b"odd", 12345).unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+    m.unmount_clean();
+    m.mount_with(&["--direct-io"]);
+    assert!(fs::read(m.path("big")).unwrap() == big);
+    assert_eq!(fs::read(m.path("small")).unwrap(), b"small");
+    let odd = fs::read(m.path("odd")).unwrap();
+    assert_eq!(odd.len(), 12348);
+    assert!(odd[..12345].iter().all(|&b| b == 0) && &odd[12345..] == b"odd");
+    m.finish();
+}
+
+#[test]
+fn reading_updates_atime_relatime_style() {
+    let m = Mounted::new("64M");
+    let p = m.path("f");
+    fs::write(&p, b"data").unwrap();
+    utimensat(&p, (100, 0), (200, 0)).unwrap();
+    fs::read(&p).unwrap();
+    let a1 = fs::metadata(&p).unwrap().atime();
+    assert!(a1 > 200, "a read after a change updates atime (atime {a1})");
+    // atime now newer than mtime and ctime: another read within a day leaves it alone
+    let md = fs::metadata(&p).unwrap();
+    fs::read(&p).unwrap();
+    let md2 = fs::metadata(&p).unwrap();
+    assert_eq!((md.atime(), md.atime_nsec()), (md2.atime(), md2.atime_nsec()), "relatime: no update on a second read");
+    assert_eq!(md2.mtime(), 200, "reading does not touch mtime");
+    m.finish();
+}
