@@ -13,7 +13,7 @@
 //! operations fail cleanly, the journal latches the error, and the image still recovers.
 //!
 //! Environment knobs for reducing a failure: `MAFS_CRASH_SEED=n` runs only that seed,
-//! `MAFS_CRASH_OPS=n` sets the number of operations per seed, `MAFS_CRASH_VERBOSE=1` prints
+//! `MAFS_CRASH_SEEDS=a-b` runs a range of seeds, `MAFS_CRASH_OPS=n` sets the number of operations per seed, `MAFS_CRASH_VERBOSE=1` prints
 //! the operation log.
 use mafs::device::{BlockDevice, CrashDevice};
 use mafs::filesystem::attr::XattrSet;
@@ -727,9 +727,14 @@ fn crash_at_many_points_recovers_to_a_consistent_state() {
     keep_big_allocations();
     let t0 = std::time::Instant::now();
     let verbose = std::env::var("MAFS_CRASH_VERBOSE").is_ok();
-    let seeds: Vec<u64> = match env_u64("MAFS_CRASH_SEED") {
-        Some(s) => vec![s],
-        None => (1..=8).collect(),
+    let range = std::env::var("MAFS_CRASH_SEEDS").ok().and_then(|v| {
+        let (a, b) = v.split_once('-')?;
+        Some((a.parse::<u64>().ok()?, b.parse::<u64>().ok()?))
+    });
+    let seeds: Vec<u64> = match (env_u64("MAFS_CRASH_SEED"), range) {
+        (Some(s), _) => vec![s],
+        (None, Some((a, b))) => (a..=b).collect(),
+        (None, None) => (1..=8).collect(),
     };
     let ops = env_u64("MAFS_CRASH_OPS").unwrap_or(250) as usize;
     let mut failures = Vec::new();
