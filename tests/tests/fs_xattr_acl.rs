@@ -215,7 +215,6 @@ fn default_acl_of_a_directory_is_inherited_by_new_files_and_dirs() {
 }
 
 #[test]
-#[ignore = "mafs bug: the umask is applied to files created under a default ACL (no FUSE_DONT_MASK), so the inherited mask is r-- instead of rw-"]
 fn umask_is_ignored_when_the_parent_has_a_default_acl() {
     // On ext4, with umask 022, a file created with mode 0666 under a default ACL gets mask rw-
     // (the umask is not applied when a default ACL exists), and a directory mask rwx.
@@ -245,7 +244,6 @@ fn posix_acl_default_on_a_file_is_refused() {
 }
 
 #[test]
-#[ignore = "mafs bug: removing a POSIX ACL that is not there (removexattr system.posix_acl_access/default, or setxattr of an empty ACL) fails with ENODATA; ext4 returns success"]
 fn removing_an_absent_posix_acl_succeeds_as_on_ext4() {
     let m = Mounted::new("64M");
     let d = m.path("d");
