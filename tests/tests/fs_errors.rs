@@ -449,3 +449,60 @@ fn a_full_volume_still_allows_renames() {
     fs::rename(m.path("d/b"), m.path("b")).expect("rename across directories on a full volume");
     m.finish();
 }
+
+#[test]
+fn concurrent_writers_and_deleters_on_a_nearly_full_volume_neither_deadlock_nor_corrupt() {
+    use rand::{Rng, SeedableRng};
+    let mut m = Mounted::new("64M");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let workers: Vec<_> = (0..4u64)
+        .map(|t| {
+            let (mnt, tx) = (m.mnt.clone(), tx.clone());
+            std::thread::spawn(move || {
+                let mut rng = rand::rngs::StdRng::seed_from_u64(t);
+                let mut mine: Vec<std::path::PathBuf> = Vec::new();
+                let mut enospc = 0;
+                for i in 0..100 {
+                    let p = mnt.join(format!("t{t}-{i}"));
+                    match fs::write(&p, pattern(i, rng.gen_range(1..(8 << 20)))) {
+                        Ok(()) => mine.push(p),
+                        Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => {
+                            enospc += 1;
+                            let _ = fs::remove_file(&p);
+                        }
+                        Err(e) => panic!("write {}: {e}", p.display()),
+                    }
+                    if mine.len() > 3 || rng.gen_bool(0.2) {
+                        if !mine.is_empty() {
+                            let k = rng.gen_range(0..mine.len());
+                            fs::remove_file(mine.swap_remove(k)).unwrap();
+                        }
+                    }
+                }
+                tx.send(enospc).unwrap();
+                mine
+            })
+        })
+        .collect();
+    drop(tx);
+    let mut enospc = 0;
+    for _ in 0..4 {
+        match rx.recv_timeout(Duration::from_secs(180)) {
+            Ok(n) => enospc += n,
+            Err(_) => {
+                m.kill9();
+                panic!("writers on a nearly full volume did not finish within 3 minutes: deadlock in the mount");
+            }
+        }
+    }
+    let kept: Vec<std::path::PathBuf> = workers.into_iter().flat_map(|w| w.join().unwrap()).collect();
+    eprintln!("{enospc} writes hit ENOSPC; {} files kept", kept.len());
+    m.remount();
+    for p in &kept {
+        let name = p.file_name().unwrap().to_string_lossy().into_owned();
+        let i: u64 = name.split('-').nth(1).unwrap().parse().unwrap();
+        let got = fs::read(m.path(&name)).unwrap();
+        assert!(got == pattern(i, got.len()), "{name}");
+    }
+    m.finish();
+}
