@@ -12,9 +12,14 @@
 //! A second test injects write errors (`CrashDevice::fail_writes_after`) and checks that the
 //! operations fail cleanly, the journal latches the error, and the image still recovers.
 //!
-//! Environment knobs for reducing a failure: `MAFS_CRASH_SEED=n` runs only that seed,
-//! `MAFS_CRASH_SEEDS=a-b` runs a range of seeds, `MAFS_CRASH_OPS=n` sets the number of operations per seed, `MAFS_CRASH_VERBOSE=1` prints
-//! the operation log.
+//! Power cuts happen between operations (taken live from the `CrashDevice`) and, after the
+//! workload, at random past writes (rebuilt from a log of every write and flush), which lands
+//! them in the middle of operations, commits and journal wraps.
+//!
+//! Environment knobs (for longer runs and for reducing a failure): `MAFS_CRASH_SEED=n` runs
+//! only that seed, `MAFS_CRASH_SEEDS=a-b` a range; `MAFS_CRASH_OPS=n` operations per seed;
+//! `MAFS_CRASH_INNER_CUTS=n` cuts at past writes per seed; `MAFS_CRASH_VERBOSE=1` prints the
+//! operation log.
 use mafs::device::{BlockDevice, CrashDevice};
 use mafs::filesystem::attr::XattrSet;
 use mafs::filesystem::namespace::{NewNode, RENAME_EXCHANGE, RENAME_NOREPLACE};
@@ -25,7 +30,7 @@ use mafs::volume::Volume;
 use rand::rngs::StdRng;
 use rand::{Rng, RngCore, SeedableRng};
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 const ROOT_CALLER: Caller = Caller { uid: 0, gid: 0 };
 const INLINE_LIMIT: u64 = 4096 - 256;
@@ -203,9 +208,47 @@ fn new_volume(size: u64, journal_blocks: u32) -> Arc<CrashDevice> {
     dev
 }
 
-fn mount(dev: Arc<CrashDevice>, cache: usize) -> mafs::error::Result<Fs> {
-    let d: Arc<dyn BlockDevice> = dev;
-    Fs::new(Volume::open(d, 0, "crash-test", cache)?)
+/// A `CrashDevice` that also logs every write and flush, so that after the workload the image
+/// can be rebuilt as of any past write: power cuts in the middle of operations and commits.
+struct LogDevice {
+    inner: CrashDevice,
+    log: Mutex<Vec<Event>>,
+}
+
+enum Event {
+    Write(u64, Vec<u8>),
+    Flush,
+}
+
+impl LogDevice {
+    fn events(&self) -> usize {
+        self.log.lock().unwrap().len()
+    }
+}
+
+impl BlockDevice for LogDevice {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> mafs::error::Result<()> {
+        self.inner.read_at(buf, offset)
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> mafs::error::Result<()> {
+        let mut log = self.log.lock().unwrap();
+        self.inner.write_at(buf, offset)?;
+        log.push(Event::Write(offset, buf.to_vec()));
+        Ok(())
+    }
+    fn flush(&self) -> mafs::error::Result<()> {
+        let mut log = self.log.lock().unwrap();
+        self.inner.flush()?;
+        log.push(Event::Flush);
+        Ok(())
+    }
+    fn size(&self) -> u64 {
+        self.inner.size()
+    }
+}
+
+fn mount(dev: Arc<dyn BlockDevice>, cache: usize) -> mafs::error::Result<Fs> {
+    Fs::new(Volume::open(dev, 0, "crash-test", cache)?)
 }
 
 fn fsck_clean(img: Vec<u8>, what: &str) -> Result<(), String> {
@@ -217,13 +260,15 @@ fn fsck_clean(img: Vec<u8>, what: &str) -> Result<(), String> {
     Ok(())
 }
 
+#[derive(Clone, Default)]
 struct Synced {
     /// Content of every linked regular file and symlink at the last sync.
     content: HashMap<u64, Vec<u8>>,
+    symlinks: HashSet<u64>,
 }
 
 /// Checks one crash image against the history since the last sync.
-fn check_image(img: Vec<u8>, history: &[Meta], synced: &Synced, dirty: &HashSet<u64>, kinds: &HashMap<u64, Kind>, what: &str) -> Result<(), String> {
+fn check_image(img: Vec<u8>, history: &[Meta], synced: &Synced, dirty: &HashSet<u64>, what: &str) -> Result<(), String> {
     fsck_clean(img.clone(), &format!("{what} (raw image)"))?;
     let dev = Arc::new(CrashDevice::from_image(img));
     let fs = mount(dev.clone(), 4096).map_err(|e| format!("{what}: mount failed: {e}"))?;
@@ -243,7 +288,7 @@ fn check_image(img: Vec<u8>, history: &[Meta], synced: &Synced, dirty: &HashSet<
             continue;
         }
         let a = fs.getattr(ino).map_err(|e| format!("{what}: synced inode {ino}: {e}"))?;
-        let data = if kinds.get(&ino) == Some(&Kind::Symlink) {
+        let data = if synced.symlinks.contains(&ino) {
             fs.readlink(ino).map_err(|e| format!("{what}: readlink {ino}: {e}"))?
         } else {
             fs.read(ino, 0, (want.len() + 4096) as u32).map_err(|e| format!("{what}: read {ino}: {e}"))?
@@ -273,13 +318,20 @@ fn check_image(img: Vec<u8>, history: &[Meta], synced: &Synced, dirty: &HashSet<
     fs.sync().map_err(|e| format!("{what}: sync after recovery: {e}"))?;
     fs.close().map_err(|e| format!("{what}: close after recovery: {e}"))?;
     drop(fs);
-    fsck_clean(dev.crash_image(|_| false), &format!("{what} (after recovery and clean close)"))
+    // Closed cleanly: what a reader sees is what is durable.
+    let rep = fsck::check(dev, false).map_err(|e| format!("{what}: fsck after recovery failed to run: {e}"))?;
+    if rep.exit_code() != 0 {
+        return Err(format!("{what} (after recovery and clean close): fsck exit {}: {:?}", rep.exit_code(), rep.problems));
+    }
+    Ok(())
 }
 
 struct Run {
     seed: u64,
     ops: usize,
     cut_every: u32,
+    /// Power cuts at random past writes, checked after the workload.
+    replay_cuts: usize,
     cache: usize,
     verbose: bool,
 }
@@ -288,6 +340,7 @@ struct Run {
 struct Stats {
     ops: usize,
     cuts: usize,
+    replay_cuts: usize,
     syncs: usize,
     wraps: usize,
     writes_before: u64,
@@ -309,7 +362,8 @@ fn random_bytes(rng: &mut StdRng, n: usize) -> Vec<u8> {
 }
 
 fn run_seed(r: &Run) -> Result<Stats, String> {
-    let dev = new_volume(32 << 20, 256);
+    let dev = Arc::new(LogDevice { inner: CrashDevice::new(32 << 20), log: Mutex::new(Vec::new()) });
+    mkfs(&*dev, &MkfsOptions { slots: 2, journal_blocks: Some(256), ..Default::default() }).map_err(|e| format!("mkfs: {e}"))?;
     let fs = mount(dev.clone(), r.cache).map_err(|e| format!("mount: {e}"))?;
     let mut rng = StdRng::seed_from_u64(r.seed);
     let mut cut_rng = StdRng::seed_from_u64(r.seed ^ 0x5eed_c0de);
@@ -327,7 +381,7 @@ fn run_seed(r: &Run) -> Result<Stats, String> {
         open_unlinked: Vec::new(),
         next_name: 0,
     };
-    let mut synced = Synced { content: HashMap::new() };
+    let mut synced = Synced::default();
     let mut history = vec![initial];
     let mut dirty: HashSet<u64> = HashSet::new();
     let mut log: Vec<String> = Vec::new();
@@ -338,7 +392,14 @@ fn run_seed(r: &Run) -> Result<Stats, String> {
         format!("seed {} op {i}: {e}\n  last operations:\n    {}", r.seed, tail.iter().map(|s| s.as_str()).collect::<Vec<_>>().join("\n    "))
     };
 
+    // Per operation: its first and past-the-last event, whether it made everything durable,
+    // and the inodes changed since the last sync as of its end.
+    let mut ops_rec: Vec<(usize, usize, bool, HashSet<u64>)> = Vec::new();
+    // Every namespace state, tagged with the operation after (or during) which it held.
+    let mut history_all: Vec<(i64, Meta)> = vec![(-1, history[0].clone())];
+    let mut sync_snaps: HashMap<i64, Synced> = HashMap::from([(-1, Synced::default())]);
     for i in 0..r.ops {
+        let ev_start = dev.events();
         let files: Vec<u64> = {
             let mut v: Vec<u64> = m.meta.files.keys().copied().collect();
             v.extend(m.open_unlinked.iter().copied());
@@ -664,34 +725,40 @@ fn run_seed(r: &Run) -> Result<Stats, String> {
                 return Err(fail(&log, i, format!("live namespace differs from the model before any crash: {}", m.meta.diff(&live))));
             }
             synced.content = m.content.iter().filter(|(ino, _)| !m.open_unlinked.contains(ino) || m.nlink.contains_key(ino)).map(|(k, v)| (*k, v.clone())).collect();
+            synced.symlinks = m.kind.iter().filter(|(_, k)| **k == Kind::Symlink).map(|(i, _)| *i).collect();
+            sync_snaps.insert(i as i64, synced.clone());
             dirty.clear();
             history.clear();
         }
+        history_all.extend(burst_states.iter().map(|b| (i as i64, b.clone())));
+        history_all.push((i as i64, m.meta.clone()));
+        ops_rec.push((ev_start, dev.events(), desc == "sync" || desc == "commit", dirty.clone()));
         history.append(&mut burst_states);
         history.push(m.meta.clone());
 
         if cut_rng.gen_range(0..r.cut_every) == 0 || i + 1 == r.ops {
             st.cuts += 1;
-            let pending = dev.pending_writes();
-            let img_a = dev.crash_image(|_| false);
-            check_image(img_a, &history, &synced, &dirty, &m.kind, &format!("cut after op {i}, unflushed writes dropped ({pending} pending)"))
+            let pending = dev.inner.pending_writes();
+            let img_a = dev.inner.crash_image(|_| false);
+            check_image(img_a, &history, &synced, &dirty, &format!("cut after op {i}, unflushed writes dropped ({pending} pending)"))
                 .map_err(|e| fail(&log, i, e))?;
             if pending > 0 {
                 let p = cut_rng.gen_range(1..10) as f64 / 10.0;
-                let img_b = dev.crash_image(|_| cut_rng.gen_bool(p));
-                check_image(img_b, &history, &synced, &dirty, &m.kind, &format!("cut after op {i}, random subset (p={p}) of {pending} unflushed writes kept"))
+                let img_b = dev.inner.crash_image(|_| cut_rng.gen_bool(p));
+                check_image(img_b, &history, &synced, &dirty, &format!("cut after op {i}, random subset (p={p}) of {pending} unflushed writes kept"))
                     .map_err(|e| fail(&log, i, e))?;
             }
         }
     }
-    let (w, f) = dev.counters();
+    st.replay_cuts = replay_cuts(r, &dev, &ops_rec, &history_all, &sync_snaps, &mut cut_rng).map_err(|e| fail(&log, r.ops, e))?;
+    let (w, f) = dev.inner.counters();
     st.writes_before = w;
     st.flushes = f;
     // A clean close after the workload leaves a clean volume with everything in it.
     fs.close().map_err(|e| format!("seed {}: close: {e}", r.seed))?;
     drop(fs);
-    fsck_clean(dev.crash_image(|_| false), &format!("seed {}: after clean close", r.seed))?;
-    let fs2 = mount(Arc::new(CrashDevice::from_image(dev.crash_image(|_| false))), 4096).map_err(|e| format!("remount: {e}"))?;
+    fsck_clean(dev.inner.crash_image(|_| false), &format!("seed {}: after clean close", r.seed))?;
+    let fs2 = mount(Arc::new(CrashDevice::from_image(dev.inner.crash_image(|_| false))), 4096).map_err(|e| format!("remount: {e}"))?;
     let got = scan_fs(&fs2)?;
     if got != m.meta {
         return Err(format!("seed {}: after a clean close the namespace differs: {}", r.seed, m.meta.diff(&got)));
@@ -718,6 +785,69 @@ fn keep_big_allocations() {
     }
 }
 
+/// Cuts the power at random past writes (anywhere, including in the middle of an operation or
+/// a commit) and checks each image against the states possible at that point.
+fn replay_cuts(
+    r: &Run,
+    dev: &LogDevice,
+    ops_rec: &[(usize, usize, bool, HashSet<u64>)],
+    history_all: &[(i64, Meta)],
+    sync_snaps: &HashMap<i64, Synced>,
+    rng: &mut StdRng,
+) -> Result<usize, String> {
+    if ops_rec.is_empty() || r.replay_cuts == 0 {
+        return Ok(0);
+    }
+    let log = dev.log.lock().unwrap();
+    let first = ops_rec[0].0;
+    let last = ops_rec.last().unwrap().1;
+    let mut cuts: Vec<usize> = (0..r.replay_cuts).map(|_| rng.gen_range(first + 1..=last)).collect();
+    cuts.sort_unstable();
+    cuts.dedup();
+    let mut durable = vec![0u8; dev.size() as usize];
+    let mut applied = 0usize;
+    for &e in &cuts {
+        // Events [0, e) happened. Everything before the last flush among them is durable.
+        let f = (0..e).rev().find(|&k| matches!(log[k], Event::Flush)).unwrap_or(0);
+        for ev in &log[applied..f] {
+            if let Event::Write(off, d) = ev {
+                durable[*off as usize..*off as usize + d.len()].copy_from_slice(d);
+            }
+        }
+        applied = applied.max(f);
+        // The operation that wrote last before the cut, and the last sync that had completed.
+        let i = ops_rec.iter().rposition(|o| o.0 < e).map(|x| x as i64).unwrap_or(-1);
+        let s = (0..=i).rev().find(|&j| ops_rec[j as usize].2 && ops_rec[j as usize].1 <= e).unwrap_or(-1);
+        let candidates: Vec<Meta> = history_all.iter().filter(|(k, _)| *k >= s && *k <= i).map(|(_, m)| m.clone()).collect();
+        let mut dirty = HashSet::new();
+        for j in (s + 1).max(0)..=i {
+            dirty.extend(ops_rec[j as usize].3.iter().copied());
+        }
+        let mode = rng.gen_range(0..3);
+        let p: f64 = rng.gen_range(0.0..1.0);
+        let mut img = durable.clone();
+        for ev in &log[f..e] {
+            if let Event::Write(off, d) = ev {
+                let keep = match mode {
+                    0 => false,
+                    1 => true,
+                    _ => rng.gen_bool(p),
+                };
+                if keep {
+                    img[*off as usize..*off as usize + d.len()].copy_from_slice(d);
+                }
+            }
+        }
+        let what = format!(
+            "power cut at write event {e} (during/after op {i}, last completed sync op {s}), {} of the {} writes since the last flush kept",
+            ["none", "all", "a random subset"][mode],
+            log[f..e].iter().filter(|x| matches!(x, Event::Write(..))).count()
+        );
+        check_image(img, &candidates, &sync_snaps[&s], &dirty, &what)?;
+    }
+    Ok(cuts.len())
+}
+
 fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name).ok().and_then(|v| v.parse().ok())
 }
@@ -737,19 +867,20 @@ fn crash_at_many_points_recovers_to_a_consistent_state() {
         (None, None) => (1..=8).collect(),
     };
     let ops = env_u64("MAFS_CRASH_OPS").unwrap_or(250) as usize;
+    let inner_cuts = env_u64("MAFS_CRASH_INNER_CUTS").unwrap_or(24) as usize;
     let mut failures = Vec::new();
     let mut total = Stats::default();
     for &seed in &seeds {
         // Odd seeds run with a tiny metadata cache so eviction and re-reads are exercised.
-        let run = Run { seed, ops, cut_every: 4, cache: if seed % 2 == 1 { 256 } else { 4096 }, verbose };
+        let run = Run { seed, ops, cut_every: 5, replay_cuts: inner_cuts, cache: if seed % 2 == 1 { 256 } else { 4096 }, verbose };
         match run_seed(&run) {
             Ok(st) => {
                 eprintln!(
-                    "seed {seed}: {} ops, {} syncs/commits, {} journal wraps, {} cut points, {} writes, {} flushes",
-                    st.ops, st.syncs, st.wraps, st.cuts, st.writes_before, st.flushes
+                    "seed {seed}: {} ops, {} syncs/commits, {} journal wraps, {} cut points between operations, {} inside them, {} writes, {} flushes",
+                    st.ops, st.syncs, st.wraps, st.cuts, st.replay_cuts, st.writes_before, st.flushes
                 );
                 total.ops += st.ops;
-                total.cuts += st.cuts;
+                total.cuts += st.cuts + st.replay_cuts;
                 total.wraps += st.wraps;
             }
             Err(e) => {
