@@ -331,6 +331,23 @@ impl TreeRead<'_> {
         Ok(None)
     }
 
+    /// Most blocks an insert of a value of `vlen` bytes can allocate: none if the root is a
+    /// leaf with room for it, else one per level plus a new root level.
+    pub fn insert_need(&self, vlen: usize) -> Result<u64> {
+        self.with_raw(NodeRef::Root, |n| {
+            if n.level() == 0 {
+                let mut used = NODE_HDR;
+                for e in n.leaf() {
+                    used += 10 + e?.1.len();
+                }
+                if used + 10 + vlen <= INLINE_LEN {
+                    return Ok(0);
+                }
+            }
+            Ok(n.level() as u64 + 2)
+        })
+    }
+
     /// Every node block of the tree (for freeing the whole tree and for fsck).
     pub fn node_blocks(&self) -> Result<Vec<u64>> {
         let mut out = Vec::new();

@@ -153,7 +153,10 @@ impl Fs {
                 return Err(FsError::AttrTooBig);
             }
         }
-        let h = self.begin_alloc()?;
+        // Removing or changing attributes in an existing block allocates nothing, so it works
+        // on a full volume too.
+        let has_block = self.getattr(ino)?.xattr_blk != 0;
+        let h = if value.is_none() || has_block { self.begin()? } else { self.begin_alloc()? };
         let _g = self.locks.lock(ino, Mode::Exclusive)?;
         let (buf, mut inode) = self.iget(ino)?;
         let mut attrs = self.xattrs_of(&inode)?;

@@ -27,6 +27,9 @@ pub const MAX_FILE_SIZE: u64 = 1 << 50; // 1 PiB: logical block numbers stay far
 /// Blocks kept back from file data so that an operation never runs out of space for its
 /// metadata halfway (transactions cannot be undone, so an operation must not fail midway).
 pub const METADATA_RESERVE: u64 = 64;
+/// Most blocks one namespace or xattr operation allocates (a new inode, an xattr block, and a
+/// split at every level of a directory tree); it may start while this many are available.
+pub const METADATA_OP_BLOCKS: u64 = 8;
 
 /// Who is asking: the caller's credentials as the kernel reports them.
 #[derive(Debug, Clone, Copy)]
@@ -63,7 +66,7 @@ impl Fs {
     }
 
     /// Joins the running transaction for an operation that may allocate: fails with ENOSPC
-    /// before changing anything if fewer than the metadata reserve of blocks are available.
+    /// before changing anything if fewer blocks are available than such an operation can need.
     /// Blocks freed by an uncommitted transaction become available by committing it, which
     /// is done here (as ext4 forces a commit before giving up with ENOSPC).
     pub(crate) fn begin_alloc(&self) -> Result<Handle<'_>> {
@@ -71,7 +74,7 @@ impl Fs {
         if alloc.available() <= METADATA_RESERVE && alloc.quarantined() > 0 {
             self.vol.commit()?;
         }
-        if alloc.available() <= METADATA_RESERVE / 2 {
+        if alloc.available() < METADATA_OP_BLOCKS {
             return Err(FsError::NoSpace);
         }
         self.vol.begin()

@@ -128,12 +128,22 @@ impl Fs {
         self.read(ino, 0, inode.size as u32)
     }
 
+    /// ENOSPC, before anything changes, if adding `name` to the directory could need more
+    /// blocks than are available (an operation must not fail halfway).
+    fn ensure_space_for_entry(&self, dbuf: &std::sync::Arc<crate::cache::MetaBuf>, name: &[u8]) -> Result<()> {
+        let need = self.tree(dbuf).insert_need(9 + name.len())?;
+        if self.vol.alloc.available() < need {
+            return Err(FsError::NoSpace);
+        }
+        Ok(())
+    }
+
     pub fn link(&self, ino: u64, parent: u64, name: &[u8]) -> Result<Inode> {
         dir::check_name(name)?;
         if ino == parent {
             return Err(FsError::NotPermitted); // a directory cannot be hard-linked
         }
-        let h = self.begin_alloc()?;
+        let h = self.begin()?;
         let _pg = self.locks.lock(parent, Mode::Exclusive)?;
         let _ig = self.locks.lock(ino, Mode::Exclusive)?;
         let (pbuf, mut p) = self.iget(parent)?;
@@ -153,6 +163,7 @@ impl Fs {
         if self.entry(&pbuf, name)?.is_some() {
             return Err(FsError::Exists);
         }
+        self.ensure_space_for_entry(&pbuf, name)?;
         let mut t = self.tree_mut(&h, &pbuf);
         dir::add(&mut t, name, ino, dir::dtype_of_mode(inode.mode))?;
         p.blocks = (p.blocks as i64 + t.blocks_delta) as u64;
@@ -243,10 +254,10 @@ impl Fs {
         }
     }
 
-    /// True if directory `ancestor` is `dir` or one of its ancestors. Called with the rename
-    /// lock held: parent fields change only under it, so the walk needs no inode locks (and
-    /// must take none: it runs while this rename holds its directories' locks, and locking
-    /// upwards would invert the parent-before-child order).
+    /// True if `ancestor` is directory `dir` or one of its ancestors (a non-directory never
+    /// is). Called with the rename lock held: parent fields change only under it, so the walk
+    /// needs no inode locks (and must take none: it runs while this rename holds directory
+    /// locks, and locking upwards would invert the parent-before-child order).
     fn is_ancestor(&self, ancestor: u64, mut dir: u64) -> Result<bool> {
         let root = self.root();
         // A chain longer than the volume has blocks can only be a loop (corruption).
@@ -270,9 +281,25 @@ impl Fs {
         if flags & !(RENAME_NOREPLACE | RENAME_EXCHANGE) != 0 || flags == (RENAME_NOREPLACE | RENAME_EXCHANGE) {
             return Err(FsError::Invalid("unsupported rename flags"));
         }
-        let h = self.begin_alloc()?;
+        // No blanket space reservation: a rename allocates only if the new name splits a
+        // directory node, checked below before anything changes, so a full volume still renames.
+        let h = self.begin()?;
         let _rg = (sp != dp).then(|| self.rename_lock.lock());
-        let _pg = self.locks.lock_many(&[sp, dp])?;
+        // Parents: an ancestor before its descendant (parent-before-child), else ascending.
+        // The rename lock makes the ancestry walk stable.
+        let parents = if sp == dp {
+            vec![sp]
+        } else if self.is_ancestor(sp, dp)? {
+            vec![sp, dp]
+        } else if self.is_ancestor(dp, sp)? {
+            vec![dp, sp]
+        } else {
+            vec![sp.min(dp), sp.max(dp)]
+        };
+        let mut _pg = Vec::with_capacity(2);
+        for p in parents {
+            _pg.push(self.locks.lock(p, Mode::Exclusive)?);
+        }
         let (spbuf, mut spi) = self.iget(sp)?;
         let (dpbuf, mut dpi) = if sp == dp { (spbuf.clone(), spi.clone()) } else { self.iget(dp)? };
         if !spi.is_dir() || !dpi.is_dir() {
@@ -285,6 +312,22 @@ impl Fs {
                 return Ok(()); // both names are links to one inode: nothing to do (POSIX)
             }
         }
+        // Refuse loops before locking the children: a child that is an ancestor of the other
+        // parent would be locked after its own descendant, against the lock order.
+        if sp != dp {
+            if self.is_ancestor(se.ino, dp)? {
+                return Err(FsError::Invalid("cannot move a directory into itself"));
+            }
+            if let Some(d) = &de {
+                if self.is_ancestor(d.ino, sp)? {
+                    return Err(if flags & RENAME_EXCHANGE != 0 { FsError::Invalid("cannot move a directory into itself") } else { FsError::NotEmpty });
+                }
+            }
+        }
+        if de.is_none() {
+            self.ensure_space_for_entry(&dpbuf, dname)?;
+        }
+        // The children are now unrelated to each other and to the other parent.
         let _cg = self.locks.lock_many(&[se.ino, de.as_ref().map(|d| d.ino).unwrap_or(0)])?;
         let (sbuf, mut s) = self.iget(se.ino)?;
         let victim = match &de {
@@ -296,19 +339,6 @@ impl Fs {
         }
         if flags & RENAME_NOREPLACE != 0 && victim.is_some() {
             return Err(FsError::Exists);
-        }
-        // A directory may not move below itself.
-        if sp != dp {
-            if s.is_dir() && self.is_ancestor(s.ino, dp)? {
-                return Err(FsError::Invalid("cannot move a directory into itself"));
-            }
-            if flags & RENAME_EXCHANGE != 0 {
-                if let Some((_, v)) = &victim {
-                    if v.is_dir() && self.is_ancestor(v.ino, sp)? {
-                        return Err(FsError::Invalid("cannot move a directory into itself"));
-                    }
-                }
-            }
         }
         let now = Timespec::now();
         // Set when the replaced inode was freed on the spot (nothing left to reclaim).

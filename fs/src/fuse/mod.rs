@@ -302,11 +302,22 @@ impl Filesystem for MafsFuse {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match self.fs.getattr(self.ino(ino)) {
-            Ok(i) if i.is_dir() => reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE),
-            Ok(_) => reply.error(Errno::from_i32(libc::ENOTDIR)),
+        let ino = self.ino(ino);
+        match self.fs.getattr(ino) {
+            Ok(i) if !i.is_dir() => return reply.error(Errno::from_i32(libc::ENOTDIR)),
+            Err(e) => return reply.error(errno(&e)),
+            Ok(_) => {}
+        }
+        // Counted like an open file: a directory removed while open stays readable (empty)
+        // until the last handle goes.
+        match self.fs.open(ino) {
+            Ok(_) => reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE),
             Err(e) => reply.error(errno(&e)),
         }
+    }
+
+    fn releasedir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
+        Self::empty(self.fs.release(self.ino(ino)), reply)
     }
 
     fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
