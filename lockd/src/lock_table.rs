@@ -608,12 +608,15 @@ impl LockTable {
             });
         }
         // The fresh holders now block whoever still waits; tell them, or cached locks would
-        // never be given back.
-        for q in res.converting.iter().chain(res.waiting.iter()) {
-            for h in newly
+        // never be given back. One notice per holder (for the first waiter it blocks) is enough:
+        // the holder answers by releasing or downgrading, and the queue moves on from there.
+        for h in &newly {
+            let blocked = res
+                .converting
                 .iter()
-                .filter(|h| h.session != q.session && !h.mode.compatible(q.mode))
-            {
+                .chain(res.waiting.iter())
+                .find(|q| q.session != h.session && !h.mode.compatible(q.mode));
+            if let Some(q) = blocked {
                 fx.push(Effect::Blocking {
                     session: h.session,
                     resource: name.to_string(),

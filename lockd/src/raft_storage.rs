@@ -10,9 +10,12 @@
 //!   Entries are appended as raft-rs hands them over; replay applies the same "a new entry at
 //!   index i cuts off everything from i on" rule, so overwritten suffixes need no in-place edit.
 //!   After a snapshot the file is rewritten (tmp + rename) with only the entries past it.
+//!   The file is kept 4 MiB ahead of the last record with written zeros (see `write_log`); zeros
+//!   end the replay.
 //!   A torn or corrupt tail (a crash mid-append) is cut off at the first bad record.
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use protobuf::Message as _;
@@ -26,6 +29,8 @@ const SNAP_MAGIC: &[u8; 8] = b"MAFSSNP1";
 const KIND_ENTRY: u8 = 1;
 const KIND_HARD_STATE: u8 = 2;
 const LOG_FILE: &str = "raft.log";
+/// How far ahead of the last record `raft.log` is filled with zeros.
+const PREALLOCATE: u64 = 4 << 20;
 const SNAP_FILE: &str = "snapshot.bin";
 
 pub struct DiskStorage {
@@ -36,6 +41,9 @@ pub struct DiskStorage {
     /// `entries[0].index == snapshot.index + 1` when not empty.
     entries: Vec<Entry>,
     log: File,
+    /// End of the valid records in `raft.log`; past it the file holds preallocated zeros.
+    log_end: u64,
+    log_len: u64,
     /// raft-rs asked for a snapshot ours cannot serve (it predates the requester's membership);
     /// the raft thread takes a fresh one.
     fresh_snapshot_wanted: std::cell::Cell<bool>,
@@ -94,6 +102,8 @@ impl DiskStorage {
             snapshot,
             entries: Vec::new(),
             log: File::open("/dev/null")?,
+            log_end: 0,
+            log_len: 0,
             fresh_snapshot_wanted: std::cell::Cell::new(false),
         };
         st.hard_state.term = st.snapshot.get_metadata().term;
@@ -103,7 +113,8 @@ impl DiskStorage {
         } else {
             st.rewrite_log()?;
         }
-        st.log = OpenOptions::new().append(true).open(&log_path)?;
+        st.log = OpenOptions::new().write(true).open(&log_path)?;
+        st.log_len = st.log.metadata()?.len();
         Ok(st)
     }
 
@@ -150,12 +161,15 @@ impl DiskStorage {
             }
             off += 9 + len;
         };
-        if good_end < buf.len() {
+        // Past the last record there are preallocated zeros; anything else is a record torn by a
+        // crash mid-write, which was never acknowledged.
+        if buf[good_end..].iter().any(|b| *b != 0) {
             tracing::warn!(path = %path.display(), at = good_end, dropped = buf.len() - good_end, "cutting off a torn raft log tail");
             let f = OpenOptions::new().write(true).open(path)?;
             f.set_len(good_end as u64)?;
             f.sync_all()?;
         }
+        self.log_end = good_end as u64;
         let snap_index = self.snapshot.get_metadata().index;
         if self.hard_state.commit < snap_index {
             self.hard_state.commit = snap_index;
@@ -220,12 +234,12 @@ impl DiskStorage {
         for e in ents {
             buf.extend(record(KIND_ENTRY, &e.write_to_bytes().map_err(pb_err)?));
         }
-        self.log.write_all(&buf)?;
+        self.write_log(&buf)?;
         self.append_in_memory(ents)
     }
 
     pub fn set_hard_state(&mut self, hs: HardState) -> Result<(), LockdError> {
-        self.log.write_all(&record(
+        self.write_log(&record(
             KIND_HARD_STATE,
             &hs.write_to_bytes().map_err(pb_err)?,
         ))?;
@@ -239,6 +253,28 @@ impl DiskStorage {
         let mut hs = self.hard_state.clone();
         hs.commit = commit;
         self.set_hard_state(hs)
+    }
+
+    /// Writes at the end of the valid records. The file is kept ahead of the writes by
+    /// preallocated zeros, so that the per-commit `fdatasync` flushes data only: an append that
+    /// grows the file also has to journal the new size, which costs ext4 more than the data.
+    fn write_log(&mut self, buf: &[u8]) -> Result<(), LockdError> {
+        let end = self.log_end + buf.len() as u64;
+        if end > self.log_len {
+            let new_len = end + PREALLOCATE;
+            let zeros = vec![0u8; 1 << 20];
+            let mut off = self.log_len;
+            while off < new_len {
+                let n = (new_len - off).min(zeros.len() as u64) as usize;
+                self.log.write_all_at(&zeros[..n], off)?;
+                off += n as u64;
+            }
+            self.log.sync_all()?;
+            self.log_len = new_len;
+        }
+        self.log.write_all_at(buf, self.log_end)?;
+        self.log_end = end;
+        Ok(())
     }
 
     pub fn sync(&mut self) -> Result<(), LockdError> {
@@ -306,8 +342,10 @@ impl DiskStorage {
         f.sync_all()?;
         fs::rename(&tmp, self.dir.join(LOG_FILE))?;
         sync_dir(&self.dir)?;
+        self.log_end = buf.len() as u64;
+        self.log_len = buf.len() as u64;
         self.log = OpenOptions::new()
-            .append(true)
+            .write(true)
             .open(self.dir.join(LOG_FILE))?;
         Ok(())
     }

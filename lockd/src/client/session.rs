@@ -480,10 +480,17 @@ impl Session {
     }
 
     /// Gives the lock back to lockd (waiting for local users to finish). With `lvb`, a PW/EX
-    /// holder stores a new lock value block.
+    /// holder stores a new lock value block. Releasing what this session does not hold (any
+    /// more) is not an error: the lock may have been revoked for a waiter meanwhile.
     pub async fn release(&self, resource: &str, lvb: Option<Vec<u8>>) -> Result<()> {
         let inner = &self.inner;
-        inner.claim_held(resource, true).await?;
+        // Already gone (revoked on a blocking notification, or never taken): the end state the
+        // caller asks for holds.
+        match inner.claim_held(resource, true).await {
+            Ok(()) => {}
+            Err(Error::Rejected { .. }) => return Ok(()),
+            Err(e) => return Err(e),
+        }
         let r = inner.rpc_release(resource, lvb).await;
         inner.finish(resource, |_| r.is_err());
         r
