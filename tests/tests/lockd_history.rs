@@ -4,6 +4,8 @@
 //! that tokens grow along each resource's conflicting hand-offs, and that every lock a client
 //! was told it held really ran its critical section (none lost, none granted twice).
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mafs_tests::lockd_cluster::LockdCluster;
@@ -11,7 +13,10 @@ use mafs_tests::wait_until;
 use rand::{Rng, SeedableRng};
 
 const WORKERS: usize = 6;
-const ROUNDS: usize = 20;
+/// Each worker keeps going until the restarted replica has been back for a while, but takes at
+/// least MIN_ROUNDS and at most MAX_ROUNDS locks.
+const MIN_ROUNDS: usize = 10;
+const MAX_ROUNDS: usize = 150;
 
 #[derive(Debug, Clone)]
 struct Hold {
@@ -35,12 +40,13 @@ fn no_conflicting_holders_across_a_leader_crash_and_restart() {
     std::fs::create_dir_all(&hist).unwrap();
 
     let started = Instant::now();
+    let stop = Arc::new(AtomicBool::new(false));
     let workers: Vec<_> = (0..WORKERS)
         .map(|w| {
             let file = hist.join(format!("w{w}"));
             let cmds: Vec<std::process::Command> = {
                 let mut rng = rand::rngs::StdRng::seed_from_u64(w as u64);
-                (0..ROUNDS)
+                (0..MAX_ROUNDS)
                     .map(|_| {
                         let res = format!("res/{}", rng.gen_range(0..3));
                         let mode = if rng.gen_bool(0.3) { "PR" } else { "EX" };
@@ -53,10 +59,14 @@ fn no_conflicting_holders_across_a_leader_crash_and_restart() {
                     })
                     .collect()
             };
+            let stop = stop.clone();
             std::thread::spawn(move || {
                 let mut ok = 0;
                 let mut failures = Vec::new();
-                for mut cmd in cmds {
+                for (round, mut cmd) in cmds.into_iter().enumerate() {
+                    if round >= MIN_ROUNDS && stop.load(Ordering::Relaxed) {
+                        break;
+                    }
                     let out = cmd.output().expect("run mafs lock");
                     if out.status.success() {
                         ok += 1;
@@ -76,6 +86,9 @@ fn no_conflicting_holders_across_a_leader_crash_and_restart() {
     let killed_at = started.elapsed();
     std::thread::sleep(Duration::from_millis(1500));
     c.spawn(old, false);
+    // Keep the clients busy while the old leader rejoins as a follower.
+    std::thread::sleep(Duration::from_millis(2000));
+    stop.store(true, Ordering::Relaxed);
 
     let mut successes = 0;
     for w in workers {
@@ -84,7 +97,7 @@ fn no_conflicting_holders_across_a_leader_crash_and_restart() {
         successes += ok;
     }
     let elapsed = started.elapsed();
-    assert!(elapsed > killed_at + Duration::from_secs(1), "the clients finished before the leader crash mattered ({elapsed:?})");
+    assert!(elapsed > killed_at + Duration::from_secs(3), "the clients finished before the leader crash mattered ({elapsed:?})");
 
     let mut holds: BTreeMap<u64, Hold> = BTreeMap::new();
     for w in 0..WORKERS {
@@ -109,7 +122,7 @@ fn no_conflicting_holders_across_a_leader_crash_and_restart() {
         }
     }
     assert_eq!(holds.len(), successes, "every successful `mafs lock` ran its command exactly once");
-    assert_eq!(successes, WORKERS * ROUNDS);
+    assert!(successes >= WORKERS * MIN_ROUNDS);
 
     let mut by_res: BTreeMap<&str, Vec<&Hold>> = BTreeMap::new();
     for h in holds.values() {

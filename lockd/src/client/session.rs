@@ -465,7 +465,10 @@ impl Session {
                 })
             }
             (r, status) => {
-                inner.finish(resource, |_| held.is_some());
+                // lockd says we hold nothing there (a release whose answer got lost did commit):
+                // forget the stale cache entry instead of failing every later call on it.
+                let stale = matches!(&r, Err(Error::Rejected { kind, .. }) if kind == "not-held");
+                inner.finish(resource, |_| held.is_some() && !stale);
                 match (r, status) {
                     (Err(e), _) => Err(e),
                     (_, Ok(pb::LockStatus::TimedOut)) => Err(Error::TimedOut {
