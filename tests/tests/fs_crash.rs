@@ -15,6 +15,7 @@ use rand::{Rng, SeedableRng};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -331,6 +332,48 @@ fn fsck_of_a_crashed_volume_replays_its_journal_and_is_clean() {
     m.mount();
     for i in 0..40u64 {
         assert!(fs::read(m.path(format!("f{i}"))).unwrap() == pattern(i, 5000), "f{i}");
+    }
+    m.finish();
+}
+
+#[test]
+#[ignore = "mafs bug: a truncate of a fragmented file spans several journal transactions; kill -9 after a commit in between leaves the file at its new size with thousands of blocks still mapped beyond EOF (e.g. st_blocks 56304 for a 12 KiB file that had 161744); replay does not finish the truncate and fsck reports clean"]
+fn truncate_interrupted_by_kill_9_is_all_or_nothing_after_replay() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let mut m = Mounted::new("256M");
+    for round in 0..6 {
+        let p = m.path(format!("frag{round}"));
+        let f = OpenOptions::new().read(true).write(true).create(true).open(&p).unwrap();
+        // 20,000 one-block extents
+        for i in (0..40_000u64).step_by(2) {
+            std::os::unix::fs::FileExt::write_all_at(&f, b"x", i * 4096).unwrap();
+        }
+        f.sync_all().unwrap();
+        let full = f.metadata().unwrap();
+        // commits keep happening while the truncate runs
+        let stop = AtomicBool::new(false);
+        std::thread::scope(|s| {
+            let tick = m.path("tick");
+            let stop = &stop;
+            s.spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    if fs::write(&tick, b"t").is_err() || File::open(&tick).and_then(|t| t.sync_all()).is_err() {
+                        break;
+                    }
+                }
+            });
+            f.set_len(3 * 4096).unwrap();
+            m.kill9();
+            stop.store(true, Ordering::Relaxed);
+        });
+        drop(f);
+        m.mount();
+        let md = fs::metadata(&p).unwrap();
+        let before = (md.len(), md.blocks());
+        let cut = md.len() == 3 * 4096 && md.blocks() <= 8 * 8;
+        let whole = md.len() == full.len() && md.blocks() >= full.blocks() - 8;
+        assert!(cut || whole, "round {round}: after replay the file is neither truncated nor whole: size {} st_blocks {} (before the truncate: size {} st_blocks {})", before.0, before.1, full.len(), full.blocks());
+        fs::remove_file(&p).unwrap();
     }
     m.finish();
 }

@@ -415,7 +415,6 @@ fn a_full_volume_still_allows_deletes_truncates_and_attribute_changes() {
 }
 
 #[test]
-#[ignore = "mafs bug: on a full volume removexattr (and replacing a value in place) fails with ENOSPC, though it needs no new block"]
 fn a_full_volume_still_allows_removing_and_replacing_xattrs() {
     let m = Mounted::new("64M");
     fs::write(m.path("x"), b"x").unwrap();
@@ -434,7 +433,6 @@ fn a_full_volume_still_allows_removing_and_replacing_xattrs() {
 }
 
 #[test]
-#[ignore = "mafs bug (arguable: POSIX allows ENOSPC): on a full volume rename within a directory and link fail with ENOSPC although 32 blocks are still free; ext4 renames on a full volume"]
 fn a_full_volume_still_allows_renames() {
     let m = Mounted::new("64M");
     fs::create_dir(m.path("d")).unwrap();
