@@ -166,7 +166,6 @@ fn threads_working_at_once_keep_the_volume_consistent() {
 /// A rename that would move a directory below itself (it fails with EINVAL) racing with an
 /// rmdir of that directory's child (it fails with ENOTEMPTY): both must return.
 #[test]
-#[ignore = "bug: deadlock. rename(root, \"c\", c/b, ..) locks the parents root and b (lock_many), then c (the moved directory) before checking is_ancestor; rmdir(c, \"b\") locks c then b: ABBA (filesystem/namespace.rs rename lines ~275-302 vs unlink ~205-211)"]
 fn a_rename_into_its_own_subdirectory_racing_an_rmdir_does_not_deadlock() {
     let (_dev, fs) = setup();
     let root = fs.root();
