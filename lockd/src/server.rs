@@ -486,12 +486,18 @@ pub struct RaftService {
 
 #[tonic::async_trait]
 impl RaftTransport for RaftService {
-    async fn send(&self, req: Request<pb::RaftBatch>) -> Result<Response<pb::RaftAck>, Status> {
-        for b in req.into_inner().messages {
-            let mut m = raft::eraftpb::Message::default();
-            m.merge_from_bytes(&b)
-                .map_err(|e| LockdError::Invalid(format!("undecodable raft message: {e}")))?;
-            self.node.step(m)?;
+    async fn stream(
+        &self,
+        req: Request<tonic::Streaming<pb::RaftBatch>>,
+    ) -> Result<Response<pb::RaftAck>, Status> {
+        let mut batches = req.into_inner();
+        while let Some(batch) = batches.message().await? {
+            for b in batch.messages {
+                let mut m = raft::eraftpb::Message::default();
+                m.merge_from_bytes(&b)
+                    .map_err(|e| LockdError::Invalid(format!("undecodable raft message: {e}")))?;
+                self.node.step(m)?;
+            }
         }
         Ok(Response::new(pb::RaftAck {}))
     }

@@ -10,7 +10,7 @@ use pb::raft_transport_client::RaftTransportClient;
 use protobuf::Message as _;
 use raft::eraftpb::{Message, MessageType};
 use tokio::runtime::Handle;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::raft_node::NodeMsg;
 
@@ -80,16 +80,19 @@ async fn run_link(
     let endpoint = match tonic::transport::Endpoint::from_shared(format!("http://{addr}")) {
         Ok(e) => e
             .connect_timeout(Duration::from_millis(500))
-            .timeout(Duration::from_secs(5))
-            .tcp_nodelay(true),
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(1))
+            .keep_alive_timeout(Duration::from_secs(2)),
         Err(e) => {
             tracing::error!(to, %addr, "bad peer address: {e}");
             return;
         }
     };
-    let mut client = RaftTransportClient::new(endpoint.connect_lazy())
+    let client = RaftTransportClient::new(endpoint.connect_lazy())
         .max_decoding_message_size(MAX_RAFT_MESSAGE)
         .max_encoding_message_size(MAX_RAFT_MESSAGE);
+    // The open stream: batches go into `sink`; `done` fires when the call ends (peer gone).
+    let mut stream: Option<(mpsc::Sender<pb::RaftBatch>, oneshot::Receiver<()>)> = None;
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -102,20 +105,45 @@ async fn run_link(
         while rx.len() > MAX_QUEUED {
             let _ = rx.try_recv();
         }
-        let has_snapshot = batch
+        if let Some((_, done)) = &mut stream {
+            if done.try_recv() != Err(oneshot::error::TryRecvError::Empty) {
+                stream = None;
+                let _ = node_tx.send(NodeMsg::Unreachable(to));
+            }
+        }
+        let (sink, _) = stream.get_or_insert_with(|| {
+            let (sink, source) = mpsc::channel::<pb::RaftBatch>(64);
+            let (done_tx, done_rx) = oneshot::channel();
+            let mut client = client.clone();
+            tokio::spawn(async move {
+                let r = client
+                    .stream(tokio_stream::wrappers::ReceiverStream::new(source))
+                    .await;
+                if let Err(e) = r {
+                    tracing::debug!(to, "raft stream ended: {e}");
+                }
+                let _ = done_tx.send(());
+            });
+            (sink, done_rx)
+        });
+        let snapshots: Vec<bool> = batch
             .iter()
-            .any(|m| m.get_msg_type() == MessageType::MsgSnapshot);
+            .map(|m| m.get_msg_type() == MessageType::MsgSnapshot)
+            .collect();
         let messages: Vec<Vec<u8>> = batch
             .iter()
             .filter_map(|m| m.write_to_bytes().ok())
             .collect();
-        let ok = client.send(pb::RaftBatch { messages }).await.is_ok();
+        let ok = sink.send(pb::RaftBatch { messages }).await.is_ok();
         if !ok {
+            stream = None;
             let _ = node_tx.send(NodeMsg::Unreachable(to));
             // Do not spin on a dead peer; raft will resend what matters.
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        if has_snapshot {
+        // Handed to the stream is as close to "delivered" as a stream tells; a lost snapshot
+        // shows up as the follower still lagging, and raft sends another.
+        if snapshots.contains(&true) {
             let _ = node_tx.send(NodeMsg::SnapshotStatus(to, ok));
         }
     }
