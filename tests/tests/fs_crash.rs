@@ -24,7 +24,7 @@ const CHILD_ENV: &str = "MAFS_CRASH_WORKLOAD";
 
 /// The workload: `dir` on the mount, `manifest` outside it. Runs until an operation fails (the
 /// mount is gone) or `max_ops` operations are done.
-fn workload(dir: &Path, manifest: &Path, seed: u64, max_ops: u64) -> std::io::Result<()> {
+fn workload(dir: &Path, manifest: &Path, seed: u64, max_ops: u64, truncates: bool) -> std::io::Result<()> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut man = OpenOptions::new().create(true).append(true).open(manifest)?;
     let mut log = |line: String| -> std::io::Result<()> {
@@ -34,7 +34,7 @@ fn workload(dir: &Path, manifest: &Path, seed: u64, max_ops: u64) -> std::io::Re
     let mut existing: Vec<String> = Vec::new();
     let mut dirs: Vec<String> = Vec::new();
     for i in 0..max_ops {
-        match rng.gen_range(0..10) {
+        match rng.gen_range(0..12) {
             0..=5 => {
                 let name = format!("tmp-{i}");
                 let fseed: u64 = rng.gen();
@@ -83,6 +83,21 @@ fn workload(dir: &Path, manifest: &Path, seed: u64, max_ops: u64) -> std::io::Re
                     File::open(dir)?.sync_all()?;
                 }
             }
+            10 if truncates && !existing.is_empty() => {
+                // cut a file short: what remains is a prefix of what was written
+                let name = existing[rng.gen_range(0..existing.len())].clone();
+                let len = fs::metadata(dir.join(&name))?.len();
+                let to = rng.gen_range(0..=len);
+                log(format!("truncate {name} {to}"))?;
+                OpenOptions::new().write(true).open(dir.join(&name))?.set_len(to)?;
+            }
+            11 if !existing.is_empty() => {
+                let from = existing[rng.gen_range(0..existing.len())].clone();
+                let to = format!("l{i}");
+                log(format!("link {from} {to}"))?;
+                fs::hard_link(dir.join(&from), dir.join(&to))?;
+                existing.push(to);
+            }
             8 => {
                 let name = format!("d{i}");
                 log(format!("mkdir {name}"))?;
@@ -105,8 +120,8 @@ fn crash_workload_child_process() {
     // Not a test by itself: the body of the workload process that the crash tests start.
     let Ok(spec) = std::env::var(CHILD_ENV) else { return };
     let parts: Vec<&str> = spec.split('\n').collect();
-    let (dir, manifest, seed) = (Path::new(parts[0]), Path::new(parts[1]), parts[2].parse().unwrap());
-    if let Err(e) = workload(dir, manifest, seed, 100_000) {
+    let (dir, manifest, seed, truncates) = (Path::new(parts[0]), Path::new(parts[1]), parts[2].parse().unwrap(), parts[3] == "truncates");
+    if let Err(e) = workload(dir, manifest, seed, 100_000, truncates) {
         // expected once the mount process is killed
         eprintln!("workload stopped: {e}");
     }
@@ -122,6 +137,10 @@ struct Manifest {
     /// The last manifest line that changed a name.
     last_touch: HashMap<String, usize>,
     dirs: HashSet<String>,
+    /// Every manifest line that names a name, for failure messages.
+    history: HashMap<String, Vec<String>>,
+    /// Names that were ever hard-linked (a change through one name shows through the others).
+    linked: HashSet<String>,
     lines: usize,
 }
 
@@ -131,6 +150,9 @@ fn parse_manifest(path: &Path) -> Manifest {
     let mut current: HashMap<String, (u64, usize)> = HashMap::new();
     for (i, line) in text.lines().enumerate() {
         let w: Vec<&str> = line.split(' ').collect();
+        for n in w.iter().skip(1).take(2) {
+            m.history.entry(n.to_string()).or_default().push(format!("{i}: {line}"));
+        }
         match w[0] {
             "create" => {
                 let c = (w[2].parse().unwrap(), w[3].parse().unwrap());
@@ -148,6 +170,26 @@ fn parse_manifest(path: &Path) -> Manifest {
                 }
                 m.last_touch.insert(w[1].into(), i);
                 m.last_touch.insert(w[2].into(), i);
+            }
+            "link" => {
+                if let Some(c) = current.get(w[1]).copied() {
+                    m.candidates.entry(w[2].into()).or_default().push(c);
+                    current.insert(w[2].into(), c);
+                }
+                // a later truncate through either name changes both
+                m.last_touch.insert(w[1].into(), i);
+                m.last_touch.insert(w[2].into(), i);
+                m.linked.insert(w[1].into());
+                m.linked.insert(w[2].into());
+            }
+            "truncate" => {
+                m.last_touch.insert(w[1].into(), i);
+                if m.linked.contains(w[1]) {
+                    // the other names of the inode change too: stop trusting their fsync records
+                    for n in m.linked.clone() {
+                        m.last_touch.insert(n, i);
+                    }
+                }
             }
             "unlink" => {
                 current.remove(w[1]);
@@ -189,7 +231,24 @@ fn verify(dir: &Path, man: &Manifest) -> usize {
         let cands = man.candidates.get(&name).unwrap_or_else(|| panic!("file {name} is visible but the workload never made it"));
         let got = fs::read(dir.join(&name)).unwrap_or_else(|e| panic!("visible file {name} is not readable: {e}"));
         let ok = cands.iter().any(|&(seed, len)| got.len() <= len && got == pattern(seed, got.len()));
-        assert!(ok, "file {name} ({} bytes) holds content the workload never wrote there (candidates {cands:?})", got.len());
+        if !ok {
+            let diffs: Vec<String> = cands
+                .iter()
+                .filter(|&&(_, len)| got.len() <= len)
+                .map(|&(seed, _)| {
+                    let want = pattern(seed, got.len());
+                    let first = got.iter().zip(&want).position(|(a, b)| a != b).unwrap_or(0);
+                    let last = got.iter().zip(&want).rposition(|(a, b)| a != b).unwrap_or(0);
+                    let zeros = got[first..=last].iter().all(|&b| b == 0);
+                    format!("seed {seed}: bytes {first}..={last} differ (all zero there: {zeros})")
+                })
+                .collect();
+            panic!(
+                "file {name} ({} bytes) holds content the workload never wrote there (candidates {cands:?}; {diffs:?}); manifest history:\n{}",
+                got.len(),
+                man.history.get(&name).map(|h| h.join("\n")).unwrap_or_default()
+            );
+        }
     }
     verified
 }
@@ -201,10 +260,10 @@ fn seed_from_env_or_random() -> u64 {
 }
 
 /// Starts the workload on `dir` (on the mount) with its manifest, in a child process.
-fn start_workload(dir: &Path, manifest: &Path, seed: u64, err_log: &Path) -> std::process::Child {
+fn start_workload(dir: &Path, manifest: &Path, seed: u64, truncates: bool, err_log: &Path) -> std::process::Child {
     Command::new(std::env::current_exe().unwrap())
         .args(["--exact", "crash_workload_child_process", "--nocapture", "--test-threads", "1"])
-        .env(CHILD_ENV, format!("{}\n{}\n{seed}", dir.display(), manifest.display()))
+        .env(CHILD_ENV, format!("{}\n{}\n{seed}\n{}", dir.display(), manifest.display(), if truncates { "truncates" } else { "-" }))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(File::create(err_log).unwrap())
@@ -218,7 +277,7 @@ fn manifest_lines(p: &Path) -> usize {
 
 /// Rounds of: workload, kill -9 of the mount after `kill_after` manifest lines, remount,
 /// verify every round's directory so far, clean unmount with fsck 0.
-fn crash_rounds(rounds: usize, mount_args: &[&str]) {
+fn crash_rounds(rounds: usize, mount_args: &[&str], truncates: bool) {
     let seed = seed_from_env_or_random();
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut m = Mounted::unmounted("256M", &["--slots", "1"]);
@@ -230,7 +289,7 @@ fn crash_rounds(rounds: usize, mount_args: &[&str]) {
         File::open(&m.mnt).unwrap().sync_all().unwrap();
         let manifest = m.scratch().join(format!("manifest{round}"));
         let err_log = m.scratch().join(format!("workload{round}.err"));
-        let mut child = start_workload(&m.path(&dir_name), &manifest, rng.gen(), &err_log);
+        let mut child = start_workload(&m.path(&dir_name), &manifest, rng.gen(), truncates, &err_log);
         let kill_after = rng.gen_range(5..400);
         let reached = wait_until(Duration::from_secs(60), || manifest_lines(&manifest) >= kill_after || child.try_wait().unwrap().is_some());
         assert!(reached, "round {round}: the workload made no progress");
@@ -258,12 +317,18 @@ fn crash_rounds(rounds: usize, mount_args: &[&str]) {
 
 #[test]
 fn kill_9_during_a_write_workload_keeps_fsynced_files_and_fsck_clean() {
-    crash_rounds(4, &[]);
+    crash_rounds(4, &[], false);
 }
 
 #[test]
 fn kill_9_with_frequent_commits_keeps_fsynced_files_and_fsck_clean() {
-    crash_rounds(4, &["--commit-interval", "1"]);
+    crash_rounds(4, &["--commit-interval", "1"], false);
+}
+
+#[test]
+#[ignore = "mafs bug: truncate zeroes the tail of the last kept block on the device at once, outside the journal; kill -9 before the truncate commits leaves the old size with zeros from the cut to the block's end (e.g. f6: fsynced at 603376 bytes, `truncate f6 571070` not committed: after replay 603376 bytes with 571070..=573439 zero). Fails in about two runs of three"]
+fn kill_9_during_truncates_never_shows_zeros_inside_the_old_size() {
+    crash_rounds(6, &["--commit-interval", "1"], true);
 }
 
 #[test]
