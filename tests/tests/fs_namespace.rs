@@ -813,3 +813,35 @@ fn an_open_removed_directory_stays_a_readable_empty_directory() {
     assert!(!m.log().contains("corrupt"), "the mount logged corruption:\n{}", m.log());
     m.finish();
 }
+
+#[test]
+fn names_replaced_by_rename_stay_valid_through_open_handles() {
+    let m = Mounted::new("64M");
+    fs::create_dir(m.path("a")).unwrap();
+    fs::create_dir(m.path("b")).unwrap();
+    fs::write(m.path("a/in"), b"i").unwrap();
+    fs::write(m.path("x"), b"old").unwrap();
+    let mut dir = DirReader::open(&m.path("b"));
+    let dir_fd = fs::File::open(m.path("b")).unwrap();
+    let file = fs::File::open(m.path("x")).unwrap();
+    fs::rename(m.path("a"), m.path("b")).unwrap();
+    fs::write(m.path("y"), b"new").unwrap();
+    fs::rename(m.path("y"), m.path("x")).unwrap();
+    // commit and allocate: the replaced inodes must not be reused while open
+    fs::File::open(&m.mnt).unwrap().sync_all().unwrap();
+    for i in 0..8 {
+        fs::write(m.path(format!("n{i}")), b"zzz").unwrap();
+    }
+    let md = dir_fd.metadata().unwrap();
+    assert!(md.is_dir() && md.nlink() == 0, "the replaced directory: dir {} nlink {}", md.is_dir(), md.nlink());
+    let listed = dir.next_batch(4096).unwrap_or_default();
+    assert!(listed.iter().all(|(_, n)| n == b"." || n == b".."), "the replaced directory is empty: {listed:?}");
+    let mut old = [0u8; 3];
+    std::os::unix::fs::FileExt::read_exact_at(&file, &mut old, 0).unwrap();
+    assert_eq!(&old, b"old", "the replaced file's data through its open handle");
+    assert_eq!(fs::read(m.path("x")).unwrap(), b"new");
+    assert_eq!(names(&m.path("b")), vec!["in"]);
+    drop((dir, dir_fd, file));
+    assert!(!m.log().contains("corrupt"), "{}", m.log());
+    m.finish();
+}
