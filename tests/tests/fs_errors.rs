@@ -504,3 +504,17 @@ fn concurrent_writers_and_deleters_on_a_nearly_full_volume_neither_deadlock_nor_
     }
     m.finish();
 }
+
+#[test]
+fn fsck_of_a_mounted_volume_refuses_with_exit_8_and_info_shows_the_slot_in_use() {
+    let m = Mounted::new("64M");
+    fs::write(m.path("f"), b"x").unwrap();
+    let (code, text) = m.fsck();
+    assert_eq!(code, 8, "fsck of a mounted volume:\n{text}");
+    assert!(text.contains("in use"), "{text}");
+    let (code, text) = code_and_text(&mafs([OsStr::new("info"), m.vol.as_os_str()]));
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("IN USE"), "mafs info of a mounted volume:\n{text}");
+    assert_eq!(fs::read(m.path("f")).unwrap(), b"x", "the mount is unharmed");
+    m.finish();
+}
