@@ -11,11 +11,13 @@ use tokio::sync::{mpsc, oneshot};
 use crate::lock_table::{Effect, Grant, SessionId};
 
 type WaiterKey = (SessionId, String);
+/// Lock calls waiting per (session, resource), each with an id to unregister by.
+type Waiters = HashMap<WaiterKey, Vec<(u64, oneshot::Sender<Grant>)>>;
 
 #[derive(Default)]
 pub struct EventHub {
     streams: Mutex<HashMap<SessionId, mpsc::UnboundedSender<pb::Event>>>,
-    waiters: Mutex<HashMap<WaiterKey, Vec<(u64, oneshot::Sender<Grant>)>>>,
+    waiters: Mutex<Waiters>,
     next_waiter: AtomicU64,
 }
 

@@ -460,11 +460,12 @@ mod tests {
     use super::*;
 
     fn entry(index: u64, term: u64, data: &[u8]) -> Entry {
-        let mut e = Entry::default();
-        e.index = index;
-        e.term = term;
-        e.set_data(data.to_vec().into());
-        e
+        Entry {
+            index,
+            term,
+            data: data.to_vec().into(),
+            ..Default::default()
+        }
     }
 
     #[test]
@@ -477,10 +478,12 @@ mod tests {
                 .unwrap();
             // A new leader overwrites index 3 onwards.
             s.append(&[entry(3, 2, b"C"), entry(4, 2, b"d")]).unwrap();
-            let mut hs = HardState::default();
-            hs.term = 2;
-            hs.vote = 1;
-            hs.commit = 3;
+            let hs = HardState {
+                term: 2,
+                vote: 1,
+                commit: 3,
+                ..Default::default()
+            };
             s.set_hard_state(hs).unwrap();
             s.sync().unwrap();
         }

@@ -310,7 +310,7 @@ fn bad_input_is_refused() {
     ));
     assert!(t.open_session("", 1000, false).is_err());
     assert!(
-        t.resources.get("r").is_none(),
+        !t.resources.contains_key("r"),
         "failed requests leave no empty resource behind"
     );
 }
