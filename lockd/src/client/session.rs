@@ -717,9 +717,13 @@ fn start_revoke(inner: &Arc<Inner>, notice: BlockingNotice) {
         } else {
             Revoke::Release { lvb: None }
         };
-        let keep = match decision {
-            Revoke::Keep => true,
-            Revoke::Release { lvb } => inner.rpc_release(&res, lvb).await.is_err(),
+        // `failed`: the server never heard our answer; the waiter would wait forever.
+        let (keep, failed) = match decision {
+            Revoke::Keep => (true, false),
+            Revoke::Release { lvb } => {
+                let failed = inner.rpc_release(&res, lvb).await.is_err();
+                (failed, failed)
+            }
             Revoke::Downgrade { mode, lvb } => {
                 let r = inner
                     .rpc_lock(&res, mode, true, LockOptions::default(), lvb)
@@ -731,7 +735,7 @@ fn start_revoke(inner: &Arc<Inner>, notice: BlockingNotice) {
                         c.token = resp.fencing_token;
                     }
                 }
-                true
+                (true, !granted)
             }
         };
         inner.finish(&res, |c| {
@@ -740,5 +744,9 @@ fn start_revoke(inner: &Arc<Inner>, notice: BlockingNotice) {
             }
             keep
         });
+        if failed && inner.check().is_ok() {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            start_revoke(&inner, notice);
+        }
     });
 }
