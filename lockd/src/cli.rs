@@ -122,7 +122,10 @@ pub struct LockCommand {
     /// Session lease in milliseconds.
     #[arg(long, default_value_t = 10_000)]
     pub lease_ms: u64,
+    /// Resource name (up to 256 bytes), e.g. `backup/nightly`.
     pub resource: String,
+    /// The command to run while holding the lock; it sees MAFS_FENCING_TOKEN, MAFS_LOCK_MODE and
+    /// MAFS_LOCK_RESOURCE, and `mafs lock` exits with its status.
     #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
     pub command: Vec<String>,
 }
