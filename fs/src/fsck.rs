@@ -77,6 +77,8 @@ struct Walk {
     charged: HashMap<u64, u64>,
     /// Inodes reached only by scanning the bitmaps.
     disconnected: Vec<u64>,
+    /// Inodes listed in an orphan directory (unlinked but open, or mid-truncate).
+    orphan_listed: HashSet<u64>,
 }
 
 pub fn check_path(path: &Path, repair: bool) -> Result<Report> {
@@ -254,7 +256,12 @@ fn visit(cache: &MetaCache, sb: &Superblock, ino: u64, parent: u64, via: Option<
                 w.bad_entries.push((ino, e.key, "bad name".into()));
                 continue;
             }
-            *w.refs.entry(e.ino).or_default() += 1;
+            if orphan_dirs.contains(&ino) {
+                // An orphan directory's entries are not links (see filesystem/orphans.rs).
+                w.orphan_listed.insert(e.ino);
+            } else {
+                *w.refs.entry(e.ino).or_default() += 1;
+            }
             if e.dtype == libc::DT_DIR {
                 subdirs += 1;
             }
@@ -293,7 +300,6 @@ fn visit(cache: &MetaCache, sb: &Superblock, ino: u64, parent: u64, via: Option<
     } else {
         rep.files += 1;
     }
-    let _ = orphan_dirs;
     w.charged.insert(ino, charged);
     w.inodes.insert(ino, inode);
     Ok(())
@@ -427,7 +433,7 @@ fn check_links(sb: &Superblock, orphan_dirs: &[u64], w: &Walk, rep: &mut Report)
     let orphans: HashSet<u64> = orphan_dirs.iter().copied().collect();
     for (&ino, inode) in &w.inodes {
         let refs = w.refs.get(&ino).copied().unwrap_or(0);
-        let listed_as_orphan = inode.nlink == 0 && refs > 0;
+        let listed_as_orphan = inode.nlink == 0 && w.orphan_listed.contains(&ino);
         let mut want_nlink = if inode.is_dir() {
             let (sub, _) = w.dir_counts.get(&ino).copied().unwrap_or((0, 0));
             2 + sub

@@ -345,6 +345,9 @@ impl Fs {
             return Err(FsError::FileTooBig);
         }
         let mut first = true;
+        // Listed in the orphan directory while a truncate spans several transactions, so a
+        // crash in between is finished by the next mount (see orphans.rs).
+        let mut listed = false;
         loop {
             let h = self.begin()?;
             let _g = self.locks.lock(ino, Mode::Exclusive)?;
@@ -364,8 +367,10 @@ impl Fs {
                         self.unstuff(&h, &buf, &mut inode)?;
                     }
                 } else if new_size < old {
-                    // The tail of the last kept block must read as zeros if the file regrows.
-                    self.zero_beyond_eof(&buf, &inode, new_size, new_size.div_ceil(BS) * BS)?;
+                    // Nothing is zeroed now: bytes past the new EOF in its last block are zeroed
+                    // when the file grows again (every path that extends a file calls
+                    // zero_beyond_eof first), so a truncate that a crash undoes never has
+                    // changed data on the device.
                 } else if new_size > old {
                     self.zero_beyond_eof(&buf, &inode, old, new_size)?;
                 }
@@ -377,6 +382,13 @@ impl Fs {
                 inode.size = new_size;
             }
             let done = if inode.stuffed() { true } else { self.free_data_from(&h, &buf, &mut inode, new_size.div_ceil(BS), super::orphans::EXTENTS_PER_STEP)? };
+            if !done && !listed {
+                self.add_orphan(&h, ino)?;
+                listed = true;
+            }
+            if done && listed {
+                self.remove_orphan(&h, ino)?;
+            }
             self.iput(&h, &buf, &inode);
             if done {
                 return Ok(());

@@ -1,4 +1,5 @@
-//! Orphans: an inode whose last name is removed is first listed in this slot's orphan
+//! Orphans: an inode whose last name is removed (or whose truncate takes several
+//! transactions) is first listed in this slot's orphan
 //! directory (in the same transaction as the unlink), then freed in bounded steps once no one
 //! has it open. A crash anywhere in between leaves it listed, and the next mount of the slot
 //! (or, in cluster mode, the node recovering it) finishes the job.
@@ -23,6 +24,9 @@ impl Fs {
     pub(crate) fn add_orphan(&self, h: &Handle, ino: u64) -> Result<()> {
         let _g = self.locks.lock(self.orphan_dir, Mode::Exclusive)?;
         let (dbuf, mut d) = self.iget(self.orphan_dir)?;
+        if dir::lookup(&self.tree(&dbuf), &orphan_name(ino))?.is_some() {
+            return Ok(()); // already listed (a truncate in progress, then its last unlink)
+        }
         let mut t = self.tree_mut(h, &dbuf);
         dir::add(&mut t, &orphan_name(ino), ino, libc::DT_REG)?;
         d.blocks = (d.blocks as i64 + t.blocks_delta) as u64;
@@ -31,7 +35,7 @@ impl Fs {
         Ok(())
     }
 
-    fn remove_orphan(&self, h: &Handle, ino: u64) -> Result<()> {
+    pub(crate) fn remove_orphan(&self, h: &Handle, ino: u64) -> Result<()> {
         let _g = self.locks.lock(self.orphan_dir, Mode::Exclusive)?;
         let (dbuf, mut d) = self.iget(self.orphan_dir)?;
         let Some(e) = dir::lookup(&self.tree(&dbuf), &orphan_name(ino))? else { return Ok(()) };
@@ -54,6 +58,14 @@ impl Fs {
                 Err(e) => return Err(e),
             };
             if inode.nlink != 0 {
+                // Still linked: listed by a truncate that a crash interrupted. Finish freeing
+                // what lies past EOF, then unlist it.
+                let from = inode.size.div_ceil(crate::format::BLOCK_SIZE as u64);
+                if !inode.stuffed() && !self.free_data_from(&h, &buf, &mut inode, from, EXTENTS_PER_STEP)? {
+                    self.iput(&h, &buf, &inode);
+                    continue;
+                }
+                self.iput(&h, &buf, &inode);
                 return self.remove_orphan(&h, ino);
             }
             if (inode.is_reg() || inode.is_symlink()) && !self.free_data_from(&h, &buf, &mut inode, 0, EXTENTS_PER_STEP)? {
