@@ -96,6 +96,8 @@ struct Model {
     /// Open handles of unlinked files.
     open_unlinked: Vec<u64>,
     next_name: u64,
+    /// Files changed only by truncates since the last sync: every content they had since.
+    trunc_hist: HashMap<u64, Vec<Arc<Vec<u8>>>>,
 }
 
 impl Model {
@@ -149,6 +151,7 @@ impl Model {
                 if *n == 0 {
                     self.meta.files.remove(&ino);
                     self.nlink.remove(&ino);
+                    self.trunc_hist.remove(&ino);
                     dirty.insert(ino);
                     if !self.open_unlinked.contains(&ino) {
                         self.content.remove(&ino);
@@ -268,7 +271,9 @@ struct Synced {
 }
 
 /// Checks one crash image against the history since the last sync.
-fn check_image(img: Vec<u8>, history: &[Meta], synced: &Synced, dirty: &HashSet<u64>, what: &str) -> Result<(), String> {
+type TruncHist = HashMap<u64, Vec<Arc<Vec<u8>>>>;
+
+fn check_image(img: Vec<u8>, history: &[Meta], synced: &Synced, dirty: &HashSet<u64>, trunc: &TruncHist, what: &str) -> Result<(), String> {
     fsck_clean(img.clone(), &format!("{what} (raw image)"))?;
     let dev = Arc::new(CrashDevice::from_image(img));
     let fs = mount(dev.clone(), 4096).map_err(|e| format!("{what}: mount failed: {e}"))?;
@@ -299,6 +304,22 @@ fn check_image(img: Vec<u8>, history: &[Meta], synced: &Synced, dirty: &HashSet<
                 "{what}: synced file {ino} (not changed since): size {} content differs (want {} bytes, got {}, first difference at {:?})",
                 a.size,
                 want.len(),
+                data.len(),
+                first
+            ));
+        }
+    }
+    // A synced file changed since only by truncates holds one of the contents it had: a
+    // truncate that did not commit must not have changed any byte below the old size.
+    for (ino, versions) in trunc {
+        let Some((size, _)) = got.files.get(ino) else { continue };
+        let data = fs.read(*ino, 0, *size as u32).map_err(|e| format!("{what}: read {ino}: {e}"))?;
+        if !versions.iter().any(|v| **v == data) {
+            let same = versions.iter().find(|v| v.len() == data.len());
+            let first = same.and_then(|v| v.iter().zip(data.iter()).position(|(a, b)| a != b));
+            return Err(format!(
+                "{what}: file {ino}, changed only by truncates since the last sync (sizes {:?}), recovered with size {} and content that it never had (first difference from the state of that size at byte {:?})",
+                versions.iter().map(|v| v.len()).collect::<Vec<_>>(),
                 data.len(),
                 first
             ));
@@ -385,6 +406,7 @@ fn run_seed(r: &Run) -> Result<Stats, String> {
         lost_found,
         open_unlinked: Vec::new(),
         next_name: 0,
+        trunc_hist: HashMap::new(),
     };
     let mut synced = Synced::default();
     let mut history = vec![initial];
@@ -399,7 +421,7 @@ fn run_seed(r: &Run) -> Result<Stats, String> {
 
     // Per operation: its first and past-the-last event, whether it made everything durable,
     // and the inodes changed since the last sync as of its end.
-    let mut ops_rec: Vec<(usize, usize, bool, HashSet<u64>)> = Vec::new();
+    let mut ops_rec: Vec<OpRec> = Vec::new();
     // Every namespace state, tagged with the operation after (or during) which it held.
     let mut history_all: Vec<(i64, Meta)> = vec![(-1, history[0].clone())];
     let mut sync_snaps: HashMap<i64, Synced> = HashMap::from([(-1, Synced::default())]);
@@ -489,6 +511,7 @@ fn run_seed(r: &Run) -> Result<Stats, String> {
                     c[off as usize..(off + len) as usize].copy_from_slice(&data);
                     m.set_size(ino);
                     dirty.insert(ino);
+                    m.trunc_hist.remove(&ino);
                     desc = format!("write {ino} off {off} len {len}");
                 }
                 // truncate
@@ -502,7 +525,16 @@ fn run_seed(r: &Run) -> Result<Stats, String> {
                         _ => rng.gen_range(0..size + 1),
                     };
                     fs.setattr(ino, &SetAttr { size: Some(new), ..Default::default() })?;
+                    let only_truncated = !dirty.contains(&ino) || m.trunc_hist.contains_key(&ino);
+                    if only_truncated && !m.trunc_hist.contains_key(&ino) {
+                        let old = Arc::new(m.content[&ino].clone());
+                        m.trunc_hist.insert(ino, vec![old]);
+                    }
                     m.content.get_mut(&ino).unwrap().resize(new as usize, 0);
+                    if only_truncated {
+                        let now = Arc::new(m.content[&ino].clone());
+                        m.trunc_hist.get_mut(&ino).unwrap().push(now);
+                    }
                     m.set_size(ino);
                     dirty.insert(ino);
                     desc = format!("truncate {ino} {size} -> {new}");
@@ -646,6 +678,7 @@ fn run_seed(r: &Run) -> Result<Stats, String> {
                     }
                     m.set_size(ino);
                     dirty.insert(ino);
+                    m.trunc_hist.remove(&ino);
                     desc = format!("fallocate {ino} off {off} len {len} {:?}", mode);
                 }
                 // extended attributes
@@ -733,11 +766,12 @@ fn run_seed(r: &Run) -> Result<Stats, String> {
             synced.symlinks = m.kind.iter().filter(|(_, k)| **k == Kind::Symlink).map(|(i, _)| *i).collect();
             sync_snaps.insert(i as i64, synced.clone());
             dirty.clear();
+            m.trunc_hist.clear();
             history.clear();
         }
         history_all.extend(burst_states.iter().map(|b| (i as i64, b.clone())));
         history_all.push((i as i64, m.meta.clone()));
-        ops_rec.push((ev_start, dev.events(), desc == "sync" || desc == "commit", dirty.clone()));
+        ops_rec.push((ev_start, dev.events(), desc == "sync" || desc == "commit", dirty.clone(), m.trunc_hist.clone()));
         history.append(&mut burst_states);
         history.push(m.meta.clone());
 
@@ -745,12 +779,12 @@ fn run_seed(r: &Run) -> Result<Stats, String> {
             st.cuts += 1;
             let pending = dev.inner.pending_writes();
             let img_a = dev.inner.crash_image(|_| false);
-            check_image(img_a, &history, &synced, &dirty, &format!("cut after op {i}, unflushed writes dropped ({pending} pending)"))
+            check_image(img_a, &history, &synced, &dirty, &m.trunc_hist, &format!("cut after op {i}, unflushed writes dropped ({pending} pending)"))
                 .map_err(|e| fail(&log, i, e))?;
             if pending > 0 {
                 let p = cut_rng.gen_range(1..10) as f64 / 10.0;
                 let img_b = dev.inner.crash_image(|_| cut_rng.gen_bool(p));
-                check_image(img_b, &history, &synced, &dirty, &format!("cut after op {i}, random subset (p={p}) of {pending} unflushed writes kept"))
+                check_image(img_b, &history, &synced, &dirty, &m.trunc_hist, &format!("cut after op {i}, random subset (p={p}) of {pending} unflushed writes kept"))
                     .map_err(|e| fail(&log, i, e))?;
             }
         }
@@ -790,12 +824,16 @@ fn keep_big_allocations() {
     }
 }
 
+/// Per operation: first and past-the-last write-log event, whether it made everything durable,
+/// the inodes changed since the last sync and the truncate-only history, as of its end.
+type OpRec = (usize, usize, bool, HashSet<u64>, TruncHist);
+
 /// Cuts the power at random past writes (anywhere, including in the middle of an operation or
 /// a commit) and checks each image against the states possible at that point.
 fn replay_cuts(
     r: &Run,
     dev: &LogDevice,
-    ops_rec: &[(usize, usize, bool, HashSet<u64>)],
+    ops_rec: &[OpRec],
     history_all: &[(i64, Meta)],
     sync_snaps: &HashMap<i64, Synced>,
     rng: &mut StdRng,
@@ -848,7 +886,11 @@ fn replay_cuts(
             ["none", "all", "a random subset"][mode],
             log[f..e].iter().filter(|x| matches!(x, Event::Write(..))).count()
         );
-        check_image(img, &candidates, &sync_snaps[&s], &dirty, &what)?;
+        // The truncate-only history of op i holds if it is counted from the same sync.
+        let latest_sync = (0..=i).rev().find(|&j| ops_rec[j as usize].2).unwrap_or(-1);
+        let empty = TruncHist::new();
+        let trunc = if i >= 0 && latest_sync == s { &ops_rec[i as usize].4 } else { &empty };
+        check_image(img, &candidates, &sync_snaps[&s], &dirty, trunc, &what)?;
     }
     Ok(cuts.len())
 }
