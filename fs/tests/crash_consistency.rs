@@ -309,8 +309,9 @@ fn check_image(img: Vec<u8>, history: &[Meta], synced: &Synced, dirty: &HashSet<
             ));
         }
     }
-    // A synced file changed since only by truncates holds one of the contents it had: a
-    // truncate that did not commit must not have changed any byte below the old size.
+    // A synced file changed since only by truncates (and allocating fallocates) holds one of
+    // the contents it had: an operation that did not commit must not have changed any byte
+    // below the old size.
     for (ino, versions) in trunc {
         let Some((size, _)) = got.files.get(ino) else { continue };
         let data = fs.read(*ino, 0, *size as u32).map_err(|e| format!("{what}: read {ino}: {e}"))?;
@@ -318,7 +319,7 @@ fn check_image(img: Vec<u8>, history: &[Meta], synced: &Synced, dirty: &HashSet<
             let same = versions.iter().find(|v| v.len() == data.len());
             let first = same.and_then(|v| v.iter().zip(data.iter()).position(|(a, b)| a != b));
             return Err(format!(
-                "{what}: file {ino}, changed only by truncates since the last sync (sizes {:?}), recovered with size {} and content that it never had (first difference from the state of that size at byte {:?})",
+                "{what}: file {ino}, changed only by truncates and allocating fallocates since the last sync (sizes {:?}), recovered with size {} and content that it never had (first difference from the state of that size at byte {:?})",
                 versions.iter().map(|v| v.len()).collect::<Vec<_>>(),
                 data.len(),
                 first
@@ -667,6 +668,13 @@ fn run_seed(r: &Run) -> Result<Stats, String> {
                     let keep = kind == 1 || rng.gen_bool(0.5);
                     let mode = FallocMode { keep_size: keep, punch_hole: kind == 1, zero_range: kind == 2 };
                     fs.fallocate(ino, off, len, mode)?;
+                    // Allocating never changes a byte of the file: like a truncate, it keeps
+                    // the file in the "changed only in size" history.
+                    let size_only = kind == 0 && (!dirty.contains(&ino) || m.trunc_hist.contains_key(&ino));
+                    if size_only && !m.trunc_hist.contains_key(&ino) {
+                        let old = Arc::new(m.content[&ino].clone());
+                        m.trunc_hist.insert(ino, vec![old]);
+                    }
                     let c = m.content.get_mut(&ino).unwrap();
                     if kind != 0 {
                         let s = (off as usize).min(c.len());
@@ -678,7 +686,12 @@ fn run_seed(r: &Run) -> Result<Stats, String> {
                     }
                     m.set_size(ino);
                     dirty.insert(ino);
-                    m.trunc_hist.remove(&ino);
+                    if size_only {
+                        let now = Arc::new(m.content[&ino].clone());
+                        m.trunc_hist.get_mut(&ino).unwrap().push(now);
+                    } else {
+                        m.trunc_hist.remove(&ino);
+                    }
                     desc = format!("fallocate {ino} off {off} len {len} {:?}", mode);
                 }
                 // extended attributes
