@@ -326,7 +326,6 @@ fn kill_9_with_frequent_commits_keeps_fsynced_files_and_fsck_clean() {
 }
 
 #[test]
-#[ignore = "mafs bug: truncate zeroes the tail of the last kept block on the device at once, outside the journal; kill -9 before the truncate commits leaves the old size with zeros from the cut to the block's end (e.g. f6: fsynced at 603376 bytes, `truncate f6 571070` not committed: after replay 603376 bytes with 571070..=573439 zero). Fails in about two runs of three"]
 fn kill_9_during_truncates_never_shows_zeros_inside_the_old_size() {
     crash_rounds(6, &["--commit-interval", "1"], true);
 }
@@ -433,7 +432,6 @@ fn kill_9_right_after(m: &mut Mounted, op: impl FnOnce()) {
 }
 
 #[test]
-#[ignore = "mafs bug: a truncate of a fragmented file spans several journal transactions; kill -9 after a commit in between leaves the file at its new size with thousands of blocks still mapped beyond EOF (e.g. st_blocks 56304 for a 12 KiB file that had 161744); replay does not finish the truncate and fsck reports clean"]
 fn truncate_interrupted_by_kill_9_is_all_or_nothing_after_replay() {
     let mut m = Mounted::new("256M");
     for round in 0..6 {
