@@ -116,24 +116,32 @@ impl Allocator {
         self.cache.get(ag.first + 1 + rel / STATES_PER_BITMAP_BLOCK, BlockType::Bitmap)
     }
 
-    fn load(&self, ag: &Ag) -> Result<AgMem> {
-        let words = (ag.len as usize).div_ceil(64);
-        let mut used = vec![0u64; words];
-        let mut free = 0;
+    /// Calls `f` with every AG-relative block of `ag` and its state in the bitmap.
+    fn for_each_state(&self, ag: &Ag, f: &mut dyn FnMut(u64, BlockState)) -> Result<()> {
         let mut rel = 0;
         while rel < ag.len {
             let buf = self.bitmap_buf(ag, rel)?;
             let data = buf.read();
             let end = (rel + STATES_PER_BITMAP_BLOCK).min(ag.len);
             for r in rel..end {
-                if bitmap_get(&data, r) == BlockState::Free {
-                    free += 1;
-                } else {
-                    used[(r / 64) as usize] |= 1 << (r % 64);
-                }
+                f(r, bitmap_get(&data, r));
             }
             rel = end;
         }
+        Ok(())
+    }
+
+    fn load(&self, ag: &Ag) -> Result<AgMem> {
+        let words = (ag.len as usize).div_ceil(64);
+        let mut used = vec![0u64; words];
+        let mut free = 0;
+        self.for_each_state(ag, &mut |r, s| {
+            if s == BlockState::Free {
+                free += 1;
+            } else {
+                used[(r / 64) as usize] |= 1 << (r % 64);
+            }
+        })?;
         // Bits past the AG's end are never free.
         for r in ag.len..(words as u64 * 64) {
             used[(r / 64) as usize] |= 1 << (r % 64);
@@ -337,14 +345,7 @@ impl Allocator {
         let ag = &self.ags[a as usize];
         let _g = ag.mem.lock();
         let mut free = 0;
-        let mut rel = 0;
-        while rel < ag.len {
-            let buf = self.bitmap_buf(ag, rel)?;
-            let data = buf.read();
-            let end = (rel + STATES_PER_BITMAP_BLOCK).min(ag.len);
-            free += (rel..end).filter(|&r| bitmap_get(&data, r) == BlockState::Free).count() as u64;
-            rel = end;
-        }
+        self.for_each_state(ag, &mut |_, s| free += (s == BlockState::Free) as u64)?;
         let hdr = self.cache.get(ag.first, BlockType::AgHeader)?;
         let old = u64_at(&hdr.read(), AGH_FREE);
         if old != free {

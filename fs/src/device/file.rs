@@ -75,49 +75,19 @@ impl FileDevice {
     }
 
     fn raw_pread(&self, buf: &mut [u8], offset: u64) -> Result<()> {
-        let mut done = 0;
-        while done < buf.len() {
-            let rest = &mut buf[done..];
-            // SAFETY: pread writes at most rest.len() bytes into rest.
-            let n = unsafe {
-                libc::pread(self.file.as_raw_fd(), rest.as_mut_ptr() as *mut _, rest.len(), (offset + done as u64) as libc::off_t)
-            };
-            if n < 0 {
-                let e = std::io::Error::last_os_error();
-                if e.kind() == std::io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(io_err(offset + done as u64, e));
-            }
-            if n == 0 {
-                return Err(FsError::ShortRead { offset, wanted: buf.len(), got: done });
-            }
-            done += n as usize;
-        }
-        Ok(())
+        let (fd, ptr, len) = (self.file.as_raw_fd(), buf.as_mut_ptr(), buf.len());
+        // SAFETY: each call writes at most len - done bytes into buf[done..].
+        io_loop(len, offset, |done| unsafe { libc::pread(fd, ptr.add(done) as *mut _, len - done, (offset + done as u64) as libc::off_t) }, |done| {
+            FsError::ShortRead { offset, wanted: len, got: done }
+        })
     }
 
     fn raw_pwrite(&self, buf: &[u8], offset: u64) -> Result<()> {
-        let mut done = 0;
-        while done < buf.len() {
-            let rest = &buf[done..];
-            // SAFETY: pwrite reads at most rest.len() bytes from rest.
-            let n = unsafe {
-                libc::pwrite(self.file.as_raw_fd(), rest.as_ptr() as *const _, rest.len(), (offset + done as u64) as libc::off_t)
-            };
-            if n < 0 {
-                let e = std::io::Error::last_os_error();
-                if e.kind() == std::io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(io_err(offset + done as u64, e));
-            }
-            if n == 0 {
-                return Err(FsError::DeviceFull { offset: offset + done as u64 });
-            }
-            done += n as usize;
-        }
-        Ok(())
+        let (fd, ptr, len) = (self.file.as_raw_fd(), buf.as_ptr(), buf.len());
+        // SAFETY: each call reads at most len - done bytes from buf[done..].
+        io_loop(len, offset, |done| unsafe { libc::pwrite(fd, ptr.add(done) as *const _, len - done, (offset + done as u64) as libc::off_t) }, |done| {
+            FsError::DeviceFull { offset: offset + done as u64 }
+        })
     }
 
     /// The aligned window around [offset, offset+len) for O_DIRECT bounce I/O.
@@ -127,6 +97,27 @@ impl FileDevice {
         let end = (offset + len as u64).div_ceil(a) * a;
         (start, (end - start) as usize)
     }
+}
+
+/// Repeats one positioned read or write (`step(done)` transfers the rest from `done` on) until
+/// `len` bytes are done, retrying EINTR; a transfer of 0 bytes is `on_zero(done)`.
+fn io_loop(len: usize, offset: u64, mut step: impl FnMut(usize) -> isize, on_zero: impl Fn(usize) -> FsError) -> Result<()> {
+    let mut done = 0;
+    while done < len {
+        let n = step(done);
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(io_err(offset + done as u64, e));
+        }
+        if n == 0 {
+            return Err(on_zero(done));
+        }
+        done += n as usize;
+    }
+    Ok(())
 }
 
 /// A heap buffer aligned for O_DIRECT.

@@ -139,6 +139,14 @@ impl Fs {
             }
         };
         if last {
+            self.reclaim_if_unused(ino)?;
+        }
+        Ok(())
+    }
+
+    /// Frees an inode that has no links left, unless someone still has it open.
+    pub(crate) fn reclaim_if_unused(&self, ino: u64) -> Result<()> {
+        if !self.is_open(ino) {
             let nlink = {
                 let _g = self.locks.lock(ino, Mode::Shared)?;
                 self.iget(ino)?.1.nlink

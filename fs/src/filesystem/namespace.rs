@@ -194,19 +194,6 @@ impl Fs {
         Ok(false)
     }
 
-    fn reclaim_if_unused(&self, ino: u64) -> Result<()> {
-        if !self.is_open(ino) {
-            let nlink = {
-                let _g = self.locks.lock(ino, Mode::Shared)?;
-                self.iget(ino)?.1.nlink
-            };
-            if nlink == 0 {
-                self.reclaim(ino)?;
-            }
-        }
-        Ok(())
-    }
-
     pub fn unlink(&self, parent: u64, name: &[u8], rmdir: bool) -> Result<()> {
         if name.len() > crate::format::MAX_NAME_LEN {
             return Err(FsError::NameTooLong);
