@@ -553,7 +553,6 @@ mod tests {
     //! several levels, then emptied again (every node block freed).
     use super::*;
     use crate::device::CrashDevice;
-    use crate::mkfs::{mkfs, MkfsOptions};
     use crate::volume::Volume;
     use rand::rngs::StdRng;
     use rand::{Rng, SeedableRng};
@@ -564,20 +563,11 @@ mod tests {
     }
 
     fn new_device() -> Arc<CrashDevice> {
-        let dev = Arc::new(CrashDevice::new(64 << 20));
-        mkfs(&*dev, &MkfsOptions { slots: 1, ..Default::default() }).expect("mkfs");
-        dev
+        crate::test_support::scratch_device()
     }
 
-    /// A fresh inode block (zeroed inline area: an empty leaf root) to hang a tree on.
     fn new_inode(vol: &Volume) -> Arc<MetaBuf> {
-        let h = vol.journal.begin().unwrap();
-        let (ino, _) = vol.alloc.alloc(&h, 1, 0, BlockState::Inode).unwrap();
-        let buf = vol.cache.create(ino, BlockType::Inode);
-        drop(h.write(&buf));
-        drop(h);
-        vol.commit().unwrap();
-        buf
+        crate::test_support::new_tree_inode(vol)
     }
 
     fn root_level(buf: &MetaBuf) -> u16 {

@@ -122,25 +122,16 @@ mod tests {
     //! Directory index: many names, forged hash collisions, readdir cookies that stay valid
     //! while the directory changes.
     use super::*;
-    use crate::alloc::BlockState;
     use crate::cache::MetaBuf;
     use crate::device::CrashDevice;
-    use crate::format::header::BlockType;
-    use crate::mkfs::{mkfs, MkfsOptions};
     use crate::volume::Volume;
     use std::collections::BTreeMap;
     use std::sync::Arc;
 
     fn setup() -> (Arc<CrashDevice>, Volume, Arc<MetaBuf>) {
-        let dev = Arc::new(CrashDevice::new(64 << 20));
-        mkfs(&*dev, &MkfsOptions { slots: 1, ..Default::default() }).expect("mkfs");
+        let dev = crate::test_support::scratch_device();
         let vol = Volume::open(dev.clone(), 0, "dir-test", 1 << 16).expect("open");
-        let h = vol.journal.begin().unwrap();
-        let (ino, _) = vol.alloc.alloc(&h, 1, 0, BlockState::Inode).unwrap();
-        let buf = vol.cache.create(ino, BlockType::Inode);
-        drop(h.write(&buf));
-        drop(h);
-        vol.commit().unwrap();
+        let buf = crate::test_support::new_tree_inode(&vol);
         (dev, vol, buf)
     }
 

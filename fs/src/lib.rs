@@ -16,3 +16,5 @@ pub mod volume;
 pub mod xattr;
 pub mod fuse;
 pub mod fsck;
+#[cfg(test)]
+mod test_support;

@@ -174,6 +174,25 @@ fn both_superblocks_damaged_makes_mount_and_fsck_refuse_without_panic() {
     assert_no_panic(&text);
 }
 
+/// Mounts a volume whose metadata was damaged: either the mount refuses cleanly, or it mounts
+/// and `check` (which sees the damage as EIO) runs; then no panic anywhere and fsck exits 4.
+fn expect_eio_or_clean_refusal(m: &mut Mounted, fsck_must: &str, check: impl FnOnce(&Mounted)) {
+    match m.try_mount(&[]) {
+        Ok(()) => {
+            check(m);
+            m.unmount();
+        }
+        Err(e) => {
+            eprintln!("mount refused:\n{e}");
+            assert_no_panic(&e)
+        }
+    }
+    m.assert_no_panic();
+    let (code, text) = m.fsck();
+    assert_eq!(code, 4, "{fsck_must}:\n{text}");
+    assert_no_panic(&text);
+}
+
 #[test]
 fn corrupt_file_inode_gives_eio_or_refusal_and_fsck_reports_it() {
     let mut m = Mounted::new("64M");
@@ -183,22 +202,11 @@ fn corrupt_file_inode_gives_eio_or_refusal_and_fsck_reports_it() {
     m.unmount_clean();
     // the inode number is the inode's block number
     corrupt_block(&m.vol, ino, 40, 64);
-    match m.try_mount(&[]) {
-        Ok(()) => {
-            let r = fs::read(m.path("victim"));
-            assert_errno(r, libc::EIO, "read of a file with a corrupt inode");
-            assert_eq!(fs::read(m.path("bystander")).unwrap(), b"fine", "other files still work");
-            m.unmount();
-        }
-        Err(e) => {
-            eprintln!("mount refused:\n{e}");
-            assert_no_panic(&e)
-        }
-    }
-    m.assert_no_panic();
-    let (code, text) = m.fsck();
-    assert_eq!(code, 4, "fsck must report the corrupt inode:\n{text}");
-    assert_no_panic(&text);
+    expect_eio_or_clean_refusal(&mut m, "fsck must report the corrupt inode", |m| {
+        let r = fs::read(m.path("victim"));
+        assert_errno(r, libc::EIO, "read of a file with a corrupt inode");
+        assert_eq!(fs::read(m.path("bystander")).unwrap(), b"fine", "other files still work");
+    });
 }
 
 #[test]
@@ -206,20 +214,9 @@ fn corrupt_root_inode_gives_eio_or_refusal_and_fsck_reports_it() {
     let mut m = populated();
     let root: u64 = info_field(&m.vol, "root inode").parse().unwrap();
     corrupt_block(&m.vol, root, 300, 100);
-    match m.try_mount(&[]) {
-        Ok(()) => {
-            assert_errno(fs::read_dir(&m.mnt).and_then(|d| d.collect::<Result<Vec<_>, _>>()), libc::EIO, "listing a corrupt root");
-            m.unmount();
-        }
-        Err(e) => {
-            eprintln!("mount refused:\n{e}");
-            assert_no_panic(&e)
-        }
-    }
-    m.assert_no_panic();
-    let (code, text) = m.fsck();
-    assert_eq!(code, 4, "fsck must report the corrupt root inode:\n{text}");
-    assert_no_panic(&text);
+    expect_eio_or_clean_refusal(&mut m, "fsck must report the corrupt root inode", |m| {
+        assert_errno(fs::read_dir(&m.mnt).and_then(|d| d.collect::<Result<Vec<_>, _>>()), libc::EIO, "listing a corrupt root");
+    });
 }
 
 #[test]
@@ -235,22 +232,11 @@ fn corrupt_directory_tree_block_gives_eio_or_refusal_and_fsck_reports_it() {
     for &b in &nodes {
         corrupt_block(&m.vol, b, 100, 200);
     }
-    match m.try_mount(&[]) {
-        Ok(()) => {
-            let r = fs::read_dir(m.path("big")).and_then(|d| d.collect::<Result<Vec<_>, _>>());
-            assert_errno(r, libc::EIO, "listing a directory whose tree blocks are corrupt");
-            assert_errno(fs::metadata(m.path("big/entry-with-a-longish-name-1234")), libc::EIO, "lookup in it");
-            m.unmount();
-        }
-        Err(e) => {
-            eprintln!("mount refused:\n{e}");
-            assert_no_panic(&e)
-        }
-    }
-    m.assert_no_panic();
-    let (code, text) = m.fsck();
-    assert_eq!(code, 4, "fsck must report the corrupt tree blocks:\n{text}");
-    assert_no_panic(&text);
+    expect_eio_or_clean_refusal(&mut m, "fsck must report the corrupt tree blocks", |m| {
+        let r = fs::read_dir(m.path("big")).and_then(|d| d.collect::<Result<Vec<_>, _>>());
+        assert_errno(r, libc::EIO, "listing a directory whose tree blocks are corrupt");
+        assert_errno(fs::metadata(m.path("big/entry-with-a-longish-name-1234")), libc::EIO, "lookup in it");
+    });
 }
 
 #[test]
