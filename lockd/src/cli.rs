@@ -130,9 +130,10 @@ pub struct LockCommand {
     pub command: Vec<String>,
 }
 
+/// One thread for everything: the replica's raft loop, its gRPC server and its peer links share
+/// it, so a commit never waits for another thread to wake up (see `raft_node`).
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the tokio runtime")

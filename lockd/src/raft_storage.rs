@@ -17,6 +17,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use protobuf::Message as _;
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
@@ -40,12 +41,13 @@ pub struct DiskStorage {
     snapshot: Snapshot,
     /// `entries[0].index == snapshot.index + 1` when not empty.
     entries: Vec<Entry>,
-    log: File,
+    /// Shared so that an fsync can run on a blocking thread while the runtime sends messages.
+    log: Arc<File>,
     /// End of the valid records in `raft.log`; past it the file holds preallocated zeros.
     log_end: u64,
     log_len: u64,
     /// raft-rs asked for a snapshot ours cannot serve (it predates the requester's membership);
-    /// the raft thread takes a fresh one.
+    /// the raft loop takes a fresh one.
     fresh_snapshot_wanted: std::cell::Cell<bool>,
 }
 
@@ -101,7 +103,7 @@ impl DiskStorage {
             conf_state: snapshot.get_metadata().get_conf_state().clone(),
             snapshot,
             entries: Vec::new(),
-            log: File::open("/dev/null")?,
+            log: Arc::new(File::open("/dev/null")?),
             log_end: 0,
             log_len: 0,
             fresh_snapshot_wanted: std::cell::Cell::new(false),
@@ -113,7 +115,7 @@ impl DiskStorage {
         } else {
             st.rewrite_log()?;
         }
-        st.log = OpenOptions::new().write(true).open(&log_path)?;
+        st.log = Arc::new(OpenOptions::new().write(true).open(&log_path)?);
         st.log_len = st.log.metadata()?.len();
         Ok(st)
     }
@@ -282,6 +284,11 @@ impl DiskStorage {
         Ok(())
     }
 
+    /// The log file, for an fsync made off the runtime thread ([`sync`](Self::sync) there).
+    pub fn log_file(&self) -> Arc<File> {
+        self.log.clone()
+    }
+
     /// Conf state after applying a conf change; durable through the log (replayed on restart)
     /// and the next snapshot.
     pub fn set_conf_state(&mut self, cs: ConfState) {
@@ -344,9 +351,11 @@ impl DiskStorage {
         sync_dir(&self.dir)?;
         self.log_end = buf.len() as u64;
         self.log_len = buf.len() as u64;
-        self.log = OpenOptions::new()
-            .write(true)
-            .open(self.dir.join(LOG_FILE))?;
+        self.log = Arc::new(
+            OpenOptions::new()
+                .write(true)
+                .open(self.dir.join(LOG_FILE))?,
+        );
         Ok(())
     }
 }

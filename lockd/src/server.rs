@@ -503,7 +503,7 @@ impl RaftTransport for RaftService {
     }
 }
 
-/// Runs a replica until SIGINT/SIGTERM or a fatal error of the raft thread.
+/// Runs a replica until SIGINT/SIGTERM or a fatal error of the raft loop.
 pub async fn serve(cfg: ReplicaConfig) -> Result<(), LockdError> {
     let addr: SocketAddr = cfg
         .listen

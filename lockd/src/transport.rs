@@ -1,8 +1,7 @@
 //! Replica-to-replica delivery of raft messages: one task per peer, batching whatever queued up
-//! while the previous RPC was in flight. Loss is fine (raft retransmits); the raft thread only
+//! while the previous RPC was in flight. Loss is fine (raft retransmits); the raft loop only
 //! has to hear about unreachable peers and the fate of snapshots.
 use std::collections::{BTreeMap, HashMap};
-use std::sync::mpsc::Sender;
 use std::time::Duration;
 
 use mafs_proto::v1 as pb;
@@ -26,12 +25,12 @@ struct Link {
 
 pub struct Transport {
     rt: Handle,
-    node_tx: Sender<NodeMsg>,
+    node_tx: mpsc::UnboundedSender<NodeMsg>,
     links: HashMap<u64, Link>,
 }
 
 impl Transport {
-    pub fn new(rt: Handle, node_tx: Sender<NodeMsg>) -> Self {
+    pub fn new(rt: Handle, node_tx: mpsc::UnboundedSender<NodeMsg>) -> Self {
         Transport {
             rt,
             node_tx,
@@ -75,7 +74,7 @@ async fn run_link(
     to: u64,
     addr: String,
     mut rx: mpsc::UnboundedReceiver<Message>,
-    node_tx: Sender<NodeMsg>,
+    node_tx: mpsc::UnboundedSender<NodeMsg>,
 ) {
     let endpoint = match tonic::transport::Endpoint::from_shared(format!("http://{addr}")) {
         Ok(e) => e

@@ -9,6 +9,7 @@ use parking_lot::Mutex;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
+use super::conn::HEARTBEAT;
 use super::{Conn, Error, Result};
 use crate::mode::Mode;
 
@@ -586,7 +587,7 @@ async fn heartbeat_loop(weak: Weak<Inner>) {
         let id = inner.id;
         let r = inner
             .conn
-            .call("heartbeat", sent + period, period, |mut c| async move {
+            .call(HEARTBEAT, sent + period, period, |mut c| async move {
                 c.heartbeat(pb::HeartbeatRequest { session_id: id }).await
             })
             .await;
