@@ -27,9 +27,10 @@ die() { printf '[install-deps] ERROR: %s\n' "$*" >&2; exit 1; }
 # ---------------------------------------------------------------- apt packages
 # libacl1-dev: pjdfstest links libacl (exacl crate); acl/attr: getfacl/setfattr
 # for the other tests; fio: benchmarks; e2fsprogs: mkfs.ext4 for the baseline;
-# util-linux: mount/losetup; pkg-config + build-essential: building pjdfstest.
+# util-linux: mount/losetup; libcap2-bin: setcap/getcap for the set-ID tests;
+# pkg-config + build-essential: building pjdfstest.
 APT_PKGS=(libacl1-dev acl attr fio e2fsprogs python3 util-linux
-          pkg-config build-essential ca-certificates passwd)
+          pkg-config build-essential ca-certificates passwd libcap2-bin)
 
 if [[ "${SKIP_APT:-0}" != 1 ]]; then
     missing=()

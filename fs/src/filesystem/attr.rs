@@ -31,6 +31,17 @@ pub struct StatFs {
     pub namelen: u32,
 }
 
+/// The file capabilities the kernel grants on exec; dropped with the set-ID bits.
+const CAPABILITY_XATTR: &[u8] = b"security.capability";
+
+/// The set-ID bits a write, truncate or chown removes: set-user-ID, and set-group-ID where it
+/// means "run as the group" (group-executable). Set-group-ID without group execute marks
+/// mandatory locking and stays, as in the VFS.
+pub fn privileged_bits(mode: u32) -> u32 {
+    let setgid = libc::S_ISGID | libc::S_IXGRP;
+    (mode & libc::S_ISUID) | if mode & setgid == setgid { libc::S_ISGID } else { 0 }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum XattrSet {
     Any,
@@ -93,6 +104,38 @@ impl Fs {
         }
         self.iput(&h, &buf, &inode);
         Ok(inode)
+    }
+
+    /// Takes from a file what a write, a truncate or a chown takes under
+    /// FUSE_HANDLE_KILLPRIV_V2, where the kernel leaves it to the filesystem: the set-ID bits
+    /// (when `setid`; see [`privileged_bits`]) and the file capabilities (`security.capability`,
+    /// always). Nothing to take, the common case, costs no transaction.
+    pub fn kill_privileges(&self, ino: u64, setid: bool) -> Result<()> {
+        let cur = self.getattr(ino)?;
+        if cur.is_dir() {
+            return Ok(());
+        }
+        if setid && privileged_bits(cur.mode) != 0 {
+            let h = self.begin()?;
+            let _g = self.locks.lock(ino, Mode::Exclusive)?;
+            let (buf, mut inode) = self.iget(ino)?;
+            // Again under the lock: a chmod may have come in between.
+            let bits = privileged_bits(inode.mode);
+            if bits != 0 {
+                inode.mode &= !bits;
+                inode.ctime = Timespec::now();
+                self.iput(&h, &buf, &inode);
+            }
+        }
+        // Looked up first: files with ACLs have an xattr block, and most writes to them must
+        // not open a transaction just to learn there is no capability to drop.
+        if cur.xattr_blk != 0 && self.getxattr(ino, CAPABILITY_XATTR).is_ok() {
+            match self.setxattr(ino, CAPABILITY_XATTR, None, XattrSet::Any) {
+                Ok(()) | Err(FsError::NoAttr) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
     }
 
     /// Records an access time, relatime-style: only if the old one is not newer than the last

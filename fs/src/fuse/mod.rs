@@ -1,6 +1,7 @@
 //! The FUSE glue: translates kernel requests into `filesystem::Fs` calls and replies, and
 //! errors into errno values (`FsError::errno`). Nothing here decides filesystem behaviour.
 mod acl;
+mod killpriv;
 pub mod mount;
 
 use crate::error::FsError;
@@ -161,6 +162,8 @@ impl Filesystem for MafsFuse {
         // DONT_MASK: the kernel passes the mode unmasked, with the umask beside it, so a
         // parent's default ACL can replace the umask as POSIX requires (see acl.rs).
         let _ = config.add_capabilities(InitFlags::FUSE_PARALLEL_DIROPS | InitFlags::FUSE_POSIX_ACL | InitFlags::FUSE_DONT_MASK);
+        // Asked on its own: a kernel without it keeps dropping set-ID bits itself (killpriv.rs).
+        let _ = config.add_capabilities(InitFlags::FUSE_HANDLE_KILLPRIV_V2);
         let _ = config.set_max_write(1 << 20);
         Ok(())
     }
@@ -188,7 +191,7 @@ impl Filesystem for MafsFuse {
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -212,6 +215,11 @@ impl Filesystem for MafsFuse {
             })
         };
         let ino = self.ino(ino);
+        if let Some(setid) = killpriv::setattr_kills(req, mode, uid.is_some() || gid.is_some(), size.is_some()) {
+            if let Err(e) = self.fs.kill_privileges(ino, setid) {
+                return reply.error(errno(&e));
+            }
+        }
         let a = SetAttr { mode, uid, gid, size, atime: t(atime), mtime: t(mtime), ctime: ctime.map(timespec_from_kernel) };
         let r = self.fs.setattr(ino, &a).and_then(|i| {
             if mode.is_some() {
@@ -287,8 +295,9 @@ impl Filesystem for MafsFuse {
         }
     }
 
-    fn write(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, data: &[u8], _wf: WriteFlags, _flags: OpenFlags, _lock: Option<LockOwner>, reply: ReplyWrite) {
-        match self.fs.write(self.ino(ino), offset, data) {
+    fn write(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, data: &[u8], wf: WriteFlags, _flags: OpenFlags, _lock: Option<LockOwner>, reply: ReplyWrite) {
+        let ino = self.ino(ino);
+        match self.fs.kill_privileges(ino, killpriv::write_kills_setid(wf)).and_then(|()| self.fs.write(ino, offset, data)) {
             Ok(n) => reply.written(n as u32),
             Err(e) => reply.error(errno(&e)),
         }
