@@ -77,7 +77,12 @@ impl Volume {
 
     /// Joins the running transaction, committing it first if it is full.
     pub fn begin(&self) -> Result<crate::journal::Handle<'_>> {
-        while self.journal.is_full() {
+        // A full transaction goes to the background committer while operations go on; the
+        // caller commits itself only without one, or when it has fallen behind.
+        if self.journal.is_full() && !self.journal.request_commit() {
+            self.commit()?;
+        }
+        while self.journal.is_over_hard_limit() {
             self.commit()?;
         }
         self.journal.begin()

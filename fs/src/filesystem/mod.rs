@@ -172,6 +172,17 @@ impl Fs {
         self.vol.commit()
     }
 
+    /// For the mount's commit thread: waits up to `timeout` for a full transaction to ask for
+    /// a commit (see `Journal::request_commit`); true if one did.
+    pub fn wait_for_commit_request(&self, timeout: std::time::Duration) -> bool {
+        self.vol.journal.wait_for_commit_request(timeout)
+    }
+
+    /// The commit thread is stopping: operations commit full transactions themselves again.
+    pub fn committer_stopped(&self) {
+        self.vol.journal.committer_stopped()
+    }
+
     /// Clean unmount.
     pub fn close(&self) -> Result<()> {
         self.vol.close()

@@ -60,18 +60,19 @@ pub fn mount(cfg: &MountConfig) -> anyhow::Result<()> {
     let committer = {
         let (fs, stop, every) = (fs.clone(), stop.clone(), cfg.commit_interval);
         std::thread::Builder::new().name("mafs-commit".into()).spawn(move || {
+            // Commits every `every`, and at once when a transaction fills up.
             let tick = Duration::from_millis(100);
-            let mut waited = Duration::ZERO;
+            let mut last = std::time::Instant::now();
             while !stop.load(Ordering::Acquire) {
-                std::thread::sleep(tick);
-                waited += tick;
-                if waited >= every {
-                    waited = Duration::ZERO;
+                let full = fs.wait_for_commit_request(tick);
+                if full || last.elapsed() >= every {
+                    last = std::time::Instant::now();
                     if let Err(e) = fs.commit() {
                         tracing::error!("journal commit failed: {e}; the mount now answers EIO");
                     }
                 }
             }
+            fs.committer_stopped();
         })?
     };
     spawn_signal_unmounter(cfg.mountpoint.clone());

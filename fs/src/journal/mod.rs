@@ -23,6 +23,7 @@ use parking_lot::{Condvar, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 #[derive(Default)]
 struct Running {
@@ -50,11 +51,23 @@ pub struct Journal {
     gate: RwLock<()>,
     running: Mutex<Running>,
     state: Mutex<State>,
-    commit_lock: Mutex<()>,
+    /// One commit at a time; it holds the buffer the commit assembles its blocks in.
+    commit_lock: Mutex<Vec<u8>>,
     committed: Condvar,
     fatal: Mutex<Option<String>>,
-    /// A running transaction with this many blocks is committed before new handles start.
+    /// A running transaction with this many blocks is due for commit: by the background
+    /// committer if there is one (see [`Journal::request_commit`]), else before new handles start.
     limit: usize,
+    committer: Mutex<Committer>,
+    kick: Condvar,
+}
+
+/// The background committer's mailbox.
+#[derive(Default)]
+struct Committer {
+    /// A thread waits in [`Journal::wait_for_commit_request`] (the mount's commit thread).
+    present: bool,
+    wanted: bool,
 }
 
 /// One operation's membership in the running transaction.
@@ -89,10 +102,12 @@ impl Journal {
             gate: RwLock::new(()),
             running: Mutex::new(Running::default()),
             state: Mutex::new(State { head: 0, next_seq, committed_seq: next_seq.saturating_sub(1), slot }),
-            commit_lock: Mutex::new(()),
+            commit_lock: Mutex::new(Vec::new()),
             committed: Condvar::new(),
             fatal: Mutex::new(None),
             limit,
+            committer: Mutex::new(Committer::default()),
+            kick: Condvar::new(),
         })
     }
 
@@ -109,8 +124,43 @@ impl Journal {
         self.running.lock().dirty.len() >= self.limit
     }
 
-    /// Joins the running transaction. Callers commit first when `is_full` (see
-    /// `Volume::begin`), so that one transaction never outgrows the journal.
+    /// True past twice the limit: the background committer is behind, and callers must commit
+    /// themselves so that one transaction never outgrows the journal.
+    pub fn is_over_hard_limit(&self) -> bool {
+        self.running.lock().dirty.len() >= 2 * self.limit
+    }
+
+    /// Asks the background committer to commit now; false if there is none, and the caller
+    /// must commit itself. Why a thread: a commit of a full transaction writes and flushes
+    /// megabytes, and the operation that happened to fill it should not wait for that (jbd2
+    /// commits in its own thread for the same reason).
+    pub fn request_commit(&self) -> bool {
+        let mut c = self.committer.lock();
+        if c.present {
+            c.wanted = true;
+            self.kick.notify_one();
+        }
+        c.present
+    }
+
+    /// For the background committer: registers it, then waits until a commit is requested or
+    /// `timeout` passes. True if one was requested.
+    pub fn wait_for_commit_request(&self, timeout: Duration) -> bool {
+        let mut c = self.committer.lock();
+        c.present = true;
+        if !c.wanted {
+            self.kick.wait_for(&mut c, timeout);
+        }
+        std::mem::take(&mut c.wanted)
+    }
+
+    /// The background committer is gone: callers commit for themselves again.
+    pub fn committer_stopped(&self) {
+        *self.committer.lock() = Committer::default();
+    }
+
+    /// Joins the running transaction. Callers check `is_full` first (see `Volume::begin`), so
+    /// that one transaction never outgrows the journal.
     pub fn begin(&self) -> Result<Handle<'_>> {
         self.check_fatal()?;
         Ok(Handle { j: self, _gate: self.gate.read() })
@@ -142,7 +192,7 @@ impl Journal {
 
     /// Closes the running transaction and makes it durable (see the module comment).
     pub fn commit(&self) -> Result<Committed> {
-        let _one = self.commit_lock.lock();
+        let mut scratch = self.commit_lock.lock();
         self.check_fatal()?;
         let (seq, images, revokes, freed) = {
             let _excl: RwLockWriteGuard<'_, ()> = self.gate.write();
@@ -178,7 +228,7 @@ impl Journal {
             revokes.sort_unstable();
             (seq, images, revokes, taken.freed)
         };
-        match self.write_txn(seq, &images, &revokes) {
+        match self.write_txn(&mut scratch, seq, &images, &revokes) {
             Ok(()) => {}
             Err(e) => {
                 *self.fatal.lock() = Some(format!("journal commit {seq} failed: {e}"));
@@ -192,7 +242,7 @@ impl Journal {
         Ok(Committed { seq, freed })
     }
 
-    fn write_txn(&self, seq: u64, images: &[(u64, Vec<u8>)], revokes: &[u64]) -> Result<()> {
+    fn write_txn(&self, body: &mut Vec<u8>, seq: u64, images: &[(u64, Vec<u8>)], revokes: &[u64]) -> Result<()> {
         let items: Vec<(u64, Option<&[u8]>)> =
             revokes.iter().map(|r| (*r, None)).chain(images.iter().map(|(b, img)| (*b, Some(img.as_slice())))).collect();
         let (jstart, jlen) = self.layout.journal_range(self.state.lock().slot.index);
@@ -216,17 +266,17 @@ impl Journal {
             write_slot(&*self.dev, &self.layout, &slot, self.seed)?;
             head = 0;
         }
-        let body = records::build_txn(&items, jstart + head, seq, self.seed);
+        records::build_txn(body, &items, jstart + head, seq, self.seed);
         let nblocks = (body.len() / BLOCK_SIZE) as u64;
-        self.dev.write_at(&body, (jstart + head) * BLOCK_SIZE as u64)?;
+        self.dev.write_at(body, (jstart + head) * BLOCK_SIZE as u64)?;
         self.dev.flush()?;
-        let commit = records::encode_commit(nblocks as u32, records::txn_crc(&body, seq), jstart + head + nblocks, seq, self.seed);
+        let commit = records::encode_commit(nblocks as u32, records::txn_crc(body, seq), jstart + head + nblocks, seq, self.seed);
         self.dev.write_at(&commit, (jstart + head + nblocks) * BLOCK_SIZE as u64)?;
         self.dev.flush()?;
         self.state.lock().head = head + nblocks + 1;
         // Checkpoint: the transaction is durable in the journal, so home writes may now land
         // in any order; they are made durable by the next flush (at the latest before a wrap).
-        write_home(&*self.dev, images)
+        write_home(&*self.dev, images, body)
     }
 
     /// Commits everything and marks the slot clean (unmount).
@@ -244,8 +294,8 @@ impl Journal {
     }
 }
 
-/// Writes images to their home blocks, coalescing runs of consecutive blocks.
-fn write_home(dev: &dyn BlockDevice, images: &[(u64, Vec<u8>)]) -> Result<()> {
+/// Writes images to their home blocks, coalescing runs of consecutive blocks in `run`.
+fn write_home(dev: &dyn BlockDevice, images: &[(u64, Vec<u8>)], run: &mut Vec<u8>) -> Result<()> {
     let mut i = 0;
     while i < images.len() {
         let mut j = i + 1;
@@ -255,11 +305,11 @@ fn write_home(dev: &dyn BlockDevice, images: &[(u64, Vec<u8>)]) -> Result<()> {
         if j - i == 1 {
             dev.write_at(&images[i].1, images[i].0 * BLOCK_SIZE as u64)?;
         } else {
-            let mut run = Vec::with_capacity((j - i) * BLOCK_SIZE);
+            run.clear();
             for (_, img) in &images[i..j] {
                 run.extend_from_slice(img);
             }
-            dev.write_at(&run, images[i].0 * BLOCK_SIZE as u64)?;
+            dev.write_at(run, images[i].0 * BLOCK_SIZE as u64)?;
         }
         i = j;
     }

@@ -269,3 +269,34 @@ fn a_commit_cut_at_any_write_is_all_or_nothing_even_across_the_wrap() {
         }
     }
 }
+
+#[test]
+fn a_full_transaction_goes_to_the_background_committer_until_the_hard_limit() {
+    let dev = new_device(256); // limit: 64 blocks, hard limit 128
+    let vol = open(&dev);
+    let blocks = targets(&vol, 130);
+    // No committer: the operation that finds the transaction full commits it itself.
+    stamp(&vol, &blocks[..64], 1);
+    let seq = vol.journal.running_seq();
+    drop(vol.begin().unwrap());
+    assert_eq!(vol.journal.running_seq(), seq + 1, "committed inline");
+
+    // With one registered, the operation only asks, and goes on in the same transaction.
+    assert!(!vol.journal.wait_for_commit_request(Duration::ZERO), "nothing asked yet");
+    stamp(&vol, &blocks[..64], 2);
+    let seq = vol.journal.running_seq();
+    drop(vol.begin().unwrap());
+    assert_eq!(vol.journal.running_seq(), seq, "not committed by the operation");
+    assert!(vol.journal.wait_for_commit_request(Duration::ZERO), "the committer was asked");
+    // A committer that falls behind: at twice the limit the operation commits after all.
+    stamp(&vol, &blocks[64..128], 3);
+    drop(vol.begin().unwrap());
+    assert_eq!(vol.journal.running_seq(), seq + 1, "committed inline past the hard limit");
+    assert_eq!(values(&vol, &blocks[..2]), vec![Some(2), Some(2)]);
+
+    // A stopped committer hands the job back.
+    vol.journal.committer_stopped();
+    stamp(&vol, &blocks[..64], 4);
+    drop(vol.begin().unwrap());
+    assert_eq!(vol.journal.running_seq(), seq + 2);
+}
