@@ -57,12 +57,15 @@ cmd="bench/lockd-vs-etcd.sh $*"
   echo
   cat "$W/result.md"
   echo
-  echo 'Reading it: each lockd cycle is two commits, and each commit costs one fdatasync on the leader'
-  echo 'and one on a follower (in parallel, ~0.8 ms each on this disk), so a single sequential client is'
-  echo 'bounded near 600 cycles/s; more clients share fsyncs (group commit). The hand-off is one'
-  echo 'commit: the release that dequeues the waiter grants it in the same apply, and the waiter'\''s'
-  echo 'pending Lock call returns at once. A node working alone does not pay even that: a lock it'
-  echo 'already caches is re-acquired with no network call at all (the cached re-acquire line).'
+  echo 'Reading it: each lockd cycle is two commits (acquire, release), each a client round trip to the'
+  echo 'leader, a round trip from the leader to a follower and one fdatasync there (~0.11 ms alone on this'
+  echo 'disk; the leader'\''s own runs in parallel). On this 2-vCPU VM the cost is mostly the four process'
+  echo 'wake-ups per commit (50-130 µs each, measured with `perf trace`), which is why each replica runs'
+  echo 'on one thread (docs/lockd.md). A single sequential client therefore stays under ~1,000 cycles/s;'
+  echo 'more clients share wake-ups and fsyncs (group commit). The hand-off is one commit: the release'
+  echo 'that dequeues the waiter grants it in the same apply, and the waiter'\''s pending Lock call returns'
+  echo 'at once. A node working alone does not pay even that: a lock it already caches is re-acquired'
+  echo 'with no network call at all (the cached re-acquire line).'
 } > "$W/section.md"
 python3 - "$ROOT/docs/benchmarks.md" "$W/section.md" <<'PY'
 import re, sys
