@@ -127,6 +127,11 @@ pub struct Holder {
 pub struct Request {
     pub session: SessionId,
     pub mode: Mode,
+    /// The Lock call that owns the request (0: none in particular). A retry of the same
+    /// request takes it over, so a cancel on behalf of an abandoned earlier call, which names
+    /// that call, no longer withdraws it (see [`LockTable::lock_with_id`]).
+    #[serde(default)]
+    pub id: u64,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -146,11 +151,13 @@ impl Resource {
         self.granted.iter().find(|h| h.session == s)
     }
     fn pending(&self, s: SessionId) -> Option<Mode> {
+        self.pending_request(s).map(|r| r.mode)
+    }
+    fn pending_request(&self, s: SessionId) -> Option<&Request> {
         self.converting
             .iter()
             .chain(self.waiting.iter())
             .find(|r| r.session == s)
-            .map(|r| r.mode)
     }
     fn compatible_with_holders(&self, mode: Mode, except: Option<SessionId>) -> bool {
         self.granted
@@ -340,6 +347,32 @@ impl LockTable {
         removed
     }
 
+    /// [`lock`](Self::lock) on behalf of Lock call `id`: a request left queued belongs to it,
+    /// including one queued by an earlier attempt that this call repeats.
+    #[allow(clippy::too_many_arguments)]
+    pub fn lock_with_id(
+        &mut self,
+        id: u64,
+        s: SessionId,
+        name: &str,
+        mode: Mode,
+        convert: bool,
+        try_lock: bool,
+        lvb: Option<&[u8]>,
+        fx: &mut Vec<Effect>,
+    ) -> Result<LockOutcome, LockError> {
+        let outcome = self.lock(s, name, mode, convert, try_lock, lvb, fx)?;
+        if matches!(outcome, LockOutcome::Queued) {
+            if let Some(res) = self.resources.get_mut(name) {
+                let queued = res.converting.iter_mut().chain(res.waiting.iter_mut());
+                if let Some(r) = queued.into_iter().find(|r| r.session == s) {
+                    r.id = id;
+                }
+            }
+        }
+        Ok(outcome)
+    }
+
     /// A new request (`convert == false`) or a conversion of a held lock (`convert == true`).
     /// A repeated request for what is already held or queued is answered as before, so a client
     /// may retry after a leader change without knowing whether its first attempt committed.
@@ -407,7 +440,7 @@ impl LockTable {
                 } else if try_lock {
                     Ok(LockOutcome::NotGranted)
                 } else {
-                    res.waiting.push_back(Request { session: s, mode });
+                    res.waiting.push_back(Request { session: s, mode, id: 0 });
                     notify_blockers(s, name, res, mode, fx);
                     Ok(LockOutcome::Queued)
                 }
@@ -488,19 +521,31 @@ impl LockTable {
                 mode,
             });
         }
-        res.converting.push_back(Request { session: s, mode });
+        res.converting.push_back(Request { session: s, mode, id: 0 });
         notify_blockers(s, name, res, mode, fx);
         Ok(LockOutcome::Queued)
     }
 
+    /// Withdraws the session's pending request on `name`; with `request`, only if that Lock
+    /// call still owns it (a cancel for an abandoned call must not withdraw its retry).
     pub fn cancel(
         &mut self,
         s: SessionId,
         name: &str,
+        request: Option<u64>,
         fx: &mut Vec<Effect>,
     ) -> Result<CancelOutcome, LockError> {
         validate_resource(name)?;
         self.active(s)?;
+        let pending_id = self.resources.get(name).and_then(|r| r.pending_request(s)).map(|r| r.id);
+        if let (Some(want), Some(have)) = (request, pending_id) {
+            if want != have {
+                return Err(LockError::NothingToCancel {
+                    session: s,
+                    resource: name.into(),
+                });
+            }
+        }
         if self.withdraw_pending(s, name, fx) {
             if self.resources.get(name).is_some_and(Resource::is_idle) {
                 self.resources.remove(name);

@@ -65,6 +65,9 @@ struct CancelOnDrop {
     node: NodeHandle,
     session: SessionId,
     resource: String,
+    /// The Lock call's id: if a retry of the call took the request over meanwhile, the
+    /// cancel leaves it alone.
+    request: u64,
     armed: bool,
 }
 
@@ -77,6 +80,7 @@ impl Drop for CancelOnDrop {
         let cmd = Command::Cancel {
             session: self.session,
             resource: std::mem::take(&mut self.resource),
+            request: Some(self.request),
         };
         tokio::spawn(async move {
             let _ = node.propose(cmd, COMMIT_WAIT).await;
@@ -98,7 +102,8 @@ impl LockdService {
         wait: Duration,
     ) -> Result<pb::LockResponse, Status> {
         let deadline = Instant::now() + wait;
-        let (session, resource, mode) = (cmd.session, cmd.resource.clone(), cmd.mode);
+        let (session, resource, mode, request) =
+            (cmd.session, cmd.resource.clone(), cmd.mode, cmd.request);
         let hub = &self.node.shared.hub;
         let waiter = hub.wait_for_grant(session, &resource);
         let outcome = match self.propose(Command::Lock(cmd)).await? {
@@ -120,6 +125,7 @@ impl LockdService {
             node: self.node.clone(),
             session,
             resource: resource.clone(),
+            request,
             armed: true,
         };
         let mut waiter = waiter;
@@ -130,10 +136,18 @@ impl LockdService {
             Ok(Err(_)) => Err(LockError::UnknownSession(session).into()),
             Err(_) => match self
                 .node
-                .propose(Command::Cancel { session, resource }, COMMIT_WAIT)
+                .propose(
+                    Command::Cancel {
+                        session,
+                        resource,
+                        request: Some(request),
+                    },
+                    COMMIT_WAIT,
+                )
                 .await
             {
-                // Already withdrawn (a cancel from an abandoned earlier attempt got there first).
+                // Withdrawn already, or taken over by a retry of this call that is still
+                // waiting: either way this attempt is over.
                 Err(LockdError::Lock(LockError::NothingToCancel { .. })) => Ok(timed_out(mode)),
                 Err(e) => Err(e.into()),
                 Ok(r) => match r {
@@ -229,6 +243,7 @@ impl Lockd for LockdService {
             convert: r.convert,
             try_lock: r.try_lock,
             lvb,
+            request: rand::random::<u64>().max(1),
         };
         let resp = self.wait_for_grant(cmd, wait).await?;
         Ok(Response::new(resp))
@@ -245,6 +260,7 @@ impl Lockd for LockdService {
             .propose(Command::Cancel {
                 session: r.session_id,
                 resource: r.resource,
+                request: None,
             })
             .await?
         {

@@ -33,6 +33,10 @@ pub enum Command {
     Cancel {
         session: SessionId,
         resource: String,
+        /// Only if Lock call `request` still owns the pending request (absent: whatever is
+        /// pending).
+        #[serde(default)]
+        request: Option<u64>,
     },
     Release {
         session: SessionId,
@@ -52,6 +56,9 @@ pub struct LockCmd {
     pub convert: bool,
     pub try_lock: bool,
     pub lvb: Option<Vec<u8>>,
+    /// Random per Lock call (chosen by the replica that serves it), so its cancel can name it.
+    #[serde(default)]
+    pub request: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -111,7 +118,8 @@ impl StateMachine {
             Command::CompleteRecovery { session } => {
                 CmdResult::Released(t.complete_recovery(session, fx)?)
             }
-            Command::Lock(c) => CmdResult::Lock(t.lock(
+            Command::Lock(c) => CmdResult::Lock(t.lock_with_id(
+                c.request,
                 c.session,
                 &c.resource,
                 c.mode,
@@ -120,9 +128,11 @@ impl StateMachine {
                 c.lvb.as_deref(),
                 fx,
             )?),
-            Command::Cancel { session, resource } => {
-                CmdResult::Cancel(t.cancel(session, &resource, fx)?)
-            }
+            Command::Cancel {
+                session,
+                resource,
+                request,
+            } => CmdResult::Cancel(t.cancel(session, &resource, request, fx)?),
             Command::Release {
                 session,
                 resource,
@@ -166,8 +176,15 @@ mod tests {
             convert: true,
             try_lock: false,
             lvb: Some(vec![1, 2]),
+            request: 99,
         });
         assert_eq!(Command::decode(&c.encode().unwrap()).unwrap(), c);
+        // Entries from before `request` existed decode, with request 0.
+        let old = b"\x01{\"Cancel\":{\"session\":3,\"resource\":\"r\"}}";
+        assert_eq!(
+            Command::decode(old).unwrap(),
+            Command::Cancel { session: 3, resource: "r".into(), request: None }
+        );
         let mut bad = c.encode().unwrap();
         bad[0] = 9;
         assert!(matches!(Command::decode(&bad), Err(LockdError::Storage(_))));
@@ -196,6 +213,7 @@ mod tests {
                 convert: false,
                 try_lock: false,
                 lvb: None,
+                request: 7,
             }),
             &mut fx,
         )

@@ -198,19 +198,46 @@ fn cancel_withdraws_or_reports_the_grant() {
     assert_eq!(lock(&mut t, s[1], "r", EX, &mut fx), LockOutcome::Queued);
     assert_eq!(lock(&mut t, s[2], "r", PR, &mut fx), LockOutcome::Queued);
     assert_eq!(
-        t.cancel(s[1], "r", &mut fx).unwrap(),
+        t.cancel(s[1], "r", None, &mut fx).unwrap(),
         CancelOutcome::Cancelled
     );
     fx.clear();
     t.release(s[0], "r", None, &mut fx).unwrap();
     assert_eq!(grants_in(&fx), vec![(s[2], PR)]);
     assert!(
-        matches!(t.cancel(s[2], "r", &mut fx).unwrap(), CancelOutcome::Granted(g) if g.mode == PR)
+        matches!(t.cancel(s[2], "r", None, &mut fx).unwrap(), CancelOutcome::Granted(g) if g.mode == PR)
     );
     assert!(matches!(
-        t.cancel(s[1], "r", &mut fx),
+        t.cancel(s[1], "r", None, &mut fx),
         Err(LockError::NothingToCancel { .. })
     ));
+}
+
+#[test]
+fn a_cancel_for_an_abandoned_call_leaves_the_retry_that_took_its_request_over() {
+    let (mut t, s) = table_with(2);
+    let mut fx = vec![];
+    granted(&lock(&mut t, s[0], "r", EX, &mut fx));
+    // Call 1 queues; the client gives up on it and retries as call 2 before call 1's cancel
+    // (sent by the server when call 1 went away) is applied.
+    let queued = |t: &mut LockTable, id, fx: &mut Vec<Effect>| t.lock_with_id(id, s[1], "r", EX, false, false, None, fx).unwrap();
+    assert_eq!(queued(&mut t, 1, &mut fx), LockOutcome::Queued);
+    assert_eq!(queued(&mut t, 2, &mut fx), LockOutcome::Queued);
+    assert!(matches!(
+        t.cancel(s[1], "r", Some(1), &mut fx),
+        Err(LockError::NothingToCancel { .. })
+    ));
+    fx.clear();
+    t.release(s[0], "r", None, &mut fx).unwrap();
+    assert_eq!(grants_in(&fx), vec![(s[1], EX)], "the retry is still queued and gets the lock");
+
+    // The call that owns the request can cancel it; so can a cancel naming no call.
+    t.release(s[1], "r", None, &mut fx).unwrap();
+    granted(&lock(&mut t, s[0], "r", EX, &mut fx));
+    assert_eq!(queued(&mut t, 3, &mut fx), LockOutcome::Queued);
+    assert_eq!(t.cancel(s[1], "r", Some(3), &mut fx).unwrap(), CancelOutcome::Cancelled);
+    assert_eq!(queued(&mut t, 4, &mut fx), LockOutcome::Queued);
+    assert_eq!(t.cancel(s[1], "r", None, &mut fx).unwrap(), CancelOutcome::Cancelled);
 }
 
 #[test]
@@ -338,7 +365,7 @@ fn random_operations_keep_invariants() {
                 .lock(sess, name, mode, true, false, None, &mut fx)
                 .map(Some),
             3 => t.release(sess, name, None, &mut fx).map(|_| None),
-            _ => t.cancel(sess, name, &mut fx).map(|_| None),
+            _ => t.cancel(sess, name, None, &mut fx).map(|_| None),
         };
         let mut new_tokens: Vec<u64> = fx
             .iter()
