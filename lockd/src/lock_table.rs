@@ -129,7 +129,7 @@ pub struct Request {
     pub mode: Mode,
     /// The Lock call that owns the request (0: none in particular). A retry of the same
     /// request takes it over, so a cancel on behalf of an abandoned earlier call, which names
-    /// that call, no longer withdraws it (see [`LockTable::lock_with_id`]).
+    /// that call, no longer withdraws it (see [`LockTable::own_request`]).
     #[serde(default)]
     pub id: u64,
 }
@@ -347,30 +347,16 @@ impl LockTable {
         removed
     }
 
-    /// [`lock`](Self::lock) on behalf of Lock call `id`: a request left queued belongs to it,
-    /// including one queued by an earlier attempt that this call repeats.
-    #[allow(clippy::too_many_arguments)]
-    pub fn lock_with_id(
-        &mut self,
-        id: u64,
-        s: SessionId,
-        name: &str,
-        mode: Mode,
-        convert: bool,
-        try_lock: bool,
-        lvb: Option<&[u8]>,
-        fx: &mut Vec<Effect>,
-    ) -> Result<LockOutcome, LockError> {
-        let outcome = self.lock(s, name, mode, convert, try_lock, lvb, fx)?;
-        if matches!(outcome, LockOutcome::Queued) {
-            if let Some(res) = self.resources.get_mut(name) {
-                let queued = res.converting.iter_mut().chain(res.waiting.iter_mut());
-                if let Some(r) = queued.into_iter().find(|r| r.session == s) {
-                    r.id = id;
-                }
+    /// Marks the session's queued request on `name` as Lock call `id`'s, after [`lock`]
+    /// (Self::lock) answered `Queued` to that call: including a request queued by an earlier
+    /// attempt that this call repeats, which it thereby takes over.
+    pub fn own_request(&mut self, id: u64, s: SessionId, name: &str) {
+        if let Some(res) = self.resources.get_mut(name) {
+            let mut queued = res.converting.iter_mut().chain(res.waiting.iter_mut());
+            if let Some(r) = queued.find(|r| r.session == s) {
+                r.id = id;
             }
         }
-        Ok(outcome)
     }
 
     /// A new request (`convert == false`) or a conversion of a held lock (`convert == true`).

@@ -118,16 +118,21 @@ impl StateMachine {
             Command::CompleteRecovery { session } => {
                 CmdResult::Released(t.complete_recovery(session, fx)?)
             }
-            Command::Lock(c) => CmdResult::Lock(t.lock_with_id(
-                c.request,
-                c.session,
-                &c.resource,
-                c.mode,
-                c.convert,
-                c.try_lock,
-                c.lvb.as_deref(),
-                fx,
-            )?),
+            Command::Lock(c) => {
+                let outcome = t.lock(
+                    c.session,
+                    &c.resource,
+                    c.mode,
+                    c.convert,
+                    c.try_lock,
+                    c.lvb.as_deref(),
+                    fx,
+                )?;
+                if outcome == LockOutcome::Queued {
+                    t.own_request(c.request, c.session, &c.resource);
+                }
+                CmdResult::Lock(outcome)
+            }
             Command::Cancel {
                 session,
                 resource,

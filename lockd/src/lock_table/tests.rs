@@ -220,7 +220,11 @@ fn a_cancel_for_an_abandoned_call_leaves_the_retry_that_took_its_request_over() 
     granted(&lock(&mut t, s[0], "r", EX, &mut fx));
     // Call 1 queues; the client gives up on it and retries as call 2 before call 1's cancel
     // (sent by the server when call 1 went away) is applied.
-    let queued = |t: &mut LockTable, id, fx: &mut Vec<Effect>| t.lock_with_id(id, s[1], "r", EX, false, false, None, fx).unwrap();
+    let queued = |t: &mut LockTable, id, fx: &mut Vec<Effect>| {
+        let o = lock(t, s[1], "r", EX, fx);
+        t.own_request(id, s[1], "r");
+        o
+    };
     assert_eq!(queued(&mut t, 1, &mut fx), LockOutcome::Queued);
     assert_eq!(queued(&mut t, 2, &mut fx), LockOutcome::Queued);
     assert!(matches!(
