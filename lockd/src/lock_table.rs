@@ -347,9 +347,9 @@ impl LockTable {
         removed
     }
 
-    /// Marks the session's queued request on `name` as Lock call `id`'s, after [`lock`]
-    /// (Self::lock) answered `Queued` to that call: including a request queued by an earlier
-    /// attempt that this call repeats, which it thereby takes over.
+    /// Marks the session's queued request on `name` as Lock call `id`'s, after
+    /// [`lock`](Self::lock) answered `Queued` to that call: including a request queued by an
+    /// earlier attempt that this call repeats, which it thereby takes over.
     pub fn own_request(&mut self, id: u64, s: SessionId, name: &str) {
         if let Some(res) = self.resources.get_mut(name) {
             let mut queued = res.converting.iter_mut().chain(res.waiting.iter_mut());
