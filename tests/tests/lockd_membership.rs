@@ -1,6 +1,7 @@
 //! Membership while running: a replica is removed, wiped, added back and started empty; it
 //! catches up from a snapshot (the log it would need is compacted away) and then counts as a
-//! voter, so the cluster survives losing another original replica.
+//! voter, so the cluster survives losing another original replica. Removing the leader itself
+//! hands the cluster to the other two.
 use std::time::Duration;
 
 use mafs_tests::lockd_cluster::LockdCluster;
@@ -52,4 +53,23 @@ fn a_wiped_replica_is_re_added_and_catches_up_from_a_snapshot() {
     let st = c.status_of(victim).expect("re-added replica answers status");
     let lead = c.status_of(leader).expect("leader answers");
     assert!(st.applied + 5 >= lead.commit, "{st:?} vs {lead:?}");
+}
+
+#[test]
+fn removing_the_current_leader_hands_the_cluster_to_the_other_two() {
+    let c = LockdCluster::start(3, &[]);
+    let leader = c.wait_leader(Duration::from_secs(15));
+    run_locks(&c, 4);
+
+    let out = c.lockd(&["remove-member", "--id", &leader.to_string()]);
+    assert!(out.status.success(), "remove-member of the leader: {}", String::from_utf8_lossy(&out.stderr));
+    // The two left elect one of themselves, and the removed replica no longer leads anyone.
+    let handed_over = wait_until(Duration::from_secs(15), || {
+        let st = c.statuses();
+        let leaders: Vec<u64> = st.iter().filter(|s| s.role == "leader").map(|s| s.id).collect();
+        leaders.len() == 1 && leaders[0] != leader
+    });
+    assert!(handed_over, "no new leader among the other two: {:?}\n{}", c.statuses(), c.log_tail(leader));
+    assert!(!members(&c).contains(&format!("{leader}=")), "{}", members(&c));
+    run_locks(&c, 8);
 }
