@@ -2,6 +2,8 @@
 # Filesystem benchmark of issue 2: mafs (standalone FUSE mount of a volume file) vs ext4 on a loop
 # device over a file vs fio on a plain file (the device limit), side by side in one run, targets
 # alternated and repeated; prints medians and ratios (and writes them to $WORK/summary.md).
+# The small-file phases also run on fuse_ceiling (bench/src/bin/fuse_ceiling.rs), an in-memory FUSE
+# filesystem with mafs's FUSE settings: what any FUSE filesystem mounted like mafs can reach.
 #
 # Usage (as root): bench/fs-bench.sh
 # Environment:
@@ -26,6 +28,7 @@ VOL_SIZE="${VOL_SIZE:-4G}"
 STRACE="${STRACE:-1}"
 MAFS="$REPO/target/release/mafs"
 SMALLFILES="$REPO/target/release/smallfiles"
+CEILING="$REPO/target/release/fuse_ceiling"
 
 [ "$(id -u)" = 0 ] || { echo "fs-bench.sh: run as root (mount, losetup, drop_caches)" >&2; exit 1; }
 
@@ -50,14 +53,18 @@ rm -rf "$RES" && mkdir -p "$RES"
 MAFS_VOL="$WORK/mafs.vol";  MAFS_MNT="$WORK/mafs.mnt"
 EXT4_IMG="$WORK/ext4.img";  EXT4_MNT="$WORK/ext4.mnt"
 RAW_DIR="$WORK/raw"          # fio on a plain file of the host filesystem: the device limit
-mkdir -p "$MAFS_MNT" "$EXT4_MNT" "$RAW_DIR"
-MAFS_PID=""
+# smallfiles only: an in-memory FUSE filesystem with mafs's FUSE settings (bench/src/bin/fuse_ceiling.rs)
+CEIL_MNT="$WORK/ceiling.mnt"
+mkdir -p "$MAFS_MNT" "$EXT4_MNT" "$RAW_DIR" "$CEIL_MNT"
+MAFS_PID=""; CEIL_PID=""
 
 cleanup() {
     set +e
     if mountpoint -q "$MAFS_MNT"; then umount "$MAFS_MNT"; fi
     if [ -n "$MAFS_PID" ]; then wait "$MAFS_PID" 2>/dev/null; fi
     if mountpoint -q "$EXT4_MNT"; then umount "$EXT4_MNT"; fi
+    if mountpoint -q "$CEIL_MNT"; then umount "$CEIL_MNT"; fi
+    if [ -n "$CEIL_PID" ]; then wait "$CEIL_PID" 2>/dev/null; fi
 }
 trap cleanup EXIT
 
@@ -72,8 +79,12 @@ mountpoint -q "$MAFS_MNT" || { echo "mafs did not mount; see $WORK/mafs-mount.lo
 truncate -s "$VOL_SIZE" "$EXT4_IMG"
 mkfs.ext4 -F -q "$EXT4_IMG"
 mount -o loop "$EXT4_IMG" "$EXT4_MNT"
+"$CEILING" "$CEIL_MNT" >"$WORK/ceiling-mount.log" 2>&1 &
+CEIL_PID=$!
+for _ in $(seq 100); do mountpoint -q "$CEIL_MNT" && break; sleep 0.1; done
+mountpoint -q "$CEIL_MNT" || { echo "fuse_ceiling did not mount; see $WORK/ceiling-mount.log" >&2; exit 1; }
 
-dir_of() { case "$1" in mafs) echo "$MAFS_MNT" ;; ext4) echo "$EXT4_MNT" ;; raw) echo "$RAW_DIR" ;; esac; }
+dir_of() { case "$1" in mafs) echo "$MAFS_MNT" ;; ext4) echo "$EXT4_MNT" ;; raw) echo "$RAW_DIR" ;; ceiling) echo "$CEIL_MNT" ;; esac; }
 drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches; }
 
 # fio JOBNAME TARGET REP extra-args...: one job, JSON result in $RES/TARGET.REP.JOBNAME.json
@@ -87,6 +98,12 @@ run_fio() {
 bench_target() { # TARGET REP
     local t=$1 rep=$2 d; d="$(dir_of "$t")"
     echo "== rep $rep: $t ($(date -u +%H:%M:%S))" >&2
+    if [ "$t" = ceiling ]; then
+        for s in $(seq "$SF_REPS"); do
+            "$SMALLFILES" "$d" --files "$FILES" --json --label "$t" >"$RES/$t.$rep.$s.smallfiles.json"
+        done
+        return
+    fi
     rm -f "$d/fio.dat"; sync
     # sequential 1 MiB write of a fresh file, durable at the end (the fsync is inside fio's runtime)
     run_fio seqwrite "$t" "$rep" --rw=write --bs=1M --size="$SEQ_SIZE" --end_fsync=1
@@ -109,10 +126,10 @@ bench_target() { # TARGET REP
     fi
 }
 
-TARGETS=(mafs ext4 raw)
+TARGETS=(mafs ext4 raw ceiling)
 for rep in $(seq "$REPS"); do
-    for i in 0 1 2; do
-        bench_target "${TARGETS[$(( (i + rep - 1) % 3 ))]}" "$rep"
+    for i in 0 1 2 3; do
+        bench_target "${TARGETS[$(( (i + rep - 1) % 4 ))]}" "$rep"
     done
 done
 
@@ -134,6 +151,7 @@ fi
 
 umount "$MAFS_MNT"; wait "$MAFS_PID"; MAFS_PID=""
 umount "$EXT4_MNT"
+umount "$CEIL_MNT"; wait "$CEIL_PID"; CEIL_PID=""
 "$MAFS" fsck "$MAFS_VOL" >"$RES/fsck.txt" 2>&1 && echo "fsck: $(cat "$RES/fsck.txt")" >&2 || {
     echo "fsck of the mafs volume after the run FAILED:" >&2; cat "$RES/fsck.txt" >&2; }
 
@@ -178,7 +196,7 @@ for job, kind, metric, title in fio_jobs:
     rows.append((job, title, vals))
 for ph, title in sf:
     vals = {}
-    for t in ("mafs", "ext4"):
+    for t in ("mafs", "ext4", "ceiling"):
         xs = []
         for f in sorted(glob.glob(f"{res}/{t}.*.smallfiles.json")):
             j = load(f)
@@ -199,6 +217,20 @@ for key, title, v in rows:
     verdict = "—" if tgt is None else f"≥ {tgt}: " + ("**met**" if r is not None and r >= tgt else "**not met**")
     print(f"| {title} | {fmt(v['mafs'])} | {fmt(v['ext4'])} | {fmt(v['raw'])} | "
           f"{'—' if r is None else f'{r:.2f}'} | {'—' if rr is None else f'{rr:.2f}'} | {verdict} |")
+print()
+print("Against the FUSE ceiling: `fuse_ceiling`, an in-memory filesystem that answers every request at")
+print("once, mounted with mafs's FUSE settings (default_permissions, POSIX ACLs, xattrs, the same init")
+print("and open flags and TTLs), so it gets the same requests per operation as mafs:")
+print()
+print("| phase | mafs | ext4 (loop) | FUSE ceiling | mafs/ext4 | ceiling/ext4 | mafs/ceiling | target (mafs/ext4) |")
+print("|---|---:|---:|---:|---:|---:|---:|---|")
+for key, title, v in rows:
+    if "ceiling" not in v:
+        continue
+    r, c, m = ratio(v["mafs"], v["ext4"]), ratio(v["ceiling"], v["ext4"]), ratio(v["mafs"], v["ceiling"])
+    f2 = lambda x: "—" if x is None else f"{x:.2f}"
+    tgt = targets.get(key)
+    print(f"| {title} | {fmt(v['mafs'])} | {fmt(v['ext4'])} | {fmt(v['ceiling'])} | {f2(r)} | {f2(c)} | {f2(m)} | {'—' if tgt is None else f'≥ {tgt}'} |")
 print()
 print("Samples (every repetition, in run order):")
 for (k, t), xs in samples.items():
