@@ -95,13 +95,19 @@ run_fio() {
         --output-format=json --output="$RES/$target.$rep.$job.json" "$@" >/dev/null
 }
 
+run_smallfiles() { # TARGET REP: SF_REPS runs, JSON results in $RES/TARGET.REP.N.smallfiles.json
+    local t=$1 rep=$2 s
+    for s in $(seq "$SF_REPS"); do
+        "$SMALLFILES" "$(dir_of "$t")" --files "$FILES" --json --label "$t" >"$RES/$t.$rep.$s.smallfiles.json"
+        sync
+    done
+}
+
 bench_target() { # TARGET REP
     local t=$1 rep=$2 d; d="$(dir_of "$t")"
     echo "== rep $rep: $t ($(date -u +%H:%M:%S))" >&2
     if [ "$t" = ceiling ]; then
-        for s in $(seq "$SF_REPS"); do
-            "$SMALLFILES" "$d" --files "$FILES" --json --label "$t" >"$RES/$t.$rep.$s.smallfiles.json"
-        done
+        run_smallfiles "$t" "$rep"
         return
     fi
     rm -f "$d/fio.dat"; sync
@@ -119,10 +125,7 @@ bench_target() { # TARGET REP
         --end_fsync=1
     rm -f "$d/fio.dat"; sync
     if [ "$t" != raw ]; then
-        for s in $(seq "$SF_REPS"); do
-            "$SMALLFILES" "$d" --files "$FILES" --json --label "$t" >"$RES/$t.$rep.$s.smallfiles.json"
-            sync
-        done
+        run_smallfiles "$t" "$rep"
     fi
 }
 

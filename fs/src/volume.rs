@@ -79,11 +79,13 @@ impl Volume {
     pub fn begin(&self) -> Result<crate::journal::Handle<'_>> {
         // A full transaction goes to the background committer while operations go on; the
         // caller commits itself only without one, or when it has fallen behind.
-        if self.journal.is_full() && !self.journal.request_commit() {
-            self.commit()?;
-        }
-        while self.journal.is_over_hard_limit() {
-            self.commit()?;
+        if self.journal.is_full() {
+            if !self.journal.request_commit() {
+                self.commit()?;
+            }
+            while self.journal.is_over_hard_limit() {
+                self.commit()?;
+            }
         }
         self.journal.begin()
     }

@@ -159,6 +159,12 @@ impl Resource {
             .chain(self.waiting.iter())
             .find(|r| r.session == s)
     }
+    fn pending_request_mut(&mut self, s: SessionId) -> Option<&mut Request> {
+        self.converting
+            .iter_mut()
+            .chain(self.waiting.iter_mut())
+            .find(|r| r.session == s)
+    }
     fn compatible_with_holders(&self, mode: Mode, except: Option<SessionId>) -> bool {
         self.granted
             .iter()
@@ -351,11 +357,8 @@ impl LockTable {
     /// [`lock`](Self::lock) answered `Queued` to that call: including a request queued by an
     /// earlier attempt that this call repeats, which it thereby takes over.
     pub fn own_request(&mut self, id: u64, s: SessionId, name: &str) {
-        if let Some(res) = self.resources.get_mut(name) {
-            let mut queued = res.converting.iter_mut().chain(res.waiting.iter_mut());
-            if let Some(r) = queued.find(|r| r.session == s) {
-                r.id = id;
-            }
+        if let Some(r) = self.resources.get_mut(name).and_then(|res| res.pending_request_mut(s)) {
+            r.id = id;
         }
     }
 

@@ -71,17 +71,24 @@ struct CancelOnDrop {
     armed: bool,
 }
 
+impl CancelOnDrop {
+    /// The cancel of this call's request, and of nothing a retry has taken over.
+    fn command(&self) -> Command {
+        Command::Cancel {
+            session: self.session,
+            resource: self.resource.clone(),
+            request: Some(self.request),
+        }
+    }
+}
+
 impl Drop for CancelOnDrop {
     fn drop(&mut self) {
         if !self.armed {
             return;
         }
         let node = self.node.clone();
-        let cmd = Command::Cancel {
-            session: self.session,
-            resource: std::mem::take(&mut self.resource),
-            request: Some(self.request),
-        };
+        let cmd = self.command();
         tokio::spawn(async move {
             let _ = node.propose(cmd, COMMIT_WAIT).await;
         });
@@ -124,7 +131,7 @@ impl LockdService {
         let mut guard = CancelOnDrop {
             node: self.node.clone(),
             session,
-            resource: resource.clone(),
+            resource,
             request,
             armed: true,
         };
@@ -134,18 +141,7 @@ impl LockdService {
         match res {
             Ok(Ok(g)) => Ok(granted(&g)),
             Ok(Err(_)) => Err(LockError::UnknownSession(session).into()),
-            Err(_) => match self
-                .node
-                .propose(
-                    Command::Cancel {
-                        session,
-                        resource,
-                        request: Some(request),
-                    },
-                    COMMIT_WAIT,
-                )
-                .await
-            {
+            Err(_) => match self.node.propose(guard.command(), COMMIT_WAIT).await {
                 // Withdrawn already, or taken over by a retry of this call that is still
                 // waiting: either way this attempt is over.
                 Err(LockdError::Lock(LockError::NothingToCancel { .. })) => Ok(timed_out(mode)),
