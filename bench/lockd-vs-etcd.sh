@@ -57,15 +57,20 @@ cmd="bench/lockd-vs-etcd.sh $*"
   echo
   cat "$W/result.md"
   echo
-  echo 'Reading it: each lockd cycle is two commits (acquire, release), each a client round trip to the'
-  echo 'leader, a round trip from the leader to a follower and one fdatasync there (~0.11 ms alone on this'
-  echo 'disk; the leader'\''s own runs in parallel). On this 2-vCPU VM the cost is mostly the four process'
-  echo 'wake-ups per commit (50-130 µs each, measured with `perf trace`), which is why each replica runs'
-  echo 'on one thread (docs/lockd.md). A single sequential client therefore stays under ~1,000 cycles/s;'
-  echo 'more clients share wake-ups and fsyncs (group commit). The hand-off is one commit: the release'
-  echo 'that dequeues the waiter grants it in the same apply, and the waiter'\''s pending Lock call returns'
-  echo 'at once. A node working alone does not pay even that: a lock it already caches is re-acquired'
-  echo 'with no network call at all (the cached re-acquire line).'
+  echo 'Reading it: each cycle commits two log entries on both systems (acquire, release). Each lockd'
+  echo 'commit is a client round trip to the leader, a round trip from the leader to a follower and one'
+  echo 'fdatasync there (~0.11 ms alone on this disk; the leader'\''s own runs in parallel). On this 2-vCPU'
+  echo 'VM the cost is mostly the four process wake-ups per commit (50-130 µs each, measured with'
+  echo '`perf trace`), which is why each replica runs on one thread (docs/lockd.md). lockd'\''s release is'
+  echo 'asynchronous, like `dlm_unlock`: `Session::release` returns once the release is sent, and the'
+  echo 'next lock of the same resource carries it (docs/lockd.md, "Asynchronous release"), so a'
+  echo 'sequential client'\''s release and next acquire share one replication round; a run ends only when'
+  echo 'every release has committed. The "release awaited" row waits for each release'\''s commit inside'
+  echo 'the cycle, as etcd'\''s unlock does: two rounds in a row. More clients share wake-ups and fsyncs'
+  echo '(group commit). The hand-off is one commit: the release that dequeues the waiter grants it in'
+  echo 'the same apply, and the waiter'\''s pending Lock call returns at once. A node working alone does not'
+  echo 'pay even that: a lock it already caches is re-acquired with no network call at all (the cached'
+  echo 're-acquire line).'
 } > "$W/section.md"
 python3 - "$ROOT/docs/benchmarks.md" "$W/section.md" <<'PY'
 import re, sys

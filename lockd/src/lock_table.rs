@@ -555,12 +555,15 @@ impl LockTable {
         }
     }
 
-    /// Releases the session's lock on `name` (and withdraws a pending conversion of it).
+    /// Releases the session's lock on `name` (and withdraws a pending conversion of it). With
+    /// `token`, only the grant that carries it: a re-sent release of a grant that is already
+    /// gone must not take a later grant of the same resource with it.
     pub fn release(
         &mut self,
         s: SessionId,
         name: &str,
         lvb: Option<&[u8]>,
+        token: Option<u64>,
         fx: &mut Vec<Effect>,
     ) -> Result<(), LockError> {
         validate_resource(name)?;
@@ -572,7 +575,11 @@ impl LockTable {
                 resource: name.into(),
             });
         };
-        let Some(pos) = res.granted.iter().position(|h| h.session == s) else {
+        let Some(pos) = res
+            .granted
+            .iter()
+            .position(|h| h.session == s && token.is_none_or(|t| h.token == t))
+        else {
             return Err(LockError::NotHeld {
                 session: s,
                 resource: name.into(),

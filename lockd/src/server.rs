@@ -19,7 +19,7 @@ use crate::lock_table::{
 };
 use crate::mode::Mode;
 use crate::raft_node::{self, MembershipOp, NodeHandle, ReplicaConfig};
-use crate::state_machine::{CmdResult, Command, LockCmd};
+use crate::state_machine::{CmdResult, Command, LockCmd, PendingRelease};
 use crate::transport::MAX_RAFT_MESSAGE;
 
 /// How long a proposal may take to commit before the caller hears UNAVAILABLE and retries.
@@ -227,6 +227,22 @@ impl Lockd for LockdService {
         validate_resource(&r.resource)?;
         let lvb = r.write_lvb.then_some(r.lvb);
         validate_lvb(lvb.as_deref())?;
+        let release_first = match r.release_first {
+            None => None,
+            Some(p) if p.fencing_token == 0 => {
+                return Err(Status::invalid_argument(
+                    "release_first needs the fencing token of the grant it releases (got 0)",
+                ))
+            }
+            Some(p) => {
+                let lvb = p.write_lvb.then_some(p.lvb);
+                validate_lvb(lvb.as_deref())?;
+                Some(PendingRelease {
+                    token: p.fencing_token,
+                    lvb,
+                })
+            }
+        };
         self.node.require_leader()?;
         let wait = match r.timeout_ms {
             0 => DEFAULT_LOCK_WAIT,
@@ -240,6 +256,7 @@ impl Lockd for LockdService {
             try_lock: r.try_lock,
             lvb,
             request: rand::random::<u64>().max(1),
+            release_first,
         };
         let resp = self.wait_for_grant(cmd, wait).await?;
         Ok(Response::new(resp))
@@ -288,6 +305,7 @@ impl Lockd for LockdService {
             session: r.session_id,
             resource: r.resource,
             lvb,
+            token: (r.fencing_token != 0).then_some(r.fencing_token),
         })
         .await?;
         Ok(Response::new(pb::ReleaseResponse {}))

@@ -42,6 +42,9 @@ pub enum Command {
         session: SessionId,
         resource: String,
         lvb: Option<Vec<u8>>,
+        /// Only the grant with this fencing token (absent: whatever the session holds).
+        #[serde(default)]
+        token: Option<u64>,
     },
     /// Commits nothing but orders a read after everything before it (linearizable dump).
     Barrier,
@@ -59,6 +62,17 @@ pub struct LockCmd {
     /// Random per Lock call (chosen by the replica that serves it), so its cancel can name it.
     #[serde(default)]
     pub request: u64,
+    /// The session's asynchronous release of its earlier grant of this resource, applied
+    /// first so the request cannot overtake it (see docs/lockd.md, "Asynchronous release").
+    #[serde(default)]
+    pub release_first: Option<PendingRelease>,
+}
+
+/// A release the client sent without waiting for it, named by the grant's fencing token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingRelease {
+    pub token: u64,
+    pub lvb: Option<Vec<u8>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -119,6 +133,13 @@ impl StateMachine {
                 CmdResult::Released(t.complete_recovery(session, fx)?)
             }
             Command::Lock(c) => {
+                if let Some(r) = &c.release_first {
+                    match t.release(c.session, &c.resource, r.lvb.as_deref(), Some(r.token), fx) {
+                        // Its own copy of the release got there first.
+                        Ok(()) | Err(LockError::NotHeld { .. }) => {}
+                        Err(e) => return Err(e),
+                    }
+                }
                 let outcome = t.lock(
                     c.session,
                     &c.resource,
@@ -142,8 +163,9 @@ impl StateMachine {
                 session,
                 resource,
                 lvb,
+                token,
             } => {
-                t.release(session, &resource, lvb.as_deref(), fx)?;
+                t.release(session, &resource, lvb.as_deref(), token, fx)?;
                 CmdResult::Done
             }
             Command::Barrier => CmdResult::Done,
@@ -182,6 +204,7 @@ mod tests {
             try_lock: false,
             lvb: Some(vec![1, 2]),
             request: 99,
+            release_first: Some(PendingRelease { token: 4, lvb: None }),
         });
         assert_eq!(Command::decode(&c.encode().unwrap()).unwrap(), c);
         // Entries from before `request` existed decode, with request 0.
@@ -219,6 +242,7 @@ mod tests {
                 try_lock: false,
                 lvb: None,
                 request: 7,
+                release_first: None,
             }),
             &mut fx,
         )
@@ -227,5 +251,80 @@ mod tests {
         assert_eq!(back.members, sm.members);
         assert_eq!(back.table.counts(), sm.table.counts());
         assert_eq!(back.table.next_token(), sm.table.next_token());
+    }
+
+    fn open(sm: &mut StateMachine, node: &str) -> SessionId {
+        let cmd = Command::OpenSession {
+            node: node.into(),
+            lease_ms: 1000,
+            hold_locks_on_expiry: false,
+        };
+        match sm.apply(cmd, &mut vec![]) {
+            Ok(CmdResult::Session(s)) => s,
+            r => panic!("{r:?}"),
+        }
+    }
+
+    fn lock_ex(session: SessionId, release_first: Option<PendingRelease>) -> Command {
+        Command::Lock(LockCmd {
+            session,
+            resource: "r".into(),
+            mode: Mode::EX,
+            convert: false,
+            try_lock: true,
+            lvb: None,
+            request: 1,
+            release_first,
+        })
+    }
+
+    fn granted(r: Result<CmdResult, LockError>) -> crate::lock_table::Grant {
+        match r {
+            Ok(CmdResult::Lock(LockOutcome::Granted(g))) => g,
+            r => panic!("expected a grant, got {r:?}"),
+        }
+    }
+
+    #[test]
+    fn a_lock_carrying_its_sessions_pending_release_is_applied_after_it_and_late_copies_do_nothing() {
+        let mut sm = StateMachine::default();
+        let (a, b, keeper) = (open(&mut sm, "a"), open(&mut sm, "b"), open(&mut sm, "keeper"));
+        let fx = &mut vec![];
+        // An NL holder keeps the resource, and with it the lock value block, in existence.
+        let mut nl = lock_ex(keeper, None);
+        if let Command::Lock(c) = &mut nl {
+            c.mode = Mode::NL;
+        }
+        granted(sm.apply(nl, fx));
+        let first = granted(sm.apply(lock_ex(a, None), fx));
+        // Without the release in front, the same request would be answered with the grant
+        // being given up.
+        let pending = PendingRelease { token: first.token, lvb: Some(b"v1".to_vec()) };
+        let second = granted(sm.apply(lock_ex(a, Some(pending.clone())), fx));
+        assert!(second.token > first.token, "{second:?} is not a new grant after {first:?}");
+        assert_eq!(second.lvb, b"v1", "the release's lock value block was written first");
+        // The release's own copy, and a retried Lock carrying it, arrive late: neither takes
+        // the new grant away.
+        let late = Command::Release {
+            session: a,
+            resource: "r".into(),
+            lvb: Some(b"stale".to_vec()),
+            token: Some(first.token),
+        };
+        assert!(matches!(sm.apply(late, fx), Err(LockError::NotHeld { .. })));
+        assert_eq!(granted(sm.apply(lock_ex(a, Some(pending)), fx)).token, second.token);
+        assert_eq!(
+            sm.apply(lock_ex(b, None), fx).ok(),
+            Some(CmdResult::Lock(LockOutcome::NotGranted)),
+            "a's second grant is still held"
+        );
+        let release = Command::Release {
+            session: a,
+            resource: "r".into(),
+            lvb: None,
+            token: Some(second.token),
+        };
+        sm.apply(release, fx).expect("release of the current grant");
+        assert_eq!(granted(sm.apply(lock_ex(b, None), fx)).lvb, b"v1");
     }
 }

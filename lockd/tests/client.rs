@@ -405,3 +405,90 @@ async fn recovering_locks_stay_held_until_recovery_completes() {
     .await
     .unwrap();
 }
+
+/// Many sessions cycling lock + (asynchronous) release on a few resources: every cycle ends
+/// with a grant, nothing stays held once each session has confirmed its releases, and no two
+/// sessions ever held one resource at once (their grant-to-release windows do not overlap).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn contended_cycles_with_asynchronous_releases_all_complete_and_never_overlap() {
+    let dir = tempfile::tempdir().unwrap();
+    let eps = cluster(3, dir.path()).await;
+    const SESSIONS: usize = 24;
+    const ROUNDS: usize = 30;
+    let windows = Arc::new(Mutex::new(Vec::<(usize, Instant, Instant)>::new()));
+    let mut workers = Vec::new();
+    for w in 0..SESSIONS {
+        let eps = eps.clone();
+        let windows = windows.clone();
+        workers.push(tokio::spawn(async move {
+            let s = Session::open(&eps, opts(&format!("w{w}"))).await.unwrap();
+            for round in 0..ROUNDS {
+                // Three rounds in a row on one resource: a lock that follows its own release.
+                let r = (w + round / 3) % 4;
+                let g = s
+                    .lock(&format!("c/{r}"), Mode::EX, LockOptions::wait(Duration::from_secs(20)))
+                    .await
+                    .unwrap_or_else(|e| panic!("w{w} round {round}: {e}"));
+                let start = Instant::now();
+                // Before the drop: from then on a revocation may hand the lock on.
+                let end = Instant::now();
+                drop(g);
+                s.release(&format!("c/{r}"), None).await.unwrap();
+                windows.lock().push((r, start, end));
+            }
+            s.released().await.unwrap();
+            s
+        }));
+    }
+    let mut sessions = Vec::new();
+    for w in workers {
+        sessions.push(w.await.unwrap());
+    }
+    let probe = Session::open(&eps, opts("probe")).await.unwrap();
+    for r in 0..4 {
+        probe
+            .lock(&format!("c/{r}"), Mode::EX, LockOptions::try_now())
+            .await
+            .unwrap_or_else(|e| panic!("c/{r} still held after every release was confirmed: {e}"));
+    }
+    let mut w = windows.lock().clone();
+    assert_eq!(w.len(), SESSIONS * ROUNDS);
+    w.sort_by_key(|x| (x.0, x.1));
+    for pair in w.windows(2) {
+        if pair[0].0 == pair[1].0 {
+            assert!(pair[1].1 >= pair[0].2, "two holders of c/{} at once", pair[0].0);
+        }
+    }
+}
+
+/// `release` does not wait for lockd; a lock of the same resource right after it is applied
+/// after the release (it carries it), so it gets a new grant that sees the released LVB, and
+/// the resource is free once `released` says every release committed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relock_right_after_an_asynchronous_release_is_granted_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let eps = cluster(3, dir.path()).await;
+    let a = Session::open(&eps, opts("a")).await.unwrap();
+    let other = Session::open(&eps, opts("other")).await.unwrap();
+    // An NL holder keeps the resource, and its lock value block, in existence.
+    let _keeper = other.lock("ar", Mode::NL, LockOptions::default()).await.unwrap();
+    let probe = Session::open(&eps, opts("probe")).await.unwrap();
+    for round in 0..20u8 {
+        let g = a.lock("ar", Mode::EX, LockOptions::default()).await.unwrap();
+        let first = g.grant.token;
+        drop(g);
+        a.release("ar", Some(vec![round])).await.unwrap();
+        let again = a
+            .lock("ar", Mode::PR, LockOptions::wait(Duration::from_secs(10)))
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: {e}"));
+        assert!(again.grant.token > first, "round {round}: the old grant came back");
+        assert_eq!(again.grant.lvb, vec![round], "round {round}: the release's LVB was not written first");
+        drop(again);
+        a.release("ar", None).await.unwrap();
+    }
+    a.released().await.unwrap();
+    let g = probe.lock("ar", Mode::EX, LockOptions::try_now()).await;
+    assert!(g.is_ok(), "ar still held after every release was confirmed: {:?}", g.err());
+}
+

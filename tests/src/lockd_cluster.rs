@@ -88,6 +88,15 @@ impl LockdCluster {
         }
     }
 
+    /// SIGSTOP (`stop`) or SIGCONT the replica: a replica that is alive but silent.
+    pub fn freeze(&self, id: u64, stop: bool) {
+        let child = self.replica(id).child.as_ref().unwrap_or_else(|| panic!("replica {id} is not running"));
+        let pid = libc::pid_t::try_from(child.id()).expect("pid");
+        let sig = if stop { libc::SIGSTOP } else { libc::SIGCONT };
+        // SAFETY: signalling our own child process, which we have not reaped.
+        assert_eq!(unsafe { libc::kill(pid, sig) }, 0, "signal replica {id}");
+    }
+
     pub fn wipe(&mut self, id: u64) {
         let d = self.replica(id).data_dir.clone();
         let _ = std::fs::remove_dir_all(d);

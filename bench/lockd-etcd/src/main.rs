@@ -1,9 +1,12 @@
 //! lockd vs etcd, side by side on the same machine, each as three replicas on 127.0.0.1.
 //! Prints markdown tables; `bench/lockd-vs-etcd.sh` starts the clusters and files the results.
 //!
-//! A "cycle" is acquire + release of an exclusive lock, each a network round trip that commits
-//! through the replicated log: `Session::lock` + `Session::release` for lockd, `Lock` +
-//! `Unlock` (with a lease, as `etcdctl lock` does) for etcd.
+//! A "cycle" is acquire + release of an exclusive lock, each committed through the replicated
+//! log: `Session::lock` + `Session::release` for lockd, `Lock` + `Unlock` (with a lease, as
+//! `etcdctl lock` does) for etcd. lockd's release is asynchronous (like `dlm_unlock`): the
+//! next lock of the same resource carries it into the same commit, and a run ends only when
+//! every release has committed. The "lockd, release awaited" row waits for each release's
+//! commit inside the cycle, as etcd's unlock does.
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -34,6 +37,8 @@ struct Args {
 #[derive(Clone, Copy, PartialEq)]
 enum System {
     Lockd,
+    /// lockd with every release awaited before the next acquire.
+    LockdAwaited,
     Etcd,
 }
 
@@ -41,14 +46,16 @@ impl System {
     fn name(self) -> &'static str {
         match self {
             System::Lockd => "lockd",
+            System::LockdAwaited => "lockd, release awaited",
             System::Etcd => "etcd",
         }
     }
 }
 
+
 /// One client's connection to either system.
 enum Locker {
-    Lockd(Session),
+    Lockd { session: Session, await_release: bool },
     Etcd { client: etcd_client::Client, lease: i64 },
 }
 
@@ -62,10 +69,13 @@ enum Held {
 impl Locker {
     async fn connect(sys: System, args: &Args, name: &str) -> Result<Locker> {
         Ok(match sys {
-            System::Lockd => {
+            System::Lockd | System::LockdAwaited => {
                 let mut o = SessionOptions::new(name);
                 o.lease = Duration::from_secs(10);
-                Locker::Lockd(Session::open(&args.lockd, o).await?)
+                Locker::Lockd {
+                    session: Session::open(&args.lockd, o).await?,
+                    await_release: sys == System::LockdAwaited,
+                }
             }
             System::Etcd => {
                 let mut client = etcd_client::Client::connect(&args.etcd, None).await?;
@@ -77,7 +87,7 @@ impl Locker {
 
     async fn acquire(&mut self, name: &str) -> Result<Held> {
         match self {
-            Locker::Lockd(s) => {
+            Locker::Lockd { session: s, .. } => {
                 let g = s.lock(name, Mode::EX, LockOptions::wait(Duration::from_secs(60))).await?;
                 Ok(Held::Lockd(name.to_string(), g))
             }
@@ -90,9 +100,13 @@ impl Locker {
 
     async fn release(&mut self, h: Held) -> Result<()> {
         match (self, h) {
-            (Locker::Lockd(s), Held::Lockd(name, guard)) => {
+            (Locker::Lockd { session: s, await_release }, Held::Lockd(name, guard)) => {
                 drop(guard);
-                Ok(s.release(&name, None).await?)
+                s.release(&name, None).await?;
+                if *await_release {
+                    s.released().await?;
+                }
+                Ok(())
             }
             (Locker::Etcd { client, .. }, Held::Etcd(key)) => {
                 client.unlock(key).await?;
@@ -100,6 +114,14 @@ impl Locker {
             }
             _ => anyhow::bail!("mismatched lock handle"),
         }
+    }
+
+    /// Waits until every release has committed (etcd's unlock already waits for it).
+    async fn settle(&self) -> Result<()> {
+        if let Locker::Lockd { session, .. } = self {
+            session.released().await?;
+        }
+        Ok(())
     }
 }
 
@@ -140,6 +162,8 @@ async fn throughput(sys: System, args: Arc<Args>, clients: usize, names: usize, 
                 l.release(h).await?;
                 lat.push(t.elapsed());
             }
+            // lockd's releases are asynchronous: the run is over when the last one committed.
+            l.settle().await?;
             anyhow::Ok(lat)
         }));
     }
@@ -234,6 +258,10 @@ async fn main() -> Result<()> {
     let mut workloads: Vec<(String, usize, usize)> = args.clients.iter().map(|&c| ("uncontended".to_string(), c, c)).collect();
     workloads.push(("contended".into(), 64, 4));
     for (kind, clients, names) in &workloads {
+        let mut systems = systems.clone();
+        if *clients == 1 {
+            systems.insert(1, System::LockdAwaited);
+        }
         for &sys in &systems {
             let tag = format!("{kind}-{clients}-{}", sys.name());
             let s = throughput(sys, args.clone(), *clients, *names, &tag).await?;
@@ -243,12 +271,14 @@ async fn main() -> Result<()> {
         }
     }
     println!();
-    if systems.len() == 2 {
+    if systems.contains(&System::Etcd) {
         println!("| workload | lockd / etcd throughput | lockd p99 / etcd p99 |");
         println!("|---|---:|---:|");
-        for pair in rows.chunks(2) {
-            if let [(w, _, lr, lp), (_, _, er, ep)] = pair {
-                println!("| {w} | {:.2}x | {:.2} |", lr / er, lp.as_secs_f64() / ep.as_secs_f64().max(1e-9));
+        for (w, sys, lr, lp) in &rows {
+            let etcd = rows.iter().find(|r| &r.0 == w && r.1 == System::Etcd);
+            if let (false, Some((_, _, er, ep))) = (*sys == System::Etcd, etcd) {
+                let label = if *sys == System::Lockd { w.clone() } else { format!("{w} ({})", sys.name()) };
+                println!("| {label} | {:.2}x | {:.2} |", lr / er, lp.as_secs_f64() / ep.as_secs_f64().max(1e-9));
             }
         }
         println!();

@@ -21,6 +21,8 @@ struct State {
 
 /// The `what` of heartbeat calls, which [`Conn::round_trips`] leaves out.
 pub const HEARTBEAT: &str = "heartbeat";
+/// The `what` of the call that opens the session's event stream, also left out.
+pub const EVENTS: &str = "events";
 
 pub struct Conn {
     endpoints: Vec<String>,
@@ -65,8 +67,9 @@ impl Conn {
         })
     }
 
-    /// RPCs other than heartbeats that reached a replica and got an answer, redirects
-    /// included. A cached lock shows up as no change here.
+    /// RPCs that reached a replica and got an answer, redirects included, other than
+    /// heartbeats and the opening of the event stream (both run on their own schedule,
+    /// whatever the caller does). A cached lock shows up as no change here.
     pub fn round_trips(&self) -> u64 {
         self.round_trips.load(Ordering::Relaxed)
     }
@@ -127,9 +130,9 @@ impl Conn {
                     "{addr} did not answer within {per_try:?}"
                 ))),
             };
-            // Heartbeats run on their own timer whatever the caller does; counting them would
-            // make "a cached lock costs no round trip" depend on when one happens to fall.
-            let counted = if what == HEARTBEAT { 0 } else { 1 };
+            // Counting the session's own background calls would make "a cached lock costs no
+            // round trip" depend on when one happens to fall.
+            let counted = if what == HEARTBEAT || what == EVENTS { 0 } else { 1 };
             let st = match outcome {
                 Ok(resp) => {
                     self.round_trips.fetch_add(counted, Ordering::Relaxed);

@@ -9,7 +9,7 @@ use parking_lot::Mutex;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
-use super::conn::HEARTBEAT;
+use super::conn::{EVENTS, HEARTBEAT};
 use super::{Conn, Error, Result};
 use crate::mode::Mode;
 
@@ -103,6 +103,24 @@ struct Cached {
     revoke_pending: bool,
 }
 
+/// A release sent without waiting for its commit (see [`Session::release`]): the lock has left
+/// the cache, but lockd may still hold it for us until this is confirmed.
+#[derive(Clone)]
+struct Releasing {
+    token: u64,
+    lvb: Option<Vec<u8>>,
+}
+
+impl Releasing {
+    fn to_wire(&self) -> pb::PendingRelease {
+        pb::PendingRelease {
+            fencing_token: self.token,
+            write_lvb: self.lvb.is_some(),
+            lvb: self.lvb.clone().unwrap_or_default(),
+        }
+    }
+}
+
 const CLOSED: &str = "closed";
 
 struct Inner {
@@ -111,6 +129,9 @@ struct Inner {
     lease: Duration,
     retry_for: Duration,
     cache: Mutex<HashMap<String, Cached>>,
+    /// Releases not yet confirmed, by resource. Never locked while `cache` is held.
+    releasing: Mutex<HashMap<String, Releasing>>,
+    /// Wakes waiters on `cache` or `releasing`.
     changed: Notify,
     lost: Mutex<Option<String>>,
     valid_until: Mutex<Instant>,
@@ -190,8 +211,8 @@ impl Inner {
     }
 
     /// Marks a held lock busy for a release or conversion (waiting for local users to leave
-    /// when `unused`).
-    async fn claim_held(&self, resource: &str, unused: bool) -> Result<()> {
+    /// when `unused`), and answers the fencing token of its grant.
+    async fn claim_held(&self, resource: &str, unused: bool) -> Result<u64> {
         let held = self
             .with_idle(
                 resource,
@@ -199,19 +220,27 @@ impl Inner {
                 |cache| match cache.get_mut(resource) {
                     Some(c) if c.mode.is_some() => {
                         c.busy = true;
-                        true
+                        Some(c.token)
                     }
-                    _ => false,
+                    _ => None,
                 },
             )
             .await?;
-        if !held {
-            return Err(Error::Rejected {
-                kind: "not-held".into(),
-                message: format!("{resource:?} is not held by this session"),
-            });
+        held.ok_or_else(|| Error::Rejected {
+            kind: "not-held".into(),
+            message: format!("{resource:?} is not held by this session"),
+        })
+    }
+
+    /// Drops the record of an asynchronous release once lockd has certainly applied it (a
+    /// later release of the same resource has its own record).
+    fn forget_release(&self, resource: &str, token: u64) {
+        let mut releasing = self.releasing.lock();
+        if releasing.get(resource).is_some_and(|r| r.token == token) {
+            releasing.remove(resource);
         }
-        Ok(())
+        drop(releasing);
+        self.changed.notify_waiters();
     }
 
     fn finish(&self, resource: &str, update: impl FnOnce(Option<&mut Cached>) -> bool) {
@@ -226,12 +255,15 @@ impl Inner {
         self.changed.notify_waiters();
     }
 
-    async fn rpc_release(&self, resource: &str, lvb: Option<Vec<u8>>) -> Result<()> {
+    /// Releases the grant `token` of `resource`; a grant that is already gone counts as
+    /// released.
+    async fn rpc_release(&self, resource: &str, lvb: Option<Vec<u8>>, token: u64) -> Result<()> {
         let req = pb::ReleaseRequest {
             session_id: self.id,
             resource: resource.to_string(),
             write_lvb: lvb.is_some(),
             lvb: lvb.unwrap_or_default(),
+            fencing_token: token,
         };
         let r = self.conn.call(
             resource,
@@ -243,7 +275,8 @@ impl Inner {
             },
         );
         match r.await {
-            // A retry after a lost answer finds the lock already gone.
+            // A retry after a lost answer, or a later Lock call that carried the release, got
+            // there first.
             Err(Error::Rejected { kind, .. }) if kind == "not-held" => Ok(()),
             other => other.map(|_| ()),
         }
@@ -256,6 +289,7 @@ impl Inner {
         convert: bool,
         opts: LockOptions,
         lvb: Option<Vec<u8>>,
+        release_first: Option<pb::PendingRelease>,
     ) -> Result<pb::LockResponse> {
         let wait = opts.timeout.unwrap_or(Duration::from_secs(30));
         let req = pb::LockRequest {
@@ -267,6 +301,7 @@ impl Inner {
             timeout_ms: u32::try_from(wait.as_millis()).unwrap_or(u32::MAX).max(1),
             write_lvb: lvb.is_some(),
             lvb: lvb.unwrap_or_default(),
+            release_first: release_first.clone(),
         };
         let deadline = Instant::now() + wait + self.retry_for;
         let mut resp = self
@@ -306,7 +341,9 @@ impl Inner {
                 )
                 .await;
             if let Ok(c) = c {
-                if c.granted {
+                // The grant our own pending release gives up is not an answer to this call.
+                let releasing = release_first.as_ref().map(|r| r.fencing_token);
+                if c.granted && releasing != Some(c.fencing_token) {
                     resp = Ok(pb::LockResponse {
                         status: pb::LockStatus::Granted as i32,
                         mode: c.mode,
@@ -347,6 +384,7 @@ impl Session {
             lease,
             retry_for: opts.retry_for,
             cache: Mutex::new(HashMap::new()),
+            releasing: Mutex::new(HashMap::new()),
             changed: Notify::new(),
             lost: Mutex::new(None),
             valid_until: Mutex::new(sent + lease),
@@ -435,9 +473,27 @@ impl Session {
             }
             Err(held) => held,
         };
+        // A release of ours that may not have committed yet goes first, in the same log entry:
+        // otherwise this request could overtake it and be answered "already held" by the very
+        // grant we are giving up.
+        let release_first = match held {
+            None => self.inner.releasing.lock().get(resource).cloned(),
+            Some(_) => None,
+        };
         let r = inner
-            .rpc_lock(resource, mode, held.is_some(), opts, None)
+            .rpc_lock(
+                resource,
+                mode,
+                held.is_some(),
+                opts,
+                None,
+                release_first.as_ref().map(Releasing::to_wire),
+            )
             .await;
+        if let (Ok(_), Some(rel)) = (&r, &release_first) {
+            // lockd applied the Lock entry, so the release before it too.
+            inner.forget_release(resource, rel.token);
+        }
         let status = r
             .as_ref()
             .map(|x| pb::LockStatus::try_from(x.status).unwrap_or(pb::LockStatus::NotGranted))
@@ -486,18 +542,47 @@ impl Session {
     /// Gives the lock back to lockd (waiting for local users to finish). With `lvb`, a PW/EX
     /// holder stores a new lock value block. Releasing what this session does not hold (any
     /// more) is not an error: the lock may have been revoked for a waiter meanwhile.
+    ///
+    /// Asynchronous, like `dlm_unlock`: this returns once the release is on its way, and the
+    /// session sends it again after a failover until lockd confirms it (it names the grant's
+    /// fencing token, so a second copy cannot release a later grant). A `lock` of the same
+    /// resource meanwhile carries the release in front of it. [`Session::released`] waits for
+    /// the confirmations; [`Session::close`] does so before closing.
     pub async fn release(&self, resource: &str, lvb: Option<Vec<u8>>) -> Result<()> {
         let inner = &self.inner;
         // Already gone (revoked on a blocking notification, or never taken): the end state the
         // caller asks for holds.
-        match inner.claim_held(resource, true).await {
-            Ok(()) => {}
+        let token = match inner.claim_held(resource, true).await {
+            Ok(token) => token,
             Err(Error::Rejected { .. }) => return Ok(()),
             Err(e) => return Err(e),
+        };
+        // Recorded before the cache entry goes, so a `lock` that finds no entry finds this.
+        inner.releasing.lock().insert(
+            resource.to_string(),
+            Releasing {
+                token,
+                lvb: lvb.clone(),
+            },
+        );
+        inner.finish(resource, |_| false);
+        tokio::spawn(send_release(inner.clone(), resource.to_string(), token, lvb));
+        Ok(())
+    }
+
+    /// Waits until lockd has confirmed every release made so far.
+    pub async fn released(&self) -> Result<()> {
+        let inner = &self.inner;
+        loop {
+            inner.check()?;
+            let notified = inner.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if inner.releasing.lock().is_empty() {
+                return Ok(());
+            }
+            notified.await;
         }
-        let r = inner.rpc_release(resource, lvb).await;
-        inner.finish(resource, |_| r.is_err());
-        r
     }
 
     /// Converts a held lock to a weaker (or any) mode, e.g. EX -> PR after flushing.
@@ -510,7 +595,7 @@ impl Session {
         let inner = &self.inner;
         inner.claim_held(resource, false).await?;
         let r = inner
-            .rpc_lock(resource, mode, true, LockOptions::default(), lvb)
+            .rpc_lock(resource, mode, true, LockOptions::default(), lvb, None)
             .await;
         let mut out = Err(Error::NotGranted {
             resource: resource.to_string(),
@@ -537,8 +622,18 @@ impl Session {
         }
     }
 
-    /// Ends the session; lockd releases everything it held.
+    /// Ends the session; lockd releases everything it held. Releases still on their way are
+    /// confirmed first, so the lock value blocks they carry are not lost.
     pub async fn close(mut self) -> Result<()> {
+        if tokio::time::timeout(self.inner.retry_for, self.released())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                session = self.inner.id,
+                "closing with releases lockd has not confirmed; their lock value blocks may be lost"
+            );
+        }
         for t in self.tasks.drain(..) {
             t.abort();
         }
@@ -571,6 +666,33 @@ impl Drop for Session {
             t.abort();
         }
     }
+}
+
+/// Sends an asynchronous release until lockd confirms it, through failovers. Ends without it
+/// only when the session is gone, and with it every lock it held. Holds the session's state
+/// alive: a `Session` dropped right after a release must not leave the lock held until its
+/// lease runs out.
+async fn send_release(inner: Arc<Inner>, resource: String, token: u64, lvb: Option<Vec<u8>>) {
+    loop {
+        match inner.rpc_release(&resource, lvb.clone(), token).await {
+            Ok(()) | Err(Error::SessionLost(_)) => break,
+            Err(e @ Error::Unavailable(_)) => {
+                // Past the lease with no heartbeat answered, lockd drops the lock with the
+                // session (and a dropped Session heartbeats no more).
+                if inner.check().is_err() || Instant::now() >= *inner.valid_until.lock() {
+                    break;
+                }
+                tracing::warn!(session = inner.id, resource, "release not confirmed yet, sending it again: {e}");
+            }
+            Err(e) => {
+                // Not a matter of reaching lockd; sending it again would not help.
+                tracing::error!(session = inner.id, resource, "lockd refused a release: {e}");
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    inner.forget_release(&resource, token);
 }
 
 async fn heartbeat_loop(weak: Weak<Inner>) {
@@ -618,7 +740,7 @@ async fn event_loop(weak: Weak<Inner>) {
         let stream = inner
             .conn
             .call(
-                "events",
+                EVENTS,
                 Instant::now() + inner.lease,
                 Duration::from_secs(5),
                 |mut c| async move { c.events(pb::EventsRequest { session_id: id }).await },
@@ -688,12 +810,12 @@ fn start_revoke(inner: &Arc<Inner>, notice: BlockingNotice) {
                 |cache| {
                     let c = cache.get_mut(&res)?;
                     c.busy = true;
-                    c.mode
+                    c.mode.map(|m| (m, c.token))
                 },
             )
             .await;
-        let held = match held {
-            Ok(Some(m)) => m,
+        let (held, token) = match held {
+            Ok(Some(held)) => held,
             Ok(None) => {
                 inner.finish(&res, |c| {
                     if let Some(c) = c {
@@ -722,12 +844,12 @@ fn start_revoke(inner: &Arc<Inner>, notice: BlockingNotice) {
         let (keep, failed) = match decision {
             Revoke::Keep => (true, false),
             Revoke::Release { lvb } => {
-                let failed = inner.rpc_release(&res, lvb).await.is_err();
+                let failed = inner.rpc_release(&res, lvb, token).await.is_err();
                 (failed, failed)
             }
             Revoke::Downgrade { mode, lvb } => {
                 let r = inner
-                    .rpc_lock(&res, mode, true, LockOptions::default(), lvb)
+                    .rpc_lock(&res, mode, true, LockOptions::default(), lvb, None)
                     .await;
                 let granted = matches!(&r, Ok(x) if x.status == pb::LockStatus::Granted as i32);
                 if let (true, Ok(resp)) = (granted, &r) {

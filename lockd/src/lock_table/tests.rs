@@ -57,10 +57,10 @@ fn queue_is_fifo_and_a_compatible_latecomer_does_not_overtake() {
     assert_eq!(lock(&mut t, s[2], "r", PR, &mut fx), LockOutcome::Queued);
     assert_eq!(lock(&mut t, s[3], "r", PR, &mut fx), LockOutcome::Queued);
     fx.clear();
-    t.release(s[0], "r", None, &mut fx).unwrap();
+    t.release(s[0], "r", None, None, &mut fx).unwrap();
     assert_eq!(grants_in(&fx), vec![(s[1], EX)]);
     fx.clear();
-    t.release(s[1], "r", None, &mut fx).unwrap();
+    t.release(s[1], "r", None, None, &mut fx).unwrap();
     // Both PR waiters are granted together.
     assert_eq!(grants_in(&fx), vec![(s[2], PR), (s[3], PR)]);
 }
@@ -97,7 +97,7 @@ fn up_conversion_waits_for_other_holders_and_goes_before_new_waiters() {
         requested: EX
     }));
     fx.clear();
-    t.release(s[1], "r", None, &mut fx).unwrap();
+    t.release(s[1], "r", None, None, &mut fx).unwrap();
     assert_eq!(grants_in(&fx), vec![(s[0], EX)]);
     // The granted conversion now blocks s2's request: s0 is told.
     assert!(fx.contains(&Effect::Blocking {
@@ -149,7 +149,7 @@ fn conversion_deadlock_is_refused() {
     assert!(matches!(e, LockError::Deadlock { .. }));
     // s1 gives up its PR; s0's conversion goes through.
     fx.clear();
-    t.release(s[1], "r", None, &mut fx).unwrap();
+    t.release(s[1], "r", None, None, &mut fx).unwrap();
     assert_eq!(grants_in(&fx), vec![(s[0], EX)]);
 }
 
@@ -159,10 +159,10 @@ fn lvb_is_written_only_by_pw_or_ex_and_read_on_grant() {
     let mut fx = vec![];
     granted(&lock(&mut t, s[0], "r", EX, &mut fx));
     granted(&lock(&mut t, s[2], "r", NL, &mut fx)); // keeps the resource (and its LVB) alive
-    t.release(s[0], "r", Some(b"hello"), &mut fx).unwrap();
+    t.release(s[0], "r", Some(b"hello"), None, &mut fx).unwrap();
     let g = granted(&lock(&mut t, s[1], "r", PR, &mut fx));
     assert_eq!(g.lvb, b"hello");
-    t.release(s[1], "r", Some(b"ignored"), &mut fx).unwrap();
+    t.release(s[1], "r", Some(b"ignored"), None, &mut fx).unwrap();
     let g = granted(&lock(&mut t, s[0], "r", CR, &mut fx));
     assert_eq!(g.lvb, b"hello");
     assert_eq!(
@@ -202,7 +202,7 @@ fn cancel_withdraws_or_reports_the_grant() {
         CancelOutcome::Cancelled
     );
     fx.clear();
-    t.release(s[0], "r", None, &mut fx).unwrap();
+    t.release(s[0], "r", None, None, &mut fx).unwrap();
     assert_eq!(grants_in(&fx), vec![(s[2], PR)]);
     assert!(
         matches!(t.cancel(s[2], "r", None, &mut fx).unwrap(), CancelOutcome::Granted(g) if g.mode == PR)
@@ -232,11 +232,11 @@ fn a_cancel_for_an_abandoned_call_leaves_the_retry_that_took_its_request_over() 
         Err(LockError::NothingToCancel { .. })
     ));
     fx.clear();
-    t.release(s[0], "r", None, &mut fx).unwrap();
+    t.release(s[0], "r", None, None, &mut fx).unwrap();
     assert_eq!(grants_in(&fx), vec![(s[1], EX)], "the retry is still queued and gets the lock");
 
     // The call that owns the request can cancel it; so can a cancel naming no call.
-    t.release(s[1], "r", None, &mut fx).unwrap();
+    t.release(s[1], "r", None, None, &mut fx).unwrap();
     granted(&lock(&mut t, s[0], "r", EX, &mut fx));
     assert_eq!(queued(&mut t, 3, &mut fx), LockOutcome::Queued);
     assert_eq!(t.cancel(s[1], "r", Some(3), &mut fx).unwrap(), CancelOutcome::Cancelled);
@@ -255,7 +255,7 @@ fn expiry_releases_locks_and_wakes_waiters() {
     assert_eq!(fx[0], Effect::Expired { session: s[0] });
     assert_eq!(grants_in(&fx), vec![(s[1], EX)]);
     assert_eq!(
-        t.release(s[0], "r", None, &mut fx),
+        t.release(s[0], "r", None, None, &mut fx),
         Err(LockError::UnknownSession(s[0]))
     );
 }
@@ -332,7 +332,7 @@ fn bad_input_is_refused() {
         Err(LockError::UnknownSession(99))
     );
     assert!(matches!(
-        t.release(s[0], "r", None, &mut fx),
+        t.release(s[0], "r", None, None, &mut fx),
         Err(LockError::NotHeld { .. })
     ));
     assert!(matches!(
@@ -368,7 +368,7 @@ fn random_operations_keep_invariants() {
             2 => t
                 .lock(sess, name, mode, true, false, None, &mut fx)
                 .map(Some),
-            3 => t.release(sess, name, None, &mut fx).map(|_| None),
+            3 => t.release(sess, name, None, None, &mut fx).map(|_| None),
             _ => t.cancel(sess, name, None, &mut fx).map(|_| None),
         };
         let mut new_tokens: Vec<u64> = fx
