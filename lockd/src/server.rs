@@ -177,6 +177,7 @@ impl Lockd for LockdService {
             CmdResult::Session(session_id) => Ok(Response::new(pb::OpenSessionResponse {
                 session_id,
                 lease_ms,
+                release_by_token: true,
             })),
             r => Err(unexpected(r)),
         }

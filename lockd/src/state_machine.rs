@@ -9,7 +9,11 @@ use crate::errors::LockdError;
 use crate::lock_table::{CancelOutcome, Effect, LockError, LockOutcome, LockTable, SessionId};
 use crate::mode::Mode;
 
-const COMMAND_FORMAT: u8 = 1;
+/// Format 2 marks entries that use fields format 1 did not have (`Release.token`,
+/// `LockCmd.release_first`): a replica that predates them would drop them silently and apply
+/// the entry differently from the others, so it must refuse the entry instead.
+const COMMAND_FORMAT: u8 = 2;
+const COMMAND_FORMAT_V1: u8 = 1;
 const SNAPSHOT_FORMAT: u8 = 1;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -85,15 +89,29 @@ pub enum CmdResult {
 }
 
 impl Command {
+    /// Whether an older replica would misread this entry (see [`COMMAND_FORMAT`]).
+    fn needs_format_2(&self) -> bool {
+        match self {
+            Command::Release { token, .. } => token.is_some(),
+            Command::Lock(c) => c.release_first.is_some(),
+            _ => false,
+        }
+    }
+
     pub fn encode(&self) -> Result<Vec<u8>, LockdError> {
-        let mut out = vec![COMMAND_FORMAT];
+        let format = if self.needs_format_2() {
+            COMMAND_FORMAT
+        } else {
+            COMMAND_FORMAT_V1
+        };
+        let mut out = vec![format];
         serde_json::to_writer(&mut out, self).map_err(|e| LockdError::Invalid(e.to_string()))?;
         Ok(out)
     }
 
     pub fn decode(b: &[u8]) -> Result<Command, LockdError> {
         match b.split_first() {
-            Some((&COMMAND_FORMAT, rest)) => serde_json::from_slice(rest)
+            Some((&(COMMAND_FORMAT_V1 | COMMAND_FORMAT), rest)) => serde_json::from_slice(rest)
                 .map_err(|e| LockdError::Storage(format!("undecodable log entry: {e}"))),
             Some((v, _)) => Err(LockdError::Storage(format!(
                 "log entry format {v} is newer than this lockd ({COMMAND_FORMAT})"
@@ -207,6 +225,10 @@ mod tests {
             release_first: Some(PendingRelease { token: 4, lvb: None }),
         });
         assert_eq!(Command::decode(&c.encode().unwrap()).unwrap(), c);
+        assert_eq!(c.encode().unwrap()[0], 2, "release_first needs format 2");
+        let plain = Command::Release { session: 3, resource: "r".into(), lvb: None, token: None };
+        assert_eq!(plain.encode().unwrap()[0], 1, "entries an older replica reads stay format 1");
+        assert_eq!(Command::decode(&plain.encode().unwrap()).unwrap(), plain);
         // Entries from before `request` existed decode, with request 0.
         let old = b"\x01{\"Cancel\":{\"session\":3,\"resource\":\"r\"}}";
         assert_eq!(

@@ -492,3 +492,23 @@ async fn a_relock_right_after_an_asynchronous_release_is_granted_after_it() {
     assert!(g.is_ok(), "ar still held after every release was confirmed: {:?}", g.err());
 }
 
+
+/// A release lockd would refuse (an LVB over 64 bytes) fails at once, while the caller can
+/// still act on it, and the lock stays held and cached instead of leaking unseen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_lockd_would_refuse_fails_at_once_and_keeps_the_lock() {
+    let dir = tempfile::tempdir().unwrap();
+    let eps = cluster(1, dir.path()).await;
+    let a = Session::open(&eps, opts("a")).await.unwrap();
+    let probe = Session::open(&eps, opts("probe")).await.unwrap();
+    drop(a.lock("big", Mode::EX, LockOptions::default()).await.unwrap());
+    let e = a.release("big", Some(vec![0; 65])).await;
+    assert!(matches!(&e, Err(Error::Rejected { kind, .. }) if kind == "lvb-too-large"), "{e:?}");
+    assert_eq!(a.cached("big"), Some(Mode::EX));
+    a.released().await.unwrap();
+    let p = probe.lock("big", Mode::PR, LockOptions::try_now()).await;
+    assert!(matches!(p, Err(Error::NotGranted { .. })), "{:?}", p.err());
+    a.release("big", Some(vec![1; 64])).await.unwrap();
+    a.released().await.unwrap();
+    probe.lock("big", Mode::PR, LockOptions::try_now()).await.unwrap();
+}

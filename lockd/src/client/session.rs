@@ -1,6 +1,7 @@
 //! A lockd session as the filesystem sees it: heartbeats, the event stream, the lock cache, and
 //! revocation on blocking notifications.
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -94,6 +95,8 @@ pub struct Grant {
 struct Cached {
     /// `None` while the first request for it is in flight.
     mode: Option<Mode>,
+    /// The grant's fencing token; 0 after a conversion whose outcome never came back (lockd
+    /// may hold it under a newer token), which makes its release synchronous and unnamed.
     token: u64,
     lvb: Vec<u8>,
     /// Local users inside a LockGuard.
@@ -136,6 +139,16 @@ struct Inner {
     lost: Mutex<Option<String>>,
     valid_until: Mutex<Instant>,
     handler: Option<BlockingHandler>,
+    /// lockd honours releases named by token and carried by a lock (older ones do not).
+    release_by_token: bool,
+    /// The `Session` is gone: no heartbeats any more, so nobody will mark it lost.
+    dropped: AtomicBool,
+}
+
+/// A conversion whose fate is unknown: no replica answered, and the cleanup cancel did not
+/// tell either.
+fn outcome_unknown(r: &Result<pb::LockResponse>) -> bool {
+    matches!(r, Err(Error::Unavailable(_)))
 }
 
 pub struct Session {
@@ -389,6 +402,8 @@ impl Session {
             lost: Mutex::new(None),
             valid_until: Mutex::new(sent + lease),
             handler: opts.on_blocking,
+            release_by_token: resp.release_by_token,
+            dropped: AtomicBool::new(false),
         });
         let tasks = vec![
             tokio::spawn(heartbeat_loop(Arc::downgrade(&inner))),
@@ -525,7 +540,13 @@ impl Session {
                 // lockd says we hold nothing there (a release whose answer got lost did commit):
                 // forget the stale cache entry instead of failing every later call on it.
                 let stale = matches!(&r, Err(Error::Rejected { kind, .. }) if kind == "not-held");
-                inner.finish(resource, |_| held.is_some() && !stale);
+                let unknown = outcome_unknown(&r);
+                inner.finish(resource, |c| {
+                    if let (Some(c), true) = (c, unknown) {
+                        c.token = 0;
+                    }
+                    held.is_some() && !stale
+                });
                 match (r, status) {
                     (Err(e), _) => Err(e),
                     (_, Ok(pb::LockStatus::TimedOut)) => Err(Error::TimedOut {
@@ -550,6 +571,11 @@ impl Session {
     /// the confirmations; [`Session::close`] does so before closing.
     pub async fn release(&self, resource: &str, lvb: Option<Vec<u8>>) -> Result<()> {
         let inner = &self.inner;
+        // Refused here, while the caller can still hear it: lockd would refuse it later.
+        crate::lock_table::validate_lvb(lvb.as_deref()).map_err(|e| Error::Rejected {
+            kind: "lvb-too-large".into(),
+            message: e.to_string(),
+        })?;
         // Already gone (revoked on a blocking notification, or never taken): the end state the
         // caller asks for holds.
         let token = match inner.claim_held(resource, true).await {
@@ -557,6 +583,12 @@ impl Session {
             Err(Error::Rejected { .. }) => return Ok(()),
             Err(e) => return Err(e),
         };
+        if token == 0 || !inner.release_by_token {
+            // Whatever grant lockd has: only safe to send while no later one can exist, so wait.
+            let r = inner.rpc_release(resource, lvb, 0).await;
+            inner.finish(resource, |_| r.is_err());
+            return r;
+        }
         // Recorded before the cache entry goes, so a `lock` that finds no entry finds this.
         inner.releasing.lock().insert(
             resource.to_string(),
@@ -600,7 +632,11 @@ impl Session {
         let mut out = Err(Error::NotGranted {
             resource: resource.to_string(),
         });
-        inner.finish(resource, |c| {
+        let unknown = outcome_unknown(&r);
+        inner.finish(resource, |mut c| {
+            if let (Some(c), true) = (c.as_deref_mut(), unknown) {
+                c.token = 0;
+            }
             if let (Some(c), Ok(resp)) = (c, &r) {
                 if resp.status == pb::LockStatus::Granted as i32 {
                     c.mode = Some(mode);
@@ -662,6 +698,7 @@ impl Session {
 
 impl Drop for Session {
     fn drop(&mut self) {
+        self.inner.dropped.store(true, Ordering::Relaxed);
         for t in &self.tasks {
             t.abort();
         }
@@ -677,9 +714,12 @@ async fn send_release(inner: Arc<Inner>, resource: String, token: u64, lvb: Opti
         match inner.rpc_release(&resource, lvb.clone(), token).await {
             Ok(()) | Err(Error::SessionLost(_)) => break,
             Err(e @ Error::Unavailable(_)) => {
-                // Past the lease with no heartbeat answered, lockd drops the lock with the
-                // session (and a dropped Session heartbeats no more).
-                if inner.check().is_err() || Instant::now() >= *inner.valid_until.lock() {
+                // A live session is marked lost by its heartbeats once its lease has lapsed,
+                // and lockd then drops the lock with it. A dropped Session heartbeats no more:
+                // past its lease, lockd expires it.
+                let lapsed = inner.dropped.load(Ordering::Relaxed)
+                    && Instant::now() >= *inner.valid_until.lock();
+                if inner.check().is_err() || lapsed {
                     break;
                 }
                 tracing::warn!(session = inner.id, resource, "release not confirmed yet, sending it again: {e}");
@@ -852,10 +892,12 @@ fn start_revoke(inner: &Arc<Inner>, notice: BlockingNotice) {
                     .rpc_lock(&res, mode, true, LockOptions::default(), lvb, None)
                     .await;
                 let granted = matches!(&r, Ok(x) if x.status == pb::LockStatus::Granted as i32);
-                if let (true, Ok(resp)) = (granted, &r) {
-                    if let Some(c) = inner.cache.lock().get_mut(&res) {
+                if let Some(c) = inner.cache.lock().get_mut(&res) {
+                    if let (true, Ok(resp)) = (granted, &r) {
                         c.mode = Some(mode);
                         c.token = resp.fencing_token;
+                    } else if outcome_unknown(&r) {
+                        c.token = 0;
                     }
                 }
                 (true, !granted)
