@@ -270,6 +270,12 @@ impl LockTable {
         self.active(s).map(|_| ())
     }
 
+    /// Whether `s` was ever opened as far as this table has applied (ids are never reused):
+    /// an unknown id above that may still be in the log, not yet applied here.
+    pub fn assigned(&self, s: SessionId) -> bool {
+        (1..=self.next_session).contains(&s)
+    }
+
     /// Orderly goodbye: every lock and request of the session goes.
     pub fn close_session(&mut self, s: SessionId, fx: &mut Vec<Effect>) -> Result<u32, LockError> {
         if !self.sessions.contains_key(&s) {

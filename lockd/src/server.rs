@@ -96,6 +96,27 @@ impl Drop for CancelOnDrop {
 }
 
 impl LockdService {
+    /// `check_session` as far as this replica can vouch for it. A session it has not applied
+    /// yet may be in the log ahead of its state machine: a follower behind the leader that
+    /// opened it, or a new leader still applying. That answers "not leader" (the client retries
+    /// at the leader), not `unknown-session`, which the client takes for a lost session.
+    async fn check_session_here(&self, session: SessionId) -> Result<(), Status> {
+        let (checked, behind) = self
+            .node
+            .read(move |v| {
+                let checked = v.sm.table.check_session(session);
+                let may_lag = v.raft.role != "leader" || v.raft.applied < v.raft.commit;
+                let behind = checked.is_err() && !v.sm.table.assigned(session) && may_lag;
+                (checked, behind)
+            })
+            .await?;
+        match checked {
+            Ok(()) => Ok(()),
+            Err(_) if behind => Err(self.node.not_leader().into()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     async fn propose(&self, cmd: Command) -> Result<CmdResult, Status> {
         self.node
             .propose(cmd, COMMIT_WAIT)
@@ -189,18 +210,11 @@ impl Lockd for LockdService {
     ) -> Result<Response<pb::HeartbeatResponse>, Status> {
         let id = req.into_inner().session_id;
         self.node.require_leader()?;
+        self.check_session_here(id).await?;
         let lease_ms = self
             .node
-            .read(move |v| {
-                v.sm.table.check_session(id).map(|_| {
-                    v.sm.table
-                        .sessions
-                        .get(&id)
-                        .map(|s| s.lease_ms)
-                        .unwrap_or(0)
-                })
-            })
-            .await??;
+            .read(move |v| v.sm.table.sessions.get(&id).map(|s| s.lease_ms).unwrap_or(0))
+            .await?;
         let mut leases = self.node.shared.leases.lock();
         if leases.expiring.contains(&id) {
             return Err(LockError::UnknownSession(id).into());
@@ -320,9 +334,7 @@ impl Lockd for LockdService {
         req: Request<pb::EventsRequest>,
     ) -> Result<Response<EventStream>, Status> {
         let session = req.into_inner().session_id;
-        self.node
-            .read(move |v| v.sm.table.check_session(session))
-            .await??;
+        self.check_session_here(session).await?;
         let hub = &self.node.shared.hub;
         // Subscribe first, then replay what is due, so nothing falls in between.
         let rx = hub.subscribe(session);

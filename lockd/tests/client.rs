@@ -512,3 +512,45 @@ async fn a_release_lockd_would_refuse_fails_at_once_and_keeps_the_lock() {
     a.released().await.unwrap();
     probe.lock("big", Mode::PR, LockOptions::try_now()).await.unwrap();
 }
+
+/// A follower that has not applied a session yet (it lags the leader that opened it) must not
+/// call it unknown: the client would take that for a lost session. It sends the client to the
+/// leader instead; the leader, which has applied everything it answered, is the one that says
+/// `unknown-session` for an id nobody opened.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_sends_a_session_it_has_not_applied_to_the_leader_instead_of_calling_it_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let eps = cluster(3, dir.path()).await;
+    let mut roles = Vec::new();
+    for ep in &eps {
+        let mut c = LockdClient::connect(format!("http://{ep}")).await.unwrap();
+        let st = c.status(pb::StatusRequest {}).await.unwrap().into_inner();
+        roles.push((st.role, c));
+    }
+    let never_opened = 424_242;
+    for (role, c) in &mut roles {
+        let st = c.events(pb::EventsRequest { session_id: never_opened }).await.err().unwrap();
+        if role == "leader" {
+            assert_eq!(st.code(), Code::NotFound, "leader: {st:?}");
+            assert_eq!(lockd::errors::kind_of(&st), Some("unknown-session"));
+        } else {
+            assert_eq!(lockd::errors::kind_of(&st), Some("not-leader"), "{role}: {st:?}");
+        }
+    }
+    // A session that exists is served by every replica once applied there.
+    let s = Session::open(&eps, opts("s")).await.unwrap();
+    for (role, c) in &mut roles {
+        let id = s.id();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match c.events(pb::EventsRequest { session_id: id }).await {
+                Ok(_) => break,
+                Err(st) => {
+                    assert_eq!(lockd::errors::kind_of(&st), Some("not-leader"), "{role}: {st:?}");
+                    assert!(Instant::now() < deadline, "{role} never applied session {id}");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        }
+    }
+}
