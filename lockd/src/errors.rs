@@ -20,6 +20,12 @@ pub enum LockdError {
     Timeout(String),
     #[error("storage: {0}")]
     Storage(String),
+    /// Only at startup, never on the wire.
+    #[error("cannot listen on {addr} (is another process using that port? pick another --listen address)")]
+    Listen {
+        addr: String,
+        source: std::io::Error,
+    },
     #[error("raft: {0}")]
     Raft(String),
     #[error("the replica is shutting down")]
@@ -57,7 +63,7 @@ pub fn code_and_kind(e: &LockdError) -> (Code, &'static str) {
         LockdError::NotLeader { .. } => (Code::Unavailable, "not-leader"),
         LockdError::Invalid(_) => (Code::InvalidArgument, "invalid"),
         LockdError::Timeout(_) => (Code::Unavailable, "timeout"),
-        LockdError::Storage(_) => (Code::Internal, "storage"),
+        LockdError::Storage(_) | LockdError::Listen { .. } => (Code::Internal, "storage"),
         LockdError::Raft(_) => (Code::Unavailable, "raft"),
         LockdError::Shutdown => (Code::Unavailable, "shutdown"),
     }

@@ -553,7 +553,12 @@ pub async fn serve(cfg: ReplicaConfig) -> Result<(), LockdError> {
         .parse()
         .map_err(|e| LockdError::Invalid(format!("--listen {}: {e}", cfg.listen)))?;
     // Bind before starting raft, so a busy port fails at once instead of after an election.
-    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| LockdError::Listen {
+            addr: cfg.listen.clone(),
+            source,
+        })?;
     let (node, mut raft_done) = raft_node::start(cfg, tokio::runtime::Handle::current())?;
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener).map(|s| {
         if let Ok(s) = &s {

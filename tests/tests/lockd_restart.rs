@@ -1,6 +1,7 @@
 //! The whole cluster killed with -9 and restarted from its data directories: a lock held across
 //! the outage is still held (and its holder's session survives), fencing tokens continue above
-//! every token granted before, and the lock is free once its holder is done.
+//! every token granted before, and the lock is free once its holder is done. And a replica
+//! whose listen port is taken exits with an error that says so.
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -62,4 +63,23 @@ fn a_full_cluster_restart_keeps_locks_and_tokens() {
     let status = holder.0.wait().expect("holder exit");
     assert!(status.success(), "the holder's session did not survive the outage: {status:?}");
     assert!(try_lock(&c, "held"), "the lock stayed held after its holder released it");
+}
+
+#[test]
+fn a_replica_whose_listen_port_is_taken_says_so_and_exits() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr").to_string();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = std::process::Command::new(mafs_tests::mafs_bin())
+        .args(["lockd", "--id", "1", "--listen", &addr, "--data-dir"])
+        .arg(dir.path().join("d"))
+        .stdin(Stdio::null())
+        .output()
+        .expect("mafs lockd");
+    assert!(!out.status.success(), "lockd started on a port another socket holds");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("cannot listen on {addr}")) && err.contains("pick another --listen address"),
+        "unclear error: {err}"
+    );
 }
