@@ -489,8 +489,8 @@ impl Session {
             Err(held) => held,
         };
         // A release of ours that may not have committed yet goes first, in the same log entry:
-        // otherwise this request could overtake it and be answered "already held" by the very
-        // grant we are giving up.
+        // otherwise this request could overtake it and be answered with the very grant we are
+        // giving up (a holder's same-mode request is idempotent), which the release then takes.
         let release_first = match held {
             None => self.inner.releasing.lock().get(resource).cloned(),
             Some(_) => None,
