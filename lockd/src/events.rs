@@ -64,6 +64,7 @@ pub fn effect_event(fx: &Effect) -> (SessionId, pb::Event) {
             resource,
             held,
             requested,
+            token,
         } => (
             *session,
             pb::Event {
@@ -71,6 +72,7 @@ pub fn effect_event(fx: &Effect) -> (SessionId, pb::Event) {
                     resource: resource.clone(),
                     held: held.to_wire(),
                     requested: requested.to_wire(),
+                    fencing_token: *token,
                 })),
             },
         ),

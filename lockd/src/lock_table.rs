@@ -92,6 +92,8 @@ pub enum Effect {
         resource: String,
         held: Mode,
         requested: Mode,
+        /// The blocking grant's fencing token.
+        token: u64,
     },
     Expired {
         session: SessionId,
@@ -669,6 +671,7 @@ impl LockTable {
                     resource: name.to_string(),
                     held: h.mode,
                     requested: q.mode,
+                    token: h.token,
                 });
             }
         }
@@ -702,6 +705,7 @@ impl LockTable {
                     resource: name.clone(),
                     held: h.mode,
                     requested,
+                    token: h.token,
                 });
             }
         }
@@ -720,6 +724,7 @@ fn notify_blockers(s: SessionId, name: &str, res: &Resource, mode: Mode, fx: &mu
             resource: name.to_string(),
             held: h.mode,
             requested: mode,
+            token: h.token,
         });
     }
 }

@@ -21,6 +21,8 @@ pub struct BlockingNotice {
     pub resource: String,
     pub held: Mode,
     pub requested: Mode,
+    /// The blocking grant's fencing token (0 from a lockd that does not send it).
+    pub token: u64,
 }
 
 /// What to do with a lock another session is waiting for. The handler runs (on a blocking
@@ -104,6 +106,9 @@ struct Cached {
     /// A request, conversion, release or revocation is in flight; others wait.
     busy: bool,
     revoke_pending: bool,
+    /// The newest blocking notice for this resource (the revocation acts on it, not on the one
+    /// that started it).
+    notice: Option<BlockingNotice>,
 }
 
 /// A release sent without waiting for its commit (see [`Session::release`]): the lock has left
@@ -472,6 +477,7 @@ impl Session {
                                 users: 0,
                                 busy: true,
                                 revoke_pending: false,
+                                notice: None,
                             },
                         );
                         Err(None)
@@ -814,6 +820,7 @@ async fn event_loop(weak: Weak<Inner>) {
                             resource: b.resource,
                             held,
                             requested,
+                            token: b.fencing_token,
                         },
                     );
                 }
@@ -835,6 +842,10 @@ fn start_revoke(inner: &Arc<Inner>, notice: BlockingNotice) {
         let Some(c) = cache.get_mut(&notice.resource) else {
             return;
         };
+        // Notices can come while a revocation waits or runs; it acts on the newest.
+        if c.notice.as_ref().is_none_or(|n| notice.token >= n.token) {
+            c.notice = Some(notice.clone());
+        }
         if c.revoke_pending {
             return;
         }
@@ -850,11 +861,12 @@ fn start_revoke(inner: &Arc<Inner>, notice: BlockingNotice) {
                 |cache| {
                     let c = cache.get_mut(&res)?;
                     c.busy = true;
-                    c.mode.map(|m| (m, c.token))
+                    let notice = c.notice.clone().unwrap_or_else(|| notice.clone());
+                    c.mode.map(|m| (m, c.token, notice))
                 },
             )
             .await;
-        let (held, token) = match held {
+        let (held, token, notice) = match held {
             Ok(Some(held)) => held,
             Ok(None) => {
                 inner.finish(&res, |c| {
@@ -867,8 +879,11 @@ fn start_revoke(inner: &Arc<Inner>, notice: BlockingNotice) {
             }
             Err(_) => return,
         };
-        let decision = if held.compatible(notice.requested) {
-            Revoke::Keep // already downgraded meanwhile
+        // About a grant this session gave up before it took the resource again (tokens only
+        // grow): the current grant's own notice, if it is wanted, comes with it.
+        let stale = notice.token != 0 && token != 0 && notice.token < token;
+        let decision = if stale || held.compatible(notice.requested) {
+            Revoke::Keep // not about this grant, or already downgraded meanwhile
         } else if let Some(h) = inner.handler.clone() {
             let n = BlockingNotice {
                 held,
@@ -903,15 +918,99 @@ fn start_revoke(inner: &Arc<Inner>, notice: BlockingNotice) {
                 (true, !granted)
             }
         };
+        // A newer notice that came while this one was handled would otherwise go unanswered.
+        let mut newer = None;
         inner.finish(&res, |c| {
             if let Some(c) = c {
                 c.revoke_pending = false;
+                if c.notice.as_ref() == Some(&notice) {
+                    c.notice = None; // answered
+                } else if keep {
+                    newer = c.notice.clone();
+                }
             }
             keep
         });
         if failed && inner.check().is_ok() {
             tokio::time::sleep(Duration::from_millis(500)).await;
-            start_revoke(&inner, notice);
+            start_revoke(&inner, newer.unwrap_or(notice));
+        } else if let Some(n) = newer {
+            start_revoke(&inner, n);
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::raft_node::ReplicaConfig;
+
+    async fn one_replica(dir: &std::path::Path) -> Vec<String> {
+        let addr = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().to_string()
+        };
+        let cfg = ReplicaConfig::new(1, addr.clone(), dir.join("r1"));
+        tokio::spawn(async move {
+            if let Err(e) = crate::server::serve(cfg).await {
+                panic!("replica failed: {e}");
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let eps = vec![addr];
+        loop {
+            if let Ok(s) = Session::open(&eps, SessionOptions::new("probe")).await {
+                drop(s);
+                return eps;
+            }
+            assert!(Instant::now() < deadline, "no leader within 10 s");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn settled(s: &Session, resource: &str) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while s.inner.cache.lock().get(resource).is_some_and(|c| c.revoke_pending) {
+            assert!(Instant::now() < deadline, "the revocation never finished");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// A blocking notice delivered late, after the session gave that grant up and took the
+    /// resource again, is not about the lock it holds now: no flush, no release. (The notice
+    /// is injected where the event stream would hand it over, to control when it arrives.)
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_late_notice_about_a_grant_given_up_does_not_revoke_the_next_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let eps = one_replica(dir.path()).await;
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let seen = calls.clone();
+        let mut o = SessionOptions::new("a");
+        o.on_blocking = Some(Arc::new(move |n: &BlockingNotice| {
+            seen.lock().push(n.clone());
+            Revoke::Release { lvb: None }
+        }));
+        let a = Session::open(&eps, o).await.unwrap();
+        let first = a.lock("r", Mode::EX, LockOptions::default()).await.unwrap().grant.clone();
+        a.release("r", None).await.unwrap();
+        let second = a.lock("r", Mode::EX, LockOptions::default()).await.unwrap().grant.clone();
+        assert!(second.token > first.token);
+        let notice = |token| BlockingNotice {
+            resource: "r".into(),
+            held: Mode::EX,
+            requested: Mode::EX,
+            token,
+        };
+
+        start_revoke(&a.inner, notice(first.token));
+        settled(&a, "r").await;
+        assert!(calls.lock().is_empty(), "the handler ran for a grant given up");
+        assert_eq!(a.cached("r"), Some(Mode::EX), "the current grant was revoked");
+
+        // A notice about the grant it holds is acted on.
+        start_revoke(&a.inner, notice(second.token));
+        settled(&a, "r").await;
+        assert_eq!(calls.lock().len(), 1);
+        assert_eq!(a.cached("r"), None);
+    }
 }
