@@ -59,6 +59,13 @@ fn unexpected(r: CmdResult) -> Status {
     LockdError::Raft(format!("unexpected apply result {r:?}")).into()
 }
 
+/// A request's `write_lvb` + `lvb` pair as the log carries it, checked.
+fn lvb_arg(write: bool, lvb: Vec<u8>) -> Result<Option<Vec<u8>>, Status> {
+    let lvb = write.then_some(lvb);
+    validate_lvb(lvb.as_deref())?;
+    Ok(lvb)
+}
+
 /// Withdraws a queued request if the Lock call goes away before it is answered (client gone,
 /// deadline hit), so no orphan request sits at the head of a queue.
 struct CancelOnDrop {
@@ -240,8 +247,7 @@ impl Lockd for LockdService {
         let r = req.into_inner();
         let mode = mode_of(r.mode)?;
         validate_resource(&r.resource)?;
-        let lvb = r.write_lvb.then_some(r.lvb);
-        validate_lvb(lvb.as_deref())?;
+        let lvb = lvb_arg(r.write_lvb, r.lvb)?;
         let release_first = match r.release_first {
             None => None,
             Some(p) if p.fencing_token == 0 => {
@@ -250,11 +256,9 @@ impl Lockd for LockdService {
                 ))
             }
             Some(p) => {
-                let lvb = p.write_lvb.then_some(p.lvb);
-                validate_lvb(lvb.as_deref())?;
                 Some(PendingRelease {
                     token: p.fencing_token,
-                    lvb,
+                    lvb: lvb_arg(p.write_lvb, p.lvb)?,
                 })
             }
         };
@@ -313,8 +317,7 @@ impl Lockd for LockdService {
     ) -> Result<Response<pb::ReleaseResponse>, Status> {
         let r = req.into_inner();
         validate_resource(&r.resource)?;
-        let lvb = r.write_lvb.then_some(r.lvb);
-        validate_lvb(lvb.as_deref())?;
+        let lvb = lvb_arg(r.write_lvb, r.lvb)?;
         self.node.require_leader()?;
         self.propose(Command::Release {
             session: r.session_id,

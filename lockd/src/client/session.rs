@@ -204,6 +204,22 @@ impl Inner {
         Instant::now() + self.retry_for
     }
 
+    /// Waits until `probe` answers (it runs again after every change to `cache` or
+    /// `releasing`), or the session is lost.
+    async fn wait_for<T>(&self, mut probe: impl FnMut() -> Option<T>) -> Result<T> {
+        loop {
+            self.check()?;
+            // Armed before probing, so a change between the probe and the wait is not missed.
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(t) = probe() {
+                return Ok(t);
+            }
+            notified.await;
+        }
+    }
+
     /// Waits until `resource` is not busy and `ready` holds for its entry (or it is absent),
     /// then runs `take` under the cache lock.
     async fn with_idle<T>(
@@ -212,20 +228,12 @@ impl Inner {
         ready: impl Fn(&Cached) -> bool,
         mut take: impl FnMut(&mut HashMap<String, Cached>) -> T,
     ) -> Result<T> {
-        loop {
-            self.check()?;
-            let notified = self.changed.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            {
-                let mut cache = self.cache.lock();
-                let idle = cache.get(resource).is_none_or(|c| !c.busy && ready(c));
-                if idle {
-                    return Ok(take(&mut cache));
-                }
-            }
-            notified.await;
-        }
+        self.wait_for(|| {
+            let mut cache = self.cache.lock();
+            let idle = cache.get(resource).is_none_or(|c| !c.busy && ready(c));
+            idle.then(|| take(&mut cache))
+        })
+        .await
     }
 
     /// Marks a held lock busy for a release or conversion (waiting for local users to leave
@@ -611,16 +619,9 @@ impl Session {
     /// Waits until lockd has confirmed every release made so far.
     pub async fn released(&self) -> Result<()> {
         let inner = &self.inner;
-        loop {
-            inner.check()?;
-            let notified = inner.changed.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if inner.releasing.lock().is_empty() {
-                return Ok(());
-            }
-            notified.await;
-        }
+        inner
+            .wait_for(|| inner.releasing.lock().is_empty().then_some(()))
+            .await
     }
 
     /// Converts a held lock to a weaker (or any) mode, e.g. EX -> PR after flushing.
