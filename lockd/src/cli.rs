@@ -105,7 +105,35 @@ pub enum LockdAction {
     },
 }
 
+/// `mafs lock` exits with the command's status, or one of these (as timeout(1) does):
+/// the lock was lost while the command ran and the command was killed.
+pub const EXIT_LOCK_LOST: i32 = 124;
+/// `mafs lock` itself failed: lockd unreachable, the session could not be opened, ...
+pub const EXIT_LOCK_FAILED: i32 = 125;
+/// The command exists but could not be run.
+pub const EXIT_CANNOT_RUN: i32 = 126;
+/// The command was not found.
+pub const EXIT_NOT_FOUND: i32 = 127;
+
+/// Seconds as a finite, non-negative number of at most an hour (lockd's longest wait).
+fn parse_wait_seconds(s: &str) -> Result<f64, String> {
+    let v: f64 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    if !v.is_finite() || !(0.0..=3600.0).contains(&v) {
+        return Err(format!(
+            "{s:?}: give a number of seconds from 0 to 3600 (lockd waits at most an hour)"
+        ));
+    }
+    Ok(v)
+}
+
 /// `mafs lock ...`: run a command while holding a cluster-wide lock (like flock(1)).
+///
+/// Exit status: the command's own (128+N if a signal N ended it); --conflict-exit-code (75)
+/// if the lock was not granted; 124 if the lock was lost while the command ran (it is
+/// killed, with its whole process group, before the lease runs out); 125 if `mafs lock`
+/// itself failed (lockd unreachable, ...); 126/127 if the command could not be run / found.
 #[derive(Debug, Args)]
 pub struct LockCommand {
     #[command(flatten)]
@@ -113,12 +141,18 @@ pub struct LockCommand {
     /// Lock mode: NL, CR, CW, PR, PW or EX.
     #[arg(long, default_value = "EX")]
     pub mode: Mode,
-    /// Seconds to wait for the lock (exit 1 if it is not granted in time).
-    #[arg(long, default_value_t = 30.0)]
+    /// Seconds to wait for the lock, 0 to 3600 (exit with --conflict-exit-code if it is not
+    /// granted in time).
+    #[arg(long, default_value_t = 30.0, value_parser = parse_wait_seconds)]
     pub timeout: f64,
-    /// Do not wait: exit 1 at once if the lock is held in a conflicting mode.
+    /// Do not wait: exit with --conflict-exit-code at once if the lock is held in a
+    /// conflicting mode.
     #[arg(long = "try")]
     pub try_lock: bool,
+    /// Exit status when the lock is not granted (like flock -E), so that it cannot be
+    /// mistaken for the command's own.
+    #[arg(short = 'E', long, default_value_t = 75, value_parser = clap::value_parser!(i32).range(0..=255))]
+    pub conflict_exit_code: i32,
     /// Session lease in milliseconds.
     #[arg(long, default_value_t = 10_000)]
     pub lease_ms: u64,
@@ -196,6 +230,13 @@ async fn serve(a: ServeArgs) -> anyhow::Result<i32> {
         .data_dir
         .clone()
         .unwrap_or_else(|| PathBuf::from(format!("/var/lib/mafs/lockd-{}", a.id)));
+    if a.join && a.peers.is_empty() {
+        bail!(
+            "--join needs at least one --peer ID=HOST:PORT of a running member: the joining \
+             replica must know where the others are to answer the leader"
+        );
+    }
+    let members = probe_peers(a.id, &a.listen, members, a.join).await?;
     let mut cfg = ReplicaConfig::new(a.id, a.listen.clone(), data_dir);
     cfg.members = members;
     cfg.join = a.join;
@@ -205,14 +246,65 @@ async fn serve(a: ServeArgs) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-async fn status_of(addr: &str) -> Result<pb::StatusResponse, String> {
+/// Asks every `--peer` who it is before starting: a peer that answers with our own id means
+/// two replicas would share one (refused); one that answers with another id than its flag
+/// says is warned about. A joiner also learns every member's address from the first peer
+/// that answers (it must reach the leader, which may not be among its `--peer`s).
+async fn probe_peers(
+    id: u64,
+    listen: &str,
+    mut members: BTreeMap<u64, String>,
+    join: bool,
+) -> anyhow::Result<BTreeMap<u64, String>> {
+    let peers: Vec<(u64, String)> = members
+        .iter()
+        .filter(|(pid, _)| **pid != id)
+        .map(|(pid, addr)| (*pid, addr.clone()))
+        .collect();
+    let mut answered = false;
+    for (pid, addr) in peers {
+        let Ok(st) = status_of(&addr, Duration::from_millis(300)).await else {
+            continue;
+        };
+        answered = true;
+        if st.id == id {
+            bail!(
+                "the replica at {addr} (given as --peer {pid}={addr}) already runs with --id \
+                 {id}: every replica needs an id of its own"
+            );
+        }
+        if st.id != pid {
+            tracing::warn!(
+                "--peer {pid}={addr} answers as replica {}: check the --peer list",
+                st.id
+            );
+        }
+        if join {
+            for m in &st.members {
+                if m.id == id && m.addr != listen {
+                    tracing::warn!(
+                        "the cluster has this replica ({id}) at {}, not at --listen {listen}",
+                        m.addr
+                    );
+                }
+                members.entry(m.id).or_insert_with(|| m.addr.clone());
+            }
+        }
+    }
+    if join && !answered {
+        tracing::warn!(
+            "no --peer answered yet; this replica waits for the leader to reach it and can \
+             answer only the replicas its --peer list names"
+        );
+    }
+    Ok(members)
+}
+
+async fn status_of(addr: &str, wait: Duration) -> Result<pb::StatusResponse, String> {
     let conn = Conn::new(&[addr.to_string()]).map_err(|e| e.to_string())?;
-    conn.call(
-        "status",
-        Instant::now() + Duration::from_secs(1),
-        Duration::from_secs(1),
-        |mut c| async move { c.status(pb::StatusRequest {}).await },
-    )
+    conn.call("status", Instant::now() + wait, wait, |mut c| async move {
+        c.status(pb::StatusRequest {}).await
+    })
     .await
     .map_err(|e| e.to_string())
 }
@@ -220,7 +312,7 @@ async fn status_of(addr: &str) -> Result<pb::StatusResponse, String> {
 async fn status(endpoints: Vec<String>, json: bool) -> anyhow::Result<i32> {
     let mut rows = Vec::new();
     for e in &endpoints {
-        rows.push((e.clone(), status_of(e).await));
+        rows.push((e.clone(), status_of(e, Duration::from_secs(1)).await));
     }
     // The leader of the highest term any replica knows of.
     let best = rows
@@ -409,7 +501,17 @@ async fn membership(
 
 pub fn run_lock(cmd: LockCommand) -> anyhow::Result<i32> {
     init_tracing();
-    runtime()?.block_on(lock_and_run(cmd))
+    let code = runtime()?.block_on(lock_and_run(cmd)).unwrap_or_else(|e| {
+        eprintln!("mafs lock: {e:#}");
+        EXIT_LOCK_FAILED
+    });
+    Ok(code)
+}
+
+/// How long before the lease runs out the command is killed: killing a process group and
+/// its exit take a moment, and the lease is measured from our side only.
+fn kill_margin(lease: Duration) -> Duration {
+    (lease / 10).clamp(Duration::from_millis(100), Duration::from_secs(1))
 }
 
 async fn lock_and_run(cmd: LockCommand) -> anyhow::Result<i32> {
@@ -419,7 +521,9 @@ async fn lock_and_run(cmd: LockCommand) -> anyhow::Result<i32> {
         .unwrap_or_else(|_| "host".into());
     let mut opts = SessionOptions::new(format!("{host}/mafs-lock/{}", std::process::id()));
     opts.lease = Duration::from_millis(cmd.lease_ms);
-    let session = Session::open(&endpoints, opts).await?;
+    let session = Session::open(&endpoints, opts)
+        .await
+        .with_context(|| format!("opening a lockd session at {}", endpoints.join(",")))?;
     let lock_opts = LockOptions {
         try_lock: cmd.try_lock,
         timeout: Some(Duration::from_secs_f64(cmd.timeout.max(0.001))),
@@ -429,30 +533,50 @@ async fn lock_and_run(cmd: LockCommand) -> anyhow::Result<i32> {
         Err(e @ (ClientError::NotGranted { .. } | ClientError::TimedOut { .. })) => {
             eprintln!("mafs lock: {e}");
             let _ = session.close().await;
-            return Ok(1);
+            return Ok(cmd.conflict_exit_code);
         }
-        Err(e) => return Err(e.into()),
+        Err(e) => {
+            let _ = session.close().await;
+            return Err(e).with_context(|| format!("locking {}", cmd.resource));
+        }
     };
     let (prog, args) = cmd.command.split_first().context("no command given")?;
-    let mut child = tokio::process::Command::new(prog)
+    // Its own process group, so that losing the lock stops everything the command started,
+    // not only its first process.
+    let spawned = tokio::process::Command::new(prog)
         .args(args)
         .env("MAFS_FENCING_TOKEN", guard.grant.token.to_string())
         .env("MAFS_LOCK_MODE", guard.grant.mode.name())
         .env("MAFS_LOCK_RESOURCE", &cmd.resource)
-        .spawn()
-        .with_context(|| format!("running {prog}"))?;
-    // If the session is lost while the command runs, the lock is no longer ours: stop the
-    // command rather than let it go on believing it is protected.
-    let status = loop {
-        tokio::select! {
-            s = child.wait() => break s?,
-            _ = tokio::time::sleep(Duration::from_millis(200)) => {
-                if session.is_lost() {
-                    eprintln!("mafs lock: lockd session lost while holding {}; killing the command", cmd.resource);
-                    let _ = child.kill().await;
-                    return Ok(1);
-                }
-            }
+        .process_group(0)
+        .spawn();
+    let mut child = match spawned {
+        Ok(c) => c,
+        Err(e) => {
+            // Nothing runs under the lock: give it back now, not when the lease runs out.
+            drop(guard);
+            let _ = session.release(&cmd.resource, None).await;
+            let _ = session.close().await;
+            eprintln!("mafs lock: cannot run {prog}: {e}");
+            return Ok(if e.kind() == std::io::ErrorKind::NotFound {
+                EXIT_NOT_FOUND
+            } else {
+                EXIT_CANNOT_RUN
+            });
+        }
+    };
+    let pgid = child.id().and_then(|p| libc::pid_t::try_from(p).ok());
+    let terminal = pgid.and_then(ForegroundTerminal::give_to);
+    let status = supervise(&mut child, pgid, &session).await;
+    drop(terminal);
+    let status = match status {
+        Supervised::Exited(s) => s?,
+        Supervised::LockLost(why) => {
+            eprintln!(
+                "mafs lock: {why} while holding {}; killed the command and its process group",
+                cmd.resource
+            );
+            return Ok(EXIT_LOCK_LOST);
         }
     };
     drop(guard);
@@ -465,4 +589,108 @@ async fn lock_and_run(cmd: LockCommand) -> anyhow::Result<i32> {
     Ok(status
         .code()
         .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
+}
+
+enum Supervised {
+    Exited(std::io::Result<std::process::ExitStatus>),
+    /// Why the lock can no longer be trusted; the process group is killed.
+    LockLost(String),
+}
+
+fn signal_group(pgid: Option<libc::pid_t>, sig: libc::c_int) {
+    if let Some(pgid) = pgid {
+        // SAFETY: plain kill(2) of the process group we created for our child.
+        unsafe { libc::kill(-pgid, sig) };
+    }
+}
+
+/// The next of `signals` to arrive (never, if the list is empty).
+async fn next_signal(signals: &mut [(libc::c_int, tokio::signal::unix::Signal)]) -> libc::c_int {
+    std::future::poll_fn(|cx| {
+        for (n, s) in signals.iter_mut() {
+            if let std::task::Poll::Ready(Some(())) = s.poll_recv(cx) {
+                return std::task::Poll::Ready(*n);
+            }
+        }
+        std::task::Poll::Pending
+    })
+    .await
+}
+
+/// Waits for the command while the lock is certainly ours: the process group is killed
+/// `kill_margin` before the session's lease runs out without a renewal, or as soon as the
+/// session is known lost. SIGINT, SIGTERM and SIGHUP sent to `mafs lock` go to the group.
+async fn supervise(
+    child: &mut tokio::process::Child,
+    pgid: Option<libc::pid_t>,
+    session: &Session,
+) -> Supervised {
+    use tokio::signal::unix::{signal, SignalKind};
+    let margin = kill_margin(session.lease());
+    let mut forwarded: Vec<(libc::c_int, tokio::signal::unix::Signal)> = [
+        (libc::SIGINT, SignalKind::interrupt()),
+        (libc::SIGTERM, SignalKind::terminate()),
+        (libc::SIGHUP, SignalKind::hangup()),
+    ]
+    .into_iter()
+    .filter_map(|(n, k)| signal(k).ok().map(|s| (n, s)))
+    .collect();
+    loop {
+        // Re-read every round: a heartbeat answered meanwhile moves it on.
+        let safe_until = session.valid_until().checked_sub(margin);
+        let now = Instant::now();
+        if session.is_lost() || safe_until.is_none_or(|t| now >= t) {
+            signal_group(pgid, libc::SIGKILL);
+            let _ = child.wait().await;
+            return Supervised::LockLost(lost_reason(session));
+        }
+        let wake = safe_until
+            .unwrap_or(now)
+            .min(now + Duration::from_millis(100));
+        tokio::select! {
+            s = child.wait() => return Supervised::Exited(s),
+            _ = tokio::time::sleep_until(wake.into()) => {}
+            n = next_signal(&mut forwarded) => signal_group(pgid, n),
+        }
+    }
+}
+
+fn lost_reason(session: &Session) -> String {
+    if session.is_lost() {
+        "the lockd session was lost".into()
+    } else {
+        "the lockd lease could not be renewed before it ran out".into()
+    }
+}
+
+/// While the command runs in its own process group, that group owns the terminal (as a
+/// shell's job would), so it can read from it and Ctrl-C reaches it; given back on drop.
+struct ForegroundTerminal {
+    ours: libc::pid_t,
+}
+
+impl ForegroundTerminal {
+    fn give_to(pgid: libc::pid_t) -> Option<ForegroundTerminal> {
+        // SAFETY: plain syscalls on fd 0; tcsetpgrp only succeeds on our controlling terminal.
+        unsafe {
+            let ours = libc::getpgrp();
+            if libc::isatty(0) != 1 || libc::tcgetpgrp(0) != ours {
+                return None;
+            }
+            // Handing the terminal on from the foreground group needs no SIGTTOU dance; taking
+            // it back (from the background by then) does, see drop.
+            (libc::tcsetpgrp(0, pgid) == 0).then_some(ForegroundTerminal { ours })
+        }
+    }
+}
+
+impl Drop for ForegroundTerminal {
+    fn drop(&mut self) {
+        // SAFETY: a background process calling tcsetpgrp gets SIGTTOU unless it ignores it.
+        unsafe {
+            let old = libc::signal(libc::SIGTTOU, libc::SIG_IGN);
+            libc::tcsetpgrp(0, self.ours);
+            libc::signal(libc::SIGTTOU, old);
+        }
+    }
 }

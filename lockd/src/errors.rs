@@ -7,6 +7,8 @@ use crate::lock_table::LockError;
 
 pub const LEADER_HEADER: &str = "x-lockd-leader";
 pub const KIND_HEADER: &str = "x-lockd-error";
+/// On a "removed" answer to a replica's raft messages: the log index of its removal.
+pub const REMOVED_AT_HEADER: &str = "x-lockd-removed-at";
 
 #[derive(Debug, thiserror::Error)]
 pub enum LockdError {
@@ -20,6 +22,13 @@ pub enum LockdError {
     Timeout(String),
     #[error("storage: {0}")]
     Storage(String),
+    /// The replica's durable state is damaged or gone: it cannot take part without risking
+    /// committed history, so it stops. Only at startup or as the raft loop's fatal error.
+    #[error("{0}. Replace this replica: `mafs lockd remove-member --id ID` on the cluster, wipe its data directory, `mafs lockd add-member --id ID --addr HOST:PORT`, then start it with --join --peer ...")]
+    CorruptLog(String),
+    /// This replica was removed from the cluster's membership; it takes no part any more.
+    #[error("replica {id} was removed from the cluster and serves nothing; stop it (or add it back with `mafs lockd add-member` after wiping its data directory)")]
+    Removed { id: u64 },
     /// Only at startup, never on the wire.
     #[error("cannot listen on {addr} (is another process using that port? pick another --listen address)")]
     Listen {
@@ -63,7 +72,10 @@ pub fn code_and_kind(e: &LockdError) -> (Code, &'static str) {
         LockdError::NotLeader { .. } => (Code::Unavailable, "not-leader"),
         LockdError::Invalid(_) => (Code::InvalidArgument, "invalid"),
         LockdError::Timeout(_) => (Code::Unavailable, "timeout"),
-        LockdError::Storage(_) | LockdError::Listen { .. } => (Code::Internal, "storage"),
+        LockdError::Storage(_) | LockdError::Listen { .. } | LockdError::CorruptLog(_) => {
+            (Code::Internal, "storage")
+        }
+        LockdError::Removed { .. } => (Code::Unavailable, "removed"),
         LockdError::Raft(_) => (Code::Unavailable, "raft"),
         LockdError::Shutdown => (Code::Unavailable, "shutdown"),
     }

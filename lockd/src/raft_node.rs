@@ -7,24 +7,31 @@
 //! thread design paid about six of them per commit (more than the fdatasync, ~0.11 ms); see
 //! docs/lockd.md. The channel in front of the loop still batches: every proposal that queued up
 //! while one fsync blocked the runtime goes into the next Ready together.
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, RwLock};
 use protobuf::Message as _;
-use raft::eraftpb::{ConfChange, ConfChangeType, ConfChangeV2, Entry, EntryType, Message};
+use raft::eraftpb::{
+    ConfChange, ConfChangeType, ConfChangeV2, Entry, EntryType, Message, MessageType,
+};
 use raft::{RawNode, SnapshotStatus, StateRole};
 use tokio::runtime::Handle;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::errors::LockdError;
 use crate::events::{EventHub, Leases};
 use crate::lock_table::SessionState;
-use crate::raft_storage::DiskStorage;
+use crate::raft_storage::{Bootstrap, DiskStorage};
 use crate::state_machine::{CmdResult, Command, StateMachine};
 use crate::transport::Transport;
+
+/// Index (and term) of the snapshot every bootstrap replica starts from; see [`Bootstrap`].
+/// 5, as TiKV uses: any value above 0 works.
+pub const BOOTSTRAP_INDEX: u64 = 5;
 
 #[derive(Debug, Clone)]
 pub struct ReplicaConfig {
@@ -79,6 +86,9 @@ pub enum NodeMsg {
     Read(Box<dyn FnOnce(&ReadView) + Send>),
     Unreachable(u64),
     SnapshotStatus(u64, bool),
+    /// A peer answered our raft messages with "you were removed at log index `at`" (we missed
+    /// the commit of our own removal, which the leader no longer sends us).
+    RemovedByPeer { peer: u64, at: u64 },
     Shutdown,
 }
 
@@ -110,6 +120,15 @@ pub struct Shared {
     pub hub: EventHub,
     pub leases: Mutex<Leases>,
     pub leader: RwLock<LeaderInfo>,
+    /// Bumped whenever `leader` changes (another leader, none, or this replica gained or lost
+    /// leadership): Lock calls waiting here and event streams served here end on it, so a
+    /// client stranded on a replica cut off from the majority moves on.
+    pub leadership: watch::Sender<u64>,
+    /// This replica was removed from the membership: it takes no part and refuses clients.
+    pub removed: AtomicBool,
+    /// Replicas whose removal this one applied (mirror of the state machine's set, for the
+    /// raft transport service).
+    pub removed_peers: RwLock<BTreeMap<u64, u64>>,
 }
 
 #[derive(Clone)]
@@ -140,9 +159,23 @@ impl Pending {
 
 impl NodeHandle {
     pub fn not_leader(&self) -> LockdError {
+        if self.shared.removed.load(Ordering::Relaxed) {
+            return LockdError::Removed { id: self.shared.id };
+        }
         LockdError::NotLeader {
             leader: self.shared.leader.read().addr.clone(),
         }
+    }
+
+    /// Whether some leader is known (this replica or another); an isolated replica knows none.
+    pub fn leader_known(&self) -> bool {
+        !self.shared.removed.load(Ordering::Relaxed) && self.shared.leader.read().id != 0
+    }
+
+    /// The log index at which this replica applied the removal of `id`, if it did (and has
+    /// not applied its addition since).
+    pub fn removed_peer(&self, id: u64) -> Option<u64> {
+        self.shared.removed_peers.read().get(&id).copied()
     }
 
     pub fn is_leader(&self) -> bool {
@@ -245,6 +278,13 @@ struct Replica {
     /// Random per process, so an entry proposed by an earlier incarnation never matches.
     nonce: u64,
     was_leader: bool,
+    /// Taken no part since the removal of this replica was applied (or a peer told us).
+    removed: bool,
+    /// A `--join`ed replica that has not installed the cluster's snapshot yet.
+    awaiting_snapshot: bool,
+    /// The `--peer` flags were compared with the committed membership once caught up.
+    members_checked: bool,
+    last_misaddressed_warning: Option<Instant>,
     cfg: ReplicaConfig,
 }
 
@@ -258,18 +298,28 @@ pub fn start(
         None
     } else {
         let sm = StateMachine::with_members(cfg.members.clone());
-        Some((sm.encode_snapshot()?, cfg.members.keys().copied().collect()))
+        Some(Bootstrap {
+            data: sm.encode_snapshot()?,
+            voters: cfg.members.keys().copied().collect(),
+            index: BOOTSTRAP_INDEX,
+        })
     };
     let storage = DiskStorage::open(&cfg.data_dir, initial)?;
+    let cs = storage.conf_state().clone();
+    let awaiting_snapshot =
+        cfg.join && storage.snapshot_index() == 0 && cs.voters.is_empty() && cs.learners.is_empty();
     let mut sm = if storage.snapshot_data().is_empty() {
         StateMachine::with_members(cfg.members.clone())
     } else {
         StateMachine::decode_snapshot(storage.snapshot_data())?
     };
-    // Our own address may have changed since the snapshot was taken; peers learn it from us only
-    // through membership changes, but we must at least know where the others are.
+    // The flags may know an address the snapshot lacks (a joiner learns the others' from its
+    // `--peer`s until the leader's snapshot arrives); they never add a member.
     for (id, addr) in &cfg.members {
-        sm.members.entry(*id).or_insert_with(|| addr.clone());
+        let member = cs.voters.contains(id) || cs.learners.contains(id) || awaiting_snapshot;
+        if member {
+            sm.members.entry(*id).or_insert_with(|| addr.clone());
+        }
     }
     let rcfg = raft::Config {
         id: cfg.id,
@@ -286,11 +336,15 @@ pub fn start(
     let logger = slog::Logger::root(TracingDrain, slog::o!());
     let node = RawNode::new(&rcfg, storage, &logger)?;
     let (tx, rx) = mpsc::unbounded_channel();
+    let removed = sm.removed.contains_key(&cfg.id);
     let shared = Arc::new(Shared {
         id: cfg.id,
         hub: EventHub::default(),
         leases: Mutex::new(Leases::default()),
         leader: RwLock::new(LeaderInfo::default()),
+        leadership: watch::Sender::new(0),
+        removed: AtomicBool::new(false),
+        removed_peers: RwLock::new(sm.removed.clone()),
     });
     let replica = Replica {
         node,
@@ -301,8 +355,16 @@ pub fn start(
         next_seq: 1,
         nonce: rand::random(),
         was_leader: false,
+        removed: false,
+        awaiting_snapshot,
+        members_checked: false,
+        last_misaddressed_warning: None,
         cfg,
     };
+    let mut replica = replica;
+    if removed {
+        replica.become_removed("its data directory says so");
+    }
     let (done_tx, done_rx) = oneshot::channel();
     rt.spawn(async move {
         let _ = done_tx.send(replica.run(rx).await);
@@ -358,6 +420,9 @@ impl Replica {
                 Err(_elapsed) => {}
                 Ok(None) => return Ok(()),
             }
+            if self.removed {
+                continue;
+            }
             if last_tick.elapsed() >= self.cfg.tick {
                 last_tick = Instant::now();
                 self.node.tick();
@@ -398,6 +463,10 @@ impl Replica {
     fn handle(&mut self, m: NodeMsg) -> Result<bool, LockdError> {
         match m {
             NodeMsg::Propose { cmd, reply } => {
+                if self.removed {
+                    let _ = reply.send(Err(LockdError::Removed { id: self.cfg.id }));
+                    return Ok(true);
+                }
                 if !self.is_leader() {
                     let _ = reply.send(Err(LockdError::NotLeader {
                         leader: self.leader_addr(),
@@ -427,11 +496,7 @@ impl Replica {
                 }
             }
             NodeMsg::ChangeMembership { op, reply } => self.propose_membership(op, reply),
-            NodeMsg::Raft(m) => {
-                if let Err(e) = self.node.step(*m) {
-                    tracing::debug!("step: {e}");
-                }
-            }
+            NodeMsg::Raft(m) => self.step(*m)?,
             NodeMsg::Read(f) => {
                 let view = ReadView {
                     sm: &self.sm,
@@ -448,12 +513,93 @@ impl Replica {
                     SnapshotStatus::Failure
                 },
             ),
+            NodeMsg::RemovedByPeer { peer, at } => {
+                // Applied past the removal and still here: we were added back after it, and
+                // the peer has not applied that yet.
+                if self.node.raft.raft_log.applied < at {
+                    self.become_removed(&format!(
+                        "replica {peer} applied its removal at log index {at}"
+                    ))
+                }
+            }
             NodeMsg::Shutdown => return Ok(false),
         }
         Ok(true)
     }
 
+    fn step(&mut self, m: Message) -> Result<(), LockdError> {
+        if self.removed {
+            return Ok(());
+        }
+        if m.to != self.cfg.id {
+            // Two replicas share an id, or a peer list maps an id to the wrong address.
+            let quiet = self
+                .last_misaddressed_warning
+                .is_some_and(|t| t.elapsed() < Duration::from_secs(10));
+            if !quiet {
+                self.last_misaddressed_warning = Some(Instant::now());
+                tracing::warn!(
+                    me = self.cfg.id,
+                    to = m.to,
+                    from = m.from,
+                    "received a raft message addressed to another replica: two replicas may \
+                     share an --id, or a --peer/add-member address points at the wrong replica; \
+                     dropping it"
+                );
+            }
+            return Ok(());
+        }
+        // The leader sends a follower a commit index no higher than what that follower told it
+        // it had durably appended. Higher than our log means we lost acknowledged entries (the
+        // data directory was wiped or the log deleted and the replica restarted as if new);
+        // raft-rs would panic, and taking part would risk committed history.
+        let last = self.node.raft.raft_log.last_index();
+        if m.get_msg_type() == MessageType::MsgHeartbeat
+            && m.term >= self.node.raft.term
+            && m.commit > last
+        {
+            return Err(LockdError::CorruptLog(format!(
+                "leader {} says this replica ({}) durably holds log entries up to {}, but its log \
+                 in {} ends at {last}: the log was lost (data directory wiped or raft.log \
+                 deleted) and must not be rebuilt by voting again",
+                m.from,
+                self.cfg.id,
+                m.commit,
+                self.cfg.data_dir.display()
+            )));
+        }
+        if let Err(e) = self.node.step(m) {
+            tracing::debug!("step: {e}");
+        }
+        Ok(())
+    }
+
+    /// Stops taking part: no ticks (so no campaigns), no raft messages, no proposals; clients
+    /// hear "removed". The process stays up for `status` until the operator stops it.
+    fn become_removed(&mut self, why: &str) {
+        if self.removed {
+            return;
+        }
+        tracing::error!(
+            id = self.cfg.id,
+            "this replica was removed from the cluster ({why}); it no longer votes, replicates \
+             or serves clients: stop it"
+        );
+        self.removed = true;
+        self.shared.removed.store(true, Ordering::Relaxed);
+        for (_, p) in self.pending.drain() {
+            p.fail(LockdError::Removed { id: self.cfg.id });
+        }
+        self.was_leader = false;
+        *self.shared.leader.write() = LeaderInfo::default();
+        self.shared.leadership.send_modify(|e| *e += 1);
+    }
+
     fn propose_membership(&mut self, op: MembershipOp, reply: Reply<BTreeMap<u64, String>>) {
+        if self.removed {
+            let _ = reply.send(Err(LockdError::Removed { id: self.cfg.id }));
+            return;
+        }
         if !self.is_leader() {
             let _ = reply.send(Err(LockdError::NotLeader {
                 leader: self.leader_addr(),
@@ -469,6 +615,20 @@ impl Replica {
                         "replica {id} is already a member (or id 0)"
                     ))));
                     return;
+                }
+                // A data directory from before BOOTSTRAP_INDEX keeps its bootstrap voters in a
+                // snapshot at index 0, and the log from index 1 lacks them: a joiner fed that
+                // log would end up a cluster of its own. Compact first so it gets a snapshot.
+                if self.node.store().snapshot_index() == 0 {
+                    let applied = self.node.raft.raft_log.applied;
+                    let compacted = self
+                        .sm
+                        .encode_snapshot()
+                        .and_then(|data| self.node.mut_store().compact(applied, data));
+                    if let Err(e) = compacted {
+                        let _ = reply.send(Err(e));
+                        return;
+                    }
                 }
                 cc.set_change_type(ConfChangeType::AddNode);
                 cc.node_id = id;
@@ -500,7 +660,11 @@ impl Replica {
         let r = &self.node.raft;
         RaftInfo {
             id: r.id,
-            role: role_name(r.state),
+            role: if self.removed {
+                "removed"
+            } else {
+                role_name(r.state)
+            },
             leader_id: r.leader_id,
             term: r.term,
             commit: r.raft_log.committed,
@@ -580,7 +744,32 @@ impl Replica {
             addr: self.leader_addr(),
             is_self: leader,
         };
-        *self.shared.leader.write() = info;
+        let mut current = self.shared.leader.write();
+        let changed = current.id != info.id || current.is_self != info.is_self;
+        *current = info;
+        drop(current);
+        if changed {
+            self.shared.leadership.send_modify(|e| *e += 1);
+        }
+    }
+
+    /// Once caught up with a leader, says loudly if the `--peer` flags disagree with the
+    /// membership the cluster committed (the committed one is what counts).
+    fn check_peer_flags(&mut self) {
+        let r = &self.node.raft;
+        if self.members_checked || r.leader_id == 0 || r.raft_log.applied < r.raft_log.committed {
+            return;
+        }
+        self.members_checked = true;
+        let flags: BTreeSet<u64> = self.cfg.members.keys().copied().collect();
+        let committed: BTreeSet<u64> = self.sm.members.keys().copied().collect();
+        if !self.cfg.join && flags != committed {
+            tracing::warn!(
+                "the --id/--peer flags name replicas {flags:?} but the cluster's committed \
+                 membership is {committed:?}; the committed membership is used (change it with \
+                 add-member/remove-member, and fix the flags)"
+            );
+        }
     }
 
     fn send(&mut self, msgs: Vec<Message>) {
@@ -594,6 +783,20 @@ impl Replica {
             return Ok(());
         }
         let mut rd = self.node.ready();
+        if self.awaiting_snapshot {
+            if !rd.snapshot().is_empty() {
+                self.awaiting_snapshot = false;
+            } else if let Some(first) = rd.entries().first() {
+                // Without the snapshot this replica lacks the bootstrap voters, and replaying
+                // the membership changes from here would leave it a voter set of its own.
+                return Err(LockdError::Raft(format!(
+                    "this joining replica was sent log entries from index {} instead of the \
+                     cluster's snapshot; the leader runs an older lockd: upgrade it, then \
+                     remove, wipe and re-add this replica",
+                    first.index
+                )));
+            }
+        }
         let early = rd.take_messages();
         // A leader's appends may go out before its own fsync; for them to reach the followers
         // meanwhile, the runtime thread must be free to write them, so that fsync runs on a
@@ -607,6 +810,7 @@ impl Replica {
                 "installing snapshot from the leader"
             );
             self.sm = StateMachine::decode_snapshot(snap.get_data())?;
+            *self.shared.removed_peers.write() = self.sm.removed.clone();
             self.node.mut_store().apply_snapshot(snap)?;
         }
         let committed = rd.take_committed_entries();
@@ -637,6 +841,10 @@ impl Replica {
         self.apply(committed)?;
         self.node.advance_apply();
         self.on_leadership();
+        self.check_peer_flags();
+        if self.sm.removed.contains_key(&self.cfg.id) {
+            self.become_removed("the cluster applied its removal");
+        }
         Ok(())
     }
 
@@ -670,12 +878,15 @@ impl Replica {
                                         String::from_utf8_lossy(cc.get_context()).into_owned();
                                     tracing::info!(id = cc.node_id, %addr, "member added");
                                     self.sm.members.insert(cc.node_id, addr);
+                                    self.sm.removed.remove(&cc.node_id);
                                 }
                                 ConfChangeType::RemoveNode => {
                                     tracing::info!(id = cc.node_id, "member removed");
                                     self.sm.members.remove(&cc.node_id);
+                                    self.sm.removed.insert(cc.node_id, e.index);
                                 }
                             }
+                            *self.shared.removed_peers.write() = self.sm.removed.clone();
                             Ok(self.sm.members.clone())
                         }
                         Err(x) => Err(LockdError::from(x)),

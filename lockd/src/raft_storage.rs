@@ -14,7 +14,7 @@
 //!   end the replay.
 //!   A torn or corrupt tail (a crash mid-append) is cut off at the first bad record.
 use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -33,6 +33,18 @@ const LOG_FILE: &str = "raft.log";
 /// How far ahead of the last record `raft.log` is filled with zeros.
 const PREALLOCATE: u64 = 4 << 20;
 const SNAP_FILE: &str = "snapshot.bin";
+const SNAP_TMP: &str = "snapshot.tmp";
+
+/// What a brand new bootstrap member starts from: the initial state machine and voters, as a
+/// snapshot at `index` (with term `index`). The index is above 0 so that a replica added
+/// later, which starts from an empty log at index 0, can never be sent entries from index 1:
+/// the bootstrap voters live only in this snapshot, and a joiner that replayed the log without
+/// them would end up with a voter set of its own (see docs/lockd.md, "Membership").
+pub struct Bootstrap {
+    pub data: Vec<u8>,
+    pub voters: Vec<u64>,
+    pub index: u64,
+}
 
 pub struct DiskStorage {
     dir: PathBuf,
@@ -59,6 +71,35 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+fn io_at(path: &Path, what: &str, e: std::io::Error) -> LockdError {
+    LockdError::Storage(format!("{what} {}: {e}", path.display()))
+}
+
+/// Records longer than this are damage, not data (a snapshot never goes through the log).
+const MAX_RECORD: usize = 256 << 20;
+
+/// The record at `off`: kind, payload and where the next one starts; `None` when there is no
+/// whole record with a matching checksum there.
+fn parse_record(buf: &[u8], off: usize) -> Option<(u8, &[u8], usize)> {
+    let hdr = buf.get(off..off.checked_add(9)?)?;
+    let len = u32::from_le_bytes([hdr[0], hdr[1], hdr[2], hdr[3]]) as usize;
+    let crc = u32::from_le_bytes([hdr[4], hdr[5], hdr[6], hdr[7]]);
+    if len > MAX_RECORD {
+        return None;
+    }
+    let end = off + 9 + len;
+    let body = buf.get(off + 8..end)?;
+    (crc32c::crc32c(body) == crc).then(|| (body[0], &body[1..], end))
+}
+
+/// The offset of the first whole, checksummed record of a known kind at or after `from`.
+fn next_valid_record(buf: &[u8], from: usize) -> Option<usize> {
+    let last_nonzero = buf.iter().rposition(|b| *b != 0)?;
+    (from..=last_nonzero).find(|&off| {
+        matches!(parse_record(buf, off), Some((KIND_ENTRY | KIND_HARD_STATE, _, _)))
+    })
+}
+
 fn record(kind: u8, payload: &[u8]) -> Vec<u8> {
     let mut body = Vec::with_capacity(payload.len() + 1);
     body.push(kind);
@@ -71,31 +112,46 @@ fn record(kind: u8, payload: &[u8]) -> Vec<u8> {
 }
 
 impl DiskStorage {
-    /// Opens `dir`, or initializes it. `initial` is the state machine image and voter set a brand
-    /// new member starts from (the bootstrap members); `None` starts empty and waits for the
-    /// leader's snapshot (a replica joining a running cluster).
-    pub fn open(
-        dir: &Path,
-        initial: Option<(Vec<u8>, Vec<u64>)>,
-    ) -> Result<DiskStorage, LockdError> {
-        fs::create_dir_all(dir)?;
+    /// Opens `dir`, or initializes it. `initial` is what a brand new bootstrap member starts
+    /// from; `None` starts empty and waits for the leader's snapshot (a replica joining a
+    /// running cluster).
+    pub fn open(dir: &Path, initial: Option<Bootstrap>) -> Result<DiskStorage, LockdError> {
+        fs::create_dir_all(dir).map_err(|e| io_at(dir, "creating the data directory", e))?;
         let snap_path = dir.join(SNAP_FILE);
+        let snap_tmp = dir.join(SNAP_TMP);
         let log_path = dir.join(LOG_FILE);
-        let snapshot = if snap_path.exists() {
-            read_snapshot(&snap_path)?
-        } else if !log_path.exists() {
-            let mut s = Snapshot::default();
-            if let Some((data, voters)) = initial {
-                s.set_data(data.into());
-                s.mut_metadata().mut_conf_state().set_voters(voters);
+        let gone = |what: &str| {
+            LockdError::CorruptLog(format!(
+                "{what} in {}: this replica's durable state is gone",
+                dir.display()
+            ))
+        };
+        let fresh = match (snap_path.exists(), log_path.exists()) {
+            (true, true) => false,
+            (false, false) => true,
+            // A crash in the middle of initializing: the snapshot was written and synced, the
+            // log too, only the final rename is missing (compaction always leaves a snapshot.bin).
+            (false, true) if snap_tmp.exists() => {
+                fs::rename(&snap_tmp, &snap_path)
+                    .and_then(|()| sync_dir(dir))
+                    .map_err(|e| io_at(&snap_path, "finishing the initialization of", e))?;
+                false
             }
-            write_snapshot(dir, &s)?;
+            (false, true) => return Err(gone(&format!("{LOG_FILE} exists without {SNAP_FILE}"))),
+            (true, false) => return Err(gone(&format!("{SNAP_FILE} exists without {LOG_FILE}"))),
+        };
+        let snapshot = if fresh {
+            let mut s = Snapshot::default();
+            if let Some(b) = initial {
+                s.set_data(b.data.into());
+                let meta = s.mut_metadata();
+                meta.index = b.index;
+                meta.term = b.index;
+                meta.mut_conf_state().set_voters(b.voters);
+            }
             s
         } else {
-            return Err(LockdError::Storage(format!(
-                "{} exists without {SNAP_FILE}",
-                log_path.display()
-            )));
+            read_snapshot(&snap_path)?
         };
         let mut st = DiskStorage {
             dir: dir.to_path_buf(),
@@ -110,19 +166,29 @@ impl DiskStorage {
         };
         st.hard_state.term = st.snapshot.get_metadata().term;
         st.hard_state.commit = st.snapshot.get_metadata().index;
-        if log_path.exists() {
-            st.replay_log(&log_path)?;
-        } else {
+        if fresh {
+            // Snapshot to its temporary name, the log, then the rename: a crash at any point
+            // leaves either nothing to trust (start afresh) or both files.
+            write_snapshot_tmp(dir, &st.snapshot)?;
             st.rewrite_log()?;
+            fs::rename(&snap_tmp, &snap_path)
+                .and_then(|()| sync_dir(dir))
+                .map_err(|e| io_at(&snap_path, "writing", e))?;
+        } else {
+            st.replay_log(&log_path)?;
         }
-        st.log = Arc::new(OpenOptions::new().write(true).open(&log_path)?);
+        st.log = Arc::new(
+            OpenOptions::new()
+                .write(true)
+                .open(&log_path)
+                .map_err(|e| io_at(&log_path, "opening", e))?,
+        );
         st.log_len = st.log.metadata()?.len();
         Ok(st)
     }
 
     fn replay_log(&mut self, path: &Path) -> Result<(), LockdError> {
-        let mut buf = Vec::new();
-        File::open(path)?.read_to_end(&mut buf)?;
+        let buf = fs::read(path).map_err(|e| io_at(path, "reading", e))?;
         if buf.len() < 8 || &buf[..8] != LOG_MAGIC {
             return Err(LockdError::Storage(format!(
                 "{} is not a lockd raft log",
@@ -131,19 +197,10 @@ impl DiskStorage {
         }
         let mut off = 8;
         let good_end = loop {
-            let Some(hdr) = buf.get(off..off + 9) else {
+            let Some((kind, payload, next)) = parse_record(&buf, off) else {
                 break off;
             };
-            let len = u32::from_le_bytes([hdr[0], hdr[1], hdr[2], hdr[3]]) as usize;
-            let crc = u32::from_le_bytes([hdr[4], hdr[5], hdr[6], hdr[7]]);
-            let Some(body) = buf.get(off + 8..off + 9 + len) else {
-                break off;
-            };
-            if crc32c::crc32c(body) != crc {
-                break off;
-            }
-            let payload = &body[1..];
-            match body[0] {
+            match kind {
                 KIND_ENTRY => {
                     let mut e = Entry::default();
                     e.merge_from_bytes(payload).map_err(pb_err)?;
@@ -156,25 +213,52 @@ impl DiskStorage {
                 }
                 k => {
                     return Err(LockdError::Storage(format!(
-                        "unknown record kind {k} in {}",
+                        "unknown record kind {k} at byte {off} of {}",
                         path.display()
                     )))
                 }
             }
-            off += 9 + len;
+            off = next;
         };
-        // Past the last record there are preallocated zeros; anything else is a record torn by a
-        // crash mid-write, which was never acknowledged.
-        if buf[good_end..].iter().any(|b| *b != 0) {
+        // Past the last record there are preallocated zeros. Anything else is either the last
+        // record torn by a crash mid-append (never acknowledged, so cutting it off is safe), or
+        // damage in the middle of the log: a bad record with valid records after it was
+        // written before them, and they were appended (and maybe acknowledged) after it was
+        // complete. Cutting there would silently drop committed entries this replica voted
+        // for, so the replica stops instead.
+        let tail = &buf[good_end..];
+        if tail.iter().any(|b| *b != 0) {
+            if let Some(valid) = next_valid_record(&buf, good_end + 1) {
+                return Err(LockdError::CorruptLog(format!(
+                    "{}: the record at byte {good_end} is damaged (checksum mismatch or bad \
+                     length) and a valid record follows at byte {valid}, so this is not a torn \
+                     write at the end; this replica's log cannot be trusted",
+                    path.display()
+                )));
+            }
             tracing::warn!(path = %path.display(), at = good_end, dropped = buf.len() - good_end, "cutting off a torn raft log tail");
-            let f = OpenOptions::new().write(true).open(path)?;
-            f.set_len(good_end as u64)?;
-            f.sync_all()?;
+            let f = OpenOptions::new()
+                .write(true)
+                .open(path)
+                .map_err(|e| io_at(path, "opening", e))?;
+            f.set_len(good_end as u64)
+                .and_then(|()| f.sync_all())
+                .map_err(|e| io_at(path, "truncating", e))?;
         }
         self.log_end = good_end as u64;
         let snap_index = self.snapshot.get_metadata().index;
         if self.hard_state.commit < snap_index {
             self.hard_state.commit = snap_index;
+        }
+        // The hard state says entries up to `commit` were committed, and this replica had them
+        // durably before it wrote that; missing ones mean the log lost acknowledged data.
+        if self.hard_state.commit > self.last() {
+            return Err(LockdError::CorruptLog(format!(
+                "{}: the hard state says entries up to {} are committed but the log ends at {}",
+                path.display(),
+                self.hard_state.commit,
+                self.last()
+            )));
         }
         Ok(())
     }
@@ -360,24 +444,29 @@ impl DiskStorage {
     }
 }
 
-fn write_snapshot(dir: &Path, snap: &Snapshot) -> Result<(), LockdError> {
+/// Writes and syncs `snapshot.tmp`.
+fn write_snapshot_tmp(dir: &Path, snap: &Snapshot) -> Result<(), LockdError> {
     let body = snap.write_to_bytes().map_err(pb_err)?;
     let mut buf = SNAP_MAGIC.to_vec();
     buf.extend_from_slice(&crc32c::crc32c(&body).to_le_bytes());
     buf.extend_from_slice(&(body.len() as u64).to_le_bytes());
     buf.extend_from_slice(&body);
-    let tmp = dir.join("snapshot.tmp");
-    let mut f = File::create(&tmp)?;
-    f.write_all(&buf)?;
-    f.sync_all()?;
-    fs::rename(&tmp, dir.join(SNAP_FILE))?;
-    sync_dir(dir)?;
-    Ok(())
+    let tmp = dir.join(SNAP_TMP);
+    File::create(&tmp)
+        .and_then(|mut f| f.write_all(&buf).and_then(|()| f.sync_all()))
+        .map_err(|e| io_at(&tmp, "writing", e))
+}
+
+fn write_snapshot(dir: &Path, snap: &Snapshot) -> Result<(), LockdError> {
+    write_snapshot_tmp(dir, snap)?;
+    let path = dir.join(SNAP_FILE);
+    fs::rename(dir.join(SNAP_TMP), &path)
+        .and_then(|()| sync_dir(dir))
+        .map_err(|e| io_at(&path, "writing", e))
 }
 
 fn read_snapshot(path: &Path) -> Result<Snapshot, LockdError> {
-    let mut buf = Vec::new();
-    File::open(path)?.read_to_end(&mut buf)?;
+    let buf = fs::read(path).map_err(|e| io_at(path, "reading", e))?;
     let bad = |why: &str| LockdError::Storage(format!("{}: {why}", path.display()));
     if buf.len() < 20 || &buf[..8] != SNAP_MAGIC {
         return Err(bad("not a lockd snapshot"));
@@ -468,6 +557,14 @@ impl Storage for DiskStorage {
 mod tests {
     use super::*;
 
+    fn boot(data: &[u8], voters: &[u64], index: u64) -> Bootstrap {
+        Bootstrap {
+            data: data.to_vec(),
+            voters: voters.to_vec(),
+            index,
+        }
+    }
+
     fn entry(index: u64, term: u64, data: &[u8]) -> Entry {
         Entry {
             index,
@@ -480,9 +577,8 @@ mod tests {
     #[test]
     fn log_survives_reopen_with_overwrites_compaction_and_a_torn_tail() {
         let dir = tempfile::tempdir().unwrap();
-        let init = Some((b"sm".to_vec(), vec![1, 2, 3]));
         {
-            let mut s = DiskStorage::open(dir.path(), init.clone()).unwrap();
+            let mut s = DiskStorage::open(dir.path(), Some(boot(b"sm", &[1, 2, 3], 0))).unwrap();
             s.append(&[entry(1, 1, b"a"), entry(2, 1, b"b"), entry(3, 1, b"c")])
                 .unwrap();
             // A new leader overwrites index 3 onwards.
@@ -536,12 +632,104 @@ mod tests {
     #[test]
     fn corrupt_snapshot_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        drop(DiskStorage::open(dir.path(), Some((b"x".to_vec(), vec![1]))).unwrap());
+        drop(DiskStorage::open(dir.path(), Some(boot(b"x", &[1], 0))).unwrap());
         let p = dir.path().join(SNAP_FILE);
         let mut b = fs::read(&p).unwrap();
         let n = b.len();
         b[n - 1] ^= 0xff;
         fs::write(&p, b).unwrap();
         assert!(DiskStorage::open(dir.path(), None).is_err());
+    }
+
+    /// A log of `n` entries of 100 bytes each, synced, in a fresh data dir.
+    fn log_with(n: u64) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = DiskStorage::open(dir.path(), Some(boot(b"sm", &[1], 0))).unwrap();
+        for i in 1..=n {
+            s.append(&[entry(i, 1, &[i as u8; 100])]).unwrap();
+        }
+        s.set_hard_state(HardState {
+            term: 1,
+            vote: 1,
+            commit: n,
+            ..Default::default()
+        })
+        .unwrap();
+        s.sync().unwrap();
+        dir
+    }
+
+    fn flip(path: &Path, at: u64) {
+        let mut b = fs::read(path).unwrap();
+        b[at as usize] ^= 0x40;
+        fs::write(path, b).unwrap();
+    }
+
+    #[test]
+    fn a_flipped_byte_mid_log_stops_the_replica_and_cuts_nothing() {
+        let dir = log_with(200);
+        let log = dir.path().join(LOG_FILE);
+        let len_before = fs::metadata(&log).unwrap().len();
+        // Inside the 50th entry record: records are 9 + ~110 bytes.
+        flip(&log, 8 + 50 * 119 + 40);
+        let err = DiskStorage::open(dir.path(), None).err().expect("refused");
+        let msg = err.to_string();
+        assert!(matches!(err, LockdError::CorruptLog(_)), "{msg}");
+        assert!(msg.contains(&log.display().to_string()) && msg.contains("byte"), "{msg}");
+        assert_eq!(fs::metadata(&log).unwrap().len(), len_before, "nothing cut off");
+        // And it stays refused: nothing was "repaired" on the way.
+        assert!(DiskStorage::open(dir.path(), None).is_err());
+    }
+
+    #[test]
+    fn a_torn_last_record_is_cut_and_the_rest_kept() {
+        let dir = log_with(20);
+        let log = dir.path().join(LOG_FILE);
+        let mut s = DiskStorage::open(dir.path(), None).unwrap();
+        let end = s.log_end;
+        s.append(&[entry(21, 1, &[7u8; 3000])]).unwrap();
+        drop(s);
+        // The crash wrote the record's first part only: the rest stayed preallocated zeros.
+        let f = OpenOptions::new().write(true).open(&log).unwrap();
+        f.write_all_at(&[0u8; 2000], end + 1200).unwrap();
+        drop(f);
+        let s = DiskStorage::open(dir.path(), None).unwrap();
+        assert_eq!(s.last_log_index(), 20);
+        assert_eq!(s.log_end, end);
+    }
+
+    #[test]
+    fn a_missing_log_or_snapshot_is_refused_with_the_remedy() {
+        let dir = log_with(5);
+        fs::remove_file(dir.path().join(LOG_FILE)).unwrap();
+        let msg = DiskStorage::open(dir.path(), Some(boot(b"sm", &[1], 0)))
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(msg.contains("raft.log") && msg.contains("remove-member"), "{msg}");
+
+        let dir = log_with(5);
+        fs::remove_file(dir.path().join(SNAP_FILE)).unwrap();
+        let msg = DiskStorage::open(dir.path(), None).err().expect("refused").to_string();
+        assert!(msg.contains("snapshot.bin"), "{msg}");
+    }
+
+    #[test]
+    fn an_interrupted_initialization_is_finished_on_open() {
+        let dir = log_with(3);
+        fs::rename(dir.path().join(SNAP_FILE), dir.path().join(SNAP_TMP)).unwrap();
+        let s = DiskStorage::open(dir.path(), None).unwrap();
+        assert_eq!(s.last_log_index(), 3);
+        assert!(dir.path().join(SNAP_FILE).exists());
+    }
+
+    #[test]
+    fn a_bootstrap_snapshot_sits_above_index_zero() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = DiskStorage::open(dir.path(), Some(boot(b"sm", &[1, 2], 5))).unwrap();
+        assert_eq!(s.first_index().unwrap(), 6);
+        assert_eq!(s.term(5).unwrap(), 5);
+        // A joiner's probe at index 0 finds it compacted, so the leader sends a snapshot.
+        assert!(matches!(s.term(0), Err(raft::Error::Store(StorageError::Compacted))));
     }
 }

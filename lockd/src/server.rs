@@ -11,7 +11,7 @@ use protobuf::Message as _;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
-use crate::errors::LockdError;
+use crate::errors::{LockdError, REMOVED_AT_HEADER};
 use crate::events::effect_event;
 use crate::lock_table::{
     validate_lvb, validate_resource, CancelOutcome, Grant, LockError, LockOutcome, SessionId,
@@ -28,6 +28,8 @@ const COMMIT_WAIT: Duration = Duration::from_secs(5);
 const DEFAULT_LOCK_WAIT: Duration = Duration::from_secs(30);
 const MAX_LOCK_WAIT: Duration = Duration::from_secs(3600);
 pub const MIN_LEASE_MS: u32 = 1000;
+/// How long a stopping replica lets open calls finish before it closes their connections.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 pub const MAX_LEASE_MS: u32 = 300_000;
 
 pub struct LockdService {
@@ -164,7 +166,17 @@ impl LockdService {
             armed: true,
         };
         let mut waiter = waiter;
-        let res = tokio::time::timeout_at(deadline.into(), &mut waiter.rx).await;
+        let mut leadership = self.node.shared.leadership.subscribe();
+        let res = tokio::select! {
+            r = tokio::time::timeout_at(deadline.into(), &mut waiter.rx) => r,
+            // Cut off from the majority (or deposed), this replica would never see the grant
+            // the new leader commits: send the caller there. Its retry takes this request
+            // over by session and resource, granted or still queued (see own_request).
+            () = lost_leadership(&self.node, &mut leadership) => {
+                guard.armed = false;
+                return Err(self.node.not_leader().into());
+            }
+        };
         guard.armed = false;
         match res {
             Ok(Ok(g)) => Ok(granted(&g)),
@@ -181,6 +193,16 @@ impl LockdService {
                     r => Err(unexpected(r)),
                 },
             },
+        }
+    }
+}
+
+/// Resolves once this replica is no longer the leader (it steps down within an election
+/// timeout of losing its quorum, under check_quorum).
+async fn lost_leadership(node: &NodeHandle, changes: &mut tokio::sync::watch::Receiver<u64>) {
+    while node.is_leader() {
+        if changes.changed().await.is_err() {
+            std::future::pending::<()>().await;
         }
     }
 }
@@ -337,8 +359,14 @@ impl Lockd for LockdService {
         req: Request<pb::EventsRequest>,
     ) -> Result<Response<EventStream>, Status> {
         let session = req.into_inner().session_id;
+        // A replica that knows no leader is cut off (or electing): the effects it would stream
+        // are not being decided here. The client tries another replica.
+        if !self.node.leader_known() {
+            return Err(self.node.not_leader().into());
+        }
         self.check_session_here(session).await?;
         let hub = &self.node.shared.hub;
+        let mut leadership = self.node.shared.leadership.subscribe();
         // Subscribe first, then replay what is due, so nothing falls in between.
         let rx = hub.subscribe(session);
         let due = self
@@ -349,7 +377,26 @@ impl Lockd for LockdService {
             let (s, ev) = effect_event(fx);
             hub.send_to(s, ev);
         }
-        let stream = tokio_stream::wrappers::UnboundedReceiverStream::new(rx).map(Ok);
+        // The stream ends when the leadership this replica knows of changes: cut off from the
+        // majority it would go silent, and the client would miss its blocking notices. The
+        // client reattaches (wherever a leader is known) and is sent what is due again.
+        let (tx, out) = tokio::sync::mpsc::unbounded_channel();
+        let mut rx = rx;
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    ev = rx.recv() => {
+                        let Some(ev) = ev else { break };
+                        if tx.send(Ok(ev)).is_err() {
+                            break;
+                        }
+                    }
+                    _ = leadership.changed() => break,
+                    () = tx.closed() => break,
+                }
+            }
+        });
+        let stream = tokio_stream::wrappers::UnboundedReceiverStream::new(out);
         Ok(Response::new(Box::pin(stream)))
     }
 
@@ -526,6 +573,15 @@ fn dump_view(v: &raft_node::ReadView, prefix: &str) -> pb::DumpResponse {
     }
 }
 
+/// Tells a removed replica that still sends raft messages (it missed the commit of its own
+/// removal) that it was removed, and at which log index; see `NodeMsg::RemovedByPeer`.
+fn removed_status(id: u64, at: u64) -> Status {
+    let mut st = Status::from(LockdError::Removed { id });
+    st.metadata_mut()
+        .insert(REMOVED_AT_HEADER, tonic::metadata::MetadataValue::from(at));
+    st
+}
+
 pub struct RaftService {
     node: NodeHandle,
 }
@@ -542,6 +598,9 @@ impl RaftTransport for RaftService {
                 let mut m = raft::eraftpb::Message::default();
                 m.merge_from_bytes(&b)
                     .map_err(|e| LockdError::Invalid(format!("undecodable raft message: {e}")))?;
+                if let Some(at) = self.node.removed_peer(m.from) {
+                    return Err(removed_status(m.from, at));
+                }
                 self.node.step(m)?;
             }
         }
@@ -574,35 +633,47 @@ pub async fn serve(cfg: ReplicaConfig) -> Result<(), LockdError> {
         .max_decoding_message_size(MAX_RAFT_MESSAGE)
         .max_encoding_message_size(MAX_RAFT_MESSAGE);
     let (early_tx, early_rx) = tokio::sync::oneshot::channel();
+    // Fired when the server starts to stop; from then on, connections get SHUTDOWN_GRACE.
+    let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
     let node_stop = node.clone();
     let shutdown = async move {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::error!("cannot watch SIGTERM: {e}");
-                    let _ =
-                        early_tx.send((&mut raft_done).await.unwrap_or(Err(LockdError::Shutdown)));
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
-            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-            r = &mut raft_done => {
-                let _ = early_tx.send(r.unwrap_or(Err(LockdError::Shutdown)));
-                return;
+        let result = async {
+            let mut term =
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::error!("cannot watch SIGTERM: {e}");
+                        return (&mut raft_done).await.unwrap_or(Err(LockdError::Shutdown));
+                    }
+                };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+                _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+                r = &mut raft_done => return r.unwrap_or(Err(LockdError::Shutdown)),
             }
+            node_stop.shutdown();
+            (&mut raft_done).await.unwrap_or(Ok(()))
         }
-        node_stop.shutdown();
-        let _ = early_tx.send(raft_done.await.unwrap_or(Ok(())));
+        .await;
+        let _ = early_tx.send(result);
+        let _ = stopping_tx.send(());
     };
     tracing::info!(%addr, "lockd replica listening");
     let served = tonic::transport::Server::builder()
         .add_service(svc)
         .add_service(raft_svc)
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await;
-    served.map_err(|e| LockdError::Raft(format!("gRPC server: {e}")))?;
+        .serve_with_incoming_shutdown(incoming, shutdown);
+    // Event streams never end by themselves, and tonic's graceful stop waits for every
+    // connection: without a limit a replica with clients attached would not exit on SIGTERM.
+    let grace = async {
+        match stopping_rx.await {
+            Ok(()) => tokio::time::sleep(SHUTDOWN_GRACE).await,
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        served = served => served.map_err(|e| LockdError::Raft(format!("gRPC server: {e}")))?,
+        () = grace => tracing::info!("closing the connections still open after {SHUTDOWN_GRACE:?}"),
+    }
     early_rx.await.unwrap_or(Ok(()))
 }

@@ -125,6 +125,12 @@ impl Command {
 pub struct StateMachine {
     pub table: LockTable,
     pub members: BTreeMap<u64, String>,
+    /// Replicas whose removal was applied (and that were not added back since), with the log
+    /// index of the removal: their raft messages are answered "removed at index R", so one
+    /// that missed the commit of its own removal learns of it and stops (see `RaftService`).
+    /// Absent from older snapshots.
+    #[serde(default)]
+    pub removed: BTreeMap<u64, u64>,
 }
 
 impl StateMachine {
@@ -132,6 +138,7 @@ impl StateMachine {
         StateMachine {
             table: LockTable::default(),
             members,
+            removed: Default::default(),
         }
     }
 

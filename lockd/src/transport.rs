@@ -11,6 +11,7 @@ use raft::eraftpb::{Message, MessageType};
 use tokio::runtime::Handle;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::errors::{kind_of, REMOVED_AT_HEADER};
 use crate::raft_node::NodeMsg;
 
 /// Raft messages can carry a whole snapshot.
@@ -70,6 +71,14 @@ impl Transport {
     }
 }
 
+/// The peer's answer "you were removed at log index R", if that is what `st` says.
+fn removed_at(st: &tonic::Status) -> Option<u64> {
+    if kind_of(st) != Some("removed") {
+        return None;
+    }
+    st.metadata().get(REMOVED_AT_HEADER)?.to_str().ok()?.parse().ok()
+}
+
 async fn run_link(
     to: u64,
     addr: String,
@@ -114,11 +123,15 @@ async fn run_link(
             let (sink, source) = mpsc::channel::<pb::RaftBatch>(64);
             let (done_tx, done_rx) = oneshot::channel();
             let mut client = client.clone();
+            let node_tx = node_tx.clone();
             tokio::spawn(async move {
                 let r = client
                     .stream(tokio_stream::wrappers::ReceiverStream::new(source))
                     .await;
                 if let Err(e) = r {
+                    if let Some(at) = removed_at(&e) {
+                        let _ = node_tx.send(NodeMsg::RemovedByPeer { peer: to, at });
+                    }
                     tracing::debug!(to, "raft stream ended: {e}");
                 }
                 let _ = done_tx.send(());

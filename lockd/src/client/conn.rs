@@ -154,7 +154,10 @@ impl Conn {
             }
             redirects = 0;
             if Instant::now() + backoff > deadline {
-                return Err(Error::Unavailable(format!("{what}: {}", st.message())));
+                return Err(Error::Unavailable(format!(
+                    "{what}: last tried {addr}: {}",
+                    st.message()
+                )));
             }
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_millis(400));

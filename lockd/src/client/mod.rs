@@ -41,7 +41,7 @@ pub(crate) fn retryable(st: &Status) -> bool {
     matches!(
         st.code(),
         Code::Unavailable | Code::Cancelled | Code::DeadlineExceeded | Code::Unknown
-    ) && !matches!(kind_of(st), Some(k) if k != "not-leader" && k != "timeout" && k != "raft" && k != "shutdown")
+    ) && !matches!(kind_of(st), Some(k) if !matches!(k, "not-leader" | "timeout" | "raft" | "shutdown" | "removed"))
 }
 
 pub(crate) fn from_status(st: &Status, resource: &str) -> Error {

@@ -742,36 +742,52 @@ async fn send_release(inner: Arc<Inner>, resource: String, token: u64, lvb: Opti
     inner.forget_release(&resource, token);
 }
 
+/// After a failed heartbeat, how soon the next try goes out (the lease is running down).
+const HEARTBEAT_RETRY: Duration = Duration::from_millis(100);
+
 async fn heartbeat_loop(weak: Weak<Inner>) {
+    let mut wait = None;
     loop {
         let Some(inner) = weak.upgrade() else { return };
         let period = inner.lease / 3;
         drop(inner);
-        tokio::time::sleep(period).await;
+        tokio::time::sleep(wait.unwrap_or(period)).await;
         let Some(inner) = weak.upgrade() else { return };
         if inner.check().is_err() {
             return;
         }
         let sent = Instant::now();
+        let until = *inner.valid_until.lock();
+        if sent >= until {
+            inner.mark_lost("lease ran out without a heartbeat answer".into());
+            return;
+        }
+        // No try outlives the lease: past it an answer could not save the session anyway,
+        // and the session must be marked lost on time, not when a slow call gives up.
+        let deadline = (sent + period).min(until);
         let id = inner.id;
         let r = inner
             .conn
-            .call(HEARTBEAT, sent + period, period, |mut c| async move {
+            .call(HEARTBEAT, deadline, deadline - sent, |mut c| async move {
                 c.heartbeat(pb::HeartbeatRequest { session_id: id }).await
             })
             .await;
         match r {
-            Ok(_) => *inner.valid_until.lock() = sent + inner.lease,
+            Ok(_) => {
+                *inner.valid_until.lock() = sent + inner.lease;
+                wait = None;
+            }
             Err(Error::SessionLost(why)) => {
                 inner.mark_lost(why);
                 return;
             }
             Err(e) => {
-                let until = *inner.valid_until.lock();
                 if Instant::now() >= until {
                     inner.mark_lost(format!("lease ran out without a heartbeat answer ({e})"));
                     return;
                 }
+                tracing::debug!(session = id, "heartbeat failed, retrying: {e}");
+                wait = Some(HEARTBEAT_RETRY.min(until.saturating_duration_since(Instant::now())));
             }
         }
     }
