@@ -279,14 +279,24 @@ async fn probe_peers(
                 st.id
             );
         }
+        if let Some(m) = st.members.iter().find(|m| m.id == id && m.addr != listen) {
+            // The cluster knows replica `id` elsewhere: a second process with our id, or we
+            // moved. Only a live replica answering there with our id is refused.
+            let twin = status_of(&m.addr, Duration::from_millis(300)).await;
+            if twin.is_ok_and(|t| t.id == id) {
+                bail!(
+                    "replica {id} already runs at {} (the cluster's address for it): every \
+                     replica needs an id of its own",
+                    m.addr
+                );
+            }
+            tracing::warn!(
+                "the cluster has this replica ({id}) at {}, not at --listen {listen}",
+                m.addr
+            );
+        }
         if join {
             for m in &st.members {
-                if m.id == id && m.addr != listen {
-                    tracing::warn!(
-                        "the cluster has this replica ({id}) at {}, not at --listen {listen}",
-                        m.addr
-                    );
-                }
                 members.entry(m.id).or_insert_with(|| m.addr.clone());
             }
         }
@@ -543,13 +553,25 @@ async fn lock_and_run(cmd: LockCommand) -> anyhow::Result<i32> {
     let (prog, args) = cmd.command.split_first().context("no command given")?;
     // Its own process group, so that losing the lock stops everything the command started,
     // not only its first process.
-    let spawned = tokio::process::Command::new(prog)
+    let mut command = tokio::process::Command::new(prog);
+    command
         .args(args)
         .env("MAFS_FENCING_TOKEN", guard.grant.token.to_string())
         .env("MAFS_LOCK_MODE", guard.grant.mode.name())
         .env("MAFS_LOCK_RESOURCE", &cmd.resource)
-        .process_group(0)
-        .spawn();
+        .process_group(0);
+    // If `mafs lock` itself dies (kill -9), its session lapses and the lock goes to another;
+    // the command must not outlive it. (Its own children are the command's business.)
+    // SAFETY: prctl is async-signal-safe and touches nothing of the parent's.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let spawned = command.spawn();
     let mut child = match spawned {
         Ok(c) => c,
         Err(e) => {

@@ -1,6 +1,8 @@
 //! Helpers shared by the end-to-end tests: where the `mafs` binary is, scratch folders, waiting.
 pub mod fs_mount;
+pub mod lock_history;
 pub mod lockd_cluster;
+pub mod net_proxy;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};

@@ -3,11 +3,12 @@
 //! holders of conflicting modes ever overlapped, that every fencing token was granted once,
 //! that tokens grow along each resource's conflicting hand-offs, and that every lock a client
 //! was told it held really ran its critical section (none lost, none granted twice).
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use mafs_tests::lock_history::{check, History};
 use mafs_tests::lockd_cluster::LockdCluster;
 use mafs_tests::wait_until;
 use rand::{Rng, SeedableRng};
@@ -18,43 +19,22 @@ const WORKERS: usize = 6;
 const MIN_ROUNDS: usize = 10;
 const MAX_ROUNDS: usize = 150;
 
-#[derive(Debug, Clone)]
-struct Hold {
-    token: u64,
-    mode: String,
-    resource: String,
-    start: u128,
-    end: u128,
-    worker: usize,
-}
-
-fn conflicts(a: &str, b: &str) -> bool {
-    !(a == "PR" && b == "PR")
-}
-
 #[test]
 fn no_conflicting_holders_across_a_leader_crash_and_restart() {
     let mut c = LockdCluster::start(3, &["--snapshot-every", "100"]);
     c.wait_leader(Duration::from_secs(15));
-    let hist = c.dir.path().join("hist");
-    std::fs::create_dir_all(&hist).unwrap();
-
+    let hist = History::new(&c.dir.path().join("hist"));
     let started = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));
     let workers: Vec<_> = (0..WORKERS)
         .map(|w| {
-            let file = hist.join(format!("w{w}"));
             let cmds: Vec<std::process::Command> = {
                 let mut rng = rand::rngs::StdRng::seed_from_u64(w as u64);
                 (0..MAX_ROUNDS)
                     .map(|_| {
                         let res = format!("res/{}", rng.gen_range(0..3));
                         let mode = if rng.gen_bool(0.3) { "PR" } else { "EX" };
-                        let script = format!(
-                            "echo start $(date +%s%N) $MAFS_FENCING_TOKEN $MAFS_LOCK_MODE $MAFS_LOCK_RESOURCE >> {f}; \
-                             sleep 0.02; echo end $(date +%s%N) $MAFS_FENCING_TOKEN >> {f}",
-                            f = file.display()
-                        );
+                        let script = hist.script(w, 0.02);
                         c.lock_cmd(mode, &res, &["sh", "-c", &script])
                     })
                     .collect()
@@ -99,64 +79,11 @@ fn no_conflicting_holders_across_a_leader_crash_and_restart() {
     let elapsed = started.elapsed();
     assert!(elapsed > killed_at + Duration::from_secs(3), "the clients finished before the leader crash mattered ({elapsed:?})");
 
-    let mut holds: BTreeMap<u64, Hold> = BTreeMap::new();
-    for w in 0..WORKERS {
-        let text = std::fs::read_to_string(hist.join(format!("w{w}"))).unwrap_or_default();
-        let lines: Vec<Vec<&str>> = text.lines().map(|l| l.split_whitespace().collect()).collect();
-        assert_eq!(lines.len() % 2, 0, "worker {w}: unpaired lines:\n{text}");
-        for pair in lines.chunks(2) {
-            let (s, e) = (&pair[0], &pair[1]);
-            assert!(s.len() == 5 && s[0] == "start" && e.len() == 3 && e[0] == "end" && s[2] == e[2], "worker {w}: bad pair {s:?} {e:?}");
-            let token: u64 = s[2].parse().expect("token");
-            let hold = Hold {
-                token,
-                mode: s[3].to_string(),
-                resource: s[4].to_string(),
-                start: s[1].parse().expect("time"),
-                end: e[1].parse().expect("time"),
-                worker: w,
-            };
-            if let Some(prev) = holds.insert(token, hold.clone()) {
-                panic!("token {token} granted twice: {prev:?} and {hold:?}");
-            }
-        }
-    }
+    let holds = hist.holds(WORKERS);
+    check(&holds);
     assert_eq!(holds.len(), successes, "every successful `mafs lock` ran its command exactly once");
     assert!(successes >= WORKERS * MIN_ROUNDS);
-
-    let mut by_res: BTreeMap<&str, Vec<&Hold>> = BTreeMap::new();
-    for h in holds.values() {
-        by_res.entry(&h.resource).or_default().push(h);
-    }
-    for (res, hs) in &mut by_res {
-        hs.sort_by_key(|h| h.start);
-        for (i, a) in hs.iter().enumerate() {
-            for b in &hs[i + 1..] {
-                if b.start > a.end {
-                    break;
-                }
-                assert!(!conflicts(&a.mode, &b.mode), "{res}: {a:?} overlaps {b:?}");
-            }
-        }
-        // A conflicting successor was granted later, so its token must be larger.
-        let mut last_ex: Option<&Hold> = None;
-        let mut readers_since: Vec<&Hold> = Vec::new();
-        for h in hs.iter() {
-            if let Some(p) = last_ex {
-                assert!(h.token > p.token, "{res}: token went backwards after {p:?}: {h:?}");
-            }
-            if h.mode == "EX" {
-                for r in &readers_since {
-                    assert!(h.token > r.token, "{res}: EX {h:?} got a smaller token than reader {r:?}");
-                }
-                readers_since.clear();
-                last_ex = Some(h);
-            } else {
-                readers_since.push(h);
-            }
-        }
-    }
-    let workers_seen: BTreeSet<usize> = holds.values().map(|h| h.worker).collect();
+    let workers_seen: BTreeSet<usize> = holds.iter().map(|h| h.worker).collect();
     assert_eq!(workers_seen.len(), WORKERS);
 
     // The restarted replica catches up with the rest.

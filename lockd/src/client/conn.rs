@@ -10,7 +10,7 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Response, Status};
 
 use super::{from_status, retryable, Error, Result};
-use crate::errors::leader_of;
+use crate::errors::{kind_of, leader_of};
 
 struct State {
     /// Where calls go now: a configured endpoint or the leader a follower pointed at.
@@ -37,9 +37,14 @@ fn channel(addr: &str) -> Result<Channel> {
         format!("http://{addr}")
     };
     let ep = Endpoint::from_shared(url).map_err(|_| Error::BadEndpoint(addr.to_string()))?;
+    // Pings find a connection whose peer went silent (a partition that drops packets rather
+    // than refusing them) in seconds; without them a call there waits out its whole deadline.
     Ok(ep
         .connect_timeout(Duration::from_millis(500))
         .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(1))
+        .keep_alive_timeout(Duration::from_secs(2))
+        .keep_alive_while_idle(true)
         .connect_lazy())
 }
 
@@ -122,6 +127,9 @@ impl Conn {
     {
         let mut backoff = Duration::from_millis(20);
         let mut redirects = 0;
+        // Replicas that answered "removed from the cluster": worth skipping, but once every
+        // endpoint has said so, no retry will find another.
+        let mut removed = 0;
         loop {
             let (addr, client) = self.client()?;
             let outcome = match tokio::time::timeout(per_try, f(client)).await {
@@ -140,7 +148,10 @@ impl Conn {
                 }
                 Err(st) => st,
             };
-            if !retryable(&st) {
+            if kind_of(&st) == Some("removed") {
+                removed += 1;
+            }
+            if !retryable(&st) || removed >= self.endpoints.len() {
                 self.round_trips.fetch_add(counted, Ordering::Relaxed);
                 return Err(from_status(&st, what));
             }
