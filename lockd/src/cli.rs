@@ -560,13 +560,33 @@ async fn lock_and_run(cmd: LockCommand) -> anyhow::Result<i32> {
         .env("MAFS_LOCK_MODE", guard.grant.mode.name())
         .env("MAFS_LOCK_RESOURCE", &cmd.resource)
         .process_group(0);
-    // If `mafs lock` itself dies (kill -9), its session lapses and the lock goes to another;
-    // the command must not outlive it. (Its own children are the command's business.)
-    // SAFETY: prctl is async-signal-safe and touches nothing of the parent's.
+    let terminal = ForegroundTerminal::ours();
+    let take_terminal = terminal.is_some();
+    // SAFETY: prctl, getppid, sigprocmask and tcsetpgrp are async-signal-safe, and the
+    // closure touches nothing of the parent's (it runs in the forked child before exec).
+    let parent = libc::pid_t::try_from(std::process::id()).unwrap_or(0);
     unsafe {
-        command.pre_exec(|| {
+        command.pre_exec(move || {
+            // If `mafs lock` itself dies (kill -9), its session lapses and the lock goes to
+            // another: the command must not outlive it. Its own children are not reached
+            // (fencing tokens, not process killing, are what protect the data).
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
                 return Err(std::io::Error::last_os_error());
+            }
+            if libc::getppid() != parent {
+                return Err(std::io::Error::other("mafs lock exited before the command started"));
+            }
+            // The command's group owns the terminal before the command runs, as a shell's job
+            // does; done by the parent after exec instead, a command that reads the terminal
+            // first would be stopped by SIGTTIN. SIGTTOU is blocked for the call.
+            if take_terminal {
+                let mut set: libc::sigset_t = std::mem::zeroed();
+                let mut old: libc::sigset_t = std::mem::zeroed();
+                libc::sigemptyset(&mut set);
+                libc::sigaddset(&mut set, libc::SIGTTOU);
+                libc::sigprocmask(libc::SIG_BLOCK, &set, &mut old);
+                libc::tcsetpgrp(0, libc::getpid());
+                libc::sigprocmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
             }
             Ok(())
         });
@@ -588,7 +608,6 @@ async fn lock_and_run(cmd: LockCommand) -> anyhow::Result<i32> {
         }
     };
     let pgid = child.id().and_then(|p| libc::pid_t::try_from(p).ok());
-    let terminal = pgid.and_then(ForegroundTerminal::give_to);
     let status = supervise(&mut child, pgid, &session).await;
     drop(terminal);
     let status = match status {
@@ -666,6 +685,12 @@ async fn supervise(
             let _ = child.wait().await;
             return Supervised::LockLost(lost_reason(session));
         }
+        if pgid.is_some_and(stopped) {
+            // Ctrl-Z, or SIGSTOP: a suspended command would keep the cluster lock for as long
+            // as nobody resumes it. mafs lock does no job control; it resumes the command.
+            eprintln!("mafs lock: the command was stopped while holding the lock; resuming it");
+            signal_group(pgid, libc::SIGCONT);
+        }
         let wake = safe_until
             .unwrap_or(now)
             .min(now + Duration::from_millis(100));
@@ -675,6 +700,17 @@ async fn supervise(
             n = next_signal(&mut forwarded) => signal_group(pgid, n),
         }
     }
+}
+
+/// Whether process `pid` is stopped (state `T` in /proc/PID/stat).
+fn stopped(pid: libc::pid_t) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // The state follows the command name, which is in parentheses and may contain anything.
+    stat.rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().next())
+        .is_some_and(|state| state == "T")
 }
 
 fn lost_reason(session: &Session) -> String {
@@ -692,16 +728,13 @@ struct ForegroundTerminal {
 }
 
 impl ForegroundTerminal {
-    fn give_to(pgid: libc::pid_t) -> Option<ForegroundTerminal> {
-        // SAFETY: plain syscalls on fd 0; tcsetpgrp only succeeds on our controlling terminal.
+    /// Our process group, if it is the foreground group of the terminal on stdin (the child
+    /// then takes the terminal in `pre_exec`).
+    fn ours() -> Option<ForegroundTerminal> {
+        // SAFETY: plain syscalls on fd 0.
         unsafe {
             let ours = libc::getpgrp();
-            if libc::isatty(0) != 1 || libc::tcgetpgrp(0) != ours {
-                return None;
-            }
-            // Handing the terminal on from the foreground group needs no SIGTTOU dance; taking
-            // it back (from the background by then) does, see drop.
-            (libc::tcsetpgrp(0, pgid) == 0).then_some(ForegroundTerminal { ours })
+            (libc::isatty(0) == 1 && libc::tcgetpgrp(0) == ours).then_some(ForegroundTerminal { ours })
         }
     }
 }

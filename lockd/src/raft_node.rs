@@ -284,7 +284,8 @@ struct Replica {
     awaiting_snapshot: bool,
     /// The `--peer` flags were compared with the committed membership once caught up.
     members_checked: bool,
-    last_misaddressed_warning: Option<Instant>,
+    /// Rate limit of the warnings about peers' messages (misaddressed, declined votes).
+    last_peer_warning: Option<Instant>,
     cfg: ReplicaConfig,
 }
 
@@ -358,7 +359,7 @@ pub fn start(
         removed: false,
         awaiting_snapshot,
         members_checked: false,
-        last_misaddressed_warning: None,
+        last_peer_warning: None,
         cfg,
     };
     let mut replica = replica;
@@ -534,10 +535,10 @@ impl Replica {
         if m.to != self.cfg.id {
             // Two replicas share an id, or a peer list maps an id to the wrong address.
             let quiet = self
-                .last_misaddressed_warning
+                .last_peer_warning
                 .is_some_and(|t| t.elapsed() < Duration::from_secs(10));
             if !quiet {
-                self.last_misaddressed_warning = Some(Instant::now());
+                self.last_peer_warning = Some(Instant::now());
                 tracing::warn!(
                     me = self.cfg.id,
                     to = m.to,
@@ -568,10 +569,47 @@ impl Replica {
                 self.cfg.data_dir.display()
             )));
         }
+        if self.declines_vote(&m) {
+            return Ok(());
+        }
         if let Err(e) = self.node.step(m) {
             tracing::debug!("step: {e}");
         }
         Ok(())
+    }
+
+    /// A bootstrap replica whose log holds nothing past its initial snapshot does not vote for
+    /// a candidate that has history. Either the cluster went on without it (it started late,
+    /// and will catch up from the leader without voting), or its data directory was wiped and
+    /// it was started again as if new: then it may already have voted in this term, and its
+    /// vote could elect a candidate that lacks entries committed with its own lost
+    /// acknowledgements. Among brand-new replicas (no history anywhere) it votes as usual.
+    fn declines_vote(&mut self, m: &Message) -> bool {
+        let is_vote = matches!(
+            m.get_msg_type(),
+            MessageType::MsgRequestVote | MessageType::MsgRequestPreVote
+        );
+        let last = self.node.raft.raft_log.last_index();
+        let untouched = !self.cfg.join
+            && last == self.node.store().snapshot_index()
+            && last <= BOOTSTRAP_INDEX;
+        if !(is_vote && untouched && m.index > last) {
+            return false;
+        }
+        let quiet = self
+            .last_peer_warning
+            .is_some_and(|t| t.elapsed() < Duration::from_secs(10));
+        if !quiet {
+            self.last_peer_warning = Some(Instant::now());
+            tracing::warn!(
+                candidate = m.from,
+                candidate_last_index = m.index,
+                "this replica's log is empty but the candidate's is not: not voting until it \
+                 has caught up from a leader (if its data directory was wiped, replace it: \
+                 remove-member, add-member, --join)"
+            );
+        }
+        true
     }
 
     /// Stops taking part: no ticks (so no campaigns), no raft messages, no proposals; clients
@@ -615,20 +653,6 @@ impl Replica {
                         "replica {id} is already a member (or id 0)"
                     ))));
                     return;
-                }
-                // A data directory from before BOOTSTRAP_INDEX keeps its bootstrap voters in a
-                // snapshot at index 0, and the log from index 1 lacks them: a joiner fed that
-                // log would end up a cluster of its own. Compact first so it gets a snapshot.
-                if self.node.store().snapshot_index() == 0 {
-                    let applied = self.node.raft.raft_log.applied;
-                    let compacted = self
-                        .sm
-                        .encode_snapshot()
-                        .and_then(|data| self.node.mut_store().compact(applied, data));
-                    if let Err(e) = compacted {
-                        let _ = reply.send(Err(e));
-                        return;
-                    }
                 }
                 cc.set_change_type(ConfChangeType::AddNode);
                 cc.node_id = id;
@@ -827,6 +851,7 @@ impl Replica {
                 tokio::task::spawn_blocking(move || log.sync_data())
                     .await
                     .map_err(|e| LockdError::Storage(format!("log fsync task: {e}")))??;
+                self.node.mut_store().mark_synced()?;
             } else {
                 self.node.mut_store().sync()?;
             }
@@ -911,7 +936,12 @@ impl Replica {
     fn maybe_snapshot(&mut self) -> Result<(), LockdError> {
         let applied = self.node.raft.raft_log.applied;
         let store = self.node.store();
-        let due = applied.saturating_sub(store.snapshot_index()) >= self.cfg.snapshot_every;
+        // A data directory from before BOOTSTRAP_INDEX keeps its bootstrap voters in a snapshot
+        // at index 0, and its log from index 1 lacks them: a joiner fed that log would end up a
+        // cluster of its own. Compacting as soon as anything is applied means a joiner always
+        // gets a snapshot, whichever replica leads.
+        let snap = store.snapshot_index();
+        let due = applied > snap && (applied - snap >= self.cfg.snapshot_every || snap == 0);
         let wanted = store.take_fresh_snapshot_wanted() && applied > store.snapshot_index();
         if !(due || wanted) || applied > store.last_log_index() {
             return Ok(());

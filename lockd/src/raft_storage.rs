@@ -25,10 +25,17 @@ use raft::{GetEntriesContext, RaftState, Storage, StorageError};
 
 use crate::errors::LockdError;
 
-const LOG_MAGIC: &[u8; 8] = b"MAFSRLG1";
+/// Logs that carry "synced through" marks (kind 3); an older `MAFSRLG1` log is read, and
+/// rewritten in this format at open.
+const LOG_MAGIC: &[u8; 8] = b"MAFSRLG2";
+const LOG_MAGIC_V1: &[u8; 8] = b"MAFSRLG1";
 const SNAP_MAGIC: &[u8; 8] = b"MAFSSNP1";
 const KIND_ENTRY: u8 = 1;
 const KIND_HARD_STATE: u8 = 2;
+/// Written (not synced) right after each fsync: payload u64 LE, the offset through which the
+/// log is durable. A mark after a damaged record proves that record had been synced, so it is
+/// damage rather than a write torn by a crash.
+const KIND_SYNCED: u8 = 3;
 const LOG_FILE: &str = "raft.log";
 /// How far ahead of the last record `raft.log` is filled with zeros.
 const PREALLOCATE: u64 = 4 << 20;
@@ -61,6 +68,8 @@ pub struct DiskStorage {
     /// raft-rs asked for a snapshot ours cannot serve (it predates the requester's membership);
     /// the raft loop takes a fresh one.
     fresh_snapshot_wanted: std::cell::Cell<bool>,
+    /// The log was read in the older format without sync marks; rewritten at open.
+    upgrade: bool,
 }
 
 fn pb_err(e: protobuf::ProtobufError) -> LockdError {
@@ -92,11 +101,47 @@ fn parse_record(buf: &[u8], off: usize) -> Option<(u8, &[u8], usize)> {
     (crc32c::crc32c(body) == crc).then(|| (body[0], &body[1..], end))
 }
 
+/// Why the damaged record at `bad` must have been synced, if it must: a sync mark after it
+/// that covers it (`marked` logs), or any valid record after it (older logs, which carry no
+/// marks and so cannot tell a torn batch from damage).
+fn synced_past(buf: &[u8], bad: usize, marked: bool) -> Option<String> {
+    let first = next_valid_record(buf, bad + 1)?;
+    if !marked {
+        return Some(format!("a valid record follows at byte {first}"));
+    }
+    let mut off = first;
+    loop {
+        let next = match parse_record(buf, off) {
+            Some((KIND_SYNCED, p, next)) => {
+                let through = p.get(..8).map(|b| {
+                    let mut a = [0u8; 8];
+                    a.copy_from_slice(b);
+                    u64::from_le_bytes(a)
+                });
+                if through.is_some_and(|t| t > bad as u64) {
+                    return Some(format!(
+                        "the mark at byte {off} says the log was durable through byte {}",
+                        through.unwrap_or(0)
+                    ));
+                }
+                next
+            }
+            Some((_, _, next)) => next,
+            // Another damaged stretch: go on from the next valid record after it.
+            None => next_valid_record(buf, off + 1)?,
+        };
+        off = next;
+    }
+}
+
 /// The offset of the first whole, checksummed record of a known kind at or after `from`.
 fn next_valid_record(buf: &[u8], from: usize) -> Option<usize> {
     let last_nonzero = buf.iter().rposition(|b| *b != 0)?;
     (from..=last_nonzero).find(|&off| {
-        matches!(parse_record(buf, off), Some((KIND_ENTRY | KIND_HARD_STATE, _, _)))
+        matches!(
+            parse_record(buf, off),
+            Some((KIND_ENTRY | KIND_HARD_STATE | KIND_SYNCED, _, _))
+        )
     })
 }
 
@@ -163,6 +208,7 @@ impl DiskStorage {
             log_end: 0,
             log_len: 0,
             fresh_snapshot_wanted: std::cell::Cell::new(false),
+            upgrade: false,
         };
         st.hard_state.term = st.snapshot.get_metadata().term;
         st.hard_state.commit = st.snapshot.get_metadata().index;
@@ -176,6 +222,9 @@ impl DiskStorage {
                 .map_err(|e| io_at(&snap_path, "writing", e))?;
         } else {
             st.replay_log(&log_path)?;
+            if st.upgrade {
+                st.rewrite_log()?;
+            }
         }
         st.log = Arc::new(
             OpenOptions::new()
@@ -189,7 +238,9 @@ impl DiskStorage {
 
     fn replay_log(&mut self, path: &Path) -> Result<(), LockdError> {
         let buf = fs::read(path).map_err(|e| io_at(path, "reading", e))?;
-        if buf.len() < 8 || &buf[..8] != LOG_MAGIC {
+        let magic = buf.get(..8);
+        let marked = magic == Some(LOG_MAGIC.as_slice());
+        if !marked && magic != Some(LOG_MAGIC_V1.as_slice()) {
             return Err(LockdError::Storage(format!(
                 "{} is not a lockd raft log",
                 path.display()
@@ -211,6 +262,7 @@ impl DiskStorage {
                     hs.merge_from_bytes(payload).map_err(pb_err)?;
                     self.hard_state = hs;
                 }
+                KIND_SYNCED => {}
                 k => {
                     return Err(LockdError::Storage(format!(
                         "unknown record kind {k} at byte {off} of {}",
@@ -220,19 +272,19 @@ impl DiskStorage {
             }
             off = next;
         };
-        // Past the last record there are preallocated zeros. Anything else is either the last
-        // record torn by a crash mid-append (never acknowledged, so cutting it off is safe), or
-        // damage in the middle of the log: a bad record with valid records after it was
-        // written before them, and they were appended (and maybe acknowledged) after it was
-        // complete. Cutting there would silently drop committed entries this replica voted
-        // for, so the replica stops instead.
+        // Past the last record there are preallocated zeros. Anything else is either a write
+        // torn by a crash (never synced, so never acknowledged: cutting it off is safe), or
+        // damage to what had been synced. Cutting that would silently drop entries this replica
+        // acknowledged, and with the same damage on a majority roll committed state back, so
+        // the replica stops instead. A "synced through" mark past the bad record proves it was
+        // synced; a log without marks (older format) counts any valid record after it as proof.
         let tail = &buf[good_end..];
         if tail.iter().any(|b| *b != 0) {
-            if let Some(valid) = next_valid_record(&buf, good_end + 1) {
+            if let Some(proof) = synced_past(&buf, good_end, marked) {
                 return Err(LockdError::CorruptLog(format!(
                     "{}: the record at byte {good_end} is damaged (checksum mismatch or bad \
-                     length) and a valid record follows at byte {valid}, so this is not a torn \
-                     write at the end; this replica's log cannot be trusted",
+                     length) although it had been synced ({proof}), so this is not a write \
+                     torn by a crash; this replica's log cannot be trusted",
                     path.display()
                 )));
             }
@@ -246,6 +298,9 @@ impl DiskStorage {
                 .map_err(|e| io_at(path, "truncating", e))?;
         }
         self.log_end = good_end as u64;
+        if !marked {
+            self.upgrade = true;
+        }
         let snap_index = self.snapshot.get_metadata().index;
         if self.hard_state.commit < snap_index {
             self.hard_state.commit = snap_index;
@@ -365,7 +420,15 @@ impl DiskStorage {
 
     pub fn sync(&mut self) -> Result<(), LockdError> {
         self.log.sync_data()?;
-        Ok(())
+        self.mark_synced()
+    }
+
+    /// Records that everything written so far is durable (after an fsync of the log made
+    /// elsewhere). The mark itself is not synced: it becomes durable with the next fsync, and
+    /// a crash before that only leaves the last batch without proof, where a damaged record
+    /// is taken for a torn one.
+    pub fn mark_synced(&mut self) -> Result<(), LockdError> {
+        self.write_log(&record(KIND_SYNCED, &self.log_end.to_le_bytes()))
     }
 
     /// The log file, for an fsync made off the runtime thread ([`sync`](Self::sync) there).
@@ -440,7 +503,7 @@ impl DiskStorage {
                 .write(true)
                 .open(self.dir.join(LOG_FILE))?,
         );
-        Ok(())
+        self.mark_synced()
     }
 }
 
@@ -731,5 +794,61 @@ mod tests {
         assert_eq!(s.term(5).unwrap(), 5);
         // A joiner's probe at index 0 finds it compacted, so the leader sends a snapshot.
         assert!(matches!(s.term(0), Err(raft::Error::Store(StorageError::Compacted))));
+    }
+
+    #[test]
+    fn a_damaged_last_record_that_was_synced_is_refused() {
+        let dir = log_with(30);
+        let log = dir.path().join(LOG_FILE);
+        let b = fs::read(&log).unwrap();
+        // The last record before the final sync mark is the hard state; damage it.
+        let mut off = 8;
+        let mut last = 8;
+        while let Some((kind, _, next)) = parse_record(&b, off) {
+            if kind != KIND_SYNCED {
+                last = off;
+            }
+            off = next;
+        }
+        flip(&log, last as u64 + 12);
+        let msg = DiskStorage::open(dir.path(), None).err().expect("refused").to_string();
+        assert!(msg.contains("durable through"), "{msg}");
+    }
+
+    #[test]
+    fn a_batch_torn_out_of_order_by_a_power_loss_is_cut_not_refused() {
+        let dir = log_with(10);
+        let mut s = DiskStorage::open(dir.path(), None).unwrap();
+        let start = s.log_end;
+        // One unsynced batch: entries then the hard state.
+        s.append(&[entry(11, 1, &[1u8; 600]), entry(12, 1, &[2u8; 600])]).unwrap();
+        s.set_hard_state(HardState { term: 1, vote: 1, commit: 10, ..Default::default() }).unwrap();
+        drop(s);
+        // The power loss kept the later sector but not the first one of the batch.
+        let log = dir.path().join(LOG_FILE);
+        let f = OpenOptions::new().write(true).open(&log).unwrap();
+        f.write_all_at(&[0u8; 300], start + 20).unwrap();
+        drop(f);
+        let s = DiskStorage::open(dir.path(), None).unwrap();
+        assert_eq!(s.last_log_index(), 10);
+        assert_eq!(s.log_end, start);
+    }
+
+    #[test]
+    fn an_older_log_without_sync_marks_is_read_and_rewritten() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(DiskStorage::open(dir.path(), Some(boot(b"sm", &[1], 0))).unwrap());
+        let mut v1 = LOG_MAGIC_V1.to_vec();
+        for i in 1..=3 {
+            v1.extend(record(KIND_ENTRY, &entry(i, 1, b"x").write_to_bytes().unwrap()));
+        }
+        let hs = HardState { term: 1, vote: 1, commit: 3, ..Default::default() };
+        v1.extend(record(KIND_HARD_STATE, &hs.write_to_bytes().unwrap()));
+        fs::write(dir.path().join(LOG_FILE), &v1).unwrap();
+        let s = DiskStorage::open(dir.path(), None).unwrap();
+        assert_eq!(s.last_log_index(), 3);
+        drop(s);
+        assert_eq!(&fs::read(dir.path().join(LOG_FILE)).unwrap()[..8], LOG_MAGIC);
+        assert_eq!(DiskStorage::open(dir.path(), None).unwrap().last_log_index(), 3);
     }
 }

@@ -598,7 +598,10 @@ impl RaftTransport for RaftService {
                 let mut m = raft::eraftpb::Message::default();
                 m.merge_from_bytes(&b)
                     .map_err(|e| LockdError::Invalid(format!("undecodable raft message: {e}")))?;
-                if let Some(at) = self.node.removed_peer(m.from) {
+                // Only a sender that has not seen its removal committed is told; a replica added
+                // back since has (its commit is past the removal), and this replica merely has
+                // not applied the re-addition yet: its messages must go through.
+                if let Some(at) = self.node.removed_peer(m.from).filter(|at| m.commit < *at) {
                     return Err(removed_status(m.from, at));
                 }
                 self.node.step(m)?;

@@ -419,3 +419,109 @@ fn replica_flags_are_checked_sigterm_is_prompt_and_logs_are_plain_text() {
         assert!(!c.log(r.id).contains('\u{1b}'), "colour codes in replica {}'s log file", r.id);
     }
 }
+
+/// `mafs lock` run from a terminal (a pty that is its controlling terminal, as in a shell):
+/// the command can read the terminal, and Ctrl-C there ends the command and releases the lock.
+#[test]
+fn mafs_lock_from_a_terminal_gives_the_command_the_terminal_and_ctrl_c_releases() {
+    use std::io::{Read, Write};
+    use std::os::fd::{FromRawFd, OwnedFd};
+    use std::os::unix::process::CommandExt;
+
+    let c = LockdCluster::start(1, &[]);
+    c.wait_leader(Duration::from_secs(15));
+    let in_terminal = |args: &[&str]| -> (std::fs::File, ChildGuard) {
+        let (mut master, mut slave) = (0, 0);
+        // SAFETY: openpty fills two descriptors that we own from here on.
+        let r = unsafe { libc::openpty(&mut master, &mut slave, std::ptr::null_mut(), std::ptr::null(), std::ptr::null()) };
+        assert_eq!(r, 0, "openpty");
+        // SAFETY: fresh descriptors from openpty.
+        let (master, slave) = unsafe { (std::fs::File::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
+        let mut cmd = Command::new(mafs_bin());
+        cmd.arg("lock").args(["--endpoints", &c.endpoints()]).args(args);
+        cmd.stdin(slave.try_clone().expect("dup")).stdout(slave.try_clone().expect("dup")).stderr(slave);
+        // SAFETY: setsid and TIOCSCTTY in the child: a session of its own with the pty as its
+        // controlling terminal, in the foreground, as a login shell would have it.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::setsid();
+                libc::ioctl(0, libc::TIOCSCTTY, 0);
+                Ok(())
+            });
+        }
+        (master, ChildGuard(cmd.spawn().expect("mafs lock in a pty")))
+    };
+    let read_until = |master: &mut std::fs::File, want: &str| -> String {
+        let mut seen = String::new();
+        let fd = std::os::fd::AsRawFd::as_raw_fd(master);
+        let t = Instant::now();
+        while !seen.contains(want) && t.elapsed() < Duration::from_secs(15) {
+            let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+            // SAFETY: one valid pollfd.
+            if unsafe { libc::poll(&mut pfd, 1, 100) } > 0 {
+                let mut b = [0u8; 512];
+                match master.read(&mut b) {
+                    Ok(n) if n > 0 => seen.push_str(&String::from_utf8_lossy(&b[..n])),
+                    _ => break,
+                }
+            }
+        }
+        seen
+    };
+
+    // The command reads the terminal.
+    let (mut master, mut p) = in_terminal(&["t", "sh", "-c", "read x; echo got:$x"]);
+    master.write_all(b"hello\n").expect("type");
+    let seen = read_until(&mut master, "got:hello");
+    assert!(seen.contains("got:hello"), "the command could not read its terminal: {seen:?}");
+    let st = wait_child(&mut p.0, Duration::from_secs(10)).expect("mafs lock ends");
+    assert!(st.success());
+
+    // Ctrl-C ends the command, mafs lock with it, and the lock is free at once.
+    let (mut master, mut p) = in_terminal(&["t", "sh", "-c", "echo running; sleep 60"]);
+    let seen = read_until(&mut master, "running");
+    assert!(seen.contains("running"), "{seen:?}");
+    master.write_all(&[3]).expect("Ctrl-C");
+    let st = wait_child(&mut p.0, Duration::from_secs(10)).expect("Ctrl-C must end mafs lock");
+    assert_eq!(st.code(), Some(130), "128 + SIGINT");
+    let out = Command::new(mafs_bin())
+        .args(["lock", "--endpoints", &c.endpoints(), "--try", "t", "true"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("mafs lock --try");
+    assert!(out.status.success(), "the lock stayed held after Ctrl-C");
+}
+
+/// The disk of one replica is replaced (data directory wiped) and it is started again with its
+/// usual bootstrap flags while the leader is down and the third replica lags behind. Its vote
+/// would elect the laggard, which lacks the grant of a lock committed without it: the lock
+/// would be granted a second time. A replica with an empty log does not vote for a candidate
+/// with history, so no leader is elected and nothing is granted.
+#[test]
+fn a_wiped_replica_restarted_as_new_does_not_elect_a_replica_that_lacks_committed_grants() {
+    let mut c = LockdCluster::start(3, &[]);
+    let leader = c.wait_leader(Duration::from_secs(15));
+    run_locks(&c, 4);
+    let others = c.others(leader);
+    let (wiped, laggard) = (others[0], others[1]);
+    c.freeze(laggard, true);
+    // Granted by the leader and the replica about to lose its disk; the laggard never sees it.
+    let _holder = ChildGuard(c.lock_cmd("EX", "held", &["sleep", "120"]).spawn().expect("holder"));
+    assert!(wait_until(Duration::from_secs(10), || String::from_utf8_lossy(&c.lockd(&["dump"]).stdout).contains("granted    EX")));
+    c.kill(leader);
+    c.kill(wiped);
+    c.wipe(wiped);
+    c.spawn(wiped, false);
+    c.freeze(laggard, false);
+    std::thread::sleep(Duration::from_secs(5));
+    let leaders: Vec<u64> = c.statuses().iter().filter(|s| s.role == "leader").map(|s| s.id).collect();
+    assert!(leaders.is_empty(), "replica(s) {leaders:?} lead without the committed history:\n{}", c.log_tail(wiped));
+    let out = Command::new(mafs_bin())
+        .args(["lock", "--endpoints", &c.endpoints_of(&[wiped, laggard]), "--try", "held", "true"])
+        .env("MAFS_LOG", "error")
+        .stdin(Stdio::null())
+        .output()
+        .expect("mafs lock --try");
+    assert!(!out.status.success(), "a held lock was granted again");
+    assert!(c.log(wiped).contains("not voting"), "{}", c.log_tail(wiped));
+}

@@ -129,7 +129,7 @@ impl Conn {
         let mut redirects = 0;
         // Replicas that answered "removed from the cluster": worth skipping, but once every
         // endpoint has said so, no retry will find another.
-        let mut removed = 0;
+        let mut removed = std::collections::HashSet::new();
         loop {
             let (addr, client) = self.client()?;
             let outcome = match tokio::time::timeout(per_try, f(client)).await {
@@ -149,9 +149,9 @@ impl Conn {
                 Err(st) => st,
             };
             if kind_of(&st) == Some("removed") {
-                removed += 1;
+                removed.insert(addr.clone());
             }
-            if !retryable(&st) || removed >= self.endpoints.len() {
+            if !retryable(&st) || self.endpoints.iter().all(|e| removed.contains(e)) {
                 self.round_trips.fetch_add(counted, Ordering::Relaxed);
                 return Err(from_status(&st, what));
             }
