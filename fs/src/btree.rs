@@ -368,6 +368,66 @@ impl TreeRead<'_> {
     }
 }
 
+/// What a tolerant walk of a possibly damaged tree finds: for fsck, which must claim every
+/// block the tree still points at and rebuild the tree from what can be read.
+#[derive(Debug, Default)]
+pub struct Salvage {
+    /// Every leaf record that could be read, by key (a key seen twice keeps its first value).
+    pub records: Vec<(u64, Vec<u8>)>,
+    /// Node blocks that read and parsed.
+    pub nodes: Vec<u64>,
+    /// Node blocks that did not (or whose entries ran out part way), with why; the inode's
+    /// own block stands for a damaged root. Whatever hangs below one is lost.
+    pub damaged: Vec<(u64, String)>,
+}
+
+impl TreeRead<'_> {
+    /// Walks the whole tree, skipping what cannot be read instead of failing.
+    pub fn salvage(&self) -> Salvage {
+        let mut s = Salvage::default();
+        let mut stack = vec![(NodeRef::Root, 0u32)];
+        while let Some((r, depth)) = stack.pop() {
+            let blk = match r {
+                NodeRef::Root => self.inode_buf.blkno,
+                NodeRef::Block(b) => b,
+            };
+            if depth > 32 {
+                s.damaged.push((blk, "index tree deeper than 32 levels".into()));
+                continue;
+            }
+            let read = self.with_raw(r, |n| {
+                if n.level() > 0 {
+                    return n.kids().map(|k| (Vec::new(), k, None));
+                }
+                let mut recs = Vec::new();
+                for e in n.leaf() {
+                    match e {
+                        Ok((k, v)) => recs.push((k, v.to_vec())),
+                        Err(x) => return Ok((recs, Vec::new(), Some(x))),
+                    }
+                }
+                Ok((recs, Vec::new(), None))
+            });
+            match read {
+                Ok((recs, kids, partial)) => {
+                    if let NodeRef::Block(b) = r {
+                        s.nodes.push(b);
+                    }
+                    s.records.extend(recs);
+                    if let Some(e) = partial {
+                        s.damaged.push((blk, e.to_string()));
+                    }
+                    stack.extend(kids.into_iter().map(|(_, c)| (NodeRef::Block(c), depth + 1)));
+                }
+                Err(e) => s.damaged.push((blk, e.to_string())),
+            }
+        }
+        s.records.sort_by_key(|r| r.0);
+        s.records.dedup_by_key(|r| r.0);
+        s
+    }
+}
+
 /// Write access to one inode's tree inside a transaction. `blocks_delta` counts node blocks
 /// allocated minus freed, for the inode's block count.
 pub struct TreeWrite<'a> {
@@ -535,6 +595,17 @@ impl<'a> TreeWrite<'a> {
             self.store(r, &n)?;
         }
         Ok((old, empty))
+    }
+
+    /// Replaces the tree with one holding exactly `records` (fsck, from a [`Salvage`]). The
+    /// old node blocks are not freed here: some may be damaged pointers into other files' blocks.
+    /// Once nothing points at them any more, fsck's bitmap pass frees those no one uses.
+    pub fn rebuild(&mut self, records: &[(u64, Vec<u8>)]) -> Result<()> {
+        self.store(NodeRef::Root, &Node::default())?;
+        for (k, v) in records {
+            self.insert(*k, v)?;
+        }
+        Ok(())
     }
 
     /// Frees every node block and resets the root to an empty leaf.

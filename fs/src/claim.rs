@@ -11,9 +11,25 @@ pub struct VolumeClaim {
     _file: std::fs::File,
 }
 
+/// A volume is a regular file or a block device that exists: anything else is refused with a
+/// message naming it, before any I/O error or size check could describe it less clearly.
+pub fn check_volume_path(path: &Path) -> Result<()> {
+    use std::os::unix::fs::FileTypeExt;
+    let meta = std::fs::metadata(path).map_err(|e| FsError::Volume(format!("cannot open volume {}: {e}", path.display())))?;
+    let t = meta.file_type();
+    if t.is_dir() {
+        return Err(FsError::Volume(format!("{} is a directory; give a volume file or a block device", path.display())));
+    }
+    if !(t.is_file() || t.is_block_device()) {
+        return Err(FsError::Volume(format!("{} is neither a regular file nor a block device", path.display())));
+    }
+    Ok(())
+}
+
 /// Takes the volume's lock, waiting up to `wait` for a previous holder to let go.
 pub fn claim_volume(path: &Path, wait: Duration) -> Result<VolumeClaim> {
-    let file = std::fs::File::open(path).map_err(|e| FsError::Io { offset: 0, source: e })?;
+    check_volume_path(path)?;
+    let file = std::fs::File::open(path).map_err(|e| FsError::Volume(format!("cannot open volume {}: {e}", path.display())))?;
     let start = std::time::Instant::now();
     loop {
         // SAFETY: flock on an fd we own.

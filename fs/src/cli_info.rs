@@ -6,6 +6,7 @@ use mafs::volume::{read_slot, read_superblock};
 use std::path::Path;
 
 pub fn run(volume: &Path) -> anyhow::Result<i32> {
+    mafs::claim::check_volume_path(volume)?;
     let dev = FileDevice::open(volume, &OpenOptions { read_only: true, ..Default::default() }).with_context(|| format!("cannot open {}", volume.display()))?;
     let (sb, backup) = read_superblock(&dev).with_context(|| format!("{} is not a readable mafs volume", volume.display()))?;
     let l = &sb.layout;

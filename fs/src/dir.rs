@@ -45,7 +45,8 @@ fn encode(ino: u64, dtype: u8, name: &[u8]) -> Vec<u8> {
     v
 }
 
-fn decode(key: u64, v: &[u8]) -> Option<DirEntry> {
+/// The entry a directory tree record holds, if it is one (fsck reads salvaged records).
+pub fn decode(key: u64, v: &[u8]) -> Option<DirEntry> {
     (v.len() >= 9).then(|| DirEntry { key, ino: u64_at(v, 0), dtype: v[8], name: v[9..].to_vec() })
 }
 

@@ -12,6 +12,9 @@ pub enum FsError {
     DeviceFull { offset: u64 },
     #[error("corrupt metadata in block {block}: {what}. Run `mafs fsck` on the volume; do not mount it until it is repaired")]
     Corrupt { block: u64, what: String },
+    /// The volume itself cannot be used (missing, a directory, ...); the text names it.
+    #[error("{0}")]
+    Volume(String),
     #[error("not a mafs volume: {0}")]
     NotMafs(String),
     #[error("unsupported volume format: {0}")]
@@ -67,7 +70,7 @@ impl FsError {
             FsError::Io { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
             FsError::ShortRead { .. } | FsError::Corrupt { .. } | FsError::Stopped(_) => libc::EIO,
             FsError::DeviceFull { .. } | FsError::NoSpace => libc::ENOSPC,
-            FsError::NotMafs(_) | FsError::Unsupported(_) => libc::EINVAL,
+            FsError::NotMafs(_) | FsError::Unsupported(_) | FsError::Volume(_) => libc::EINVAL,
             FsError::NotFound => libc::ENOENT,
             FsError::Exists => libc::EEXIST,
             FsError::NotDir => libc::ENOTDIR,

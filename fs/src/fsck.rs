@@ -4,13 +4,24 @@
 //! a mount would); then a walk from the root and from every slot's orphan directory that
 //! verifies each inode, tree node, xattr block and directory entry, counts links and records
 //! which block is used for what; inodes marked in the bitmaps but not reached are picked up as
-//! disconnected; last, every AG's bitmap and free count are compared with the walk. Repairs
+//! disconnected; last, every AG's bitmap and free count are compared with the walk.
+//!
+//! Without `--repair` nothing is written: the check runs on a copy-on-write view of the
+//! device, where the journal replay happens in memory.
+//!
+//! A repair never frees a block while anything still points at it. It goes in passes:
+//! allocation headers and bitmaps that cannot be read are rebuilt from the geometry and the
+//! walk (the allocator needs them for the rest); references to what cannot be read are cut
+//! (an xattr block) or the structure is rebuilt from what can (an index tree, from its
+//! readable records); then a fresh walk of the repaired volume decides which blocks are in use,
+//! and only then are leaked blocks freed, counts and links corrected and disconnected inodes
+//! linked into lost+found; a last walk tells what is left (exit 1 only if nothing is). Repairs
 //! run through the journal of slot 0 with the volume claimed, like any other change.
-use crate::alloc::{bitmap_get, BlockState, AGH_FREE};
+use crate::alloc::{bitmap_get, bitmap_set, BlockState, AGH_FREE, AGH_INDEX, AGH_LEN, AGH_START};
 use crate::btree::TreeRead;
 use crate::cache::MetaCache;
 use crate::claim::claim_volume;
-use crate::device::{BlockDevice, FileDevice, OpenOptions};
+use crate::device::{BlockDevice, FileDevice, OpenOptions, OverlayDevice};
 use crate::dir;
 use crate::error::{FsError, Result};
 use crate::filesystem::Fs;
@@ -37,25 +48,27 @@ pub struct Report {
     pub files: u64,
     pub directories: u64,
     pub used_blocks: u64,
+    /// After a repair: what a final check of the repaired volume still finds (`None`: no
+    /// repair ran).
+    pub remaining: Option<Vec<String>>,
 }
 
 impl Report {
-    /// fsck(8): 0 clean, 1 errors corrected, 4 errors left uncorrected.
+    /// fsck(8): 0 clean, 1 errors corrected (and a check afterwards finds none), 4 errors left.
     pub fn exit_code(&self) -> i32 {
-        if self.problems.is_empty() {
-            0
-        } else if !self.fixed.is_empty() && self.fixed.len() >= self.problems.len() {
-            1
-        } else {
-            4
+        match &self.remaining {
+            _ if self.problems.is_empty() => 0,
+            Some(left) if left.is_empty() => 1,
+            _ => 4,
         }
     }
 
     pub fn summary(&self) -> String {
-        let state = match self.exit_code() {
-            0 => "clean".to_string(),
-            1 => format!("{} problems found and fixed", self.problems.len()),
-            _ => format!("{} problems found, {} fixed; run `mafs fsck --repair`", self.problems.len(), self.fixed.len()),
+        let state = match (self.exit_code(), &self.remaining) {
+            (0, _) => "clean".to_string(),
+            (1, _) => format!("{} problems found and fixed", self.problems.len()),
+            (_, Some(left)) => format!("{} problems found; {} remain after the repair and need a person to look at them", self.problems.len(), left.len()),
+            (_, None) => format!("{} problems found; run `mafs fsck --repair`", self.problems.len()),
         };
         format!("{state}: {} files, {} directories, {} blocks in use", self.files, self.directories, self.used_blocks)
     }
@@ -79,23 +92,80 @@ struct Walk {
     disconnected: Vec<u64>,
     /// Inodes listed in an orphan directory (unlinked but open, or mid-truncate).
     orphan_listed: HashSet<u64>,
+    /// Inodes whose extended attribute block cannot be read.
+    damaged_xattr: Vec<u64>,
+    /// Inodes whose index tree has parts that cannot be read, with the records that can.
+    damaged_trees: Vec<(u64, Vec<(u64, Vec<u8>)>)>,
+    /// Allocation groups whose header (`None`) or bitmap block (`Some(i)`) cannot be read.
+    damaged_alloc: Vec<(u32, Option<u64>)>,
+    /// Something still referenced could not be read, so the walk may have missed blocks in
+    /// use: leaked blocks must not be freed.
+    incomplete: bool,
 }
 
-pub fn check_path(path: &Path, repair: bool) -> Result<Report> {
+/// One full examination of a volume: the report and what the walk learned.
+struct Examined {
+    rep: Report,
+    sb: Superblock,
+    walk: Walk,
+    bitmap_fixes: Vec<BitmapFix>,
+    link_fixes: Vec<(u64, u32, u64, u64)>,
+}
+
+/// A problem's text: what is wrong and where, without the advice an error carries for other
+/// callers ("run mafs fsck" makes no sense inside fsck).
+fn what_is_wrong(e: &FsError) -> String {
+    match e {
+        FsError::Corrupt { block, what } => format!("block {block}: {what}"),
+        other => other.to_string(),
+    }
+}
+
+/// Told how far a long phase has come: (what, done, total).
+pub type Progress<'a> = &'a dyn Fn(&str, u64, u64);
+
+fn no_progress(_: &str, _: u64, _: u64) {}
+
+pub fn check_path(path: &Path, repair: bool, progress: Progress) -> Result<Report> {
     let claim = claim_volume(path, Duration::from_secs(15))?;
     let dev: Arc<dyn BlockDevice> = Arc::new(FileDevice::open(path, &OpenOptions::default())?);
-    let r = check(dev, repair);
+    let r = check_with(dev, repair, progress);
     drop(claim);
     r
 }
 
 pub fn check(dev: Arc<dyn BlockDevice>, repair: bool) -> Result<Report> {
+    check_with(dev, repair, &no_progress)
+}
+
+pub fn check_with(dev: Arc<dyn BlockDevice>, repair: bool, progress: Progress) -> Result<Report> {
+    let examine = |dev: Arc<dyn BlockDevice>, write: bool| examine(dev, write, progress);
+    if !repair {
+        return Ok(examine(Arc::new(OverlayDevice::new(dev)), false)?.rep);
+    }
+    let first = examine(dev.clone(), true)?;
+    let mut rep = first.rep;
+    if rep.problems.is_empty() {
+        return Ok(rep);
+    }
+    rebuild_alloc_metadata(&*dev, &first.sb, &first.walk, &mut rep)?;
+    repair_structures(dev.clone(), &first.walk, &mut rep)?;
+    let second = examine(dev.clone(), true)?;
+    apply_repairs(dev.clone(), &second, &mut rep)?;
+    let last = examine(Arc::new(OverlayDevice::new(dev)), false)?;
+    rep.remaining = Some(last.rep.problems);
+    Ok(rep)
+}
+
+/// Checks the whole volume. `write`: superblock copies and slot headers are rewritten on the
+/// device itself (a repair); without it `dev` is a copy-on-write view.
+fn examine(dev: Arc<dyn BlockDevice>, write: bool, progress: Progress) -> Result<Examined> {
     let mut rep = Report::default();
     let (sb, backup) = read_superblock(&*dev)?;
     let seed = sb.crc_seed();
     if backup {
         rep.problems.push("primary superblock is damaged; the backup copy is intact".into());
-        if repair {
+        if write {
             dev.write_at(&sb.encode(SUPERBLOCK_BLKNO), 0)?;
             dev.flush()?;
             rep.fixed.push("rewrote the primary superblock from the backup".into());
@@ -105,7 +175,7 @@ pub fn check(dev: Arc<dyn BlockDevice>, repair: bool) -> Result<Report> {
         dev.read_at(&mut b, crate::format::superblock::BACKUP_SUPERBLOCK_BLKNO * BLOCK_SIZE as u64)?;
         if Superblock::decode(&b, 1).map(|s| s != sb).unwrap_or(true) {
             rep.problems.push("backup superblock is damaged or differs from the primary".into());
-            if repair {
+            if write {
                 dev.write_at(&sb.encode(1), BLOCK_SIZE as u64)?;
                 dev.flush()?;
                 rep.fixed.push("rewrote the backup superblock".into());
@@ -118,7 +188,7 @@ pub fn check(dev: Arc<dyn BlockDevice>, repair: bool) -> Result<Report> {
         let hdr = match read_slot(&*dev, &sb, s) {
             Ok(h) => h,
             Err(e) => {
-                rep.problems.push(format!("slot {s}: header unreadable ({e})"));
+                rep.problems.push(format!("slot {s}: header unreadable ({})", what_is_wrong(&e)));
                 let fresh = SlotHeader {
                     index: s,
                     state: SlotState::Clean,
@@ -129,7 +199,7 @@ pub fn check(dev: Arc<dyn BlockDevice>, repair: bool) -> Result<Report> {
                     mounted_at: 0,
                     owner: String::new(),
                 };
-                if repair {
+                if write {
                     write_slot(&*dev, &l, &fresh, seed)?;
                     rep.fixed.push(format!("slot {s}: wrote a fresh header (its journal is discarded)"));
                 }
@@ -143,10 +213,12 @@ pub fn check(dev: Arc<dyn BlockDevice>, repair: bool) -> Result<Report> {
             let clean = SlotHeader { state: SlotState::Clean, journal_tail: 0, tail_seq: stats.next_seq, ..hdr.clone() };
             write_slot(&*dev, &l, &clean, seed)?;
             rep.notes.push(format!(
-                "slot {s} ({}) was not unmounted cleanly: replayed {} journal transactions ({} blocks)",
+                "slot {s} ({}) was not unmounted cleanly: {} its {} journal transactions ({} blocks){}",
                 if hdr.owner.is_empty() { "-" } else { &hdr.owner },
+                if write { "replayed" } else { "checked with" },
                 stats.transactions,
-                stats.blocks_written
+                stats.blocks_written,
+                if write { "" } else { " replayed in memory; nothing was written (a mount or `--repair` writes them)" }
             ));
         }
     }
@@ -154,16 +226,11 @@ pub fn check(dev: Arc<dyn BlockDevice>, repair: bool) -> Result<Report> {
     let cache = MetaCache::new(dev.clone(), seed, 1 << 20);
     let mut w = Walk::default();
     walk(&cache, &sb, &orphan_dirs, &mut w, &mut rep)?;
-    find_disconnected(&*dev, &cache, &l, seed, &orphan_dirs, &mut w, &mut rep)?;
-    let bitmap_fixes = compare_bitmaps(&*dev, &l, seed, &w, &mut rep)?;
+    find_disconnected(&*dev, &cache, &l, seed, &orphan_dirs, &mut w, &mut rep, progress)?;
+    let bitmap_fixes = compare_bitmaps(&*dev, &l, seed, &mut w, &mut rep, progress)?;
     let link_fixes = check_links(&sb, &orphan_dirs, &w, &mut rep);
     rep.used_blocks = w.used.len() as u64 + l.ag_count as u64 * l.ag_overhead() as u64;
-
-    if repair && rep.problems.len() > rep.fixed.len() {
-        drop(cache);
-        apply_repairs(dev, &sb, &w, &bitmap_fixes, &link_fixes, &mut rep)?;
-    }
-    Ok(rep)
+    Ok(Examined { rep, sb, walk: w, bitmap_fixes, link_fixes })
 }
 
 fn walk(cache: &MetaCache, sb: &Superblock, orphan_dirs: &[u64], w: &mut Walk, rep: &mut Report) -> Result<()> {
@@ -185,6 +252,7 @@ fn walk(cache: &MetaCache, sb: &Superblock, orphan_dirs: &[u64], w: &mut Walk, r
 fn visit(cache: &MetaCache, sb: &Superblock, ino: u64, parent: u64, via: Option<(u64, u64)>, w: &mut Walk, rep: &mut Report, queue: &mut Vec<(u64, u64, Option<(u64, u64)>)>, orphan_dirs: &[u64]) -> Result<()> {
     let l = &sb.layout;
     let bad = |w: &mut Walk, rep: &mut Report, why: String| {
+        w.incomplete = true;
         if let Some((d, key)) = via {
             rep.problems.push(format!("directory {d}: entry points at {why}"));
             w.bad_entries.push((d, key, why));
@@ -215,23 +283,24 @@ fn visit(cache: &MetaCache, sb: &Superblock, ino: u64, parent: u64, via: Option<
     }
     let t = TreeRead { cache, inode_buf: &buf };
     let mut charged = 0u64;
-    let nodes = if inode.stuffed() { Ok(Vec::new()) } else { t.node_blocks() };
-    match nodes {
-        Ok(nodes) => {
-            for n in nodes {
-                charged += 1;
-                claim(w, rep, n, BlockState::Meta, ino, l);
-            }
-        }
-        Err(e) => rep.problems.push(format!("inode {ino}: index tree damaged ({e}); not repairable automatically")),
-    }
+    let records = if inode.stuffed() { Vec::new() } else { tree_records(&t, ino, w, rep, &mut charged, l) };
     if inode.xattr_blk != 0 {
         match cache.get(inode.xattr_blk, BlockType::Xattr).and_then(|b| crate::xattr::parse(&b.read(), inode.xattr_blk).map(|_| ())) {
             Ok(()) => {
                 charged += 1;
                 claim(w, rep, inode.xattr_blk, BlockState::Meta, ino, l);
             }
-            Err(e) => rep.problems.push(format!("inode {ino}: extended attribute block damaged ({e})")),
+            Err(e) => {
+                rep.problems.push(format!(
+                    "inode {ino}: extended attribute block {} cannot be read ({}); a repair drops the inode's extended attributes",
+                    inode.xattr_blk,
+                    what_is_wrong(&e)
+                ));
+                // Still pointed at until the repair cuts the reference: not free.
+                claim(w, rep, inode.xattr_blk, BlockState::Meta, ino, l);
+                w.damaged_xattr.push(ino);
+                w.incomplete = true;
+            }
         }
     }
     if inode.is_dir() {
@@ -241,14 +310,7 @@ fn visit(cache: &MetaCache, sb: &Superblock, ino: u64, parent: u64, via: Option<
         }
         let mut subdirs = 0u32;
         let mut entries = 0u64;
-        let mut found = Vec::new();
-        let r = dir::list(&t, 0, &mut |e| {
-            found.push(e);
-            true
-        });
-        if let Err(e) = r {
-            rep.problems.push(format!("directory {ino}: entries unreadable ({e})"));
-        }
+        let found = records.iter().filter(|(k, _)| *k >= dir::FIRST_ENTRY_KEY).filter_map(|(k, v)| dir::decode(*k, v));
         for e in found {
             entries += 1;
             if dir::name_hash(&e.name) != e.key >> 16 || dir::check_name(&e.name).is_err() {
@@ -275,16 +337,7 @@ fn visit(cache: &MetaCache, sb: &Superblock, ino: u64, parent: u64, via: Option<
                 rep.problems.push(format!("inode {ino}: inline file larger than the inline area"));
             }
         } else {
-            let mut exts = Vec::new();
-            let r = t.scan(0, &mut |k, v| {
-                if v.len() == 12 {
-                    exts.push((k, u64_at(v, 0), u32_at(v, 8) as u64));
-                }
-                true
-            });
-            if let Err(e) = r {
-                rep.problems.push(format!("inode {ino}: extent map unreadable ({e})"));
-            }
+            let exts = records.iter().filter(|(_, v)| v.len() == 12).map(|(k, v)| (*k, u64_at(v, 0), u32_at(v, 8) as u64));
             let mut last_end = 0;
             for (lb, p, n) in exts {
                 if lb < last_end || n == 0 {
@@ -305,6 +358,32 @@ fn visit(cache: &MetaCache, sb: &Superblock, ino: u64, parent: u64, via: Option<
     Ok(())
 }
 
+/// Every record of an inode's index tree that can be read. Readable node blocks are claimed
+/// (and charged); blocks that cannot be read are claimed too while the tree points at them,
+/// and the tree is marked for rebuilding from the records.
+fn tree_records(t: &TreeRead, ino: u64, w: &mut Walk, rep: &mut Report, charged: &mut u64, l: &Layout) -> Vec<(u64, Vec<u8>)> {
+    let sv = t.salvage();
+    for &n in &sv.nodes {
+        *charged += 1;
+        claim(w, rep, n, BlockState::Meta, ino, l);
+    }
+    if sv.damaged.is_empty() {
+        return sv.records;
+    }
+    for (b, why) in &sv.damaged {
+        rep.problems.push(format!(
+            "inode {ino}: index tree node {b} cannot be read ({why}); a repair rebuilds the tree from the {} records that can",
+            sv.records.len()
+        ));
+        if *b != ino && !sv.nodes.contains(b) {
+            claim(w, rep, *b, BlockState::Meta, ino, l);
+        }
+    }
+    w.damaged_trees.push((ino, sv.records.clone()));
+    w.incomplete = true;
+    sv.records
+}
+
 fn claim(w: &mut Walk, rep: &mut Report, blk: u64, s: BlockState, owner: u64, l: &Layout) {
     let in_overhead = l.ag_of(blk).map(|a| blk < l.ag_first_block(a) + l.ag_overhead() as u64).unwrap_or(true);
     if in_overhead {
@@ -317,9 +396,11 @@ fn claim(w: &mut Walk, rep: &mut Report, blk: u64, s: BlockState, owner: u64, l:
 }
 
 /// Inodes the bitmaps mark in use that the walk never reached.
-fn find_disconnected(dev: &dyn BlockDevice, cache: &MetaCache, l: &Layout, seed: u32, orphan_dirs: &[u64], w: &mut Walk, rep: &mut Report) -> Result<()> {
+#[allow(clippy::too_many_arguments)]
+fn find_disconnected(dev: &dyn BlockDevice, cache: &MetaCache, l: &Layout, seed: u32, orphan_dirs: &[u64], w: &mut Walk, rep: &mut Report, progress: Progress) -> Result<()> {
     let mut candidates = Vec::new();
     for a in 0..l.ag_count {
+        progress("looking for inodes outside the tree", a as u64, l.ag_count as u64);
         for_each_state(dev, l, seed, a, &mut |blk, s| {
             if s == BlockState::Inode && !w.used.contains_key(&blk) {
                 candidates.push(blk);
@@ -352,38 +433,49 @@ fn find_disconnected(dev: &dyn BlockDevice, cache: &MetaCache, l: &Layout, seed:
     Ok(())
 }
 
-fn for_each_state(dev: &dyn BlockDevice, l: &Layout, seed: u32, a: u32, f: &mut dyn FnMut(u64, BlockState)) -> Result<()> {
+/// Calls `f` with the recorded state of every block of AG `a`, skipping bitmap blocks that
+/// cannot be read; returns those (index within the AG's bitmap, why).
+fn for_each_state(dev: &dyn BlockDevice, l: &Layout, seed: u32, a: u32, f: &mut dyn FnMut(u64, BlockState)) -> Result<Vec<(u64, FsError)>> {
     let first = l.ag_first_block(a);
     let len = l.ag_len(a) as u64;
     let mut b = vec![0u8; BLOCK_SIZE];
+    let mut bad = Vec::new();
     for bi in 0..l.bitmap_blocks_per_ag as u64 {
         let blk = first + 1 + bi;
         dev.read_at(&mut b, blk * BLOCK_SIZE as u64)?;
-        header::verify(&b, BlockType::Bitmap, blk, seed)?;
+        if let Err(e) = header::verify(&b, BlockType::Bitmap, blk, seed) {
+            bad.push((bi, e));
+            continue;
+        }
         let lo = bi * STATES_PER_BITMAP_BLOCK;
         for r in lo..(lo + STATES_PER_BITMAP_BLOCK).min(len) {
             f(first + r, bitmap_get(&b, r));
         }
     }
-    Ok(())
+    Ok(bad)
 }
 
 /// A bitmap correction: block, state wanted.
 type BitmapFix = (u64, BlockState);
 
-fn compare_bitmaps(dev: &dyn BlockDevice, l: &Layout, seed: u32, w: &Walk, rep: &mut Report) -> Result<Vec<BitmapFix>> {
+fn compare_bitmaps(dev: &dyn BlockDevice, l: &Layout, seed: u32, w: &mut Walk, rep: &mut Report, progress: Progress) -> Result<Vec<BitmapFix>> {
     let mut fixes = Vec::new();
     let overhead = l.ag_overhead() as u64;
     let mut hb = vec![0u8; BLOCK_SIZE];
     let mut leaked = 0u64;
     let mut unmarked = 0u64;
     for a in 0..l.ag_count {
+        progress("comparing allocation bitmaps", a as u64, l.ag_count as u64);
         let first = l.ag_first_block(a);
         dev.read_at(&mut hb, first * BLOCK_SIZE as u64)?;
-        if let Err(e) = header::verify(&hb, BlockType::AgHeader, first, seed) {
-            rep.problems.push(format!("allocation group {a}: header damaged ({e}); not repairable automatically"));
-            continue;
-        }
+        let header_ok = match header::verify(&hb, BlockType::AgHeader, first, seed) {
+            Ok(()) => true,
+            Err(e) => {
+                rep.problems.push(format!("allocation group {a}: header cannot be read ({}); a repair rebuilds it from the volume's geometry", what_is_wrong(&e)));
+                w.damaged_alloc.push((a, None));
+                false
+            }
+        };
         let mut free = 0u64;
         let r = for_each_state(dev, l, seed, a, &mut |blk, s| {
             let want = if blk < first + overhead { Some(BlockState::Meta) } else { w.used.get(&blk).copied() };
@@ -407,12 +499,16 @@ fn compare_bitmaps(dev: &dyn BlockDevice, l: &Layout, seed: u32, w: &Walk, rep: 
                 _ => {}
             }
         });
-        if let Err(e) = r {
-            rep.problems.push(format!("allocation group {a}: bitmap damaged ({e}); not repairable automatically"));
+        let bad_bitmaps = r?;
+        for (bi, e) in &bad_bitmaps {
+            rep.problems.push(format!("allocation group {a}: bitmap block {bi} cannot be read ({}); a repair rebuilds it from the walk", what_is_wrong(e)));
+            w.damaged_alloc.push((a, Some(*bi)));
+        }
+        if !bad_bitmaps.is_empty() {
             continue;
         }
         let recorded = u64_at(&hb, AGH_FREE);
-        if recorded != free {
+        if header_ok && recorded != free {
             rep.problems.push(format!("allocation group {a}: header says {recorded} free blocks, bitmap has {free}"));
             fixes.push((first, BlockState::Meta)); // marker: recount this AG
         }
@@ -469,25 +565,110 @@ fn check_links(sb: &Superblock, orphan_dirs: &[u64], w: &Walk, rep: &mut Report)
     fixes
 }
 
-fn apply_repairs(dev: Arc<dyn BlockDevice>, sb: &Superblock, w: &Walk, bitmap: &[BitmapFix], links: &[(u64, u32, u64, u64)], rep: &mut Report) -> Result<()> {
-    let vol = Volume::open(dev, 0, "fsck", 1 << 16)?;
-    let fs = Fs::new(vol)?;
-    // Bad directory entries first, so the link counts below match what remains.
-    for (d, key, why) in &w.bad_entries {
-        let h = fs.begin()?;
-        let _g = fs.locks.lock(*d, Mode::Exclusive)?;
-        let (buf, mut inode) = fs.iget(*d)?;
-        let mut t = fs.tree_mut(&h, &buf);
-        if t.remove(*key)?.is_some() {
-            inode.entries = inode.entries.saturating_sub(1);
-            inode.blocks = (inode.blocks as i64 + t.blocks_delta) as u64;
-            fs.iput(&h, &buf, &inode);
-            rep.fixed.push(format!("directory {d}: removed the entry that pointed at {why}"));
+/// Rewrites allocation group headers and bitmap blocks that cannot be read: the header from
+/// the geometry, the bitmap from what the walk found in use (and the AG's own overhead). Written
+/// straight to the device before anything opens the volume, since the allocator reads them.
+fn rebuild_alloc_metadata(dev: &dyn BlockDevice, sb: &Superblock, w: &Walk, rep: &mut Report) -> Result<()> {
+    let l = &sb.layout;
+    let seed = sb.crc_seed();
+    let overhead = l.ag_overhead() as u64;
+    for &(a, what) in &w.damaged_alloc {
+        let first = l.ag_first_block(a);
+        let len = l.ag_len(a) as u64;
+        let state_of = |r: u64| {
+            if r < overhead || r >= len {
+                BlockState::Meta
+            } else {
+                w.used.get(&(first + r)).copied().unwrap_or(BlockState::Free)
+            }
+        };
+        let mut b = vec![0u8; BLOCK_SIZE];
+        match what {
+            None => {
+                let free = (overhead..len).filter(|r| state_of(*r) == BlockState::Free).count() as u64;
+                put_u32(&mut b, AGH_INDEX, a);
+                put_u64(&mut b, AGH_START, first);
+                put_u64(&mut b, AGH_LEN, len);
+                put_u64(&mut b, AGH_FREE, free);
+                header::seal(&mut b, BlockType::AgHeader, first, 0, seed);
+                dev.write_at(&b, first * BLOCK_SIZE as u64)?;
+                rep.fixed.push(format!("allocation group {a}: rebuilt its header ({free} blocks free)"));
+            }
+            Some(bi) => {
+                let lo = bi * STATES_PER_BITMAP_BLOCK;
+                for r in lo..lo + STATES_PER_BITMAP_BLOCK {
+                    bitmap_set(&mut b, r, state_of(r));
+                }
+                header::seal(&mut b, BlockType::Bitmap, first + 1 + bi, 0, seed);
+                dev.write_at(&b, (first + 1 + bi) * BLOCK_SIZE as u64)?;
+                rep.fixed.push(format!("allocation group {a}: rebuilt bitmap block {bi} from the blocks in use"));
+            }
         }
     }
+    dev.flush()
+}
+
+/// Cuts references to what cannot be read, or rebuilds it from what can: a damaged extended
+/// attribute block is dropped, a damaged index tree is rebuilt from its readable records, and
+/// directory entries that point at nothing valid are removed. Frees nothing: the next walk
+/// decides what is no longer in use.
+fn repair_structures(dev: Arc<dyn BlockDevice>, w: &Walk, rep: &mut Report) -> Result<()> {
+    let vol = Volume::open(dev, 0, "fsck", 1 << 16)?;
+    let fs = Fs::new(vol)?;
+    for (ino, records) in &w.damaged_trees {
+        match fs.rebuild_tree(*ino, records) {
+            Ok(()) => rep.fixed.push(format!("inode {ino}: rebuilt its index tree from the {} records that could be read", records.len())),
+            Err(e) => rep.notes.push(format!("inode {ino}: could not rebuild its index tree ({})", what_is_wrong(&e))),
+        }
+    }
+    for &ino in &w.damaged_xattr {
+        let cut = (|| {
+            let h = fs.begin()?;
+            let _g = fs.locks.lock(ino, Mode::Exclusive)?;
+            let (buf, mut inode) = fs.iget(ino)?;
+            inode.xattr_blk = 0;
+            fs.iput(&h, &buf, &inode);
+            Ok::<(), FsError>(())
+        })();
+        match cut {
+            Ok(()) => rep.fixed.push(format!("inode {ino}: dropped its unreadable extended attributes")),
+            Err(e) => rep.notes.push(format!("inode {ino}: could not drop its extended attributes ({})", what_is_wrong(&e))),
+        }
+    }
+    for (d, key, why) in &w.bad_entries {
+        let removed = (|| {
+            let h = fs.begin()?;
+            let _g = fs.locks.lock(*d, Mode::Exclusive)?;
+            let (buf, mut inode) = fs.iget(*d)?;
+            let mut t = fs.tree_mut(&h, &buf);
+            let gone = t.remove(*key)?.is_some();
+            if gone {
+                inode.entries = inode.entries.saturating_sub(1);
+                inode.blocks = (inode.blocks as i64 + t.blocks_delta) as u64;
+                fs.iput(&h, &buf, &inode);
+            }
+            Ok::<bool, FsError>(gone)
+        })();
+        match removed {
+            Ok(true) => rep.fixed.push(format!("directory {d}: removed the entry that pointed at {why}")),
+            Ok(false) => {}
+            Err(e) => rep.notes.push(format!("directory {d}: could not remove the entry that points at {why} ({})", what_is_wrong(&e))),
+        }
+    }
+    fs.close()
+}
+
+/// Bitmaps, free counts, link and entry counts, disconnected inodes: from a walk of a volume
+/// whose structures are readable again. Leaked blocks are freed only if that walk saw
+/// everything still referenced.
+fn apply_repairs(dev: Arc<dyn BlockDevice>, ex: &Examined, rep: &mut Report) -> Result<()> {
+    let (sb, w) = (&ex.sb, &ex.walk);
+    let vol = Volume::open(dev, 0, "fsck", 1 << 16)?;
+    let fs = Fs::new(vol)?;
     let mut recount = Vec::new();
     let mut flagged = HashSet::new();
-    for chunk in bitmap.chunks(512) {
+    let mut kept = 0u64;
+    for chunk in ex.bitmap_fixes.chunks(512) {
         let h = fs.begin()?;
         for &(blk, s) in chunk {
             if sb.layout.ag_of(blk).map(|a| sb.layout.ag_first_block(a)) == Some(blk) {
@@ -497,13 +678,20 @@ fn apply_repairs(dev: Arc<dyn BlockDevice>, sb: &Superblock, w: &Walk, bitmap: &
                 recount.push(a);
                 continue;
             }
+            if s == BlockState::Free && w.incomplete {
+                kept += 1;
+                continue;
+            }
             fs.vol.alloc.set_state(&h, blk, s)?;
             if let Some(a) = sb.layout.ag_of(blk) {
                 recount.push(a);
             }
         }
     }
-    if !bitmap.is_empty() {
+    if kept > 0 {
+        rep.notes.push(format!("{kept} blocks that look leaked were kept: part of the volume could not be read, and they may still be in use"));
+    }
+    if ex.bitmap_fixes.len() as u64 > kept {
         rep.fixed.push("corrected the allocation bitmaps (leaked blocks freed, used blocks marked)".into());
     }
     recount.sort_unstable();
@@ -515,7 +703,7 @@ fn apply_repairs(dev: Arc<dyn BlockDevice>, sb: &Superblock, w: &Walk, bitmap: &
             rep.fixed.push(format!("allocation group {a}: free count {old} -> {new}"));
         }
     }
-    for &(ino, nlink, entries, blocks) in links {
+    for &(ino, nlink, entries, blocks) in &ex.link_fixes {
         if w.disconnected.contains(&ino) {
             continue;
         }
@@ -548,6 +736,28 @@ fn apply_repairs(dev: Arc<dyn BlockDevice>, sb: &Superblock, w: &Walk, bitmap: &
 }
 
 impl Fs {
+    /// fsck: replaces an inode's index tree with one holding `records` (what could be read of
+    /// a damaged one), a few hundred records per transaction.
+    pub(crate) fn rebuild_tree(&self, ino: u64, records: &[(u64, Vec<u8>)]) -> Result<()> {
+        let mut chunks = records.chunks(256);
+        let first = chunks.next().unwrap_or(&[]);
+        for (i, chunk) in std::iter::once(first).chain(chunks).enumerate() {
+            // Transaction first, inode lock second (the lock order of fs/src/locks.rs).
+            let h = self.begin()?;
+            let _g = self.locks.lock(ino, Mode::Exclusive)?;
+            let (buf, _) = self.iget(ino)?;
+            let mut t = self.tree_mut(&h, &buf);
+            if i == 0 {
+                t.rebuild(chunk)?;
+            } else {
+                for (k, v) in chunk {
+                    t.insert(*k, v)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// fsck: gives a disconnected inode the name `#ino` in lost+found.
     pub(crate) fn attach_to_lost_found(&self, ino: u64) -> Result<()> {
         let lf = self.vol.sb.lost_found_ino;

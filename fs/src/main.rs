@@ -2,7 +2,6 @@
 //! use lockd.
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use mafs::device::{FileDevice, OpenOptions};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -14,6 +13,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod cli_fsck;
 mod cli_info;
+mod cli_mkfs;
 mod size_arg;
 
 #[derive(Parser)]
@@ -91,6 +91,13 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
+    if prints_and_exits(&cli.command) {
+        // Rust ignores SIGPIPE, so `mafs info | head -2` would end in a "Broken pipe" panic;
+        // a command that only prints should just stop, as ls and cat do. Not for mount and
+        // the lockd replica, which must never die of a closed socket or pipe.
+        // SAFETY: setting a signal's disposition before any thread starts.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     match run(cli) {
         Ok(code) => ExitCode::from(code as u8),
         Err(e) => {
@@ -100,32 +107,20 @@ fn main() -> ExitCode {
     }
 }
 
+/// Commands whose whole job is printing a report.
+fn prints_and_exits(c: &Command) -> bool {
+    match c {
+        Command::Info { .. } | Command::Fsck { .. } => true,
+        Command::Lockd(l) => l.action.is_some(),
+        _ => false,
+    }
+}
+
 fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
         Command::Mkfs { volume, size, slots, label, journal_size, force } => {
-            let exists = volume.exists();
-            if !exists && size.is_none() {
-                anyhow::bail!("{} does not exist: give --size to create a volume file", volume.display());
-            }
-            let _claim = if exists { Some(mafs::claim::claim_volume(&volume, Duration::from_secs(1))?) } else { None };
-            let dev = FileDevice::open(&volume, &OpenOptions { create: true, size, ..Default::default() })
-                .with_context(|| format!("cannot open {}", volume.display()))?;
-            if let Some(s) = size {
-                if mafs::device::BlockDevice::size(&dev) < s {
-                    anyhow::bail!("{} holds only {} bytes, less than --size {s}", volume.display(), mafs::device::BlockDevice::size(&dev));
-                }
-            }
             let opts = mafs::mkfs::MkfsOptions { slots, label, journal_blocks: journal_size.map(|j| (j / 4096) as u32), force };
-            let sb = mafs::mkfs::mkfs(&dev, &opts).with_context(|| format!("cannot format {}", volume.display()))?;
-            println!(
-                "formatted {}: {} bytes, {} slots, {} allocation groups, uuid {}",
-                volume.display(),
-                sb.layout.total_blocks * 4096,
-                sb.layout.slot_count,
-                sb.layout.ag_count,
-                sb.uuid_string()
-            );
-            Ok(0)
+            cli_mkfs::run(&volume, size, &opts)
         }
         Command::Mount { volume, mountpoint, standalone, direct_io, threads, commit_interval, attr_timeout, slot } => {
             if !standalone {
@@ -181,7 +176,7 @@ fn mount_source(mountpoint: &std::path::Path) -> anyhow::Result<Option<PathBuf>>
     for line in mounts.lines() {
         let f: Vec<&str> = line.split(' ').collect();
         if f.len() >= 3 && PathBuf::from(f[1].replace("\\040", " ")) == canon {
-            // fuser mounts through mount(2) directly, which records the type as plain "fuse".
+            // Plain "fuse": mounted by a mafs from before `subtype=mafs` was passed to the kernel.
             if f[2] != "fuse.mafs" && f[2] != "fuse" {
                 anyhow::bail!("{} is not a mafs mount (it is {})", mountpoint.display(), f[2]);
             }

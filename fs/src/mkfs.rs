@@ -25,14 +25,6 @@ impl Default for MkfsOptions {
     }
 }
 
-/// True if either superblock copy on the device is a mafs superblock.
-pub fn has_mafs_superblock(dev: &dyn BlockDevice) -> bool {
-    let mut b = vec![0u8; BLOCK_SIZE];
-    [SUPERBLOCK_BLKNO, BACKUP_SUPERBLOCK_BLKNO].iter().any(|&blk| {
-        dev.read_at(&mut b, blk * BLOCK_SIZE as u64).is_ok() && u32_at(&b, 0) == BlockType::Superblock as u32
-    })
-}
-
 pub fn directory_inode(ino: u64, mode: u32, parent: u64, now: Timespec) -> Inode {
     Inode {
         ino,
@@ -49,15 +41,22 @@ pub fn directory_inode(ino: u64, mode: u32, parent: u64, now: Timespec) -> Inode
     }
 }
 
-pub fn mkfs(dev: &dyn BlockDevice, opts: &MkfsOptions) -> Result<Superblock> {
-    if !opts.force && has_mafs_superblock(dev) {
-        return Err(FsError::Invalid("the device already holds a mafs volume; use --force to overwrite it (its data will be lost)"));
-    }
+/// The layout `opts` give a device of `size` bytes, or why there is none: checked before
+/// anything is created or written.
+pub fn check_options(size: u64, opts: &MkfsOptions) -> Result<Layout> {
     if opts.label.len() > crate::format::superblock::LABEL_LEN {
-        return Err(FsError::Invalid("label longer than 64 bytes"));
+        return Err(FsError::Volume(format!("--label is {} bytes; at most {} fit", opts.label.len(), crate::format::superblock::LABEL_LEN)));
     }
-    let total_blocks = dev.size() / BLOCK_SIZE as u64;
-    let layout = Layout::compute(total_blocks, opts.slots, opts.journal_blocks).map_err(|e| FsError::Unsupported(e))?;
+    Layout::compute(size / BLOCK_SIZE as u64, opts.slots, opts.journal_blocks).map_err(FsError::Volume)
+}
+
+pub fn mkfs(dev: &dyn BlockDevice, opts: &MkfsOptions) -> Result<Superblock> {
+    if !opts.force {
+        if let Some(what) = crate::probe::existing_contents(dev) {
+            return Err(FsError::Volume(format!("it already holds {what}; use --force to overwrite it (everything on it will be lost)")));
+        }
+    }
+    let layout = check_options(dev.size(), opts)?;
     let now = Timespec::now();
     let ag0 = layout.ag_first_block(0);
     let overhead = layout.ag_overhead() as u64;

@@ -38,6 +38,11 @@ fn io_err(offset: u64, e: std::io::Error) -> FsError {
 }
 
 impl FileDevice {
+    /// A block device (its size is the device's), not a regular file (whose size mkfs sets).
+    pub fn is_block_device(&self) -> bool {
+        self.is_blockdev
+    }
+
     pub fn open(path: &Path, opts: &OpenOptions) -> Result<FileDevice> {
         let mut oo = std::fs::OpenOptions::new();
         oo.read(true).write(!opts.read_only).create(opts.create && !opts.read_only);

@@ -5,9 +5,11 @@
 //! point: nothing written before it is promised durable until it returns.
 mod crash;
 mod file;
+mod overlay;
 
 pub use crash::CrashDevice;
 pub use file::{FileDevice, OpenOptions};
+pub use overlay::OverlayDevice;
 
 use crate::error::Result;
 

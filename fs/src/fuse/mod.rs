@@ -417,6 +417,14 @@ impl Filesystem for MafsFuse {
             Err(e) => reply.error(errno(&e)),
         }
     }
+
+    /// No ioctl is ours. Programs probe files with terminal ioctls all the time (Python asks
+    /// TCGETS on every open): "not a terminal" is the answer they expect, and no log line.
+    #[allow(clippy::too_many_arguments)]
+    fn ioctl(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _flags: fuser::IoctlFlags, cmd: u32, _in: &[u8], _out: u32, reply: fuser::ReplyIoctl) {
+        tracing::debug!(ino = ino.0, cmd, "ioctl not supported: ENOTTY");
+        reply.error(Errno::from_i32(libc::ENOTTY));
+    }
 }
 
 fn dir_check(name: &OsStr) -> Result<(), FsError> {

@@ -25,6 +25,10 @@ pub struct MountConfig {
 }
 
 pub fn mount(cfg: &MountConfig) -> anyhow::Result<()> {
+    // First of all, before any thread exists: every thread inherits the mask, so SIGINT and
+    // SIGTERM can only reach the signal thread's sigwait, never a worker whose default action
+    // would kill the process with the volume dirty and the mount point dead.
+    let stop_signals = block_stop_signals();
     if !cfg.mountpoint.is_dir() {
         bail!("mount point {} is not a directory", cfg.mountpoint.display());
     }
@@ -48,7 +52,9 @@ pub fn mount(cfg: &MountConfig) -> anyhow::Result<()> {
     config.acl = SessionACL::All;
     config.mount_options = vec![
         MountOption::FSName(cfg.volume.display().to_string()),
-        MountOption::Subtype("mafs".into()),
+        // The kernel's own `subtype=` (fuser passes `Subtype` only to fusermount, which a
+        // root mount does not use): /proc/mounts, df and findmnt then say `fuse.mafs`.
+        MountOption::CUSTOM("subtype=mafs".into()),
         MountOption::DefaultPermissions,
         MountOption::Dev,
         MountOption::Suid,
@@ -75,7 +81,7 @@ pub fn mount(cfg: &MountConfig) -> anyhow::Result<()> {
             fs.committer_stopped();
         })?
     };
-    spawn_signal_unmounter(cfg.mountpoint.clone());
+    spawn_signal_unmounter(stop_signals, cfg.mountpoint.clone());
     let result = session.run();
     stop.store(true, Ordering::Release);
     let _ = committer.join();
@@ -88,15 +94,27 @@ pub fn mount(cfg: &MountConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// SIGINT / SIGTERM unmount the filesystem, which ends the session and closes the volume.
-fn spawn_signal_unmounter(mountpoint: PathBuf) {
-    // SAFETY: signal mask manipulation on this thread; the spawned thread inherits it.
+/// Blocks SIGINT and SIGTERM in the calling thread (and so in every thread it starts later),
+/// after setting their action back to the default: a shell starts a background job with
+/// SIGINT ignored, and an ignored signal is discarded before sigwait could see it.
+fn block_stop_signals() -> libc::sigset_t {
+    // SAFETY: plain signal-disposition and mask calls on this thread.
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGINT);
-        libc::sigaddset(&mut set, libc::SIGTERM);
+        for sig in [libc::SIGINT, libc::SIGTERM] {
+            libc::signal(sig, libc::SIG_DFL);
+            libc::sigaddset(&mut set, sig);
+        }
         libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    }
+}
+
+/// SIGINT / SIGTERM unmount the filesystem, which ends the session and closes the volume.
+fn spawn_signal_unmounter(set: libc::sigset_t, mountpoint: PathBuf) {
+    // SAFETY: sigwait on the set every thread of the process has blocked.
+    unsafe {
         let _ = std::thread::Builder::new().name("mafs-signals".into()).spawn(move || {
             let mut sig = 0;
             if libc::sigwait(&set, &mut sig) == 0 {

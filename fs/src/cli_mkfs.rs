@@ -1,0 +1,78 @@
+//! `mafs mkfs`: checks everything it can before it touches the volume, refuses to overwrite
+//! anything already there without `--force`, and leaves nothing behind when it fails (a file it
+//! created is removed, a file it grew is cut back to its old length).
+use anyhow::{bail, Context};
+use mafs::device::{BlockDevice, FileDevice, OpenOptions};
+use mafs::mkfs::MkfsOptions;
+use std::path::Path;
+use std::time::Duration;
+
+pub fn run(volume: &Path, size: Option<u64>, opts: &MkfsOptions) -> anyhow::Result<i32> {
+    let existed = volume.exists();
+    if !existed && size.is_none() {
+        bail!("{} does not exist: give --size to create a volume file", volume.display());
+    }
+    let old_len = if existed {
+        mafs::claim::check_volume_path(volume)?;
+        Some(std::fs::metadata(volume).with_context(|| format!("cannot open {}", volume.display()))?.len())
+    } else {
+        None
+    };
+    // Held while formatting: nothing else on this machine uses the volume meanwhile.
+    let _claim = if existed { Some(mafs::claim::claim_volume(volume, Duration::from_secs(1))?) } else { None };
+    if existed {
+        let dev = FileDevice::open(volume, &OpenOptions { read_only: true, ..Default::default() }).with_context(|| format!("cannot open {}", volume.display()))?;
+        if let Some(s) = size {
+            if dev.is_block_device() && s > dev.size() {
+                bail!("cannot format {}: the device holds {} bytes, less than --size {s}", volume.display(), dev.size());
+            }
+        }
+        // What the formatted volume will span: a block device whole, a file grown to --size.
+        let target = if dev.is_block_device() { dev.size() } else { size.unwrap_or(0).max(dev.size()) };
+        mafs::mkfs::check_options(target, opts).with_context(|| format!("cannot format {}", volume.display()))?;
+        if !opts.force {
+            if let Some(what) = mafs::probe::existing_contents(&dev) {
+                bail!("{} already holds {what}; mkfs refuses to overwrite it. Give --force to format it anyway (everything on it will be lost)", volume.display());
+            }
+        }
+    } else if let Some(s) = size {
+        mafs::mkfs::check_options(s, opts).with_context(|| format!("cannot format {}", volume.display()))?;
+    }
+
+    let formatted = (|| -> anyhow::Result<mafs::format::superblock::Superblock> {
+        let dev = FileDevice::open(volume, &OpenOptions { create: true, size, ..Default::default() }).with_context(|| format!("cannot open {}", volume.display()))?;
+        if let Some(s) = size {
+            if dev.size() < s {
+                bail!("{} holds only {} bytes, less than --size {s}", volume.display(), dev.size());
+            }
+        }
+        // Checked above already; the library checks again for its other callers.
+        let opts = MkfsOptions { force: true, ..opts.clone() };
+        mafs::mkfs::mkfs(&dev, &opts).with_context(|| format!("cannot format {}", volume.display()))
+    })();
+    let sb = match formatted {
+        Ok(sb) => sb,
+        Err(e) => {
+            match old_len {
+                None => drop(std::fs::remove_file(volume)),
+                Some(len) => {
+                    if let Ok(f) = std::fs::OpenOptions::new().write(true).open(volume) {
+                        if f.metadata().is_ok_and(|m| m.is_file() && m.len() > len) {
+                            let _ = f.set_len(len);
+                        }
+                    }
+                }
+            }
+            return Err(e);
+        }
+    };
+    println!(
+        "formatted {}: {} bytes, {} slots, {} allocation groups, uuid {}",
+        volume.display(),
+        sb.layout.total_blocks * 4096,
+        sb.layout.slot_count,
+        sb.layout.ag_count,
+        sb.uuid_string()
+    );
+    Ok(0)
+}
