@@ -504,3 +504,40 @@ fn fsck_of_a_mounted_volume_refuses_with_exit_8_and_info_shows_the_slot_in_use()
     assert_eq!(fs::read(m.path("f")).unwrap(), b"x", "the mount is unharmed");
     m.finish();
 }
+
+#[test]
+fn space_freed_by_a_delete_is_usable_at_once_by_fallocate() {
+    // generic/213: fallocate most of the volume and delete it, again and again, without waiting
+    // for the commit that makes the freed blocks allocatable.
+    let m = Mounted::new("64M");
+    let len = statfs(&m.mnt).f_bavail * 4096 * 7 / 10 / 4096 * 4096;
+    let p = m.path("big");
+    for round in 0..4 {
+        let f = fs::OpenOptions::new().write(true).create(true).truncate(true).open(&p).unwrap();
+        fallocate(&f, 0, 0, len).unwrap_or_else(|e| panic!("round {round}: fallocate of {len} bytes: {e}"));
+        assert!(f.metadata().unwrap().blocks() * 512 >= len, "round {round}: the blocks are allocated");
+        drop(f);
+        fs::remove_file(&p).unwrap();
+    }
+    m.finish();
+}
+
+#[test]
+fn a_fallocate_that_fails_with_enospc_leaves_no_partial_allocation() {
+    let m = Mounted::new("64M");
+    let p = m.path("f");
+    let data = pattern(3, 1 << 20);
+    fs::write(&p, &data).unwrap();
+    let blocks = fs::metadata(&p).unwrap().blocks();
+    let free = statfs(&m.mnt).f_bfree;
+    let f = fs::OpenOptions::new().read(true).write(true).open(&p).unwrap();
+    for (mode, what) in [(0, "fallocate"), (libc::FALLOC_FL_KEEP_SIZE, "fallocate --keep-size")] {
+        assert_errno(fallocate(&f, mode, 0, 100 << 20), libc::ENOSPC, &format!("{what} of 100 MiB on a 64 MiB volume"));
+        let md = f.metadata().unwrap();
+        assert_eq!((md.len(), md.blocks()), (1 << 20, blocks), "{what}: size and blocks as before");
+        assert_eq!(statfs(&m.mnt).f_bfree, free, "{what}: free space as before");
+    }
+    drop(f);
+    assert!(fs::read(&p).unwrap() == data, "the file's data is intact");
+    m.finish();
+}
