@@ -541,3 +541,22 @@ fn a_fallocate_that_fails_with_enospc_leaves_no_partial_allocation() {
     assert!(fs::read(&p).unwrap() == data, "the file's data is intact");
     m.finish();
 }
+
+#[test]
+fn a_long_symlink_that_fails_with_enospc_leaves_no_name_behind() {
+    let mut m = Mounted::new("64M");
+    let (err, _) = write_until_error(&m, "fill", 1 << 20);
+    assert_eq!(err.raw_os_error(), Some(libc::ENOSPC), "{err}");
+    // Too long for the inode's inline area: the target needs a block of its own.
+    let target = "t/".repeat(2000);
+    let link = m.path("L");
+    assert_errno(std::os::unix::fs::symlink(&target, &link), libc::ENOSPC, "a 4000-byte symlink on a full volume");
+    assert_errno(fs::symlink_metadata(&link), libc::ENOENT, "lstat of the link that failed");
+    assert!(!names(&m.mnt).contains(&"L".to_string()), "the failed link is not listed: {:?}", names(&m.mnt));
+    m.remount();
+    assert!(!names(&m.mnt).contains(&"L".to_string()), "after a remount either: {:?}", names(&m.mnt));
+    // The name is free: once there is room, the same link can be made.
+    fs::remove_file(m.path("fill")).unwrap();
+    std::os::unix::fs::symlink(&target, &link).expect("the same symlink once there is room");
+    m.check_across_remount(|m| assert_eq!(fs::read_link(m.path("L")).unwrap().to_str(), Some(target.as_str())));
+}

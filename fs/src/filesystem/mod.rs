@@ -6,6 +6,7 @@ pub mod attr;
 mod data;
 pub mod namespace;
 mod orphans;
+pub mod symlink;
 
 pub use attr::SetAttr;
 pub use data::{FallocMode, Whence};
