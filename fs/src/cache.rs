@@ -45,6 +45,11 @@ impl MetaCache {
         MetaCache { dev, seed, map: Mutex::new(HashMap::new()), capacity, checkpointed_seq: AtomicU64::new(0) }
     }
 
+    /// The device the blocks come from (fsck reads file data beside metadata through it).
+    pub fn device(&self) -> &dyn BlockDevice {
+        &*self.dev
+    }
+
     /// The block `blkno`, which must be a valid block of type `ty`; read from disk on a miss.
     pub fn get(&self, blkno: u64, ty: BlockType) -> Result<Arc<MetaBuf>> {
         if let Some(b) = self.map.lock().get(&blkno) {

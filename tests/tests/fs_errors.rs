@@ -504,3 +504,59 @@ fn fsck_of_a_mounted_volume_refuses_with_exit_8_and_info_shows_the_slot_in_use()
     assert_eq!(fs::read(m.path("f")).unwrap(), b"x", "the mount is unharmed");
     m.finish();
 }
+
+#[test]
+fn space_freed_by_a_delete_is_usable_at_once_by_fallocate() {
+    // generic/213: fallocate most of the volume and delete it, again and again, without waiting
+    // for the commit that makes the freed blocks allocatable.
+    let m = Mounted::new("64M");
+    let len = statfs(&m.mnt).f_bavail * 4096 * 7 / 10 / 4096 * 4096;
+    let p = m.path("big");
+    for round in 0..4 {
+        let f = fs::OpenOptions::new().write(true).create(true).truncate(true).open(&p).unwrap();
+        fallocate(&f, 0, 0, len).unwrap_or_else(|e| panic!("round {round}: fallocate of {len} bytes: {e}"));
+        assert!(f.metadata().unwrap().blocks() * 512 >= len, "round {round}: the blocks are allocated");
+        drop(f);
+        fs::remove_file(&p).unwrap();
+    }
+    m.finish();
+}
+
+#[test]
+fn a_fallocate_that_fails_with_enospc_leaves_no_partial_allocation() {
+    let m = Mounted::new("64M");
+    let p = m.path("f");
+    let data = pattern(3, 1 << 20);
+    fs::write(&p, &data).unwrap();
+    let blocks = fs::metadata(&p).unwrap().blocks();
+    let free = statfs(&m.mnt).f_bfree;
+    let f = fs::OpenOptions::new().read(true).write(true).open(&p).unwrap();
+    for (mode, what) in [(0, "fallocate"), (libc::FALLOC_FL_KEEP_SIZE, "fallocate --keep-size")] {
+        assert_errno(fallocate(&f, mode, 0, 100 << 20), libc::ENOSPC, &format!("{what} of 100 MiB on a 64 MiB volume"));
+        let md = f.metadata().unwrap();
+        assert_eq!((md.len(), md.blocks()), (1 << 20, blocks), "{what}: size and blocks as before");
+        assert_eq!(statfs(&m.mnt).f_bfree, free, "{what}: free space as before");
+    }
+    drop(f);
+    assert!(fs::read(&p).unwrap() == data, "the file's data is intact");
+    m.finish();
+}
+
+#[test]
+fn a_long_symlink_that_fails_with_enospc_leaves_no_name_behind() {
+    let mut m = Mounted::new("64M");
+    let (err, _) = write_until_error(&m, "fill", 1 << 20);
+    assert_eq!(err.raw_os_error(), Some(libc::ENOSPC), "{err}");
+    // Too long for the inode's inline area: the target needs a block of its own.
+    let target = "t/".repeat(2000);
+    let link = m.path("L");
+    assert_errno(std::os::unix::fs::symlink(&target, &link), libc::ENOSPC, "a 4000-byte symlink on a full volume");
+    assert_errno(fs::symlink_metadata(&link), libc::ENOENT, "lstat of the link that failed");
+    assert!(!names(&m.mnt).contains(&"L".to_string()), "the failed link is not listed: {:?}", names(&m.mnt));
+    m.remount();
+    assert!(!names(&m.mnt).contains(&"L".to_string()), "after a remount either: {:?}", names(&m.mnt));
+    // The name is free: once there is room, the same link can be made.
+    fs::remove_file(m.path("fill")).unwrap();
+    std::os::unix::fs::symlink(&target, &link).expect("the same symlink once there is room");
+    m.check_across_remount(|m| assert_eq!(fs::read_link(m.path("L")).unwrap().to_str(), Some(target.as_str())));
+}

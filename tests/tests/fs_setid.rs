@@ -1,5 +1,6 @@
-//! End-to-end tests on a real FUSE mount: what writes, truncates and chowns take from a file —
-//! the set-ID bits and the file capabilities — follow the VFS's rules. mafs asks the kernel for
+//! End-to-end tests on a real FUSE mount: what writes, truncates, chowns, fallocates and ACL
+//! changes take from a file — the set-ID bits and the file capabilities — follow the VFS's
+//! rules, and the kernel shows the result at once. mafs asks the kernel for
 //! FUSE_HANDLE_KILLPRIV_V2 (fs/src/fuse/killpriv.rs), so these rules are ours to keep, not the
 //! kernel's. "nobody" (uid 65534) stands for a writer without CAP_FSETID.
 use mafs_tests::fs_mount::*;
@@ -111,4 +112,89 @@ fn file_capabilities_go_on_any_write_truncate_or_chown_and_survive_otherwise() {
         assert_eq!(getcap(&m.path(n)), "", "{n} must have lost its capabilities");
         assert!(getxattr(&m.path(n), "security.capability").is_err());
     }
+}
+
+/// The mode as `stat -c %a` sees it: statx asking for STATX_MODE only, so the kernel answers
+/// from its attribute cache whenever that is still valid (a full stat would refresh it after a
+/// write, since a write invalidates the cached size and times).
+fn cached_mode(p: &Path) -> u32 {
+    let c = cstr(p);
+    // SAFETY: zeroed statx is a valid out-buffer; c is a valid C string.
+    let mut stx: libc::statx = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::statx(libc::AT_FDCWD, c.as_ptr(), 0, libc::STATX_MODE, &mut stx) };
+    assert_eq!(rc, 0, "statx {}: {}", p.display(), std::io::Error::last_os_error());
+    stx.stx_mode as u32 & 0o7777
+}
+
+/// A file of nobody's with `mode` (chown first: a chown drops set-ID bits itself).
+fn nobodys_file(m: &Mounted, name: &str, mode: u32) -> std::path::PathBuf {
+    let p = m.path(name);
+    fs::write(&p, vec![b'x'; 8192]).unwrap();
+    std::os::unix::fs::chown(&p, Some(65534), Some(65534)).unwrap();
+    fs::set_permissions(&p, fs::Permissions::from_mode(mode)).unwrap();
+    assert_eq!(cached_mode(&p), mode, "chmod {mode:o}");
+    p
+}
+
+#[test]
+fn the_kernel_does_not_keep_showing_setid_bits_that_a_write_dropped() {
+    let m = Mounted::new("64M");
+    // generic/355: a direct write by the owner; and the same through the page cache.
+    let d = nobodys_file(&m, "direct", 0o6777);
+    as_nobody(&format!("dd if=/dev/zero of='{}' bs=4096 count=1 oflag=direct conv=notrunc status=none", d.display()));
+    assert_eq!(cached_mode(&d), 0o0777, "after an O_DIRECT write by nobody");
+    let b = nobodys_file(&m, "buffered", 0o4755);
+    as_nobody(&format!("echo more >> '{}'", b.display()));
+    assert_eq!(cached_mode(&b), 0o0755, "after a buffered write by nobody");
+    assert_eq!(mode(&b), 0o0755);
+    m.finish();
+}
+
+#[test]
+fn fallocate_punch_hole_and_zero_range_by_a_user_without_cap_fsetid_drop_setid_bits() {
+    let m = Mounted::new("64M");
+    // generic/683, 684, 685.
+    for (name, args) in [("alloc", "-o 0 -l 1M"), ("keep", "-n -o 0 -l 1M"), ("punch", "-p -o 0 -l 4096"), ("zero", "-z -o 0 -l 4096")] {
+        let f = nobodys_file(&m, name, 0o6777);
+        as_nobody(&format!("fallocate {args} '{}'", f.display()));
+        assert_eq!(cached_mode(&f), 0o0777, "fallocate {args} by nobody (cached mode)");
+        assert_eq!(mode(&f), 0o0777, "fallocate {args} by nobody");
+        // Root has CAP_FSETID: its fallocate keeps them.
+        let r = nobodys_file(&m, &format!("{name}-root"), 0o6777);
+        let o = Command::new("fallocate").args(args.split(' ')).arg(&r).output().unwrap();
+        assert!(o.status.success(), "fallocate {args}: {}", String::from_utf8_lossy(&o.stderr));
+        assert_eq!(mode(&r), 0o6777, "fallocate {args} by root");
+    }
+    m.finish();
+}
+
+#[test]
+fn setfacl_by_an_owner_outside_the_files_group_drops_setgid() {
+    let m = Mounted::new("64M");
+    // generic/375: nobody owns the files; "outside" is in root's group, which nobody is not in.
+    let file = |name: &str, gid: u32| {
+        let p = m.path(name);
+        fs::write(&p, b"x").unwrap();
+        std::os::unix::fs::chown(&p, Some(65534), Some(gid)).unwrap();
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o2755)).unwrap();
+        p
+    };
+    // A minimal ACL (it becomes the mode) and one with a named entry (stored, with a mask).
+    for (acl, mode_after) in [("u::rwx,g::rwx,o::rwx", 0o777), ("u:65534:rwx,g::rwx,o::rwx", 0o777)] {
+        let f = file("outside", 0);
+        as_nobody(&format!("setfacl -m {acl} '{}'", f.display()));
+        assert_eq!(cached_mode(&f), mode_after, "setfacl -m {acl} by nobody outside the group (cached mode)");
+        assert_eq!(mode(&f), mode_after, "setfacl -m {acl} by nobody outside the group");
+        // In the file's group, the owner keeps it; so does root, who has CAP_FSETID.
+        let g = file("inside", 65534);
+        as_nobody(&format!("setfacl -m {acl} '{}'", g.display()));
+        assert_eq!(mode(&g), 0o2000 | mode_after, "setfacl -m {acl} by nobody in the group");
+        fs::set_permissions(&f, fs::Permissions::from_mode(0o2755)).unwrap();
+        let o = Command::new("setfacl").args(["-m", acl]).arg(&f).output().unwrap();
+        assert!(o.status.success(), "setfacl: {}", String::from_utf8_lossy(&o.stderr));
+        assert_eq!(mode(&f), 0o2000 | mode_after, "setfacl -m {acl} by root");
+        fs::remove_file(&f).unwrap();
+        fs::remove_file(&g).unwrap();
+    }
+    m.finish();
 }

@@ -59,7 +59,7 @@ pub fn extents_in(t: &TreeRead, from: u64, to: u64, max: usize) -> Result<Vec<Ex
     Ok(out)
 }
 
-fn insert_extent(t: &mut TreeWrite, e: Extent) -> Result<()> {
+pub(super) fn insert_extent(t: &mut TreeWrite, e: Extent) -> Result<()> {
     if e.lblk > 0 {
         if let Some(prev) = extent_at(&t.read, e.lblk - 1)? {
             if prev.lblk + prev.len == e.lblk && prev.pblk + prev.len == e.pblk && prev.len + e.len <= MAX_EXTENT {
@@ -144,8 +144,12 @@ impl Fs {
             return Err(FsError::NoSpace);
         }
         let (p, got) = self.vol.alloc.alloc(h, n.min(MAX_EXTENT).min(room), goal, BlockState::Data)?;
-        // Data first, then the mapping (ordered mode).
-        fill(lblk, p, got)?;
+        // Data first, then the mapping (ordered mode). Blocks that could not be filled are
+        // given back, or they would be in use with nothing pointing at them.
+        if let Err(e) = fill(lblk, p, got) {
+            self.vol.alloc.free(h, p, got)?;
+            return Err(e);
+        }
         let mut t = self.tree_mut(h, buf);
         insert_extent(&mut t, Extent { lblk, pblk: p, len: got })?;
         inode.blocks = (inode.blocks as i64 + got as i64 + t.blocks_delta) as u64;
@@ -240,7 +244,7 @@ impl Fs {
         if end > super::MAX_FILE_SIZE {
             return Err(FsError::FileTooBig);
         }
-        let h = self.begin_alloc()?;
+        let h = self.begin_alloc_for(end.div_ceil(BS) - off / BS)?;
         let _g = self.locks.lock(ino, Mode::Exclusive)?;
         let (buf, mut inode) = self.iget(ino)?;
         if inode.is_dir() {
@@ -410,7 +414,7 @@ impl Fs {
                 return Ok(());
             }
         }
-        let h = self.begin_alloc()?;
+        let h = self.begin_alloc_for(end.div_ceil(BS) - off / BS)?;
         let _g = self.locks.lock(ino, Mode::Exclusive)?;
         let (buf, mut inode) = self.iget(ino)?;
         if !inode.is_reg() {
@@ -424,29 +428,9 @@ impl Fs {
             if end > inode.size && !mode.keep_size {
                 self.zero_beyond_eof(&buf, &inode, inode.size, end)?;
             }
-            let mut lblk = off / BS;
-            let last = end.div_ceil(BS);
-            while lblk < last {
-                let t = self.tree(&buf);
-                if let Some(e) = extent_at(&t, lblk)? {
-                    lblk = e.lblk + e.len;
-                    continue;
-                }
-                let mut next = u64::MAX;
-                t.scan(lblk + 1, &mut |k, _| {
-                    next = k;
-                    false
-                })?;
-                let hole_end = next.min(last);
-                let dev = &self.vol.dev;
-                match self.fill_hole(&h, &buf, &mut inode, lblk, hole_end - lblk, &mut |_, p, n| dev.zero_range(p * BS, n * BS)) {
-                    Ok(got) => lblk += got,
-                    Err(e) => {
-                        // Blocks already mapped stay (beyond EOF if KEEP_SIZE-like), counted.
-                        self.iput(&h, &buf, &inode);
-                        return Err(e);
-                    }
-                }
+            if let Err(e) = self.allocate_range(&h, &buf, &mut inode, off / BS, end.div_ceil(BS)) {
+                self.iput(&h, &buf, &inode);
+                return Err(e);
             }
         }
         if !mode.keep_size && end > inode.size {
@@ -457,6 +441,43 @@ impl Fs {
             inode.mtime = inode.ctime;
         }
         self.iput(&h, &buf, &inode);
+        Ok(())
+    }
+
+    /// Allocates zeroed blocks for every hole in logical blocks [from, to). All or nothing: if
+    /// the space runs out partway, what this call mapped is freed again in the same transaction
+    /// (a failed fallocate must not leave a partial allocation that only a delete gets back).
+    fn allocate_range(&self, h: &Handle, buf: &Arc<MetaBuf>, inode: &mut Inode, from: u64, to: u64) -> Result<()> {
+        let mut mapped: Vec<(u64, u64)> = Vec::new();
+        let r = self.fill_holes(h, buf, inode, from, to, &mut mapped);
+        if r.is_err() {
+            for &(lblk, n) in &mapped {
+                self.free_blocks_range(h, buf, inode, lblk, lblk + n, usize::MAX)?;
+            }
+        }
+        r
+    }
+
+    /// Fills the holes of [from, to) with zeroed blocks, recording each new run in `mapped`.
+    fn fill_holes(&self, h: &Handle, buf: &Arc<MetaBuf>, inode: &mut Inode, from: u64, to: u64, mapped: &mut Vec<(u64, u64)>) -> Result<()> {
+        let mut lblk = from;
+        while lblk < to {
+            let t = self.tree(buf);
+            if let Some(e) = extent_at(&t, lblk)? {
+                lblk = e.lblk + e.len;
+                continue;
+            }
+            let mut next = u64::MAX;
+            t.scan(lblk + 1, &mut |k, _| {
+                next = k;
+                false
+            })?;
+            let hole_end = next.min(to);
+            let dev = &self.vol.dev;
+            let got = self.fill_hole(h, buf, inode, lblk, hole_end - lblk, &mut |_, p, n| dev.zero_range(p * BS, n * BS))?;
+            mapped.push((lblk, got));
+            lblk += got;
+        }
         Ok(())
     }
 

@@ -6,6 +6,7 @@ pub mod attr;
 mod data;
 pub mod namespace;
 mod orphans;
+pub mod symlink;
 
 pub use attr::SetAttr;
 pub use data::{FallocMode, Whence};
@@ -67,11 +68,18 @@ impl Fs {
 
     /// Joins the running transaction for an operation that may allocate: fails with ENOSPC
     /// before changing anything if fewer blocks are available than such an operation can need.
-    /// Blocks freed by an uncommitted transaction become available by committing it, which
-    /// is done here (as ext4 forces a commit before giving up with ENOSPC).
     pub(crate) fn begin_alloc(&self) -> Result<Handle<'_>> {
+        self.begin_alloc_for(0)
+    }
+
+    /// `begin_alloc` for an operation that also wants up to `data_blocks` blocks of file data.
+    /// Blocks freed by an uncommitted transaction become available by committing it; when they
+    /// are what stands between the operation and its blocks, that is done here, before the
+    /// handle is taken (a commit waits for every handle), as ext4 forces a commit before
+    /// giving up with ENOSPC.
+    pub(crate) fn begin_alloc_for(&self, data_blocks: u64) -> Result<Handle<'_>> {
         let alloc = &self.vol.alloc;
-        if alloc.available() <= METADATA_RESERVE && alloc.quarantined() > 0 {
+        if alloc.available() <= data_blocks.saturating_add(METADATA_RESERVE) && alloc.quarantined() > 0 {
             self.vol.commit()?;
         }
         if alloc.available() < METADATA_OP_BLOCKS {

@@ -52,7 +52,13 @@ impl Fs {
         if !matches!(ftype, libc::S_IFREG | libc::S_IFDIR | libc::S_IFLNK | libc::S_IFIFO | libc::S_IFCHR | libc::S_IFBLK | libc::S_IFSOCK) {
             return Err(FsError::Invalid("unknown file type"));
         }
+        if let Some(target) = node.symlink_target {
+            super::symlink::check_target(target)?;
+        }
         let h = self.begin_alloc()?;
+        if let Some(target) = node.symlink_target {
+            self.ensure_room_for_target(target)?;
+        }
         let _pg = self.locks.lock(parent, Mode::Exclusive)?;
         let (pbuf, mut p) = self.iget(parent)?;
         if !p.is_dir() {
@@ -97,6 +103,14 @@ impl Fs {
             parent: if is_dir { parent } else { 0 },
             ..Default::default()
         };
+        if let Some(target) = node.symlink_target {
+            // With the inode, in this transaction: a name must never point at a link whose
+            // target could not be stored.
+            if let Err(e) = self.store_target(&h, &buf, &mut inode, target) {
+                self.drop_new_inode(&h, ino)?;
+                return Err(e);
+            }
+        }
         self.iput(&h, &buf, &inode);
         let mut t = self.tree_mut(&h, &pbuf);
         dir::add(&mut t, name, ino, dir::dtype_of_mode(mode))?;
@@ -108,15 +122,6 @@ impl Fs {
         p.mtime = now;
         p.ctime = now;
         self.iput(&h, &pbuf, &p);
-        drop(h);
-        if let Some(target) = node.symlink_target {
-            if target.is_empty() || target.len() > 4095 {
-                return Err(if target.is_empty() { FsError::NotFound } else { FsError::NameTooLong });
-            }
-            self.write(ino, 0, target)?;
-            let _g = self.locks.lock(ino, Mode::Shared)?;
-            inode = self.iget(ino)?.1;
-        }
         Ok(inode)
     }
 

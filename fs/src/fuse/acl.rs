@@ -140,8 +140,9 @@ pub fn chmod(fs: &Fs, ino: u64, mode: u32) -> Result<()> {
 }
 
 /// setxattr, with ACL names validated and the mode kept in step with an access ACL; an ACL
-/// that says no more than the mode is not stored (as on ext4).
-pub fn setxattr(fs: &Fs, ino: u64, name: &[u8], value: &[u8], how: XattrSet) -> Result<()> {
+/// that says no more than the mode is not stored (as on ext4). `may_keep_setgid(gid)` tells
+/// whether the caller may leave set-group-ID on a file of group `gid` (posix_acl_update_mode).
+pub fn setxattr(fs: &Fs, ino: u64, name: &[u8], value: &[u8], how: XattrSet, may_keep_setgid: &dyn Fn(u32) -> bool) -> Result<()> {
     if name == ACCESS || name == DEFAULT {
         if value.is_empty() {
             // An empty ACL removes it (what setfacl -b / -k send for some types).
@@ -153,7 +154,10 @@ pub fn setxattr(fs: &Fs, ino: u64, name: &[u8], value: &[u8], how: XattrSet) -> 
             return Err(if value.is_empty() { FsError::Invalid("default ACL on a non-directory") } else { FsError::NotPermitted });
         }
         if name == ACCESS {
-            let mode = (inode.mode & !0o777) | mode_of(&es);
+            let mut mode = (inode.mode & !0o777) | mode_of(&es);
+            if mode & libc::S_ISGID != 0 && !may_keep_setgid(inode.gid) {
+                mode &= !libc::S_ISGID;
+            }
             fs.setattr(ino, &SetAttr { mode: Some(mode & 0o7777), ..Default::default() })?;
             if is_minimal(&es) {
                 return match fs.setxattr(ino, name, None, XattrSet::Any) {

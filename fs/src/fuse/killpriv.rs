@@ -9,7 +9,16 @@
 //! - chown of a non-directory always drops them (`notify_change` with ATTR_KILL_SUID);
 //! - a truncate drops them when the caller lacks CAP_FSETID (`should_remove_suid`), read from
 //!   `/proc/<pid>/status`;
+//! - a fallocate (any mode: allocate, punch hole, zero range) drops them when the caller lacks
+//!   CAP_FSETID (`file_modified`, as ext4 and xfs call it); the kernel sends no flag for this;
+//! - setting an access ACL drops set-group-ID when the caller is neither in the file's group
+//!   nor has CAP_FSETID (`posix_acl_update_mode`); the kernel says so only with
+//!   FUSE_SETXATTR_EXT, which fuser 0.18 cannot take;
 //! - the capability xattr goes on every write, truncate and chown, whoever makes it.
+//!
+//! The kernel keeps its own copy of the mode and learns of none of these drops made in a WRITE
+//! or FALLOCATE (their replies carry no attributes), so files with such bits get attributes
+//! with no cache lifetime (`fuse/mod.rs`, `attr_ttl`).
 use fuser::{Request, WriteFlags};
 
 /// `CAP_FSETID` from linux/capability.h: keeps set-ID bits across writes and truncates.
@@ -29,16 +38,35 @@ pub fn setattr_kills(req: &Request, mode: Option<u32>, owner_changes: bool, trun
     Some(owner_changes || !has_cap_fsetid(req))
 }
 
+/// Whether a fallocate must drop the set-ID bits.
+pub fn fallocate_kills_setid(req: &Request) -> bool {
+    !has_cap_fsetid(req)
+}
+
+/// Whether setting an access ACL on a file of group `gid` may leave set-group-ID in place:
+/// the caller is in that group (its filesystem gid or a supplementary group) or has CAP_FSETID.
+pub fn may_keep_setgid(req: &Request, gid: u32) -> bool {
+    if req.gid() == gid || has_cap_fsetid(req) {
+        return true;
+    }
+    match status_field(req, "Groups:") {
+        Some(groups) => groups.split_whitespace().any(|g| g.parse::<u32>() == Ok(gid)),
+        None => req.uid() == 0,
+    }
+}
+
 /// Reads the calling thread's effective capabilities; if it is gone already, root stands in for
 /// CAP_FSETID as it does by default.
 fn has_cap_fsetid(req: &Request) -> bool {
-    let caps = std::fs::read_to_string(format!("/proc/{}/status", req.pid())).ok().and_then(|s| {
-        s.lines()
-            .find_map(|l| l.strip_prefix("CapEff:"))
-            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-    });
+    let caps = status_field(req, "CapEff:").and_then(|v| u64::from_str_radix(v.trim(), 16).ok());
     match caps {
         Some(c) => c & (1 << CAP_FSETID) != 0,
         None => req.uid() == 0,
     }
+}
+
+/// A line of the caller's `/proc/<pid>/status`, after its label.
+fn status_field(req: &Request, label: &str) -> Option<String> {
+    let s = std::fs::read_to_string(format!("/proc/{}/status", req.pid())).ok()?;
+    s.lines().find_map(|l| l.strip_prefix(label)).map(str::to_string)
 }

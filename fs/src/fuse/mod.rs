@@ -6,7 +6,8 @@ pub mod mount;
 
 use crate::error::FsError;
 use crate::filesystem::namespace::NewNode;
-use crate::filesystem::{attr::XattrSet, Caller, FallocMode, Fs, SetAttr, Whence};
+use crate::filesystem::attr::{privileged_bits, XattrSet};
+use crate::filesystem::{Caller, FallocMode, Fs, SetAttr, Whence};
 use crate::format::inode::{Inode, Timespec};
 use fuser::{
     AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
@@ -121,9 +122,21 @@ impl MafsFuse {
         }
     }
 
+    /// How long the kernel may trust `i`'s attributes. Not at all for a file with set-ID bits
+    /// that a write or fallocate may drop (killpriv.rs): those replies cannot tell the kernel,
+    /// and a stale set-user-ID bit would show in stat and, worse, count at exec. Such files are
+    /// rare, so the extra GETATTRs cost nothing that matters.
+    fn attr_ttl(&self, i: &Inode) -> Duration {
+        if !i.is_dir() && privileged_bits(i.mode) != 0 {
+            Duration::ZERO
+        } else {
+            self.ttl
+        }
+    }
+
     fn entry(&self, r: Result<Inode, FsError>, reply: ReplyEntry) {
         match r {
-            Ok(i) => reply.entry(&self.ttl, &self.attr(&i), Generation(i.generation)),
+            Ok(i) => reply.entry_with_ttls(&self.attr_ttl(&i), &self.ttl, &self.attr(&i), Generation(i.generation)),
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -184,7 +197,7 @@ impl Filesystem for MafsFuse {
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         match self.fs.getattr(self.ino(ino)) {
-            Ok(i) => reply.attr(&self.ttl, &self.attr(&i)),
+            Ok(i) => reply.attr(&self.attr_ttl(&i), &self.attr(&i)),
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -228,7 +241,7 @@ impl Filesystem for MafsFuse {
             Ok(i)
         });
         match r {
-            Ok(i) => reply.attr(&self.ttl, &self.attr(&i)),
+            Ok(i) => reply.attr(&self.attr_ttl(&i), &self.attr(&i)),
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -351,7 +364,7 @@ impl Filesystem for MafsFuse {
         reply.statfs(s.blocks, s.bfree, s.bfree, s.files, s.ffree, s.bsize, s.namelen, s.bsize)
     }
 
-    fn setxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, value: &[u8], flags: i32, _position: u32, reply: ReplyEmpty) {
+    fn setxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, value: &[u8], flags: i32, _position: u32, reply: ReplyEmpty) {
         let how = if flags & libc::XATTR_CREATE != 0 {
             XattrSet::Create
         } else if flags & libc::XATTR_REPLACE != 0 {
@@ -360,7 +373,7 @@ impl Filesystem for MafsFuse {
             XattrSet::Any
         };
         let ino = self.ino(ino);
-        Self::empty(acl::setxattr(&self.fs, ino, name.as_bytes(), value, how), reply)
+        Self::empty(acl::setxattr(&self.fs, ino, name.as_bytes(), value, how, &|gid| killpriv::may_keep_setgid(req, gid)), reply)
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
@@ -393,13 +406,17 @@ impl Filesystem for MafsFuse {
     fn create(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, _flags: i32, reply: ReplyCreate) {
         let r = self.make(req, parent, name, mode, umask, 0, None).and_then(|i| self.fs.open(i.ino));
         match r {
-            Ok(i) => reply.created(&self.ttl, &self.attr(&i), Generation(i.generation), FileHandle(0), FILE_OPEN_FLAGS),
+            // One lifetime for both name and attributes here: a set-ID file's name is looked up again.
+            Ok(i) => reply.created(&self.attr_ttl(&i), &self.attr(&i), Generation(i.generation), FileHandle(0), FILE_OPEN_FLAGS),
             Err(e) => reply.error(errno(&e)),
         }
     }
 
-    fn fallocate(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, length: u64, mode: i32, reply: ReplyEmpty) {
-        let r = FallocMode::from_flags(mode).and_then(|m| self.fs.fallocate(self.ino(ino), offset, length, m));
+    fn fallocate(&self, req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, length: u64, mode: i32, reply: ReplyEmpty) {
+        let ino = self.ino(ino);
+        let r = FallocMode::from_flags(mode)
+            .and_then(|m| self.fs.kill_privileges(ino, killpriv::fallocate_kills_setid(req)).map(|()| m))
+            .and_then(|m| self.fs.fallocate(ino, offset, length, m));
         Self::empty(r, reply)
     }
 
