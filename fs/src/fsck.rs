@@ -92,6 +92,8 @@ struct Walk {
     disconnected: Vec<u64>,
     /// Inodes listed in an orphan directory (unlinked but open, or mid-truncate).
     orphan_listed: HashSet<u64>,
+    /// Directory entries (dir, key) naming a symlink whose target does not match its size.
+    bad_symlinks: Vec<(u64, u64)>,
     /// Inodes whose extended attribute block cannot be read.
     damaged_xattr: Vec<u64>,
     /// Inodes whose index tree has parts that cannot be read, with the records that can.
@@ -352,6 +354,14 @@ fn visit(cache: &MetaCache, sb: &Superblock, ino: u64, parent: u64, via: Option<
         }
     } else {
         rep.files += 1;
+    }
+    if let Some(why) = crate::filesystem::symlink::target_problem(&t, &inode) {
+        // Nothing to salvage without the target: a repair removes the link (as e2fsck
+        // clears one), through the ordinary unlink so its blocks go with its last name.
+        rep.problems.push(format!("symlink {ino}: {why}; a repair removes it"));
+        if let Some((d, key)) = via {
+            w.bad_symlinks.push((d, key));
+        }
     }
     w.charged.insert(ino, charged);
     w.inodes.insert(ino, inode);
@@ -633,6 +643,23 @@ fn repair_structures(dev: Arc<dyn BlockDevice>, w: &Walk, rep: &mut Report) -> R
         match cut {
             Ok(()) => rep.fixed.push(format!("inode {ino}: dropped its unreadable extended attributes")),
             Err(e) => rep.notes.push(format!("inode {ino}: could not drop its extended attributes ({})", what_is_wrong(&e))),
+        }
+    }
+    for &(d, key) in &w.bad_symlinks {
+        let removed = (|| {
+            let name = {
+                let (buf, _) = fs.iget(d)?;
+                fs.tree(&buf).get(key)?.and_then(|v| dir::decode(key, &v)).map(|e| e.name)
+            };
+            match name {
+                Some(name) => fs.unlink(d, &name, false).map(|()| true),
+                None => Ok(false),
+            }
+        })();
+        match removed {
+            Ok(true) => rep.fixed.push(format!("directory {d}: removed a symlink whose target was damaged")),
+            Ok(false) => {}
+            Err(e) => rep.notes.push(format!("directory {d}: could not remove a damaged symlink ({})", what_is_wrong(&e))),
         }
     }
     for (d, key, why) in &w.bad_entries {

@@ -142,3 +142,17 @@ fn volume_without_any_superblock_cannot_be_checked() {
     assert!(e.to_string().contains("superblock"), "{e}");
     assert!(Volume::open(dev.clone(), 0, "t", 64).is_err());
 }
+
+#[test]
+fn a_symlink_whose_size_does_not_match_its_target_is_found_and_removed() {
+    let dev = new_volume();
+    let target = "/a/long/target/".repeat(40);
+    let ino = with_fs(&dev, |fs| {
+        let n = NewNode { mode: libc::S_IFLNK | 0o777, rdev: 0, symlink_target: Some(target.as_bytes()) };
+        fs.create(fs.root(), b"link", n, ROOT_USER).expect("symlink").ino
+    });
+    // An empty symlink, as an ENOSPC used to leave behind.
+    patch_block(&dev, ino, BlockType::Inode, |b| put_u64(b, 56, 0));
+    repair_fixes(&dev, "symlink");
+    with_fs(&dev, |fs| assert!(fs.lookup(fs.root(), b"link").is_err(), "the broken link is still listed"));
+}
