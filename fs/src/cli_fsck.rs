@@ -2,7 +2,7 @@
 use std::io::IsTerminal;
 use std::path::Path;
 
-pub fn run(volume: &Path, repair: bool) -> anyhow::Result<i32> {
+pub fn run(volume: &Path, repair: bool, override_mmp: bool) -> anyhow::Result<i32> {
     // A large volume takes a while: on a terminal, say how far the scans have come.
     let bar = std::io::stderr().is_terminal().then(|| {
         let b = indicatif::ProgressBar::new(0);
@@ -16,7 +16,7 @@ pub fn run(volume: &Path, repair: bool) -> anyhow::Result<i32> {
             b.set_message(what.to_string());
         }
     };
-    let checked = mafs::fsck::check_path(volume, repair, &progress);
+    let checked = mafs::fsck::check_path(volume, repair, override_mmp, &progress);
     if let Some(b) = &bar {
         b.finish_and_clear();
     }

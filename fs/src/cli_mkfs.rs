@@ -7,7 +7,7 @@ use mafs::mkfs::MkfsOptions;
 use std::path::Path;
 use std::time::Duration;
 
-pub fn run(volume: &Path, size: Option<u64>, opts: &MkfsOptions) -> anyhow::Result<i32> {
+pub fn run(volume: &Path, size: Option<u64>, opts: &MkfsOptions, override_mmp: bool) -> anyhow::Result<i32> {
     let existed = volume.exists();
     if !existed && size.is_none() {
         bail!("{} does not exist: give --size to create a volume file", volume.display());
@@ -30,6 +30,11 @@ pub fn run(volume: &Path, size: Option<u64>, opts: &MkfsOptions) -> anyhow::Resu
         // What the formatted volume will span: a block device whole, a file grown to --size.
         let target = if dev.is_block_device() { dev.size() } else { size.unwrap_or(0).max(dev.size()) };
         mafs::mkfs::check_options(target, opts).with_context(|| format!("cannot format {}", volume.display()))?;
+        // Even --force does not format a volume another host has mounted right now.
+        if let (false, Ok((sb, _))) = (override_mmp, mafs::volume::read_superblock(&dev)) {
+            let slots: Vec<u32> = (0..sb.layout.slot_count).collect();
+            mafs::mmp::ensure_not_live(&dev, &sb, &slots, &mafs::mmp::this_host(), "formatting it").with_context(|| format!("cannot format {}", volume.display()))?;
+        }
         if !opts.force {
             if let Some(what) = mafs::probe::existing_contents(&dev) {
                 bail!("{} already holds {what}; mkfs refuses to overwrite it. Give --force to format it anyway (everything on it will be lost)", volume.display());

@@ -128,9 +128,17 @@ pub type Progress<'a> = &'a dyn Fn(&str, u64, u64);
 
 fn no_progress(_: &str, _: u64, _: u64) {}
 
-pub fn check_path(path: &Path, repair: bool, progress: Progress) -> Result<Report> {
+/// Checks the volume at `path` with it claimed; refuses one that another host has mounted
+/// (multi-mount protection) unless `override_mmp`.
+pub fn check_path(path: &Path, repair: bool, override_mmp: bool, progress: Progress) -> Result<Report> {
     let claim = claim_volume(path, Duration::from_secs(15))?;
     let dev: Arc<dyn BlockDevice> = Arc::new(FileDevice::open(path, &OpenOptions::default())?);
+    if !override_mmp {
+        if let Ok((sb, _)) = read_superblock(&*dev) {
+            let slots: Vec<u32> = (0..sb.layout.slot_count).collect();
+            crate::mmp::ensure_not_live(&*dev, &sb, &slots, &crate::mmp::this_host(), "checking it")?;
+        }
+    }
     let r = check_with(dev, repair, progress);
     drop(claim);
     r
@@ -200,6 +208,8 @@ fn examine(dev: Arc<dyn BlockDevice>, write: bool, progress: Progress) -> Result
                     orphan_dir: sb.lost_found_ino + 1 + s as u64,
                     mounted_at: 0,
                     owner: String::new(),
+                    mmp_seq: 0,
+                    mmp_time: 0,
                 };
                 if write {
                     write_slot(&*dev, &l, &fresh, seed)?;
@@ -212,7 +222,7 @@ fn examine(dev: Arc<dyn BlockDevice>, write: bool, progress: Progress) -> Result
         orphan_dirs.push(hdr.orphan_dir);
         if hdr.state == SlotState::InUse {
             let stats = replay::replay(&*dev, &l, &hdr, seed)?;
-            let clean = SlotHeader { state: SlotState::Clean, journal_tail: 0, tail_seq: stats.next_seq, ..hdr.clone() };
+            let clean = SlotHeader { state: SlotState::Clean, journal_tail: 0, tail_seq: stats.next_seq, mmp_seq: 0, ..hdr.clone() };
             write_slot(&*dev, &l, &clean, seed)?;
             rep.notes.push(format!(
                 "slot {s} ({}) was not unmounted cleanly: {} its {} journal transactions ({} blocks){}",

@@ -12,6 +12,7 @@ pub mod format;
 pub mod journal;
 pub mod locks;
 pub mod mkfs;
+pub mod mmp;
 pub mod probe;
 pub mod volume;
 pub mod xattr;

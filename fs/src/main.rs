@@ -35,20 +35,28 @@ enum Command {
         /// Node slots: how many nodes may mount the volume at once.
         #[arg(long, default_value_t = 8)]
         slots: u32,
+        /// A name for the volume, up to 64 bytes, shown by `mafs info`.
         #[arg(long, default_value = "")]
         label: String,
         /// Journal size per slot, e.g. 32M (default: 32 MiB, less on small volumes).
         #[arg(long, value_parser = size_arg::parse_size)]
         journal_size: Option<u64>,
-        /// Overwrite an existing mafs volume.
+        /// Overwrite whatever the device holds (another filesystem, data, a mafs volume):
+        /// without it mkfs refuses any device that is not empty.
         #[arg(long)]
         force: bool,
+        /// Format even if a slot looks mounted by another host right now (only when that host
+        /// is known dead and cut off from the device).
+        #[arg(long)]
+        override_mmp: bool,
     },
     /// Mount a volume (runs in the foreground until unmounted).
     Mount {
         volume: PathBuf,
         mountpoint: PathBuf,
-        /// Mount without a lock service: this node must be the only one using the volume.
+        /// Mount without a lock service. Required today (cluster mounts through lockd come
+        /// next): this host alone uses the volume, and multi-mount protection refuses a slot
+        /// another host has mounted.
         #[arg(long)]
         standalone: bool,
         /// Bypass the host page cache for device I/O (O_DIRECT).
@@ -66,14 +74,23 @@ enum Command {
         /// Node slot to use (each mounting node needs its own).
         #[arg(long, default_value_t = 0)]
         slot: u32,
+        /// Mount even if the slot looks mounted by another host (only when that host is known
+        /// dead and cut off from the device).
+        #[arg(long)]
+        override_mmp: bool,
     },
     /// Unmount a mafs mount point and wait until its volume is clean.
     Umount { mountpoint: PathBuf },
     /// Check a volume; with --repair, fix what can be fixed. Exit codes follow fsck(8).
     Fsck {
         volume: PathBuf,
+        /// Write the fixes (and replay unclean journals); without it fsck writes nothing.
         #[arg(long)]
         repair: bool,
+        /// Check even if a slot looks mounted by another host (only when that host is known
+        /// dead and cut off from the device).
+        #[arg(long)]
+        override_mmp: bool,
     },
     /// Show the superblock, slots and free space of a volume.
     Info { volume: PathBuf },
@@ -118,11 +135,11 @@ fn prints_and_exits(c: &Command) -> bool {
 
 fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
-        Command::Mkfs { volume, size, slots, label, journal_size, force } => {
+        Command::Mkfs { volume, size, slots, label, journal_size, force, override_mmp } => {
             let opts = mafs::mkfs::MkfsOptions { slots, label, journal_blocks: journal_size.map(|j| (j / 4096) as u32), force };
-            cli_mkfs::run(&volume, size, &opts)
+            cli_mkfs::run(&volume, size, &opts, override_mmp)
         }
-        Command::Mount { volume, mountpoint, standalone, direct_io, threads, commit_interval, attr_timeout, slot } => {
+        Command::Mount { volume, mountpoint, standalone, direct_io, threads, commit_interval, attr_timeout, slot, override_mmp } => {
             if !standalone {
                 anyhow::bail!("cluster mounts (through lockd) are not available yet: mount with --standalone, and only on one node at a time");
             }
@@ -135,6 +152,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                 commit_interval: Duration::from_secs(commit_interval.max(1)),
                 attr_ttl: Duration::from_secs(attr_timeout),
                 node_name: hostname(),
+                override_mmp,
             };
             mafs::fuse::mount::mount(&cfg)?;
             Ok(0)
@@ -152,7 +170,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             }
             Ok(0)
         }
-        Command::Fsck { volume, repair } => cli_fsck::run(&volume, repair),
+        Command::Fsck { volume, repair, override_mmp } => cli_fsck::run(&volume, repair, override_mmp),
         Command::Info { volume } => cli_info::run(&volume),
         Command::Lockd(cmd) => lockd::cli::run_lockd(cmd),
         Command::Lock(cmd) => lockd::cli::run_lock(cmd),
@@ -166,7 +184,7 @@ fn default_threads() -> usize {
 }
 
 fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_else(|_| "localhost".into())
+    mafs::mmp::this_host()
 }
 
 /// The volume file behind a mafs mount point, from /proc/self/mounts.

@@ -146,6 +146,8 @@ pub fn mkfs(dev: &dyn BlockDevice, opts: &MkfsOptions) -> Result<Superblock> {
             orphan_dir: orphan_first + s as u64,
             mounted_at: 0,
             owner: String::new(),
+            mmp_seq: 0,
+            mmp_time: 0,
         };
         let blk = layout.slot_header_blkno(s);
         dev.write_at(&hdr.encode(blk, seed), blk * BLOCK_SIZE as u64)?;

@@ -65,10 +65,42 @@ pub fn read_slot(dev: &dyn BlockDevice, sb: &Superblock, slot: u32) -> Result<Sl
 impl Volume {
     /// Opens the volume through `slot`: replays the slot's journal, then starts a new one.
     pub fn open(dev: Arc<dyn BlockDevice>, slot: u32, owner: &str, cache_blocks: usize) -> Result<Volume> {
+        Self::open_with(dev, slot, owner, cache_blocks, false)
+    }
+
+    /// [`open`](Self::open); with `keep_alive`, the slot's multi-mount protection sequence keeps
+    /// changing while the journal replays (a long replay must not look like a dead node to
+    /// another host; see `crate::mmp`).
+    pub fn open_with(dev: Arc<dyn BlockDevice>, slot: u32, owner: &str, cache_blocks: usize, keep_alive: bool) -> Result<Volume> {
         let (sb, used_backup_superblock) = read_superblock(&*dev)?;
         let seed = sb.crc_seed();
         let hdr = read_slot(&*dev, &sb, slot)?;
-        let replayed = replay::replay(&*dev, &sb.layout, &hdr, seed)?;
+        let replayed = if keep_alive {
+            let done = std::sync::atomic::AtomicBool::new(false);
+            std::thread::scope(|s| {
+                let keeper = s.spawn(|| {
+                    while !done.load(std::sync::atomic::Ordering::Acquire) {
+                        std::thread::park_timeout(crate::mmp::INTERVAL);
+                        if !done.load(std::sync::atomic::Ordering::Acquire) {
+                            if let Err(e) = crate::mmp::touch(&*dev, &sb, slot) {
+                                tracing::warn!("multi-mount protection update failed during replay: {e}");
+                            }
+                        }
+                    }
+                });
+                let r = replay::replay(&*dev, &sb.layout, &hdr, seed);
+                done.store(true, std::sync::atomic::Ordering::Release);
+                keeper.thread().unpark();
+                r
+            })?
+        } else {
+            replay::replay(&*dev, &sb.layout, &hdr, seed)?
+        };
+        // The sequence as the replay left it, so the journal's next value is a change.
+        let hdr = match read_slot(&*dev, &sb, slot) {
+            Ok(now) => SlotHeader { mmp_seq: now.mmp_seq, mmp_time: now.mmp_time, ..hdr },
+            Err(_) => hdr,
+        };
         let cache = Arc::new(MetaCache::new(dev.clone(), seed, cache_blocks));
         let journal = Journal::start(dev.clone(), cache.clone(), sb.layout, seed, hdr, replayed.next_seq, owner)?;
         let alloc = Allocator::open(cache.clone(), sb.layout, slot)?;

@@ -198,6 +198,14 @@ impl BlockDevice for FileDevice {
         Ok(())
     }
 
+    fn forget_cached(&self, offset: u64, len: u64) {
+        if !self.direct {
+            // SAFETY: advisory call on an owned fd; it cannot fail in a way that matters here
+            // (the read that follows goes to the device or the cache either way).
+            unsafe { libc::posix_fadvise(self.file.as_raw_fd(), offset as libc::off_t, len as libc::off_t, libc::POSIX_FADV_DONTNEED) };
+        }
+    }
+
     fn size(&self) -> u64 {
         self.size
     }

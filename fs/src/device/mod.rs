@@ -22,6 +22,9 @@ pub trait BlockDevice: Send + Sync {
     fn flush(&self) -> Result<()>;
     /// Size of the device in bytes.
     fn size(&self) -> u64;
+    /// Drops what this host caches of `len` bytes at `offset`, so the next read sees what
+    /// another host wrote there (multi-mount protection reads a block another host updates).
+    fn forget_cached(&self, _offset: u64, _len: u64) {}
     /// Makes `len` bytes at `offset` read back as zeros. Backends do it without writing the
     /// zeros where they can (fallocate ZERO_RANGE on files, BLKZEROOUT on block devices).
     fn zero_range(&self, offset: u64, len: u64) -> Result<()> {

@@ -29,6 +29,11 @@ pub struct SlotHeader {
     pub orphan_dir: u64,
     pub mounted_at: i64,
     pub owner: String,
+    /// Multi-mount protection: changed by the mounted node every `mmp::INTERVAL`, so another
+    /// host can tell a live mount from a crashed one (see `crate::mmp`). 0 on older volumes.
+    pub mmp_seq: u64,
+    /// Wall-clock seconds of the last `mmp_seq` change, for messages only (clocks differ).
+    pub mmp_time: i64,
 }
 
 impl SlotHeader {
@@ -44,6 +49,8 @@ impl SlotHeader {
         let ob = self.owner.as_bytes();
         let n = ob.len().min(OWNER_LEN);
         b[80..80 + n].copy_from_slice(&ob[..n]);
+        put_u64(&mut b, 144, self.mmp_seq);
+        put_i64(&mut b, 152, self.mmp_time);
         header::seal(&mut b, BlockType::Slot, blkno, self.tail_seq, seed);
         b
     }
@@ -61,6 +68,8 @@ impl SlotHeader {
             orphan_dir: u64_at(b, 64),
             mounted_at: i64_at(b, 72),
             owner: String::from_utf8_lossy(&raw[..end]).into_owned(),
+            mmp_seq: u64_at(b, 144),
+            mmp_time: i64_at(b, 152),
         })
     }
 }

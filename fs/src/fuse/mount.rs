@@ -22,6 +22,8 @@ pub struct MountConfig {
     pub commit_interval: Duration,
     pub attr_ttl: Duration,
     pub node_name: String,
+    /// Mount even if another host's mount of the slot looks alive (it is known dead).
+    pub override_mmp: bool,
 }
 
 pub fn mount(cfg: &MountConfig) -> anyhow::Result<()> {
@@ -37,7 +39,16 @@ pub fn mount(cfg: &MountConfig) -> anyhow::Result<()> {
         FileDevice::open(&cfg.volume, &OpenOptions { direct: cfg.direct_io, ..Default::default() })
             .with_context(|| format!("cannot open volume {}", cfg.volume.display()))?,
     );
-    let vol = Volume::open(dev, cfg.slot, &cfg.node_name, DEFAULT_CACHE_BLOCKS)
+    // Another host may have the slot mounted (a multi-attached device): the flock above does
+    // not reach it, multi-mount protection does.
+    {
+        let (sb, _) = crate::volume::read_superblock(&*dev).with_context(|| format!("cannot mount {}", cfg.volume.display()))?;
+        if !cfg.override_mmp {
+            crate::mmp::ensure_not_live(&*dev, &sb, &[cfg.slot], &cfg.node_name, "mounting it here").with_context(|| format!("cannot mount {}", cfg.volume.display()))?;
+        }
+        crate::mmp::claim(&*dev, &sb, cfg.slot, &cfg.node_name).with_context(|| format!("cannot mount {}", cfg.volume.display()))?;
+    }
+    let vol = Volume::open_with(dev, cfg.slot, &cfg.node_name, DEFAULT_CACHE_BLOCKS, true)
         .with_context(|| format!("cannot mount {}", cfg.volume.display()))?;
     if vol.used_backup_superblock {
         tracing::warn!("primary superblock of {} is damaged; mounted with the backup copy (run `mafs fsck --repair` to rewrite it)", cfg.volume.display());
@@ -81,10 +92,25 @@ pub fn mount(cfg: &MountConfig) -> anyhow::Result<()> {
             fs.committer_stopped();
         })?
     };
+    let mmp = {
+        let (fs, stop) = (fs.clone(), stop.clone());
+        std::thread::Builder::new().name("mafs-mmp".into()).spawn(move || {
+            while !stop.load(Ordering::Acquire) {
+                std::thread::park_timeout(crate::mmp::INTERVAL);
+                if !stop.load(Ordering::Acquire) {
+                    if let Err(e) = fs.vol.journal.touch_mmp() {
+                        tracing::warn!("multi-mount protection update failed: {e}");
+                    }
+                }
+            }
+        })?
+    };
     spawn_signal_unmounter(stop_signals, cfg.mountpoint.clone());
     let result = session.run();
     stop.store(true, Ordering::Release);
     let _ = committer.join();
+    mmp.thread().unpark();
+    let _ = mmp.join();
     // destroy() already closed the volume cleanly if the kernel sent it; close again is a no-op
     // commit plus a clean slot header, and covers the case where it did not.
     let closed = fs.close();

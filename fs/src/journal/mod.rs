@@ -60,6 +60,8 @@ pub struct Journal {
     limit: usize,
     committer: Mutex<Committer>,
     kick: Condvar,
+    /// Serializes slot header writes (see `update_slot`).
+    slot_write: Mutex<()>,
 }
 
 /// The background committer's mailbox.
@@ -92,6 +94,8 @@ impl Journal {
         slot.tail_seq = next_seq;
         slot.mounted_at = crate::format::inode::Timespec::now().sec;
         slot.owner = owner.to_string();
+        slot.mmp_seq = slot.mmp_seq.wrapping_add(1).max(1);
+        slot.mmp_time = slot.mounted_at;
         write_slot(&*dev, &layout, &slot, seed)?;
         let limit = (layout.journal_blocks as usize / 4).max(64);
         Ok(Journal {
@@ -108,6 +112,7 @@ impl Journal {
             limit,
             committer: Mutex::new(Committer::default()),
             kick: Condvar::new(),
+            slot_write: Mutex::new(()),
         })
     }
 
@@ -256,14 +261,11 @@ impl Journal {
             // Wrap: every earlier transaction is already home; make that durable, then move the
             // replay start to the journal's beginning before overwriting it.
             self.dev.flush()?;
-            let slot = {
-                let mut st = self.state.lock();
+            self.update_slot(|st| {
                 st.slot.journal_tail = 0;
                 st.slot.tail_seq = seq;
                 st.head = 0;
-                st.slot.clone()
-            };
-            write_slot(&*self.dev, &self.layout, &slot, self.seed)?;
+            })?;
             head = 0;
         }
         records::build_txn(body, &items, jstart + head, seq, self.seed);
@@ -283,11 +285,31 @@ impl Journal {
     pub fn shutdown(&self) -> Result<()> {
         self.commit()?;
         self.dev.flush()?;
-        let slot = {
-            let mut st = self.state.lock();
+        self.update_slot(|st| {
             st.slot.state = SlotState::Clean;
             st.slot.journal_tail = st.head;
             st.slot.tail_seq = st.next_seq;
+            // 0: cleanly unmounted, nobody to watch for (crate::mmp).
+            st.slot.mmp_seq = 0;
+        })
+    }
+
+    /// Multi-mount protection: shows other hosts that this mount is alive (see `crate::mmp`).
+    pub fn touch_mmp(&self) -> Result<()> {
+        self.update_slot(|st| {
+            st.slot.mmp_seq = st.slot.mmp_seq.wrapping_add(1).max(1);
+            st.slot.mmp_time = crate::format::inode::Timespec::now().sec;
+        })
+    }
+
+    /// Changes the slot header and writes it. The writes are serialized (one block, held only
+    /// for its write): two writers each writing its own copy could land out of order, and an
+    /// older journal tail written last would make a replay start before checkpointed data.
+    fn update_slot(&self, change: impl FnOnce(&mut State)) -> Result<()> {
+        let _one_writer = self.slot_write.lock();
+        let slot = {
+            let mut st = self.state.lock();
+            change(&mut st);
             st.slot.clone()
         };
         write_slot(&*self.dev, &self.layout, &slot, self.seed)
