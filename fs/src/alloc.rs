@@ -257,6 +257,18 @@ impl Allocator {
         }
     }
 
+    /// The bitmap's state of `blk` as of the running transaction (a block freed by it reads
+    /// Free). For file handles, which may name any block number: `NotFound` for a block outside
+    /// every AG rather than a corruption report.
+    pub fn state(&self, blk: u64) -> Result<BlockState> {
+        let a = self.layout.ag_of(blk).ok_or(FsError::NotFound)?;
+        let ag = &self.ags[a as usize];
+        let rel = blk - ag.first;
+        let buf = self.bitmap_buf(ag, rel)?;
+        let data = buf.read();
+        Ok(bitmap_get(&data, rel))
+    }
+
     pub fn ag_index_of(&self, blk: u64) -> Option<u32> {
         self.layout.ag_of(blk).map(|a| self.ags[a as usize].index)
     }

@@ -4,6 +4,7 @@
 //! the metadata cache and returns.
 pub mod attr;
 mod data;
+pub mod export;
 pub mod namespace;
 mod orphans;
 pub mod symlink;

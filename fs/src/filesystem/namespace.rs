@@ -99,7 +99,8 @@ impl Fs {
             ctime: now,
             crtime: now,
             rdev: node.rdev,
-            generation: now.nsec as u64 ^ (now.sec as u64) << 20,
+            // Random, so a handle of a file deleted from this number goes stale (export.rs).
+            generation: super::export::new_generation(),
             parent: if is_dir { parent } else { 0 },
             ..Default::default()
         };

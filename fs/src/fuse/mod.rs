@@ -141,6 +141,21 @@ impl MafsFuse {
         }
     }
 
+    /// Answers a lookup made to decode a file handle naming `node`. An inode that is gone is
+    /// ESTALE (the kernel's word for a handle that names nothing any more), and no negative
+    /// entry: there is no name to cache. The root's block number is never a node id (the root
+    /// is node 1), so a handle holding it names nothing either. The reply counts as a lookup
+    /// like any other, and the kernel's FORGET balances it; mafs keeps no per-lookup state.
+    fn handle_entry(&self, node: INodeNo, find: impl FnOnce(u64) -> Result<Inode, FsError>, reply: ReplyEntry) {
+        if node.0 == self.root && node.0 != 1 {
+            return reply.error(Errno::from_i32(libc::ESTALE));
+        }
+        match find(self.ino(node)) {
+            Err(FsError::NotFound) | Err(FsError::NotDir) => reply.error(Errno::from_i32(libc::ESTALE)),
+            r => self.entry(r, reply),
+        }
+    }
+
     fn empty(r: Result<(), FsError>, reply: ReplyEmpty) {
         match r {
             Ok(()) => reply.ok(),
@@ -177,6 +192,9 @@ impl Filesystem for MafsFuse {
         let _ = config.add_capabilities(InitFlags::FUSE_PARALLEL_DIROPS | InitFlags::FUSE_POSIX_ACL | InitFlags::FUSE_DONT_MASK);
         // Asked on its own: a kernel without it keeps dropping set-ID bits itself (killpriv.rs).
         let _ = config.add_capabilities(InitFlags::FUSE_HANDLE_KILLPRIV_V2);
+        // File handles that outlive the kernel's inode cache and the mount (NFS re-export,
+        // open_by_handle_at): the kernel then asks us for "." and ".." by node id (`lookup`).
+        let _ = config.add_capabilities(InitFlags::FUSE_EXPORT_SUPPORT);
         let _ = config.set_max_write(1 << 20);
         Ok(())
     }
@@ -188,6 +206,14 @@ impl Filesystem for MafsFuse {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        // The VFS resolves "." and ".." of a path itself; it sends them only to decode a file
+        // handle, for a node id it may not know: "." is the inode of that number, whatever its
+        // type, and ".." a directory's parent.
+        match name.as_bytes() {
+            b"." => return self.handle_entry(parent, |ino| self.fs.inode_by_number(ino), reply),
+            b".." => return self.handle_entry(parent, |ino| self.fs.parent_of(ino), reply),
+            _ => {}
+        }
         match self.fs.lookup(self.ino(parent), name.as_bytes()) {
             // A negative entry with a TTL lets the kernel cache "no such name".
             Err(FsError::NotFound) => reply.entry(&self.ttl, &FileAttr { ino: INodeNo(0), ..self.attr(&Inode::default()) }, Generation(0)),
