@@ -14,6 +14,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 mod cli_fsck;
 mod cli_info;
 mod cli_mkfs;
+mod cli_umount;
 mod size_arg;
 
 #[derive(Parser)]
@@ -80,7 +81,13 @@ enum Command {
         override_mmp: bool,
     },
     /// Unmount a mafs mount point and wait until its volume is clean.
-    Umount { mountpoint: PathBuf },
+    Umount {
+        mountpoint: PathBuf,
+        /// Seconds to wait for the mount process to leave the volume clean; past them, say
+        /// what still holds it.
+        #[arg(long, default_value_t = 60)]
+        timeout: u64,
+    },
     /// Check a volume; with --repair, fix what can be fixed. Exit codes follow fsck(8).
     Fsck {
         volume: PathBuf,
@@ -157,18 +164,9 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             mafs::fuse::mount::mount(&cfg)?;
             Ok(0)
         }
-        Command::Umount { mountpoint } => {
+        Command::Umount { mountpoint, timeout } => {
             let volume = mount_source(&mountpoint)?;
-            let c = std::ffi::CString::new(mountpoint.as_os_str().as_encoded_bytes()).context("mount point path has a NUL byte")?;
-            // SAFETY: plain syscall with a valid C string.
-            if unsafe { libc::umount2(c.as_ptr(), 0) } != 0 {
-                return Err(std::io::Error::last_os_error()).with_context(|| format!("cannot unmount {}", mountpoint.display()));
-            }
-            if let Some(v) = volume {
-                // The mount process releases the volume once it has left it clean.
-                drop(mafs::claim::claim_volume(&v, Duration::from_secs(60))?);
-            }
-            Ok(0)
+            cli_umount::run(&mountpoint, volume, Duration::from_secs(timeout))
         }
         Command::Fsck { volume, repair, override_mmp } => cli_fsck::run(&volume, repair, override_mmp),
         Command::Info { volume } => cli_info::run(&volume),

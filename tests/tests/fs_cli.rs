@@ -219,3 +219,18 @@ fn sigint_unmounts_cleanly_from_a_terminal_and_as_a_background_job() {
     let (code, text) = m.fsck();
     assert_eq!(code, 0, "{text}");
 }
+
+#[test]
+fn umount_that_times_out_names_what_still_holds_the_volume() {
+    let m = Mounted::new("64M");
+    // Another mount namespace takes a copy of the mount and keeps it.
+    let mut keeper = Command::new("unshare").args(["-m", "--propagation", "private", "sleep", "60"]).spawn().expect("unshare");
+    std::thread::sleep(Duration::from_millis(500));
+    let out = Command::new(mafs_bin()).arg("umount").arg(&m.mnt).args(["--timeout", "2"]).output().expect("mafs umount");
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(text.contains("mount namespace") && text.contains(&keeper.id().to_string()) && text.contains("nsenter"), "{text}");
+    assert!(!text.contains("in use by another mafs process"), "{text}");
+    let _ = keeper.kill();
+    let _ = keeper.wait();
+}
