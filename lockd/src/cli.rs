@@ -38,7 +38,8 @@ pub struct ServeArgs {
     /// Where the Raft log, hard state and snapshots live (default /var/lib/mafs/lockd-<id>).
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
-    /// Join a running cluster (after `mafs lockd add-member`) instead of bootstrapping.
+    /// Join a running cluster (after `mafs lockd add-member`) instead of bootstrapping; needs
+    /// at least one --peer of a running member.
     #[arg(long)]
     pub join: bool,
     /// Snapshot and compact the log every N applied entries.
@@ -74,6 +75,7 @@ pub enum LockdAction {
     Status {
         #[command(flatten)]
         ep: EndpointArgs,
+        /// Print JSON (for scripts) instead of a table.
         #[arg(long)]
         json: bool,
     },
@@ -84,6 +86,7 @@ pub enum LockdAction {
         /// Only resources whose name starts with this.
         #[arg(long, default_value = "")]
         prefix: String,
+        /// Print JSON (for scripts) instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -91,8 +94,10 @@ pub enum LockdAction {
     AddMember {
         #[command(flatten)]
         ep: EndpointArgs,
+        /// The new replica's id (nonzero, not used by any member).
         #[arg(long)]
         id: u64,
+        /// HOST:PORT where the new replica listens (its --listen).
         #[arg(long)]
         addr: String,
     },
@@ -100,6 +105,7 @@ pub enum LockdAction {
     RemoveMember {
         #[command(flatten)]
         ep: EndpointArgs,
+        /// The id of the replica to remove; it stops taking part once the change commits.
         #[arg(long)]
         id: u64,
     },

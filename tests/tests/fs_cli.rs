@@ -234,3 +234,32 @@ fn umount_that_times_out_names_what_still_holds_the_volume() {
     let _ = keeper.kill();
     let _ = keeper.wait();
 }
+
+#[test]
+fn every_option_of_every_command_has_help_text() {
+    let commands: &[&[&str]] = &[
+        &["mkfs"],
+        &["mount"],
+        &["umount"],
+        &["fsck"],
+        &["info"],
+        &["lockd"],
+        &["lockd", "status"],
+        &["lockd", "dump"],
+        &["lockd", "add-member"],
+        &["lockd", "remove-member"],
+        &["lock"],
+    ];
+    for cmd in commands {
+        let out = Command::new(mafs_bin()).args(*cmd).arg("--help").output().expect("mafs --help");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let lines: Vec<&str> = text.lines().collect();
+        let indent = |l: &str| l.len() - l.trim_start().len();
+        for (i, line) in lines.iter().enumerate().filter(|(_, l)| l.trim_start().starts_with('-')) {
+            // "  -x, --name <VALUE>  what it does", or the text on the lines below, indented more.
+            let same_line = line.trim_start().split("  ").filter(|part| !part.trim().is_empty()).count() >= 2;
+            let below = lines.get(i + 1).is_some_and(|n| !n.trim().is_empty() && !n.trim_start().starts_with('-') && indent(n) > indent(line));
+            assert!(same_line || below, "mafs {}: option without help text: {line:?}", cmd.join(" "));
+        }
+    }
+}
