@@ -199,7 +199,7 @@ fn examine(dev: Arc<dyn BlockDevice>, write: bool, progress: Progress) -> Result
             Ok(h) => h,
             Err(e) => {
                 rep.problems.push(format!("slot {s}: header unreadable ({})", what_is_wrong(&e)));
-                let fresh = SlotHeader {
+                let mut fresh = SlotHeader {
                     index: s,
                     state: SlotState::Clean,
                     generation: 0,
@@ -210,9 +210,11 @@ fn examine(dev: Arc<dyn BlockDevice>, write: bool, progress: Progress) -> Result
                     owner: String::new(),
                     mmp_seq: 0,
                     mmp_time: 0,
+                    update_seq: 0,
                 };
                 if write {
-                    write_slot(&*dev, &l, &fresh, seed)?;
+                    write_slot(&*dev, &l, &mut fresh, seed)?;
+                    write_slot(&*dev, &l, &mut fresh, seed)?;
                     rep.fixed.push(format!("slot {s}: wrote a fresh header (its journal is discarded)"));
                 }
                 orphan_dirs.push(fresh.orphan_dir);
@@ -220,10 +222,20 @@ fn examine(dev: Arc<dyn BlockDevice>, write: bool, progress: Progress) -> Result
             }
         };
         orphan_dirs.push(hdr.orphan_dir);
+        let mut hdr = hdr;
+        if crate::volume::slot_copies_ok(&*dev, &sb, s).contains(&false) {
+            rep.problems.push(format!("slot {s}: one copy of its header is damaged (the other is intact)"));
+            if write {
+                // Two writes: one goes to each copy.
+                write_slot(&*dev, &l, &mut hdr, seed)?;
+                write_slot(&*dev, &l, &mut hdr, seed)?;
+                rep.fixed.push(format!("slot {s}: rewrote both copies of its header"));
+            }
+        }
         if hdr.state == SlotState::InUse {
             let stats = replay::replay(&*dev, &l, &hdr, seed)?;
-            let clean = SlotHeader { state: SlotState::Clean, journal_tail: 0, tail_seq: stats.next_seq, mmp_seq: 0, ..hdr.clone() };
-            write_slot(&*dev, &l, &clean, seed)?;
+            let mut clean = SlotHeader { state: SlotState::Clean, journal_tail: 0, tail_seq: stats.next_seq, mmp_seq: 0, ..hdr.clone() };
+            write_slot(&*dev, &l, &mut clean, seed)?;
             rep.notes.push(format!(
                 "slot {s} ({}) was not unmounted cleanly: {} its {} journal transactions ({} blocks){}",
                 if hdr.owner.is_empty() { "-" } else { &hdr.owner },

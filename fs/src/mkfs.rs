@@ -148,9 +148,13 @@ pub fn mkfs(dev: &dyn BlockDevice, opts: &MkfsOptions) -> Result<Superblock> {
             owner: String::new(),
             mmp_seq: 0,
             mmp_time: 0,
+            update_seq: 0,
         };
-        let blk = layout.slot_header_blkno(s);
-        dev.write_at(&hdr.encode(blk, seed), blk * BLOCK_SIZE as u64)?;
+        // Both copies, equal: a stale copy left in the journal area by an earlier volume
+        // must not outrank the new header.
+        for blk in [layout.slot_header_blkno(s), layout.slot_header_copy_blkno(s)] {
+            dev.write_at(&hdr.encode(blk, seed), blk * BLOCK_SIZE as u64)?;
+        }
     }
     // Superblocks last: until they are written, the device is not a mafs volume.
     dev.flush()?;

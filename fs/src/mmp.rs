@@ -84,7 +84,7 @@ pub fn claim(dev: &dyn BlockDevice, sb: &Superblock, slot: u32, our_host: &str) 
     let mine = u64::from_le_bytes(uuid::Uuid::new_v4().as_bytes()[..8].try_into().unwrap_or([1; 8])).max(1);
     h.mmp_seq = mine;
     h.mmp_time = crate::format::inode::Timespec::now().sec;
-    write_slot(dev, &sb.layout, &h, sb.crc_seed())?;
+    write_slot(dev, &sb.layout, &mut h, sb.crc_seed())?;
     std::thread::sleep(CLAIM_WAIT);
     let now = read_fresh(dev, sb, slot)?;
     if now.mmp_seq != mine {
@@ -99,5 +99,5 @@ pub fn touch(dev: &dyn BlockDevice, sb: &Superblock, slot: u32) -> Result<()> {
     let mut h = read_slot(dev, sb, slot)?;
     h.mmp_seq = h.mmp_seq.wrapping_add(1).max(1);
     h.mmp_time = crate::format::inode::Timespec::now().sec;
-    write_slot(dev, &sb.layout, &h, sb.crc_seed())
+    write_slot(dev, &sb.layout, &mut h, sb.crc_seed())
 }

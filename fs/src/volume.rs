@@ -56,10 +56,32 @@ pub fn read_slot(dev: &dyn BlockDevice, sb: &Superblock, slot: u32) -> Result<Sl
     if slot >= sb.layout.slot_count {
         return Err(FsError::Invalid("slot number beyond the volume's slot count"));
     }
-    let blk = sb.layout.slot_header_blkno(slot);
-    let mut b = vec![0u8; BLOCK_SIZE];
-    dev.read_at(&mut b, blk * BLOCK_SIZE as u64)?;
-    SlotHeader::decode(&b, blk, sb.crc_seed())
+    let read = |blk: u64| -> Result<SlotHeader> {
+        let mut b = vec![0u8; BLOCK_SIZE];
+        dev.read_at(&mut b, blk * BLOCK_SIZE as u64)?;
+        SlotHeader::decode(&b, blk, sb.crc_seed()).and_then(|h| {
+            if h.index == slot {
+                Ok(h)
+            } else {
+                Err(FsError::corrupt(blk, format!("slot header copy names slot {} instead of {slot}", h.index)))
+            }
+        })
+    };
+    // The newer valid copy; one torn by a crash mid-write leaves the other, one version older.
+    match (read(sb.layout.slot_header_blkno(slot)), read(sb.layout.slot_header_copy_blkno(slot))) {
+        (Ok(a), Ok(b)) => Ok(if b.update_seq > a.update_seq { b } else { a }),
+        (Ok(a), Err(_)) => Ok(a),
+        (Err(_), Ok(b)) => Ok(b),
+        (Err(e), Err(_)) => Err(e),
+    }
+}
+
+/// Whether each copy of `slot`'s header verifies (fsck reports a damaged one).
+pub fn slot_copies_ok(dev: &dyn BlockDevice, sb: &Superblock, slot: u32) -> [bool; 2] {
+    [sb.layout.slot_header_blkno(slot), sb.layout.slot_header_copy_blkno(slot)].map(|blk| {
+        let mut b = vec![0u8; BLOCK_SIZE];
+        dev.read_at(&mut b, blk * BLOCK_SIZE as u64).is_ok() && SlotHeader::decode(&b, blk, sb.crc_seed()).is_ok_and(|h| h.index == slot)
+    })
 }
 
 impl Volume {
@@ -98,7 +120,8 @@ impl Volume {
         };
         // The sequence as the replay left it, so the journal's next value is a change.
         let hdr = match read_slot(&*dev, &sb, slot) {
-            Ok(now) => SlotHeader { mmp_seq: now.mmp_seq, mmp_time: now.mmp_time, ..hdr },
+            // And its version: the journal's first write must be newer than the replay's last.
+            Ok(now) => SlotHeader { mmp_seq: now.mmp_seq, mmp_time: now.mmp_time, update_seq: now.update_seq, ..hdr },
             Err(_) => hdr,
         };
         let cache = Arc::new(MetaCache::new(dev.clone(), seed, cache_blocks));

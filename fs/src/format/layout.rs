@@ -99,8 +99,23 @@ impl Layout {
         self.slot_table_start + slot as u64
     }
 
+    /// Where the second copy of `slot`'s header lives: the last block of its journal area,
+    /// which the journal ring leaves alone (see [`journal_ring`](Self::journal_ring)).
+    pub fn slot_header_copy_blkno(&self, slot: u32) -> u64 {
+        self.journal_start + (slot as u64 + 1) * self.journal_blocks as u64 - 1
+    }
+
+    /// The whole journal area of `slot`: replay reads all of it, so transactions written before
+    /// the header's second copy took the last block still replay.
     pub fn journal_range(&self, slot: u32) -> (u64, u32) {
         (self.journal_start + slot as u64 * self.journal_blocks as u64, self.journal_blocks)
+    }
+
+    /// The part of `slot`'s journal area that new transactions use: all but the last block,
+    /// which holds the second copy of the slot header.
+    pub fn journal_ring(&self, slot: u32) -> (u64, u32) {
+        let (start, len) = self.journal_range(slot);
+        (start, len - 1)
     }
 
     pub fn ag_first_block(&self, ag: u32) -> u64 {

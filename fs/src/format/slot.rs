@@ -34,6 +34,10 @@ pub struct SlotHeader {
     pub mmp_seq: u64,
     /// Wall-clock seconds of the last `mmp_seq` change, for messages only (clocks differ).
     pub mmp_time: i64,
+    /// Version of this header: each write goes to the copy the previous one did not use (even:
+    /// the slot table block, odd: the last block of the slot's journal area), and a reader
+    /// takes the valid copy with the highest version.
+    pub update_seq: u64,
 }
 
 impl SlotHeader {
@@ -51,6 +55,7 @@ impl SlotHeader {
         b[80..80 + n].copy_from_slice(&ob[..n]);
         put_u64(&mut b, 144, self.mmp_seq);
         put_i64(&mut b, 152, self.mmp_time);
+        put_u64(&mut b, 160, self.update_seq);
         header::seal(&mut b, BlockType::Slot, blkno, self.tail_seq, seed);
         b
     }
@@ -70,6 +75,7 @@ impl SlotHeader {
             owner: String::from_utf8_lossy(&raw[..end]).into_owned(),
             mmp_seq: u64_at(b, 144),
             mmp_time: i64_at(b, 152),
+            update_seq: u64_at(b, 160),
         })
     }
 }

@@ -96,7 +96,7 @@ impl Journal {
         slot.owner = owner.to_string();
         slot.mmp_seq = slot.mmp_seq.wrapping_add(1).max(1);
         slot.mmp_time = slot.mounted_at;
-        write_slot(&*dev, &layout, &slot, seed)?;
+        write_slot(&*dev, &layout, &mut slot, seed)?;
         let limit = (layout.journal_blocks as usize / 4).max(64);
         Ok(Journal {
             dev,
@@ -250,7 +250,7 @@ impl Journal {
     fn write_txn(&self, body: &mut Vec<u8>, seq: u64, images: &[(u64, Vec<u8>)], revokes: &[u64]) -> Result<()> {
         let items: Vec<(u64, Option<&[u8]>)> =
             revokes.iter().map(|r| (*r, None)).chain(images.iter().map(|(b, img)| (*b, Some(img.as_slice())))).collect();
-        let (jstart, jlen) = self.layout.journal_range(self.state.lock().slot.index);
+        let (jstart, jlen) = self.layout.journal_ring(self.state.lock().slot.index);
         let ndesc = items.len().div_ceil(records::DESC_CAPACITY).max(1);
         let total = (ndesc + images.len() + 1) as u64;
         if total > jlen as u64 {
@@ -307,12 +307,15 @@ impl Journal {
     /// older journal tail written last would make a replay start before checkpointed data.
     fn update_slot(&self, change: impl FnOnce(&mut State)) -> Result<()> {
         let _one_writer = self.slot_write.lock();
-        let slot = {
+        let mut slot = {
             let mut st = self.state.lock();
             change(&mut st);
             st.slot.clone()
         };
-        write_slot(&*self.dev, &self.layout, &slot, self.seed)
+        let written = write_slot(&*self.dev, &self.layout, &mut slot, self.seed);
+        // The version moves on even if the write failed: the next one must not reuse its copy.
+        self.state.lock().slot.update_seq = slot.update_seq;
+        written
     }
 }
 
@@ -338,8 +341,13 @@ fn write_home(dev: &dyn BlockDevice, images: &[(u64, Vec<u8>)], run: &mut Vec<u8
     Ok(())
 }
 
-pub fn write_slot(dev: &dyn BlockDevice, layout: &Layout, slot: &SlotHeader, seed: u32) -> Result<()> {
-    let blk = layout.slot_header_blkno(slot.index);
+/// Writes the next version of a slot header. The two copies take turns (by `update_seq`), so
+/// a write torn by a crash damages only the copy being written, and the other still holds the
+/// previous version whole: the journal tail it names is never lost.
+/// `slot.update_seq` is advanced to the version written.
+pub fn write_slot(dev: &dyn BlockDevice, layout: &Layout, slot: &mut SlotHeader, seed: u32) -> Result<()> {
+    slot.update_seq += 1;
+    let blk = if slot.update_seq % 2 == 0 { layout.slot_header_blkno(slot.index) } else { layout.slot_header_copy_blkno(slot.index) };
     dev.write_at(&slot.encode(blk, seed), blk * BLOCK_SIZE as u64)?;
     dev.flush()
 }
