@@ -8,7 +8,8 @@ use std::path::Path;
 use std::time::Duration;
 
 pub fn run(volume: &Path, size: Option<u64>, opts: &MkfsOptions, override_mmp: bool) -> anyhow::Result<i32> {
-    let existed = volume.exists();
+    // A dangling symlink exists too: mkfs must neither format its target nor remove it.
+    let existed = volume.symlink_metadata().is_ok();
     if !existed && size.is_none() {
         bail!("{} does not exist: give --size to create a volume file", volume.display());
     }

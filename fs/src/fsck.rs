@@ -92,8 +92,8 @@ struct Walk {
     disconnected: Vec<u64>,
     /// Inodes listed in an orphan directory (unlinked but open, or mid-truncate).
     orphan_listed: HashSet<u64>,
-    /// Directory entries (dir, key) naming a symlink whose target does not match its size.
-    bad_symlinks: Vec<(u64, u64)>,
+    /// Symlinks whose target does not match their size (their entries are in `bad_entries`).
+    cut_symlinks: Vec<u64>,
     /// Inodes whose extended attribute block cannot be read.
     damaged_xattr: Vec<u64>,
     /// Inodes whose index tree has parts that cannot be read, with the records that can.
@@ -132,7 +132,8 @@ fn no_progress(_: &str, _: u64, _: u64) {}
 /// (multi-mount protection) unless `override_mmp`.
 pub fn check_path(path: &Path, repair: bool, override_mmp: bool, progress: Progress) -> Result<Report> {
     let claim = claim_volume(path, Duration::from_secs(15))?;
-    let dev: Arc<dyn BlockDevice> = Arc::new(FileDevice::open(path, &OpenOptions::default())?);
+    // A check alone may be of a read-only device or image.
+    let dev: Arc<dyn BlockDevice> = Arc::new(FileDevice::open(path, &OpenOptions { read_only: !repair, ..Default::default() })?);
     if !override_mmp {
         if let Ok((sb, _)) = read_superblock(&*dev) {
             let slots: Vec<u32> = (0..sb.layout.slot_count).collect();
@@ -153,13 +154,13 @@ pub fn check_with(dev: Arc<dyn BlockDevice>, repair: bool, progress: Progress) -
     if !repair {
         return Ok(examine(Arc::new(OverlayDevice::new(dev)), false)?.rep);
     }
-    let first = examine(dev.clone(), true)?;
-    let mut rep = first.rep;
+    let mut first = examine(dev.clone(), true)?;
+    let mut rep = std::mem::take(&mut first.rep);
     if rep.problems.is_empty() {
         return Ok(rep);
     }
     rebuild_alloc_metadata(&*dev, &first.sb, &first.walk, &mut rep)?;
-    repair_structures(dev.clone(), &first.walk, &mut rep)?;
+    repair_structures(dev.clone(), &first, &mut rep)?;
     let second = examine(dev.clone(), true)?;
     apply_repairs(dev.clone(), &second, &mut rep)?;
     let last = examine(Arc::new(OverlayDevice::new(dev)), false)?;
@@ -382,8 +383,9 @@ fn visit(cache: &MetaCache, sb: &Superblock, ino: u64, parent: u64, via: Option<
         // clears one), through the ordinary unlink so its blocks go with its last name.
         rep.problems.push(format!("symlink {ino}: {why}; a repair removes it"));
         if let Some((d, key)) = via {
-            w.bad_symlinks.push((d, key));
+            w.bad_entries.push((d, key, format!("symlink {ino} whose target was damaged")));
         }
+        w.cut_symlinks.push(ino);
     }
     w.charged.insert(ino, charged);
     w.inodes.insert(ino, inode);
@@ -644,9 +646,13 @@ fn rebuild_alloc_metadata(dev: &dyn BlockDevice, sb: &Superblock, w: &Walk, rep:
 /// attribute block is dropped, a damaged index tree is rebuilt from its readable records, and
 /// directory entries that point at nothing valid are removed. Frees nothing: the next walk
 /// decides what is no longer in use.
-fn repair_structures(dev: Arc<dyn BlockDevice>, w: &Walk, rep: &mut Report) -> Result<()> {
+fn repair_structures(dev: Arc<dyn BlockDevice>, ex: &Examined, rep: &mut Report) -> Result<()> {
+    let w = &ex.walk;
     let vol = Volume::open(dev, 0, "fsck", 1 << 16)?;
-    let fs = Fs::new(vol)?;
+    let fs = Fs::without_recovery(vol);
+    // Blocks in use that the bitmaps call free first: the rebuilds below allocate, and must
+    // not be handed a block a file still uses.
+    fix_bitmaps(&fs, &ex.sb, &ex.bitmap_fixes, false, rep)?;
     for (ino, records) in &w.damaged_trees {
         match fs.rebuild_tree(*ino, records) {
             Ok(()) => rep.fixed.push(format!("inode {ino}: rebuilt its index tree from the {} records that could be read", records.len())),
@@ -667,21 +673,23 @@ fn repair_structures(dev: Arc<dyn BlockDevice>, w: &Walk, rep: &mut Report) -> R
             Err(e) => rep.notes.push(format!("inode {ino}: could not drop its extended attributes ({})", what_is_wrong(&e))),
         }
     }
-    for &(d, key) in &w.bad_symlinks {
-        let removed = (|| {
-            let name = {
-                let (buf, _) = fs.iget(d)?;
-                fs.tree(&buf).get(key)?.and_then(|v| dir::decode(key, &v)).map(|e| e.name)
-            };
-            match name {
-                Some(name) => fs.unlink(d, &name, false).map(|()| true),
-                None => Ok(false),
-            }
+    for &ino in &w.cut_symlinks {
+        // Its names go with the bad entries below; here it is emptied and marked deleted, so
+        // the next walk finds it as an unfinished delete and frees its inode block only (the
+        // block its target claimed is freed by the bitmap pass if nothing else uses it).
+        let cut = (|| {
+            let h = fs.begin()?;
+            let _g = fs.locks.lock(ino, Mode::Exclusive)?;
+            let (buf, mut inode) = fs.iget(ino)?;
+            fs.tree_mut(&h, &buf).rebuild(&[])?;
+            inode.nlink = 0;
+            inode.size = 0;
+            fs.iput(&h, &buf, &inode);
+            Ok::<(), FsError>(())
         })();
-        match removed {
-            Ok(true) => rep.fixed.push(format!("directory {d}: removed a symlink whose target was damaged")),
-            Ok(false) => {}
-            Err(e) => rep.notes.push(format!("directory {d}: could not remove a damaged symlink ({})", what_is_wrong(&e))),
+        match cut {
+            Ok(()) => rep.fixed.push(format!("symlink {ino}: removed (its target was damaged)")),
+            Err(e) => rep.notes.push(format!("symlink {ino}: could not remove it ({})", what_is_wrong(&e))),
         }
     }
     for (d, key, why) in &w.bad_entries {
@@ -707,17 +715,14 @@ fn repair_structures(dev: Arc<dyn BlockDevice>, w: &Walk, rep: &mut Report) -> R
     fs.close()
 }
 
-/// Bitmaps, free counts, link and entry counts, disconnected inodes: from a walk of a volume
-/// whose structures are readable again. Leaked blocks are freed only if that walk saw
-/// everything still referenced.
-fn apply_repairs(dev: Arc<dyn BlockDevice>, ex: &Examined, rep: &mut Report) -> Result<()> {
-    let (sb, w) = (&ex.sb, &ex.walk);
-    let vol = Volume::open(dev, 0, "fsck", 1 << 16)?;
-    let fs = Fs::new(vol)?;
+/// Applies bitmap corrections and recounts the AGs they touch. Blocks are marked free only
+/// with `free_leaked` (a walk that saw everything still referenced).
+fn fix_bitmaps(fs: &Fs, sb: &Superblock, fixes: &[BitmapFix], free_leaked: bool, rep: &mut Report) -> Result<()> {
     let mut recount = Vec::new();
     let mut flagged = HashSet::new();
     let mut kept = 0u64;
-    for chunk in ex.bitmap_fixes.chunks(512) {
+    let mut applied = 0u64;
+    for chunk in fixes.chunks(512) {
         let h = fs.begin()?;
         for &(blk, s) in chunk {
             if sb.layout.ag_of(blk).map(|a| sb.layout.ag_first_block(a)) == Some(blk) {
@@ -727,21 +732,22 @@ fn apply_repairs(dev: Arc<dyn BlockDevice>, ex: &Examined, rep: &mut Report) -> 
                 recount.push(a);
                 continue;
             }
-            if s == BlockState::Free && w.incomplete {
+            if s == BlockState::Free && !free_leaked {
                 kept += 1;
                 continue;
             }
             fs.vol.alloc.set_state(&h, blk, s)?;
+            applied += 1;
             if let Some(a) = sb.layout.ag_of(blk) {
                 recount.push(a);
             }
         }
     }
-    if kept > 0 {
-        rep.notes.push(format!("{kept} blocks that look leaked were kept: part of the volume could not be read, and they may still be in use"));
+    if kept > 0 && free_leaked {
+        rep.notes.push(format!("{kept} blocks that look leaked were kept"));
     }
-    if ex.bitmap_fixes.len() as u64 > kept {
-        rep.fixed.push("corrected the allocation bitmaps (leaked blocks freed, used blocks marked)".into());
+    if applied > 0 {
+        rep.fixed.push(format!("corrected the allocation bitmaps ({applied} blocks)"));
     }
     recount.sort_unstable();
     recount.dedup();
@@ -752,6 +758,17 @@ fn apply_repairs(dev: Arc<dyn BlockDevice>, ex: &Examined, rep: &mut Report) -> 
             rep.fixed.push(format!("allocation group {a}: free count {old} -> {new}"));
         }
     }
+    Ok(())
+}
+
+/// Bitmaps, free counts, link and entry counts, disconnected inodes: from a walk of a volume
+/// whose structures are readable again. Leaked blocks are freed only if that walk saw
+/// everything still referenced.
+fn apply_repairs(dev: Arc<dyn BlockDevice>, ex: &Examined, rep: &mut Report) -> Result<()> {
+    let (sb, w) = (&ex.sb, &ex.walk);
+    let vol = Volume::open(dev, 0, "fsck", 1 << 16)?;
+    let fs = Fs::without_recovery(vol);
+    fix_bitmaps(&fs, sb, &ex.bitmap_fixes, !w.incomplete, rep)?;
     for &(ino, nlink, entries, blocks) in &ex.link_fixes {
         if w.disconnected.contains(&ino) {
             continue;

@@ -81,6 +81,8 @@ pub fn ensure_not_live(dev: &dyn BlockDevice, sb: &Superblock, slots: &[u32], ou
 /// sequence and checks, [`CLAIM_WAIT`] later, that no other node has written its own.
 pub fn claim(dev: &dyn BlockDevice, sb: &Superblock, slot: u32, our_host: &str) -> Result<()> {
     let mut h = read_fresh(dev, sb, slot)?;
+    // Named at once: a host the slot's old owner would take for itself must not skip the watch.
+    h.owner = our_host.to_string();
     let mine = u64::from_le_bytes(uuid::Uuid::new_v4().as_bytes()[..8].try_into().unwrap_or([1; 8])).max(1);
     h.mmp_seq = mine;
     h.mmp_time = crate::format::inode::Timespec::now().sec;

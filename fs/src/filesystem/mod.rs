@@ -52,10 +52,17 @@ pub struct Fs {
 impl Fs {
     /// Wraps an opened volume and reclaims inodes left in this slot's orphan directory.
     pub fn new(vol: Volume) -> Result<Fs> {
-        let orphan_dir = vol.journal.slot().orphan_dir;
-        let fs = Fs { vol, locks: InodeLocks::default(), rename_lock: Mutex::new(()), open: Mutex::new(HashMap::new()), orphan_dir };
+        let fs = Self::without_recovery(vol);
         fs.reclaim_orphans()?;
         Ok(fs)
+    }
+
+    /// The filesystem before the orphans of an earlier mount are reclaimed: the mount starts
+    /// its multi-mount protection updates first (a long reclaim must not look like a dead
+    /// node), and fsck repairs without it (a damaged orphan must not stop the repair).
+    pub fn without_recovery(vol: Volume) -> Fs {
+        let orphan_dir = vol.journal.slot().orphan_dir;
+        Fs { vol, locks: InodeLocks::default(), rename_lock: Mutex::new(()), open: Mutex::new(HashMap::new()), orphan_dir }
     }
 
     pub fn root(&self) -> u64 {

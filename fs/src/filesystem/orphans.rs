@@ -106,7 +106,7 @@ impl Fs {
     }
 
     /// At mount: frees everything a previous mount of this slot left orphaned.
-    pub(crate) fn reclaim_orphans(&self) -> Result<()> {
+    pub fn reclaim_orphans(&self) -> Result<()> {
         let (dbuf, _) = self.iget(self.orphan_dir)?;
         let mut inos = Vec::new();
         dir::list(&self.tree(&dbuf), 0, &mut |e| {

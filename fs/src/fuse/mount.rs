@@ -44,7 +44,10 @@ pub fn mount(cfg: &MountConfig) -> anyhow::Result<()> {
     {
         let (sb, _) = crate::volume::read_superblock(&*dev).with_context(|| format!("cannot mount {}", cfg.volume.display()))?;
         if !cfg.override_mmp {
-            crate::mmp::ensure_not_live(&*dev, &sb, &[cfg.slot], &cfg.node_name, "mounting it here").with_context(|| format!("cannot mount {}", cfg.volume.display()))?;
+            // Standalone means this host alone uses the volume: another host's mount of any slot
+            // is as fatal as one of ours.
+            let slots: Vec<u32> = (0..sb.layout.slot_count).collect();
+            crate::mmp::ensure_not_live(&*dev, &sb, &slots, &cfg.node_name, "mounting it here").with_context(|| format!("cannot mount {}", cfg.volume.display()))?;
         }
         crate::mmp::claim(&*dev, &sb, cfg.slot, &cfg.node_name).with_context(|| format!("cannot mount {}", cfg.volume.display()))?;
     }
@@ -56,7 +59,32 @@ pub fn mount(cfg: &MountConfig) -> anyhow::Result<()> {
     if vol.replayed.transactions > 0 {
         tracing::info!("replayed {} journal transactions ({} blocks)", vol.replayed.transactions, vol.replayed.blocks_written);
     }
-    let fs = Arc::new(Fs::new(vol).context("cannot finish recovery of the volume")?);
+    let fs = Arc::new(Fs::without_recovery(vol));
+    // Multi-mount protection from here on, through everything below (orphan reclaim can take a
+    // while, and a silent slot looks like a dead node to other hosts).
+    let stop = Arc::new(AtomicBool::new(false));
+    let mmp = {
+        let (fs, stop) = (fs.clone(), stop.clone());
+        std::thread::Builder::new().name("mafs-mmp".into()).spawn(move || {
+            while !stop.load(Ordering::Acquire) {
+                std::thread::park_timeout(crate::mmp::INTERVAL);
+                if !stop.load(Ordering::Acquire) {
+                    if let Err(e) = fs.vol.journal.touch_mmp() {
+                        tracing::warn!("multi-mount protection update failed: {e}");
+                    }
+                }
+            }
+        })?
+    };
+    let stop_mmp = |mmp: std::thread::JoinHandle<()>| {
+        stop.store(true, Ordering::Release);
+        mmp.thread().unpark();
+        let _ = mmp.join();
+    };
+    if let Err(e) = fs.reclaim_orphans() {
+        stop_mmp(mmp);
+        return Err(e).context("cannot finish recovery of the volume");
+    }
 
     let mut config = Config::default();
     config.n_threads = Some(cfg.threads.max(1));
@@ -73,7 +101,6 @@ pub fn mount(cfg: &MountConfig) -> anyhow::Result<()> {
     let session = fuser::Session::new(MafsFuse::new(fs.clone(), cfg.attr_ttl), &cfg.mountpoint, &config)
         .with_context(|| format!("cannot mount on {}", cfg.mountpoint.display()))?;
 
-    let stop = Arc::new(AtomicBool::new(false));
     let committer = {
         let (fs, stop, every) = (fs.clone(), stop.clone(), cfg.commit_interval);
         std::thread::Builder::new().name("mafs-commit".into()).spawn(move || {
@@ -92,25 +119,10 @@ pub fn mount(cfg: &MountConfig) -> anyhow::Result<()> {
             fs.committer_stopped();
         })?
     };
-    let mmp = {
-        let (fs, stop) = (fs.clone(), stop.clone());
-        std::thread::Builder::new().name("mafs-mmp".into()).spawn(move || {
-            while !stop.load(Ordering::Acquire) {
-                std::thread::park_timeout(crate::mmp::INTERVAL);
-                if !stop.load(Ordering::Acquire) {
-                    if let Err(e) = fs.vol.journal.touch_mmp() {
-                        tracing::warn!("multi-mount protection update failed: {e}");
-                    }
-                }
-            }
-        })?
-    };
     spawn_signal_unmounter(stop_signals, cfg.mountpoint.clone());
     let result = session.run();
-    stop.store(true, Ordering::Release);
+    stop_mmp(mmp);
     let _ = committer.join();
-    mmp.thread().unpark();
-    let _ = mmp.join();
     // destroy() already closed the volume cleanly if the kernel sent it; close again is a no-op
     // commit plus a clean slot header, and covers the case where it did not.
     let closed = fs.close();
@@ -143,13 +155,15 @@ fn spawn_signal_unmounter(set: libc::sigset_t, mountpoint: PathBuf) {
     unsafe {
         let _ = std::thread::Builder::new().name("mafs-signals".into()).spawn(move || {
             let mut sig = 0;
-            if libc::sigwait(&set, &mut sig) == 0 {
+            // Every signal gets its try: one that could not unmount must not leave the next
+            // one blocked forever.
+            while libc::sigwait(&set, &mut sig) == 0 {
                 tracing::info!("signal {sig}: unmounting {}", mountpoint.display());
-                if let Ok(c) = std::ffi::CString::new(mountpoint.as_os_str().as_encoded_bytes()) {
-                    if libc::umount2(c.as_ptr(), 0) != 0 {
-                        libc::umount2(c.as_ptr(), libc::MNT_DETACH);
-                    }
+                let Ok(c) = std::ffi::CString::new(mountpoint.as_os_str().as_encoded_bytes()) else { return };
+                if libc::umount2(c.as_ptr(), 0) == 0 || libc::umount2(c.as_ptr(), libc::MNT_DETACH) == 0 {
+                    return;
                 }
+                tracing::error!("cannot unmount {}: {}", mountpoint.display(), std::io::Error::last_os_error());
             }
         });
     }

@@ -60,8 +60,9 @@ pub struct Journal {
     limit: usize,
     committer: Mutex<Committer>,
     kick: Condvar,
-    /// Serializes slot header writes (see `update_slot`).
-    slot_write: Mutex<()>,
+    /// Serializes slot header writes (see `update_slot`); true once the slot was marked clean:
+    /// from then on another node may own the slot, and nothing of ours may touch its header.
+    slot_write: Mutex<bool>,
 }
 
 /// The background committer's mailbox.
@@ -112,7 +113,7 @@ impl Journal {
             limit,
             committer: Mutex::new(Committer::default()),
             kick: Condvar::new(),
-            slot_write: Mutex::new(()),
+            slot_write: Mutex::new(false),
         })
     }
 
@@ -291,7 +292,9 @@ impl Journal {
             st.slot.tail_seq = st.next_seq;
             // 0: cleanly unmounted, nobody to watch for (crate::mmp).
             st.slot.mmp_seq = 0;
-        })
+        })?;
+        *self.slot_write.lock() = true;
+        Ok(())
     }
 
     /// Multi-mount protection: shows other hosts that this mount is alive (see `crate::mmp`).
@@ -306,7 +309,10 @@ impl Journal {
     /// for its write): two writers each writing its own copy could land out of order, and an
     /// older journal tail written last would make a replay start before checkpointed data.
     fn update_slot(&self, change: impl FnOnce(&mut State)) -> Result<()> {
-        let _one_writer = self.slot_write.lock();
+        let closed = self.slot_write.lock();
+        if *closed {
+            return Ok(());
+        }
         let mut slot = {
             let mut st = self.state.lock();
             change(&mut st);
