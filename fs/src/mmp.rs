@@ -9,9 +9,9 @@
 //! after [`CLAIM_WAIT`]: of two nodes that found the slot free at the same moment, only the
 //! one whose value is still there goes on.
 //!
-//! On the host named as the slot's owner the wait is skipped: the flock that every mount,
-//! mkfs and fsck holds already proves no process there uses the volume. So hostnames must be
-//! unique among the hosts that attach a volume (as they must be for anything else).
+//! On the host named as the slot's owner the wait is skipped when the last update is older
+//! than a watch by that host's own clock: the mount is certainly gone. Otherwise (a crash just
+//! now, or a second path to the same device on one host) it watches like anyone else.
 use crate::error::{FsError, Result};
 use crate::format::slot::{SlotHeader, SlotState};
 use crate::format::superblock::Superblock;
@@ -39,6 +39,15 @@ fn read_fresh(dev: &dyn BlockDevice, sb: &Superblock, slot: u32) -> Result<SlotH
     read_slot(dev, sb, slot)
 }
 
+/// A slot this host owned whose last update is older than a watch, by this host's clock (the
+/// one that wrote it): its mount is certainly gone, no need to watch. On another host the
+/// clocks differ and only watching tells; on this one it still does for a mount that updated
+/// lately (a crash just now, or a second mount through another path to the same device).
+fn silent_here(h: &SlotHeader, our_host: &str) -> bool {
+    let now = crate::format::inode::Timespec::now().sec;
+    h.owner == our_host && now.saturating_sub(h.mmp_time) > WATCH.as_secs() as i64 + 1
+}
+
 fn looks_used(h: &SlotHeader) -> bool {
     h.state == SlotState::InUse || h.mmp_seq != 0
 }
@@ -58,7 +67,7 @@ pub fn ensure_not_live(dev: &dyn BlockDevice, sb: &Superblock, slots: &[u32], ou
     let mut watched = Vec::new();
     for &s in slots {
         if let Ok(h) = read_fresh(dev, sb, s) {
-            if looks_used(&h) && h.owner != our_host {
+            if looks_used(&h) && !silent_here(&h, our_host) {
                 watched.push((s, h));
             }
         }

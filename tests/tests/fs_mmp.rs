@@ -74,3 +74,16 @@ fn another_host_cannot_mount_check_or_format_a_mounted_volume_and_takes_over_a_d
     let (code, text) = m.fsck();
     assert_eq!(code, 0, "{text}");
 }
+
+#[test]
+fn a_second_path_to_the_same_device_on_one_host_is_refused_too() {
+    let m = Mounted::new("256M");
+    let lo = Loop::attach(&m.vol);
+    let mnt2 = m.scratch().join("mnt2");
+    std::fs::create_dir(&mnt2).expect("mkdir");
+    // Same hostname, another file (the loop device): the flock does not see it, MMP does.
+    let out = Command::new(mafs_bin()).args(["mount", &lo.0]).arg(&mnt2).arg("--standalone").stdin(Stdio::null()).output().expect("mount");
+    refused_naming_this_host(&out, "a second mount through a loop device");
+    assert!(!is_mounted(&mnt2));
+    m.finish();
+}
