@@ -515,7 +515,23 @@ async fn membership(
     Ok(0)
 }
 
+/// The signals `mafs lock` passes on to its command, and a terminal sends its foreground job.
+fn job_signals() -> libc::sigset_t {
+    // SAFETY: filling a sigset we own.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT, libc::SIGTSTP, libc::SIGTTIN, libc::SIGTTOU] {
+            libc::sigaddset(&mut set, sig);
+        }
+        set
+    }
+}
+
 pub fn run_lock(cmd: LockCommand) -> anyhow::Result<i32> {
+    // Whoever started us may have these blocked; they must reach us to be passed on.
+    // SAFETY: changing this (only, so far) thread's mask before the runtime starts its threads.
+    unsafe { libc::pthread_sigmask(libc::SIG_UNBLOCK, &job_signals(), std::ptr::null_mut()) };
     init_tracing();
     let code = runtime()?.block_on(lock_and_run(cmd)).unwrap_or_else(|e| {
         eprintln!("mafs lock: {e:#}");
@@ -586,6 +602,12 @@ async fn lock_and_run(cmd: LockCommand) -> anyhow::Result<i32> {
             // does; done by the parent after exec instead, a command that reads the terminal
             // first would be stopped by SIGTTIN. SIGTTOU is blocked for the call.
             if take_terminal {
+                // A foreground job gets the terminal's signals with their default actions, as a
+                // job-control shell gives them: an ignored SIGINT inherited from whoever
+                // started us would make Ctrl-C do nothing while the lock stays held.
+                for sig in [libc::SIGINT, libc::SIGQUIT, libc::SIGTSTP, libc::SIGTTIN, libc::SIGTTOU] {
+                    libc::signal(sig, libc::SIG_DFL);
+                }
                 let mut set: libc::sigset_t = std::mem::zeroed();
                 let mut old: libc::sigset_t = std::mem::zeroed();
                 libc::sigemptyset(&mut set);
@@ -594,6 +616,8 @@ async fn lock_and_run(cmd: LockCommand) -> anyhow::Result<i32> {
                 libc::tcsetpgrp(0, libc::getpid());
                 libc::sigprocmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
             }
+            // Nor may they arrive blocked (a mask is inherited across exec too).
+            libc::sigprocmask(libc::SIG_UNBLOCK, &job_signals(), std::ptr::null_mut());
             Ok(())
         });
     }

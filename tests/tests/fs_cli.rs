@@ -263,3 +263,44 @@ fn every_option_of_every_command_has_help_text() {
         }
     }
 }
+
+#[test]
+fn fsck_of_a_large_volume_shows_its_progress_on_a_terminal() {
+    use std::io::Read;
+    let t = tempfile::tempdir().expect("tempdir");
+    let vol = t.path().join("big.img");
+    let (code, text) = run(&["mkfs", vol.to_str().expect("utf-8"), "--size", "512G", "--slots", "1"], t.path());
+    assert_eq!(code, 0, "{text}");
+    let (mut master, mut slave) = (0, 0);
+    // SAFETY: openpty fills two descriptors we own from here on.
+    assert_eq!(unsafe { libc::openpty(&mut master, &mut slave, std::ptr::null_mut(), std::ptr::null(), std::ptr::null()) }, 0);
+    // SAFETY: fresh descriptors from openpty.
+    let (mut master, slave) = unsafe { (<std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(master), <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(slave)) };
+    let mut child = Command::new(mafs_bin())
+        .arg("fsck")
+        .arg(&vol)
+        .stdin(Stdio::null())
+        .stdout(slave.try_clone().expect("dup"))
+        .stderr(slave)
+        .spawn()
+        .expect("fsck");
+    // Read while it runs: a terminal nobody reads fills up and blocks the writer.
+    let mut seen = Vec::new();
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&master);
+    let st = loop {
+        let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+        // SAFETY: one valid pollfd.
+        if unsafe { libc::poll(&mut pfd, 1, 100) } > 0 {
+            let mut b = [0u8; 4096];
+            if let Ok(n) = master.read(&mut b) {
+                seen.extend_from_slice(&b[..n]);
+            }
+        }
+        if let Some(st) = child.try_wait().expect("wait") {
+            break st;
+        }
+    };
+    assert_eq!(st.code(), Some(0));
+    let seen = String::from_utf8_lossy(&seen);
+    assert!(seen.contains("allocation groups"), "no progress shown: {seen:?}");
+}
