@@ -654,65 +654,50 @@ fn repair_structures(dev: Arc<dyn BlockDevice>, ex: &Examined, rep: &mut Report)
     // not be handed a block a file still uses.
     fix_bitmaps(&fs, &ex.sb, &ex.bitmap_fixes, false, rep)?;
     for (ino, records) in &w.damaged_trees {
-        match fs.rebuild_tree(*ino, records) {
-            Ok(()) => rep.fixed.push(format!("inode {ino}: rebuilt its index tree from the {} records that could be read", records.len())),
-            Err(e) => rep.notes.push(format!("inode {ino}: could not rebuild its index tree ({})", what_is_wrong(&e))),
-        }
+        let done = fs.rebuild_tree(*ino, records).map(|()| Some(format!("inode {ino}: rebuilt its index tree from the {} records that could be read", records.len())));
+        record(rep, done, |e| format!("inode {ino}: could not rebuild its index tree ({e})"));
     }
     for &ino in &w.damaged_xattr {
-        let cut = (|| {
-            let h = fs.begin()?;
-            let _g = fs.locks.lock(ino, Mode::Exclusive)?;
-            let (buf, mut inode) = fs.iget(ino)?;
+        let done = fs.edit_inode(ino, |_, _, inode| {
             inode.xattr_blk = 0;
-            fs.iput(&h, &buf, &inode);
-            Ok::<(), FsError>(())
-        })();
-        match cut {
-            Ok(()) => rep.fixed.push(format!("inode {ino}: dropped its unreadable extended attributes")),
-            Err(e) => rep.notes.push(format!("inode {ino}: could not drop its extended attributes ({})", what_is_wrong(&e))),
-        }
+            Ok(Some(format!("inode {ino}: dropped its unreadable extended attributes")))
+        });
+        record(rep, done, |e| format!("inode {ino}: could not drop its extended attributes ({e})"));
     }
     for &ino in &w.cut_symlinks {
         // Its names go with the bad entries below; here it is emptied and marked deleted, so
         // the next walk finds it as an unfinished delete and frees its inode block only (the
         // block its target claimed is freed by the bitmap pass if nothing else uses it).
-        let cut = (|| {
-            let h = fs.begin()?;
-            let _g = fs.locks.lock(ino, Mode::Exclusive)?;
-            let (buf, mut inode) = fs.iget(ino)?;
-            fs.tree_mut(&h, &buf).rebuild(&[])?;
+        let done = fs.edit_inode(ino, |t, _, inode| {
+            t.rebuild(&[])?;
             inode.nlink = 0;
             inode.size = 0;
-            fs.iput(&h, &buf, &inode);
-            Ok::<(), FsError>(())
-        })();
-        match cut {
-            Ok(()) => rep.fixed.push(format!("symlink {ino}: removed (its target was damaged)")),
-            Err(e) => rep.notes.push(format!("symlink {ino}: could not remove it ({})", what_is_wrong(&e))),
-        }
+            Ok(Some(format!("symlink {ino}: removed (its target was damaged)")))
+        });
+        record(rep, done, |e| format!("symlink {ino}: could not remove it ({e})"));
     }
     for (d, key, why) in &w.bad_entries {
-        let removed = (|| {
-            let h = fs.begin()?;
-            let _g = fs.locks.lock(*d, Mode::Exclusive)?;
-            let (buf, mut inode) = fs.iget(*d)?;
-            let mut t = fs.tree_mut(&h, &buf);
-            let gone = t.remove(*key)?.is_some();
-            if gone {
-                inode.entries = inode.entries.saturating_sub(1);
-                inode.blocks = (inode.blocks as i64 + t.blocks_delta) as u64;
-                fs.iput(&h, &buf, &inode);
+        let done = fs.edit_inode(*d, |t, blocks_delta, inode| {
+            if t.remove(*key)?.is_none() {
+                return Ok(None);
             }
-            Ok::<bool, FsError>(gone)
-        })();
-        match removed {
-            Ok(true) => rep.fixed.push(format!("directory {d}: removed the entry that pointed at {why}")),
-            Ok(false) => {}
-            Err(e) => rep.notes.push(format!("directory {d}: could not remove the entry that points at {why} ({})", what_is_wrong(&e))),
-        }
+            inode.entries = inode.entries.saturating_sub(1);
+            *blocks_delta = true;
+            Ok(Some(format!("directory {d}: removed the entry that pointed at {why}")))
+        });
+        record(rep, done, |e| format!("directory {d}: could not remove the entry that points at {why} ({e})"));
     }
     fs.close()
+}
+
+/// Records a repair step: what it fixed, or, as a note, why it could not (the final check
+/// then reports what is left).
+fn record(rep: &mut Report, done: Result<Option<String>>, failed: impl FnOnce(String) -> String) {
+    match done {
+        Ok(Some(fixed)) => rep.fixed.push(fixed),
+        Ok(None) => {}
+        Err(e) => rep.notes.push(failed(what_is_wrong(&e))),
+    }
 }
 
 /// Applies bitmap corrections and recounts the AGs they touch. Blocks are marked free only
@@ -773,15 +758,14 @@ fn apply_repairs(dev: Arc<dyn BlockDevice>, ex: &Examined, rep: &mut Report) -> 
         if w.disconnected.contains(&ino) {
             continue;
         }
-        let h = fs.begin()?;
-        let _g = fs.locks.lock(ino, Mode::Exclusive)?;
-        let (buf, mut inode) = fs.iget(ino)?;
-        inode.nlink = nlink;
-        if inode.is_dir() {
-            inode.entries = entries;
-        }
-        inode.blocks = blocks;
-        fs.iput(&h, &buf, &inode);
+        fs.edit_inode(ino, |_, _, inode| {
+            inode.nlink = nlink;
+            if inode.is_dir() {
+                inode.entries = entries;
+            }
+            inode.blocks = blocks;
+            Ok(())
+        })?;
         rep.fixed.push(format!("inode {ino}: link count {nlink}, entries {entries}, blocks {blocks}"));
     }
     for &ino in &w.disconnected {
@@ -802,24 +786,36 @@ fn apply_repairs(dev: Arc<dyn BlockDevice>, ex: &Examined, rep: &mut Report) -> 
 }
 
 impl Fs {
+    /// fsck: changes inode `ino` (and, through the tree writer, its index tree) in one
+    /// transaction, taken before the inode lock (fs/src/locks.rs). If `f` sets the flag it is
+    /// given, the tree's node block delta goes into the inode's block count. The inode is
+    /// written back unless `f` fails.
+    fn edit_inode<T>(&self, ino: u64, f: impl FnOnce(&mut crate::btree::TreeWrite, &mut bool, &mut Inode) -> Result<T>) -> Result<T> {
+        let h = self.begin()?;
+        let _g = self.locks.lock(ino, Mode::Exclusive)?;
+        let (buf, mut inode) = self.iget(ino)?;
+        let mut t = self.tree_mut(&h, &buf);
+        let mut count_blocks = false;
+        let out = f(&mut t, &mut count_blocks, &mut inode)?;
+        if count_blocks {
+            inode.blocks = (inode.blocks as i64 + t.blocks_delta) as u64;
+        }
+        self.iput(&h, &buf, &inode);
+        Ok(out)
+    }
+
     /// fsck: replaces an inode's index tree with one holding `records` (what could be read of
     /// a damaged one), a few hundred records per transaction.
     pub(crate) fn rebuild_tree(&self, ino: u64, records: &[(u64, Vec<u8>)]) -> Result<()> {
         let mut chunks = records.chunks(256);
         let first = chunks.next().unwrap_or(&[]);
         for (i, chunk) in std::iter::once(first).chain(chunks).enumerate() {
-            // Transaction first, inode lock second (the lock order of fs/src/locks.rs).
-            let h = self.begin()?;
-            let _g = self.locks.lock(ino, Mode::Exclusive)?;
-            let (buf, _) = self.iget(ino)?;
-            let mut t = self.tree_mut(&h, &buf);
-            if i == 0 {
-                t.rebuild(chunk)?;
-            } else {
-                for (k, v) in chunk {
-                    t.insert(*k, v)?;
+            self.edit_inode(ino, |t, _, _| {
+                if i == 0 {
+                    return t.rebuild(chunk);
                 }
-            }
+                chunk.iter().try_for_each(|(k, v)| t.insert(*k, v).map(drop))
+            })?;
         }
         Ok(())
     }

@@ -347,7 +347,7 @@ pub fn start(
         removed: AtomicBool::new(false),
         removed_peers: RwLock::new(sm.removed.clone()),
     });
-    let replica = Replica {
+    let mut replica = Replica {
         node,
         sm,
         shared: shared.clone(),
@@ -362,7 +362,6 @@ pub fn start(
         last_peer_warning: None,
         cfg,
     };
-    let mut replica = replica;
     if removed {
         replica.become_removed("its data directory says so");
     }
@@ -388,9 +387,7 @@ impl Replica {
         if let Err(e) = &result {
             tracing::error!("raft loop stopped: {e}");
         }
-        for (_, p) in self.pending.drain() {
-            p.fail(LockdError::Shutdown);
-        }
+        self.fail_pending(|| LockdError::Shutdown);
         result
     }
 
@@ -534,11 +531,7 @@ impl Replica {
         }
         if m.to != self.cfg.id {
             // Two replicas share an id, or a peer list maps an id to the wrong address.
-            let quiet = self
-                .last_peer_warning
-                .is_some_and(|t| t.elapsed() < Duration::from_secs(10));
-            if !quiet {
-                self.last_peer_warning = Some(Instant::now());
+            if self.peer_warning_due() {
                 tracing::warn!(
                     me = self.cfg.id,
                     to = m.to,
@@ -578,6 +571,23 @@ impl Replica {
         Ok(())
     }
 
+    /// Whether a warning about peers' messages may be logged now (at most one per 10 s: a
+    /// misconfigured peer sends many messages a second).
+    fn peer_warning_due(&mut self) -> bool {
+        let quiet = self.last_peer_warning.is_some_and(|t| t.elapsed() < Duration::from_secs(10));
+        if !quiet {
+            self.last_peer_warning = Some(Instant::now());
+        }
+        !quiet
+    }
+
+    /// Answers every proposal still waiting with `why()`.
+    fn fail_pending(&mut self, why: impl Fn() -> LockdError) {
+        for (_, p) in self.pending.drain() {
+            p.fail(why());
+        }
+    }
+
     /// A bootstrap replica whose log holds nothing past its initial snapshot does not vote for
     /// a candidate that has history. Either the cluster went on without it (it started late,
     /// and will catch up from the leader without voting), or its data directory was wiped and
@@ -596,11 +606,7 @@ impl Replica {
         if !(is_vote && untouched && m.index > last) {
             return false;
         }
-        let quiet = self
-            .last_peer_warning
-            .is_some_and(|t| t.elapsed() < Duration::from_secs(10));
-        if !quiet {
-            self.last_peer_warning = Some(Instant::now());
+        if self.peer_warning_due() {
             tracing::warn!(
                 candidate = m.from,
                 candidate_last_index = m.index,
@@ -625,9 +631,8 @@ impl Replica {
         );
         self.removed = true;
         self.shared.removed.store(true, Ordering::Relaxed);
-        for (_, p) in self.pending.drain() {
-            p.fail(LockdError::Removed { id: self.cfg.id });
-        }
+        let id = self.cfg.id;
+        self.fail_pending(|| LockdError::Removed { id });
         self.was_leader = false;
         *self.shared.leader.write() = LeaderInfo::default();
         self.shared.leadership.send_modify(|e| *e += 1);
@@ -756,11 +761,9 @@ impl Replica {
         }
         if !leader && self.was_leader {
             let addr = self.leader_addr();
-            for (_, p) in self.pending.drain() {
-                p.fail(LockdError::NotLeader {
-                    leader: addr.clone(),
-                });
-            }
+            self.fail_pending(|| LockdError::NotLeader {
+                leader: addr.clone(),
+            });
         }
         self.was_leader = leader;
         let info = LeaderInfo {

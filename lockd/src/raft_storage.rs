@@ -722,6 +722,12 @@ mod tests {
         dir
     }
 
+    /// What a lost write leaves: `len` zero bytes at `at`.
+    fn zero(path: &Path, at: u64, len: usize) {
+        let f = OpenOptions::new().write(true).open(path).unwrap();
+        f.write_all_at(&vec![0u8; len], at).unwrap();
+    }
+
     fn flip(path: &Path, at: u64) {
         let mut b = fs::read(path).unwrap();
         b[at as usize] ^= 0x40;
@@ -753,9 +759,7 @@ mod tests {
         s.append(&[entry(21, 1, &[7u8; 3000])]).unwrap();
         drop(s);
         // The crash wrote the record's first part only: the rest stayed preallocated zeros.
-        let f = OpenOptions::new().write(true).open(&log).unwrap();
-        f.write_all_at(&[0u8; 2000], end + 1200).unwrap();
-        drop(f);
+        zero(&log, end + 1200, 2000);
         let s = DiskStorage::open(dir.path(), None).unwrap();
         assert_eq!(s.last_log_index(), 20);
         assert_eq!(s.log_end, end);
@@ -825,10 +829,7 @@ mod tests {
         s.set_hard_state(HardState { term: 1, vote: 1, commit: 10, ..Default::default() }).unwrap();
         drop(s);
         // The power loss kept the later sector but not the first one of the batch.
-        let log = dir.path().join(LOG_FILE);
-        let f = OpenOptions::new().write(true).open(&log).unwrap();
-        f.write_all_at(&[0u8; 300], start + 20).unwrap();
-        drop(f);
+        zero(&dir.path().join(LOG_FILE), start + 20, 300);
         let s = DiskStorage::open(dir.path(), None).unwrap();
         assert_eq!(s.last_log_index(), 10);
         assert_eq!(s.log_end, start);
