@@ -237,7 +237,9 @@ impl Allocator {
     /// Makes extents freed by a committed transaction allocatable again.
     pub fn release(&self, freed: &[(u64, u64)]) {
         for &(start, len) in freed {
-            let _ = self.quarantined.fetch_update(std::sync::atomic::Ordering::AcqRel, std::sync::atomic::Ordering::Acquire, |q| Some(q.saturating_sub(len)));
+            let _ = self
+                .quarantined
+                .fetch_update(std::sync::atomic::Ordering::AcqRel, std::sync::atomic::Ordering::Acquire, |q| Some(q.saturating_sub(len)));
             let mut s = start;
             while s < start + len {
                 let Some(a) = self.layout.ag_of(s) else { break };
@@ -459,7 +461,10 @@ mod commit_tests {
                     let want = rng.gen_range(1..80);
                     let goal = if rng.gen_bool(0.5) { rng.gen_range(l.ag_start..l.total_blocks) } else { 0 };
                     let kind = kinds[rng.gen_range(0..3)];
-                    let (s, n) = vol.alloc.alloc(&h, want, goal, kind).unwrap_or_else(|e| panic!("round {round}: {e} with {} blocks in use of {free0}", used.len()));
+                    let (s, n) = vol
+                        .alloc
+                        .alloc(&h, want, goal, kind)
+                        .unwrap_or_else(|e| panic!("round {round}: {e} with {} blocks in use of {free0}", used.len()));
                     assert!(n >= 1 && n <= want, "asked {want}, got {n}");
                     assert_eq!(l.ag_of(s), l.ag_of(s + n - 1), "an extent stays inside one AG");
                     for b in s..s + n {

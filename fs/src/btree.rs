@@ -720,7 +720,11 @@ mod tests {
                         let v = value(&mut rng, k, maxv);
                         assert_eq!(t.insert(k, &v).unwrap(), model.insert(k, v), "insert({k}) old value");
                     } else {
-                        let k = if rng.gen_bool(0.9) { model.range(rng.gen_range(0..KEYS)..).next().or(model.iter().next()).map(|e| *e.0).unwrap() } else { rng.gen_range(0..KEYS) };
+                        let k = if rng.gen_bool(0.9) {
+                            model.range(rng.gen_range(0..KEYS)..).next().or(model.iter().next()).map(|e| *e.0).unwrap()
+                        } else {
+                            rng.gen_range(0..KEYS)
+                        };
                         assert_eq!(t.remove(k).unwrap(), model.remove(&k), "remove({k})");
                     }
                 }

@@ -38,9 +38,11 @@ pub fn claim_volume(path: &Path, wait: Duration) -> Result<VolumeClaim> {
             return Ok(VolumeClaim { _file: file });
         }
         if start.elapsed() >= wait {
-            return Err(FsError::Busy(format!("{} is in use by another mafs process on this machine (mounted, or being checked); unmount it first", path.display())));
+            return Err(FsError::Busy(format!(
+                "{} is in use by another mafs process on this machine (mounted, or being checked); unmount it first",
+                path.display()
+            )));
         }
         std::thread::sleep(Duration::from_millis(50));
     }
 }
-

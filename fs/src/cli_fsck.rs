@@ -6,7 +6,10 @@ pub fn run(volume: &Path, repair: bool, override_mmp: bool) -> anyhow::Result<i3
     // A large volume takes a while: on a terminal, say how far the scans have come.
     let bar = std::io::stderr().is_terminal().then(|| {
         let b = indicatif::ProgressBar::new(0);
-        b.set_style(indicatif::ProgressStyle::with_template("{msg}: {pos}/{len} allocation groups [{bar:30}] {eta}").unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()));
+        b.set_style(
+            indicatif::ProgressStyle::with_template("{msg}: {pos}/{len} allocation groups [{bar:30}] {eta}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
         b
     });
     let progress = |what: &str, done: u64, total: u64| {

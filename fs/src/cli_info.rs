@@ -7,7 +7,8 @@ use std::path::Path;
 
 pub fn run(volume: &Path) -> anyhow::Result<i32> {
     mafs::claim::check_volume_path(volume)?;
-    let dev = FileDevice::open(volume, &OpenOptions { read_only: true, ..Default::default() }).with_context(|| format!("cannot open {}", volume.display()))?;
+    let dev = FileDevice::open(volume, &OpenOptions { read_only: true, ..Default::default() })
+        .with_context(|| format!("cannot open {}", volume.display()))?;
     let (sb, backup) = read_superblock(&dev).with_context(|| format!("{} is not a readable mafs volume", volume.display()))?;
     let l = &sb.layout;
     println!("volume:          {}", volume.display());
@@ -27,7 +28,12 @@ pub fn run(volume: &Path) -> anyhow::Result<i32> {
         free += mafs::format::le::u64_at(&b, mafs::alloc::AGH_FREE);
     }
     let total = l.data_blocks();
-    println!("free space:      {} of {} MiB ({:.1}% used)", free * 4096 >> 20, total * 4096 >> 20, 100.0 * (total - free.min(total)) as f64 / total as f64);
+    println!(
+        "free space:      {} of {} MiB ({:.1}% used)",
+        free * 4096 >> 20,
+        total * 4096 >> 20,
+        100.0 * (total - free.min(total)) as f64 / total as f64
+    );
     println!("slots:");
     for s in 0..l.slot_count {
         match read_slot(&dev, &sb, s) {

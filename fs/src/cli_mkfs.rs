@@ -22,7 +22,8 @@ pub fn run(volume: &Path, size: Option<u64>, opts: &MkfsOptions, override_mmp: b
     // Held while formatting: nothing else on this machine uses the volume meanwhile.
     let _claim = if existed { Some(mafs::claim::claim_volume(volume, Duration::from_secs(1))?) } else { None };
     if existed {
-        let dev = FileDevice::open(volume, &OpenOptions { read_only: true, ..Default::default() }).with_context(|| format!("cannot open {}", volume.display()))?;
+        let dev = FileDevice::open(volume, &OpenOptions { read_only: true, ..Default::default() })
+            .with_context(|| format!("cannot open {}", volume.display()))?;
         if let Some(s) = size {
             if dev.is_block_device() && s > dev.size() {
                 bail!("cannot format {}: the device holds {} bytes, less than --size {s}", volume.display(), dev.size());
@@ -34,7 +35,8 @@ pub fn run(volume: &Path, size: Option<u64>, opts: &MkfsOptions, override_mmp: b
         // Even --force does not format a volume another host has mounted right now.
         if let (false, Ok((sb, _))) = (override_mmp, mafs::volume::read_superblock(&dev)) {
             let slots: Vec<u32> = (0..sb.layout.slot_count).collect();
-            mafs::mmp::ensure_not_live(&dev, &sb, &slots, &mafs::mmp::this_host(), "formatting it").with_context(|| format!("cannot format {}", volume.display()))?;
+            mafs::mmp::ensure_not_live(&dev, &sb, &slots, &mafs::mmp::this_host(), "formatting it")
+                .with_context(|| format!("cannot format {}", volume.display()))?;
         }
         if !opts.force {
             if let Some(what) = mafs::probe::existing_contents(&dev) {
@@ -46,7 +48,8 @@ pub fn run(volume: &Path, size: Option<u64>, opts: &MkfsOptions, override_mmp: b
     }
 
     let formatted = (|| -> anyhow::Result<mafs::format::superblock::Superblock> {
-        let dev = FileDevice::open(volume, &OpenOptions { create: true, size, ..Default::default() }).with_context(|| format!("cannot open {}", volume.display()))?;
+        let dev = FileDevice::open(volume, &OpenOptions { create: true, size, ..Default::default() })
+            .with_context(|| format!("cannot open {}", volume.display()))?;
         if let Some(s) = size {
             if dev.size() < s {
                 bail!("{} holds only {} bytes, less than --size {s}", volume.display(), dev.size());

@@ -5,7 +5,11 @@ use thiserror::Error;
 #[derive(Debug, Error)]
 pub enum FsError {
     #[error("device I/O error at byte {offset}: {source}")]
-    Io { offset: u64, #[source] source: std::io::Error },
+    Io {
+        offset: u64,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("short read at byte {offset}: wanted {wanted} bytes, device ended after {got}")]
     ShortRead { offset: u64, wanted: usize, got: usize },
     #[error("the device is full (ENOSPC) writing at byte {offset}")]

@@ -67,7 +67,9 @@ impl Report {
         let state = match (self.exit_code(), &self.remaining) {
             (0, _) => "clean".to_string(),
             (1, _) => format!("{} problems found and fixed", self.problems.len()),
-            (_, Some(left)) => format!("{} problems found; {} remain after the repair and need a person to look at them", self.problems.len(), left.len()),
+            (_, Some(left)) => {
+                format!("{} problems found; {} remain after the repair and need a person to look at them", self.problems.len(), left.len())
+            }
             (_, None) => format!("{} problems found; run `mafs fsck --repair`", self.problems.len()),
         };
         format!("{state}: {} files, {} directories, {} blocks in use", self.files, self.directories, self.used_blocks)
@@ -274,7 +276,17 @@ fn walk(cache: &MetaCache, sb: &Superblock, orphan_dirs: &[u64], w: &mut Walk, r
 }
 
 #[allow(clippy::too_many_arguments)]
-fn visit(cache: &MetaCache, sb: &Superblock, ino: u64, parent: u64, via: Option<(u64, u64)>, w: &mut Walk, rep: &mut Report, queue: &mut Vec<(u64, u64, Option<(u64, u64)>)>, orphan_dirs: &[u64]) -> Result<()> {
+fn visit(
+    cache: &MetaCache,
+    sb: &Superblock,
+    ino: u64,
+    parent: u64,
+    via: Option<(u64, u64)>,
+    w: &mut Walk,
+    rep: &mut Report,
+    queue: &mut Vec<(u64, u64, Option<(u64, u64)>)>,
+    orphan_dirs: &[u64],
+) -> Result<()> {
     let l = &sb.layout;
     let bad = |w: &mut Walk, rep: &mut Report, why: String| {
         w.incomplete = true;
@@ -339,7 +351,10 @@ fn visit(cache: &MetaCache, sb: &Superblock, ino: u64, parent: u64, via: Option<
         for e in found {
             entries += 1;
             if dir::name_hash(&e.name) != e.key >> 16 || dir::check_name(&e.name).is_err() {
-                rep.problems.push(format!("directory {ino}: entry {:?} is filed under the wrong hash or has an invalid name", String::from_utf8_lossy(&e.name)));
+                rep.problems.push(format!(
+                    "directory {ino}: entry {:?} is filed under the wrong hash or has an invalid name",
+                    String::from_utf8_lossy(&e.name)
+                ));
                 w.bad_entries.push((ino, e.key, "bad name".into()));
                 continue;
             }
@@ -431,7 +446,16 @@ fn claim(w: &mut Walk, rep: &mut Report, blk: u64, s: BlockState, owner: u64, l:
 
 /// Inodes the bitmaps mark in use that the walk never reached.
 #[allow(clippy::too_many_arguments)]
-fn find_disconnected(dev: &dyn BlockDevice, cache: &MetaCache, l: &Layout, seed: u32, orphan_dirs: &[u64], w: &mut Walk, rep: &mut Report, progress: Progress) -> Result<()> {
+fn find_disconnected(
+    dev: &dyn BlockDevice,
+    cache: &MetaCache,
+    l: &Layout,
+    seed: u32,
+    orphan_dirs: &[u64],
+    w: &mut Walk,
+    rep: &mut Report,
+    progress: Progress,
+) -> Result<()> {
     let mut candidates = Vec::new();
     for a in 0..l.ag_count {
         progress("looking for inodes outside the tree", a as u64, l.ag_count as u64);
@@ -450,7 +474,8 @@ fn find_disconnected(dev: &dyn BlockDevice, cache: &MetaCache, l: &Layout, seed:
             continue; // not an inode: compare_bitmaps reports the block as leaked
         }
         let mut queue = Vec::new();
-        let sb = Superblock { uuid: [0; 16], label: String::new(), layout: *l, root_ino: 0, lost_found_ino: 0, created_sec: 0, incompat: 0 };
+        let sb =
+            Superblock { uuid: [0; 16], label: String::new(), layout: *l, root_ino: 0, lost_found_ino: 0, created_sec: 0, incompat: 0 };
         visit(cache, &sb, ino, ino, None, w, rep, &mut queue, orphan_dirs)?;
         // Whatever hangs below a disconnected directory comes along with it.
         let mut seen: HashSet<u64> = HashSet::new();
@@ -492,7 +517,14 @@ fn for_each_state(dev: &dyn BlockDevice, l: &Layout, seed: u32, a: u32, f: &mut 
 /// A bitmap correction: block, state wanted.
 type BitmapFix = (u64, BlockState);
 
-fn compare_bitmaps(dev: &dyn BlockDevice, l: &Layout, seed: u32, w: &mut Walk, rep: &mut Report, progress: Progress) -> Result<Vec<BitmapFix>> {
+fn compare_bitmaps(
+    dev: &dyn BlockDevice,
+    l: &Layout,
+    seed: u32,
+    w: &mut Walk,
+    rep: &mut Report,
+    progress: Progress,
+) -> Result<Vec<BitmapFix>> {
     let mut fixes = Vec::new();
     let overhead = l.ag_overhead() as u64;
     let mut hb = vec![0u8; BLOCK_SIZE];
@@ -505,7 +537,10 @@ fn compare_bitmaps(dev: &dyn BlockDevice, l: &Layout, seed: u32, w: &mut Walk, r
         let header_ok = match header::verify(&hb, BlockType::AgHeader, first, seed) {
             Ok(()) => true,
             Err(e) => {
-                rep.problems.push(format!("allocation group {a}: header cannot be read ({}); a repair rebuilds it from the volume's geometry", what_is_wrong(&e)));
+                rep.problems.push(format!(
+                    "allocation group {a}: header cannot be read ({}); a repair rebuilds it from the volume's geometry",
+                    what_is_wrong(&e)
+                ));
                 w.damaged_alloc.push((a, None));
                 false
             }
@@ -535,7 +570,10 @@ fn compare_bitmaps(dev: &dyn BlockDevice, l: &Layout, seed: u32, w: &mut Walk, r
         });
         let bad_bitmaps = r?;
         for (bi, e) in &bad_bitmaps {
-            rep.problems.push(format!("allocation group {a}: bitmap block {bi} cannot be read ({}); a repair rebuilds it from the walk", what_is_wrong(e)));
+            rep.problems.push(format!(
+                "allocation group {a}: bitmap block {bi} cannot be read ({}); a repair rebuilds it from the walk",
+                what_is_wrong(e)
+            ));
             w.damaged_alloc.push((a, Some(*bi)));
         }
         if !bad_bitmaps.is_empty() {
@@ -654,7 +692,9 @@ fn repair_structures(dev: Arc<dyn BlockDevice>, ex: &Examined, rep: &mut Report)
     // not be handed a block a file still uses.
     fix_bitmaps(&fs, &ex.sb, &ex.bitmap_fixes, false, rep)?;
     for (ino, records) in &w.damaged_trees {
-        let done = fs.rebuild_tree(*ino, records).map(|()| Some(format!("inode {ino}: rebuilt its index tree from the {} records that could be read", records.len())));
+        let done = fs
+            .rebuild_tree(*ino, records)
+            .map(|()| Some(format!("inode {ino}: rebuilt its index tree from the {} records that could be read", records.len())));
         record(rep, done, |e| format!("inode {ino}: could not rebuild its index tree ({e})"));
     }
     for &ino in &w.damaged_xattr {

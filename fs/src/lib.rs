@@ -9,14 +9,14 @@ pub mod dir;
 pub mod error;
 pub mod filesystem;
 pub mod format;
+pub mod fsck;
+pub mod fuse;
 pub mod journal;
 pub mod locks;
 pub mod mkfs;
 pub mod mmp;
 pub mod probe;
-pub mod volume;
-pub mod xattr;
-pub mod fuse;
-pub mod fsck;
 #[cfg(test)]
 mod test_support;
+pub mod volume;
+pub mod xattr;

@@ -148,7 +148,9 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::Mount { volume, mountpoint, standalone, direct_io, threads, commit_interval, attr_timeout, slot, override_mmp } => {
             if !standalone {
-                anyhow::bail!("cluster mounts (through lockd) are not available yet: mount with --standalone, and only on one node at a time");
+                anyhow::bail!(
+                    "cluster mounts (through lockd) are not available yet: mount with --standalone, and only on one node at a time"
+                );
             }
             let cfg = mafs::fuse::mount::MountConfig {
                 volume,

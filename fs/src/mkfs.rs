@@ -45,7 +45,11 @@ pub fn directory_inode(ino: u64, mode: u32, parent: u64, now: Timespec) -> Inode
 /// anything is created or written.
 pub fn check_options(size: u64, opts: &MkfsOptions) -> Result<Layout> {
     if opts.label.len() > crate::format::superblock::LABEL_LEN {
-        return Err(FsError::Volume(format!("--label is {} bytes; at most {} fit", opts.label.len(), crate::format::superblock::LABEL_LEN)));
+        return Err(FsError::Volume(format!(
+            "--label is {} bytes; at most {} fit",
+            opts.label.len(),
+            crate::format::superblock::LABEL_LEN
+        )));
     }
     Layout::compute(size / BLOCK_SIZE as u64, opts.slots, opts.journal_blocks).map_err(FsError::Volume)
 }
@@ -115,10 +119,7 @@ pub fn mkfs(dev: &dyn BlockDevice, opts: &MkfsOptions) -> Result<Superblock> {
     }
 
     // Root, lost+found and one orphan directory per slot.
-    let mut dirs = vec![
-        directory_inode(root_ino, 0o755, root_ino, now),
-        directory_inode(lost_found_ino, 0o700, root_ino, now),
-    ];
+    let mut dirs = vec![directory_inode(root_ino, 0o755, root_ino, now), directory_inode(lost_found_ino, 0o700, root_ino, now)];
     dirs[0].nlink = 3; // ".", "..", and lost+found's ".."
     dirs[0].entries = 1;
     for s in 0..layout.slot_count as u64 {

@@ -12,12 +12,12 @@
 //! On the host named as the slot's owner the wait is skipped when the last update is older
 //! than a watch by that host's own clock: the mount is certainly gone. Otherwise (a crash just
 //! now, or a second path to the same device on one host) it watches like anyone else.
+use crate::device::BlockDevice;
 use crate::error::{FsError, Result};
 use crate::format::slot::{SlotHeader, SlotState};
 use crate::format::superblock::Superblock;
 use crate::journal::write_slot;
 use crate::volume::read_slot;
-use crate::device::BlockDevice;
 use std::time::Duration;
 
 /// How often a mounted node shows it is alive.
@@ -100,7 +100,9 @@ pub fn claim(dev: &dyn BlockDevice, sb: &Superblock, slot: u32, our_host: &str) 
     let now = read_fresh(dev, sb, slot)?;
     if now.mmp_seq != mine {
         let other = if now.owner.is_empty() || now.owner == our_host { "another node".to_string() } else { now.owner.clone() };
-        return Err(FsError::Busy(format!("{other} is mounting slot {slot} of the volume at the same moment; try again, or use another --slot")));
+        return Err(FsError::Busy(format!(
+            "{other} is mounting slot {slot} of the volume at the same moment; try again, or use another --slot"
+        )));
     }
     Ok(())
 }

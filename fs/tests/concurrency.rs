@@ -149,7 +149,8 @@ fn threads_working_at_once_keep_the_volume_consistent() {
         cuts += 1;
     }
     stop.store(true, Ordering::Relaxed);
-    let results = within(60, "joining the workers", move || workers.into_iter().map(|w| w.join().expect("worker panicked")).collect::<Vec<_>>());
+    let results =
+        within(60, "joining the workers", move || workers.into_iter().map(|w| w.join().expect("worker panicked")).collect::<Vec<_>>());
     let mut total = 0;
     for r in results {
         total += r.unwrap_or_else(|e| panic!("{e}"));

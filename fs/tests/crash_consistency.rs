@@ -417,7 +417,11 @@ fn run_seed(r: &Run) -> Result<Stats, String> {
     let mut last_tail = fs.vol.journal.slot().tail_seq;
     let fail = |log: &[String], i: usize, e: String| -> String {
         let tail: Vec<&String> = log.iter().rev().take(25).rev().collect();
-        format!("seed {} op {i}: {e}\n  last operations:\n    {}", r.seed, tail.iter().map(|s| s.as_str()).collect::<Vec<_>>().join("\n    "))
+        format!(
+            "seed {} op {i}: {e}\n  last operations:\n    {}",
+            r.seed,
+            tail.iter().map(|s| s.as_str()).collect::<Vec<_>>().join("\n    ")
+        )
     };
 
     // Per operation: its first and past-the-last event, whether it made everything durable,
@@ -448,7 +452,8 @@ fn run_seed(r: &Run) -> Result<Stats, String> {
                     let count = rng.gen_range(10..40);
                     for _ in 0..count {
                         let name = m.fresh_name("b");
-                        let ino = fs.create(d, &name, NewNode { mode: libc::S_IFREG | 0o600, rdev: 0, symlink_target: None }, ROOT_CALLER)?.ino;
+                        let ino =
+                            fs.create(d, &name, NewNode { mode: libc::S_IFREG | 0o600, rdev: 0, symlink_target: None }, ROOT_CALLER)?.ino;
                         m.meta.names.insert((d, name.clone()), ino);
                         m.meta.files.insert(ino, (0, BTreeMap::new()));
                         m.kind.insert(ino, Kind::File);
@@ -549,7 +554,8 @@ fn run_seed(r: &Run) -> Result<Stats, String> {
                     if skind == Kind::Dir && m.is_ancestor(sino, dd) {
                         return Ok(());
                     }
-                    let existing: Vec<(Vec<u8>, u64)> = m.children(dd).into_iter().filter(|(n, i)| *i != m.lost_found && !(dd == sd && *n == sn)).collect();
+                    let existing: Vec<(Vec<u8>, u64)> =
+                        m.children(dd).into_iter().filter(|(n, i)| *i != m.lost_found && !(dd == sd && *n == sn)).collect();
                     let target = if rng.gen_bool(0.4) { pick(&mut rng, &existing) } else { None };
                     match target {
                         None => {
@@ -561,7 +567,11 @@ fn run_seed(r: &Run) -> Result<Stats, String> {
                             if skind == Kind::Dir {
                                 m.dir_parent.insert(sino, dd);
                             }
-                            desc = format!("rename {sd}/{} -> {dd}/{} (new name, flags {flags})", String::from_utf8_lossy(&sn), String::from_utf8_lossy(&dn));
+                            desc = format!(
+                                "rename {sd}/{} -> {dd}/{} (new name, flags {flags})",
+                                String::from_utf8_lossy(&sn),
+                                String::from_utf8_lossy(&dn)
+                            );
                         }
                         Some((dn, dino)) => {
                             let dkind = m.kind[&dino];
@@ -581,7 +591,11 @@ fn run_seed(r: &Run) -> Result<Stats, String> {
                                 if dkind == Kind::Dir {
                                     m.dir_parent.insert(dino, sd);
                                 }
-                                desc = format!("rename-exchange {sd}/{} ({sino}) <-> {dd}/{} ({dino})", String::from_utf8_lossy(&sn), String::from_utf8_lossy(&dn));
+                                desc = format!(
+                                    "rename-exchange {sd}/{} ({sino}) <-> {dd}/{} ({dino})",
+                                    String::from_utf8_lossy(&sn),
+                                    String::from_utf8_lossy(&dn)
+                                );
                             } else {
                                 let ok = match (skind, dkind) {
                                     (Kind::Dir, Kind::Dir) => m.children(dino).is_empty(),
@@ -598,7 +612,11 @@ fn run_seed(r: &Run) -> Result<Stats, String> {
                                     m.dir_parent.insert(sino, dd);
                                 }
                                 m.drop_link(dino, &mut dirty);
-                                desc = format!("rename {sd}/{} ({sino}) over {dd}/{} ({dino})", String::from_utf8_lossy(&sn), String::from_utf8_lossy(&dn));
+                                desc = format!(
+                                    "rename {sd}/{} ({sino}) over {dd}/{} ({dino})",
+                                    String::from_utf8_lossy(&sn),
+                                    String::from_utf8_lossy(&dn)
+                                );
                             }
                         }
                     }
@@ -649,7 +667,9 @@ fn run_seed(r: &Run) -> Result<Stats, String> {
                     let name = m.fresh_name("s");
                     let len = if rng.gen_bool(0.8) { rng.gen_range(1..100) } else { rng.gen_range(100..4000) };
                     let target: Vec<u8> = (0..len).map(|_| b'a' + rng.gen_range(0..26u8)).collect();
-                    let ino = fs.create(d, &name, NewNode { mode: libc::S_IFLNK | 0o777, rdev: 0, symlink_target: Some(&target) }, ROOT_CALLER)?.ino;
+                    let ino = fs
+                        .create(d, &name, NewNode { mode: libc::S_IFLNK | 0o777, rdev: 0, symlink_target: Some(&target) }, ROOT_CALLER)?
+                        .ino;
                     m.meta.names.insert((d, name.clone()), ino);
                     m.kind.insert(ino, Kind::Symlink);
                     m.nlink.insert(ino, 1);
@@ -714,8 +734,11 @@ fn run_seed(r: &Run) -> Result<Stats, String> {
                 }
                 // open a file and unlink its last name while it stays open
                 89..=90 => {
-                    let single: Vec<(u64, Vec<u8>, u64)> =
-                        m.all_names().into_iter().filter(|(_, _, i)| m.kind[i] == Kind::File && m.nlink[i] == 1 && !m.open_unlinked.contains(i)).collect();
+                    let single: Vec<(u64, Vec<u8>, u64)> = m
+                        .all_names()
+                        .into_iter()
+                        .filter(|(_, _, i)| m.kind[i] == Kind::File && m.nlink[i] == 1 && !m.open_unlinked.contains(i))
+                        .collect();
                     let Some((d, n, ino)) = pick(&mut rng, &single) else { return Ok(()) };
                     fs.open(ino)?;
                     m.open_unlinked.push(ino);
@@ -768,14 +791,23 @@ fn run_seed(r: &Run) -> Result<Stats, String> {
                 let got = if m.kind[ino] == Kind::Symlink { fs.readlink(*ino) } else { fs.read(*ino, 0, c.len() as u32 + 4096) };
                 let got = got.map_err(|e| fail(&log, i, format!("live read of {ino}: {e}")))?;
                 if got != *c {
-                    return Err(fail(&log, i, format!("live content of {ino} differs from the model before any crash ({} vs {} bytes)", got.len(), c.len())));
+                    return Err(fail(
+                        &log,
+                        i,
+                        format!("live content of {ino} differs from the model before any crash ({} vs {} bytes)", got.len(), c.len()),
+                    ));
                 }
             }
             let live = scan_fs(&fs).map_err(|e| fail(&log, i, e))?;
             if live != m.meta {
                 return Err(fail(&log, i, format!("live namespace differs from the model before any crash: {}", m.meta.diff(&live))));
             }
-            synced.content = m.content.iter().filter(|(ino, _)| !m.open_unlinked.contains(ino) || m.nlink.contains_key(ino)).map(|(k, v)| (*k, v.clone())).collect();
+            synced.content = m
+                .content
+                .iter()
+                .filter(|(ino, _)| !m.open_unlinked.contains(ino) || m.nlink.contains_key(ino))
+                .map(|(k, v)| (*k, v.clone()))
+                .collect();
             synced.symlinks = m.kind.iter().filter(|(_, k)| **k == Kind::Symlink).map(|(i, _)| *i).collect();
             sync_snaps.insert(i as i64, synced.clone());
             dirty.clear();
@@ -792,13 +824,27 @@ fn run_seed(r: &Run) -> Result<Stats, String> {
             st.cuts += 1;
             let pending = dev.inner.pending_writes();
             let img_a = dev.inner.crash_image(|_| false);
-            check_image(img_a, &history, &synced, &dirty, &m.trunc_hist, &format!("cut after op {i}, unflushed writes dropped ({pending} pending)"))
-                .map_err(|e| fail(&log, i, e))?;
+            check_image(
+                img_a,
+                &history,
+                &synced,
+                &dirty,
+                &m.trunc_hist,
+                &format!("cut after op {i}, unflushed writes dropped ({pending} pending)"),
+            )
+            .map_err(|e| fail(&log, i, e))?;
             if pending > 0 {
                 let p = cut_rng.gen_range(1..10) as f64 / 10.0;
                 let img_b = dev.inner.crash_image(|_| cut_rng.gen_bool(p));
-                check_image(img_b, &history, &synced, &dirty, &m.trunc_hist, &format!("cut after op {i}, random subset (p={p}) of {pending} unflushed writes kept"))
-                    .map_err(|e| fail(&log, i, e))?;
+                check_image(
+                    img_b,
+                    &history,
+                    &synced,
+                    &dirty,
+                    &m.trunc_hist,
+                    &format!("cut after op {i}, random subset (p={p}) of {pending} unflushed writes kept"),
+                )
+                .map_err(|e| fail(&log, i, e))?;
             }
         }
     }
@@ -949,7 +995,14 @@ fn crash_at_many_points_recovers_to_a_consistent_state() {
             }
         }
     }
-    eprintln!("{} seeds, {} ops, {} cut points, {} journal wraps, {:.1}s", seeds.len(), total.ops, total.cuts, total.wraps, t0.elapsed().as_secs_f64());
+    eprintln!(
+        "{} seeds, {} ops, {} cut points, {} journal wraps, {:.1}s",
+        seeds.len(),
+        total.ops,
+        total.cuts,
+        total.wraps,
+        t0.elapsed().as_secs_f64()
+    );
     assert!(failures.len() == seeds.len() || seeds.len() == 1 || total.wraps > 0, "the workload never wrapped the journal");
     assert!(failures.is_empty(), "{} of {} seeds failed:\n{}", failures.len(), seeds.len(), failures.join("\n\n"));
 }
@@ -1010,7 +1063,9 @@ fn write_errors_fail_operations_cleanly_and_the_image_recovers() {
             let r = match what {
                 0 => fs.create(root, b"late", mk(b"late"), ROOT_CALLER).map(|_| ()),
                 1 => fs.write(synced[0].0, 0, b"late write").map(|_| ()),
-                2 => fs.create(root, b"late-dir", NewNode { mode: libc::S_IFDIR | 0o755, rdev: 0, symlink_target: None }, ROOT_CALLER).map(|_| ()),
+                2 => fs
+                    .create(root, b"late-dir", NewNode { mode: libc::S_IFDIR | 0o755, rdev: 0, symlink_target: None }, ROOT_CALLER)
+                    .map(|_| ()),
                 _ => fs.sync(),
             };
             match r {
@@ -1023,7 +1078,9 @@ fn write_errors_fail_operations_cleanly_and_the_image_recovers() {
         assert_eq!(fs.read(synced[0].0, 0, 1 << 20).unwrap().len(), synced[0].1.len());
         // Power cut now: both images recover cleanly with the synced files intact.
         let mut keep_rng = StdRng::seed_from_u64(1000 + case as u64);
-        for (label, img) in [("unflushed dropped", dev.crash_image(|_| false)), ("random subset kept", dev.crash_image(|_| keep_rng.gen_bool(0.5)))] {
+        for (label, img) in
+            [("unflushed dropped", dev.crash_image(|_| false)), ("random subset kept", dev.crash_image(|_| keep_rng.gen_bool(0.5)))]
+        {
             let what = format!("case n={n}, {label}");
             fsck_clean(img.clone(), &what).unwrap_or_else(|e| panic!("{e}"));
             let d2 = Arc::new(CrashDevice::from_image(img));
@@ -1080,7 +1137,12 @@ fn a_full_volume_fails_with_nospace_and_stays_consistent() {
                 fs.setxattr(ino, b"user.big", Some(&vec![1u8; 3000]), XattrSet::Any)?;
             }
             if k % 11 == 0 {
-                fs.create(root, format!("dir{k}").as_bytes(), NewNode { mode: libc::S_IFDIR | 0o755, rdev: 0, symlink_target: None }, ROOT_CALLER)?;
+                fs.create(
+                    root,
+                    format!("dir{k}").as_bytes(),
+                    NewNode { mode: libc::S_IFDIR | 0o755, rdev: 0, symlink_target: None },
+                    ROOT_CALLER,
+                )?;
             }
             if k % 13 == 0 {
                 fs.fallocate(ino, len as u64, 300_000, FallocMode { keep_size: false, punch_hole: false, zero_range: false })?;
@@ -1139,7 +1201,8 @@ fn a_write_or_fallocate_that_runs_out_of_space_leaves_a_consistent_inode() {
     for use_fallocate in [false, true] {
         let dev = new_volume(32 << 20, 256);
         let fs = mount(dev.clone(), 4096).expect("mount");
-        let ino = fs.create(fs.root(), b"big", NewNode { mode: libc::S_IFREG | 0o644, rdev: 0, symlink_target: None }, ROOT_CALLER).unwrap().ino;
+        let ino =
+            fs.create(fs.root(), b"big", NewNode { mode: libc::S_IFREG | 0o644, rdev: 0, symlink_target: None }, ROOT_CALLER).unwrap().ino;
         let r = if use_fallocate {
             fs.fallocate(ino, 0, 40 << 20, FallocMode { keep_size: false, punch_hole: false, zero_range: false }).map(|_| 0)
         } else {
@@ -1214,5 +1277,10 @@ fn a_create_that_runs_out_of_space_in_the_directory_leaves_nothing_behind() {
     let k = outcome.expect("no create ever needed a second block");
     fs.sync().unwrap();
     let rep = fsck::check(Arc::new(CrashDevice::from_image(dev.crash_image(|_| false))), false).unwrap();
-    assert_eq!(rep.exit_code(), 0, "create #{k} in a directory failed with ENOSPC (one free block, the directory tree needed a new node); then sync; fsck: {}", first_problems(&rep));
+    assert_eq!(
+        rep.exit_code(),
+        0,
+        "create #{k} in a directory failed with ENOSPC (one free block, the directory tree needed a new node); then sync; fsck: {}",
+        first_problems(&rep)
+    );
 }

@@ -143,7 +143,15 @@ fn a_flipped_byte_in_any_kind_of_metadata_block_is_repaired_without_cross_linkin
                 let r = fsck::check(dev.clone(), false).expect("fsck");
                 assert_eq!(r.exit_code(), 4, "{what}: not found ({:?})", r.problems);
                 let r = fsck::check(dev.clone(), true).unwrap_or_else(|e| panic!("{what}: fsck --repair failed: {e}"));
-                assert_eq!(r.exit_code(), 1, "{what}: repair left {:?} (found {:?}, fixed {:?}, notes {:?})", r.remaining, r.problems, r.fixed, r.notes);
+                assert_eq!(
+                    r.exit_code(),
+                    1,
+                    "{what}: repair left {:?} (found {:?}, fixed {:?}, notes {:?})",
+                    r.remaining,
+                    r.problems,
+                    r.fixed,
+                    r.notes
+                );
                 let again = fsck::check(dev.clone(), false).expect("second fsck");
                 assert_eq!(again.exit_code(), 0, "{what}: second check: {:?}", again.problems);
                 survives_new_allocations(&dev, &files, &what);

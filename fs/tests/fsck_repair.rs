@@ -29,7 +29,9 @@ fn with_fs<T>(dev: &Arc<CrashDevice>, f: impl FnOnce(&Fs) -> T) -> T {
 }
 
 fn file(fs: &Fs, parent: u64, name: &str, data: &[u8]) -> u64 {
-    let i = fs.create(parent, name.as_bytes(), NewNode { mode: libc::S_IFREG | 0o644, rdev: 0, symlink_target: None }, ROOT_USER).expect("create");
+    let i = fs
+        .create(parent, name.as_bytes(), NewNode { mode: libc::S_IFREG | 0o644, rdev: 0, symlink_target: None }, ROOT_USER)
+        .expect("create");
     fs.write(i.ino, 0, data).expect("write");
     i.ino
 }

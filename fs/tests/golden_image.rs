@@ -90,7 +90,8 @@ fn write_tree(fs: &Fs) {
     fs.setxattr(hello.ino, b"user.small", Some(b"inline value"), XattrSet::Any).expect("xattr");
     fs.setxattr(hello.ino, b"user.big", Some(&content(3, 3000)), XattrSet::Any).expect("xattr");
     fs.link(hello.ino, dirs["docs"], b"hello-again.txt").expect("link");
-    fs.create(root, b"null", NewNode { mode: libc::S_IFCHR | 0o666, rdev: libc::makedev(1, 3), symlink_target: None }, ROOT_USER).expect("mknod");
+    fs.create(root, b"null", NewNode { mode: libc::S_IFCHR | 0o666, rdev: libc::makedev(1, 3), symlink_target: None }, ROOT_USER)
+        .expect("mknod");
 }
 
 /// The expected bytes of `large.bin`: the written runs, zeros in the holes.

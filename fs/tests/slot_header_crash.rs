@@ -36,7 +36,13 @@ fn around_a_header_write_after(flushed_first: bool, write: impl FnOnce(&Fs)) -> 
         let vol = Volume::open(dev.clone(), 0, "node", 4096).expect("open");
         let fs = Fs::new(vol).expect("fs");
         for i in 0..30 {
-            fs.create(fs.root(), format!("old{i}").as_bytes(), NewNode { mode: libc::S_IFREG | 0o644, rdev: 0, symlink_target: None }, ROOT_USER).expect("create");
+            fs.create(
+                fs.root(),
+                format!("old{i}").as_bytes(),
+                NewNode { mode: libc::S_IFREG | 0o644, rdev: 0, symlink_target: None },
+                ROOT_USER,
+            )
+            .expect("create");
             fs.sync().expect("sync");
         }
         fs.close().expect("close");
@@ -44,7 +50,14 @@ fn around_a_header_write_after(flushed_first: bool, write: impl FnOnce(&Fs)) -> 
     let vol = Volume::open(dev.clone(), 0, "node", 4096).expect("open");
     let fs = Fs::new(vol).expect("fs");
     for i in 0..20 {
-        let f = fs.create(fs.root(), format!("f{i}").as_bytes(), NewNode { mode: libc::S_IFREG | 0o644, rdev: 0, symlink_target: None }, ROOT_USER).expect("create");
+        let f = fs
+            .create(
+                fs.root(),
+                format!("f{i}").as_bytes(),
+                NewNode { mode: libc::S_IFREG | 0o644, rdev: 0, symlink_target: None },
+                ROOT_USER,
+            )
+            .expect("create");
         fs.write(f.ino, 0, &vec![i as u8; 10_000]).expect("write");
         fs.sync().expect("fsync");
     }
@@ -65,9 +78,12 @@ fn check_torn(before: &[u8], after: &[u8], what: &str) {
     // the crash loses: only the journal can bring them back).
     let is_slot_header = |img: &[u8], b: usize| {
         let blk = &img[b * 4096..(b + 1) * 4096];
-        u32::from_le_bytes([blk[0], blk[1], blk[2], blk[3]]) == mafs::format::header::BlockType::Slot as u32 && u64::from_le_bytes(blk[8..16].try_into().expect("8 bytes")) == b as u64
+        u32::from_le_bytes([blk[0], blk[1], blk[2], blk[3]]) == mafs::format::header::BlockType::Slot as u32
+            && u64::from_le_bytes(blk[8..16].try_into().expect("8 bytes")) == b as u64
     };
-    let changed: Vec<usize> = (0..before.len() / 4096).filter(|b| before[b * 4096..(b + 1) * 4096] != after[b * 4096..(b + 1) * 4096] && is_slot_header(after, *b)).collect();
+    let changed: Vec<usize> = (0..before.len() / 4096)
+        .filter(|b| before[b * 4096..(b + 1) * 4096] != after[b * 4096..(b + 1) * 4096] && is_slot_header(after, *b))
+        .collect();
     assert_eq!(changed.len(), 1, "{what}: expected one slot header copy to change, got {changed:?}");
     let blk = changed[0];
     for k in (8..FIELDS).step_by(8) {

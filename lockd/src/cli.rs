@@ -123,13 +123,9 @@ pub const EXIT_NOT_FOUND: i32 = 127;
 
 /// Seconds as a finite, non-negative number of at most an hour (lockd's longest wait).
 fn parse_wait_seconds(s: &str) -> Result<f64, String> {
-    let v: f64 = s
-        .parse()
-        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    let v: f64 = s.parse().map_err(|_| format!("{s:?} is not a number of seconds"))?;
     if !v.is_finite() || !(0.0..=3600.0).contains(&v) {
-        return Err(format!(
-            "{s:?}: give a number of seconds from 0 to 3600 (lockd waits at most an hour)"
-        ));
+        return Err(format!("{s:?}: give a number of seconds from 0 to 3600 (lockd waits at most an hour)"));
     }
     Ok(v)
 }
@@ -173,15 +169,11 @@ pub struct LockCommand {
 /// One thread for everything: the replica's raft loop, its gRPC server and its peer links share
 /// it, so a commit never waits for another thread to wake up (see `raft_node`).
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the tokio runtime")
+    tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the tokio runtime")
 }
 
 fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("MAFS_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let filter = tracing_subscriber::EnvFilter::try_from_env("MAFS_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -196,30 +188,18 @@ pub fn run_lockd(cmd: LockdCommand) -> anyhow::Result<i32> {
         None => rt.block_on(serve(cmd.serve)),
         Some(LockdAction::Status { ep, json }) => rt.block_on(status(ep.list(), json)),
         Some(LockdAction::Dump { ep, prefix, json }) => rt.block_on(dump(ep.list(), prefix, json)),
-        Some(LockdAction::AddMember { ep, id, addr }) => rt.block_on(membership(
-            ep.list(),
-            pb::membership_request::Op::Add,
-            id,
-            addr,
-        )),
-        Some(LockdAction::RemoveMember { ep, id }) => rt.block_on(membership(
-            ep.list(),
-            pb::membership_request::Op::Remove,
-            id,
-            String::new(),
-        )),
+        Some(LockdAction::AddMember { ep, id, addr }) => rt.block_on(membership(ep.list(), pb::membership_request::Op::Add, id, addr)),
+        Some(LockdAction::RemoveMember { ep, id }) => {
+            rt.block_on(membership(ep.list(), pb::membership_request::Op::Remove, id, String::new()))
+        }
     }
 }
 
 fn parse_peers(id: u64, listen: &str, peers: &[String]) -> anyhow::Result<BTreeMap<u64, String>> {
     let mut members = BTreeMap::from([(id, listen.to_string())]);
     for p in peers {
-        let (pid, addr) = p
-            .split_once('=')
-            .with_context(|| format!("--peer {p:?}: expected ID=HOST:PORT"))?;
-        let pid: u64 = pid
-            .parse()
-            .with_context(|| format!("--peer {p:?}: bad id"))?;
+        let (pid, addr) = p.split_once('=').with_context(|| format!("--peer {p:?}: expected ID=HOST:PORT"))?;
+        let pid: u64 = pid.parse().with_context(|| format!("--peer {p:?}: bad id"))?;
         if pid == 0 || members.insert(pid, addr.to_string()).is_some() {
             bail!("--peer {p:?}: id must be nonzero and unique (this replica is {id})");
         }
@@ -232,10 +212,7 @@ async fn serve(a: ServeArgs) -> anyhow::Result<i32> {
         bail!("--id must be nonzero");
     }
     let members = parse_peers(a.id, &a.listen, &a.peers)?;
-    let data_dir = a
-        .data_dir
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(format!("/var/lib/mafs/lockd-{}", a.id)));
+    let data_dir = a.data_dir.clone().unwrap_or_else(|| PathBuf::from(format!("/var/lib/mafs/lockd-{}", a.id)));
     if a.join && a.peers.is_empty() {
         bail!(
             "--join needs at least one --peer ID=HOST:PORT of a running member: the joining \
@@ -256,17 +233,8 @@ async fn serve(a: ServeArgs) -> anyhow::Result<i32> {
 /// two replicas would share one (refused); one that answers with another id than its flag
 /// says is warned about. A joiner also learns every member's address from the first peer
 /// that answers (it must reach the leader, which may not be among its `--peer`s).
-async fn probe_peers(
-    id: u64,
-    listen: &str,
-    mut members: BTreeMap<u64, String>,
-    join: bool,
-) -> anyhow::Result<BTreeMap<u64, String>> {
-    let peers: Vec<(u64, String)> = members
-        .iter()
-        .filter(|(pid, _)| **pid != id)
-        .map(|(pid, addr)| (*pid, addr.clone()))
-        .collect();
+async fn probe_peers(id: u64, listen: &str, mut members: BTreeMap<u64, String>, join: bool) -> anyhow::Result<BTreeMap<u64, String>> {
+    let peers: Vec<(u64, String)> = members.iter().filter(|(pid, _)| **pid != id).map(|(pid, addr)| (*pid, addr.clone())).collect();
     let mut answered = false;
     for (pid, addr) in peers {
         let Ok(st) = status_of(&addr, Duration::from_millis(300)).await else {
@@ -280,10 +248,7 @@ async fn probe_peers(
             );
         }
         if st.id != pid {
-            tracing::warn!(
-                "--peer {pid}={addr} answers as replica {}: check the --peer list",
-                st.id
-            );
+            tracing::warn!("--peer {pid}={addr} answers as replica {}: check the --peer list", st.id);
         }
         if let Some(m) = st.members.iter().find(|m| m.id == id && m.addr != listen) {
             // The cluster knows replica `id` elsewhere: a second process with our id, or we
@@ -296,10 +261,7 @@ async fn probe_peers(
                     m.addr
                 );
             }
-            tracing::warn!(
-                "the cluster has this replica ({id}) at {}, not at --listen {listen}",
-                m.addr
-            );
+            tracing::warn!("the cluster has this replica ({id}) at {}, not at --listen {listen}", m.addr);
         }
         if join {
             for m in &st.members {
@@ -318,11 +280,9 @@ async fn probe_peers(
 
 async fn status_of(addr: &str, wait: Duration) -> Result<pb::StatusResponse, String> {
     let conn = Conn::new(&[addr.to_string()]).map_err(|e| e.to_string())?;
-    conn.call("status", Instant::now() + wait, wait, |mut c| async move {
-        c.status(pb::StatusRequest {}).await
-    })
-    .await
-    .map_err(|e| e.to_string())
+    conn.call("status", Instant::now() + wait, wait, |mut c| async move { c.status(pb::StatusRequest {}).await })
+        .await
+        .map_err(|e| e.to_string())
 }
 
 async fn status(endpoints: Vec<String>, json: bool) -> anyhow::Result<i32> {
@@ -331,16 +291,9 @@ async fn status(endpoints: Vec<String>, json: bool) -> anyhow::Result<i32> {
         rows.push((e.clone(), status_of(e, Duration::from_secs(1)).await));
     }
     // The leader of the highest term any replica knows of.
-    let best = rows
-        .iter()
-        .filter_map(|(_, r)| r.as_ref().ok())
-        .filter(|s| s.leader_id != 0)
-        .max_by_key(|s| (s.term, s.role == "leader"));
+    let best = rows.iter().filter_map(|(_, r)| r.as_ref().ok()).filter(|s| s.leader_id != 0).max_by_key(|s| (s.term, s.role == "leader"));
     let leader = best.map(|s| (s.leader_id, s.leader_addr.clone(), s.term));
-    let leader_view = rows
-        .iter()
-        .filter_map(|(_, r)| r.as_ref().ok())
-        .find(|s| s.role == "leader");
+    let leader_view = rows.iter().filter_map(|(_, r)| r.as_ref().ok()).find(|s| s.role == "leader");
     if json {
         let replicas: Vec<serde_json::Value> = rows
             .iter()
@@ -373,23 +326,13 @@ async fn status(endpoints: Vec<String>, json: bool) -> anyhow::Result<i32> {
             None => println!("no leader known"),
         }
         if let Some(s) = leader_view.or(best) {
-            let members: Vec<String> = s
-                .members
-                .iter()
-                .map(|m| format!("{}={}", m.id, m.addr))
-                .collect();
+            let members: Vec<String> = s.members.iter().map(|m| format!("{}={}", m.id, m.addr)).collect();
             println!("members: {}", members.join(" "));
         }
         if let Some(s) = leader_view {
-            println!(
-                "sessions: {}  resources: {}  granted: {}  waiting: {}",
-                s.sessions, s.resources, s.granted_locks, s.waiting_locks
-            );
+            println!("sessions: {}  resources: {}  granted: {}  waiting: {}", s.sessions, s.resources, s.granted_locks, s.waiting_locks);
         }
-        println!(
-            "{:<22} {:>3} {:<13} {:>6} {:>9} {:>9} {:>9}",
-            "ENDPOINT", "ID", "ROLE", "TERM", "COMMIT", "APPLIED", "SNAPSHOT"
-        );
+        println!("{:<22} {:>3} {:<13} {:>6} {:>9} {:>9} {:>9}", "ENDPOINT", "ID", "ROLE", "TERM", "COMMIT", "APPLIED", "SNAPSHOT");
         for (e, r) in &rows {
             match r {
                 Ok(s) => println!(
@@ -410,15 +353,10 @@ fn mode_name(v: i32) -> &'static str {
 async fn dump(endpoints: Vec<String>, prefix: String, json: bool) -> anyhow::Result<i32> {
     let conn = Conn::new(&endpoints)?;
     let d = conn
-        .call(
-            "dump",
-            Instant::now() + Duration::from_secs(10),
-            Duration::from_secs(6),
-            |mut c| {
-                let prefix = prefix.clone();
-                async move { c.dump(pb::DumpRequest { prefix }).await }
-            },
-        )
+        .call("dump", Instant::now() + Duration::from_secs(10), Duration::from_secs(6), |mut c| {
+            let prefix = prefix.clone();
+            async move { c.dump(pb::DumpRequest { prefix }).await }
+        })
         .await?;
     let entry = |e: &pb::LockEntry| serde_json::json!({"session": e.session_id, "node": e.node_name, "mode": mode_name(e.mode), "granted_mode": mode_name(e.granted_mode), "token": e.fencing_token});
     if json {
@@ -437,80 +375,34 @@ async fn dump(endpoints: Vec<String>, prefix: String, json: bool) -> anyhow::Res
     }
     println!("sessions:");
     for s in &d.sessions {
-        println!(
-            "  {:>6} {:<24} lease {:>6} ms  {:<10} {} locks",
-            s.session_id, s.node_name, s.lease_ms, s.state, s.locks
-        );
+        println!("  {:>6} {:<24} lease {:>6} ms  {:<10} {} locks", s.session_id, s.node_name, s.lease_ms, s.state, s.locks);
     }
     println!("resources:");
     for r in &d.resources {
-        println!(
-            "  {}{}",
-            r.name,
-            if r.lvb.is_empty() {
-                String::new()
-            } else {
-                format!("  lvb {} bytes", r.lvb.len())
-            }
-        );
+        println!("  {}{}", r.name, if r.lvb.is_empty() { String::new() } else { format!("  lvb {} bytes", r.lvb.len()) });
         for e in &r.granted {
-            println!(
-                "    granted    {} session {} ({}) token {}",
-                mode_name(e.mode),
-                e.session_id,
-                e.node_name,
-                e.fencing_token
-            );
+            println!("    granted    {} session {} ({}) token {}", mode_name(e.mode), e.session_id, e.node_name, e.fencing_token);
         }
         for e in &r.converting {
-            println!(
-                "    converting {}->{} session {} ({})",
-                mode_name(e.granted_mode),
-                mode_name(e.mode),
-                e.session_id,
-                e.node_name
-            );
+            println!("    converting {}->{} session {} ({})", mode_name(e.granted_mode), mode_name(e.mode), e.session_id, e.node_name);
         }
         for e in &r.waiting {
-            println!(
-                "    waiting    {} session {} ({})",
-                mode_name(e.mode),
-                e.session_id,
-                e.node_name
-            );
+            println!("    waiting    {} session {} ({})", mode_name(e.mode), e.session_id, e.node_name);
         }
     }
     Ok(0)
 }
 
-async fn membership(
-    endpoints: Vec<String>,
-    op: pb::membership_request::Op,
-    id: u64,
-    addr: String,
-) -> anyhow::Result<i32> {
+async fn membership(endpoints: Vec<String>, op: pb::membership_request::Op, id: u64, addr: String) -> anyhow::Result<i32> {
     let conn = Conn::new(&endpoints)?;
-    let req = pb::MembershipRequest {
-        op: op as i32,
-        id,
-        addr,
-    };
+    let req = pb::MembershipRequest { op: op as i32, id, addr };
     let r = conn
-        .call(
-            "membership",
-            Instant::now() + Duration::from_secs(20),
-            Duration::from_secs(12),
-            |mut c| {
-                let req = req.clone();
-                async move { c.change_membership(req).await }
-            },
-        )
+        .call("membership", Instant::now() + Duration::from_secs(20), Duration::from_secs(12), |mut c| {
+            let req = req.clone();
+            async move { c.change_membership(req).await }
+        })
         .await?;
-    let members: Vec<String> = r
-        .members
-        .iter()
-        .map(|m| format!("{}={}", m.id, m.addr))
-        .collect();
+    let members: Vec<String> = r.members.iter().map(|m| format!("{}={}", m.id, m.addr)).collect();
     println!("members: {}", members.join(" "));
     Ok(0)
 }
@@ -548,18 +440,11 @@ fn kill_margin(lease: Duration) -> Duration {
 
 async fn lock_and_run(cmd: LockCommand) -> anyhow::Result<i32> {
     let endpoints = cmd.ep.list();
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_else(|_| "host".into());
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "host".into());
     let mut opts = SessionOptions::new(format!("{host}/mafs-lock/{}", std::process::id()));
     opts.lease = Duration::from_millis(cmd.lease_ms);
-    let session = Session::open(&endpoints, opts)
-        .await
-        .with_context(|| format!("opening a lockd session at {}", endpoints.join(",")))?;
-    let lock_opts = LockOptions {
-        try_lock: cmd.try_lock,
-        timeout: Some(Duration::from_secs_f64(cmd.timeout.max(0.001))),
-    };
+    let session = Session::open(&endpoints, opts).await.with_context(|| format!("opening a lockd session at {}", endpoints.join(",")))?;
+    let lock_opts = LockOptions { try_lock: cmd.try_lock, timeout: Some(Duration::from_secs_f64(cmd.timeout.max(0.001))) };
     let guard = match session.lock(&cmd.resource, cmd.mode, lock_opts).await {
         Ok(g) => g,
         Err(e @ (ClientError::NotGranted { .. } | ClientError::TimedOut { .. })) => {
@@ -630,11 +515,7 @@ async fn lock_and_run(cmd: LockCommand) -> anyhow::Result<i32> {
             let _ = session.release(&cmd.resource, None).await;
             let _ = session.close().await;
             eprintln!("mafs lock: cannot run {prog}: {e}");
-            return Ok(if e.kind() == std::io::ErrorKind::NotFound {
-                EXIT_NOT_FOUND
-            } else {
-                EXIT_CANNOT_RUN
-            });
+            return Ok(if e.kind() == std::io::ErrorKind::NotFound { EXIT_NOT_FOUND } else { EXIT_CANNOT_RUN });
         }
     };
     let pgid = child.id().and_then(|p| libc::pid_t::try_from(p).ok());
@@ -643,10 +524,7 @@ async fn lock_and_run(cmd: LockCommand) -> anyhow::Result<i32> {
     let status = match status {
         Supervised::Exited(s) => s?,
         Supervised::LockLost(why) => {
-            eprintln!(
-                "mafs lock: {why} while holding {}; killed the command and its process group",
-                cmd.resource
-            );
+            eprintln!("mafs lock: {why} while holding {}; killed the command and its process group", cmd.resource);
             return Ok(EXIT_LOCK_LOST);
         }
     };
@@ -657,9 +535,7 @@ async fn lock_and_run(cmd: LockCommand) -> anyhow::Result<i32> {
         eprintln!("mafs lock: releasing {}: {e}", cmd.resource);
     }
     use std::os::unix::process::ExitStatusExt;
-    Ok(status
-        .code()
-        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
+    Ok(status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
 }
 
 enum Supervised {
@@ -691,21 +567,14 @@ async fn next_signal(signals: &mut [(libc::c_int, tokio::signal::unix::Signal)])
 /// Waits for the command while the lock is certainly ours: the process group is killed
 /// `kill_margin` before the session's lease runs out without a renewal, or as soon as the
 /// session is known lost. SIGINT, SIGTERM and SIGHUP sent to `mafs lock` go to the group.
-async fn supervise(
-    child: &mut tokio::process::Child,
-    pgid: Option<libc::pid_t>,
-    session: &Session,
-) -> Supervised {
+async fn supervise(child: &mut tokio::process::Child, pgid: Option<libc::pid_t>, session: &Session) -> Supervised {
     use tokio::signal::unix::{signal, SignalKind};
     let margin = kill_margin(session.lease());
-    let mut forwarded: Vec<(libc::c_int, tokio::signal::unix::Signal)> = [
-        (libc::SIGINT, SignalKind::interrupt()),
-        (libc::SIGTERM, SignalKind::terminate()),
-        (libc::SIGHUP, SignalKind::hangup()),
-    ]
-    .into_iter()
-    .filter_map(|(n, k)| signal(k).ok().map(|s| (n, s)))
-    .collect();
+    let mut forwarded: Vec<(libc::c_int, tokio::signal::unix::Signal)> =
+        [(libc::SIGINT, SignalKind::interrupt()), (libc::SIGTERM, SignalKind::terminate()), (libc::SIGHUP, SignalKind::hangup())]
+            .into_iter()
+            .filter_map(|(n, k)| signal(k).ok().map(|s| (n, s)))
+            .collect();
     loop {
         // Re-read every round: a heartbeat answered meanwhile moves it on.
         let safe_until = session.valid_until().checked_sub(margin);
@@ -721,9 +590,7 @@ async fn supervise(
             eprintln!("mafs lock: the command was stopped while holding the lock; resuming it");
             signal_group(pgid, libc::SIGCONT);
         }
-        let wake = safe_until
-            .unwrap_or(now)
-            .min(now + Duration::from_millis(100));
+        let wake = safe_until.unwrap_or(now).min(now + Duration::from_millis(100));
         tokio::select! {
             s = child.wait() => return Supervised::Exited(s),
             _ = tokio::time::sleep_until(wake.into()) => {}
@@ -738,9 +605,7 @@ fn stopped(pid: libc::pid_t) -> bool {
         return false;
     };
     // The state follows the command name, which is in parentheses and may contain anything.
-    stat.rsplit_once(')')
-        .and_then(|(_, rest)| rest.split_whitespace().next())
-        .is_some_and(|state| state == "T")
+    stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next()).is_some_and(|state| state == "T")
 }
 
 fn lost_reason(session: &Session) -> String {

@@ -31,10 +31,7 @@ pub enum LockdError {
     Removed { id: u64 },
     /// Only at startup, never on the wire.
     #[error("cannot listen on {addr} (is another process using that port? pick another --listen address)")]
-    Listen {
-        addr: String,
-        source: std::io::Error,
-    },
+    Listen { addr: String, source: std::io::Error },
     #[error("raft: {0}")]
     Raft(String),
     #[error("the replica is shutting down")]
@@ -72,9 +69,7 @@ pub fn code_and_kind(e: &LockdError) -> (Code, &'static str) {
         LockdError::NotLeader { .. } => (Code::Unavailable, "not-leader"),
         LockdError::Invalid(_) => (Code::InvalidArgument, "invalid"),
         LockdError::Timeout(_) => (Code::Unavailable, "timeout"),
-        LockdError::Storage(_) | LockdError::Listen { .. } | LockdError::CorruptLog(_) => {
-            (Code::Internal, "storage")
-        }
+        LockdError::Storage(_) | LockdError::Listen { .. } | LockdError::CorruptLog(_) => (Code::Internal, "storage"),
         LockdError::Removed { .. } => (Code::Unavailable, "removed"),
         LockdError::Raft(_) => (Code::Unavailable, "raft"),
         LockdError::Shutdown => (Code::Unavailable, "shutdown"),
@@ -85,8 +80,7 @@ impl From<LockdError> for Status {
     fn from(e: LockdError) -> Status {
         let (code, kind) = code_and_kind(&e);
         let mut st = Status::new(code, e.to_string());
-        st.metadata_mut()
-            .insert(KIND_HEADER, MetadataValue::from_static(kind));
+        st.metadata_mut().insert(KIND_HEADER, MetadataValue::from_static(kind));
         if let LockdError::NotLeader { leader: Some(addr) } = &e {
             if let Ok(v) = MetadataValue::try_from(addr.as_str()) {
                 st.metadata_mut().insert(LEADER_HEADER, v);
@@ -109,8 +103,5 @@ pub fn kind_of(st: &Status) -> Option<&str> {
 
 /// The leader address a follower pointed at, if any.
 pub fn leader_of(st: &Status) -> Option<String> {
-    st.metadata()
-        .get(LEADER_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string)
+    st.metadata().get(LEADER_HEADER).and_then(|v| v.to_str().ok()).map(str::to_string)
 }

@@ -54,18 +54,8 @@ pub fn grant_event(resource: &str, g: &Grant) -> pb::Event {
 
 pub fn effect_event(fx: &Effect) -> (SessionId, pb::Event) {
     match fx {
-        Effect::Granted {
-            session,
-            resource,
-            grant,
-        } => (*session, grant_event(resource, grant)),
-        Effect::Blocking {
-            session,
-            resource,
-            held,
-            requested,
-            token,
-        } => (
+        Effect::Granted { session, resource, grant } => (*session, grant_event(resource, grant)),
+        Effect::Blocking { session, resource, held, requested, token } => (
             *session,
             pb::Event {
                 kind: Some(pb::event::Kind::Blocking(pb::Blocking {
@@ -76,14 +66,9 @@ pub fn effect_event(fx: &Effect) -> (SessionId, pb::Event) {
                 })),
             },
         ),
-        Effect::Expired { session } => (
-            *session,
-            pb::Event {
-                kind: Some(pb::event::Kind::Expired(pb::SessionExpired {
-                    session_id: *session,
-                })),
-            },
-        ),
+        Effect::Expired { session } => {
+            (*session, pb::Event { kind: Some(pb::event::Kind::Expired(pb::SessionExpired { session_id: *session })) })
+        }
     }
 }
 
@@ -94,17 +79,8 @@ impl EventHub {
         let (tx, rx) = oneshot::channel();
         let id = self.next_waiter.fetch_add(1, Ordering::Relaxed);
         let key = (session, resource.to_string());
-        self.waiters
-            .lock()
-            .entry(key.clone())
-            .or_default()
-            .push((id, tx));
-        GrantWaiter {
-            hub: self,
-            key,
-            id,
-            rx,
-        }
+        self.waiters.lock().entry(key.clone()).or_default().push((id, tx));
+        GrantWaiter { hub: self, key, id, rx }
     }
 
     /// Attaches a session's event stream, replacing an older one (a reconnecting client).
@@ -126,11 +102,7 @@ impl EventHub {
     pub fn dispatch(&self, effects: &[Effect]) {
         for fx in effects {
             match fx {
-                Effect::Granted {
-                    session,
-                    resource,
-                    grant,
-                } => {
+                Effect::Granted { session, resource, grant } => {
                     if let Some(list) = self.waiters.lock().remove(&(*session, resource.clone())) {
                         for (_, tx) in list {
                             let _ = tx.send(grant.clone());

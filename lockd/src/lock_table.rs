@@ -30,29 +30,15 @@ pub enum LockError {
     #[error("invalid node name: {0}")]
     BadNodeName(String),
     #[error("session {session} holds no lock on {resource:?}")]
-    NotHeld {
-        session: SessionId,
-        resource: String,
-    },
+    NotHeld { session: SessionId, resource: String },
     #[error("session {session} already holds {resource:?} in {mode}; ask for a conversion")]
-    AlreadyHeld {
-        session: SessionId,
-        resource: String,
-        mode: Mode,
-    },
+    AlreadyHeld { session: SessionId, resource: String, mode: Mode },
     #[error("session {session} already has a pending request on {resource:?} (for {mode})")]
-    AlreadyQueued {
-        session: SessionId,
-        resource: String,
-        mode: Mode,
-    },
+    AlreadyQueued { session: SessionId, resource: String, mode: Mode },
     #[error("conversion of {resource:?} to {mode} would deadlock with another pending conversion")]
     Deadlock { resource: String, mode: Mode },
     #[error("nothing to cancel on {resource:?} for session {session}")]
-    NothingToCancel {
-        session: SessionId,
-        resource: String,
-    },
+    NothingToCancel { session: SessionId, resource: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -156,22 +142,13 @@ impl Resource {
         self.pending_request(s).map(|r| r.mode)
     }
     fn pending_request(&self, s: SessionId) -> Option<&Request> {
-        self.converting
-            .iter()
-            .chain(self.waiting.iter())
-            .find(|r| r.session == s)
+        self.converting.iter().chain(self.waiting.iter()).find(|r| r.session == s)
     }
     fn pending_request_mut(&mut self, s: SessionId) -> Option<&mut Request> {
-        self.converting
-            .iter_mut()
-            .chain(self.waiting.iter_mut())
-            .find(|r| r.session == s)
+        self.converting.iter_mut().chain(self.waiting.iter_mut()).find(|r| r.session == s)
     }
     fn compatible_with_holders(&self, mode: Mode, except: Option<SessionId>) -> bool {
-        self.granted
-            .iter()
-            .filter(|h| Some(h.session) != except)
-            .all(|h| h.mode.compatible(mode))
+        self.granted.iter().filter(|h| Some(h.session) != except).all(|h| h.mode.compatible(mode))
     }
 }
 
@@ -196,10 +173,7 @@ pub fn validate_resource(name: &str) -> Result<(), LockError> {
         return Err(LockError::BadResource("empty".into()));
     }
     if name.len() > MAX_RESOURCE_NAME {
-        return Err(LockError::BadResource(format!(
-            "{} bytes, the limit is {MAX_RESOURCE_NAME}",
-            name.len()
-        )));
+        return Err(LockError::BadResource(format!("{} bytes, the limit is {MAX_RESOURCE_NAME}", name.len())));
     }
     if name.contains('\0') {
         return Err(LockError::BadResource("contains NUL".into()));
@@ -220,11 +194,7 @@ impl LockTable {
     }
 
     pub fn counts(&self) -> Counts {
-        let mut c = Counts {
-            sessions: self.sessions.len() as u64,
-            resources: self.resources.len() as u64,
-            ..Counts::default()
-        };
+        let mut c = Counts { sessions: self.sessions.len() as u64, resources: self.resources.len() as u64, ..Counts::default() };
         for r in self.resources.values() {
             c.granted += r.granted.len() as u64;
             c.waiting += (r.converting.len() + r.waiting.len()) as u64;
@@ -232,28 +202,15 @@ impl LockTable {
         c
     }
 
-    pub fn open_session(
-        &mut self,
-        node: &str,
-        lease_ms: u32,
-        hold_locks_on_expiry: bool,
-    ) -> Result<SessionId, LockError> {
+    pub fn open_session(&mut self, node: &str, lease_ms: u32, hold_locks_on_expiry: bool) -> Result<SessionId, LockError> {
         if node.is_empty() || node.len() > MAX_NODE_NAME {
-            return Err(LockError::BadNodeName(format!(
-                "must be 1..={MAX_NODE_NAME} bytes"
-            )));
+            return Err(LockError::BadNodeName(format!("must be 1..={MAX_NODE_NAME} bytes")));
         }
         self.next_session += 1;
         let id = self.next_session;
         self.sessions.insert(
             id,
-            Session {
-                node: node.to_string(),
-                lease_ms,
-                hold_locks_on_expiry,
-                state: SessionState::Active,
-                resources: BTreeSet::new(),
-            },
+            Session { node: node.to_string(), lease_ms, hold_locks_on_expiry, state: SessionState::Active, resources: BTreeSet::new() },
         );
         Ok(id)
     }
@@ -261,9 +218,7 @@ impl LockTable {
     fn active(&self, s: SessionId) -> Result<&Session, LockError> {
         match self.sessions.get(&s) {
             None => Err(LockError::UnknownSession(s)),
-            Some(sess) if sess.state == SessionState::Recovering => {
-                Err(LockError::SessionRecovering(s))
-            }
+            Some(sess) if sess.state == SessionState::Recovering => Err(LockError::SessionRecovering(s)),
             Some(sess) => Ok(sess),
         }
     }
@@ -308,16 +263,10 @@ impl LockTable {
         Ok(0)
     }
 
-    pub fn complete_recovery(
-        &mut self,
-        s: SessionId,
-        fx: &mut Vec<Effect>,
-    ) -> Result<u32, LockError> {
+    pub fn complete_recovery(&mut self, s: SessionId, fx: &mut Vec<Effect>) -> Result<u32, LockError> {
         match self.sessions.get(&s) {
             None => Err(LockError::UnknownSession(s)),
-            Some(sess) if sess.state != SessionState::Recovering => {
-                Err(LockError::NotRecovering(s))
-            }
+            Some(sess) if sess.state != SessionState::Recovering => Err(LockError::NotRecovering(s)),
             Some(_) => Ok(self.drop_session(s, fx)),
         }
     }
@@ -394,45 +343,19 @@ impl LockTable {
             if p == mode {
                 return Ok(LockOutcome::Queued);
             }
-            return Err(LockError::AlreadyQueued {
-                session: s,
-                resource: name.into(),
-                mode: p,
-            });
+            return Err(LockError::AlreadyQueued { session: s, resource: name.into(), mode: p });
         }
         let outcome = match (held, convert) {
-            (None, true) => Err(LockError::NotHeld {
-                session: s,
-                resource: name.into(),
-            }),
-            (Some(h), false) if h.mode == mode => Ok(LockOutcome::Granted(Grant {
-                mode,
-                token: h.token,
-                lvb: res.lvb.clone(),
-            })),
-            (Some(h), false) => Err(LockError::AlreadyHeld {
-                session: s,
-                resource: name.into(),
-                mode: h.mode,
-            }),
+            (None, true) => Err(LockError::NotHeld { session: s, resource: name.into() }),
+            (Some(h), false) if h.mode == mode => Ok(LockOutcome::Granted(Grant { mode, token: h.token, lvb: res.lvb.clone() })),
+            (Some(h), false) => Err(LockError::AlreadyHeld { session: s, resource: name.into(), mode: h.mode }),
             (Some(h), true) => self.convert(s, name, h, mode, try_lock, lvb, fx),
             (None, false) => {
                 let res = self.resources.entry(name.to_string()).or_default();
-                if res.converting.is_empty()
-                    && res.waiting.is_empty()
-                    && res.compatible_with_holders(mode, None)
-                {
+                if res.converting.is_empty() && res.waiting.is_empty() && res.compatible_with_holders(mode, None) {
                     self.next_token += 1;
-                    let grant = Grant {
-                        mode,
-                        token: self.next_token,
-                        lvb: res.lvb.clone(),
-                    };
-                    res.granted.push(Holder {
-                        session: s,
-                        mode,
-                        token: grant.token,
-                    });
+                    let grant = Grant { mode, token: self.next_token, lvb: res.lvb.clone() };
+                    res.granted.push(Holder { session: s, mode, token: grant.token });
                     Ok(LockOutcome::Granted(grant))
                 } else if try_lock {
                     Ok(LockOutcome::NotGranted)
@@ -449,10 +372,7 @@ impl LockTable {
 
     /// Keeps the session's resource index and the resource map tidy after a request.
     fn settle(&mut self, s: SessionId, name: &str, outcome: &Result<LockOutcome, LockError>) {
-        let involved = matches!(
-            outcome,
-            Ok(LockOutcome::Granted(_)) | Ok(LockOutcome::Queued)
-        );
+        let involved = matches!(outcome, Ok(LockOutcome::Granted(_)) | Ok(LockOutcome::Queued));
         if involved {
             if let Some(sess) = self.sessions.get_mut(&s) {
                 sess.resources.insert(name.to_string());
@@ -475,14 +395,10 @@ impl LockTable {
         fx: &mut Vec<Effect>,
     ) -> Result<LockOutcome, LockError> {
         let Some(res) = self.resources.get_mut(name) else {
-            return Err(LockError::NotHeld {
-                session: s,
-                resource: name.into(),
-            });
+            return Err(LockError::NotHeld { session: s, resource: name.into() });
         };
         let down = h.mode.covers(mode);
-        let grantable =
-            down || (res.converting.is_empty() && res.compatible_with_holders(mode, Some(s)));
+        let grantable = down || (res.converting.is_empty() && res.compatible_with_holders(mode, Some(s)));
         if grantable {
             if let (Some(v), true) = (lvb, h.mode.may_write_lvb()) {
                 res.lvb = v.to_vec();
@@ -493,11 +409,7 @@ impl LockTable {
                 holder.mode = mode;
                 holder.token = token;
             }
-            let grant = Grant {
-                mode,
-                token,
-                lvb: res.lvb.clone(),
-            };
+            let grant = Grant { mode, token, lvb: res.lvb.clone() };
             // A new mode may let queued requests through: not only a down-conversion, also a
             // sideways one (CW -> PR frees a PR waiter).
             self.process(name, fx);
@@ -513,10 +425,7 @@ impl LockTable {
             !their_held.compatible(mode) && !c.mode.compatible(h.mode)
         });
         if deadlock {
-            return Err(LockError::Deadlock {
-                resource: name.into(),
-                mode,
-            });
+            return Err(LockError::Deadlock { resource: name.into(), mode });
         }
         res.converting.push_back(Request { session: s, mode, id: 0 });
         notify_blockers(s, name, res, mode, fx);
@@ -525,22 +434,13 @@ impl LockTable {
 
     /// Withdraws the session's pending request on `name`; with `request`, only if that Lock
     /// call still owns it (a cancel for an abandoned call must not withdraw its retry).
-    pub fn cancel(
-        &mut self,
-        s: SessionId,
-        name: &str,
-        request: Option<u64>,
-        fx: &mut Vec<Effect>,
-    ) -> Result<CancelOutcome, LockError> {
+    pub fn cancel(&mut self, s: SessionId, name: &str, request: Option<u64>, fx: &mut Vec<Effect>) -> Result<CancelOutcome, LockError> {
         validate_resource(name)?;
         self.active(s)?;
         let pending_id = self.resources.get(name).and_then(|r| r.pending_request(s)).map(|r| r.id);
         if let (Some(want), Some(have)) = (request, pending_id) {
             if want != have {
-                return Err(LockError::NothingToCancel {
-                    session: s,
-                    resource: name.into(),
-                });
+                return Err(LockError::NothingToCancel { session: s, resource: name.into() });
             }
         }
         if self.withdraw_pending(s, name, fx) {
@@ -551,15 +451,8 @@ impl LockTable {
         }
         let res = self.resources.get(name);
         match res.and_then(|r| r.holder(s).map(|h| (h.clone(), r.lvb.clone()))) {
-            Some((h, lvb)) => Ok(CancelOutcome::Granted(Grant {
-                mode: h.mode,
-                token: h.token,
-                lvb,
-            })),
-            None => Err(LockError::NothingToCancel {
-                session: s,
-                resource: name.into(),
-            }),
+            Some((h, lvb)) => Ok(CancelOutcome::Granted(Grant { mode: h.mode, token: h.token, lvb })),
+            None => Err(LockError::NothingToCancel { session: s, resource: name.into() }),
         }
     }
 
@@ -578,20 +471,10 @@ impl LockTable {
         validate_lvb(lvb)?;
         self.active(s)?;
         let Some(res) = self.resources.get_mut(name) else {
-            return Err(LockError::NotHeld {
-                session: s,
-                resource: name.into(),
-            });
+            return Err(LockError::NotHeld { session: s, resource: name.into() });
         };
-        let Some(pos) = res
-            .granted
-            .iter()
-            .position(|h| h.session == s && token.is_none_or(|t| h.token == t))
-        else {
-            return Err(LockError::NotHeld {
-                session: s,
-                resource: name.into(),
-            });
+        let Some(pos) = res.granted.iter().position(|h| h.session == s && token.is_none_or(|t| h.token == t)) else {
+            return Err(LockError::NotHeld { session: s, resource: name.into() });
         };
         let h = res.granted.remove(pos);
         if let (Some(v), true) = (lvb, h.mode.may_write_lvb()) {
@@ -623,11 +506,7 @@ impl LockTable {
                 h.mode = c.mode;
                 h.token = token;
             }
-            newly.push(Holder {
-                session: c.session,
-                mode: c.mode,
-                token,
-            });
+            newly.push(Holder { session: c.session, mode: c.mode, token });
         }
         if res.converting.is_empty() {
             while let Some(w) = res.waiting.front().cloned() {
@@ -636,11 +515,7 @@ impl LockTable {
                 }
                 res.waiting.pop_front();
                 self.next_token += 1;
-                let h = Holder {
-                    session: w.session,
-                    mode: w.mode,
-                    token: self.next_token,
-                };
+                let h = Holder { session: w.session, mode: w.mode, token: self.next_token };
                 res.granted.push(h.clone());
                 newly.push(h);
             }
@@ -649,22 +524,14 @@ impl LockTable {
             fx.push(Effect::Granted {
                 session: h.session,
                 resource: name.to_string(),
-                grant: Grant {
-                    mode: h.mode,
-                    token: h.token,
-                    lvb: res.lvb.clone(),
-                },
+                grant: Grant { mode: h.mode, token: h.token, lvb: res.lvb.clone() },
             });
         }
         // The fresh holders now block whoever still waits; tell them, or cached locks would
         // never be given back. One notice per holder (for the first waiter it blocks) is enough:
         // the holder answers by releasing or downgrading, and the queue moves on from there.
         for h in &newly {
-            let blocked = res
-                .converting
-                .iter()
-                .chain(res.waiting.iter())
-                .find(|q| q.session != h.session && !h.mode.compatible(q.mode));
+            let blocked = res.converting.iter().chain(res.waiting.iter()).find(|q| q.session != h.session && !h.mode.compatible(q.mode));
             if let Some(q) = blocked {
                 fx.push(Effect::Blocking {
                     session: h.session,
@@ -700,13 +567,7 @@ impl LockTable {
                 }
             }
             if let Some(requested) = wanted {
-                out.push(Effect::Blocking {
-                    session: s,
-                    resource: name.clone(),
-                    held: h.mode,
-                    requested,
-                    token: h.token,
-                });
+                out.push(Effect::Blocking { session: s, resource: name.clone(), held: h.mode, requested, token: h.token });
             }
         }
         out
@@ -714,18 +575,8 @@ impl LockTable {
 }
 
 fn notify_blockers(s: SessionId, name: &str, res: &Resource, mode: Mode, fx: &mut Vec<Effect>) {
-    for h in res
-        .granted
-        .iter()
-        .filter(|h| h.session != s && !h.mode.compatible(mode))
-    {
-        fx.push(Effect::Blocking {
-            session: h.session,
-            resource: name.to_string(),
-            held: h.mode,
-            requested: mode,
-            token: h.token,
-        });
+    for h in res.granted.iter().filter(|h| h.session != s && !h.mode.compatible(mode)) {
+        fx.push(Effect::Blocking { session: h.session, resource: name.to_string(), held: h.mode, requested: mode, token: h.token });
     }
 }
 

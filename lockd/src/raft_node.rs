@@ -8,16 +8,14 @@
 //! docs/lockd.md. The channel in front of the loop still batches: every proposal that queued up
 //! while one fsync blocked the runtime goes into the next Ready together.
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, RwLock};
 use protobuf::Message as _;
-use raft::eraftpb::{
-    ConfChange, ConfChangeType, ConfChangeV2, Entry, EntryType, Message, MessageType,
-};
+use raft::eraftpb::{ConfChange, ConfChangeType, ConfChangeV2, Entry, EntryType, Message, MessageType};
 use raft::{RawNode, SnapshotStatus, StateRole};
 use tokio::runtime::Handle;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -88,7 +86,10 @@ pub enum NodeMsg {
     SnapshotStatus(u64, bool),
     /// A peer answered our raft messages with "you were removed at log index `at`" (we missed
     /// the commit of our own removal, which the leader no longer sends us).
-    RemovedByPeer { peer: u64, at: u64 },
+    RemovedByPeer {
+        peer: u64,
+        at: u64,
+    },
     Shutdown,
 }
 
@@ -162,9 +163,7 @@ impl NodeHandle {
         if self.shared.removed.load(Ordering::Relaxed) {
             return LockdError::Removed { id: self.shared.id };
         }
-        LockdError::NotLeader {
-            leader: self.shared.leader.read().addr.clone(),
-        }
+        LockdError::NotLeader { leader: self.shared.leader.read().addr.clone() }
     }
 
     /// Whether some leader is known (this replica or another); an isolated replica knows none.
@@ -191,19 +190,12 @@ impl NodeHandle {
         }
     }
 
-    async fn ask<T>(
-        &self,
-        msg: NodeMsg,
-        rx: oneshot::Receiver<Result<T, LockdError>>,
-        wait: Duration,
-    ) -> Result<T, LockdError> {
+    async fn ask<T>(&self, msg: NodeMsg, rx: oneshot::Receiver<Result<T, LockdError>>, wait: Duration) -> Result<T, LockdError> {
         self.tx.send(msg).map_err(|_| LockdError::Shutdown)?;
         match tokio::time::timeout(wait, rx).await {
             Ok(Ok(r)) => r,
             Ok(Err(_)) => Err(self.not_leader()),
-            Err(_) => Err(LockdError::Timeout(format!(
-                "not committed within {wait:?}"
-            ))),
+            Err(_) => Err(LockdError::Timeout(format!("not committed within {wait:?}"))),
         }
     }
 
@@ -213,35 +205,23 @@ impl NodeHandle {
         self.ask(NodeMsg::Propose { cmd, reply }, rx, wait).await
     }
 
-    pub async fn change_membership(
-        &self,
-        op: MembershipOp,
-        wait: Duration,
-    ) -> Result<BTreeMap<u64, String>, LockdError> {
+    pub async fn change_membership(&self, op: MembershipOp, wait: Duration) -> Result<BTreeMap<u64, String>, LockdError> {
         let (reply, rx) = oneshot::channel();
-        self.ask(NodeMsg::ChangeMembership { op, reply }, rx, wait)
-            .await
+        self.ask(NodeMsg::ChangeMembership { op, reply }, rx, wait).await
     }
 
     /// Runs `f` in the raft loop against the state applied so far.
-    pub async fn read<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&ReadView) -> T + Send + 'static,
-    ) -> Result<T, LockdError> {
+    pub async fn read<T: Send + 'static>(&self, f: impl FnOnce(&ReadView) -> T + Send + 'static) -> Result<T, LockdError> {
         let (tx, rx) = oneshot::channel();
         let job = Box::new(move |v: &ReadView| {
             let _ = tx.send(f(v));
         });
-        self.tx
-            .send(NodeMsg::Read(job))
-            .map_err(|_| LockdError::Shutdown)?;
+        self.tx.send(NodeMsg::Read(job)).map_err(|_| LockdError::Shutdown)?;
         rx.await.map_err(|_| LockdError::Shutdown)
     }
 
     pub fn step(&self, m: Message) -> Result<(), LockdError> {
-        self.tx
-            .send(NodeMsg::Raft(Box::new(m)))
-            .map_err(|_| LockdError::Shutdown)
+        self.tx.send(NodeMsg::Raft(Box::new(m))).map_err(|_| LockdError::Shutdown)
     }
 
     pub fn shutdown(&self) {
@@ -291,24 +271,16 @@ struct Replica {
 
 /// Opens the data directory and starts the raft loop as a task on `rt`.
 /// The receiver yields the loop's result when it stops (shutdown or a fatal error).
-pub fn start(
-    cfg: ReplicaConfig,
-    rt: Handle,
-) -> Result<(NodeHandle, oneshot::Receiver<Result<(), LockdError>>), LockdError> {
+pub fn start(cfg: ReplicaConfig, rt: Handle) -> Result<(NodeHandle, oneshot::Receiver<Result<(), LockdError>>), LockdError> {
     let initial = if cfg.join {
         None
     } else {
         let sm = StateMachine::with_members(cfg.members.clone());
-        Some(Bootstrap {
-            data: sm.encode_snapshot()?,
-            voters: cfg.members.keys().copied().collect(),
-            index: BOOTSTRAP_INDEX,
-        })
+        Some(Bootstrap { data: sm.encode_snapshot()?, voters: cfg.members.keys().copied().collect(), index: BOOTSTRAP_INDEX })
     };
     let storage = DiskStorage::open(&cfg.data_dir, initial)?;
     let cs = storage.conf_state().clone();
-    let awaiting_snapshot =
-        cfg.join && storage.snapshot_index() == 0 && cs.voters.is_empty() && cs.learners.is_empty();
+    let awaiting_snapshot = cfg.join && storage.snapshot_index() == 0 && cs.voters.is_empty() && cs.learners.is_empty();
     let mut sm = if storage.snapshot_data().is_empty() {
         StateMachine::with_members(cfg.members.clone())
     } else {
@@ -391,10 +363,7 @@ impl Replica {
         result
     }
 
-    async fn event_loop(
-        &mut self,
-        rx: &mut mpsc::UnboundedReceiver<NodeMsg>,
-    ) -> Result<(), LockdError> {
+    async fn event_loop(&mut self, rx: &mut mpsc::UnboundedReceiver<NodeMsg>) -> Result<(), LockdError> {
         let mut last_tick = Instant::now();
         loop {
             let wait = self.cfg.tick.saturating_sub(last_tick.elapsed());
@@ -466,9 +435,7 @@ impl Replica {
                     return Ok(true);
                 }
                 if !self.is_leader() {
-                    let _ = reply.send(Err(LockdError::NotLeader {
-                        leader: self.leader_addr(),
-                    }));
+                    let _ = reply.send(Err(LockdError::NotLeader { leader: self.leader_addr() }));
                     return Ok(true);
                 }
                 let data = match cmd.encode() {
@@ -484,9 +451,7 @@ impl Replica {
                         self.pending.insert(seq, Pending::Cmd(reply));
                     }
                     Err(raft::Error::ProposalDropped) => {
-                        let _ = reply.send(Err(LockdError::NotLeader {
-                            leader: self.leader_addr(),
-                        }));
+                        let _ = reply.send(Err(LockdError::NotLeader { leader: self.leader_addr() }));
                     }
                     Err(e) => {
                         let _ = reply.send(Err(e.into()));
@@ -496,28 +461,18 @@ impl Replica {
             NodeMsg::ChangeMembership { op, reply } => self.propose_membership(op, reply),
             NodeMsg::Raft(m) => self.step(*m)?,
             NodeMsg::Read(f) => {
-                let view = ReadView {
-                    sm: &self.sm,
-                    raft: self.info(),
-                };
+                let view = ReadView { sm: &self.sm, raft: self.info() };
                 f(&view);
             }
             NodeMsg::Unreachable(id) => self.node.report_unreachable(id),
-            NodeMsg::SnapshotStatus(id, ok) => self.node.report_snapshot(
-                id,
-                if ok {
-                    SnapshotStatus::Finish
-                } else {
-                    SnapshotStatus::Failure
-                },
-            ),
+            NodeMsg::SnapshotStatus(id, ok) => {
+                self.node.report_snapshot(id, if ok { SnapshotStatus::Finish } else { SnapshotStatus::Failure })
+            }
             NodeMsg::RemovedByPeer { peer, at } => {
                 // Applied past the removal and still here: we were added back after it, and
                 // the peer has not applied that yet.
                 if self.node.raft.raft_log.applied < at {
-                    self.become_removed(&format!(
-                        "replica {peer} applied its removal at log index {at}"
-                    ))
+                    self.become_removed(&format!("replica {peer} applied its removal at log index {at}"))
                 }
             }
             NodeMsg::Shutdown => return Ok(false),
@@ -548,10 +503,7 @@ impl Replica {
         // data directory was wiped or the log deleted and the replica restarted as if new);
         // raft-rs would panic, and taking part would risk committed history.
         let last = self.node.raft.raft_log.last_index();
-        if m.get_msg_type() == MessageType::MsgHeartbeat
-            && m.term >= self.node.raft.term
-            && m.commit > last
-        {
+        if m.get_msg_type() == MessageType::MsgHeartbeat && m.term >= self.node.raft.term && m.commit > last {
             return Err(LockdError::CorruptLog(format!(
                 "leader {} says this replica ({}) durably holds log entries up to {}, but its log \
                  in {} ends at {last}: the log was lost (data directory wiped or raft.log \
@@ -595,14 +547,9 @@ impl Replica {
     /// vote could elect a candidate that lacks entries committed with its own lost
     /// acknowledgements. Among brand-new replicas (no history anywhere) it votes as usual.
     fn declines_vote(&mut self, m: &Message) -> bool {
-        let is_vote = matches!(
-            m.get_msg_type(),
-            MessageType::MsgRequestVote | MessageType::MsgRequestPreVote
-        );
+        let is_vote = matches!(m.get_msg_type(), MessageType::MsgRequestVote | MessageType::MsgRequestPreVote);
         let last = self.node.raft.raft_log.last_index();
-        let untouched = !self.cfg.join
-            && last == self.node.store().snapshot_index()
-            && last <= BOOTSTRAP_INDEX;
+        let untouched = !self.cfg.join && last == self.node.store().snapshot_index() && last <= BOOTSTRAP_INDEX;
         if !(is_vote && untouched && m.index > last) {
             return false;
         }
@@ -644,9 +591,7 @@ impl Replica {
             return;
         }
         if !self.is_leader() {
-            let _ = reply.send(Err(LockdError::NotLeader {
-                leader: self.leader_addr(),
-            }));
+            let _ = reply.send(Err(LockdError::NotLeader { leader: self.leader_addr() }));
             return;
         }
         let voters = self.node.store().conf_state().voters.clone();
@@ -654,9 +599,7 @@ impl Replica {
         match op {
             MembershipOp::Add { id, addr } => {
                 if id == 0 || voters.contains(&id) {
-                    let _ = reply.send(Err(LockdError::Invalid(format!(
-                        "replica {id} is already a member (or id 0)"
-                    ))));
+                    let _ = reply.send(Err(LockdError::Invalid(format!("replica {id} is already a member (or id 0)"))));
                     return;
                 }
                 cc.set_change_type(ConfChangeType::AddNode);
@@ -665,9 +608,7 @@ impl Replica {
             }
             MembershipOp::Remove { id } => {
                 if !voters.contains(&id) {
-                    let _ = reply.send(Err(LockdError::Invalid(format!(
-                        "replica {id} is not a member"
-                    ))));
+                    let _ = reply.send(Err(LockdError::Invalid(format!("replica {id} is not a member"))));
                     return;
                 }
                 cc.set_change_type(ConfChangeType::RemoveNode);
@@ -689,11 +630,7 @@ impl Replica {
         let r = &self.node.raft;
         RaftInfo {
             id: r.id,
-            role: if self.removed {
-                "removed"
-            } else {
-                role_name(r.state)
-            },
+            role: if self.removed { "removed" } else { role_name(r.state) },
             leader_id: r.leader_id,
             term: r.term,
             commit: r.raft_log.committed,
@@ -713,10 +650,7 @@ impl Replica {
         let mut expire = Vec::new();
         {
             let mut guard = self.shared.leases.lock();
-            let Leases {
-                last_seen,
-                expiring,
-            } = &mut *guard;
+            let Leases { last_seen, expiring } = &mut *guard;
             let sessions = &self.sm.table.sessions;
             for (id, s) in sessions {
                 if s.state != SessionState::Active {
@@ -729,11 +663,7 @@ impl Replica {
                 }
             }
             last_seen.retain(|id, _| sessions.contains_key(id));
-            expiring.retain(|id| {
-                sessions
-                    .get(id)
-                    .is_some_and(|s| s.state == SessionState::Active)
-            });
+            expiring.retain(|id| sessions.get(id).is_some_and(|s| s.state == SessionState::Active));
         }
         for session in expire {
             tracing::info!(session, "lease lapsed; expiring session");
@@ -761,16 +691,10 @@ impl Replica {
         }
         if !leader && self.was_leader {
             let addr = self.leader_addr();
-            self.fail_pending(|| LockdError::NotLeader {
-                leader: addr.clone(),
-            });
+            self.fail_pending(|| LockdError::NotLeader { leader: addr.clone() });
         }
         self.was_leader = leader;
-        let info = LeaderInfo {
-            id: self.node.raft.leader_id,
-            addr: self.leader_addr(),
-            is_self: leader,
-        };
+        let info = LeaderInfo { id: self.node.raft.leader_id, addr: self.leader_addr(), is_self: leader };
         let mut current = self.shared.leader.write();
         let changed = current.id != info.id || current.is_self != info.is_self;
         *current = info;
@@ -832,10 +756,7 @@ impl Replica {
         self.send(early);
         if !rd.snapshot().is_empty() {
             let snap = rd.snapshot().clone();
-            tracing::info!(
-                index = snap.get_metadata().index,
-                "installing snapshot from the leader"
-            );
+            tracing::info!(index = snap.get_metadata().index, "installing snapshot from the leader");
             self.sm = StateMachine::decode_snapshot(snap.get_data())?;
             *self.shared.removed_peers.write() = self.sm.removed.clone();
             self.node.mut_store().apply_snapshot(snap)?;
@@ -894,16 +815,14 @@ impl Replica {
                 }
                 EntryType::EntryConfChange => {
                     let mut cc = ConfChange::default();
-                    cc.merge_from_bytes(e.get_data())
-                        .map_err(|x| LockdError::Storage(format!("conf change: {x}")))?;
+                    cc.merge_from_bytes(e.get_data()).map_err(|x| LockdError::Storage(format!("conf change: {x}")))?;
                     let res = self.node.apply_conf_change(&cc);
                     let reply = match res {
                         Ok(cs) => {
                             self.node.mut_store().set_conf_state(cs);
                             match cc.get_change_type() {
                                 ConfChangeType::AddNode | ConfChangeType::AddLearnerNode => {
-                                    let addr =
-                                        String::from_utf8_lossy(cc.get_context()).into_owned();
+                                    let addr = String::from_utf8_lossy(cc.get_context()).into_owned();
                                     tracing::info!(id = cc.node_id, %addr, "member added");
                                     self.sm.members.insert(cc.node_id, addr);
                                     self.sm.removed.remove(&cc.node_id);
@@ -926,8 +845,7 @@ impl Replica {
                 EntryType::EntryConfChangeV2 => {
                     // Never proposed by lockd; applied so that raft's view stays consistent.
                     let mut cc = ConfChangeV2::default();
-                    cc.merge_from_bytes(e.get_data())
-                        .map_err(|x| LockdError::Storage(format!("conf change: {x}")))?;
+                    cc.merge_from_bytes(e.get_data()).map_err(|x| LockdError::Storage(format!("conf change: {x}")))?;
                     let cs = self.node.apply_conf_change(&cc)?;
                     self.node.mut_store().set_conf_state(cs);
                 }

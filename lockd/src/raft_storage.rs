@@ -119,10 +119,7 @@ fn synced_past(buf: &[u8], bad: usize, marked: bool) -> Option<String> {
                     u64::from_le_bytes(a)
                 });
                 if through.is_some_and(|t| t > bad as u64) {
-                    return Some(format!(
-                        "the mark at byte {off} says the log was durable through byte {}",
-                        through.unwrap_or(0)
-                    ));
+                    return Some(format!("the mark at byte {off} says the log was durable through byte {}", through.unwrap_or(0)));
                 }
                 next
             }
@@ -137,12 +134,7 @@ fn synced_past(buf: &[u8], bad: usize, marked: bool) -> Option<String> {
 /// The offset of the first whole, checksummed record of a known kind at or after `from`.
 fn next_valid_record(buf: &[u8], from: usize) -> Option<usize> {
     let last_nonzero = buf.iter().rposition(|b| *b != 0)?;
-    (from..=last_nonzero).find(|&off| {
-        matches!(
-            parse_record(buf, off),
-            Some((KIND_ENTRY | KIND_HARD_STATE | KIND_SYNCED, _, _))
-        )
-    })
+    (from..=last_nonzero).find(|&off| matches!(parse_record(buf, off), Some((KIND_ENTRY | KIND_HARD_STATE | KIND_SYNCED, _, _))))
 }
 
 fn record(kind: u8, payload: &[u8]) -> Vec<u8> {
@@ -165,12 +157,7 @@ impl DiskStorage {
         let snap_path = dir.join(SNAP_FILE);
         let snap_tmp = dir.join(SNAP_TMP);
         let log_path = dir.join(LOG_FILE);
-        let gone = |what: &str| {
-            LockdError::CorruptLog(format!(
-                "{what} in {}: this replica's durable state is gone",
-                dir.display()
-            ))
-        };
+        let gone = |what: &str| LockdError::CorruptLog(format!("{what} in {}: this replica's durable state is gone", dir.display()));
         let fresh = match (snap_path.exists(), log_path.exists()) {
             (true, true) => false,
             (false, false) => true,
@@ -217,21 +204,14 @@ impl DiskStorage {
             // leaves either nothing to trust (start afresh) or both files.
             write_snapshot_tmp(dir, &st.snapshot)?;
             st.rewrite_log()?;
-            fs::rename(&snap_tmp, &snap_path)
-                .and_then(|()| sync_dir(dir))
-                .map_err(|e| io_at(&snap_path, "writing", e))?;
+            fs::rename(&snap_tmp, &snap_path).and_then(|()| sync_dir(dir)).map_err(|e| io_at(&snap_path, "writing", e))?;
         } else {
             st.replay_log(&log_path)?;
             if st.upgrade {
                 st.rewrite_log()?;
             }
         }
-        st.log = Arc::new(
-            OpenOptions::new()
-                .write(true)
-                .open(&log_path)
-                .map_err(|e| io_at(&log_path, "opening", e))?,
-        );
+        st.log = Arc::new(OpenOptions::new().write(true).open(&log_path).map_err(|e| io_at(&log_path, "opening", e))?);
         st.log_len = st.log.metadata()?.len();
         Ok(st)
     }
@@ -241,10 +221,7 @@ impl DiskStorage {
         let magic = buf.get(..8);
         let marked = magic == Some(LOG_MAGIC.as_slice());
         if !marked && magic != Some(LOG_MAGIC_V1.as_slice()) {
-            return Err(LockdError::Storage(format!(
-                "{} is not a lockd raft log",
-                path.display()
-            )));
+            return Err(LockdError::Storage(format!("{} is not a lockd raft log", path.display())));
         }
         let mut off = 8;
         let good_end = loop {
@@ -263,12 +240,7 @@ impl DiskStorage {
                     self.hard_state = hs;
                 }
                 KIND_SYNCED => {}
-                k => {
-                    return Err(LockdError::Storage(format!(
-                        "unknown record kind {k} at byte {off} of {}",
-                        path.display()
-                    )))
-                }
+                k => return Err(LockdError::Storage(format!("unknown record kind {k} at byte {off} of {}", path.display()))),
             }
             off = next;
         };
@@ -289,13 +261,8 @@ impl DiskStorage {
                 )));
             }
             tracing::warn!(path = %path.display(), at = good_end, dropped = buf.len() - good_end, "cutting off a torn raft log tail");
-            let f = OpenOptions::new()
-                .write(true)
-                .open(path)
-                .map_err(|e| io_at(path, "opening", e))?;
-            f.set_len(good_end as u64)
-                .and_then(|()| f.sync_all())
-                .map_err(|e| io_at(path, "truncating", e))?;
+            let f = OpenOptions::new().write(true).open(path).map_err(|e| io_at(path, "opening", e))?;
+            f.set_len(good_end as u64).and_then(|()| f.sync_all()).map_err(|e| io_at(path, "truncating", e))?;
         }
         self.log_end = good_end as u64;
         if !marked {
@@ -325,19 +292,13 @@ impl DiskStorage {
         let snap_index = self.snapshot.get_metadata().index;
         // Entries at or below the snapshot are already folded into it (a crash between writing
         // the snapshot and rewriting the log leaves them behind).
-        let skip = snap_index
-            .saturating_sub(first.index - 1)
-            .min(ents.len() as u64) as usize;
+        let skip = snap_index.saturating_sub(first.index - 1).min(ents.len() as u64) as usize;
         let ents = &ents[skip..];
         let Some(first) = ents.first() else {
             return Ok(());
         };
         if first.index > self.last() + 1 {
-            return Err(LockdError::Storage(format!(
-                "raft log gap: last {} then {}",
-                self.last(),
-                first.index
-            )));
+            return Err(LockdError::Storage(format!("raft log gap: last {} then {}", self.last(), first.index)));
         }
         let keep = (first.index - (snap_index + 1)) as usize;
         self.entries.truncate(keep);
@@ -380,10 +341,7 @@ impl DiskStorage {
     }
 
     pub fn set_hard_state(&mut self, hs: HardState) -> Result<(), LockdError> {
-        self.write_log(&record(
-            KIND_HARD_STATE,
-            &hs.write_to_bytes().map_err(pb_err)?,
-        ))?;
+        self.write_log(&record(KIND_HARD_STATE, &hs.write_to_bytes().map_err(pb_err)?))?;
         self.hard_state = hs;
         Ok(())
     }
@@ -446,11 +404,7 @@ impl DiskStorage {
     pub fn apply_snapshot(&mut self, snap: Snapshot) -> Result<(), LockdError> {
         let meta = snap.get_metadata();
         if meta.index < self.snapshot_index() {
-            return Err(LockdError::Raft(format!(
-                "snapshot {} older than ours {}",
-                meta.index,
-                self.snapshot_index()
-            )));
+            return Err(LockdError::Raft(format!("snapshot {} older than ours {}", meta.index, self.snapshot_index())));
         }
         self.hard_state.term = self.hard_state.term.max(meta.term);
         self.hard_state.commit = meta.index;
@@ -487,10 +441,7 @@ impl DiskStorage {
         for e in &self.entries {
             buf.extend(record(KIND_ENTRY, &e.write_to_bytes().map_err(pb_err)?));
         }
-        buf.extend(record(
-            KIND_HARD_STATE,
-            &self.hard_state.write_to_bytes().map_err(pb_err)?,
-        ));
+        buf.extend(record(KIND_HARD_STATE, &self.hard_state.write_to_bytes().map_err(pb_err)?));
         let mut f = File::create(&tmp)?;
         f.write_all(&buf)?;
         f.sync_all()?;
@@ -498,11 +449,7 @@ impl DiskStorage {
         sync_dir(&self.dir)?;
         self.log_end = buf.len() as u64;
         self.log_len = buf.len() as u64;
-        self.log = Arc::new(
-            OpenOptions::new()
-                .write(true)
-                .open(self.dir.join(LOG_FILE))?,
-        );
+        self.log = Arc::new(OpenOptions::new().write(true).open(self.dir.join(LOG_FILE))?);
         self.mark_synced()
     }
 }
@@ -515,17 +462,13 @@ fn write_snapshot_tmp(dir: &Path, snap: &Snapshot) -> Result<(), LockdError> {
     buf.extend_from_slice(&(body.len() as u64).to_le_bytes());
     buf.extend_from_slice(&body);
     let tmp = dir.join(SNAP_TMP);
-    File::create(&tmp)
-        .and_then(|mut f| f.write_all(&buf).and_then(|()| f.sync_all()))
-        .map_err(|e| io_at(&tmp, "writing", e))
+    File::create(&tmp).and_then(|mut f| f.write_all(&buf).and_then(|()| f.sync_all())).map_err(|e| io_at(&tmp, "writing", e))
 }
 
 fn write_snapshot(dir: &Path, snap: &Snapshot) -> Result<(), LockdError> {
     write_snapshot_tmp(dir, snap)?;
     let path = dir.join(SNAP_FILE);
-    fs::rename(dir.join(SNAP_TMP), &path)
-        .and_then(|()| sync_dir(dir))
-        .map_err(|e| io_at(&path, "writing", e))
+    fs::rename(dir.join(SNAP_TMP), &path).and_then(|()| sync_dir(dir)).map_err(|e| io_at(&path, "writing", e))
 }
 
 fn read_snapshot(path: &Path) -> Result<Snapshot, LockdError> {
@@ -537,9 +480,7 @@ fn read_snapshot(path: &Path) -> Result<Snapshot, LockdError> {
     let crc = u32::from_le_bytes([buf[8], buf[9], buf[10], buf[11]]);
     let mut len8 = [0u8; 8];
     len8.copy_from_slice(&buf[12..20]);
-    let body = buf
-        .get(20..20 + u64::from_le_bytes(len8) as usize)
-        .ok_or_else(|| bad("truncated"))?;
+    let body = buf.get(20..20 + u64::from_le_bytes(len8) as usize).ok_or_else(|| bad("truncated"))?;
     if crc32c::crc32c(body) != crc {
         return Err(bad("checksum mismatch"));
     }
@@ -550,19 +491,10 @@ fn read_snapshot(path: &Path) -> Result<Snapshot, LockdError> {
 
 impl Storage for DiskStorage {
     fn initial_state(&self) -> raft::Result<RaftState> {
-        Ok(RaftState::new(
-            self.hard_state.clone(),
-            self.conf_state.clone(),
-        ))
+        Ok(RaftState::new(self.hard_state.clone(), self.conf_state.clone()))
     }
 
-    fn entries(
-        &self,
-        low: u64,
-        high: u64,
-        max_size: impl Into<Option<u64>>,
-        _ctx: GetEntriesContext,
-    ) -> raft::Result<Vec<Entry>> {
+    fn entries(&self, low: u64, high: u64, max_size: impl Into<Option<u64>>, _ctx: GetEntriesContext) -> raft::Result<Vec<Entry>> {
         let first = self.snapshot_index() + 1;
         if low < first {
             return Err(raft::Error::Store(StorageError::Compacted));
@@ -602,15 +534,9 @@ impl Storage for DiskStorage {
         // A replica added after our snapshot would refuse it (it is not in its conf state).
         let knows_to = cs.voters.contains(&to) || cs.learners.contains(&to);
         if self.snapshot_index() < request_index || !knows_to {
-            tracing::debug!(
-                to,
-                index = self.snapshot_index(),
-                "snapshot predates the peer; taking a fresh one"
-            );
+            tracing::debug!(to, index = self.snapshot_index(), "snapshot predates the peer; taking a fresh one");
             self.fresh_snapshot_wanted.set(true);
-            return Err(raft::Error::Store(
-                StorageError::SnapshotTemporarilyUnavailable,
-            ));
+            return Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable));
         }
         Ok(self.snapshot.clone())
     }
@@ -621,20 +547,11 @@ mod tests {
     use super::*;
 
     fn boot(data: &[u8], voters: &[u64], index: u64) -> Bootstrap {
-        Bootstrap {
-            data: data.to_vec(),
-            voters: voters.to_vec(),
-            index,
-        }
+        Bootstrap { data: data.to_vec(), voters: voters.to_vec(), index }
     }
 
     fn entry(index: u64, term: u64, data: &[u8]) -> Entry {
-        Entry {
-            index,
-            term,
-            data: data.to_vec().into(),
-            ..Default::default()
-        }
+        Entry { index, term, data: data.to_vec().into(), ..Default::default() }
     }
 
     #[test]
@@ -642,16 +559,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let mut s = DiskStorage::open(dir.path(), Some(boot(b"sm", &[1, 2, 3], 0))).unwrap();
-            s.append(&[entry(1, 1, b"a"), entry(2, 1, b"b"), entry(3, 1, b"c")])
-                .unwrap();
+            s.append(&[entry(1, 1, b"a"), entry(2, 1, b"b"), entry(3, 1, b"c")]).unwrap();
             // A new leader overwrites index 3 onwards.
             s.append(&[entry(3, 2, b"C"), entry(4, 2, b"d")]).unwrap();
-            let hs = HardState {
-                term: 2,
-                vote: 1,
-                commit: 3,
-                ..Default::default()
-            };
+            let hs = HardState { term: 2, vote: 1, commit: 3, ..Default::default() };
             s.set_hard_state(hs).unwrap();
             s.sync().unwrap();
         }
@@ -663,33 +574,20 @@ mod tests {
         s.compact(3, b"sm@3".to_vec()).unwrap();
         assert_eq!(s.first_index().unwrap(), 4);
         assert_eq!(s.term(3).unwrap(), 2);
-        assert!(matches!(
-            s.entries(2, 4, None, GetEntriesContext::empty(false)),
-            Err(raft::Error::Store(StorageError::Compacted))
-        ));
+        assert!(matches!(s.entries(2, 4, None, GetEntriesContext::empty(false)), Err(raft::Error::Store(StorageError::Compacted))));
         s.append(&[entry(5, 2, b"e")]).unwrap();
         s.sync().unwrap();
         drop(s);
         // A crash mid-append leaves half a record behind.
-        let mut f = OpenOptions::new()
-            .append(true)
-            .open(dir.path().join(LOG_FILE))
-            .unwrap();
+        let mut f = OpenOptions::new().append(true).open(dir.path().join(LOG_FILE)).unwrap();
         f.write_all(&[200, 0, 0, 0, 1, 2]).unwrap();
         drop(f);
         let s = DiskStorage::open(dir.path(), None).unwrap();
         assert_eq!(s.snapshot_index(), 3);
         assert_eq!(s.snapshot_data(), b"sm@3");
         assert_eq!(s.last_log_index(), 5);
-        let got = s
-            .entries(4, 6, None, GetEntriesContext::empty(false))
-            .unwrap();
-        assert_eq!(
-            got.iter()
-                .map(|e| e.get_data().to_vec())
-                .collect::<Vec<_>>(),
-            vec![b"d".to_vec(), b"e".to_vec()]
-        );
+        let got = s.entries(4, 6, None, GetEntriesContext::empty(false)).unwrap();
+        assert_eq!(got.iter().map(|e| e.get_data().to_vec()).collect::<Vec<_>>(), vec![b"d".to_vec(), b"e".to_vec()]);
     }
 
     #[test]
@@ -711,13 +609,7 @@ mod tests {
         for i in 1..=n {
             s.append(&[entry(i, 1, &[i as u8; 100])]).unwrap();
         }
-        s.set_hard_state(HardState {
-            term: 1,
-            vote: 1,
-            commit: n,
-            ..Default::default()
-        })
-        .unwrap();
+        s.set_hard_state(HardState { term: 1, vote: 1, commit: n, ..Default::default() }).unwrap();
         s.sync().unwrap();
         dir
     }
@@ -769,10 +661,7 @@ mod tests {
     fn a_missing_log_or_snapshot_is_refused_with_the_remedy() {
         let dir = log_with(5);
         fs::remove_file(dir.path().join(LOG_FILE)).unwrap();
-        let msg = DiskStorage::open(dir.path(), Some(boot(b"sm", &[1], 0)))
-            .err()
-            .expect("refused")
-            .to_string();
+        let msg = DiskStorage::open(dir.path(), Some(boot(b"sm", &[1], 0))).err().expect("refused").to_string();
         assert!(msg.contains("raft.log") && msg.contains("remove-member"), "{msg}");
 
         let dir = log_with(5);

@@ -13,10 +13,7 @@ use tonic::{Request, Response, Status};
 
 use crate::errors::{LockdError, REMOVED_AT_HEADER};
 use crate::events::effect_event;
-use crate::lock_table::{
-    validate_lvb, validate_resource, CancelOutcome, Grant, LockError, LockOutcome, SessionId,
-    SessionState,
-};
+use crate::lock_table::{validate_lvb, validate_resource, CancelOutcome, Grant, LockError, LockOutcome, SessionId, SessionState};
 use crate::mode::Mode;
 use crate::raft_node::{self, MembershipOp, NodeHandle, ReplicaConfig};
 use crate::state_machine::{CmdResult, Command, LockCmd, PendingRelease};
@@ -41,20 +38,11 @@ fn mode_of(v: i32) -> Result<Mode, Status> {
 }
 
 fn granted(g: &Grant) -> pb::LockResponse {
-    pb::LockResponse {
-        status: pb::LockStatus::Granted as i32,
-        mode: g.mode.to_wire(),
-        fencing_token: g.token,
-        lvb: g.lvb.clone(),
-    }
+    pb::LockResponse { status: pb::LockStatus::Granted as i32, mode: g.mode.to_wire(), fencing_token: g.token, lvb: g.lvb.clone() }
 }
 
 fn timed_out(mode: Mode) -> pb::LockResponse {
-    pb::LockResponse {
-        status: pb::LockStatus::TimedOut as i32,
-        mode: mode.to_wire(),
-        ..Default::default()
-    }
+    pb::LockResponse { status: pb::LockStatus::TimedOut as i32, mode: mode.to_wire(), ..Default::default() }
 }
 
 fn unexpected(r: CmdResult) -> Status {
@@ -83,11 +71,7 @@ struct CancelOnDrop {
 impl CancelOnDrop {
     /// The cancel of this call's request, and of nothing a retry has taken over.
     fn command(&self) -> Command {
-        Command::Cancel {
-            session: self.session,
-            resource: self.resource.clone(),
-            request: Some(self.request),
-        }
+        Command::Cancel { session: self.session, resource: self.resource.clone(), request: Some(self.request) }
     }
 }
 
@@ -127,20 +111,12 @@ impl LockdService {
     }
 
     async fn propose(&self, cmd: Command) -> Result<CmdResult, Status> {
-        self.node
-            .propose(cmd, COMMIT_WAIT)
-            .await
-            .map_err(Status::from)
+        self.node.propose(cmd, COMMIT_WAIT).await.map_err(Status::from)
     }
 
-    async fn wait_for_grant(
-        &self,
-        cmd: LockCmd,
-        wait: Duration,
-    ) -> Result<pb::LockResponse, Status> {
+    async fn wait_for_grant(&self, cmd: LockCmd, wait: Duration) -> Result<pb::LockResponse, Status> {
         let deadline = Instant::now() + wait;
-        let (session, resource, mode, request) =
-            (cmd.session, cmd.resource.clone(), cmd.mode, cmd.request);
+        let (session, resource, mode, request) = (cmd.session, cmd.resource.clone(), cmd.mode, cmd.request);
         let hub = &self.node.shared.hub;
         let waiter = hub.wait_for_grant(session, &resource);
         let outcome = match self.propose(Command::Lock(cmd)).await? {
@@ -150,21 +126,11 @@ impl LockdService {
         match outcome {
             LockOutcome::Granted(g) => return Ok(granted(&g)),
             LockOutcome::NotGranted => {
-                return Ok(pb::LockResponse {
-                    status: pb::LockStatus::NotGranted as i32,
-                    mode: mode.to_wire(),
-                    ..Default::default()
-                })
+                return Ok(pb::LockResponse { status: pb::LockStatus::NotGranted as i32, mode: mode.to_wire(), ..Default::default() })
             }
             LockOutcome::Queued => {}
         }
-        let mut guard = CancelOnDrop {
-            node: self.node.clone(),
-            session,
-            resource,
-            request,
-            armed: true,
-        };
+        let mut guard = CancelOnDrop { node: self.node.clone(), session, resource, request, armed: true };
         let mut waiter = waiter;
         let mut leadership = self.node.shared.leadership.subscribe();
         let res = tokio::select! {
@@ -211,39 +177,22 @@ type EventStream = Pin<Box<dyn Stream<Item = Result<pb::Event, Status>> + Send>>
 
 #[tonic::async_trait]
 impl Lockd for LockdService {
-    async fn open_session(
-        &self,
-        req: Request<pb::OpenSessionRequest>,
-    ) -> Result<Response<pb::OpenSessionResponse>, Status> {
+    async fn open_session(&self, req: Request<pb::OpenSessionRequest>) -> Result<Response<pb::OpenSessionResponse>, Status> {
         let r = req.into_inner();
         self.node.require_leader()?;
         let lease_ms = r.lease_ms.clamp(MIN_LEASE_MS, MAX_LEASE_MS);
-        let cmd = Command::OpenSession {
-            node: r.node_name,
-            lease_ms,
-            hold_locks_on_expiry: r.hold_locks_on_expiry,
-        };
+        let cmd = Command::OpenSession { node: r.node_name, lease_ms, hold_locks_on_expiry: r.hold_locks_on_expiry };
         match self.propose(cmd).await? {
-            CmdResult::Session(session_id) => Ok(Response::new(pb::OpenSessionResponse {
-                session_id,
-                lease_ms,
-                release_by_token: true,
-            })),
+            CmdResult::Session(session_id) => Ok(Response::new(pb::OpenSessionResponse { session_id, lease_ms, release_by_token: true })),
             r => Err(unexpected(r)),
         }
     }
 
-    async fn heartbeat(
-        &self,
-        req: Request<pb::HeartbeatRequest>,
-    ) -> Result<Response<pb::HeartbeatResponse>, Status> {
+    async fn heartbeat(&self, req: Request<pb::HeartbeatRequest>) -> Result<Response<pb::HeartbeatResponse>, Status> {
         let id = req.into_inner().session_id;
         self.node.require_leader()?;
         self.check_session_here(id).await?;
-        let lease_ms = self
-            .node
-            .read(move |v| v.sm.table.sessions.get(&id).map(|s| s.lease_ms).unwrap_or(0))
-            .await?;
+        let lease_ms = self.node.read(move |v| v.sm.table.sessions.get(&id).map(|s| s.lease_ms).unwrap_or(0)).await?;
         let mut leases = self.node.shared.leases.lock();
         if leases.expiring.contains(&id) {
             return Err(LockError::UnknownSession(id).into());
@@ -252,20 +201,14 @@ impl Lockd for LockdService {
         Ok(Response::new(pb::HeartbeatResponse { lease_ms }))
     }
 
-    async fn close_session(
-        &self,
-        req: Request<pb::CloseSessionRequest>,
-    ) -> Result<Response<pb::CloseSessionResponse>, Status> {
+    async fn close_session(&self, req: Request<pb::CloseSessionRequest>) -> Result<Response<pb::CloseSessionResponse>, Status> {
         let session = req.into_inner().session_id;
         self.node.require_leader()?;
         self.propose(Command::CloseSession { session }).await?;
         Ok(Response::new(pb::CloseSessionResponse {}))
     }
 
-    async fn lock(
-        &self,
-        req: Request<pb::LockRequest>,
-    ) -> Result<Response<pb::LockResponse>, Status> {
+    async fn lock(&self, req: Request<pb::LockRequest>) -> Result<Response<pb::LockResponse>, Status> {
         let r = req.into_inner();
         let mode = mode_of(r.mode)?;
         validate_resource(&r.resource)?;
@@ -273,16 +216,9 @@ impl Lockd for LockdService {
         let release_first = match r.release_first {
             None => None,
             Some(p) if p.fencing_token == 0 => {
-                return Err(Status::invalid_argument(
-                    "release_first needs the fencing token of the grant it releases (got 0)",
-                ))
+                return Err(Status::invalid_argument("release_first needs the fencing token of the grant it releases (got 0)"))
             }
-            Some(p) => {
-                Some(PendingRelease {
-                    token: p.fencing_token,
-                    lvb: lvb_arg(p.write_lvb, p.lvb)?,
-                })
-            }
+            Some(p) => Some(PendingRelease { token: p.fencing_token, lvb: lvb_arg(p.write_lvb, p.lvb)? }),
         };
         self.node.require_leader()?;
         let wait = match r.timeout_ms {
@@ -303,40 +239,21 @@ impl Lockd for LockdService {
         Ok(Response::new(resp))
     }
 
-    async fn cancel(
-        &self,
-        req: Request<pb::CancelRequest>,
-    ) -> Result<Response<pb::CancelResponse>, Status> {
+    async fn cancel(&self, req: Request<pb::CancelRequest>) -> Result<Response<pb::CancelResponse>, Status> {
         let r = req.into_inner();
         validate_resource(&r.resource)?;
         self.node.require_leader()?;
-        let resp = match self
-            .propose(Command::Cancel {
-                session: r.session_id,
-                resource: r.resource,
-                request: None,
-            })
-            .await?
-        {
-            CmdResult::Cancel(CancelOutcome::Cancelled) => pb::CancelResponse {
-                cancelled: true,
-                ..Default::default()
-            },
-            CmdResult::Cancel(CancelOutcome::Granted(g)) => pb::CancelResponse {
-                cancelled: false,
-                granted: true,
-                mode: g.mode.to_wire(),
-                fencing_token: g.token,
-            },
+        let resp = match self.propose(Command::Cancel { session: r.session_id, resource: r.resource, request: None }).await? {
+            CmdResult::Cancel(CancelOutcome::Cancelled) => pb::CancelResponse { cancelled: true, ..Default::default() },
+            CmdResult::Cancel(CancelOutcome::Granted(g)) => {
+                pb::CancelResponse { cancelled: false, granted: true, mode: g.mode.to_wire(), fencing_token: g.token }
+            }
             r => return Err(unexpected(r)),
         };
         Ok(Response::new(resp))
     }
 
-    async fn release(
-        &self,
-        req: Request<pb::ReleaseRequest>,
-    ) -> Result<Response<pb::ReleaseResponse>, Status> {
+    async fn release(&self, req: Request<pb::ReleaseRequest>) -> Result<Response<pb::ReleaseResponse>, Status> {
         let r = req.into_inner();
         validate_resource(&r.resource)?;
         let lvb = lvb_arg(r.write_lvb, r.lvb)?;
@@ -354,10 +271,7 @@ impl Lockd for LockdService {
     type EventsStream = EventStream;
 
     /// Served by any replica: every replica applies the same effects.
-    async fn events(
-        &self,
-        req: Request<pb::EventsRequest>,
-    ) -> Result<Response<EventStream>, Status> {
+    async fn events(&self, req: Request<pb::EventsRequest>) -> Result<Response<EventStream>, Status> {
         let session = req.into_inner().session_id;
         // A replica that knows no leader is cut off (or electing): the effects it would stream
         // are not being decided here. The client tries another replica.
@@ -369,10 +283,7 @@ impl Lockd for LockdService {
         let mut leadership = self.node.shared.leadership.subscribe();
         // Subscribe first, then replay what is due, so nothing falls in between.
         let rx = hub.subscribe(session);
-        let due = self
-            .node
-            .read(move |v| v.sm.table.blocking_for(session))
-            .await?;
+        let due = self.node.read(move |v| v.sm.table.blocking_for(session)).await?;
         for fx in &due {
             let (s, ev) = effect_event(fx);
             hub.send_to(s, ev);
@@ -400,25 +311,17 @@ impl Lockd for LockdService {
         Ok(Response::new(Box::pin(stream)))
     }
 
-    async fn complete_recovery(
-        &self,
-        req: Request<pb::CompleteRecoveryRequest>,
-    ) -> Result<Response<pb::CompleteRecoveryResponse>, Status> {
+    async fn complete_recovery(&self, req: Request<pb::CompleteRecoveryRequest>) -> Result<Response<pb::CompleteRecoveryResponse>, Status> {
         let session = req.into_inner().session_id;
         self.node.require_leader()?;
         match self.propose(Command::CompleteRecovery { session }).await? {
-            CmdResult::Released(released) => {
-                Ok(Response::new(pb::CompleteRecoveryResponse { released }))
-            }
+            CmdResult::Released(released) => Ok(Response::new(pb::CompleteRecoveryResponse { released })),
             r => Err(unexpected(r)),
         }
     }
 
     /// This replica's own view; never redirected, so an operator can ask every replica.
-    async fn status(
-        &self,
-        _req: Request<pb::StatusRequest>,
-    ) -> Result<Response<pb::StatusResponse>, Status> {
+    async fn status(&self, _req: Request<pb::StatusRequest>) -> Result<Response<pb::StatusResponse>, Status> {
         let resp = self
             .node
             .read(|v| {
@@ -434,15 +337,7 @@ impl Lockd for LockdService {
                     applied_index: r.applied,
                     snapshot_index: r.snapshot_index,
                     last_log_index: r.last_index,
-                    members: v
-                        .sm
-                        .members
-                        .iter()
-                        .map(|(id, addr)| pb::Member {
-                            id: *id,
-                            addr: addr.clone(),
-                        })
-                        .collect(),
+                    members: v.sm.members.iter().map(|(id, addr)| pb::Member { id: *id, addr: addr.clone() }).collect(),
                     sessions: c.sessions,
                     resources: c.resources,
                     granted_locks: c.granted,
@@ -456,10 +351,7 @@ impl Lockd for LockdService {
 
     /// Linearizable: a barrier goes through the log first, so the dump reflects every write
     /// acknowledged before the call.
-    async fn dump(
-        &self,
-        req: Request<pb::DumpRequest>,
-    ) -> Result<Response<pb::DumpResponse>, Status> {
+    async fn dump(&self, req: Request<pb::DumpRequest>) -> Result<Response<pb::DumpResponse>, Status> {
         let prefix = req.into_inner().prefix;
         self.node.require_leader()?;
         self.propose(Command::Barrier).await?;
@@ -467,88 +359,45 @@ impl Lockd for LockdService {
         Ok(Response::new(resp))
     }
 
-    async fn change_membership(
-        &self,
-        req: Request<pb::MembershipRequest>,
-    ) -> Result<Response<pb::MembershipResponse>, Status> {
+    async fn change_membership(&self, req: Request<pb::MembershipRequest>) -> Result<Response<pb::MembershipResponse>, Status> {
         let r = req.into_inner();
         let op = match pb::membership_request::Op::try_from(r.op) {
             Ok(pb::membership_request::Op::Add) => {
                 if r.addr.parse::<SocketAddr>().is_err() {
-                    return Err(LockdError::Invalid(format!(
-                        "ADD needs addr as host:port, got {:?}",
-                        r.addr
-                    ))
-                    .into());
+                    return Err(LockdError::Invalid(format!("ADD needs addr as host:port, got {:?}", r.addr)).into());
                 }
-                MembershipOp::Add {
-                    id: r.id,
-                    addr: r.addr,
-                }
+                MembershipOp::Add { id: r.id, addr: r.addr }
             }
             Ok(pb::membership_request::Op::Remove) => MembershipOp::Remove { id: r.id },
-            Err(_) => {
-                return Err(LockdError::Invalid(format!("unknown membership op {}", r.op)).into())
-            }
+            Err(_) => return Err(LockdError::Invalid(format!("unknown membership op {}", r.op)).into()),
         };
         self.node.require_leader()?;
-        let members = self
-            .node
-            .change_membership(op, Duration::from_secs(10))
-            .await?;
-        Ok(Response::new(pb::MembershipResponse {
-            members: members
-                .into_iter()
-                .map(|(id, addr)| pb::Member { id, addr })
-                .collect(),
-        }))
+        let members = self.node.change_membership(op, Duration::from_secs(10)).await?;
+        Ok(Response::new(pb::MembershipResponse { members: members.into_iter().map(|(id, addr)| pb::Member { id, addr }).collect() }))
     }
 }
 
 fn dump_view(v: &raft_node::ReadView, prefix: &str) -> pb::DumpResponse {
     let t = &v.sm.table;
-    let entry = |session: SessionId, mode: Mode, granted: Mode, converting: bool, token: u64| {
-        pb::LockEntry {
-            session_id: session,
-            node_name: t
-                .sessions
-                .get(&session)
-                .map(|x| x.node.clone())
-                .unwrap_or_default(),
-            mode: mode.to_wire(),
-            granted_mode: granted.to_wire(),
-            converting,
-            fencing_token: token,
-        }
+    let entry = |session: SessionId, mode: Mode, granted: Mode, converting: bool, token: u64| pb::LockEntry {
+        session_id: session,
+        node_name: t.sessions.get(&session).map(|x| x.node.clone()).unwrap_or_default(),
+        mode: mode.to_wire(),
+        granted_mode: granted.to_wire(),
+        converting,
+        fencing_token: token,
     };
     let resources = t
         .resources
         .range(prefix.to_string()..)
         .take_while(|(name, _)| name.starts_with(prefix))
         .map(|(name, r)| {
-            let held = |s: SessionId| {
-                r.granted
-                    .iter()
-                    .find(|h| h.session == s)
-                    .map_or(Mode::NL, |h| h.mode)
-            };
+            let held = |s: SessionId| r.granted.iter().find(|h| h.session == s).map_or(Mode::NL, |h| h.mode);
             pb::ResourceDump {
                 name: name.clone(),
-                granted: r
-                    .granted
-                    .iter()
-                    .map(|h| entry(h.session, h.mode, h.mode, false, h.token))
-                    .collect(),
-                converting: r
-                    .converting
-                    .iter()
-                    .map(|q| entry(q.session, q.mode, held(q.session), true, 0))
-                    .collect(),
-                waiting: r
-                    .waiting
-                    .iter()
-                    .map(|q| entry(q.session, q.mode, Mode::NL, false, 0))
-                    .collect(),
+                granted: r.granted.iter().map(|h| entry(h.session, h.mode, h.mode, false, h.token)).collect(),
+                converting: r.converting.iter().map(|q| entry(q.session, q.mode, held(q.session), true, 0)).collect(),
+                waiting: r.waiting.iter().map(|q| entry(q.session, q.mode, Mode::NL, false, 0)).collect(),
                 lvb: r.lvb.clone(),
             }
         })
@@ -567,18 +416,14 @@ fn dump_view(v: &raft_node::ReadView, prefix: &str) -> pb::DumpResponse {
             locks: s.resources.len() as u32,
         })
         .collect();
-    pb::DumpResponse {
-        resources,
-        sessions,
-    }
+    pb::DumpResponse { resources, sessions }
 }
 
 /// Tells a removed replica that still sends raft messages (it missed the commit of its own
 /// removal) that it was removed, and at which log index; see `NodeMsg::RemovedByPeer`.
 fn removed_status(id: u64, at: u64) -> Status {
     let mut st = Status::from(LockdError::Removed { id });
-    st.metadata_mut()
-        .insert(REMOVED_AT_HEADER, tonic::metadata::MetadataValue::from(at));
+    st.metadata_mut().insert(REMOVED_AT_HEADER, tonic::metadata::MetadataValue::from(at));
     st
 }
 
@@ -588,16 +433,12 @@ pub struct RaftService {
 
 #[tonic::async_trait]
 impl RaftTransport for RaftService {
-    async fn stream(
-        &self,
-        req: Request<tonic::Streaming<pb::RaftBatch>>,
-    ) -> Result<Response<pb::RaftAck>, Status> {
+    async fn stream(&self, req: Request<tonic::Streaming<pb::RaftBatch>>) -> Result<Response<pb::RaftAck>, Status> {
         let mut batches = req.into_inner();
         while let Some(batch) = batches.message().await? {
             for b in batch.messages {
                 let mut m = raft::eraftpb::Message::default();
-                m.merge_from_bytes(&b)
-                    .map_err(|e| LockdError::Invalid(format!("undecodable raft message: {e}")))?;
+                m.merge_from_bytes(&b).map_err(|e| LockdError::Invalid(format!("undecodable raft message: {e}")))?;
                 // Only a sender that has not seen its removal committed is told; a replica added
                 // back since has (its commit is past the removal), and this replica merely has
                 // not applied the re-addition yet: its messages must go through.
@@ -613,17 +454,9 @@ impl RaftTransport for RaftService {
 
 /// Runs a replica until SIGINT/SIGTERM or a fatal error of the raft loop.
 pub async fn serve(cfg: ReplicaConfig) -> Result<(), LockdError> {
-    let addr: SocketAddr = cfg
-        .listen
-        .parse()
-        .map_err(|e| LockdError::Invalid(format!("--listen {}: {e}", cfg.listen)))?;
+    let addr: SocketAddr = cfg.listen.parse().map_err(|e| LockdError::Invalid(format!("--listen {}: {e}", cfg.listen)))?;
     // Bind before starting raft, so a busy port fails at once instead of after an election.
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|source| LockdError::Listen {
-            addr: cfg.listen.clone(),
-            source,
-        })?;
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|source| LockdError::Listen { addr: cfg.listen.clone(), source })?;
     let (node, mut raft_done) = raft_node::start(cfg, tokio::runtime::Handle::current())?;
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener).map(|s| {
         if let Ok(s) = &s {
@@ -641,14 +474,13 @@ pub async fn serve(cfg: ReplicaConfig) -> Result<(), LockdError> {
     let node_stop = node.clone();
     let shutdown = async move {
         let result = async {
-            let mut term =
-                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                    Ok(s) => s,
-                    Err(e) => {
-                        tracing::error!("cannot watch SIGTERM: {e}");
-                        return (&mut raft_done).await.unwrap_or(Err(LockdError::Shutdown));
-                    }
-                };
+            let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!("cannot watch SIGTERM: {e}");
+                    return (&mut raft_done).await.unwrap_or(Err(LockdError::Shutdown));
+                }
+            };
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
                 _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
@@ -662,10 +494,8 @@ pub async fn serve(cfg: ReplicaConfig) -> Result<(), LockdError> {
         let _ = stopping_tx.send(());
     };
     tracing::info!(%addr, "lockd replica listening");
-    let served = tonic::transport::Server::builder()
-        .add_service(svc)
-        .add_service(raft_svc)
-        .serve_with_incoming_shutdown(incoming, shutdown);
+    let served =
+        tonic::transport::Server::builder().add_service(svc).add_service(raft_svc).serve_with_incoming_shutdown(incoming, shutdown);
     // Event streams never end by themselves, and tonic's graceful stop waits for every
     // connection: without a limit a replica with clients attached would not exit on SIGTERM.
     let grace = async {

@@ -99,11 +99,7 @@ impl Command {
     }
 
     pub fn encode(&self) -> Result<Vec<u8>, LockdError> {
-        let format = if self.needs_format_2() {
-            COMMAND_FORMAT
-        } else {
-            COMMAND_FORMAT_V1
-        };
+        let format = if self.needs_format_2() { COMMAND_FORMAT } else { COMMAND_FORMAT_V1 };
         let mut out = vec![format];
         serde_json::to_writer(&mut out, self).map_err(|e| LockdError::Invalid(e.to_string()))?;
         Ok(out)
@@ -111,11 +107,10 @@ impl Command {
 
     pub fn decode(b: &[u8]) -> Result<Command, LockdError> {
         match b.split_first() {
-            Some((&(COMMAND_FORMAT_V1 | COMMAND_FORMAT), rest)) => serde_json::from_slice(rest)
-                .map_err(|e| LockdError::Storage(format!("undecodable log entry: {e}"))),
-            Some((v, _)) => Err(LockdError::Storage(format!(
-                "log entry format {v} is newer than this lockd ({COMMAND_FORMAT})"
-            ))),
+            Some((&(COMMAND_FORMAT_V1 | COMMAND_FORMAT), rest)) => {
+                serde_json::from_slice(rest).map_err(|e| LockdError::Storage(format!("undecodable log entry: {e}")))
+            }
+            Some((v, _)) => Err(LockdError::Storage(format!("log entry format {v} is newer than this lockd ({COMMAND_FORMAT})"))),
             None => Err(LockdError::Storage("empty log entry".into())),
         }
     }
@@ -135,28 +130,18 @@ pub struct StateMachine {
 
 impl StateMachine {
     pub fn with_members(members: BTreeMap<u64, String>) -> Self {
-        StateMachine {
-            table: LockTable::default(),
-            members,
-            removed: Default::default(),
-        }
+        StateMachine { table: LockTable::default(), members, removed: Default::default() }
     }
 
     pub fn apply(&mut self, cmd: Command, fx: &mut Vec<Effect>) -> Result<CmdResult, LockError> {
         let t = &mut self.table;
         Ok(match cmd {
-            Command::OpenSession {
-                node,
-                lease_ms,
-                hold_locks_on_expiry,
-            } => CmdResult::Session(t.open_session(&node, lease_ms, hold_locks_on_expiry)?),
+            Command::OpenSession { node, lease_ms, hold_locks_on_expiry } => {
+                CmdResult::Session(t.open_session(&node, lease_ms, hold_locks_on_expiry)?)
+            }
             Command::CloseSession { session } => CmdResult::Released(t.close_session(session, fx)?),
-            Command::ExpireSession { session } => {
-                CmdResult::Released(t.expire_session(session, fx)?)
-            }
-            Command::CompleteRecovery { session } => {
-                CmdResult::Released(t.complete_recovery(session, fx)?)
-            }
+            Command::ExpireSession { session } => CmdResult::Released(t.expire_session(session, fx)?),
+            Command::CompleteRecovery { session } => CmdResult::Released(t.complete_recovery(session, fx)?),
             Command::Lock(c) => {
                 if let Some(r) = &c.release_first {
                     match t.release(c.session, &c.resource, r.lvb.as_deref(), Some(r.token), fx) {
@@ -165,31 +150,14 @@ impl StateMachine {
                         Err(e) => return Err(e),
                     }
                 }
-                let outcome = t.lock(
-                    c.session,
-                    &c.resource,
-                    c.mode,
-                    c.convert,
-                    c.try_lock,
-                    c.lvb.as_deref(),
-                    fx,
-                )?;
+                let outcome = t.lock(c.session, &c.resource, c.mode, c.convert, c.try_lock, c.lvb.as_deref(), fx)?;
                 if outcome == LockOutcome::Queued {
                     t.own_request(c.request, c.session, &c.resource);
                 }
                 CmdResult::Lock(outcome)
             }
-            Command::Cancel {
-                session,
-                resource,
-                request,
-            } => CmdResult::Cancel(t.cancel(session, &resource, request, fx)?),
-            Command::Release {
-                session,
-                resource,
-                lvb,
-                token,
-            } => {
+            Command::Cancel { session, resource, request } => CmdResult::Cancel(t.cancel(session, &resource, request, fx)?),
+            Command::Release { session, resource, lvb, token } => {
                 t.release(session, &resource, lvb.as_deref(), token, fx)?;
                 CmdResult::Done
             }
@@ -205,11 +173,10 @@ impl StateMachine {
 
     pub fn decode_snapshot(b: &[u8]) -> Result<StateMachine, LockdError> {
         match b.split_first() {
-            Some((&SNAPSHOT_FORMAT, rest)) => serde_json::from_slice(rest)
-                .map_err(|e| LockdError::Storage(format!("undecodable snapshot: {e}"))),
-            Some((v, _)) => Err(LockdError::Storage(format!(
-                "snapshot format {v} is newer than this lockd ({SNAPSHOT_FORMAT})"
-            ))),
+            Some((&SNAPSHOT_FORMAT, rest)) => {
+                serde_json::from_slice(rest).map_err(|e| LockdError::Storage(format!("undecodable snapshot: {e}")))
+            }
+            Some((v, _)) => Err(LockdError::Storage(format!("snapshot format {v} is newer than this lockd ({SNAPSHOT_FORMAT})"))),
             None => Err(LockdError::Storage("empty snapshot".into())),
         }
     }
@@ -238,27 +205,14 @@ mod tests {
         assert_eq!(Command::decode(&plain.encode().unwrap()).unwrap(), plain);
         // Entries from before `request` existed decode, with request 0.
         let old = b"\x01{\"Cancel\":{\"session\":3,\"resource\":\"r\"}}";
-        assert_eq!(
-            Command::decode(old).unwrap(),
-            Command::Cancel { session: 3, resource: "r".into(), request: None }
-        );
+        assert_eq!(Command::decode(old).unwrap(), Command::Cancel { session: 3, resource: "r".into(), request: None });
         let mut bad = c.encode().unwrap();
         bad[0] = 9;
         assert!(matches!(Command::decode(&bad), Err(LockdError::Storage(_))));
 
         let mut sm = StateMachine::with_members([(1, "127.0.0.1:1".to_string())].into());
         let mut fx = vec![];
-        let s = match sm
-            .apply(
-                Command::OpenSession {
-                    node: "n".into(),
-                    lease_ms: 1000,
-                    hold_locks_on_expiry: false,
-                },
-                &mut fx,
-            )
-            .unwrap()
-        {
+        let s = match sm.apply(Command::OpenSession { node: "n".into(), lease_ms: 1000, hold_locks_on_expiry: false }, &mut fx).unwrap() {
             CmdResult::Session(s) => s,
             r => panic!("{r:?}"),
         };
@@ -283,11 +237,7 @@ mod tests {
     }
 
     fn open(sm: &mut StateMachine, node: &str) -> SessionId {
-        let cmd = Command::OpenSession {
-            node: node.into(),
-            lease_ms: 1000,
-            hold_locks_on_expiry: false,
-        };
+        let cmd = Command::OpenSession { node: node.into(), lease_ms: 1000, hold_locks_on_expiry: false };
         match sm.apply(cmd, &mut vec![]) {
             Ok(CmdResult::Session(s)) => s,
             r => panic!("{r:?}"),
@@ -334,25 +284,11 @@ mod tests {
         assert_eq!(second.lvb, b"v1", "the release's lock value block was written first");
         // The release's own copy, and a retried Lock carrying it, arrive late: neither takes
         // the new grant away.
-        let late = Command::Release {
-            session: a,
-            resource: "r".into(),
-            lvb: Some(b"stale".to_vec()),
-            token: Some(first.token),
-        };
+        let late = Command::Release { session: a, resource: "r".into(), lvb: Some(b"stale".to_vec()), token: Some(first.token) };
         assert!(matches!(sm.apply(late, fx), Err(LockError::NotHeld { .. })));
         assert_eq!(granted(sm.apply(lock_ex(a, Some(pending)), fx)).token, second.token);
-        assert_eq!(
-            sm.apply(lock_ex(b, None), fx).ok(),
-            Some(CmdResult::Lock(LockOutcome::NotGranted)),
-            "a's second grant is still held"
-        );
-        let release = Command::Release {
-            session: a,
-            resource: "r".into(),
-            lvb: None,
-            token: Some(second.token),
-        };
+        assert_eq!(sm.apply(lock_ex(b, None), fx).ok(), Some(CmdResult::Lock(LockOutcome::NotGranted)), "a's second grant is still held");
+        let release = Command::Release { session: a, resource: "r".into(), lvb: None, token: Some(second.token) };
         sm.apply(release, fx).expect("release of the current grant");
         assert_eq!(granted(sm.apply(lock_ex(b, None), fx)).lvb, b"v1");
     }

@@ -32,11 +32,7 @@ pub struct Transport {
 
 impl Transport {
     pub fn new(rt: Handle, node_tx: mpsc::UnboundedSender<NodeMsg>) -> Self {
-        Transport {
-            rt,
-            node_tx,
-            links: HashMap::new(),
-        }
+        Transport { rt, node_tx, links: HashMap::new() }
     }
 
     pub fn send(&mut self, msgs: Vec<Message>, members: &BTreeMap<u64, String>) {
@@ -46,21 +42,11 @@ impl Transport {
                 tracing::debug!(to, "no address for raft peer; dropping message");
                 continue;
             };
-            let stale = self
-                .links
-                .get(&to)
-                .is_none_or(|l| &l.addr != addr || l.tx.is_closed());
+            let stale = self.links.get(&to).is_none_or(|l| &l.addr != addr || l.tx.is_closed());
             if stale {
                 let (tx, rx) = mpsc::unbounded_channel();
-                self.rt
-                    .spawn(run_link(to, addr.clone(), rx, self.node_tx.clone()));
-                self.links.insert(
-                    to,
-                    Link {
-                        addr: addr.clone(),
-                        tx,
-                    },
-                );
+                self.rt.spawn(run_link(to, addr.clone(), rx, self.node_tx.clone()));
+                self.links.insert(to, Link { addr: addr.clone(), tx });
             }
             if let Some(link) = self.links.get(&to) {
                 let _ = link.tx.send(m);
@@ -79,12 +65,7 @@ fn removed_at(st: &tonic::Status) -> Option<u64> {
     st.metadata().get(REMOVED_AT_HEADER)?.to_str().ok()?.parse().ok()
 }
 
-async fn run_link(
-    to: u64,
-    addr: String,
-    mut rx: mpsc::UnboundedReceiver<Message>,
-    node_tx: mpsc::UnboundedSender<NodeMsg>,
-) {
+async fn run_link(to: u64, addr: String, mut rx: mpsc::UnboundedReceiver<Message>, node_tx: mpsc::UnboundedSender<NodeMsg>) {
     let endpoint = match tonic::transport::Endpoint::from_shared(format!("http://{addr}")) {
         Ok(e) => e
             .connect_timeout(Duration::from_millis(500))
@@ -125,9 +106,7 @@ async fn run_link(
             let mut client = client.clone();
             let node_tx = node_tx.clone();
             tokio::spawn(async move {
-                let r = client
-                    .stream(tokio_stream::wrappers::ReceiverStream::new(source))
-                    .await;
+                let r = client.stream(tokio_stream::wrappers::ReceiverStream::new(source)).await;
                 if let Err(e) = r {
                     if let Some(at) = removed_at(&e) {
                         let _ = node_tx.send(NodeMsg::RemovedByPeer { peer: to, at });
@@ -138,14 +117,8 @@ async fn run_link(
             });
             (sink, done_rx)
         });
-        let snapshots: Vec<bool> = batch
-            .iter()
-            .map(|m| m.get_msg_type() == MessageType::MsgSnapshot)
-            .collect();
-        let messages: Vec<Vec<u8>> = batch
-            .iter()
-            .filter_map(|m| m.write_to_bytes().ok())
-            .collect();
+        let snapshots: Vec<bool> = batch.iter().map(|m| m.get_msg_type() == MessageType::MsgSnapshot).collect();
+        let messages: Vec<Vec<u8>> = batch.iter().filter_map(|m| m.write_to_bytes().ok()).collect();
         let ok = sink.send(pb::RaftBatch { messages }).await.is_ok();
         if !ok {
             stream = None;

@@ -19,16 +19,9 @@ fn free_addr() -> String {
 
 /// Starts `n` replicas in this process and waits for a leader; returns the endpoints.
 async fn cluster(n: u64, dir: &std::path::Path) -> Vec<String> {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_env("MAFS_LOG"))
-        .with_test_writer()
-        .try_init();
+    let _ = tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_env("MAFS_LOG")).with_test_writer().try_init();
     let addrs: Vec<String> = (0..n).map(|_| free_addr()).collect();
-    let members: std::collections::BTreeMap<u64, String> = addrs
-        .iter()
-        .enumerate()
-        .map(|(i, a)| (i as u64 + 1, a.clone()))
-        .collect();
+    let members: std::collections::BTreeMap<u64, String> = addrs.iter().enumerate().map(|(i, a)| (i as u64 + 1, a.clone())).collect();
     for (id, addr) in &members {
         let mut cfg = ReplicaConfig::new(*id, addr.clone(), dir.join(format!("r{id}")));
         cfg.members = members.clone();
@@ -78,18 +71,12 @@ async fn blocking_notification_makes_the_holder_downgrade() {
     oa.on_blocking = Some(Arc::new(move |n| {
         seen.lock().push(n.clone());
         // Here the filesystem would flush what the lock covers and drop kernel caches.
-        Revoke::Downgrade {
-            mode: Mode::PR,
-            lvb: Some(b"size=42".to_vec()),
-        }
+        Revoke::Downgrade { mode: Mode::PR, lvb: Some(b"size=42".to_vec()) }
     }));
     let a = Session::open(&eps, oa).await.unwrap();
     let b = Session::open(&eps, opts("node-b")).await.unwrap();
 
-    let g = a
-        .lock("inode/7", Mode::EX, LockOptions::default())
-        .await
-        .unwrap();
+    let g = a.lock("inode/7", Mode::EX, LockOptions::default()).await.unwrap();
     let ex_token = g.grant.token;
     drop(g); // unused but cached
     assert_eq!(a.cached("inode/7"), Some(Mode::EX));
@@ -97,49 +84,22 @@ async fn blocking_notification_makes_the_holder_downgrade() {
     // A cached lock is reused with no round trip at all.
     let before = a.round_trips();
     for _ in 0..100 {
-        let g = a
-            .lock("inode/7", Mode::PR, LockOptions::default())
-            .await
-            .unwrap();
+        let g = a.lock("inode/7", Mode::PR, LockOptions::default()).await.unwrap();
         assert_eq!(g.grant.token, ex_token);
     }
-    assert_eq!(
-        a.round_trips(),
-        before,
-        "cached re-acquire went to the network"
-    );
+    assert_eq!(a.round_trips(), before, "cached re-acquire went to the network");
 
-    let gb = b
-        .lock(
-            "inode/7",
-            Mode::PR,
-            LockOptions::wait(Duration::from_secs(10)),
-        )
-        .await
-        .unwrap();
+    let gb = b.lock("inode/7", Mode::PR, LockOptions::wait(Duration::from_secs(10))).await.unwrap();
     assert_eq!(gb.grant.mode, Mode::PR);
     assert!(gb.grant.token > ex_token);
-    assert_eq!(
-        gb.grant.lvb, b"size=42",
-        "the LVB written on downgrade reaches the next holder"
-    );
+    assert_eq!(gb.grant.lvb, b"size=42", "the LVB written on downgrade reaches the next holder");
     let n = notices.lock().clone();
     assert_eq!(n.len(), 1, "{n:?}");
-    assert_eq!(
-        (n[0].resource.as_str(), n[0].held, n[0].requested),
-        ("inode/7", Mode::EX, Mode::PR)
-    );
-    wait_for("a's cache to show PR", Duration::from_secs(5), || {
-        a.cached("inode/7") == Some(Mode::PR)
-    })
-    .await;
+    assert_eq!((n[0].resource.as_str(), n[0].held, n[0].requested), ("inode/7", Mode::EX, Mode::PR));
+    wait_for("a's cache to show PR", Duration::from_secs(5), || a.cached("inode/7") == Some(Mode::PR)).await;
     // Both read now; a's PR is still cached.
     let before = a.round_trips();
-    drop(
-        a.lock("inode/7", Mode::PR, LockOptions::default())
-            .await
-            .unwrap(),
-    );
+    drop(a.lock("inode/7", Mode::PR, LockOptions::default()).await.unwrap());
     assert_eq!(a.round_trips(), before);
     a.close().await.unwrap();
     b.close().await.unwrap();
@@ -151,16 +111,11 @@ async fn an_unused_cached_lock_is_released_on_demand_but_a_busy_one_waits_for_it
     let eps = cluster(1, dir.path()).await;
     let a = Session::open(&eps, opts("a")).await.unwrap();
     let b = Session::open(&eps, opts("b")).await.unwrap();
-    let g = a
-        .lock("ag/1", Mode::EX, LockOptions::default())
-        .await
-        .unwrap();
+    let g = a.lock("ag/1", Mode::EX, LockOptions::default()).await.unwrap();
     let started = Instant::now();
     let eps2 = eps.clone();
     let waiter = tokio::spawn(async move {
-        let r = b
-            .lock("ag/1", Mode::EX, LockOptions::wait(Duration::from_secs(10)))
-            .await;
+        let r = b.lock("ag/1", Mode::EX, LockOptions::wait(Duration::from_secs(10))).await;
         (r.map(|g| g.grant.token), Instant::now(), b, eps2)
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -168,15 +123,9 @@ async fn an_unused_cached_lock_is_released_on_demand_but_a_busy_one_waits_for_it
     drop(g); // the revocation may only proceed now
     let (tok, granted_at, b, _) = waiter.await.unwrap();
     assert!(tok.is_ok(), "{tok:?}");
-    assert!(
-        granted_at >= in_use_until,
-        "granted while a was still using it"
-    );
+    assert!(granted_at >= in_use_until, "granted while a was still using it");
     assert!(granted_at - started < Duration::from_secs(5));
-    wait_for("a's cache to drop ag/1", Duration::from_secs(5), || {
-        a.cached("ag/1").is_none()
-    })
-    .await;
+    wait_for("a's cache to drop ag/1", Duration::from_secs(5), || a.cached("ag/1").is_none()).await;
     // try-lock against b's EX fails at once.
     let e = a.lock("ag/1", Mode::PR, LockOptions::try_now()).await.err();
     assert!(matches!(e, Some(Error::NotGranted { .. })), "{e:?}");
@@ -191,36 +140,18 @@ async fn a_lapsed_lease_releases_locks_and_the_holder_learns_it_lost_the_session
     o.lease = Duration::from_millis(1000);
     let a = Session::open(&eps, o).await.unwrap();
     let b = Session::open(&eps, opts("survivor")).await.unwrap();
-    let _g = a
-        .lock("slot/3", Mode::EX, LockOptions::default())
-        .await
-        .unwrap();
+    let _g = a.lock("slot/3", Mode::EX, LockOptions::default()).await.unwrap();
     let id = a.id();
     drop(a); // a crash: heartbeats stop, no goodbye
     let t0 = Instant::now();
-    let g = b
-        .lock(
-            "slot/3",
-            Mode::EX,
-            LockOptions::wait(Duration::from_secs(10)),
-        )
-        .await
-        .unwrap();
+    let g = b.lock("slot/3", Mode::EX, LockOptions::wait(Duration::from_secs(10))).await.unwrap();
     let waited = t0.elapsed();
-    assert!(
-        waited >= Duration::from_millis(700),
-        "granted after {waited:?}, before the lease could lapse"
-    );
+    assert!(waited >= Duration::from_millis(700), "granted after {waited:?}, before the lease could lapse");
     assert!(waited < Duration::from_secs(5), "{waited:?}");
     assert!(g.grant.token > 1);
     // The expired session is gone for good.
-    let mut c = LockdClient::connect(format!("http://{}", eps[0]))
-        .await
-        .unwrap();
-    let st = c
-        .heartbeat(pb::HeartbeatRequest { session_id: id })
-        .await
-        .unwrap_err();
+    let mut c = LockdClient::connect(format!("http://{}", eps[0])).await.unwrap();
+    let st = c.heartbeat(pb::HeartbeatRequest { session_id: id }).await.unwrap_err();
     assert_eq!(st.code(), Code::NotFound);
 }
 
@@ -228,15 +159,9 @@ async fn a_lapsed_lease_releases_locks_and_the_holder_learns_it_lost_the_session
 async fn bad_input_gets_clear_statuses_and_the_service_stays_up() {
     let dir = tempfile::tempdir().unwrap();
     let eps = cluster(1, dir.path()).await;
-    let mut c = LockdClient::connect(format!("http://{}", eps[0]))
-        .await
-        .unwrap();
+    let mut c = LockdClient::connect(format!("http://{}", eps[0])).await.unwrap();
     let sid = c
-        .open_session(pb::OpenSessionRequest {
-            node_name: "n".into(),
-            lease_ms: 5000,
-            hold_locks_on_expiry: false,
-        })
+        .open_session(pb::OpenSessionRequest { node_name: "n".into(), lease_ms: 5000, hold_locks_on_expiry: false })
         .await
         .unwrap()
         .into_inner()
@@ -249,46 +174,19 @@ async fn bad_input_gets_clear_statuses_and_the_service_stays_up() {
         ..Default::default()
     };
     let cases: Vec<(&str, pb::LockRequest, Code, &str)> = vec![
-        (
-            "unknown session",
-            lock(9999, "r", Mode::EX.to_wire()),
-            Code::NotFound,
-            "unknown-session",
-        ),
-        (
-            "mode out of range",
-            lock(sid, "r", 17),
-            Code::InvalidArgument,
-            "invalid",
-        ),
-        (
-            "name over 256 bytes",
-            lock(sid, &"n".repeat(257), Mode::EX.to_wire()),
-            Code::InvalidArgument,
-            "bad-resource",
-        ),
-        (
-            "empty name",
-            lock(sid, "", Mode::EX.to_wire()),
-            Code::InvalidArgument,
-            "bad-resource",
-        ),
+        ("unknown session", lock(9999, "r", Mode::EX.to_wire()), Code::NotFound, "unknown-session"),
+        ("mode out of range", lock(sid, "r", 17), Code::InvalidArgument, "invalid"),
+        ("name over 256 bytes", lock(sid, &"n".repeat(257), Mode::EX.to_wire()), Code::InvalidArgument, "bad-resource"),
+        ("empty name", lock(sid, "", Mode::EX.to_wire()), Code::InvalidArgument, "bad-resource"),
         (
             "conversion of nothing",
-            pb::LockRequest {
-                convert: true,
-                ..lock(sid, "r", Mode::EX.to_wire())
-            },
+            pb::LockRequest { convert: true, ..lock(sid, "r", Mode::EX.to_wire()) },
             Code::FailedPrecondition,
             "not-held",
         ),
         (
             "LVB over 64 bytes",
-            pb::LockRequest {
-                write_lvb: true,
-                lvb: vec![0; 65],
-                ..lock(sid, "r", Mode::EX.to_wire())
-            },
+            pb::LockRequest { write_lvb: true, lvb: vec![0; 65], ..lock(sid, "r", Mode::EX.to_wire()) },
             Code::InvalidArgument,
             "lvb-too-large",
         ),
@@ -298,50 +196,19 @@ async fn bad_input_gets_clear_statuses_and_the_service_stays_up() {
         assert_eq!(st.code(), code, "{what}: {st:?}");
         assert_eq!(lockd::errors::kind_of(&st), Some(kind), "{what}");
     }
-    let st = c
-        .release(pb::ReleaseRequest {
-            session_id: sid,
-            resource: "never-held".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap_err();
+    let st = c.release(pb::ReleaseRequest { session_id: sid, resource: "never-held".into(), ..Default::default() }).await.unwrap_err();
     assert_eq!(st.code(), Code::FailedPrecondition);
-    let st = c
-        .heartbeat(pb::HeartbeatRequest { session_id: 424242 })
-        .await
-        .unwrap_err();
+    let st = c.heartbeat(pb::HeartbeatRequest { session_id: 424242 }).await.unwrap_err();
     assert_eq!(st.code(), Code::NotFound);
-    let st = c
-        .events(pb::EventsRequest { session_id: 424242 })
-        .await
-        .err()
-        .unwrap();
+    let st = c.events(pb::EventsRequest { session_id: 424242 }).await.err().unwrap();
     assert_eq!(st.code(), Code::NotFound);
-    let st = c
-        .change_membership(pb::MembershipRequest {
-            op: 0,
-            id: 5,
-            addr: "not an address".into(),
-        })
-        .await
-        .unwrap_err();
+    let st = c.change_membership(pb::MembershipRequest { op: 0, id: 5, addr: "not an address".into() }).await.unwrap_err();
     assert_eq!(st.code(), Code::InvalidArgument);
-    let st = c
-        .open_session(pb::OpenSessionRequest {
-            node_name: String::new(),
-            lease_ms: 5000,
-            hold_locks_on_expiry: false,
-        })
-        .await
-        .unwrap_err();
+    let st =
+        c.open_session(pb::OpenSessionRequest { node_name: String::new(), lease_ms: 5000, hold_locks_on_expiry: false }).await.unwrap_err();
     assert_eq!(st.code(), Code::InvalidArgument);
     // Still serving, and the failed requests left nothing behind.
-    let ok = c
-        .lock(lock(sid, "r", Mode::EX.to_wire()))
-        .await
-        .unwrap()
-        .into_inner();
+    let ok = c.lock(lock(sid, "r", Mode::EX.to_wire())).await.unwrap().into_inner();
     assert_eq!(ok.status, pb::LockStatus::Granted as i32);
     let s = c.status(pb::StatusRequest {}).await.unwrap().into_inner();
     assert_eq!((s.resources, s.granted_locks, s.waiting_locks), (1, 1, 0));
@@ -356,54 +223,18 @@ async fn recovering_locks_stay_held_until_recovery_completes() {
     o.hold_locks_on_expiry = true;
     let a = Session::open(&eps, o).await.unwrap();
     let aid = a.id();
-    drop(
-        a.lock("inode/1", Mode::EX, LockOptions::default())
-            .await
-            .unwrap(),
-    );
+    drop(a.lock("inode/1", Mode::EX, LockOptions::default()).await.unwrap());
     drop(a); // a crash: heartbeats stop, no goodbye
     let b = Session::open(&eps, opts("survivor")).await.unwrap();
-    let e = b
-        .lock(
-            "inode/1",
-            Mode::PR,
-            LockOptions::wait(Duration::from_secs(3)),
-        )
-        .await
-        .err();
-    assert!(
-        matches!(e, Some(Error::TimedOut { .. })),
-        "granted while the dead node's lock was recovering: {e:?}"
-    );
-    let mut c = LockdClient::connect(format!("http://{}", eps[0]))
-        .await
-        .unwrap();
-    let d = c
-        .dump(pb::DumpRequest {
-            prefix: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let sess = d
-        .sessions
-        .iter()
-        .find(|s| s.session_id == aid)
-        .expect("recovering session listed");
+    let e = b.lock("inode/1", Mode::PR, LockOptions::wait(Duration::from_secs(3))).await.err();
+    assert!(matches!(e, Some(Error::TimedOut { .. })), "granted while the dead node's lock was recovering: {e:?}");
+    let mut c = LockdClient::connect(format!("http://{}", eps[0])).await.unwrap();
+    let d = c.dump(pb::DumpRequest { prefix: String::new() }).await.unwrap().into_inner();
+    let sess = d.sessions.iter().find(|s| s.session_id == aid).expect("recovering session listed");
     assert_eq!(sess.state, "recovering");
-    let r = c
-        .complete_recovery(pb::CompleteRecoveryRequest { session_id: aid })
-        .await
-        .unwrap()
-        .into_inner();
+    let r = c.complete_recovery(pb::CompleteRecoveryRequest { session_id: aid }).await.unwrap().into_inner();
     assert_eq!(r.released, 1);
-    b.lock(
-        "inode/1",
-        Mode::PR,
-        LockOptions::wait(Duration::from_secs(3)),
-    )
-    .await
-    .unwrap();
+    b.lock("inode/1", Mode::PR, LockOptions::wait(Duration::from_secs(3))).await.unwrap();
 }
 
 /// Many sessions cycling lock + (asynchronous) release on a few resources: every cycle ends
@@ -478,10 +309,8 @@ async fn a_relock_right_after_an_asynchronous_release_is_granted_after_it() {
         let first = g.grant.token;
         drop(g);
         a.release("ar", Some(vec![round])).await.unwrap();
-        let again = a
-            .lock("ar", Mode::PR, LockOptions::wait(Duration::from_secs(10)))
-            .await
-            .unwrap_or_else(|e| panic!("round {round}: {e}"));
+        let again =
+            a.lock("ar", Mode::PR, LockOptions::wait(Duration::from_secs(10))).await.unwrap_or_else(|e| panic!("round {round}: {e}"));
         assert!(again.grant.token > first, "round {round}: the old grant came back");
         assert_eq!(again.grant.lvb, vec![round], "round {round}: the release's LVB was not written first");
         drop(again);
@@ -491,7 +320,6 @@ async fn a_relock_right_after_an_asynchronous_release_is_granted_after_it() {
     let g = probe.lock("ar", Mode::EX, LockOptions::try_now()).await;
     assert!(g.is_ok(), "ar still held after every release was confirmed: {:?}", g.err());
 }
-
 
 /// A release lockd would refuse (an LVB over 64 bytes) fails at once, while the caller can
 /// still act on it, and the lock stays held and cached instead of leaking unseen.

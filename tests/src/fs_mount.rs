@@ -475,7 +475,8 @@ impl DirReader {
 
 /// All names in a directory (without `.` and `..`), via std::fs::read_dir.
 pub fn names(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir).expect("read_dir").map(|e| e.expect("dir entry").file_name().to_string_lossy().into_owned()).collect();
+    let mut v: Vec<String> =
+        std::fs::read_dir(dir).expect("read_dir").map(|e| e.expect("dir entry").file_name().to_string_lossy().into_owned()).collect();
     v.sort();
     v
 }

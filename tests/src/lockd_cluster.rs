@@ -56,12 +56,8 @@ impl LockdCluster {
 
     fn launch(n: u64, extra: &[&str], proxied: bool) -> LockdCluster {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut c = LockdCluster {
-            dir,
-            replicas: Vec::new(),
-            extra: extra.iter().map(|s| s.to_string()).collect(),
-            net: proxied.then(Net::new),
-        };
+        let mut c =
+            LockdCluster { dir, replicas: Vec::new(), extra: extra.iter().map(|s| s.to_string()).collect(), net: proxied.then(Net::new) };
         for id in 1..=n {
             c.add_replica(id);
         }

@@ -60,10 +60,7 @@ impl Net {
 
     /// Adds the link `from` -> `to` towards `target`; returns the address to send to.
     pub fn link(&mut self, from: u64, to: u64, target: &str) -> String {
-        let listener = self
-            .rt
-            .block_on(TcpListener::bind("127.0.0.1:0"))
-            .expect("bind a proxy port");
+        let listener = self.rt.block_on(TcpListener::bind("127.0.0.1:0")).expect("bind a proxy port");
         let addr = listener.local_addr().expect("proxy addr").to_string();
         let (tx, rx) = watch::channel(LinkMode::Pass);
         let proxy = Arc::new(LinkProxy { addr: addr.clone(), mode: tx });

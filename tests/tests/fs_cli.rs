@@ -87,7 +87,13 @@ fn printing_commands_stop_quietly_when_their_reader_goes_away() {
             libc::close(fds[0]);
             <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fds[1])
         };
-        let out = Command::new(mafs_bin()).args(args).stdin(Stdio::null()).stdout(Stdio::from(write_end)).stderr(Stdio::piped()).output().expect("run mafs");
+        let out = Command::new(mafs_bin())
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(write_end))
+            .stderr(Stdio::piped())
+            .output()
+            .expect("run mafs");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!err.contains("panicked") && !err.contains("Broken pipe"), "{args:?}: {err}");
     }
@@ -196,7 +202,12 @@ fn sigint_unmounts_cleanly_from_a_terminal_and_as_a_background_job() {
     // SAFETY: openpty fills two descriptors we own from here on.
     assert_eq!(unsafe { libc::openpty(&mut master, &mut slave, std::ptr::null_mut(), std::ptr::null(), std::ptr::null()) }, 0);
     // SAFETY: fresh descriptors from openpty.
-    let (mut master, slave) = unsafe { (<std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(master), <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(slave)) };
+    let (mut master, slave) = unsafe {
+        (
+            <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(master),
+            <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(slave),
+        )
+    };
     let mut fg = mount(
         || {
             // SAFETY: a session of its own with the pty (stdin) as controlling terminal.
@@ -258,7 +269,8 @@ fn every_option_of_every_command_has_help_text() {
         for (i, line) in lines.iter().enumerate().filter(|(_, l)| l.trim_start().starts_with('-')) {
             // "  -x, --name <VALUE>  what it does", or the text on the lines below, indented more.
             let same_line = line.trim_start().split("  ").filter(|part| !part.trim().is_empty()).count() >= 2;
-            let below = lines.get(i + 1).is_some_and(|n| !n.trim().is_empty() && !n.trim_start().starts_with('-') && indent(n) > indent(line));
+            let below =
+                lines.get(i + 1).is_some_and(|n| !n.trim().is_empty() && !n.trim_start().starts_with('-') && indent(n) > indent(line));
             assert!(same_line || below, "mafs {}: option without help text: {line:?}", cmd.join(" "));
         }
     }
@@ -275,7 +287,12 @@ fn fsck_of_a_large_volume_shows_its_progress_on_a_terminal() {
     // SAFETY: openpty fills two descriptors we own from here on.
     assert_eq!(unsafe { libc::openpty(&mut master, &mut slave, std::ptr::null_mut(), std::ptr::null(), std::ptr::null()) }, 0);
     // SAFETY: fresh descriptors from openpty.
-    let (mut master, slave) = unsafe { (<std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(master), <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(slave)) };
+    let (mut master, slave) = unsafe {
+        (
+            <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(master),
+            <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(slave),
+        )
+    };
     let mut child = Command::new(mafs_bin())
         .arg("fsck")
         .arg(&vol)

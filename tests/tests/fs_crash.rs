@@ -291,7 +291,8 @@ fn crash_rounds(rounds: usize, mount_args: &[&str], truncates: bool) {
         let err_log = m.scratch().join(format!("workload{round}.err"));
         let mut child = start_workload(&m.path(&dir_name), &manifest, rng.gen(), truncates, &err_log);
         let kill_after = rng.gen_range(5..400);
-        let reached = wait_until(Duration::from_secs(60), || manifest_lines(&manifest) >= kill_after || child.try_wait().unwrap().is_some());
+        let reached =
+            wait_until(Duration::from_secs(60), || manifest_lines(&manifest) >= kill_after || child.try_wait().unwrap().is_some());
         assert!(reached, "round {round}: the workload made no progress");
         m.kill9();
         let exited = wait_until(Duration::from_secs(60), || child.try_wait().unwrap().is_some());
@@ -468,7 +469,11 @@ fn unlink_of_a_fragmented_file_interrupted_by_kill_9_is_finished_by_the_next_mou
             File::open(&m.mnt).unwrap().sync_all().unwrap();
         }
         let back = wait_until(Duration::from_secs(60), || statfs(&m.mnt).f_bfree + 64 >= free0);
-        assert!(back, "round {round}: blocks of the unlinked file not reclaimed after replay: free {free0} before, {} now", statfs(&m.mnt).f_bfree);
+        assert!(
+            back,
+            "round {round}: blocks of the unlinked file not reclaimed after replay: free {free0} before, {} now",
+            statfs(&m.mnt).f_bfree
+        );
         m.unmount_clean();
         m.mount();
     }

@@ -136,7 +136,12 @@ fn random_pwrites_and_truncates_match_a_model_across_remount() {
             if op % 10 == 0 {
                 let mut got = Vec::new();
                 File::open(&p).unwrap().read_to_end(&mut got).unwrap();
-                assert!(got.len() == model.len() && checksum(&got) == checksum(&model), "round {round} op {op}: contents differ from the model (len {} vs {})", got.len(), model.len());
+                assert!(
+                    got.len() == model.len() && checksum(&got) == checksum(&model),
+                    "round {round} op {op}: contents differ from the model (len {} vs {})",
+                    got.len(),
+                    model.len()
+                );
             }
         }
         drop(f);

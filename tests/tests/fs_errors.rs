@@ -22,7 +22,15 @@ fn mkfs_refuses_an_existing_volume_without_force() {
     assert_ne!(code, 0, "mkfs over an existing volume must fail:\n{text}");
     assert!(text.contains("--force"), "the message should say how to override:\n{text}");
     assert_no_panic(&text);
-    let (code, text) = code_and_text(&mafs([OsStr::new("mkfs"), vol.as_os_str(), OsStr::new("--size"), OsStr::new("64M"), OsStr::new("--slots"), OsStr::new("1"), OsStr::new("--force")]));
+    let (code, text) = code_and_text(&mafs([
+        OsStr::new("mkfs"),
+        vol.as_os_str(),
+        OsStr::new("--size"),
+        OsStr::new("64M"),
+        OsStr::new("--slots"),
+        OsStr::new("1"),
+        OsStr::new("--force"),
+    ]));
     assert_eq!(code, 0, "mkfs --force:\n{text}");
 }
 

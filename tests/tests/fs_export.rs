@@ -31,7 +31,9 @@ fn name_to_handle(p: &Path) -> Handle {
     let mut mount_id: libc::c_int = 0;
     let c = cstr(p);
     // SAFETY: valid C string, a handle buffer of handle_bytes bytes, a valid int pointer.
-    let rc = unsafe { libc::syscall(libc::SYS_name_to_handle_at, libc::AT_FDCWD, c.as_ptr(), &mut h as *mut Handle, &mut mount_id as *mut libc::c_int, 0) };
+    let rc = unsafe {
+        libc::syscall(libc::SYS_name_to_handle_at, libc::AT_FDCWD, c.as_ptr(), &mut h as *mut Handle, &mut mount_id as *mut libc::c_int, 0)
+    };
     assert!(rc == 0, "name_to_handle_at {}: {}", p.display(), io::Error::last_os_error());
     h
 }
@@ -96,12 +98,14 @@ fn a_file_handle_opens_the_file_after_the_kernel_forgot_the_inode() {
     let (ht, hd) = (name_to_handle(&top), name_to_handle(&deep));
     for round in 0..2 {
         drop_kernel_caches();
-        let f = open_by_handle(&m, &ht, libc::O_RDONLY).unwrap_or_else(|e| panic!("round {round}: open_by_handle_at(top) after drop_caches: {e}"));
+        let f = open_by_handle(&m, &ht, libc::O_RDONLY)
+            .unwrap_or_else(|e| panic!("round {round}: open_by_handle_at(top) after drop_caches: {e}"));
         assert_eq!(read_all(&f), b"top file");
         assert_eq!(f.metadata().unwrap().ino(), top_ino);
         drop(f);
         drop_kernel_caches();
-        let f = open_by_handle(&m, &hd, libc::O_RDWR).unwrap_or_else(|e| panic!("round {round}: open_by_handle_at(a/b/deep) after drop_caches: {e}"));
+        let f = open_by_handle(&m, &hd, libc::O_RDWR)
+            .unwrap_or_else(|e| panic!("round {round}: open_by_handle_at(a/b/deep) after drop_caches: {e}"));
         assert_eq!(f.metadata().unwrap().ino(), deep_ino);
         assert_eq!(read_all(&f), b"deep file");
         drop(f);
@@ -130,10 +134,12 @@ fn handles_survive_an_unmount_and_remount() {
     assert_eq!((read_all(&f), f.metadata().unwrap().ino()), (b"root file".to_vec(), inos[0]));
     let g = open_by_handle(&m, &handles[1], libc::O_RDONLY).unwrap_or_else(|e| panic!("open_by_handle_at(d/sub/g) after remount: {e}"));
     assert_eq!((read_all(&g), g.metadata().unwrap().ino()), (b"nested file".to_vec(), inos[1]));
-    let sub = open_by_handle(&m, &handles[2], libc::O_RDONLY | libc::O_DIRECTORY).unwrap_or_else(|e| panic!("open_by_handle_at(d/sub) after remount: {e}"));
+    let sub = open_by_handle(&m, &handles[2], libc::O_RDONLY | libc::O_DIRECTORY)
+        .unwrap_or_else(|e| panic!("open_by_handle_at(d/sub) after remount: {e}"));
     assert_eq!(sub.metadata().unwrap().ino(), inos[2]);
     assert_eq!(fd_path(&sub), m.path("d/sub"), "a directory opened by handle is reconnected to its path");
-    let root = open_by_handle(&m, &handles[3], libc::O_RDONLY | libc::O_DIRECTORY).unwrap_or_else(|e| panic!("open_by_handle_at(root) after remount: {e}"));
+    let root = open_by_handle(&m, &handles[3], libc::O_RDONLY | libc::O_DIRECTORY)
+        .unwrap_or_else(|e| panic!("open_by_handle_at(root) after remount: {e}"));
     assert_eq!(root.metadata().unwrap().ino(), inos[3]);
     drop((f, g, sub, root));
     assert_no_errors_logged(&m);
@@ -152,7 +158,8 @@ fn a_directory_handle_resolves_dotdot_after_the_kernel_forgot_its_ancestors() {
     let (a, b, c) = (ino("a"), ino("a/b"), ino("a/b/c"));
 
     drop_kernel_caches();
-    let dc = open_by_handle(&m, &hc, libc::O_RDONLY | libc::O_DIRECTORY).unwrap_or_else(|e| panic!("open_by_handle_at(a/b/c) after drop_caches: {e}"));
+    let dc = open_by_handle(&m, &hc, libc::O_RDONLY | libc::O_DIRECTORY)
+        .unwrap_or_else(|e| panic!("open_by_handle_at(a/b/c) after drop_caches: {e}"));
     assert_eq!(dc.metadata().unwrap().ino(), c);
     assert_eq!(fd_path(&dc), m.path("a/b/c"), "the kernel walked '..' up to the root");
     let up = openat(&dc, "..", libc::O_RDONLY | libc::O_DIRECTORY).unwrap();
@@ -165,7 +172,8 @@ fn a_directory_handle_resolves_dotdot_after_the_kernel_forgot_its_ancestors() {
     // After a directory moves to another parent, its handle and its ".." follow the move.
     fs::rename(m.path("a/b"), m.path("x/b")).unwrap();
     drop_kernel_caches();
-    let db = open_by_handle(&m, &hb, libc::O_RDONLY | libc::O_DIRECTORY).unwrap_or_else(|e| panic!("open_by_handle_at(x/b) after rename: {e}"));
+    let db =
+        open_by_handle(&m, &hb, libc::O_RDONLY | libc::O_DIRECTORY).unwrap_or_else(|e| panic!("open_by_handle_at(x/b) after rename: {e}"));
     assert_eq!(fd_path(&db), m.path("x/b"));
     let up = openat(&db, "..", libc::O_RDONLY | libc::O_DIRECTORY).unwrap();
     assert_eq!(up.metadata().unwrap().ino(), ino("x"), "'..' of a moved directory is its new parent");

@@ -65,7 +65,11 @@ fn another_host_cannot_mount_check_or_format_a_mounted_volume_and_takes_over_a_d
     // The first host dies: its sequence stops, and the other host recovers the slot.
     m.kill9();
     let started = Instant::now();
-    let mut second: Child = as_other_host(&format!("mount {} '{}' --standalone", lo.0, mnt2.display())).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("mount");
+    let mut second: Child = as_other_host(&format!("mount {} '{}' --standalone", lo.0, mnt2.display()))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("mount");
     assert!(wait_until(Duration::from_secs(20), || is_mounted(&mnt2)), "the other host could not take over a dead host's slot");
     assert!(started.elapsed() >= Duration::from_secs(2), "took over without watching the slot");
     assert_eq!(std::fs::read(mnt2.join("from-first-host")).expect("read"), b"1");

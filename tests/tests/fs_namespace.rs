@@ -48,7 +48,9 @@ fn chmod_and_chown_change_mode_owner_and_ctime_and_persist() {
 fn truncate_down_then_up_reads_zeros_beyond_the_cut() {
     let mut m = Mounted::new("64M");
     // one small (inline) and one large file, each cut and regrown
-    for (name, len, cut, regrow) in [("small", 3000usize, 1000usize, 3500usize), ("large", 50_000, 10_001, 70_000), ("cross", 9000, 3000, 9000)] {
+    for (name, len, cut, regrow) in
+        [("small", 3000usize, 1000usize, 3500usize), ("large", 50_000, 10_001, 70_000), ("cross", 9000, 3000, 9000)]
+    {
         let p = m.path(name);
         let data = pattern(len as u64, len);
         fs::write(&p, &data).unwrap();
@@ -245,7 +247,11 @@ fn rename_exchange_swaps_a_file_and_a_directory_across_directories() {
         assert_eq!(fs::metadata(m.path("p1/f/..")).unwrap().ino(), fs::metadata(m.path("p1")).unwrap().ino(), ".. of the moved directory");
     };
     check(&m);
-    assert_errno(renameat2(&m.path("p1/f"), &m.path("p2/missing"), libc::RENAME_EXCHANGE), libc::ENOENT, "RENAME_EXCHANGE with a missing target");
+    assert_errno(
+        renameat2(&m.path("p1/f"), &m.path("p2/missing"), libc::RENAME_EXCHANGE),
+        libc::ENOENT,
+        "RENAME_EXCHANGE with a missing target",
+    );
     // exchange within one directory
     fs::write(m.path("p2/x"), b"x").unwrap();
     renameat2(&m.path("p2/x"), &m.path("p2/d"), libc::RENAME_EXCHANGE).unwrap();
@@ -388,7 +394,11 @@ fn readdir_lists_dot_dotdot_and_every_name_with_its_type() {
         let got: Vec<String> = all.iter().filter(|n| *n != "." && *n != "..").cloned().collect();
         assert_eq!(got.len(), want.len(), "each name once");
         assert_eq!(got.iter().cloned().collect::<BTreeSet<_>>(), want);
-        let types: HashMap<String, fs::FileType> = fs::read_dir(m.path("d")).unwrap().map(|e| e.unwrap()).map(|e| (e.file_name().into_string().unwrap(), e.file_type().unwrap())).collect();
+        let types: HashMap<String, fs::FileType> = fs::read_dir(m.path("d"))
+            .unwrap()
+            .map(|e| e.unwrap())
+            .map(|e| (e.file_name().into_string().unwrap(), e.file_type().unwrap()))
+            .collect();
         assert!(types["subdir"].is_dir() && types["link"].is_symlink() && types["file-000-"].is_file());
         assert_eq!(names(&m.mnt), vec!["d", "lost+found"]);
     };
@@ -440,7 +450,8 @@ fn readdir_offsets_stay_stable_while_the_directory_changes() {
     }
     // seekdir back to a remembered cookie: the rest of the listing comes again, the same way
     let (mid_off, _) = cookies[cookies.len() / 2].clone();
-    let expect_after: BTreeSet<String> = cookies[cookies.len() / 2 + 1..].iter().map(|(_, n)| n.clone()).filter(|n| n.starts_with("keep-")).collect();
+    let expect_after: BTreeSet<String> =
+        cookies[cookies.len() / 2 + 1..].iter().map(|(_, n)| n.clone()).filter(|n| n.starts_with("keep-")).collect();
     fs::File::create(d.join("late-addition")).unwrap();
     r.seek(mid_off);
     let mut again = BTreeSet::new();
@@ -557,7 +568,10 @@ fn permissions_are_enforced_for_other_users() {
     assert!(!ok(format!("ls '{}'", closed.display())), "mode 700 keeps nobody out");
     assert!(!ok(format!("cat '{}'", closed.join("inside").display())), "nor through the directory");
     assert!(!ok(format!("touch '{}'", m.path("at-root").display())), "nobody cannot create in the 755 root");
-    assert!(ok(format!("test -r '{}' && ! test -w '{}'", open.join("roots").display(), open.join("roots").display())), "access(2) reports r but not w");
+    assert!(
+        ok(format!("test -r '{}' && ! test -w '{}'", open.join("roots").display(), open.join("roots").display())),
+        "access(2) reports r but not w"
+    );
     m.finish();
 }
 
@@ -590,7 +604,11 @@ fn directory_operations_that_make_no_sense_fail_with_linux_errnos() {
     let d = m.path("d");
     fs::create_dir(&d).unwrap();
     assert_errno(fs::OpenOptions::new().write(true).open(&d), libc::EISDIR, "open of a directory for writing");
-    assert_errno(fs::File::open(&d).and_then(|_| fs::OpenOptions::new().write(true).truncate(true).open(&d)), libc::EISDIR, "O_TRUNC of a directory");
+    assert_errno(
+        fs::File::open(&d).and_then(|_| fs::OpenOptions::new().write(true).truncate(true).open(&d)),
+        libc::EISDIR,
+        "O_TRUNC of a directory",
+    );
     let c = cstr(&d);
     // SAFETY: valid C string.
     assert_errno(cvt(unsafe { libc::truncate(c.as_ptr(), 0) }), libc::EISDIR, "truncate(2) of a directory");
@@ -658,7 +676,11 @@ fn rename_exchange_of_two_directories_across_parents_keeps_link_counts() {
         assert_eq!(fs::metadata(m.path("a/x/..")).unwrap().ino(), fs::metadata(m.path("a")).unwrap().ino());
     };
     check(&m);
-    assert_errno(renameat2(&m.path("b/y"), &m.path("b/y/deep"), libc::RENAME_EXCHANGE), libc::EINVAL, "exchange of a directory with its own child");
+    assert_errno(
+        renameat2(&m.path("b/y"), &m.path("b/y/deep"), libc::RENAME_EXCHANGE),
+        libc::EINVAL,
+        "exchange of a directory with its own child",
+    );
     m.remount();
     check(&m);
     m.finish();
@@ -728,7 +750,9 @@ fn concurrent_renames_across_directories_neither_deadlock_nor_lose_files() {
                         2 | 3 => {
                             // move some file of d1 to d2
                             if let Ok(mut rd) = fs::read_dir(&d1) {
-                                if let Some(Ok(e)) = rd.find(|e| e.as_ref().map(|e| e.file_name().to_string_lossy().starts_with("file-")).unwrap_or(false)) {
+                                if let Some(Ok(e)) =
+                                    rd.find(|e| e.as_ref().map(|e| e.file_name().to_string_lossy().starts_with("file-")).unwrap_or(false))
+                                {
                                     let _ = fs::rename(e.path(), d2.join(e.file_name()));
                                 }
                             }
@@ -743,7 +767,9 @@ fn concurrent_renames_across_directories_neither_deadlock_nor_lose_files() {
                         }
                         _ => {
                             if let Ok(mut rd) = fs::read_dir(&d1) {
-                                if let Some(Ok(e)) = rd.find(|e| e.as_ref().map(|e| e.file_name().to_string_lossy().starts_with("file-")).unwrap_or(false)) {
+                                if let Some(Ok(e)) =
+                                    rd.find(|e| e.as_ref().map(|e| e.file_name().to_string_lossy().starts_with("file-")).unwrap_or(false))
+                                {
                                     if fs::remove_file(e.path()).is_ok() {
                                         files.fetch_sub(1, Ordering::SeqCst);
                                     }

@@ -14,8 +14,12 @@ fn xattrs_in_user_trusted_security_namespaces_set_get_list_remove_and_persist() 
     fs::write(&f, b"x").unwrap();
     fs::create_dir(m.path("d")).unwrap();
     let d = m.path("d");
-    let attrs: [(&str, Vec<u8>); 4] =
-        [("user.color", b"blue".to_vec()), ("trusted.secret", pattern(1, 300)), ("security.label", b"system_u:object_r:tmp_t".to_vec()), ("user.empty", Vec::new())];
+    let attrs: [(&str, Vec<u8>); 4] = [
+        ("user.color", b"blue".to_vec()),
+        ("trusted.secret", pattern(1, 300)),
+        ("security.label", b"system_u:object_r:tmp_t".to_vec()),
+        ("user.empty", Vec::new()),
+    ];
     for p in [&f, &d] {
         for (n, v) in &attrs {
             setxattr(p, n, v, 0).unwrap();

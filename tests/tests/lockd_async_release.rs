@@ -21,11 +21,7 @@ fn opts(name: &str) -> SessionOptions {
 }
 
 fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio runtime")
 }
 
 #[test]
@@ -128,7 +124,12 @@ fn asynchronous_releases_survive_a_leader_crash() {
     w.sort_by_key(|x| (x.0, x.1));
     for pair in w.windows(2) {
         if pair[0].0 == pair[1].0 {
-            assert!(pair[1].1 >= pair[0].2, "two sessions held crash/{} at once: {:?}", pair[0].0, (pair[0].3, pair[0].4, pair[1].3, pair[1].4, pair[0].2 - pair[1].1));
+            assert!(
+                pair[1].1 >= pair[0].2,
+                "two sessions held crash/{} at once: {:?}",
+                pair[0].0,
+                (pair[0].3, pair[0].4, pair[1].3, pair[1].4, pair[0].2 - pair[1].1)
+            );
         }
     }
 }

@@ -61,11 +61,7 @@ fn a_replaced_replica_catches_up_as_a_follower_and_never_leads_alone() {
         assert_ne!(st.role, "leader", "replica {v} leads alone after the replace:\n{}", c.log_tail(v));
         std::thread::sleep(Duration::from_millis(100));
     }
-    let out = c
-        .lock_cmd_at(&c.endpoints_of(&[v]), "EX", "alone", &["true"])
-        .env("MAFS_LOG", "error")
-        .output()
-        .expect("mafs lock");
+    let out = c.lock_cmd_at(&c.endpoints_of(&[v]), "EX", "alone", &["true"]).env("MAFS_LOG", "error").output().expect("mafs lock");
     assert!(!out.status.success(), "a lock was granted by one replica of three");
 }
 
@@ -250,9 +246,8 @@ fn mafs_lock_kills_the_whole_command_before_its_lease_runs_out_when_cut_off() {
 
     c.isolate(leader, LinkMode::Blackhole);
     let others = c.others(leader);
-    let elected = wait_until(Duration::from_secs(15), || {
-        c.statuses().iter().any(|s| s.role == "leader" && s.id != leader && others.contains(&s.id))
-    });
+    let elected =
+        wait_until(Duration::from_secs(15), || c.statuses().iter().any(|s| s.role == "leader" && s.id != leader && others.contains(&s.id)));
     assert!(elected, "the majority elected no leader: {:?}", c.statuses());
     // A second client on the majority side gets the lock once lockd lets the first go.
     let got = dir.join("got");
@@ -371,9 +366,8 @@ fn replica_flags_are_checked_sigterm_is_prompt_and_logs_are_plain_text() {
     let leader = c.wait_leader(Duration::from_secs(15));
     run_locks(&c, 4);
     let scratch = c.dir.path().join("scratch");
-    let lockd = |args: &[&str]| -> Output {
-        Command::new(mafs_bin()).arg("lockd").args(args).stdin(Stdio::null()).output().expect("mafs lockd")
-    };
+    let lockd =
+        |args: &[&str]| -> Output { Command::new(mafs_bin()).arg("lockd").args(args).stdin(Stdio::null()).output().expect("mafs lockd") };
 
     // --join without any peer cannot answer the leader: refused with what to add.
     let out = lockd(&["--id", "9", "--listen", "127.0.0.1:1", "--join", "--data-dir", &scratch.display().to_string()]);
@@ -495,9 +489,21 @@ fn mafs_lock_from_a_terminal_gives_the_command_the_terminal_and_ctrl_c_releases(
     let st = st.unwrap_or_else(|| {
         let ps = Command::new("ps").args(["-eo", "pid,ppid,pgid,sid,tpgid,stat,args"]).output().expect("ps");
         let me = p.0.id().to_string();
-        let rows: Vec<String> = String::from_utf8_lossy(&ps.stdout).lines().filter(|l| l.contains(&me) || l.starts_with("    PID") || l.contains("sleep 60")).map(str::to_string).collect();
-        let sig = Command::new("sh").args(["-c", &format!("for p in $(pgrep -s {me}); do echo $p; grep -E 'Sig|ShdPnd' /proc/$p/status; done")]).output().expect("sh");
-        panic!("Ctrl-C did not end mafs lock (pid {me}):\n{}\nterminal: {:?}\n{}", rows.join("\n"), read_until(&mut master, "\u{0}"), String::from_utf8_lossy(&sig.stdout))
+        let rows: Vec<String> = String::from_utf8_lossy(&ps.stdout)
+            .lines()
+            .filter(|l| l.contains(&me) || l.starts_with("    PID") || l.contains("sleep 60"))
+            .map(str::to_string)
+            .collect();
+        let sig = Command::new("sh")
+            .args(["-c", &format!("for p in $(pgrep -s {me}); do echo $p; grep -E 'Sig|ShdPnd' /proc/$p/status; done")])
+            .output()
+            .expect("sh");
+        panic!(
+            "Ctrl-C did not end mafs lock (pid {me}):\n{}\nterminal: {:?}\n{}",
+            rows.join("\n"),
+            read_until(&mut master, "\u{0}"),
+            String::from_utf8_lossy(&sig.stdout)
+        )
     });
     assert_eq!(st.code(), Some(130), "128 + SIGINT");
     let out = Command::new(mafs_bin())

@@ -78,8 +78,5 @@ fn a_replica_whose_listen_port_is_taken_says_so_and_exits() {
         .expect("mafs lockd");
     assert!(!out.status.success(), "lockd started on a port another socket holds");
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains(&format!("cannot listen on {addr}")) && err.contains("pick another --listen address"),
-        "unclear error: {err}"
-    );
+    assert!(err.contains(&format!("cannot listen on {addr}")) && err.contains("pick another --listen address"), "unclear error: {err}");
 }

@@ -17,8 +17,9 @@
 //!
 //! Usage (as root): `fuse_ceiling MOUNTPOINT [--threads N]`; serves until unmounted (`umount`).
 use fuser::{
-    Config, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner, MountOption, OpenFlags, ReplyAttr,
-    ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyWrite, ReplyXattr, Request, SessionACL, TimeOrNow, WriteFlags,
+    Config, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner,
+    MountOption, OpenFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyWrite, ReplyXattr,
+    Request, SessionACL, TimeOrNow, WriteFlags,
 };
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::{OsStr, OsString};
@@ -225,7 +226,17 @@ impl Filesystem for MemFs {
         reply.opened(FileHandle(0), OPEN_FLAGS)
     }
 
-    fn read(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, size: u32, _flags: OpenFlags, _lock: Option<LockOwner>, reply: ReplyData) {
+    fn read(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
         let Ok(t) = self.tree.lock() else { return reply.error(errno(libc::EIO)) };
         let Some(n) = t.nodes.get(&ino.0) else { return reply.error(errno(libc::ENOENT)) };
         let start = (offset as usize).min(n.data.len());
@@ -233,7 +244,18 @@ impl Filesystem for MemFs {
         reply.data(&n.data[start..end])
     }
 
-    fn write(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, data: &[u8], _wf: WriteFlags, _flags: OpenFlags, _lock: Option<LockOwner>, reply: ReplyWrite) {
+    fn write(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _wf: WriteFlags,
+        _flags: OpenFlags,
+        _lock: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
         let Ok(mut t) = self.tree.lock() else { return reply.error(errno(libc::EIO)) };
         let Some(n) = t.nodes.get_mut(&ino.0) else { return reply.error(errno(libc::ENOENT)) };
         let end = offset as usize + data.len();
@@ -247,7 +269,16 @@ impl Filesystem for MemFs {
         reply.written(data.len() as u32)
     }
 
-    fn release(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _flags: OpenFlags, _lock: Option<LockOwner>, _flush: bool, reply: ReplyEmpty) {
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: OpenFlags,
+        _lock: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
         reply.ok()
     }
 
@@ -304,7 +335,8 @@ fn main() {
     let mut config = Config::default();
     config.n_threads = Some(threads);
     config.acl = SessionACL::All;
-    config.mount_options = vec![MountOption::FSName("fuse_ceiling".into()), MountOption::DefaultPermissions, MountOption::Dev, MountOption::Suid];
+    config.mount_options =
+        vec![MountOption::FSName("fuse_ceiling".into()), MountOption::DefaultPermissions, MountOption::Dev, MountOption::Suid];
     let session = match fuser::Session::new(MemFs::new(), &mountpoint, &config) {
         Ok(s) => s,
         Err(e) => {

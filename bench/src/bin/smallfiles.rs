@@ -40,10 +40,7 @@ fn parse_args() -> Args {
         dir: PathBuf::new(),
         files: 10_000,
         size: 100,
-        phases: ["create", "stat", "warmstat", "unlink"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect(),
+        phases: ["create", "stat", "warmstat", "unlink"].iter().map(|s| s.to_string()).collect(),
         label: String::new(),
         json: false,
         keep: false,
@@ -51,26 +48,9 @@ fn parse_args() -> Args {
     let mut dir = None;
     while let Some(x) = it.next() {
         match x.as_str() {
-            "--files" => {
-                a.files = it
-                    .next()
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or_else(|| usage())
-            }
-            "--size" => {
-                a.size = it
-                    .next()
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or_else(|| usage())
-            }
-            "--phases" => {
-                a.phases = it
-                    .next()
-                    .unwrap_or_else(|| usage())
-                    .split(',')
-                    .map(|s| s.trim().to_string())
-                    .collect()
-            }
+            "--files" => a.files = it.next().and_then(|v| v.parse().ok()).unwrap_or_else(|| usage()),
+            "--size" => a.size = it.next().and_then(|v| v.parse().ok()).unwrap_or_else(|| usage()),
+            "--phases" => a.phases = it.next().unwrap_or_else(|| usage()).split(',').map(|s| s.trim().to_string()).collect(),
             "--label" => a.label = it.next().unwrap_or_else(|| usage()),
             "--json" => a.json = true,
             "--keep" => a.keep = true,
@@ -94,11 +74,7 @@ fn cpath(p: &Path) -> CString {
 }
 
 fn die(what: &str, p: &CString) -> ! {
-    eprintln!(
-        "smallfiles: {what} {}: {}",
-        p.to_string_lossy(),
-        std::io::Error::last_os_error()
-    );
+    eprintln!("smallfiles: {what} {}: {}", p.to_string_lossy(), std::io::Error::last_os_error());
     std::process::exit(1)
 }
 
@@ -106,9 +82,7 @@ fn main() {
     let a = parse_args();
     let tree = a.dir.join("smallfiles.d");
     // Paths are built before timing, so the phases measure only the system calls.
-    let names: Vec<CString> = (0..a.files)
-        .map(|i| cpath(&tree.join(format!("f{i:06}"))))
-        .collect();
+    let names: Vec<CString> = (0..a.files).map(|i| cpath(&tree.join(format!("f{i:06}")))).collect();
     let data = vec![b'x'; a.size];
     let mut results: Vec<(String, usize, f64)> = Vec::new();
 
@@ -124,16 +98,11 @@ fn main() {
                 for p in &names {
                     // SAFETY: plain syscalls on a valid C string and buffer.
                     unsafe {
-                        let fd = libc::open(
-                            p.as_ptr(),
-                            libc::O_CREAT | libc::O_WRONLY | libc::O_TRUNC | libc::O_CLOEXEC,
-                            0o644,
-                        );
+                        let fd = libc::open(p.as_ptr(), libc::O_CREAT | libc::O_WRONLY | libc::O_TRUNC | libc::O_CLOEXEC, 0o644);
                         if fd < 0 {
                             die("open", p);
                         }
-                        if libc::write(fd, data.as_ptr().cast(), data.len()) != data.len() as isize
-                        {
+                        if libc::write(fd, data.as_ptr().cast(), data.len()) != data.len() as isize {
                             die("write", p);
                         }
                         if libc::close(fd) != 0 {
@@ -152,12 +121,7 @@ fn main() {
                         die("stat", p);
                     }
                     if st.st_size as usize != a.size {
-                        eprintln!(
-                            "smallfiles: {} has size {}, expected {}",
-                            p.to_string_lossy(),
-                            st.st_size,
-                            a.size
-                        );
+                        eprintln!("smallfiles: {} has size {}, expected {}", p.to_string_lossy(), st.st_size, a.size);
                         std::process::exit(1);
                     }
                 }
@@ -181,31 +145,13 @@ fn main() {
     if a.json {
         let body: Vec<String> = results
             .iter()
-            .map(|(p, n, s)| {
-                format!(
-                    "\"{p}\":{{\"ops\":{n},\"secs\":{s:.6},\"ops_per_sec\":{:.1}}}",
-                    *n as f64 / s
-                )
-            })
+            .map(|(p, n, s)| format!("\"{p}\":{{\"ops\":{n},\"secs\":{s:.6},\"ops_per_sec\":{:.1}}}", *n as f64 / s))
             .collect();
-        println!(
-            "{{\"label\":\"{}\",\"files\":{},\"size\":{},{}}}",
-            a.label,
-            a.files,
-            a.size,
-            body.join(",")
-        );
+        println!("{{\"label\":\"{}\",\"files\":{},\"size\":{},{}}}", a.label, a.files, a.size, body.join(","));
     } else {
         for (p, n, s) in &results {
-            let label = if a.label.is_empty() {
-                String::new()
-            } else {
-                format!("label={} ", a.label)
-            };
-            println!(
-                "{label}phase={p} ops={n} secs={s:.6} ops_per_sec={:.1}",
-                *n as f64 / s
-            );
+            let label = if a.label.is_empty() { String::new() } else { format!("label={} ", a.label) };
+            println!("{label}phase={p} ops={n} secs={s:.6} ops_per_sec={:.1}", *n as f64 / s);
         }
     }
 }

@@ -31,7 +31,14 @@ impl CrashDevice {
     pub fn from_image(image: Vec<u8>) -> CrashDevice {
         let size = image.len() as u64;
         CrashDevice {
-            state: Mutex::new(State { live: image.clone(), durable: image, pending: Vec::new(), flushes: 0, writes: 0, fail_after_writes: None }),
+            state: Mutex::new(State {
+                live: image.clone(),
+                durable: image,
+                pending: Vec::new(),
+                flushes: 0,
+                writes: 0,
+                fail_after_writes: None,
+            }),
             size,
         }
     }

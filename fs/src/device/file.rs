@@ -75,24 +75,29 @@ impl FileDevice {
     }
 
     fn aligned(&self, buf_ptr: usize, len: usize, offset: u64) -> bool {
-        !self.direct
-            || (buf_ptr % DIRECT_ALIGN == 0 && len % DIRECT_ALIGN == 0 && offset % DIRECT_ALIGN as u64 == 0)
+        !self.direct || (buf_ptr % DIRECT_ALIGN == 0 && len % DIRECT_ALIGN == 0 && offset % DIRECT_ALIGN as u64 == 0)
     }
 
     fn raw_pread(&self, buf: &mut [u8], offset: u64) -> Result<()> {
         let (fd, ptr, len) = (self.file.as_raw_fd(), buf.as_mut_ptr(), buf.len());
         // SAFETY: each call writes at most len - done bytes into buf[done..].
-        io_loop(len, offset, |done| unsafe { libc::pread(fd, ptr.add(done) as *mut _, len - done, (offset + done as u64) as libc::off_t) }, |done| {
-            FsError::ShortRead { offset, wanted: len, got: done }
-        })
+        io_loop(
+            len,
+            offset,
+            |done| unsafe { libc::pread(fd, ptr.add(done) as *mut _, len - done, (offset + done as u64) as libc::off_t) },
+            |done| FsError::ShortRead { offset, wanted: len, got: done },
+        )
     }
 
     fn raw_pwrite(&self, buf: &[u8], offset: u64) -> Result<()> {
         let (fd, ptr, len) = (self.file.as_raw_fd(), buf.as_ptr(), buf.len());
         // SAFETY: each call reads at most len - done bytes from buf[done..].
-        io_loop(len, offset, |done| unsafe { libc::pwrite(fd, ptr.add(done) as *const _, len - done, (offset + done as u64) as libc::off_t) }, |done| {
-            FsError::DeviceFull { offset: offset + done as u64 }
-        })
+        io_loop(
+            len,
+            offset,
+            |done| unsafe { libc::pwrite(fd, ptr.add(done) as *const _, len - done, (offset + done as u64) as libc::off_t) },
+            |done| FsError::DeviceFull { offset: offset + done as u64 },
+        )
     }
 
     /// The aligned window around [offset, offset+len) for O_DIRECT bounce I/O.
@@ -225,7 +230,12 @@ impl BlockDevice for FileDevice {
         } else {
             // SAFETY: plain syscall on an owned fd.
             let rc = unsafe {
-                libc::fallocate(self.file.as_raw_fd(), libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE, offset as libc::off_t, len as libc::off_t)
+                libc::fallocate(
+                    self.file.as_raw_fd(),
+                    libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE,
+                    offset as libc::off_t,
+                    len as libc::off_t,
+                )
             };
             if rc == 0 {
                 return Ok(());

@@ -144,7 +144,8 @@ impl Fs {
         let cur = self.getattr(ino)?;
         let now = Timespec::now();
         let stale = cur.atime.sec + 86400 < now.sec;
-        let behind = (cur.atime.sec, cur.atime.nsec) <= (cur.mtime.sec, cur.mtime.nsec) || (cur.atime.sec, cur.atime.nsec) <= (cur.ctime.sec, cur.ctime.nsec);
+        let behind = (cur.atime.sec, cur.atime.nsec) <= (cur.mtime.sec, cur.mtime.nsec)
+            || (cur.atime.sec, cur.atime.nsec) <= (cur.ctime.sec, cur.ctime.nsec);
         if !(stale || behind) {
             return Ok(());
         }
@@ -246,6 +247,13 @@ impl Fs {
     pub fn statfs(&self) -> StatFs {
         let total = self.vol.alloc.total_blocks();
         let free = self.vol.alloc.free_blocks();
-        StatFs { blocks: total, bfree: free, files: total, ffree: free, bsize: BLOCK_SIZE as u32, namelen: crate::format::MAX_NAME_LEN as u32 }
+        StatFs {
+            blocks: total,
+            bfree: free,
+            files: total,
+            ffree: free,
+            bsize: BLOCK_SIZE as u32,
+            namelen: crate::format::MAX_NAME_LEN as u32,
+        }
     }
 }

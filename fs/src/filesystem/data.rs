@@ -130,7 +130,15 @@ impl Fs {
 
     /// Allocates and fills blocks for the hole [lblk, lblk+n) with `fill(i, block)` giving the
     /// content of the i-th block; returns how many blocks were mapped (at least one).
-    fn fill_hole(&self, h: &Handle, buf: &Arc<MetaBuf>, inode: &mut Inode, lblk: u64, n: u64, fill: &mut dyn FnMut(u64, u64, u64) -> Result<()>) -> Result<u64> {
+    fn fill_hole(
+        &self,
+        h: &Handle,
+        buf: &Arc<MetaBuf>,
+        inode: &mut Inode,
+        lblk: u64,
+        n: u64,
+        fill: &mut dyn FnMut(u64, u64, u64) -> Result<()>,
+    ) -> Result<u64> {
         let goal = {
             let t = self.tree(buf);
             match lblk.checked_sub(1).map(|p| extent_at(&t, p)).transpose()?.flatten() {
@@ -197,7 +205,8 @@ impl Fs {
                         }
                         // Partial blocks at the edges of a new run: the rest reads as zeros.
                         let mut tmp = vec![0u8; (n * BS) as usize];
-                        tmp[(ds - bstart) as usize..(de - bstart) as usize].copy_from_slice(&data[(ds - off) as usize..(de - off) as usize]);
+                        tmp[(ds - bstart) as usize..(de - bstart) as usize]
+                            .copy_from_slice(&data[(ds - off) as usize..(de - off) as usize]);
                         self.dev_write(&tmp, p, 0)
                     })?;
                     lblk += got;
@@ -310,7 +319,15 @@ impl Fs {
 
     /// Frees the data blocks of logical blocks [from, to), at most `max` extents; returns
     /// whether the range is now empty. The caller writes the inode back.
-    pub(crate) fn free_blocks_range(&self, h: &Handle, buf: &Arc<MetaBuf>, inode: &mut Inode, from: u64, to: u64, max: usize) -> Result<bool> {
+    pub(crate) fn free_blocks_range(
+        &self,
+        h: &Handle,
+        buf: &Arc<MetaBuf>,
+        inode: &mut Inode,
+        from: u64,
+        to: u64,
+        max: usize,
+    ) -> Result<bool> {
         if inode.stuffed() {
             return Ok(true);
         }
@@ -385,7 +402,11 @@ impl Fs {
                 }
                 inode.size = new_size;
             }
-            let done = if inode.stuffed() { true } else { self.free_data_from(&h, &buf, &mut inode, new_size.div_ceil(BS), super::orphans::EXTENTS_PER_STEP)? };
+            let done = if inode.stuffed() {
+                true
+            } else {
+                self.free_data_from(&h, &buf, &mut inode, new_size.div_ceil(BS), super::orphans::EXTENTS_PER_STEP)?
+            };
             if !done && !listed {
                 self.add_orphan(&h, ino)?;
                 listed = true;
@@ -459,7 +480,15 @@ impl Fs {
     }
 
     /// Fills the holes of [from, to) with zeroed blocks, recording each new run in `mapped`.
-    fn fill_holes(&self, h: &Handle, buf: &Arc<MetaBuf>, inode: &mut Inode, from: u64, to: u64, mapped: &mut Vec<(u64, u64)>) -> Result<()> {
+    fn fill_holes(
+        &self,
+        h: &Handle,
+        buf: &Arc<MetaBuf>,
+        inode: &mut Inode,
+        from: u64,
+        to: u64,
+        mapped: &mut Vec<(u64, u64)>,
+    ) -> Result<()> {
         let mut lblk = from;
         while lblk < to {
             let t = self.tree(buf);
@@ -563,4 +592,3 @@ impl Fs {
         }
     }
 }
-

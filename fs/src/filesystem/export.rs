@@ -139,7 +139,10 @@ mod tests {
         let old = make(&fs, d.ino, b"old", libc::S_IFREG | 0o644);
         fs.unlink(d.ino, b"old", false).expect("unlink");
         fs.sync().expect("commit, so the freed block can be reused");
-        let new = (0..100).map(|i| make(&fs, d.ino, format!("n{i}").as_bytes(), libc::S_IFREG | 0o644)).find(|n| n.ino == old.ino).expect("number reused");
+        let new = (0..100)
+            .map(|i| make(&fs, d.ino, format!("n{i}").as_bytes(), libc::S_IFREG | 0o644))
+            .find(|n| n.ino == old.ino)
+            .expect("number reused");
         assert_ne!(new.generation as u32, old.generation as u32, "the kernel compares the low 32 bits");
         assert!(new.generation <= u32::MAX as u64 && new.generation != 0);
     }

@@ -49,7 +49,8 @@ impl Fs {
     pub fn create(&self, parent: u64, name: &[u8], node: NewNode, who: Caller) -> Result<Inode> {
         dir::check_name(name)?;
         let ftype = node.mode & libc::S_IFMT;
-        if !matches!(ftype, libc::S_IFREG | libc::S_IFDIR | libc::S_IFLNK | libc::S_IFIFO | libc::S_IFCHR | libc::S_IFBLK | libc::S_IFSOCK) {
+        if !matches!(ftype, libc::S_IFREG | libc::S_IFDIR | libc::S_IFLNK | libc::S_IFIFO | libc::S_IFCHR | libc::S_IFBLK | libc::S_IFSOCK)
+        {
             return Err(FsError::Invalid("unknown file type"));
         }
         if let Some(target) = node.symlink_target {
@@ -313,7 +314,11 @@ impl Fs {
             }
             if let Some(d) = &de {
                 if self.is_ancestor(d.ino, sp)? {
-                    return Err(if flags & RENAME_EXCHANGE != 0 { FsError::Invalid("cannot move a directory into itself") } else { FsError::NotEmpty });
+                    return Err(if flags & RENAME_EXCHANGE != 0 {
+                        FsError::Invalid("cannot move a directory into itself")
+                    } else {
+                        FsError::NotEmpty
+                    });
                 }
             }
         }

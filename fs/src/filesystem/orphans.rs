@@ -4,13 +4,13 @@
 //! has it open. A crash anywhere in between leaves it listed, and the next mount of the slot
 //! (or, in cluster mode, the node recovering it) finishes the job.
 use super::Fs;
+use crate::cache::MetaBuf;
 use crate::dir;
 use crate::error::{FsError, Result};
-use crate::cache::MetaBuf;
 use crate::format::inode::Inode;
 use crate::journal::Handle;
-use std::sync::Arc;
 use crate::locks::Mode;
+use std::sync::Arc;
 
 /// Data extents freed per transaction while reclaiming, so no transaction outgrows the journal.
 pub(crate) const EXTENTS_PER_STEP: usize = 16;

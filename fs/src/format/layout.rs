@@ -68,7 +68,18 @@ impl Layout {
         if last < (1 + bitmap_blocks_per_ag as u64) + 64 && ag_count > 1 {
             ag_count -= 1;
         }
-        let l = Layout { total_blocks, slot_count: slots, max_slots: DEFAULT_MAX_SLOTS, journal_blocks, slot_table_start, journal_start, ag_start, ag_count, ag_blocks, bitmap_blocks_per_ag };
+        let l = Layout {
+            total_blocks,
+            slot_count: slots,
+            max_slots: DEFAULT_MAX_SLOTS,
+            journal_blocks,
+            slot_table_start,
+            journal_start,
+            ag_start,
+            ag_count,
+            ag_blocks,
+            bitmap_blocks_per_ag,
+        };
         l.validate()?;
         Ok(l)
     }

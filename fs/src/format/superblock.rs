@@ -2,8 +2,8 @@
 //! only by mkfs (geometry never changes while mounted), so there is no crash window between
 //! them: a torn or damaged primary is replaced by the backup at mount, and fsck rewrites it.
 use super::header::{self, BlockType};
-use super::le::*;
 use super::layout::Layout;
+use super::le::*;
 use super::BLOCK_SIZE;
 use crate::error::{FsError, Result};
 

@@ -29,10 +29,17 @@ fn parse(v: &[u8]) -> Result<Vec<Entry>> {
     if v.len() < 4 || (v.len() - 4) % 8 != 0 || u32_at(v, 0) != VERSION {
         return Err(FsError::Invalid("malformed POSIX ACL"));
     }
-    let es: Vec<Entry> = (0..(v.len() - 4) / 8).map(|i| Entry { tag: u16_at(v, 4 + i * 8), perm: u16_at(v, 6 + i * 8), id: u32_at(v, 8 + i * 8) }).collect();
+    let es: Vec<Entry> =
+        (0..(v.len() - 4) / 8).map(|i| Entry { tag: u16_at(v, 4 + i * 8), perm: u16_at(v, 6 + i * 8), id: u32_at(v, 8 + i * 8) }).collect();
     let count = |t| es.iter().filter(|e| e.tag == t).count();
     let named = es.iter().any(|e| e.tag == USER || e.tag == GROUP);
-    if count(USER_OBJ) != 1 || count(GROUP_OBJ) != 1 || count(OTHER) != 1 || count(MASK) > 1 || (named && count(MASK) != 1) || es.iter().any(|e| e.perm > 7 || ![USER_OBJ, USER, GROUP_OBJ, GROUP, MASK, OTHER].contains(&e.tag)) {
+    if count(USER_OBJ) != 1
+        || count(GROUP_OBJ) != 1
+        || count(OTHER) != 1
+        || count(MASK) > 1
+        || (named && count(MASK) != 1)
+        || es.iter().any(|e| e.perm > 7 || ![USER_OBJ, USER, GROUP_OBJ, GROUP, MASK, OTHER].contains(&e.tag))
+    {
         return Err(FsError::Invalid("malformed POSIX ACL"));
     }
     Ok(es)

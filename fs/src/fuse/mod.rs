@@ -5,13 +5,14 @@ mod killpriv;
 pub mod mount;
 
 use crate::error::FsError;
-use crate::filesystem::namespace::NewNode;
 use crate::filesystem::attr::{privileged_bits, XattrSet};
+use crate::filesystem::namespace::NewNode;
 use crate::filesystem::{Caller, FallocMode, Fs, SetAttr, Whence};
 use crate::format::inode::{Inode, Timespec};
 use fuser::{
-    AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
-    ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner,
+    OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs,
+    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
@@ -169,7 +170,16 @@ impl MafsFuse {
 
     /// Creates a node, applying the parent's default ACL or else the umask (the kernel leaves
     /// both to us when POSIX ACLs are on).
-    fn make(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, rdev: u64, target: Option<&[u8]>) -> Result<Inode, FsError> {
+    fn make(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        rdev: u64,
+        target: Option<&[u8]>,
+    ) -> Result<Inode, FsError> {
         let parent = self.ino(parent);
         let inherited = acl::inherit(&self.fs, parent, mode, umask)?;
         let node = NewNode { mode: inherited.mode, rdev, symlink_target: target };
@@ -298,12 +308,26 @@ impl Filesystem for MafsFuse {
     fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
         let r = dir_check(link_name).and_then(|_| {
             let parent = self.ino(parent);
-            self.fs.create(parent, link_name.as_bytes(), NewNode { mode: libc::S_IFLNK | 0o777, rdev: 0, symlink_target: Some(target.as_os_str().as_bytes()) }, Self::caller(req))
+            self.fs.create(
+                parent,
+                link_name.as_bytes(),
+                NewNode { mode: libc::S_IFLNK | 0o777, rdev: 0, symlink_target: Some(target.as_os_str().as_bytes()) },
+                Self::caller(req),
+            )
         });
         self.entry(r, reply)
     }
 
-    fn rename(&self, _req: &Request, parent: INodeNo, name: &OsStr, newparent: INodeNo, newname: &OsStr, flags: RenameFlags, reply: ReplyEmpty) {
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
         if flags.contains(RenameFlags::RENAME_WHITEOUT) {
             return reply.error(Errno::from_i32(libc::EINVAL));
         }
@@ -321,7 +345,17 @@ impl Filesystem for MafsFuse {
         }
     }
 
-    fn read(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, size: u32, _flags: OpenFlags, _lock: Option<LockOwner>, reply: ReplyData) {
+    fn read(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
         let ino = self.ino(ino);
         match self.fs.read(ino, offset, size) {
             Ok(d) => {
@@ -334,7 +368,18 @@ impl Filesystem for MafsFuse {
         }
     }
 
-    fn write(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, data: &[u8], wf: WriteFlags, _flags: OpenFlags, _lock: Option<LockOwner>, reply: ReplyWrite) {
+    fn write(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        wf: WriteFlags,
+        _flags: OpenFlags,
+        _lock: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
         let ino = self.ino(ino);
         match self.fs.kill_privileges(ino, killpriv::write_kills_setid(wf)).and_then(|()| self.fs.write(ino, offset, data)) {
             Ok(n) => reply.written(n as u32),
@@ -346,7 +391,16 @@ impl Filesystem for MafsFuse {
         reply.ok()
     }
 
-    fn release(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _flags: OpenFlags, _lock: Option<LockOwner>, _flush: bool, reply: ReplyEmpty) {
+    fn release(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _flags: OpenFlags,
+        _lock: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
         Self::empty(self.fs.release(self.ino(ino)), reply)
     }
 
@@ -374,7 +428,9 @@ impl Filesystem for MafsFuse {
     }
 
     fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
-        let r = self.fs.readdir(self.ino(ino), offset, &mut |e_ino, dt, name, cookie| !reply.add(self.fuse_ino(e_ino), cookie, dtype_kind(dt), OsStr::from_bytes(name)));
+        let r = self.fs.readdir(self.ino(ino), offset, &mut |e_ino, dt, name, cookie| {
+            !reply.add(self.fuse_ino(e_ino), cookie, dtype_kind(dt), OsStr::from_bytes(name))
+        });
         match r {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(&e)),
@@ -464,7 +520,17 @@ impl Filesystem for MafsFuse {
     /// No ioctl is ours. Programs probe files with terminal ioctls all the time (Python asks
     /// TCGETS on every open): "not a terminal" is the answer they expect, and no log line.
     #[allow(clippy::too_many_arguments)]
-    fn ioctl(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _flags: fuser::IoctlFlags, cmd: u32, _in: &[u8], _out: u32, reply: fuser::ReplyIoctl) {
+    fn ioctl(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _flags: fuser::IoctlFlags,
+        cmd: u32,
+        _in: &[u8],
+        _out: u32,
+        reply: fuser::ReplyIoctl,
+    ) {
         tracing::debug!(ino = ino.0, cmd, "ioctl not supported: ENOTTY");
         reply.error(Errno::from_i32(libc::ENOTTY));
     }

@@ -1,10 +1,10 @@
 //! Mounting: opens the device, claims it for this process, replays and opens the volume, and
 //! serves FUSE until unmounted; a background thread commits the journal every few seconds.
 use super::MafsFuse;
+use crate::claim::claim_volume;
 use crate::device::{BlockDevice, FileDevice, OpenOptions};
 use crate::filesystem::Fs;
 use crate::volume::{Volume, DEFAULT_CACHE_BLOCKS};
-use crate::claim::claim_volume;
 use anyhow::{bail, Context};
 use fuser::{Config, MountOption, SessionACL};
 use std::path::PathBuf;
@@ -47,14 +47,18 @@ pub fn mount(cfg: &MountConfig) -> anyhow::Result<()> {
             // Standalone means this host alone uses the volume: another host's mount of any slot
             // is as fatal as one of ours.
             let slots: Vec<u32> = (0..sb.layout.slot_count).collect();
-            crate::mmp::ensure_not_live(&*dev, &sb, &slots, &cfg.node_name, "mounting it here").with_context(|| format!("cannot mount {}", cfg.volume.display()))?;
+            crate::mmp::ensure_not_live(&*dev, &sb, &slots, &cfg.node_name, "mounting it here")
+                .with_context(|| format!("cannot mount {}", cfg.volume.display()))?;
         }
         crate::mmp::claim(&*dev, &sb, cfg.slot, &cfg.node_name).with_context(|| format!("cannot mount {}", cfg.volume.display()))?;
     }
     let vol = Volume::open_with(dev, cfg.slot, &cfg.node_name, DEFAULT_CACHE_BLOCKS, true)
         .with_context(|| format!("cannot mount {}", cfg.volume.display()))?;
     if vol.used_backup_superblock {
-        tracing::warn!("primary superblock of {} is damaged; mounted with the backup copy (run `mafs fsck --repair` to rewrite it)", cfg.volume.display());
+        tracing::warn!(
+            "primary superblock of {} is damaged; mounted with the backup copy (run `mafs fsck --repair` to rewrite it)",
+            cfg.volume.display()
+        );
     }
     if vol.replayed.transactions > 0 {
         tracing::info!("replayed {} journal transactions ({} blocks)", vol.replayed.transactions, vol.replayed.blocks_written);

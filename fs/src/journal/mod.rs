@@ -88,7 +88,15 @@ pub struct Committed {
 impl Journal {
     /// Starts journaling into `slot`, whose journal has been replayed: writes the slot header
     /// as in use, with replay starting at the journal's start and sequence `next_seq`.
-    pub fn start(dev: Arc<dyn BlockDevice>, cache: Arc<MetaCache>, layout: Layout, seed: u32, mut slot: SlotHeader, next_seq: u64, owner: &str) -> Result<Journal> {
+    pub fn start(
+        dev: Arc<dyn BlockDevice>,
+        cache: Arc<MetaCache>,
+        layout: Layout,
+        seed: u32,
+        mut slot: SlotHeader,
+        next_seq: u64,
+        owner: &str,
+    ) -> Result<Journal> {
         slot.state = SlotState::InUse;
         slot.generation += 1;
         slot.journal_tail = 0;

@@ -246,7 +246,12 @@ fn interrupted_commit(fillers: u64, fail_at: u64, rng: &mut StdRng) {
     let ok = vol.commit().is_ok();
     let what = format!("{fillers} fillers, writes fail after {fail_at}");
     let p: f64 = rng.gen_range(0.1..0.9);
-    let images = [dev.crash_image(|_| false), dev.crash_image(|_| true), dev.crash_image(|_| rng.gen_bool(p)), dev.crash_image(|_| rng.gen_bool(0.5))];
+    let images = [
+        dev.crash_image(|_| false),
+        dev.crash_image(|_| true),
+        dev.crash_image(|_| rng.gen_bool(p)),
+        dev.crash_image(|_| rng.gen_bool(0.5)),
+    ];
     for img in images {
         let (_d, v2) = recover(img);
         let got = values(&v2, &t);

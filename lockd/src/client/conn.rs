@@ -31,11 +31,7 @@ pub struct Conn {
 }
 
 fn channel(addr: &str) -> Result<Channel> {
-    let url = if addr.contains("://") {
-        addr.to_string()
-    } else {
-        format!("http://{addr}")
-    };
+    let url = if addr.contains("://") { addr.to_string() } else { format!("http://{addr}") };
     let ep = Endpoint::from_shared(url).map_err(|_| Error::BadEndpoint(addr.to_string()))?;
     // Pings find a connection whose peer went silent (a partition that drops packets rather
     // than refusing them) in seconds; without them a call there waits out its whole deadline.
@@ -50,11 +46,7 @@ fn channel(addr: &str) -> Result<Channel> {
 
 impl Conn {
     pub fn new(endpoints: &[String]) -> Result<Conn> {
-        let endpoints: Vec<String> = endpoints
-            .iter()
-            .map(|e| e.trim().to_string())
-            .filter(|e| !e.is_empty())
-            .collect();
+        let endpoints: Vec<String> = endpoints.iter().map(|e| e.trim().to_string()).filter(|e| !e.is_empty()).collect();
         let Some(first) = endpoints.first().cloned() else {
             return Err(Error::BadEndpoint("no endpoints given".into()));
         };
@@ -63,11 +55,7 @@ impl Conn {
         }
         Ok(Conn {
             endpoints,
-            state: Mutex::new(State {
-                current: first,
-                next_rotation: 1,
-                channels: HashMap::new(),
-            }),
+            state: Mutex::new(State { current: first, next_rotation: 1, channels: HashMap::new() }),
             round_trips: AtomicU64::new(0),
         })
     }
@@ -114,13 +102,7 @@ impl Conn {
     /// Calls `f` on the current replica, following leader redirects and trying the other
     /// replicas on failure, until it succeeds, fails for a reason retrying cannot fix, or
     /// `deadline` passes. Each attempt may take at most `per_try`.
-    pub async fn call<T, F, Fut>(
-        &self,
-        what: &str,
-        deadline: Instant,
-        per_try: Duration,
-        mut f: F,
-    ) -> Result<T>
+    pub async fn call<T, F, Fut>(&self, what: &str, deadline: Instant, per_try: Duration, mut f: F) -> Result<T>
     where
         F: FnMut(LockdClient<Channel>) -> Fut,
         Fut: Future<Output = std::result::Result<Response<T>, Status>>,
@@ -134,9 +116,7 @@ impl Conn {
             let (addr, client) = self.client()?;
             let outcome = match tokio::time::timeout(per_try, f(client)).await {
                 Ok(r) => r,
-                Err(_) => Err(Status::deadline_exceeded(format!(
-                    "{addr} did not answer within {per_try:?}"
-                ))),
+                Err(_) => Err(Status::deadline_exceeded(format!("{addr} did not answer within {per_try:?}"))),
             };
             // Counting the session's own background calls would make "a cached lock costs no
             // round trip" depend on when one happens to fall.
@@ -165,10 +145,7 @@ impl Conn {
             }
             redirects = 0;
             if Instant::now() + backoff > deadline {
-                return Err(Error::Unavailable(format!(
-                    "{what}: last tried {addr}: {}",
-                    st.message()
-                )));
+                return Err(Error::Unavailable(format!("{what}: last tried {addr}: {}", st.message())));
             }
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_millis(400));

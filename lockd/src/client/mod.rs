@@ -4,9 +4,7 @@ mod conn;
 mod session;
 
 pub use conn::Conn;
-pub use session::{
-    BlockingHandler, BlockingNotice, Grant, LockGuard, LockOptions, Revoke, Session, SessionOptions,
-};
+pub use session::{BlockingHandler, BlockingNotice, Grant, LockGuard, LockOptions, Revoke, Session, SessionOptions};
 
 use tonic::{Code, Status};
 
@@ -38,27 +36,15 @@ pub type Result<T> = std::result::Result<T, Error>;
 /// Worth trying again (elsewhere or later): the replica is not the leader, is down, or the log
 /// did not commit in time.
 pub(crate) fn retryable(st: &Status) -> bool {
-    matches!(
-        st.code(),
-        Code::Unavailable | Code::Cancelled | Code::DeadlineExceeded | Code::Unknown
-    ) && !matches!(kind_of(st), Some(k) if !matches!(k, "not-leader" | "timeout" | "raft" | "shutdown" | "removed"))
+    matches!(st.code(), Code::Unavailable | Code::Cancelled | Code::DeadlineExceeded | Code::Unknown)
+        && !matches!(kind_of(st), Some(k) if !matches!(k, "not-leader" | "timeout" | "raft" | "shutdown" | "removed"))
 }
 
 pub(crate) fn from_status(st: &Status, resource: &str) -> Error {
     match kind_of(st) {
-        Some("unknown-session") | Some("session-recovering") => {
-            Error::SessionLost(st.message().to_string())
-        }
-        Some("deadlock") => Error::Deadlock {
-            resource: resource.to_string(),
-        },
-        Some(k) => Error::Rejected {
-            kind: k.to_string(),
-            message: st.message().to_string(),
-        },
-        None => Error::Rejected {
-            kind: format!("{:?}", st.code()),
-            message: st.message().to_string(),
-        },
+        Some("unknown-session") | Some("session-recovering") => Error::SessionLost(st.message().to_string()),
+        Some("deadlock") => Error::Deadlock { resource: resource.to_string() },
+        Some(k) => Error::Rejected { kind: k.to_string(), message: st.message().to_string() },
+        None => Error::Rejected { kind: format!("{:?}", st.code()), message: st.message().to_string() },
     }
 }

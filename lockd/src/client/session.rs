@@ -71,18 +71,12 @@ pub struct LockOptions {
 impl LockOptions {
     /// Queue for at most `timeout`.
     pub fn wait(timeout: Duration) -> Self {
-        LockOptions {
-            try_lock: false,
-            timeout: Some(timeout),
-        }
+        LockOptions { try_lock: false, timeout: Some(timeout) }
     }
 
     /// Do not queue.
     pub fn try_now() -> Self {
-        LockOptions {
-            try_lock: true,
-            timeout: None,
-        }
+        LockOptions { try_lock: true, timeout: None }
     }
 }
 
@@ -121,11 +115,7 @@ struct Releasing {
 
 impl Releasing {
     fn to_wire(&self) -> pb::PendingRelease {
-        pb::PendingRelease {
-            fencing_token: self.token,
-            write_lvb: self.lvb.is_some(),
-            lvb: self.lvb.clone().unwrap_or_default(),
-        }
+        pb::PendingRelease { fencing_token: self.token, write_lvb: self.lvb.is_some(), lvb: self.lvb.clone().unwrap_or_default() }
     }
 }
 
@@ -252,10 +242,7 @@ impl Inner {
                 },
             )
             .await?;
-        held.ok_or_else(|| Error::Rejected {
-            kind: "not-held".into(),
-            message: format!("{resource:?} is not held by this session"),
-        })
+        held.ok_or_else(|| Error::Rejected { kind: "not-held".into(), message: format!("{resource:?} is not held by this session") })
     }
 
     /// Drops the record of an asynchronous release once lockd has certainly applied it (a
@@ -291,15 +278,10 @@ impl Inner {
             lvb: lvb.unwrap_or_default(),
             fencing_token: token,
         };
-        let r = self.conn.call(
-            resource,
-            self.deadline(),
-            Duration::from_secs(6),
-            |mut c| {
-                let req = req.clone();
-                async move { c.release(req).await }
-            },
-        );
+        let r = self.conn.call(resource, self.deadline(), Duration::from_secs(6), |mut c| {
+            let req = req.clone();
+            async move { c.release(req).await }
+        });
         match r.await {
             // A retry after a lost answer, or a later Lock call that carried the release, got
             // there first.
@@ -332,39 +314,24 @@ impl Inner {
         let deadline = Instant::now() + wait + self.retry_for;
         let mut resp = self
             .conn
-            .call(
-                resource,
-                deadline,
-                wait + Duration::from_secs(6),
-                |mut c| {
-                    let mut req = req.clone();
-                    // A retry (after a failover) waits only for what is left of the caller's time.
-                    let left = deadline
-                        .saturating_duration_since(Instant::now())
-                        .saturating_sub(self.retry_for);
-                    req.timeout_ms = u32::try_from(left.as_millis()).unwrap_or(u32::MAX).max(1);
-                    async move { c.lock(req).await }
-                },
-            )
+            .call(resource, deadline, wait + Duration::from_secs(6), |mut c| {
+                let mut req = req.clone();
+                // A retry (after a failover) waits only for what is left of the caller's time.
+                let left = deadline.saturating_duration_since(Instant::now()).saturating_sub(self.retry_for);
+                req.timeout_ms = u32::try_from(left.as_millis()).unwrap_or(u32::MAX).max(1);
+                async move { c.lock(req).await }
+            })
             .await;
         if matches!(resp, Err(Error::Unavailable(_))) {
             // We may have been queued before the cluster went quiet; withdraw, and take a grant
             // that slipped in.
-            let cancel = pb::CancelRequest {
-                session_id: self.id,
-                resource: resource.to_string(),
-            };
+            let cancel = pb::CancelRequest { session_id: self.id, resource: resource.to_string() };
             let c = self
                 .conn
-                .call(
-                    resource,
-                    Instant::now() + Duration::from_secs(5),
-                    Duration::from_secs(5),
-                    |mut cl| {
-                        let r = cancel.clone();
-                        async move { cl.cancel(r).await }
-                    },
-                )
+                .call(resource, Instant::now() + Duration::from_secs(5), Duration::from_secs(5), |mut cl| {
+                    let r = cancel.clone();
+                    async move { cl.cancel(r).await }
+                })
                 .await;
             if let Ok(c) = c {
                 // The grant our own pending release gives up is not an answer to this call.
@@ -393,15 +360,10 @@ impl Session {
         };
         let sent = Instant::now();
         let resp = conn
-            .call(
-                "open-session",
-                sent + opts.retry_for,
-                Duration::from_secs(6),
-                |mut c| {
-                    let r = req.clone();
-                    async move { c.open_session(r).await }
-                },
-            )
+            .call("open-session", sent + opts.retry_for, Duration::from_secs(6), |mut c| {
+                let r = req.clone();
+                async move { c.open_session(r).await }
+            })
             .await?;
         let lease = Duration::from_millis(u64::from(resp.lease_ms));
         let inner = Arc::new(Inner {
@@ -418,10 +380,7 @@ impl Session {
             release_by_token: resp.release_by_token,
             dropped: AtomicBool::new(false),
         });
-        let tasks = vec![
-            tokio::spawn(heartbeat_loop(Arc::downgrade(&inner))),
-            tokio::spawn(event_loop(Arc::downgrade(&inner))),
-        ];
+        let tasks = vec![tokio::spawn(heartbeat_loop(Arc::downgrade(&inner))), tokio::spawn(event_loop(Arc::downgrade(&inner)))];
         Ok(Session { inner, tasks })
     }
 
@@ -464,12 +423,7 @@ impl Session {
                 |cache| match cache.get_mut(resource) {
                     Some(c) if c.mode.is_some_and(|m| m.covers(mode)) => {
                         c.users += 1;
-                        Ok(Grant {
-                            resource: resource.to_string(),
-                            mode: c.mode.unwrap_or(mode),
-                            token: c.token,
-                            lvb: c.lvb.clone(),
-                        })
+                        Ok(Grant { resource: resource.to_string(), mode: c.mode.unwrap_or(mode), token: c.token, lvb: c.lvb.clone() })
                     }
                     Some(c) => {
                         c.busy = true;
@@ -478,15 +432,7 @@ impl Session {
                     None => {
                         cache.insert(
                             resource.to_string(),
-                            Cached {
-                                mode: None,
-                                token: 0,
-                                lvb: Vec::new(),
-                                users: 0,
-                                busy: true,
-                                revoke_pending: false,
-                                notice: None,
-                            },
+                            Cached { mode: None, token: 0, lvb: Vec::new(), users: 0, busy: true, revoke_pending: false, notice: None },
                         );
                         Err(None)
                     }
@@ -494,12 +440,7 @@ impl Session {
             )
             .await?;
         let held = match cached {
-            Ok(grant) => {
-                return Ok(LockGuard {
-                    inner: Arc::downgrade(inner),
-                    grant,
-                })
-            }
+            Ok(grant) => return Ok(LockGuard { inner: Arc::downgrade(inner), grant }),
             Err(held) => held,
         };
         // A release of ours that may not have committed yet goes first, in the same log entry:
@@ -509,33 +450,16 @@ impl Session {
             None => self.inner.releasing.lock().get(resource).cloned(),
             Some(_) => None,
         };
-        let r = inner
-            .rpc_lock(
-                resource,
-                mode,
-                held.is_some(),
-                opts,
-                None,
-                release_first.as_ref().map(Releasing::to_wire),
-            )
-            .await;
+        let r = inner.rpc_lock(resource, mode, held.is_some(), opts, None, release_first.as_ref().map(Releasing::to_wire)).await;
         if let (Ok(_), Some(rel)) = (&r, &release_first) {
             // lockd applied the Lock entry, so the release before it too.
             inner.forget_release(resource, rel.token);
         }
-        let status = r
-            .as_ref()
-            .map(|x| pb::LockStatus::try_from(x.status).unwrap_or(pb::LockStatus::NotGranted))
-            .map_err(|_| ());
+        let status = r.as_ref().map(|x| pb::LockStatus::try_from(x.status).unwrap_or(pb::LockStatus::NotGranted)).map_err(|_| ());
         match (r, status) {
             (Ok(resp), Ok(pb::LockStatus::Granted)) => {
                 let granted_mode = Mode::from_wire(resp.mode).unwrap_or(mode);
-                let grant = Grant {
-                    resource: resource.to_string(),
-                    mode: granted_mode,
-                    token: resp.fencing_token,
-                    lvb: resp.lvb,
-                };
+                let grant = Grant { resource: resource.to_string(), mode: granted_mode, token: resp.fencing_token, lvb: resp.lvb };
                 inner.finish(resource, |c| {
                     if let Some(c) = c {
                         c.mode = Some(granted_mode);
@@ -545,10 +469,7 @@ impl Session {
                     }
                     true
                 });
-                Ok(LockGuard {
-                    inner: Arc::downgrade(inner),
-                    grant,
-                })
+                Ok(LockGuard { inner: Arc::downgrade(inner), grant })
             }
             (r, status) => {
                 // lockd says we hold nothing there (a release whose answer got lost did commit):
@@ -563,12 +484,8 @@ impl Session {
                 });
                 match (r, status) {
                     (Err(e), _) => Err(e),
-                    (_, Ok(pb::LockStatus::TimedOut)) => Err(Error::TimedOut {
-                        resource: resource.to_string(),
-                    }),
-                    _ => Err(Error::NotGranted {
-                        resource: resource.to_string(),
-                    }),
+                    (_, Ok(pb::LockStatus::TimedOut)) => Err(Error::TimedOut { resource: resource.to_string() }),
+                    _ => Err(Error::NotGranted { resource: resource.to_string() }),
                 }
             }
         }
@@ -586,10 +503,8 @@ impl Session {
     pub async fn release(&self, resource: &str, lvb: Option<Vec<u8>>) -> Result<()> {
         let inner = &self.inner;
         // Refused here, while the caller can still hear it: lockd would refuse it later.
-        crate::lock_table::validate_lvb(lvb.as_deref()).map_err(|e| Error::Rejected {
-            kind: "lvb-too-large".into(),
-            message: e.to_string(),
-        })?;
+        crate::lock_table::validate_lvb(lvb.as_deref())
+            .map_err(|e| Error::Rejected { kind: "lvb-too-large".into(), message: e.to_string() })?;
         // Already gone (revoked on a blocking notification, or never taken): the end state the
         // caller asks for holds.
         let token = match inner.claim_held(resource, true).await {
@@ -604,13 +519,7 @@ impl Session {
             return r;
         }
         // Recorded before the cache entry goes, so a `lock` that finds no entry finds this.
-        inner.releasing.lock().insert(
-            resource.to_string(),
-            Releasing {
-                token,
-                lvb: lvb.clone(),
-            },
-        );
+        inner.releasing.lock().insert(resource.to_string(), Releasing { token, lvb: lvb.clone() });
         inner.finish(resource, |_| false);
         tokio::spawn(send_release(inner.clone(), resource.to_string(), token, lvb));
         Ok(())
@@ -619,26 +528,15 @@ impl Session {
     /// Waits until lockd has confirmed every release made so far.
     pub async fn released(&self) -> Result<()> {
         let inner = &self.inner;
-        inner
-            .wait_for(|| inner.releasing.lock().is_empty().then_some(()))
-            .await
+        inner.wait_for(|| inner.releasing.lock().is_empty().then_some(())).await
     }
 
     /// Converts a held lock to a weaker (or any) mode, e.g. EX -> PR after flushing.
-    pub async fn downgrade(
-        &self,
-        resource: &str,
-        mode: Mode,
-        lvb: Option<Vec<u8>>,
-    ) -> Result<Grant> {
+    pub async fn downgrade(&self, resource: &str, mode: Mode, lvb: Option<Vec<u8>>) -> Result<Grant> {
         let inner = &self.inner;
         inner.claim_held(resource, false).await?;
-        let r = inner
-            .rpc_lock(resource, mode, true, LockOptions::default(), lvb, None)
-            .await;
-        let mut out = Err(Error::NotGranted {
-            resource: resource.to_string(),
-        });
+        let r = inner.rpc_lock(resource, mode, true, LockOptions::default(), lvb, None).await;
+        let mut out = Err(Error::NotGranted { resource: resource.to_string() });
         let unknown = outcome_unknown(&r);
         inner.finish(resource, |mut c| {
             if let (Some(c), true) = (c.as_deref_mut(), unknown) {
@@ -649,12 +547,7 @@ impl Session {
                     c.mode = Some(mode);
                     c.token = resp.fencing_token;
                     c.lvb = resp.lvb.clone();
-                    out = Ok(Grant {
-                        resource: resource.to_string(),
-                        mode,
-                        token: resp.fencing_token,
-                        lvb: resp.lvb.clone(),
-                    });
+                    out = Ok(Grant { resource: resource.to_string(), mode, token: resp.fencing_token, lvb: resp.lvb.clone() });
                 }
             }
             true
@@ -668,14 +561,8 @@ impl Session {
     /// Ends the session; lockd releases everything it held. Releases still on their way are
     /// confirmed first, so the lock value blocks they carry are not lost.
     pub async fn close(mut self) -> Result<()> {
-        if tokio::time::timeout(self.inner.retry_for, self.released())
-            .await
-            .is_err()
-        {
-            tracing::warn!(
-                session = self.inner.id,
-                "closing with releases lockd has not confirmed; their lock value blocks may be lost"
-            );
+        if tokio::time::timeout(self.inner.retry_for, self.released()).await.is_err() {
+            tracing::warn!(session = self.inner.id, "closing with releases lockd has not confirmed; their lock value blocks may be lost");
         }
         for t in self.tasks.drain(..) {
             t.abort();
@@ -685,15 +572,9 @@ impl Session {
         let id = inner.id;
         let r = inner
             .conn
-            .call(
-                "close-session",
-                inner.deadline(),
-                Duration::from_secs(6),
-                |mut c| async move {
-                    c.close_session(pb::CloseSessionRequest { session_id: id })
-                        .await
-                },
-            )
+            .call("close-session", inner.deadline(), Duration::from_secs(6), |mut c| async move {
+                c.close_session(pb::CloseSessionRequest { session_id: id }).await
+            })
             .await;
         inner.mark_lost(CLOSED.into());
         match r {
@@ -724,8 +605,7 @@ async fn send_release(inner: Arc<Inner>, resource: String, token: u64, lvb: Opti
                 // A live session is marked lost by its heartbeats once its lease has lapsed,
                 // and lockd then drops the lock with it. A dropped Session heartbeats no more:
                 // past its lease, lockd expires it.
-                let lapsed = inner.dropped.load(Ordering::Relaxed)
-                    && Instant::now() >= *inner.valid_until.lock();
+                let lapsed = inner.dropped.load(Ordering::Relaxed) && Instant::now() >= *inner.valid_until.lock();
                 if inner.check().is_err() || lapsed {
                     break;
                 }
@@ -768,9 +648,7 @@ async fn heartbeat_loop(weak: Weak<Inner>) {
         let id = inner.id;
         let r = inner
             .conn
-            .call(HEARTBEAT, deadline, deadline - sent, |mut c| async move {
-                c.heartbeat(pb::HeartbeatRequest { session_id: id }).await
-            })
+            .call(HEARTBEAT, deadline, deadline - sent, |mut c| async move { c.heartbeat(pb::HeartbeatRequest { session_id: id }).await })
             .await;
         match r {
             Ok(_) => {
@@ -802,12 +680,9 @@ async fn event_loop(weak: Weak<Inner>) {
         let id = inner.id;
         let stream = inner
             .conn
-            .call(
-                EVENTS,
-                Instant::now() + inner.lease,
-                Duration::from_secs(5),
-                |mut c| async move { c.events(pb::EventsRequest { session_id: id }).await },
-            )
+            .call(EVENTS, Instant::now() + inner.lease, Duration::from_secs(5), |mut c| async move {
+                c.events(pb::EventsRequest { session_id: id }).await
+            })
             .await;
         let mut stream = match stream {
             Ok(s) => s,
@@ -826,20 +701,10 @@ async fn event_loop(weak: Weak<Inner>) {
             let Some(inner) = weak.upgrade() else { return };
             match ev.kind {
                 Some(pb::event::Kind::Blocking(b)) => {
-                    let (Some(held), Some(requested)) =
-                        (Mode::from_wire(b.held), Mode::from_wire(b.requested))
-                    else {
+                    let (Some(held), Some(requested)) = (Mode::from_wire(b.held), Mode::from_wire(b.requested)) else {
                         continue;
                     };
-                    start_revoke(
-                        &inner,
-                        BlockingNotice {
-                            resource: b.resource,
-                            held,
-                            requested,
-                            token: b.fencing_token,
-                        },
-                    );
+                    start_revoke(&inner, BlockingNotice { resource: b.resource, held, requested, token: b.fencing_token });
                 }
                 Some(pb::event::Kind::Expired(_)) => {
                     inner.mark_lost("lease expired at lockd".into());
@@ -902,13 +767,8 @@ fn start_revoke(inner: &Arc<Inner>, notice: BlockingNotice) {
         let decision = if stale || held.compatible(notice.requested) {
             Revoke::Keep // not about this grant, or already downgraded meanwhile
         } else if let Some(h) = inner.handler.clone() {
-            let n = BlockingNotice {
-                held,
-                ..notice.clone()
-            };
-            tokio::task::spawn_blocking(move || h(&n))
-                .await
-                .unwrap_or(Revoke::Release { lvb: None })
+            let n = BlockingNotice { held, ..notice.clone() };
+            tokio::task::spawn_blocking(move || h(&n)).await.unwrap_or(Revoke::Release { lvb: None })
         } else {
             Revoke::Release { lvb: None }
         };
@@ -920,9 +780,7 @@ fn start_revoke(inner: &Arc<Inner>, notice: BlockingNotice) {
                 (failed, failed)
             }
             Revoke::Downgrade { mode, lvb } => {
-                let r = inner
-                    .rpc_lock(&res, mode, true, LockOptions::default(), lvb, None)
-                    .await;
+                let r = inner.rpc_lock(&res, mode, true, LockOptions::default(), lvb, None).await;
                 let granted = matches!(&r, Ok(x) if x.status == pb::LockStatus::Granted as i32);
                 if let Some(c) = inner.cache.lock().get_mut(&res) {
                     if let (true, Ok(resp)) = (granted, &r) {
@@ -1012,12 +870,7 @@ mod tests {
         a.release("r", None).await.unwrap();
         let second = a.lock("r", Mode::EX, LockOptions::default()).await.unwrap().grant.clone();
         assert!(second.token > first.token);
-        let notice = |token| BlockingNotice {
-            resource: "r".into(),
-            held: Mode::EX,
-            requested: Mode::EX,
-            token,
-        };
+        let notice = |token| BlockingNotice { resource: "r".into(), held: Mode::EX, requested: Mode::EX, token };
 
         start_revoke(&a.inner, notice(first.token));
         settled(&a, "r").await;

@@ -4,9 +4,7 @@ use Mode::*;
 
 fn table_with(n: usize) -> (LockTable, Vec<SessionId>) {
     let mut t = LockTable::default();
-    let ids = (0..n)
-        .map(|i| t.open_session(&format!("node{i}"), 5000, false).unwrap())
-        .collect();
+    let ids = (0..n).map(|i| t.open_session(&format!("node{i}"), 5000, false).unwrap()).collect();
     (t, ids)
 }
 
@@ -85,10 +83,7 @@ fn up_conversion_waits_for_other_holders_and_goes_before_new_waiters() {
     granted(&lock(&mut t, s[1], "r", PR, &mut fx));
     assert_eq!(lock(&mut t, s[2], "r", EX, &mut fx), LockOutcome::Queued);
     fx.clear();
-    assert_eq!(
-        t.lock(s[0], "r", EX, true, false, None, &mut fx).unwrap(),
-        LockOutcome::Queued
-    );
+    assert_eq!(t.lock(s[0], "r", EX, true, false, None, &mut fx).unwrap(), LockOutcome::Queued);
     // s1 blocks the conversion and must hear about it.
     assert!(fx.iter().any(|e| matches!(e, Effect::Blocking { session, resource, held: PR, requested: EX, .. }
         if *session == s[1] && resource == "r")));
@@ -109,10 +104,7 @@ fn down_conversion_is_immediate_and_lets_waiters_in() {
     assert!(fx.iter().any(|e| matches!(e, Effect::Blocking { session, resource, held: EX, requested: PR, .. }
         if *session == s[0] && resource == "r")));
     fx.clear();
-    let g = granted(
-        &t.lock(s[0], "r", PR, true, false, Some(b"v1"), &mut fx)
-            .unwrap(),
-    );
+    let g = granted(&t.lock(s[0], "r", PR, true, false, Some(b"v1"), &mut fx).unwrap());
     assert_eq!(g.mode, PR);
     assert_eq!(grants_in(&fx), vec![(s[1], PR)]);
     match &fx[0] {
@@ -127,13 +119,8 @@ fn conversion_deadlock_is_refused() {
     let mut fx = vec![];
     granted(&lock(&mut t, s[0], "r", PR, &mut fx));
     granted(&lock(&mut t, s[1], "r", PR, &mut fx));
-    assert_eq!(
-        t.lock(s[0], "r", EX, true, false, None, &mut fx).unwrap(),
-        LockOutcome::Queued
-    );
-    let e = t
-        .lock(s[1], "r", EX, true, false, None, &mut fx)
-        .unwrap_err();
+    assert_eq!(t.lock(s[0], "r", EX, true, false, None, &mut fx).unwrap(), LockOutcome::Queued);
+    let e = t.lock(s[1], "r", EX, true, false, None, &mut fx).unwrap_err();
     assert!(matches!(e, LockError::Deadlock { .. }));
     // s1 gives up its PR; s0's conversion goes through.
     fx.clear();
@@ -153,10 +140,7 @@ fn lvb_is_written_only_by_pw_or_ex_and_read_on_grant() {
     t.release(s[1], "r", Some(b"ignored"), None, &mut fx).unwrap();
     let g = granted(&lock(&mut t, s[0], "r", CR, &mut fx));
     assert_eq!(g.lvb, b"hello");
-    assert_eq!(
-        t.lock(s[0], "x", EX, false, false, Some(&[0u8; 65]), &mut fx),
-        Err(LockError::LvbTooLarge(65))
-    );
+    assert_eq!(t.lock(s[0], "x", EX, false, false, Some(&[0u8; 65]), &mut fx), Err(LockError::LvbTooLarge(65)));
 }
 
 #[test]
@@ -167,14 +151,8 @@ fn retrying_a_request_is_idempotent() {
     assert_eq!(granted(&lock(&mut t, s[0], "r", EX, &mut fx)), g);
     assert_eq!(lock(&mut t, s[1], "r", PR, &mut fx), LockOutcome::Queued);
     assert_eq!(lock(&mut t, s[1], "r", PR, &mut fx), LockOutcome::Queued);
-    assert!(matches!(
-        t.lock(s[1], "r", EX, false, false, None, &mut fx),
-        Err(LockError::AlreadyQueued { .. })
-    ));
-    assert!(matches!(
-        t.lock(s[0], "r", PR, false, false, None, &mut fx),
-        Err(LockError::AlreadyHeld { .. })
-    ));
+    assert!(matches!(t.lock(s[1], "r", EX, false, false, None, &mut fx), Err(LockError::AlreadyQueued { .. })));
+    assert!(matches!(t.lock(s[0], "r", PR, false, false, None, &mut fx), Err(LockError::AlreadyHeld { .. })));
     assert_eq!(t.counts().waiting, 1);
 }
 
@@ -185,20 +163,12 @@ fn cancel_withdraws_or_reports_the_grant() {
     granted(&lock(&mut t, s[0], "r", EX, &mut fx));
     assert_eq!(lock(&mut t, s[1], "r", EX, &mut fx), LockOutcome::Queued);
     assert_eq!(lock(&mut t, s[2], "r", PR, &mut fx), LockOutcome::Queued);
-    assert_eq!(
-        t.cancel(s[1], "r", None, &mut fx).unwrap(),
-        CancelOutcome::Cancelled
-    );
+    assert_eq!(t.cancel(s[1], "r", None, &mut fx).unwrap(), CancelOutcome::Cancelled);
     fx.clear();
     t.release(s[0], "r", None, None, &mut fx).unwrap();
     assert_eq!(grants_in(&fx), vec![(s[2], PR)]);
-    assert!(
-        matches!(t.cancel(s[2], "r", None, &mut fx).unwrap(), CancelOutcome::Granted(g) if g.mode == PR)
-    );
-    assert!(matches!(
-        t.cancel(s[1], "r", None, &mut fx),
-        Err(LockError::NothingToCancel { .. })
-    ));
+    assert!(matches!(t.cancel(s[2], "r", None, &mut fx).unwrap(), CancelOutcome::Granted(g) if g.mode == PR));
+    assert!(matches!(t.cancel(s[1], "r", None, &mut fx), Err(LockError::NothingToCancel { .. })));
 }
 
 #[test]
@@ -215,10 +185,7 @@ fn a_cancel_for_an_abandoned_call_leaves_the_retry_that_took_its_request_over() 
     };
     assert_eq!(queued(&mut t, 1, &mut fx), LockOutcome::Queued);
     assert_eq!(queued(&mut t, 2, &mut fx), LockOutcome::Queued);
-    assert!(matches!(
-        t.cancel(s[1], "r", Some(1), &mut fx),
-        Err(LockError::NothingToCancel { .. })
-    ));
+    assert!(matches!(t.cancel(s[1], "r", Some(1), &mut fx), Err(LockError::NothingToCancel { .. })));
     fx.clear();
     t.release(s[0], "r", None, None, &mut fx).unwrap();
     assert_eq!(grants_in(&fx), vec![(s[1], EX)], "the retry is still queued and gets the lock");
@@ -242,10 +209,7 @@ fn expiry_releases_locks_and_wakes_waiters() {
     t.expire_session(s[0], &mut fx).unwrap();
     assert_eq!(fx[0], Effect::Expired { session: s[0] });
     assert_eq!(grants_in(&fx), vec![(s[1], EX)]);
-    assert_eq!(
-        t.release(s[0], "r", None, None, &mut fx),
-        Err(LockError::UnknownSession(s[0]))
-    );
+    assert_eq!(t.release(s[0], "r", None, None, &mut fx), Err(LockError::UnknownSession(s[0])));
 }
 
 #[test]
@@ -255,40 +219,20 @@ fn recovering_session_keeps_granted_locks_until_recovery_completes() {
     let a = t.open_session("a", 5000, true).unwrap();
     let b = t.open_session("b", 5000, false).unwrap();
     granted(&lock(&mut t, a, "inode/1", EX, &mut fx));
-    assert_eq!(
-        lock(&mut t, a, "inode/2", EX, &mut fx),
-        LockOutcome::Granted(Grant {
-            mode: EX,
-            token: 2,
-            lvb: vec![]
-        })
-    );
+    assert_eq!(lock(&mut t, a, "inode/2", EX, &mut fx), LockOutcome::Granted(Grant { mode: EX, token: 2, lvb: vec![] }));
     granted(&lock(&mut t, b, "inode/3", EX, &mut fx));
     assert_eq!(lock(&mut t, a, "inode/3", PR, &mut fx), LockOutcome::Queued);
     assert_eq!(lock(&mut t, b, "inode/1", PR, &mut fx), LockOutcome::Queued);
     fx.clear();
     t.expire_session(a, &mut fx).unwrap();
-    assert!(
-        grants_in(&fx).is_empty(),
-        "nothing may be granted while a's locks are recovering"
-    );
-    assert_eq!(
-        t.counts().waiting,
-        1,
-        "a's own pending request is withdrawn"
-    );
+    assert!(grants_in(&fx).is_empty(), "nothing may be granted while a's locks are recovering");
+    assert_eq!(t.counts().waiting, 1, "a's own pending request is withdrawn");
     assert_eq!(t.check_session(a), Err(LockError::SessionRecovering(a)));
-    assert!(matches!(
-        t.lock(a, "x", EX, false, false, None, &mut fx),
-        Err(LockError::SessionRecovering(_))
-    ));
+    assert!(matches!(t.lock(a, "x", EX, false, false, None, &mut fx), Err(LockError::SessionRecovering(_))));
     fx.clear();
     assert_eq!(t.complete_recovery(a, &mut fx).unwrap(), 2);
     assert_eq!(grants_in(&fx), vec![(b, PR)]);
-    assert_eq!(
-        t.complete_recovery(b, &mut fx),
-        Err(LockError::NotRecovering(b))
-    );
+    assert_eq!(t.complete_recovery(b, &mut fx), Err(LockError::NotRecovering(b)));
 }
 
 #[test]
@@ -296,42 +240,14 @@ fn bad_input_is_refused() {
     let (mut t, s) = table_with(1);
     let mut fx = vec![];
     let long = "x".repeat(MAX_RESOURCE_NAME + 1);
-    assert!(matches!(
-        t.lock(s[0], &long, EX, false, false, None, &mut fx),
-        Err(LockError::BadResource(_))
-    ));
-    assert!(matches!(
-        t.lock(s[0], "", EX, false, false, None, &mut fx),
-        Err(LockError::BadResource(_))
-    ));
-    assert!(t
-        .lock(
-            s[0],
-            &"x".repeat(MAX_RESOURCE_NAME),
-            EX,
-            false,
-            false,
-            None,
-            &mut fx
-        )
-        .is_ok());
-    assert_eq!(
-        t.lock(99, "r", EX, false, false, None, &mut fx),
-        Err(LockError::UnknownSession(99))
-    );
-    assert!(matches!(
-        t.release(s[0], "r", None, None, &mut fx),
-        Err(LockError::NotHeld { .. })
-    ));
-    assert!(matches!(
-        t.lock(s[0], "r", EX, true, false, None, &mut fx),
-        Err(LockError::NotHeld { .. })
-    ));
+    assert!(matches!(t.lock(s[0], &long, EX, false, false, None, &mut fx), Err(LockError::BadResource(_))));
+    assert!(matches!(t.lock(s[0], "", EX, false, false, None, &mut fx), Err(LockError::BadResource(_))));
+    assert!(t.lock(s[0], &"x".repeat(MAX_RESOURCE_NAME), EX, false, false, None, &mut fx).is_ok());
+    assert_eq!(t.lock(99, "r", EX, false, false, None, &mut fx), Err(LockError::UnknownSession(99)));
+    assert!(matches!(t.release(s[0], "r", None, None, &mut fx), Err(LockError::NotHeld { .. })));
+    assert!(matches!(t.lock(s[0], "r", EX, true, false, None, &mut fx), Err(LockError::NotHeld { .. })));
     assert!(t.open_session("", 1000, false).is_err());
-    assert!(
-        !t.resources.contains_key("r"),
-        "failed requests leave no empty resource behind"
-    );
+    assert!(!t.resources.contains_key("r"), "failed requests leave no empty resource behind");
 }
 
 /// Random operations against the invariants that matter: holders are pairwise compatible, every
@@ -350,12 +266,8 @@ fn random_operations_keep_invariants() {
         let mode = Mode::ALL[rng.gen_range(0..6)];
         let mut fx = vec![];
         let outcome = match rng.gen_range(0..5) {
-            0 | 1 => t
-                .lock(sess, name, mode, false, rng.gen_bool(0.2), None, &mut fx)
-                .map(Some),
-            2 => t
-                .lock(sess, name, mode, true, false, None, &mut fx)
-                .map(Some),
+            0 | 1 => t.lock(sess, name, mode, false, rng.gen_bool(0.2), None, &mut fx).map(Some),
+            2 => t.lock(sess, name, mode, true, false, None, &mut fx).map(Some),
             3 => t.release(sess, name, None, None, &mut fx).map(|_| None),
             _ => t.cancel(sess, name, None, &mut fx).map(|_| None),
         };
@@ -372,32 +284,20 @@ fn random_operations_keep_invariants() {
             }
         }
         for tok in new_tokens {
-            assert!(
-                seen_tokens.insert(tok),
-                "token {tok} granted twice at step {step}"
-            );
+            assert!(seen_tokens.insert(tok), "token {tok} granted twice at step {step}");
             last_token = last_token.max(tok);
         }
         for (rname, r) in &t.resources {
             for (i, a) in r.granted.iter().enumerate() {
                 for b in &r.granted[i + 1..] {
-                    assert!(
-                        a.mode.compatible(b.mode),
-                        "step {step}: {rname} has {a:?} and {b:?}"
-                    );
+                    assert!(a.mode.compatible(b.mode), "step {step}: {rname} has {a:?} and {b:?}");
                     assert_ne!(a.session, b.session);
                 }
             }
             if let Some(head) = r.converting.front() {
-                assert!(
-                    !r.compatible_with_holders(head.mode, Some(head.session)),
-                    "step {step}: stuck conversion"
-                );
+                assert!(!r.compatible_with_holders(head.mode, Some(head.session)), "step {step}: stuck conversion");
             } else if let Some(head) = r.waiting.front() {
-                assert!(
-                    !r.compatible_with_holders(head.mode, None),
-                    "step {step}: stuck waiter"
-                );
+                assert!(!r.compatible_with_holders(head.mode, None), "step {step}: stuck waiter");
             }
             assert!(!r.is_idle());
         }
