@@ -13,7 +13,7 @@ fi
 vol=${MAFS_VOLUME:-$PWD/mafs-data/volume.img}
 mnt=${MAFS_MOUNTPOINT:-$PWD/mafs-data/mnt}
 size=${MAFS_SIZE:-2G}
-cargo build --release -p mafs-fs
+cargo build --release -p mafs-cli
 mafs=$PWD/target/release/mafs
 mkdir -p "$(dirname "$vol")" "$mnt"
 if [ ! -e "$vol" ]; then

@@ -44,7 +44,7 @@ need_pkg python3 python3
 [ "$STRACE" = 1 ] && need_pkg strace strace
 
 if [ "${NOBUILD:-0}" != 1 ]; then
-    (cd "$REPO" && cargo build --release -p mafs-fs -p mafs-bench)
+    (cd "$REPO" && cargo build --release -p mafs-cli -p mafs-bench)
 fi
 
 mkdir -p "$WORK"

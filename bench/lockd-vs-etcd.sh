@@ -15,7 +15,7 @@ protoc_bin() { ls ~/.cargo/registry/src/*/protoc-bin-vendored-linux-x86_64-*/bin
 [ -n "$(protoc_bin)" ] || cargo fetch -q
 mkdir -p "$ROOT/target/protoc-bin" && ln -sf "$(protoc_bin)" "$ROOT/target/protoc-bin/protoc"
 export PATH="$ROOT/target/protoc-bin:$PATH"
-cargo build --release -q -p mafs-fs
+cargo build --release -q -p mafs-cli
 cargo build --release -q --manifest-path bench/lockd-etcd/Cargo.toml --target-dir "$ROOT/target"
 MAFS=$ROOT/target/release/mafs
 BENCH=$ROOT/target/release/lockd-etcd-bench

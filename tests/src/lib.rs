@@ -16,7 +16,7 @@ pub fn mafs_bin() -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
     let profile_dir = exe.parent().and_then(|d| d.parent()).expect("target/<profile>");
     let bin = profile_dir.join("mafs");
-    assert!(bin.exists(), "no mafs binary at {}: build it first (cargo build --release -p mafs-fs) or set MAFS_BIN", bin.display());
+    assert!(bin.exists(), "no mafs binary at {}: build it first (cargo build --release -p mafs-cli) or set MAFS_BIN", bin.display());
     bin
 }
 

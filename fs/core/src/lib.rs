@@ -10,7 +10,6 @@ pub mod error;
 pub mod filesystem;
 pub mod format;
 pub mod fsck;
-pub mod fuse;
 pub mod journal;
 pub mod locks;
 pub mod mkfs;

@@ -827,7 +827,7 @@ fn apply_repairs(dev: Arc<dyn BlockDevice>, ex: &Examined, rep: &mut Report) -> 
 
 impl Fs {
     /// fsck: changes inode `ino` (and, through the tree writer, its index tree) in one
-    /// transaction, taken before the inode lock (fs/src/locks.rs). If `f` sets the flag it is
+    /// transaction, taken before the inode lock (fs/core/src/locks.rs). If `f` sets the flag it is
     /// given, the tree's node block delta goes into the inode's block count. The inode is
     /// written back unless `f` fails.
     fn edit_inode<T>(&self, ino: u64, f: impl FnOnce(&mut crate::btree::TreeWrite, &mut bool, &mut Inode) -> Result<T>) -> Result<T> {

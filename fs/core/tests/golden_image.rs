@@ -1,20 +1,20 @@
 //! A volume made by mkfs and the filesystem code as they were when it was written
-//! (`fs/tests/golden/volume-1.img.gz`), with a known tree: small files, a large file of many
+//! (`fs/core/tests/golden/volume-1.img.gz`), with a known tree: small files, a large file of many
 //! extents, a directory large enough for a multi-node index, extended attributes in an inode
 //! and in blocks of their own, symlinks inline and in a block, a hard link, a device node.
 //! Today's code must check it clean and read back exactly that tree, so that a change of the
 //! on-disk format is a deliberate one that shows in review (and comes with a new image and a
 //! way to read the old one), never an accident.
 //!
-//! To write a new image on purpose: `cargo test -p mafs-fs --test golden_image -- --ignored
+//! To write a new image on purpose: `cargo test -p mafs-core --test golden_image -- --ignored
 //! write_the_golden_image`, then commit the file.
-use mafs::device::CrashDevice;
-use mafs::filesystem::attr::XattrSet;
-use mafs::filesystem::namespace::NewNode;
-use mafs::filesystem::{Caller, Fs};
-use mafs::fsck;
-use mafs::mkfs::{mkfs, MkfsOptions};
-use mafs::volume::Volume;
+use mafs_core::device::CrashDevice;
+use mafs_core::filesystem::attr::XattrSet;
+use mafs_core::filesystem::namespace::NewNode;
+use mafs_core::filesystem::{Caller, Fs};
+use mafs_core::fsck;
+use mafs_core::mkfs::{mkfs, MkfsOptions};
+use mafs_core::volume::Volume;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};

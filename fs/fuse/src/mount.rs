@@ -1,10 +1,10 @@
 //! Mounting: opens the device, claims it for this process, replays and opens the volume, and
 //! serves FUSE until unmounted; a background thread commits the journal every few seconds.
 use super::MafsFuse;
-use crate::claim::claim_volume;
-use crate::device::{BlockDevice, FileDevice, OpenOptions};
-use crate::filesystem::Fs;
-use crate::volume::{Volume, DEFAULT_CACHE_BLOCKS};
+use mafs_core::claim::claim_volume;
+use mafs_core::device::{BlockDevice, FileDevice, OpenOptions};
+use mafs_core::filesystem::Fs;
+use mafs_core::volume::{Volume, DEFAULT_CACHE_BLOCKS};
 use anyhow::{bail, Context};
 use fuser::{Config, MountOption, SessionACL};
 use std::path::PathBuf;
@@ -42,15 +42,15 @@ pub fn mount(cfg: &MountConfig) -> anyhow::Result<()> {
     // Another host may have the slot mounted (a multi-attached device): the flock above does
     // not reach it, multi-mount protection does.
     {
-        let (sb, _) = crate::volume::read_superblock(&*dev).with_context(|| format!("cannot mount {}", cfg.volume.display()))?;
+        let (sb, _) = mafs_core::volume::read_superblock(&*dev).with_context(|| format!("cannot mount {}", cfg.volume.display()))?;
         if !cfg.override_mmp {
             // Standalone means this host alone uses the volume: another host's mount of any slot
             // is as fatal as one of ours.
             let slots: Vec<u32> = (0..sb.layout.slot_count).collect();
-            crate::mmp::ensure_not_live(&*dev, &sb, &slots, &cfg.node_name, "mounting it here")
+            mafs_core::mmp::ensure_not_live(&*dev, &sb, &slots, &cfg.node_name, "mounting it here")
                 .with_context(|| format!("cannot mount {}", cfg.volume.display()))?;
         }
-        crate::mmp::claim(&*dev, &sb, cfg.slot, &cfg.node_name).with_context(|| format!("cannot mount {}", cfg.volume.display()))?;
+        mafs_core::mmp::claim(&*dev, &sb, cfg.slot, &cfg.node_name).with_context(|| format!("cannot mount {}", cfg.volume.display()))?;
     }
     let vol = Volume::open_with(dev, cfg.slot, &cfg.node_name, DEFAULT_CACHE_BLOCKS, true)
         .with_context(|| format!("cannot mount {}", cfg.volume.display()))?;
@@ -71,7 +71,7 @@ pub fn mount(cfg: &MountConfig) -> anyhow::Result<()> {
         let (fs, stop) = (fs.clone(), stop.clone());
         std::thread::Builder::new().name("mafs-mmp".into()).spawn(move || {
             while !stop.load(Ordering::Acquire) {
-                std::thread::park_timeout(crate::mmp::INTERVAL);
+                std::thread::park_timeout(mafs_core::mmp::INTERVAL);
                 if !stop.load(Ordering::Acquire) {
                     if let Err(e) = fs.vol.journal.touch_mmp() {
                         tracing::warn!("multi-mount protection update failed: {e}");

@@ -19,7 +19,7 @@ pub fn run(volume: &Path, repair: bool, override_mmp: bool) -> anyhow::Result<i3
             b.set_message(what.to_string());
         }
     };
-    let checked = mafs::fsck::check_path(volume, repair, override_mmp, &progress);
+    let checked = mafs_core::fsck::check_path(volume, repair, override_mmp, &progress);
     if let Some(b) = &bar {
         b.finish_and_clear();
     }

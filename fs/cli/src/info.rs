@@ -1,12 +1,12 @@
 //! `mafs info`: the superblock, slots and free space in readable form.
 use anyhow::Context;
-use mafs::device::{FileDevice, OpenOptions};
-use mafs::format::slot::SlotState;
-use mafs::volume::{read_slot, read_superblock};
+use mafs_core::device::{FileDevice, OpenOptions};
+use mafs_core::format::slot::SlotState;
+use mafs_core::volume::{read_slot, read_superblock};
 use std::path::Path;
 
 pub fn run(volume: &Path) -> anyhow::Result<i32> {
-    mafs::claim::check_volume_path(volume)?;
+    mafs_core::claim::check_volume_path(volume)?;
     let dev = FileDevice::open(volume, &OpenOptions { read_only: true, ..Default::default() })
         .with_context(|| format!("cannot open {}", volume.display()))?;
     let (sb, backup) = read_superblock(&dev).with_context(|| format!("{} is not a readable mafs volume", volume.display()))?;
@@ -24,8 +24,8 @@ pub fn run(volume: &Path) -> anyhow::Result<i32> {
     let mut free = 0u64;
     let mut b = vec![0u8; 4096];
     for a in 0..l.ag_count {
-        mafs::device::BlockDevice::read_at(&dev, &mut b, l.ag_first_block(a) * 4096)?;
-        free += mafs::format::le::u64_at(&b, mafs::alloc::AGH_FREE);
+        mafs_core::device::BlockDevice::read_at(&dev, &mut b, l.ag_first_block(a) * 4096)?;
+        free += mafs_core::format::le::u64_at(&b, mafs_core::alloc::AGH_FREE);
     }
     let total = l.data_blocks();
     println!(

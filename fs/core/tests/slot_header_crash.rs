@@ -6,12 +6,12 @@
 //! cut or those after it, and each torn volume must check without an unreadable header and
 //! mount with every fsynced file intact. With one copy, such a tear made fsck discard the
 //! slot's journal.
-use mafs::device::CrashDevice;
-use mafs::filesystem::namespace::NewNode;
-use mafs::filesystem::{Caller, Fs};
-use mafs::fsck;
-use mafs::mkfs::{mkfs, MkfsOptions};
-use mafs::volume::Volume;
+use mafs_core::device::CrashDevice;
+use mafs_core::filesystem::namespace::NewNode;
+use mafs_core::filesystem::{Caller, Fs};
+use mafs_core::fsck;
+use mafs_core::mkfs::{mkfs, MkfsOptions};
+use mafs_core::volume::Volume;
 use std::sync::Arc;
 
 const ROOT_USER: Caller = Caller { uid: 0, gid: 0 };
@@ -64,7 +64,7 @@ fn around_a_header_write_after(flushed_first: bool, write: impl FnOnce(&Fs)) -> 
     // The fsyncs made the journal durable; their home writes are still in flight.
     if flushed_first {
         fs.commit().expect("commit");
-        mafs::device::BlockDevice::flush(&*dev).expect("flush");
+        mafs_core::device::BlockDevice::flush(&*dev).expect("flush");
     }
     let before = dev.crash_image(|_| false);
     write(&fs);
@@ -78,7 +78,7 @@ fn check_torn(before: &[u8], after: &[u8], what: &str) {
     // the crash loses: only the journal can bring them back).
     let is_slot_header = |img: &[u8], b: usize| {
         let blk = &img[b * 4096..(b + 1) * 4096];
-        u32::from_le_bytes([blk[0], blk[1], blk[2], blk[3]]) == mafs::format::header::BlockType::Slot as u32
+        u32::from_le_bytes([blk[0], blk[1], blk[2], blk[3]]) == mafs_core::format::header::BlockType::Slot as u32
             && u64::from_le_bytes(blk[8..16].try_into().expect("8 bytes")) == b as u64
     };
     let changed: Vec<usize> = (0..before.len() / 4096)

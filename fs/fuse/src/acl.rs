@@ -3,10 +3,10 @@
 //! the ACL in step with chmod, and the mode in step with a new ACL are the filesystem's job.
 //!
 //! Xattr format (Linux's): version u32 = 2, then entries of tag u16, perm u16, id u32.
-use crate::error::{FsError, Result};
-use crate::filesystem::attr::XattrSet;
-use crate::filesystem::{Fs, SetAttr};
-use crate::format::le::*;
+use mafs_core::error::{FsError, Result};
+use mafs_core::filesystem::attr::XattrSet;
+use mafs_core::filesystem::{Fs, SetAttr};
+use mafs_core::format::le::*;
 
 const ACCESS: &[u8] = b"system.posix_acl_access";
 const DEFAULT: &[u8] = b"system.posix_acl_default";

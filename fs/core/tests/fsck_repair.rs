@@ -1,15 +1,15 @@
 //! fsck finds damage of each kind it knows, says what it is, repairs it with --repair, and the
 //! volume is clean afterwards.
-use mafs::btree::TreeWrite;
-use mafs::device::{BlockDevice, CrashDevice};
-use mafs::dir;
-use mafs::filesystem::namespace::NewNode;
-use mafs::filesystem::{Caller, Fs};
-use mafs::format::header::{self, BlockType};
-use mafs::format::le::*;
-use mafs::fsck;
-use mafs::mkfs::{mkfs, MkfsOptions};
-use mafs::volume::Volume;
+use mafs_core::btree::TreeWrite;
+use mafs_core::device::{BlockDevice, CrashDevice};
+use mafs_core::dir;
+use mafs_core::filesystem::namespace::NewNode;
+use mafs_core::filesystem::{Caller, Fs};
+use mafs_core::format::header::{self, BlockType};
+use mafs_core::format::le::*;
+use mafs_core::fsck;
+use mafs_core::mkfs::{mkfs, MkfsOptions};
+use mafs_core::volume::Volume;
 use std::sync::Arc;
 
 const ROOT_USER: Caller = Caller { uid: 0, gid: 0 };
@@ -38,7 +38,7 @@ fn file(fs: &Fs, parent: u64, name: &str, data: &[u8]) -> u64 {
 
 /// Rewrites one metadata block in place with `edit`, resealing its checksum.
 fn patch_block(dev: &CrashDevice, blk: u64, ty: BlockType, edit: impl FnOnce(&mut [u8])) {
-    let sb = mafs::volume::read_superblock(dev).expect("sb").0;
+    let sb = mafs_core::volume::read_superblock(dev).expect("sb").0;
     let mut b = vec![0u8; 4096];
     dev.read_at(&mut b, blk * 4096).expect("read");
     edit(&mut b);
@@ -93,14 +93,14 @@ fn leaked_blocks_are_found_and_freed() {
     with_fs(&dev, |fs| {
         file(fs, fs.root(), "f", &vec![1u8; 100_000]);
     });
-    let sb = mafs::volume::read_superblock(&*dev).expect("sb").0;
+    let sb = mafs_core::volume::read_superblock(&*dev).expect("sb").0;
     // Mark the last 10 blocks of AG 0 as data although nothing owns them.
     let l = sb.layout;
     let first_bitmap = l.ag_first_block(0) + 1;
     let len = l.ag_len(0) as u64;
     patch_block(&dev, first_bitmap, BlockType::Bitmap, |b| {
         for r in len - 10..len {
-            mafs::alloc::bitmap_set(b, r, mafs::alloc::BlockState::Data);
+            mafs_core::alloc::bitmap_set(b, r, mafs_core::alloc::BlockState::Data);
         }
     });
     repair_fixes(&dev, "leaked");

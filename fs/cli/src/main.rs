@@ -11,10 +11,10 @@ use std::time::Duration;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-mod cli_fsck;
-mod cli_info;
-mod cli_mkfs;
-mod cli_umount;
+mod fsck;
+mod info;
+mod mkfs;
+mod umount;
 mod size_arg;
 
 #[derive(Parser)]
@@ -143,8 +143,8 @@ fn prints_and_exits(c: &Command) -> bool {
 fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
         Command::Mkfs { volume, size, slots, label, journal_size, force, override_mmp } => {
-            let opts = mafs::mkfs::MkfsOptions { slots, label, journal_blocks: journal_size.map(|j| (j / 4096) as u32), force };
-            cli_mkfs::run(&volume, size, &opts, override_mmp)
+            let opts = mafs_core::mkfs::MkfsOptions { slots, label, journal_blocks: journal_size.map(|j| (j / 4096) as u32), force };
+            mkfs::run(&volume, size, &opts, override_mmp)
         }
         Command::Mount { volume, mountpoint, standalone, direct_io, threads, commit_interval, attr_timeout, slot, override_mmp } => {
             if !standalone {
@@ -152,7 +152,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                     "cluster mounts (through lockd) are not available yet: mount with --standalone, and only on one node at a time"
                 );
             }
-            let cfg = mafs::fuse::mount::MountConfig {
+            let cfg = mafs_fuse::mount::MountConfig {
                 volume,
                 mountpoint,
                 direct_io,
@@ -163,15 +163,15 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                 node_name: hostname(),
                 override_mmp,
             };
-            mafs::fuse::mount::mount(&cfg)?;
+            mafs_fuse::mount::mount(&cfg)?;
             Ok(0)
         }
         Command::Umount { mountpoint, timeout } => {
             let volume = mount_source(&mountpoint)?;
-            cli_umount::run(&mountpoint, volume, Duration::from_secs(timeout))
+            umount::run(&mountpoint, volume, Duration::from_secs(timeout))
         }
-        Command::Fsck { volume, repair, override_mmp } => cli_fsck::run(&volume, repair, override_mmp),
-        Command::Info { volume } => cli_info::run(&volume),
+        Command::Fsck { volume, repair, override_mmp } => fsck::run(&volume, repair, override_mmp),
+        Command::Info { volume } => info::run(&volume),
         Command::Lockd(cmd) => lockd::cli::run_lockd(cmd),
         Command::Lock(cmd) => lockd::cli::run_lock(cmd),
     }
@@ -184,7 +184,7 @@ fn default_threads() -> usize {
 }
 
 fn hostname() -> String {
-    mafs::mmp::this_host()
+    mafs_core::mmp::this_host()
 }
 
 /// The volume file behind a mafs mount point, from /proc/self/mounts.

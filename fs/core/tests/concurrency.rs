@@ -1,13 +1,13 @@
 //! Several threads on one `Fs` at once (as the multi-threaded FUSE session runs it), with
 //! commits in between: no deadlock, no error, and the volume is consistent after a clean close
 //! and after power cuts taken while the threads run.
-use mafs::device::{BlockDevice, CrashDevice};
-use mafs::error::FsError;
-use mafs::filesystem::namespace::NewNode;
-use mafs::filesystem::{Caller, Fs, SetAttr};
-use mafs::fsck;
-use mafs::mkfs::{mkfs, MkfsOptions};
-use mafs::volume::Volume;
+use mafs_core::device::{BlockDevice, CrashDevice};
+use mafs_core::error::FsError;
+use mafs_core::filesystem::namespace::NewNode;
+use mafs_core::filesystem::{Caller, Fs, SetAttr};
+use mafs_core::fsck;
+use mafs_core::mkfs::{mkfs, MkfsOptions};
+use mafs_core::volume::Volume;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::sync::atomic::{AtomicBool, Ordering};

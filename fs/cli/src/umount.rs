@@ -14,7 +14,7 @@ pub fn run(mountpoint: &Path, volume: Option<PathBuf>, wait: Duration) -> anyhow
         return Err(std::io::Error::last_os_error()).with_context(|| format!("cannot unmount {}", mountpoint.display()));
     }
     let Some(v) = volume else { return Ok(0) };
-    match mafs::claim::claim_volume(&v, wait) {
+    match mafs_core::claim::claim_volume(&v, wait) {
         Ok(claim) => {
             drop(claim);
             Ok(0)

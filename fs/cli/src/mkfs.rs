@@ -2,8 +2,8 @@
 //! anything already there without `--force`, and leaves nothing behind when it fails (a file it
 //! created is removed, a file it grew is cut back to its old length).
 use anyhow::{bail, Context};
-use mafs::device::{BlockDevice, FileDevice, OpenOptions};
-use mafs::mkfs::MkfsOptions;
+use mafs_core::device::{BlockDevice, FileDevice, OpenOptions};
+use mafs_core::mkfs::MkfsOptions;
 use std::path::Path;
 use std::time::Duration;
 
@@ -14,13 +14,13 @@ pub fn run(volume: &Path, size: Option<u64>, opts: &MkfsOptions, override_mmp: b
         bail!("{} does not exist: give --size to create a volume file", volume.display());
     }
     let old_len = if existed {
-        mafs::claim::check_volume_path(volume)?;
+        mafs_core::claim::check_volume_path(volume)?;
         Some(std::fs::metadata(volume).with_context(|| format!("cannot open {}", volume.display()))?.len())
     } else {
         None
     };
     // Held while formatting: nothing else on this machine uses the volume meanwhile.
-    let _claim = if existed { Some(mafs::claim::claim_volume(volume, Duration::from_secs(1))?) } else { None };
+    let _claim = if existed { Some(mafs_core::claim::claim_volume(volume, Duration::from_secs(1))?) } else { None };
     if existed {
         let dev = FileDevice::open(volume, &OpenOptions { read_only: true, ..Default::default() })
             .with_context(|| format!("cannot open {}", volume.display()))?;
@@ -31,23 +31,23 @@ pub fn run(volume: &Path, size: Option<u64>, opts: &MkfsOptions, override_mmp: b
         }
         // What the formatted volume will span: a block device whole, a file grown to --size.
         let target = if dev.is_block_device() { dev.size() } else { size.unwrap_or(0).max(dev.size()) };
-        mafs::mkfs::check_options(target, opts).with_context(|| format!("cannot format {}", volume.display()))?;
+        mafs_core::mkfs::check_options(target, opts).with_context(|| format!("cannot format {}", volume.display()))?;
         // Even --force does not format a volume another host has mounted right now.
-        if let (false, Ok((sb, _))) = (override_mmp, mafs::volume::read_superblock(&dev)) {
+        if let (false, Ok((sb, _))) = (override_mmp, mafs_core::volume::read_superblock(&dev)) {
             let slots: Vec<u32> = (0..sb.layout.slot_count).collect();
-            mafs::mmp::ensure_not_live(&dev, &sb, &slots, &mafs::mmp::this_host(), "formatting it")
+            mafs_core::mmp::ensure_not_live(&dev, &sb, &slots, &mafs_core::mmp::this_host(), "formatting it")
                 .with_context(|| format!("cannot format {}", volume.display()))?;
         }
         if !opts.force {
-            if let Some(what) = mafs::probe::existing_contents(&dev) {
+            if let Some(what) = mafs_core::probe::existing_contents(&dev) {
                 bail!("{} already holds {what}; mkfs refuses to overwrite it. Give --force to format it anyway (everything on it will be lost)", volume.display());
             }
         }
     } else if let Some(s) = size {
-        mafs::mkfs::check_options(s, opts).with_context(|| format!("cannot format {}", volume.display()))?;
+        mafs_core::mkfs::check_options(s, opts).with_context(|| format!("cannot format {}", volume.display()))?;
     }
 
-    let formatted = (|| -> anyhow::Result<mafs::format::superblock::Superblock> {
+    let formatted = (|| -> anyhow::Result<mafs_core::format::superblock::Superblock> {
         let dev = FileDevice::open(volume, &OpenOptions { create: true, size, ..Default::default() })
             .with_context(|| format!("cannot open {}", volume.display()))?;
         if let Some(s) = size {
@@ -57,7 +57,7 @@ pub fn run(volume: &Path, size: Option<u64>, opts: &MkfsOptions, override_mmp: b
         }
         // Checked above already; the library checks again for its other callers.
         let opts = MkfsOptions { force: true, ..opts.clone() };
-        mafs::mkfs::mkfs(&dev, &opts).with_context(|| format!("cannot format {}", volume.display()))
+        mafs_core::mkfs::mkfs(&dev, &opts).with_context(|| format!("cannot format {}", volume.display()))
     })();
     let sb = match formatted {
         Ok(sb) => sb,

@@ -20,13 +20,13 @@
 //! only that seed, `MAFS_CRASH_SEEDS=a-b` a range; `MAFS_CRASH_OPS=n` operations per seed;
 //! `MAFS_CRASH_INNER_CUTS=n` cuts at past writes per seed; `MAFS_CRASH_VERBOSE=1` prints the
 //! operation log.
-use mafs::device::{BlockDevice, CrashDevice};
-use mafs::filesystem::attr::XattrSet;
-use mafs::filesystem::namespace::{NewNode, RENAME_EXCHANGE, RENAME_NOREPLACE};
-use mafs::filesystem::{Caller, FallocMode, Fs, SetAttr};
-use mafs::fsck;
-use mafs::mkfs::{mkfs, MkfsOptions};
-use mafs::volume::Volume;
+use mafs_core::device::{BlockDevice, CrashDevice};
+use mafs_core::filesystem::attr::XattrSet;
+use mafs_core::filesystem::namespace::{NewNode, RENAME_EXCHANGE, RENAME_NOREPLACE};
+use mafs_core::filesystem::{Caller, FallocMode, Fs, SetAttr};
+use mafs_core::fsck;
+use mafs_core::mkfs::{mkfs, MkfsOptions};
+use mafs_core::volume::Volume;
 use rand::rngs::StdRng;
 use rand::{Rng, RngCore, SeedableRng};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -230,16 +230,16 @@ impl LogDevice {
 }
 
 impl BlockDevice for LogDevice {
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> mafs::error::Result<()> {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> mafs_core::error::Result<()> {
         self.inner.read_at(buf, offset)
     }
-    fn write_at(&self, buf: &[u8], offset: u64) -> mafs::error::Result<()> {
+    fn write_at(&self, buf: &[u8], offset: u64) -> mafs_core::error::Result<()> {
         let mut log = self.log.lock().unwrap();
         self.inner.write_at(buf, offset)?;
         log.push(Event::Write(offset, buf.to_vec()));
         Ok(())
     }
-    fn flush(&self) -> mafs::error::Result<()> {
+    fn flush(&self) -> mafs_core::error::Result<()> {
         let mut log = self.log.lock().unwrap();
         self.inner.flush()?;
         log.push(Event::Flush);
@@ -250,7 +250,7 @@ impl BlockDevice for LogDevice {
     }
 }
 
-fn mount(dev: Arc<dyn BlockDevice>, cache: usize) -> mafs::error::Result<Fs> {
+fn mount(dev: Arc<dyn BlockDevice>, cache: usize) -> mafs_core::error::Result<Fs> {
     Fs::new(Volume::open(dev, 0, "crash-test", cache)?)
 }
 
@@ -444,7 +444,7 @@ fn run_seed(r: &Run) -> Result<Stats, String> {
         let roll = rng.gen_range(0..100);
         let mut desc = String::from("nop");
         let mut burst_states: Vec<Meta> = Vec::new();
-        let res: mafs::error::Result<()> = (|| {
+        let res: mafs_core::error::Result<()> = (|| {
             match roll {
                 // a burst of small files (bigger transactions, forced commits, journal wraps)
                 0..=1 => {
@@ -1046,7 +1046,7 @@ fn write_errors_fail_operations_cleanly_and_the_image_recovers() {
                 if k % 4 == 3 {
                     fs.sync()?;
                 }
-                Ok::<(), mafs::error::FsError>(())
+                Ok::<(), mafs_core::error::FsError>(())
             })();
             if let Err(e) = r {
                 first_err = Some(e);
@@ -1069,7 +1069,7 @@ fn write_errors_fail_operations_cleanly_and_the_image_recovers() {
                 _ => fs.sync(),
             };
             match r {
-                Err(mafs::error::FsError::Stopped(_)) => {}
+                Err(mafs_core::error::FsError::Stopped(_)) => {}
                 Err(e) => panic!("case n={n}: change {what} after a failed commit returned {e}, want the latched Stopped error"),
                 Ok(()) => panic!("case n={n}: change {what} succeeded after a failed commit"),
             }
@@ -1148,11 +1148,11 @@ fn a_full_volume_fails_with_nospace_and_stays_consistent() {
                 fs.fallocate(ino, len as u64, 300_000, FallocMode { keep_size: false, punch_hole: false, zero_range: false })?;
                 files.last_mut().unwrap().2 = len as u64 + 300_000;
             }
-            Ok::<(), mafs::error::FsError>(())
+            Ok::<(), mafs_core::error::FsError>(())
         })();
         match r {
             Ok(()) => {}
-            Err(mafs::error::FsError::NoSpace) | Err(mafs::error::FsError::DeviceFull { .. }) => {
+            Err(mafs_core::error::FsError::NoSpace) | Err(mafs_core::error::FsError::DeviceFull { .. }) => {
                 nospace += 1;
                 if nospace > 200 {
                     break;
@@ -1209,7 +1209,7 @@ fn a_write_or_fallocate_that_runs_out_of_space_leaves_a_consistent_inode() {
             fs.write(ino, 0, &vec![1u8; 40 << 20])
         };
         match r {
-            Err(mafs::error::FsError::NoSpace) => {}
+            Err(mafs_core::error::FsError::NoSpace) => {}
             Ok(n) if !use_fallocate && n > 0 && n < 40 << 20 => {
                 let a = fs.getattr(ino).unwrap();
                 assert_eq!(a.size, n as u64, "a short write sets the size to what it wrote");
@@ -1251,7 +1251,7 @@ fn a_create_that_runs_out_of_space_in_the_directory_leaves_nothing_behind() {
     loop {
         match fs.write(filler, size, &block) {
             Ok(_) => size += 4096,
-            Err(mafs::error::FsError::NoSpace) => break,
+            Err(mafs_core::error::FsError::NoSpace) => break,
             Err(e) => panic!("filling: {e}"),
         }
     }
@@ -1267,7 +1267,7 @@ fn a_create_that_runs_out_of_space_in_the_directory_leaves_nothing_behind() {
         let name = format!("{k:0>200}");
         match fs.create(d, name.as_bytes(), reg(), ROOT_CALLER) {
             Ok(_) => {}
-            Err(mafs::error::FsError::NoSpace) => {
+            Err(mafs_core::error::FsError::NoSpace) => {
                 outcome = Some(k);
                 break;
             }

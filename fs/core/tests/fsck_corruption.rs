@@ -5,14 +5,14 @@
 //! a file still points at was freed: many new files (with data and extended attributes, which
 //! take blocks from the allocator) are written afterwards and the volume is still clean, and
 //! the files that survived still read back what was written.
-use mafs::device::CrashDevice;
-use mafs::filesystem::attr::XattrSet;
-use mafs::filesystem::namespace::NewNode;
-use mafs::filesystem::{Caller, Fs};
-use mafs::format::header::BlockType;
-use mafs::fsck;
-use mafs::mkfs::{mkfs, MkfsOptions};
-use mafs::volume::Volume;
+use mafs_core::device::CrashDevice;
+use mafs_core::filesystem::attr::XattrSet;
+use mafs_core::filesystem::namespace::NewNode;
+use mafs_core::filesystem::{Caller, Fs};
+use mafs_core::format::header::BlockType;
+use mafs_core::fsck;
+use mafs_core::mkfs::{mkfs, MkfsOptions};
+use mafs_core::volume::Volume;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -124,7 +124,7 @@ fn a_flipped_byte_in_any_kind_of_metadata_block_is_repaired_without_cross_linkin
     let (img, files) = populated();
     let kinds = blocks_by_kind(&img);
     let sb_dev = CrashDevice::from_image(img.clone());
-    let sb = mafs::volume::read_superblock(&sb_dev).expect("sb").0;
+    let sb = mafs_core::volume::read_superblock(&sb_dev).expect("sb").0;
     let system: Vec<u64> = std::iter::once(sb.root_ino).chain((0..=sb.layout.slot_count as u64).map(|s| sb.lost_found_ino + s)).collect();
     let mut tried = 0;
     for ty in [BlockType::AgHeader, BlockType::Bitmap, BlockType::Inode, BlockType::TreeNode, BlockType::Xattr] {

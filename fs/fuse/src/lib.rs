@@ -4,11 +4,11 @@ mod acl;
 mod killpriv;
 pub mod mount;
 
-use crate::error::FsError;
-use crate::filesystem::attr::{privileged_bits, XattrSet};
-use crate::filesystem::namespace::NewNode;
-use crate::filesystem::{Caller, FallocMode, Fs, SetAttr, Whence};
-use crate::format::inode::{Inode, Timespec};
+use mafs_core::error::FsError;
+use mafs_core::filesystem::attr::{privileged_bits, XattrSet};
+use mafs_core::filesystem::namespace::NewNode;
+use mafs_core::filesystem::{Caller, FallocMode, Fs, SetAttr, Whence};
+use mafs_core::format::inode::{Inode, Timespec};
 use fuser::{
     AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner,
     OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs,
@@ -537,5 +537,5 @@ impl Filesystem for MafsFuse {
 }
 
 fn dir_check(name: &OsStr) -> Result<(), FsError> {
-    crate::dir::check_name(name.as_bytes())
+    mafs_core::dir::check_name(name.as_bytes())
 }
