@@ -2,7 +2,8 @@
 use anyhow::Context;
 use mafs_core::device::{FileDevice, OpenOptions};
 use mafs_core::format::slot::SlotState;
-use mafs_core::volume::{read_slot, read_superblock};
+use mafs_core::journal::read_slot;
+use mafs_core::volume::read_superblock;
 use std::path::Path;
 
 pub fn run(volume: &Path) -> anyhow::Result<i32> {

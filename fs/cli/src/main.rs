@@ -14,8 +14,8 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 mod fsck;
 mod info;
 mod mkfs;
-mod umount;
 mod size_arg;
+mod umount;
 
 #[derive(Parser)]
 #[command(name = "mafs", version, about = "mafs: a cluster-aware shared-disk filesystem")]

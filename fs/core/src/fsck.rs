@@ -32,9 +32,10 @@ use crate::format::le::*;
 use crate::format::slot::{SlotHeader, SlotState};
 use crate::format::superblock::{Superblock, SUPERBLOCK_BLKNO};
 use crate::format::BLOCK_SIZE;
+use crate::journal::read_slot;
 use crate::journal::{replay, write_slot};
 use crate::locks::Mode;
-use crate::volume::{read_slot, read_superblock, Volume};
+use crate::volume::{read_superblock, Volume};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
@@ -226,7 +227,7 @@ fn examine(dev: Arc<dyn BlockDevice>, write: bool, progress: Progress) -> Result
         };
         orphan_dirs.push(hdr.orphan_dir);
         let mut hdr = hdr;
-        if crate::volume::slot_copies_ok(&*dev, &sb, s).contains(&false) {
+        if crate::journal::slot_copies_ok(&*dev, &sb, s).contains(&false) {
             rep.problems.push(format!("slot {s}: one copy of its header is damaged (the other is intact)"));
             if write {
                 // Two writes: one goes to each copy.

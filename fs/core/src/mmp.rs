@@ -16,8 +16,7 @@ use crate::device::BlockDevice;
 use crate::error::{FsError, Result};
 use crate::format::slot::{SlotHeader, SlotState};
 use crate::format::superblock::Superblock;
-use crate::journal::write_slot;
-use crate::volume::read_slot;
+use crate::journal::{read_slot, write_slot};
 use std::time::Duration;
 
 /// How often a mounted node shows it is alive.

@@ -8,7 +8,7 @@ use crate::format::slot::SlotHeader;
 use crate::format::superblock::{Superblock, BACKUP_SUPERBLOCK_BLKNO, SUPERBLOCK_BLKNO};
 use crate::format::BLOCK_SIZE;
 use crate::journal::replay::{self, ReplayStats};
-use crate::journal::Journal;
+use crate::journal::{read_slot, Journal};
 use std::sync::Arc;
 
 /// Metadata blocks kept in memory (256 MiB); clean ones are evicted past this.
@@ -50,38 +50,6 @@ pub fn read_superblock(dev: &dyn BlockDevice) -> Result<(Superblock, bool)> {
         return Err(FsError::corrupt(0, format!("superblock says the volume has {need} bytes but the device has only {}", dev.size())));
     }
     Ok((sb, backup))
-}
-
-pub fn read_slot(dev: &dyn BlockDevice, sb: &Superblock, slot: u32) -> Result<SlotHeader> {
-    if slot >= sb.layout.slot_count {
-        return Err(FsError::Invalid("slot number beyond the volume's slot count"));
-    }
-    let read = |blk: u64| -> Result<SlotHeader> {
-        let mut b = vec![0u8; BLOCK_SIZE];
-        dev.read_at(&mut b, blk * BLOCK_SIZE as u64)?;
-        SlotHeader::decode(&b, blk, sb.crc_seed()).and_then(|h| {
-            if h.index == slot {
-                Ok(h)
-            } else {
-                Err(FsError::corrupt(blk, format!("slot header copy names slot {} instead of {slot}", h.index)))
-            }
-        })
-    };
-    // The newer valid copy; one torn by a crash mid-write leaves the other, one version older.
-    match (read(sb.layout.slot_header_blkno(slot)), read(sb.layout.slot_header_copy_blkno(slot))) {
-        (Ok(a), Ok(b)) => Ok(if b.update_seq > a.update_seq { b } else { a }),
-        (Ok(a), Err(_)) => Ok(a),
-        (Err(_), Ok(b)) => Ok(b),
-        (Err(e), Err(_)) => Err(e),
-    }
-}
-
-/// Whether each copy of `slot`'s header verifies (fsck reports a damaged one).
-pub fn slot_copies_ok(dev: &dyn BlockDevice, sb: &Superblock, slot: u32) -> [bool; 2] {
-    [sb.layout.slot_header_blkno(slot), sb.layout.slot_header_copy_blkno(slot)].map(|blk| {
-        let mut b = vec![0u8; BLOCK_SIZE];
-        dev.read_at(&mut b, blk * BLOCK_SIZE as u64).is_ok() && SlotHeader::decode(&b, blk, sb.crc_seed()).is_ok_and(|h| h.index == slot)
-    })
 }
 
 impl Volume {

@@ -4,16 +4,16 @@ mod acl;
 mod killpriv;
 pub mod mount;
 
-use mafs_core::error::FsError;
-use mafs_core::filesystem::attr::{privileged_bits, XattrSet};
-use mafs_core::filesystem::namespace::NewNode;
-use mafs_core::filesystem::{Caller, FallocMode, Fs, SetAttr, Whence};
-use mafs_core::format::inode::{Inode, Timespec};
 use fuser::{
     AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner,
     OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs,
     ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
+use mafs_core::error::FsError;
+use mafs_core::filesystem::attr::{privileged_bits, XattrSet};
+use mafs_core::filesystem::namespace::NewNode;
+use mafs_core::filesystem::{Caller, FallocMode, Fs, SetAttr, Whence};
+use mafs_core::format::inode::{Inode, Timespec};
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;

@@ -1,12 +1,12 @@
 //! Mounting: opens the device, claims it for this process, replays and opens the volume, and
 //! serves FUSE until unmounted; a background thread commits the journal every few seconds.
 use super::MafsFuse;
+use anyhow::{bail, Context};
+use fuser::{Config, MountOption, SessionACL};
 use mafs_core::claim::claim_volume;
 use mafs_core::device::{BlockDevice, FileDevice, OpenOptions};
 use mafs_core::filesystem::Fs;
 use mafs_core::volume::{Volume, DEFAULT_CACHE_BLOCKS};
-use anyhow::{bail, Context};
-use fuser::{Config, MountOption, SessionACL};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

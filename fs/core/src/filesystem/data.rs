@@ -41,6 +41,10 @@ pub fn extent_at(t: &TreeRead, lblk: u64) -> Result<Option<Extent>> {
     Ok(t.last_le(lblk)?.and_then(|(k, v)| dec(k, &v)).filter(|e| lblk < e.lblk + e.len))
 }
 
+/// Data extents freed per transaction while truncating or reclaiming, so no transaction
+/// outgrows the journal.
+pub(crate) const EXTENTS_PER_STEP: usize = 16;
+
 /// Extents overlapping [from, to), in order, at most `max`.
 pub fn extents_in(t: &TreeRead, from: u64, to: u64, max: usize) -> Result<Vec<Extent>> {
     let mut out = Vec::new();
@@ -402,11 +406,8 @@ impl Fs {
                 }
                 inode.size = new_size;
             }
-            let done = if inode.stuffed() {
-                true
-            } else {
-                self.free_data_from(&h, &buf, &mut inode, new_size.div_ceil(BS), super::orphans::EXTENTS_PER_STEP)?
-            };
+            let done =
+                if inode.stuffed() { true } else { self.free_data_from(&h, &buf, &mut inode, new_size.div_ceil(BS), EXTENTS_PER_STEP)? };
             if !done && !listed {
                 self.add_orphan(&h, ino)?;
                 listed = true;
@@ -545,7 +546,7 @@ impl Fs {
                 inode.mtime = Timespec::now();
                 inode.ctime = inode.mtime;
             }
-            let done = self.free_blocks_range(&h, &buf, &mut inode, off.div_ceil(BS), end / BS, super::orphans::EXTENTS_PER_STEP)?;
+            let done = self.free_blocks_range(&h, &buf, &mut inode, off.div_ceil(BS), end / BS, EXTENTS_PER_STEP)?;
             self.iput(&h, &buf, &inode);
             if done {
                 return Ok(());

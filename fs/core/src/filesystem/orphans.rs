@@ -3,6 +3,7 @@
 //! directory (in the same transaction as the unlink), then freed in bounded steps once no one
 //! has it open. A crash anywhere in between leaves it listed, and the next mount of the slot
 //! (or, in cluster mode, the node recovering it) finishes the job.
+use super::data::{extents_in, EXTENTS_PER_STEP};
 use super::Fs;
 use crate::cache::MetaBuf;
 use crate::dir;
@@ -11,9 +12,6 @@ use crate::format::inode::Inode;
 use crate::journal::Handle;
 use crate::locks::Mode;
 use std::sync::Arc;
-
-/// Data extents freed per transaction while reclaiming, so no transaction outgrows the journal.
-pub(crate) const EXTENTS_PER_STEP: usize = 16;
 
 fn orphan_name(ino: u64) -> Vec<u8> {
     format!("{ino:016x}").into_bytes()
@@ -82,7 +80,7 @@ impl Fs {
     /// false (and changes nothing) if it is too big to free in this transaction.
     pub(crate) fn free_inode_now(&self, h: &Handle, buf: &Arc<MetaBuf>, inode: &mut Inode) -> Result<bool> {
         if (inode.is_reg() || inode.is_symlink()) && !inode.stuffed() {
-            let n = super::data::extents_in(&self.tree(buf), 0, u64::MAX >> 16, EXTENTS_PER_STEP + 1)?.len();
+            let n = extents_in(&self.tree(buf), 0, u64::MAX >> 16, EXTENTS_PER_STEP + 1)?.len();
             if n > EXTENTS_PER_STEP {
                 return Ok(false);
             }

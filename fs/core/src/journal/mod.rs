@@ -12,6 +12,9 @@
 //! metadata never points at unwritten data after a crash.
 pub mod records;
 pub mod replay;
+pub mod slot_header;
+
+pub use slot_header::{read_slot, slot_copies_ok, write_slot};
 
 use crate::cache::{MetaBuf, MetaCache};
 use crate::device::BlockDevice;
@@ -353,17 +356,6 @@ fn write_home(dev: &dyn BlockDevice, images: &[(u64, Vec<u8>)], run: &mut Vec<u8
         i = j;
     }
     Ok(())
-}
-
-/// Writes the next version of a slot header. The two copies take turns (by `update_seq`), so
-/// a write torn by a crash damages only the copy being written, and the other still holds the
-/// previous version whole: the journal tail it names is never lost.
-/// `slot.update_seq` is advanced to the version written.
-pub fn write_slot(dev: &dyn BlockDevice, layout: &Layout, slot: &mut SlotHeader, seed: u32) -> Result<()> {
-    slot.update_seq += 1;
-    let blk = if slot.update_seq % 2 == 0 { layout.slot_header_blkno(slot.index) } else { layout.slot_header_copy_blkno(slot.index) };
-    dev.write_at(&slot.encode(blk, seed), blk * BLOCK_SIZE as u64)?;
-    dev.flush()
 }
 
 impl Handle<'_> {
