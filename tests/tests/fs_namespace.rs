@@ -720,41 +720,46 @@ fn rename_of_a_directory_into_one_5000_levels_deep_works() {
 #[test]
 fn concurrent_renames_across_directories_neither_deadlock_nor_lose_files() {
     use rand::{Rng, SeedableRng};
-    use std::sync::atomic::{AtomicI64, Ordering};
+    use std::collections::BTreeMap;
+    use std::sync::{Arc, Mutex};
     let mut m = Mounted::new("128M");
     let dirs = ["a", "b", "c", "a/x", "b/y"];
     for d in dirs {
         fs::create_dir(m.path(d)).unwrap();
     }
-    let files = std::sync::Arc::new(AtomicI64::new(0));
+    // Every operation on a file name and its outcome, so a name that goes missing (or stays
+    // when it should not) can be reported with its history.
+    let history: Arc<Mutex<BTreeMap<String, Vec<String>>>> = Arc::default();
     let (tx, rx) = std::sync::mpsc::channel();
     let mnt = m.mnt.clone();
     let workers: Vec<_> = (0..4u64)
         .map(|t| {
-            let (mnt, tx, files) = (mnt.clone(), tx.clone(), files.clone());
+            let (mnt, tx, history) = (mnt.clone(), tx.clone(), history.clone());
             std::thread::spawn(move || {
+                let note = |name: &str, what: String| history.lock().unwrap().entry(name.to_string()).or_default().push(what);
                 let mut rng = rand::rngs::StdRng::seed_from_u64(t);
                 let pick = |rng: &mut rand::rngs::StdRng| {
                     let all = ["a", "b", "c", "a/x", "b/y", "c/moved-x", "c/moved-y", "a/moved-y"];
                     mnt.join(all[rng.gen_range(0..all.len())])
                 };
+                let first_file = |d: &Path| {
+                    fs::read_dir(d).ok()?.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).find(|n| n.starts_with("file-"))
+                };
+                let rel = |p: &Path| p.strip_prefix(&mnt).unwrap_or(p).display().to_string();
                 for i in 0..1500 {
                     let d1 = pick(&mut rng);
                     let d2 = pick(&mut rng);
                     match rng.gen_range(0..6) {
                         0 | 1 => {
-                            if fs::write(d1.join(format!("file-{t}-{i}")), b"x").is_ok() {
-                                files.fetch_add(1, Ordering::SeqCst);
-                            }
+                            let name = format!("file-{t}-{i}");
+                            let r = fs::write(d1.join(&name), b"x");
+                            note(&name, format!("create in {}: {r:?}", rel(&d1)));
                         }
                         2 | 3 => {
                             // move some file of d1 to d2
-                            if let Ok(mut rd) = fs::read_dir(&d1) {
-                                if let Some(Ok(e)) =
-                                    rd.find(|e| e.as_ref().map(|e| e.file_name().to_string_lossy().starts_with("file-")).unwrap_or(false))
-                                {
-                                    let _ = fs::rename(e.path(), d2.join(e.file_name()));
-                                }
+                            if let Some(name) = first_file(&d1) {
+                                let r = fs::rename(d1.join(&name), d2.join(&name));
+                                note(&name, format!("rename {} -> {}: {r:?}", rel(&d1), rel(&d2)));
                             }
                         }
                         4 => {
@@ -766,14 +771,9 @@ fn concurrent_renames_across_directories_neither_deadlock_nor_lose_files() {
                             let _ = fs::rename(mnt.join("a/moved-y"), mnt.join("b/y"));
                         }
                         _ => {
-                            if let Ok(mut rd) = fs::read_dir(&d1) {
-                                if let Some(Ok(e)) =
-                                    rd.find(|e| e.as_ref().map(|e| e.file_name().to_string_lossy().starts_with("file-")).unwrap_or(false))
-                                {
-                                    if fs::remove_file(e.path()).is_ok() {
-                                        files.fetch_sub(1, Ordering::SeqCst);
-                                    }
-                                }
+                            if let Some(name) = first_file(&d1) {
+                                let r = fs::remove_file(d1.join(&name));
+                                note(&name, format!("remove from {}: {r:?}", rel(&d1)));
                             }
                         }
                     }
@@ -792,8 +792,8 @@ fn concurrent_renames_across_directories_neither_deadlock_nor_lose_files() {
     for w in workers {
         w.join().unwrap();
     }
-    let count = |m: &Mounted| {
-        let mut n = 0;
+    let present = |m: &Mounted| {
+        let mut found = BTreeMap::new();
         let mut stack = vec![m.mnt.clone()];
         while let Some(d) = stack.pop() {
             for e in fs::read_dir(&d).unwrap() {
@@ -801,16 +801,34 @@ fn concurrent_renames_across_directories_neither_deadlock_nor_lose_files() {
                 if e.file_type().unwrap().is_dir() {
                     stack.push(e.path());
                 } else if e.file_name().to_string_lossy().starts_with("file-") {
-                    n += 1;
+                    found
+                        .insert(e.file_name().to_string_lossy().into_owned(), e.path().strip_prefix(&m.mnt).unwrap().display().to_string());
                 }
             }
         }
-        n
+        found
     };
-    let want = files.load(Ordering::SeqCst);
-    assert_eq!(count(&m), want, "files created minus files deleted");
-    m.remount();
-    assert_eq!(count(&m), want, "after remount");
+    let history = history.lock().unwrap().clone();
+    let expected: BTreeSet<&String> = history
+        .iter()
+        .filter(|(_, h)| {
+            h.iter().any(|e| e.starts_with("create") && e.ends_with("Ok(())"))
+                && !h.iter().any(|e| e.starts_with("remove") && e.ends_with("Ok(())"))
+        })
+        .map(|(n, _)| n)
+        .collect();
+    for when in ["after the run", "after remount"] {
+        let found = present(&m);
+        let wrong: Vec<String> = history
+            .iter()
+            .filter(|(n, _)| expected.contains(n) != found.contains_key(*n))
+            .map(|(n, h)| format!("{n} (found at {:?}): {}", found.get(n), h.join("; ")))
+            .collect();
+        assert!(wrong.is_empty(), "{when}: names lost or kept against the operations' results:\n{}", wrong.join("\n"));
+        if when == "after the run" {
+            m.remount();
+        }
+    }
     m.finish();
 }
 
