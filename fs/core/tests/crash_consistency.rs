@@ -22,7 +22,8 @@
 //! operation log.
 use mafs_core::device::{BlockDevice, CrashDevice};
 use mafs_core::filesystem::attr::XattrSet;
-use mafs_core::filesystem::namespace::{NewNode, RENAME_EXCHANGE, RENAME_NOREPLACE};
+use mafs_core::filesystem::namespace::NewNode;
+use mafs_core::filesystem::rename::{RENAME_EXCHANGE, RENAME_NOREPLACE};
 use mafs_core::filesystem::{Caller, FallocMode, Fs, SetAttr};
 use mafs_core::fsck;
 use mafs_core::mkfs::{mkfs, MkfsOptions};

@@ -7,6 +7,7 @@ mod data;
 pub mod export;
 pub mod namespace;
 mod orphans;
+pub mod rename;
 pub mod symlink;
 
 pub use attr::SetAttr;

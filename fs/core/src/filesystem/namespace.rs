@@ -1,5 +1,5 @@
 //! Names: lookup, create (files, directories, symlinks, device nodes, fifos, sockets), link,
-//! unlink, rmdir, rename (with RENAME_NOREPLACE and RENAME_EXCHANGE), readdir and readlink.
+//! unlink, rmdir, readdir and readlink (rename has its own module).
 use super::{Caller, Fs, MAX_LINKS};
 use crate::alloc::BlockState;
 use crate::dir::{self, DirEntry};
@@ -9,9 +9,6 @@ use crate::format::inode::{Inode, Timespec, FLAG_STUFFED, FLAG_SYSTEM};
 use crate::format::BLOCK_SIZE;
 use crate::journal::Handle;
 use crate::locks::Mode;
-
-pub const RENAME_NOREPLACE: u32 = 1;
-pub const RENAME_EXCHANGE: u32 = 2;
 
 /// What to create.
 pub struct NewNode<'a> {
@@ -42,7 +39,7 @@ impl Fs {
     }
 
     /// Looks `name` up in a directory whose lock the caller holds.
-    fn entry(&self, pbuf: &std::sync::Arc<crate::cache::MetaBuf>, name: &[u8]) -> Result<Option<DirEntry>> {
+    pub(super) fn entry(&self, pbuf: &std::sync::Arc<crate::cache::MetaBuf>, name: &[u8]) -> Result<Option<DirEntry>> {
         dir::lookup(&self.tree(pbuf), name)
     }
 
@@ -137,7 +134,7 @@ impl Fs {
 
     /// ENOSPC, before anything changes, if adding `name` to the directory could need more
     /// blocks than are available (an operation must not fail halfway).
-    fn ensure_space_for_entry(&self, dbuf: &std::sync::Arc<crate::cache::MetaBuf>, name: &[u8]) -> Result<()> {
+    pub(super) fn ensure_space_for_entry(&self, dbuf: &std::sync::Arc<crate::cache::MetaBuf>, name: &[u8]) -> Result<()> {
         let need = self.tree(dbuf).insert_need(9 + name.len())?;
         if self.vol.alloc.available() < need {
             return Err(FsError::NoSpace);
@@ -188,7 +185,13 @@ impl Fs {
     /// Drops one link of `child` (its lock held). At zero links, a closed inode small enough to
     /// free within this transaction is freed at once; any other is listed as an orphan and
     /// freed later. Returns true if the inode is gone (the caller must not write it back).
-    fn drop_link(&self, h: &Handle, cbuf: &std::sync::Arc<crate::cache::MetaBuf>, child: &mut Inode, now: Timespec) -> Result<bool> {
+    pub(super) fn drop_link(
+        &self,
+        h: &Handle,
+        cbuf: &std::sync::Arc<crate::cache::MetaBuf>,
+        child: &mut Inode,
+        now: Timespec,
+    ) -> Result<bool> {
         child.nlink = if child.is_dir() { 0 } else { child.nlink.saturating_sub(1) };
         child.ctime = now;
         if child.nlink > 0 {
@@ -252,7 +255,7 @@ impl Fs {
     /// is). Called with the rename lock held: parent fields change only under it, so the walk
     /// needs no inode locks (and must take none: it runs while this rename holds directory
     /// locks, and locking upwards would invert the parent-before-child order).
-    fn is_ancestor(&self, ancestor: u64, mut dir: u64) -> Result<bool> {
+    pub(super) fn is_ancestor(&self, ancestor: u64, mut dir: u64) -> Result<bool> {
         let root = self.root();
         // A chain longer than the volume has blocks can only be a loop (corruption).
         for _ in 0..self.vol.sb.layout.total_blocks {
@@ -265,187 +268,6 @@ impl Fs {
             dir = self.iget(dir)?.1.parent;
         }
         Err(FsError::corrupt(dir, "directory parent chain does not reach the root"))
-    }
-
-    pub fn rename(&self, sp: u64, sname: &[u8], dp: u64, dname: &[u8], flags: u32) -> Result<()> {
-        dir::check_name(dname)?;
-        if sname.len() > crate::format::MAX_NAME_LEN {
-            return Err(FsError::NameTooLong);
-        }
-        if flags & !(RENAME_NOREPLACE | RENAME_EXCHANGE) != 0 || flags == (RENAME_NOREPLACE | RENAME_EXCHANGE) {
-            return Err(FsError::Invalid("unsupported rename flags"));
-        }
-        // No blanket space reservation: a rename allocates only if the new name splits a
-        // directory node, checked below before anything changes, so a full volume still renames.
-        let h = self.begin()?;
-        let _rg = (sp != dp).then(|| self.rename_lock.lock());
-        // Parents: an ancestor before its descendant (parent-before-child), else ascending.
-        // The rename lock makes the ancestry walk stable.
-        let parents = if sp == dp {
-            vec![sp]
-        } else if self.is_ancestor(sp, dp)? {
-            vec![sp, dp]
-        } else if self.is_ancestor(dp, sp)? {
-            vec![dp, sp]
-        } else {
-            vec![sp.min(dp), sp.max(dp)]
-        };
-        let mut _pg = Vec::with_capacity(2);
-        for p in parents {
-            _pg.push(self.locks.lock(p, Mode::Exclusive)?);
-        }
-        let (spbuf, mut spi) = self.iget(sp)?;
-        let (dpbuf, mut dpi) = if sp == dp { (spbuf.clone(), spi.clone()) } else { self.iget(dp)? };
-        if !spi.is_dir() || !dpi.is_dir() {
-            return Err(FsError::NotDir);
-        }
-        let se = self.entry(&spbuf, sname)?.ok_or(FsError::NotFound)?;
-        let de = self.entry(&dpbuf, dname)?;
-        if let Some(d) = &de {
-            if d.ino == se.ino {
-                return Ok(()); // both names are links to one inode: nothing to do (POSIX)
-            }
-        }
-        // Refuse loops before locking the children: a child that is an ancestor of the other
-        // parent would be locked after its own descendant, against the lock order.
-        if sp != dp {
-            if self.is_ancestor(se.ino, dp)? {
-                return Err(FsError::Invalid("cannot move a directory into itself"));
-            }
-            if let Some(d) = &de {
-                if self.is_ancestor(d.ino, sp)? {
-                    return Err(if flags & RENAME_EXCHANGE != 0 {
-                        FsError::Invalid("cannot move a directory into itself")
-                    } else {
-                        FsError::NotEmpty
-                    });
-                }
-            }
-        }
-        if de.is_none() {
-            self.ensure_space_for_entry(&dpbuf, dname)?;
-        }
-        // The children are now unrelated to each other and to the other parent.
-        let _cg = self.locks.lock_many(&[se.ino, de.as_ref().map(|d| d.ino).unwrap_or(0)])?;
-        let (sbuf, mut s) = self.iget(se.ino)?;
-        let victim = match &de {
-            Some(d) => Some(self.iget(d.ino)?),
-            None => None,
-        };
-        if flags & RENAME_EXCHANGE != 0 && victim.is_none() {
-            return Err(FsError::NotFound);
-        }
-        if flags & RENAME_NOREPLACE != 0 && victim.is_some() {
-            return Err(FsError::Exists);
-        }
-        let now = Timespec::now();
-        // Set when the replaced inode was freed on the spot (nothing left to reclaim).
-        let mut victim_gone = false;
-        if flags & RENAME_EXCHANGE != 0 {
-            let (vbuf, mut v) = victim.ok_or(FsError::NotFound)?;
-            let de = de.clone().ok_or(FsError::NotFound)?;
-            {
-                let mut t = self.tree_mut(&h, &spbuf);
-                dir::replace(&mut t, se.key, sname, v.ino, dir::dtype_of_mode(v.mode))?;
-                spi.blocks = (spi.blocks as i64 + t.blocks_delta) as u64;
-            }
-            if sp == dp {
-                dpi = self.iget(dp)?.1;
-                dpi.blocks = spi.blocks;
-            }
-            {
-                let mut t = self.tree_mut(&h, &dpbuf);
-                dir::replace(&mut t, de.key, dname, s.ino, dir::dtype_of_mode(s.mode))?;
-                dpi.blocks = (dpi.blocks as i64 + t.blocks_delta) as u64;
-            }
-            if sp == dp {
-                spi = dpi.clone();
-            } else {
-                if s.is_dir() {
-                    s.parent = dp;
-                    spi.nlink -= 1;
-                    dpi.nlink += 1;
-                }
-                if v.is_dir() {
-                    v.parent = sp;
-                    dpi.nlink -= 1;
-                    spi.nlink += 1;
-                }
-            }
-            s.ctime = now;
-            v.ctime = now;
-            self.iput(&h, &vbuf, &v);
-        } else {
-            if let Some((vbuf, mut v)) = victim {
-                let de = de.clone().ok_or(FsError::NotFound)?;
-                if s.is_dir() {
-                    if !v.is_dir() {
-                        return Err(FsError::NotDir);
-                    }
-                    if v.entries > 0 {
-                        return Err(FsError::NotEmpty);
-                    }
-                } else if v.is_dir() {
-                    return Err(FsError::IsDir);
-                }
-                let mut t = self.tree_mut(&h, &dpbuf);
-                dir::replace(&mut t, de.key, dname, s.ino, dir::dtype_of_mode(s.mode))?;
-                dpi.blocks = (dpi.blocks as i64 + t.blocks_delta) as u64;
-                dpi.entries -= 1; // the replaced entry; the moved one is counted below
-                if v.is_dir() {
-                    dpi.nlink -= 1;
-                }
-                if self.drop_link(&h, &vbuf, &mut v, now)? {
-                    victim_gone = true;
-                } else {
-                    self.iput(&h, &vbuf, &v);
-                }
-            } else {
-                let mut t = self.tree_mut(&h, &dpbuf);
-                dir::add(&mut t, dname, s.ino, dir::dtype_of_mode(s.mode))?;
-                dpi.blocks = (dpi.blocks as i64 + t.blocks_delta) as u64;
-            }
-            dpi.entries += 1;
-            if sp == dp {
-                // One directory: carry the destination's changes into the source's copy.
-                spi = dpi.clone();
-            }
-            {
-                let mut t = self.tree_mut(&h, &spbuf);
-                dir::remove(&mut t, se.key)?;
-                spi.blocks = (spi.blocks as i64 + t.blocks_delta) as u64;
-            }
-            spi.entries -= 1;
-            if s.is_dir() && sp != dp {
-                s.parent = dp;
-                spi.nlink -= 1;
-                dpi.nlink += 1;
-            }
-            s.ctime = now;
-            if sp == dp {
-                dpi = spi.clone();
-            }
-        }
-        spi.mtime = now;
-        spi.ctime = now;
-        dpi.mtime = now;
-        dpi.ctime = now;
-        self.iput(&h, &sbuf, &s);
-        if sp == dp {
-            self.iput(&h, &spbuf, &spi);
-        } else {
-            self.iput(&h, &spbuf, &spi);
-            self.iput(&h, &dpbuf, &dpi);
-        }
-        let victim_ino = de.map(|d| d.ino).filter(|_| flags & RENAME_EXCHANGE == 0 && !victim_gone);
-        drop(_cg);
-        drop(_pg);
-        drop(_rg);
-        drop(h);
-        if let Some(v) = victim_ino {
-            self.reclaim_if_unused(v)?;
-        }
-        Ok(())
     }
 
     /// Directory entries after readdir cookie `offset` (0 starts; `.` is 1, `..` is 2, an
