@@ -270,3 +270,65 @@ fn the_loop_finder_sees_a_loop_between_two_sibling_modules() {
         vec![vec!["btree".to_string(), "filesystem".to_string()], vec!["filesystem::data".to_string(), "filesystem::orphans".to_string()]]
     );
 }
+
+/// Every tracked source, doc and script file, as paths relative to the workspace.
+fn tracked_files() -> Vec<String> {
+    let out = Command::new("git")
+        .current_dir(workspace())
+        .args(["ls-files", "--cached", "--others", "--exclude-standard"])
+        .output()
+        .expect("git ls-files");
+    assert!(out.status.success(), "git ls-files: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect()
+}
+
+/// File names written in `text` (`foo/bar.rs`, `docs/x.md`, `tests/run.sh`, ...), leaving out
+/// examples (`./script.sh`) and paths under a shell variable (`$WORK/summary.md`).
+fn named_files(text: &str) -> Vec<String> {
+    let is_path_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '/' | '.');
+    let mut out = Vec::new();
+    let mut start = None;
+    for (i, c) in text.char_indices().chain(std::iter::once((text.len(), ' '))) {
+        match (start, is_path_char(c)) {
+            (None, true) => start = Some(i),
+            (Some(s), false) => {
+                start = None;
+                let under_variable = text[..s].ends_with(['$', '}']);
+                let word = text[s..i].trim_end_matches('.');
+                let named = [".rs", ".md", ".sh", ".proto", ".toml"].iter().any(|ext| word.ends_with(ext) && word.len() > ext.len());
+                if named && !under_variable && word.contains('/') && !word.starts_with(['/', '.']) {
+                    out.push(word.to_string());
+                }
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+#[test]
+fn files_named_in_docs_and_comments_exist() {
+    let files = tracked_files();
+    let exists = |named: &str| files.iter().any(|f| f == named || f.ends_with(&format!("/{named}")));
+    let mut missing = Vec::new();
+    // This file names made-up paths in its own examples.
+    let checked =
+        files.iter().filter(|f| (f.ends_with(".rs") || f.ends_with(".md") || f.ends_with(".sh")) && !f.ends_with("code_structure.rs"));
+    for f in checked {
+        let Ok(text) = std::fs::read_to_string(workspace().join(f)) else { continue };
+        let text: String = if f.ends_with(".rs") {
+            // Comments only: code names files it creates at run time.
+            text.lines().filter_map(|l| l.find("//").map(|at| &l[at..])).collect::<Vec<_>>().join("\n")
+        } else {
+            text
+        };
+        for named in named_files(&text) {
+            if !exists(&named) {
+                missing.push(format!("{f}: {named}"));
+            }
+        }
+    }
+    missing.sort();
+    missing.dedup();
+    assert!(missing.is_empty(), "files named but not in the repository:\n{}", missing.join("\n"));
+}

@@ -1,5 +1,5 @@
-//! Typed errors of the mafs core. The FUSE glue maps them to errno values in one place
-//! (`fuse/errno.rs`); the command line reports them with context.
+//! Typed errors of the mafs core. Each knows its errno value (`FsError::errno`, the one
+//! mapping), which the FUSE glue hands to the kernel; the command line reports them with context.
 use thiserror::Error;
 
 #[derive(Debug, Error)]

@@ -18,7 +18,7 @@
 //!
 //! The kernel keeps its own copy of the mode and learns of none of these drops made in a WRITE
 //! or FALLOCATE (their replies carry no attributes), so files with such bits get attributes
-//! with no cache lifetime (`fuse/mod.rs`, `attr_ttl`).
+//! with no cache lifetime (`fs/fuse/src/lib.rs`, `attr_ttl`).
 use fuser::{Request, WriteFlags};
 
 /// `CAP_FSETID` from linux/capability.h: keeps set-ID bits across writes and truncates.
