@@ -20,7 +20,7 @@ fn sparse_file_written_up_to_1_tib_minus_1_reads_back_with_few_blocks() {
         (TIB - 1, vec![0xEE]),
     ];
     {
-        let f = OpenOptions::new().read(true).write(true).create(true).open(&p).unwrap();
+        let f = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&p).unwrap();
         for (off, d) in &spots {
             f.write_all_at(d, *off).unwrap();
         }

@@ -363,7 +363,7 @@ fn kill_9_with_an_open_unlinked_file_reclaims_it_on_the_next_mount() {
     File::open(&m.mnt).unwrap().sync_all().unwrap();
     let free0 = statfs(&m.mnt).f_bfree;
     let p = m.path("doomed");
-    let mut f = OpenOptions::new().read(true).write(true).create(true).open(&p).unwrap();
+    let mut f = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&p).unwrap();
     f.write_all(&pattern(1, 16 << 20)).unwrap();
     f.sync_all().unwrap();
     fs::remove_file(&p).unwrap();
@@ -403,7 +403,7 @@ fn fsck_of_a_crashed_volume_replays_its_journal_and_is_clean() {
 
 /// A file of 20,000 one-block extents (every other block written), fsynced.
 fn fragmented_file(p: &Path) -> File {
-    let f = OpenOptions::new().read(true).write(true).create(true).open(p).unwrap();
+    let f = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(p).unwrap();
     for i in (0..40_000u64).step_by(2) {
         std::os::unix::fs::FileExt::write_all_at(&f, b"x", i * 4096).unwrap();
     }

@@ -79,7 +79,7 @@ fn o_append_writes_at_the_end_and_o_trunc_empties() {
 #[test]
 fn pwrite_and_pread_at_offsets_leave_zeros_in_between() {
     let m = Mounted::new("64M");
-    let f = OpenOptions::new().read(true).write(true).create(true).open(m.path("f")).unwrap();
+    let f = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(m.path("f")).unwrap();
     let off = (1 << 20) + 17;
     f.write_all_at(b"far away", off).unwrap();
     assert_eq!(f.metadata().unwrap().len(), off + 8);
@@ -177,7 +177,7 @@ fn blocks(f: &File) -> u64 {
 #[test]
 fn fallocate_mode_0_allocates_zeros_and_grows_size() {
     let mut m = Mounted::new("64M");
-    let f = OpenOptions::new().read(true).write(true).create(true).open(m.path("f")).unwrap();
+    let f = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(m.path("f")).unwrap();
     let b0 = blocks(&f);
     fallocate(&f, 0, 0, 1 << 20).unwrap();
     assert_eq!(f.metadata().unwrap().len(), 1 << 20, "size grows to the allocated end");
@@ -192,7 +192,7 @@ fn fallocate_mode_0_allocates_zeros_and_grows_size() {
     f.read_exact_at(&mut k, 100).unwrap();
     assert_eq!(&k, b"keep me");
     // a small file stays readable when fallocate extends it
-    let g = OpenOptions::new().read(true).write(true).create(true).open(m.path("g")).unwrap();
+    let g = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(m.path("g")).unwrap();
     g.write_all_at(b"inline", 0).unwrap();
     fallocate(&g, 0, 0, 10_000).unwrap();
     assert_eq!(g.metadata().unwrap().len(), 10_000);
@@ -212,7 +212,7 @@ fn fallocate_mode_0_allocates_zeros_and_grows_size() {
 #[test]
 fn fallocate_keep_size_allocates_without_changing_size() {
     let m = Mounted::new("64M");
-    let f = OpenOptions::new().read(true).write(true).create(true).open(m.path("f")).unwrap();
+    let f = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(m.path("f")).unwrap();
     f.write_all_at(&pattern(2, 10_000), 0).unwrap();
     let b0 = blocks(&f);
     fallocate(&f, libc::FALLOC_FL_KEEP_SIZE, 0, 4 << 20).unwrap();
@@ -236,7 +236,7 @@ fn punch_hole_zeros_the_middle_and_frees_blocks() {
     let mut m = Mounted::new("64M");
     let len = 1usize << 20;
     let data = pattern(3, len);
-    let f = OpenOptions::new().read(true).write(true).create(true).open(m.path("f")).unwrap();
+    let f = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(m.path("f")).unwrap();
     f.write_all_at(&data, 0).unwrap();
     f.sync_all().unwrap();
     let b0 = blocks(&f);
@@ -269,7 +269,7 @@ fn zero_range_zeros_bytes_and_can_extend_the_file() {
     let mut m = Mounted::new("64M");
     let len = 600_000usize;
     let data = pattern(4, len);
-    let f = OpenOptions::new().read(true).write(true).create(true).open(m.path("f")).unwrap();
+    let f = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(m.path("f")).unwrap();
     f.write_all_at(&data, 0).unwrap();
     fallocate(&f, libc::FALLOC_FL_ZERO_RANGE, 100_000, 100_123).unwrap();
     let mut want = data.clone();
@@ -297,7 +297,7 @@ fn seek_data_and_seek_hole_find_the_known_holes() {
     let p = m.path("sparse");
     const K: u64 = 4096;
     {
-        let f = OpenOptions::new().read(true).write(true).create(true).open(&p).unwrap();
+        let f = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&p).unwrap();
         // data [0,4K), hole [4K,1M), data [1M,1M+8K), hole [1M+8K, 4M)
         f.write_all_at(&pattern(1, K as usize), 0).unwrap();
         f.write_all_at(&pattern(2, 2 * K as usize), 1 << 20).unwrap();
@@ -356,7 +356,7 @@ fn shared_mmap_writes_reach_the_file() {
     let mut m = Mounted::new("64M");
     let p = m.path("mapped");
     let len = 3 * 4096 + 100;
-    let f = OpenOptions::new().read(true).write(true).create(true).open(&p).unwrap();
+    let f = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&p).unwrap();
     f.set_len(len as u64).unwrap();
     let data = pattern(6, len);
     // SAFETY: a fresh shared mapping of a file we hold open, unmapped below; no other alias.
@@ -434,11 +434,11 @@ fn copy_and_large_single_writes_round_trip() {
 #[test]
 fn writes_into_holes_between_extents_keep_both_neighbours() {
     let mut m = Mounted::new("64M");
-    let f = OpenOptions::new().read(true).write(true).create(true).open(m.path("f")).unwrap();
+    let f = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(m.path("f")).unwrap();
     let mut model = vec![0u8; 64 * 4096];
     f.set_len(model.len() as u64).unwrap();
     for blk in (0..64).step_by(4) {
-        let d = pattern(blk as u64, 4096);
+        let d = pattern(blk, 4096);
         f.write_all_at(&d, blk * 4096).unwrap();
         model[blk as usize * 4096..(blk as usize + 1) * 4096].copy_from_slice(&d);
     }
@@ -482,7 +482,7 @@ fn mount_with_direct_io_round_trips_data() {
     let big = pattern(13, (3 << 20) + 77);
     fs::write(m.path("big"), &big).unwrap();
     fs::write(m.path("small"), b"small").unwrap();
-    let f = OpenOptions::new().read(true).write(true).create(true).open(m.path("odd")).unwrap();
+    let f = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(m.path("odd")).unwrap();
     f.write_all_at(b"odd", 12345).unwrap();
     f.sync_all().unwrap();
     drop(f);

@@ -350,7 +350,7 @@ fn write_that_runs_out_of_space_partway_leaves_fsck_clean() {
 #[test]
 fn fallocate_beyond_free_space_fails_with_enospc_and_leaves_the_volume_consistent() {
     let mut m = Mounted::new("64M");
-    let f = fs::OpenOptions::new().read(true).write(true).create(true).open(m.path("f")).unwrap();
+    let f = fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(m.path("f")).unwrap();
     assert_errno(fallocate(&f, 0, 0, 100 << 20), libc::ENOSPC, "fallocate of 100 MiB on a 64 MiB volume");
     let md = f.metadata().unwrap();
     assert!(md.blocks() * 512 >= md.len(), "st_blocks covers st_size");
@@ -464,11 +464,9 @@ fn concurrent_writers_and_deleters_on_a_nearly_full_volume_neither_deadlock_nor_
                         }
                         Err(e) => panic!("write {}: {e}", p.display()),
                     }
-                    if mine.len() > 3 || rng.gen_bool(0.2) {
-                        if !mine.is_empty() {
-                            let k = rng.gen_range(0..mine.len());
-                            fs::remove_file(mine.swap_remove(k)).unwrap();
-                        }
+                    if (mine.len() > 3 || rng.gen_bool(0.2)) && !mine.is_empty() {
+                        let k = rng.gen_range(0..mine.len());
+                        fs::remove_file(mine.swap_remove(k)).unwrap();
                     }
                 }
                 tx.send(enospc).unwrap();

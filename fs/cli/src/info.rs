@@ -19,8 +19,8 @@ pub fn run(volume: &Path) -> anyhow::Result<i32> {
     println!("uuid:            {}", sb.uuid_string());
     println!("label:           {}", if sb.label.is_empty() { "(none)" } else { &sb.label });
     println!("size:            {} bytes ({} blocks of 4096)", l.total_blocks * 4096, l.total_blocks);
-    println!("node slots:      {} (journal {} MiB each)", l.slot_count, l.journal_blocks as u64 * 4096 >> 20);
-    println!("alloc groups:    {} of {} MiB", l.ag_count, l.ag_blocks as u64 * 4096 >> 20);
+    println!("node slots:      {} (journal {} MiB each)", l.slot_count, (l.journal_blocks as u64 * 4096) >> 20);
+    println!("alloc groups:    {} of {} MiB", l.ag_count, (l.ag_blocks as u64 * 4096) >> 20);
     println!("root inode:      {}", sb.root_ino);
     let mut free = 0u64;
     let mut b = vec![0u8; 4096];
@@ -31,8 +31,8 @@ pub fn run(volume: &Path) -> anyhow::Result<i32> {
     let total = l.data_blocks();
     println!(
         "free space:      {} of {} MiB ({:.1}% used)",
-        free * 4096 >> 20,
-        total * 4096 >> 20,
+        (free * 4096) >> 20,
+        (total * 4096) >> 20,
         100.0 * (total - free.min(total)) as f64 / total as f64
     );
     println!("slots:");

@@ -193,7 +193,7 @@ fn mount_source(mountpoint: &std::path::Path) -> anyhow::Result<Option<PathBuf>>
     let mounts = std::fs::read_to_string("/proc/self/mounts").context("cannot read /proc/self/mounts")?;
     for line in mounts.lines() {
         let f: Vec<&str> = line.split(' ').collect();
-        if f.len() >= 3 && PathBuf::from(f[1].replace("\\040", " ")) == canon {
+        if f.len() >= 3 && f[1].replace("\\040", " ") == canon {
             // Plain "fuse": mounted by a mafs from before `subtype=mafs` was passed to the kernel.
             if f[2] != "fuse.mafs" && f[2] != "fuse" {
                 anyhow::bail!("{} is not a mafs mount (it is {})", mountpoint.display(), f[2]);
