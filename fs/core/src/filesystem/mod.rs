@@ -161,18 +161,15 @@ impl Fs {
         Ok(())
     }
 
-    /// Frees an inode that has no links left, unless someone still has it open.
+    /// Frees an inode that has no links left, unless someone still has it open. The last close
+    /// and the unlink that took the last name may both call this for one inode, at once: the
+    /// decision is taken under the inode's exclusive lock, on the inode as it is then, so the
+    /// inode is freed once and the later call finds nothing to do.
     pub(crate) fn reclaim_if_unused(&self, ino: u64) -> Result<()> {
-        if !self.is_open(ino) {
-            let nlink = {
-                let _g = self.locks.lock(ino, Mode::Shared)?;
-                self.iget(ino)?.1.nlink
-            };
-            if nlink == 0 {
-                self.reclaim(ino)?;
-            }
+        if self.is_open(ino) {
+            return Ok(());
         }
-        Ok(())
+        self.reclaim_inode(ino, orphans::Reclaim::Unlinked)
     }
 
     /// fsync / fsyncdir / syncfs: everything done so far becomes durable.

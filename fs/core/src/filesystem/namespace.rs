@@ -73,6 +73,9 @@ impl Fs {
             return Err(FsError::TooManyLinks);
         }
         let (ino, _) = self.vol.alloc.alloc(&h, 1, parent, BlockState::Inode)?;
+        // Held until the inode is whole: a late reclaim of the inode that last had this number
+        // must not read it half made.
+        let _ig = self.locks.lock(ino, Mode::Exclusive)?;
         let buf = self.vol.cache.create(ino, BlockType::Inode);
         let now = Timespec::now();
         let mut mode = node.mode;

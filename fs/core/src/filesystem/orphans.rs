@@ -11,7 +11,18 @@ use crate::error::{FsError, Result};
 use crate::format::inode::Inode;
 use crate::journal::Handle;
 use crate::locks::Mode;
+use crate::alloc::BlockState;
 use std::sync::Arc;
+
+/// Which inodes a reclaim frees.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Reclaim {
+    /// Only one with no links left (after a last close or a last unlink).
+    Unlinked,
+    /// Whatever this slot's orphan directory lists (at mount): unlinked inodes, and linked
+    /// ones whose truncate a crash interrupted.
+    Listed,
+}
 
 fn orphan_name(ino: u64) -> Vec<u8> {
     format!("{ino:016x}").into_bytes()
@@ -45,17 +56,30 @@ impl Fs {
         Ok(())
     }
 
-    /// Frees an unlinked, closed inode: its data in steps, then its tree, xattrs and itself.
+    /// Frees an unlinked, closed inode: its data in steps, then its tree, xattrs and itself; or
+    /// finishes an interrupted truncate of a linked one listed here.
     pub(crate) fn reclaim(&self, ino: u64) -> Result<()> {
+        self.reclaim_inode(ino, Reclaim::Listed)
+    }
+
+    pub(crate) fn reclaim_inode(&self, ino: u64, which: Reclaim) -> Result<()> {
         loop {
             let h = self.begin()?;
             let _g = self.locks.lock(ino, Mode::Exclusive)?;
+            // Freed already, by a racing close or unlink (or, for a listed inode, by an
+            // earlier step): its block may hold anything now.
+            if self.vol.alloc.state(ino)? != BlockState::Inode {
+                return Ok(());
+            }
             let (buf, mut inode) = match self.iget(ino) {
                 Ok(x) => x,
                 Err(FsError::NotFound) => return Ok(()),
                 Err(e) => return Err(e),
             };
             if inode.nlink != 0 {
+                if which == Reclaim::Unlinked {
+                    return Ok(()); // linked again, or the number now names another inode
+                }
                 // Still linked: listed by a truncate that a crash interrupted. Finish freeing
                 // what lies past EOF, then unlist it.
                 let from = inode.size.div_ceil(crate::format::BLOCK_SIZE as u64);
