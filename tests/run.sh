@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it (.ci/run calls exactly this):
 #   1. installs what the tests need (apt packages, pjdfstest, cargo-nextest, test users);
-#   2. builds the workspace in release mode (the e2e tests drive target/release/mafs);
-#   3. runs every unit, integration and end-to-end test (real FUSE mounts, real lockd
+#   2. checks formatting (rustfmt) and lints (clippy, warnings are errors);
+#   3. builds the workspace in release mode (the e2e tests drive target/release/mafs);
+#   4. runs every unit, integration and end-to-end test (real FUSE mounts, real lockd
 #      processes on 127.0.0.1, kill -9 crashes) under cargo-nextest;
-#   4. runs the POSIX conformance suite pjdfstest on a fresh mafs mount (and on ext4 on a
+#   5. runs the POSIX conformance suite pjdfstest on a fresh mafs mount (and on ext4 on a
 #      loop device, for the side-by-side count in docs/pjdfstest.md).
 # Needs root: FUSE mounts, loop devices and the unprivileged test users.
 set -euo pipefail
@@ -20,7 +21,13 @@ bash tests/pjdfstest/install-deps.sh
 if ! command -v cargo-nextest >/dev/null 2>&1; then
     cargo install --locked cargo-nextest
 fi
+cargo fmt --version >/dev/null 2>&1 || rustup component add rustfmt
+cargo clippy --version >/dev/null 2>&1 || rustup component add clippy
 [ -e /dev/fuse ] || modprobe fuse
+
+echo "== formatting and lints"
+cargo fmt --all --check
+cargo clippy --workspace --all-targets -- -D warnings
 
 echo "== building (release)"
 cargo build --release --workspace
