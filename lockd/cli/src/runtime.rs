@@ -2,7 +2,7 @@
 use anyhow::Context;
 
 /// One thread for everything: the replica's raft loop, its gRPC server and its peer links share
-/// it, so a commit never waits for another thread to wake up (see `raft_node`).
+/// it, so a commit never waits for another thread to wake up (see `lockd_server::raft_node`).
 pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the tokio runtime")
 }

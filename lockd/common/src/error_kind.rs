@@ -1,6 +1,6 @@
 //! The kinds of error a replica answers with: one list for the replicas that send them and the
 //! client that acts on them. Each has a wire name (the `x-lockd-error` header, see
-//! [`crate::wire`]) and a gRPC code; docs/lockd-protocol.md has the table.
+//! the `wire` module) and a gRPC code; docs/lockd-protocol.md has the table.
 use tonic::Code;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -2,8 +2,8 @@
 //!
 //! Modules, each using only those listed after it: `server` (the gRPC services), `raft_node`
 //! (the raft loop), `transport` (raft messages to the peers), `raft_storage` (the durable log),
-//! `events` (effects to clients), `state_machine` (what the log means), `lock_table` (the lock
-//! state), `errors`.
+//! `events` (effects to clients), `state_machine` (what the log means), `errors` (the
+//! replica's errors and their kinds), `lock_table` (the lock state).
 pub mod errors;
 pub mod events;
 pub mod lock_table;

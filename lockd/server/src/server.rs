@@ -422,7 +422,7 @@ fn dump_view(v: &raft_node::ReadView, prefix: &str) -> pb::DumpResponse {
 }
 
 /// Tells a removed replica that still sends raft messages (it missed the commit of its own
-/// removal) that it was removed, and at which log index; see `NodeMsg::RemovedByPeer`.
+/// removal) that it was removed, and at which log index; see `PeerReport::RemovedByPeer`.
 fn removed_status(id: u64, at: u64) -> Status {
     with_removed_at(Status::from(LockdError::Removed { id }), at)
 }

@@ -209,9 +209,16 @@ mod tests {
         let plain = Command::Release { session: 3, resource: "r".into(), lvb: None, token: None };
         assert_eq!(plain.encode().unwrap()[0], 1, "entries an older replica reads stay format 1");
         assert_eq!(Command::decode(&plain.encode().unwrap()).unwrap(), plain);
-        // Entries from before `request` existed decode, with request 0.
+        // Entries from before `request` existed decode, with no request.
         let old = b"\x01{\"Cancel\":{\"session\":3,\"resource\":\"r\"}}";
         assert_eq!(Command::decode(old).unwrap(), Command::Cancel { session: 3, resource: "r".into(), request: None });
+        // A Lock entry from before `request` existed decodes without one; one without a
+        // request writes 0, as before it was an option.
+        let old_lock =
+            b"\x01{\"Lock\":{\"session\":3,\"resource\":\"r\",\"mode\":\"EX\",\"convert\":false,\"try_lock\":false,\"lvb\":null}}";
+        let Command::Lock(decoded) = Command::decode(old_lock).unwrap() else { panic!("not a Lock") };
+        assert_eq!(decoded.request, None);
+        assert!(String::from_utf8_lossy(&Command::Lock(decoded).encode().unwrap()).contains("\"request\":0"));
         let mut bad = c.encode().unwrap();
         bad[0] = 9;
         assert!(matches!(Command::decode(&bad), Err(LockdError::Storage(_))));
