@@ -299,6 +299,8 @@ impl LockTable {
     /// A new request (`convert == false`) or a conversion of a held lock (`convert == true`).
     /// A repeated request for what is already held or queued is answered as before, so a client
     /// may retry after a leader change without knowing whether its first attempt committed.
+    // The arguments are the fields of one Lock command as the log carries it (`LockCmd`, which
+    // this crate's lower layer must not know) plus the effect sink; a struct would repeat it.
     #[allow(clippy::too_many_arguments)]
     pub fn lock(
         &mut self,
@@ -359,6 +361,7 @@ impl LockTable {
         }
     }
 
+    // As `lock`, whose arguments it takes over (with the holder found).
     #[allow(clippy::too_many_arguments)]
     fn convert(
         &mut self,
