@@ -38,6 +38,16 @@ fn the_fuse_glue_links_no_grpc_or_lockd() {
     assert_links_none("mafs-fuse", &["tokio", "tonic", "raft", "mafs-lockd", "clap"]);
 }
 
+#[test]
+fn the_lockd_client_a_mount_links_has_no_raft_replica_or_command_line() {
+    assert_links_none("mafs-lockd-client", &["raft", "raft-proto", "protobuf", "mafs-lockd-server", "clap", "mafs-lockd-cli"]);
+}
+
+#[test]
+fn the_lockd_replica_has_no_command_line() {
+    assert_links_none("mafs-lockd-server", &["clap", "mafs-lockd-cli"]);
+}
+
 /// `crate::a::b` and `super::c` paths named in `src`, with `use crate::{x, y::z}` groups
 /// flattened.
 fn referenced_paths(src: &str) -> Vec<String> {

@@ -5,8 +5,8 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use lockd::client::{LockOptions, Session, SessionOptions};
-use lockd::Mode;
+use lockd_client::Mode;
+use lockd_client::{LockOptions, Session, SessionOptions};
 use mafs_tests::lockd_cluster::LockdCluster;
 
 fn endpoints(c: &LockdCluster) -> Vec<String> {
@@ -67,7 +67,7 @@ fn asynchronous_releases_survive_a_leader_crash() {
     let rt = runtime();
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     // (resource, from grant, to release call) as each session saw it.
-    let windows = Arc::new(Mutex::new(Vec::<(usize, Instant, Instant, usize, u64)>::new()));
+    let windows = Arc::new(Mutex::new(Vec::<(usize, Instant, Instant, usize, Option<lockd_client::FencingToken>)>::new()));
     let workers: Vec<_> = (0..SESSIONS)
         .map(|w| {
             let (eps, stop, windows) = (eps.clone(), stop.clone(), windows.clone());

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use lockd::client::{LockOptions, Session, SessionOptions};
-use lockd::Mode;
+use lockd_client::{LockOptions, Session, SessionOptions};
+use lockd_client::Mode;
 use tokio::sync::{Barrier, Notify};
 
 #[derive(Parser)]
@@ -62,7 +62,7 @@ enum Locker {
 /// What `acquire` hands back for `release`. The lockd guard stays alive until release, so the
 /// lock is in use (not merely cached) for the whole critical section.
 enum Held {
-    Lockd(String, lockd::client::LockGuard),
+    Lockd(String, lockd_client::LockGuard),
     Etcd(Vec<u8>),
 }
 

@@ -102,9 +102,9 @@ enum Command {
     /// Show the superblock, slots and free space of a volume.
     Info { volume: PathBuf },
     /// Run a lockd replica, or administer lockd (status, dump, membership).
-    Lockd(lockd::cli::LockdCommand),
+    Lockd(lockd_cli::LockdCommand),
     /// Run a command while holding a cluster-wide lock.
-    Lock(lockd::cli::LockCommand),
+    Lock(lockd_cli::LockCommand),
 }
 
 fn main() -> ExitCode {
@@ -172,8 +172,8 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::Fsck { volume, repair, override_mmp } => fsck::run(&volume, repair, override_mmp),
         Command::Info { volume } => info::run(&volume),
-        Command::Lockd(cmd) => lockd::cli::run_lockd(cmd),
-        Command::Lock(cmd) => lockd::cli::run_lock(cmd),
+        Command::Lockd(cmd) => lockd_cli::run_lockd(cmd),
+        Command::Lock(cmd) => lockd_cli::run_lock(cmd),
     }
 }
 

@@ -3,11 +3,12 @@
 //! version byte so a replica refuses data from a newer format instead of misreading it.
 use std::collections::BTreeMap;
 
+use lockd_common::ids::request_id_or_zero;
+use lockd_common::{FencingToken, Mode, RequestId, SessionId};
 use serde::{Deserialize, Serialize};
 
 use crate::errors::LockdError;
-use crate::lock_table::{CancelOutcome, Effect, LockError, LockOutcome, LockTable, SessionId};
-use crate::mode::Mode;
+use crate::lock_table::{CancelOutcome, Effect, LockError, LockOutcome, LockTable};
 
 /// Format 2 marks entries that use fields format 1 did not have (`Release.token`,
 /// `LockCmd.release_first`): a replica that predates them would drop them silently and apply
@@ -40,7 +41,7 @@ pub enum Command {
         /// Only if Lock call `request` still owns the pending request (absent: whatever is
         /// pending).
         #[serde(default)]
-        request: Option<u64>,
+        request: Option<RequestId>,
     },
     Release {
         session: SessionId,
@@ -48,7 +49,7 @@ pub enum Command {
         lvb: Option<Vec<u8>>,
         /// Only the grant with this fencing token (absent: whatever the session holds).
         #[serde(default)]
-        token: Option<u64>,
+        token: Option<FencingToken>,
     },
     /// Commits nothing but orders a read after everything before it (linearizable dump).
     Barrier,
@@ -64,8 +65,9 @@ pub struct LockCmd {
     pub try_lock: bool,
     pub lvb: Option<Vec<u8>>,
     /// Random per Lock call (chosen by the replica that serves it), so its cancel can name it.
-    #[serde(default)]
-    pub request: u64,
+    /// `None` only in entries written before it existed (0 in the log).
+    #[serde(default, with = "request_id_or_zero")]
+    pub request: Option<RequestId>,
     /// The session's asynchronous release of its earlier grant of this resource, applied
     /// first so the request cannot overtake it (see docs/lockd.md, "Asynchronous release").
     #[serde(default)]
@@ -75,7 +77,7 @@ pub struct LockCmd {
 /// A release the client sent without waiting for it, named by the grant's fencing token.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PendingRelease {
-    pub token: u64,
+    pub token: FencingToken,
     pub lvb: Option<Vec<u8>>,
 }
 
@@ -186,6 +188,10 @@ impl StateMachine {
 mod tests {
     use super::*;
 
+    fn token(t: u64) -> FencingToken {
+        FencingToken::from_wire(t).expect("a nonzero token")
+    }
+
     #[test]
     fn commands_and_snapshots_round_trip_and_refuse_newer_formats() {
         let c = Command::Lock(LockCmd {
@@ -195,17 +201,24 @@ mod tests {
             convert: true,
             try_lock: false,
             lvb: Some(vec![1, 2]),
-            request: 99,
-            release_first: Some(PendingRelease { token: 4, lvb: None }),
+            request: RequestId::new(99),
+            release_first: Some(PendingRelease { token: token(4), lvb: None }),
         });
         assert_eq!(Command::decode(&c.encode().unwrap()).unwrap(), c);
         assert_eq!(c.encode().unwrap()[0], 2, "release_first needs format 2");
         let plain = Command::Release { session: 3, resource: "r".into(), lvb: None, token: None };
         assert_eq!(plain.encode().unwrap()[0], 1, "entries an older replica reads stay format 1");
         assert_eq!(Command::decode(&plain.encode().unwrap()).unwrap(), plain);
-        // Entries from before `request` existed decode, with request 0.
+        // Entries from before `request` existed decode, with no request.
         let old = b"\x01{\"Cancel\":{\"session\":3,\"resource\":\"r\"}}";
         assert_eq!(Command::decode(old).unwrap(), Command::Cancel { session: 3, resource: "r".into(), request: None });
+        // A Lock entry from before `request` existed decodes without one; one without a
+        // request writes 0, as before it was an option.
+        let old_lock =
+            b"\x01{\"Lock\":{\"session\":3,\"resource\":\"r\",\"mode\":\"EX\",\"convert\":false,\"try_lock\":false,\"lvb\":null}}";
+        let Command::Lock(decoded) = Command::decode(old_lock).unwrap() else { panic!("not a Lock") };
+        assert_eq!(decoded.request, None);
+        assert!(String::from_utf8_lossy(&Command::Lock(decoded).encode().unwrap()).contains("\"request\":0"));
         let mut bad = c.encode().unwrap();
         bad[0] = 9;
         assert!(matches!(Command::decode(&bad), Err(LockdError::Storage(_))));
@@ -224,7 +237,7 @@ mod tests {
                 convert: false,
                 try_lock: false,
                 lvb: None,
-                request: 7,
+                request: RequestId::new(7),
                 release_first: None,
             }),
             &mut fx,
@@ -252,7 +265,7 @@ mod tests {
             convert: false,
             try_lock: true,
             lvb: None,
-            request: 1,
+            request: RequestId::new(1),
             release_first,
         })
     }

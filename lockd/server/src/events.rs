@@ -4,11 +4,12 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
+use lockd_common::SessionId;
 use mafs_proto::v1 as pb;
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::lock_table::{Effect, Grant, SessionId};
+use crate::lock_table::{Effect, Grant};
 
 type WaiterKey = (SessionId, String);
 /// Lock calls waiting per (session, resource), each with an id to unregister by.
@@ -46,7 +47,7 @@ pub fn grant_event(resource: &str, g: &Grant) -> pb::Event {
         kind: Some(pb::event::Kind::Granted(pb::Granted {
             resource: resource.to_string(),
             mode: g.mode.to_wire(),
-            fencing_token: g.token,
+            fencing_token: g.token.get(),
             lvb: g.lvb.clone(),
         })),
     }
@@ -62,7 +63,7 @@ pub fn effect_event(fx: &Effect) -> (SessionId, pb::Event) {
                     resource: resource.clone(),
                     held: held.to_wire(),
                     requested: requested.to_wire(),
-                    fencing_token: *token,
+                    fencing_token: token.get(),
                 })),
             },
         ),

@@ -3,17 +3,9 @@
 //! so nothing here reads clocks, randomness or I/O; side effects come back as [`Effect`]s.
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
+use lockd_common::ids::request_id_or_zero;
+use lockd_common::{validate_lvb, validate_resource, FencingToken, InputError, Mode, RequestId, SessionId, MAX_NODE_NAME};
 use serde::{Deserialize, Serialize};
-
-use crate::mode::Mode;
-
-pub type SessionId = u64;
-
-/// Longest resource name in bytes. Keeps a hostile client from bloating the log and snapshots.
-pub const MAX_RESOURCE_NAME: usize = 256;
-/// Largest lock value block in bytes (the Linux DLM uses 32 or 64).
-pub const MAX_LVB: usize = 64;
-pub const MAX_NODE_NAME: usize = 256;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LockError {
@@ -23,10 +15,8 @@ pub enum LockError {
     SessionRecovering(SessionId),
     #[error("session {0} is not being recovered")]
     NotRecovering(SessionId),
-    #[error("invalid resource name: {0}")]
-    BadResource(String),
-    #[error("lock value block of {0} bytes exceeds the {MAX_LVB}-byte limit")]
-    LvbTooLarge(usize),
+    #[error(transparent)]
+    Input(#[from] InputError),
     #[error("invalid node name: {0}")]
     BadNodeName(String),
     #[error("session {session} holds no lock on {resource:?}")]
@@ -44,7 +34,7 @@ pub enum LockError {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Grant {
     pub mode: Mode,
-    pub token: u64,
+    pub token: FencingToken,
     pub lvb: Vec<u8>,
 }
 
@@ -79,7 +69,7 @@ pub enum Effect {
         held: Mode,
         requested: Mode,
         /// The blocking grant's fencing token.
-        token: u64,
+        token: FencingToken,
     },
     Expired {
         session: SessionId,
@@ -108,18 +98,18 @@ pub struct Session {
 pub struct Holder {
     pub session: SessionId,
     pub mode: Mode,
-    pub token: u64,
+    pub token: FencingToken,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Request {
     pub session: SessionId,
     pub mode: Mode,
-    /// The Lock call that owns the request (0: none in particular). A retry of the same
-    /// request takes it over, so a cancel on behalf of an abandoned earlier call, which names
-    /// that call, no longer withdraws it (see [`LockTable::own_request`]).
-    #[serde(default)]
-    pub id: u64,
+    /// The Lock call that owns the request (`None`: none in particular; 0 in snapshots). A
+    /// retry of the same request takes it over, so a cancel on behalf of an abandoned earlier
+    /// call, which names that call, no longer withdraws it (see [`LockTable::own_request`]).
+    #[serde(default, with = "request_id_or_zero")]
+    pub id: Option<RequestId>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -168,24 +158,11 @@ pub struct Counts {
     pub waiting: u64,
 }
 
-pub fn validate_resource(name: &str) -> Result<(), LockError> {
-    if name.is_empty() {
-        return Err(LockError::BadResource("empty".into()));
-    }
-    if name.len() > MAX_RESOURCE_NAME {
-        return Err(LockError::BadResource(format!("{} bytes, the limit is {MAX_RESOURCE_NAME}", name.len())));
-    }
-    if name.contains('\0') {
-        return Err(LockError::BadResource("contains NUL".into()));
-    }
-    Ok(())
-}
-
-pub fn validate_lvb(lvb: Option<&[u8]>) -> Result<(), LockError> {
-    match lvb {
-        Some(v) if v.len() > MAX_LVB => Err(LockError::LvbTooLarge(v.len())),
-        _ => Ok(()),
-    }
+/// Issues the fencing token after the `last` one issued.
+fn issue_token(last: &mut u64) -> FencingToken {
+    let token = FencingToken::following(*last);
+    *last = token.get();
+    token
 }
 
 impl LockTable {
@@ -313,7 +290,7 @@ impl LockTable {
     /// Marks the session's queued request on `name` as Lock call `id`'s, after
     /// [`lock`](Self::lock) answered `Queued` to that call: including a request queued by an
     /// earlier attempt that this call repeats, which it thereby takes over.
-    pub fn own_request(&mut self, id: u64, s: SessionId, name: &str) {
+    pub fn own_request(&mut self, id: Option<RequestId>, s: SessionId, name: &str) {
         if let Some(r) = self.resources.get_mut(name).and_then(|res| res.pending_request_mut(s)) {
             r.id = id;
         }
@@ -322,6 +299,8 @@ impl LockTable {
     /// A new request (`convert == false`) or a conversion of a held lock (`convert == true`).
     /// A repeated request for what is already held or queued is answered as before, so a client
     /// may retry after a leader change without knowing whether its first attempt committed.
+    // The arguments are the fields of one Lock command as the log carries it (`LockCmd`, which
+    // this crate's lower layer must not know) plus the effect sink; a struct would repeat it.
     #[allow(clippy::too_many_arguments)]
     pub fn lock(
         &mut self,
@@ -353,14 +332,13 @@ impl LockTable {
             (None, false) => {
                 let res = self.resources.entry(name.to_string()).or_default();
                 if res.converting.is_empty() && res.waiting.is_empty() && res.compatible_with_holders(mode, None) {
-                    self.next_token += 1;
-                    let grant = Grant { mode, token: self.next_token, lvb: res.lvb.clone() };
+                    let grant = Grant { mode, token: issue_token(&mut self.next_token), lvb: res.lvb.clone() };
                     res.granted.push(Holder { session: s, mode, token: grant.token });
                     Ok(LockOutcome::Granted(grant))
                 } else if try_lock {
                     Ok(LockOutcome::NotGranted)
                 } else {
-                    res.waiting.push_back(Request { session: s, mode, id: 0 });
+                    res.waiting.push_back(Request { session: s, mode, id: None });
                     notify_blockers(s, name, res, mode, fx);
                     Ok(LockOutcome::Queued)
                 }
@@ -383,6 +361,7 @@ impl LockTable {
         }
     }
 
+    // As `lock`, whose arguments it takes over (with the holder found).
     #[allow(clippy::too_many_arguments)]
     fn convert(
         &mut self,
@@ -403,8 +382,7 @@ impl LockTable {
             if let (Some(v), true) = (lvb, h.mode.may_write_lvb()) {
                 res.lvb = v.to_vec();
             }
-            self.next_token += 1;
-            let token = self.next_token;
+            let token = issue_token(&mut self.next_token);
             if let Some(holder) = res.granted.iter_mut().find(|x| x.session == s) {
                 holder.mode = mode;
                 holder.token = token;
@@ -427,19 +405,25 @@ impl LockTable {
         if deadlock {
             return Err(LockError::Deadlock { resource: name.into(), mode });
         }
-        res.converting.push_back(Request { session: s, mode, id: 0 });
+        res.converting.push_back(Request { session: s, mode, id: None });
         notify_blockers(s, name, res, mode, fx);
         Ok(LockOutcome::Queued)
     }
 
     /// Withdraws the session's pending request on `name`; with `request`, only if that Lock
     /// call still owns it (a cancel for an abandoned call must not withdraw its retry).
-    pub fn cancel(&mut self, s: SessionId, name: &str, request: Option<u64>, fx: &mut Vec<Effect>) -> Result<CancelOutcome, LockError> {
+    pub fn cancel(
+        &mut self,
+        s: SessionId,
+        name: &str,
+        request: Option<RequestId>,
+        fx: &mut Vec<Effect>,
+    ) -> Result<CancelOutcome, LockError> {
         validate_resource(name)?;
         self.active(s)?;
         let pending_id = self.resources.get(name).and_then(|r| r.pending_request(s)).map(|r| r.id);
         if let (Some(want), Some(have)) = (request, pending_id) {
-            if want != have {
+            if have != Some(want) {
                 return Err(LockError::NothingToCancel { session: s, resource: name.into() });
             }
         }
@@ -464,7 +448,7 @@ impl LockTable {
         s: SessionId,
         name: &str,
         lvb: Option<&[u8]>,
-        token: Option<u64>,
+        token: Option<FencingToken>,
         fx: &mut Vec<Effect>,
     ) -> Result<(), LockError> {
         validate_resource(name)?;
@@ -500,8 +484,7 @@ impl LockTable {
                 break;
             }
             res.converting.pop_front();
-            self.next_token += 1;
-            let token = self.next_token;
+            let token = issue_token(&mut self.next_token);
             if let Some(h) = res.granted.iter_mut().find(|h| h.session == c.session) {
                 h.mode = c.mode;
                 h.token = token;
@@ -514,8 +497,7 @@ impl LockTable {
                     break;
                 }
                 res.waiting.pop_front();
-                self.next_token += 1;
-                let h = Holder { session: w.session, mode: w.mode, token: self.next_token };
+                let h = Holder { session: w.session, mode: w.mode, token: issue_token(&mut self.next_token) };
                 res.granted.push(h.clone());
                 newly.push(h);
             }

@@ -4,13 +4,14 @@ use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use lockd_common::wire::{kind_of, leader_of};
+use lockd_common::ErrorKind;
 use mafs_proto::v1::lockd_client::LockdClient;
 use parking_lot::Mutex;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Response, Status};
 
-use super::{from_status, retryable, Error, Result};
-use crate::errors::{kind_of, leader_of};
+use crate::error::{from_status, retryable, Error, Result};
 
 struct State {
     /// Where calls go now: a configured endpoint or the leader a follower pointed at.
@@ -128,7 +129,7 @@ impl Conn {
                 }
                 Err(st) => st,
             };
-            if kind_of(&st) == Some("removed") {
+            if kind_of(&st) == Some(ErrorKind::Removed) {
                 removed.insert(addr.clone());
             }
             if !retryable(&st) || self.endpoints.iter().all(|e| removed.contains(e)) {

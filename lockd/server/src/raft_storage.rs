@@ -5,14 +5,17 @@
 //! - `snapshot.bin`: `MAFSSNP1`, crc32c (u32 LE) of the body, body length (u64 LE), body = an
 //!   `eraftpb::Snapshot` (metadata: index, term, conf state; data: the state machine).
 //!   Replaced atomically (write `snapshot.tmp`, fsync, rename, fsync the directory).
-//! - `raft.log`: `MAFSRLG1`, then records `len u32 LE | crc32c u32 LE | kind u8 | payload`,
-//!   crc over kind and payload. Kind 1 = one `eraftpb::Entry`, kind 2 = `eraftpb::HardState`.
+//! - `raft.log`: `MAFSRLG2`, then records `len u32 LE | crc32c u32 LE | kind u8 | payload`,
+//!   crc over kind and payload. Kind 1 = one `eraftpb::Entry`, kind 2 = `eraftpb::HardState`,
+//!   kind 3 = "synced through" mark (see `KIND_SYNCED`).
 //!   Entries are appended as raft-rs hands them over; replay applies the same "a new entry at
 //!   index i cuts off everything from i on" rule, so overwritten suffixes need no in-place edit.
 //!   After a snapshot the file is rewritten (tmp + rename) with only the entries past it.
 //!   The file is kept 4 MiB ahead of the last record with written zeros (see `write_log`); zeros
 //!   end the replay.
-//!   A torn or corrupt tail (a crash mid-append) is cut off at the first bad record.
+//!   A bad record that no later mark covers was never synced (a write torn by a crash) and is
+//!   cut off with everything after it; one that a mark covers had been durable, and the open
+//!   fails instead of cutting committed entries.
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::FileExt;

@@ -1,4 +1,5 @@
 use super::*;
+use lockd_common::MAX_RESOURCE_NAME;
 use rand::{Rng, SeedableRng};
 use Mode::*;
 
@@ -72,7 +73,7 @@ fn tokens_increase_on_every_grant_including_conversions() {
     let g3 = granted(&t.lock(s[0], "a", EX, true, false, None, &mut fx).unwrap());
     let g4 = granted(&t.lock(s[0], "a", NL, true, false, None, &mut fx).unwrap());
     assert!(g1.token < g2.token && g2.token < g3.token && g3.token < g4.token);
-    assert_eq!(t.next_token(), g4.token + 1);
+    assert_eq!(t.next_token(), g4.token.get() + 1);
 }
 
 #[test]
@@ -140,7 +141,7 @@ fn lvb_is_written_only_by_pw_or_ex_and_read_on_grant() {
     t.release(s[1], "r", Some(b"ignored"), None, &mut fx).unwrap();
     let g = granted(&lock(&mut t, s[0], "r", CR, &mut fx));
     assert_eq!(g.lvb, b"hello");
-    assert_eq!(t.lock(s[0], "x", EX, false, false, Some(&[0u8; 65]), &mut fx), Err(LockError::LvbTooLarge(65)));
+    assert_eq!(t.lock(s[0], "x", EX, false, false, Some(&[0u8; 65]), &mut fx), Err(LockError::Input(InputError::LvbTooLarge(65))));
 }
 
 #[test]
@@ -180,12 +181,12 @@ fn a_cancel_for_an_abandoned_call_leaves_the_retry_that_took_its_request_over() 
     // (sent by the server when call 1 went away) is applied.
     let queued = |t: &mut LockTable, id, fx: &mut Vec<Effect>| {
         let o = lock(t, s[1], "r", EX, fx);
-        t.own_request(id, s[1], "r");
+        t.own_request(RequestId::new(id), s[1], "r");
         o
     };
     assert_eq!(queued(&mut t, 1, &mut fx), LockOutcome::Queued);
     assert_eq!(queued(&mut t, 2, &mut fx), LockOutcome::Queued);
-    assert!(matches!(t.cancel(s[1], "r", Some(1), &mut fx), Err(LockError::NothingToCancel { .. })));
+    assert!(matches!(t.cancel(s[1], "r", RequestId::new(1), &mut fx), Err(LockError::NothingToCancel { .. })));
     fx.clear();
     t.release(s[0], "r", None, None, &mut fx).unwrap();
     assert_eq!(grants_in(&fx), vec![(s[1], EX)], "the retry is still queued and gets the lock");
@@ -194,7 +195,7 @@ fn a_cancel_for_an_abandoned_call_leaves_the_retry_that_took_its_request_over() 
     t.release(s[1], "r", None, None, &mut fx).unwrap();
     granted(&lock(&mut t, s[0], "r", EX, &mut fx));
     assert_eq!(queued(&mut t, 3, &mut fx), LockOutcome::Queued);
-    assert_eq!(t.cancel(s[1], "r", Some(3), &mut fx).unwrap(), CancelOutcome::Cancelled);
+    assert_eq!(t.cancel(s[1], "r", RequestId::new(3), &mut fx).unwrap(), CancelOutcome::Cancelled);
     assert_eq!(queued(&mut t, 4, &mut fx), LockOutcome::Queued);
     assert_eq!(t.cancel(s[1], "r", None, &mut fx).unwrap(), CancelOutcome::Cancelled);
 }
@@ -219,7 +220,10 @@ fn recovering_session_keeps_granted_locks_until_recovery_completes() {
     let a = t.open_session("a", 5000, true).unwrap();
     let b = t.open_session("b", 5000, false).unwrap();
     granted(&lock(&mut t, a, "inode/1", EX, &mut fx));
-    assert_eq!(lock(&mut t, a, "inode/2", EX, &mut fx), LockOutcome::Granted(Grant { mode: EX, token: 2, lvb: vec![] }));
+    assert_eq!(
+        lock(&mut t, a, "inode/2", EX, &mut fx),
+        LockOutcome::Granted(Grant { mode: EX, token: FencingToken::following(1), lvb: vec![] })
+    );
     granted(&lock(&mut t, b, "inode/3", EX, &mut fx));
     assert_eq!(lock(&mut t, a, "inode/3", PR, &mut fx), LockOutcome::Queued);
     assert_eq!(lock(&mut t, b, "inode/1", PR, &mut fx), LockOutcome::Queued);
@@ -240,8 +244,8 @@ fn bad_input_is_refused() {
     let (mut t, s) = table_with(1);
     let mut fx = vec![];
     let long = "x".repeat(MAX_RESOURCE_NAME + 1);
-    assert!(matches!(t.lock(s[0], &long, EX, false, false, None, &mut fx), Err(LockError::BadResource(_))));
-    assert!(matches!(t.lock(s[0], "", EX, false, false, None, &mut fx), Err(LockError::BadResource(_))));
+    assert!(matches!(t.lock(s[0], &long, EX, false, false, None, &mut fx), Err(LockError::Input(InputError::BadResource(_)))));
+    assert!(matches!(t.lock(s[0], "", EX, false, false, None, &mut fx), Err(LockError::Input(InputError::BadResource(_)))));
     assert!(t.lock(s[0], &"x".repeat(MAX_RESOURCE_NAME), EX, false, false, None, &mut fx).is_ok());
     assert_eq!(t.lock(99, "r", EX, false, false, None, &mut fx), Err(LockError::UnknownSession(99)));
     assert!(matches!(t.release(s[0], "r", None, None, &mut fx), Err(LockError::NotHeld { .. })));
@@ -274,13 +278,13 @@ fn random_operations_keep_invariants() {
         let mut new_tokens: Vec<u64> = fx
             .iter()
             .filter_map(|e| match e {
-                Effect::Granted { grant, .. } => Some(grant.token),
+                Effect::Granted { grant, .. } => Some(grant.token.get()),
                 _ => None,
             })
             .collect();
         if let Ok(Some(LockOutcome::Granted(g))) = &outcome {
-            if g.token > last_token {
-                new_tokens.push(g.token);
+            if g.token.get() > last_token {
+                new_tokens.push(g.token.get());
             }
         }
         for tok in new_tokens {

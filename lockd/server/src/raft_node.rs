@@ -1,18 +1,23 @@
 //! The replica's Raft node: one task owns raft-rs's `RawNode`, the durable log and the state
-//! machine, and runs the Ready loop; the gRPC handlers talk to it through [`NodeHandle`].
+//! machine, and runs the Ready loop; the gRPC handlers and the transport talk to it only
+//! through its channel ([`NodeHandle`], [`NodeMsg`]).
 //!
-//! Why a task that blocks on fsync, and not a thread of its own: `mafs lockd` runs on a
-//! current-thread runtime, so a request travels from the socket to the log and back without
-//! waking another thread. A wake-up measured 50-130 µs on the 2-vCPU VMs we run on, and the
-//! thread design paid about six of them per commit (more than the fdatasync, ~0.11 ms); see
-//! docs/lockd.md. The channel in front of the loop still batches: every proposal that queued up
-//! while one fsync blocked the runtime goes into the next Ready together.
+//! Invariants:
+//! - The loop runs on the replica's one runtime thread and fsyncs the log inline (a leader with
+//!   appends to send fsyncs on a blocking thread instead, so the appends go out meanwhile): a
+//!   request goes from the socket to the log and back without waking another thread, which
+//!   costs more than the fdatasync on small VMs (measurements in docs/lockd.md).
+//! - Everything that queued on the channel while one fsync blocked the runtime goes into the
+//!   next Ready together (group commit).
+//! - Nothing is answered or sent to a peer before raft-rs allows it: `persisted_messages` only
+//!   after the fsync, a proposal's caller only once its entry is applied here.
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use lockd_common::Role;
 use parking_lot::{Mutex, RwLock};
 use protobuf::Message as _;
 use raft::eraftpb::{ConfChange, ConfChangeType, ConfChangeV2, Entry, EntryType, Message, MessageType};
@@ -25,7 +30,7 @@ use crate::events::{EventHub, Leases};
 use crate::lock_table::SessionState;
 use crate::raft_storage::{Bootstrap, DiskStorage};
 use crate::state_machine::{CmdResult, Command, StateMachine};
-use crate::transport::Transport;
+use crate::transport::{PeerReport, ReportSink, Transport};
 
 /// Index (and term) of the snapshot every bootstrap replica starts from; see [`Bootstrap`].
 /// 5, as TiKV uses: any value above 0 works.
@@ -82,21 +87,16 @@ pub enum NodeMsg {
     },
     Raft(Box<Message>),
     Read(Box<dyn FnOnce(&ReadView) + Send>),
-    Unreachable(u64),
-    SnapshotStatus(u64, bool),
-    /// A peer answered our raft messages with "you were removed at log index `at`" (we missed
-    /// the commit of our own removal, which the leader no longer sends us).
-    RemovedByPeer {
-        peer: u64,
-        at: u64,
-    },
+    /// From the transport.
+    Peer(PeerReport),
     Shutdown,
 }
 
 pub struct RaftInfo {
     pub id: u64,
-    pub role: &'static str,
-    pub leader_id: u64,
+    pub role: Role,
+    /// `None` while no leader is known.
+    pub leader_id: Option<u64>,
     pub term: u64,
     pub commit: u64,
     pub applied: u64,
@@ -111,7 +111,8 @@ pub struct ReadView<'a> {
 
 #[derive(Debug, Clone, Default)]
 pub struct LeaderInfo {
-    pub id: u64,
+    /// `None` while no leader is known.
+    pub id: Option<u64>,
     pub addr: Option<String>,
     pub is_self: bool,
 }
@@ -168,7 +169,7 @@ impl NodeHandle {
 
     /// Whether some leader is known (this replica or another); an isolated replica knows none.
     pub fn leader_known(&self) -> bool {
-        !self.shared.removed.load(Ordering::Relaxed) && self.shared.leader.read().id != 0
+        !self.shared.removed.load(Ordering::Relaxed) && self.shared.leader.read().id.is_some()
     }
 
     /// The log index at which this replica applied the removal of `id`, if it did (and has
@@ -323,7 +324,7 @@ pub fn start(cfg: ReplicaConfig, rt: Handle) -> Result<(NodeHandle, oneshot::Rec
         node,
         sm,
         shared: shared.clone(),
-        transport: Transport::new(rt.clone(), tx.clone()),
+        transport: Transport::new(rt.clone(), report_sink(tx.clone())),
         pending: HashMap::new(),
         next_seq: 1,
         nonce: rand::random(),
@@ -344,13 +345,25 @@ pub fn start(cfg: ReplicaConfig, rt: Handle) -> Result<(NodeHandle, oneshot::Rec
     Ok((NodeHandle { tx, shared }, done_rx))
 }
 
-fn role_name(r: StateRole) -> &'static str {
+/// The transport's reports, as messages to the raft loop.
+fn report_sink(tx: mpsc::UnboundedSender<NodeMsg>) -> ReportSink {
+    Arc::new(move |r| {
+        let _ = tx.send(NodeMsg::Peer(r));
+    })
+}
+
+fn role_of(r: StateRole) -> Role {
     match r {
-        StateRole::Leader => "leader",
-        StateRole::Follower => "follower",
-        StateRole::Candidate => "candidate",
-        StateRole::PreCandidate => "pre-candidate",
+        StateRole::Leader => Role::Leader,
+        StateRole::Follower => Role::Follower,
+        StateRole::Candidate => Role::Candidate,
+        StateRole::PreCandidate => Role::PreCandidate,
     }
+}
+
+/// raft-rs's leader id, where 0 means none.
+fn known_leader(id: u64) -> Option<u64> {
+    (id != raft::INVALID_ID).then_some(id)
 }
 
 impl Replica {
@@ -464,11 +477,11 @@ impl Replica {
                 let view = ReadView { sm: &self.sm, raft: self.info() };
                 f(&view);
             }
-            NodeMsg::Unreachable(id) => self.node.report_unreachable(id),
-            NodeMsg::SnapshotStatus(id, ok) => {
+            NodeMsg::Peer(PeerReport::Unreachable(id)) => self.node.report_unreachable(id),
+            NodeMsg::Peer(PeerReport::SnapshotStatus(id, ok)) => {
                 self.node.report_snapshot(id, if ok { SnapshotStatus::Finish } else { SnapshotStatus::Failure })
             }
-            NodeMsg::RemovedByPeer { peer, at } => {
+            NodeMsg::Peer(PeerReport::RemovedByPeer { peer, at }) => {
                 // Applied past the removal and still here: we were added back after it, and
                 // the peer has not applied that yet.
                 if self.node.raft.raft_log.applied < at {
@@ -630,8 +643,8 @@ impl Replica {
         let r = &self.node.raft;
         RaftInfo {
             id: r.id,
-            role: if self.removed { "removed" } else { role_name(r.state) },
-            leader_id: r.leader_id,
+            role: if self.removed { Role::Removed } else { role_of(r.state) },
+            leader_id: known_leader(r.leader_id),
             term: r.term,
             commit: r.raft_log.committed,
             applied: r.raft_log.applied,
@@ -694,7 +707,7 @@ impl Replica {
             self.fail_pending(|| LockdError::NotLeader { leader: addr.clone() });
         }
         self.was_leader = leader;
-        let info = LeaderInfo { id: self.node.raft.leader_id, addr: self.leader_addr(), is_self: leader };
+        let info = LeaderInfo { id: known_leader(self.node.raft.leader_id), addr: self.leader_addr(), is_self: leader };
         let mut current = self.shared.leader.write();
         let changed = current.id != info.id || current.is_self != info.is_self;
         *current = info;
@@ -708,7 +721,7 @@ impl Replica {
     /// membership the cluster committed (the committed one is what counts).
     fn check_peer_flags(&mut self) {
         let r = &self.node.raft;
-        if self.members_checked || r.leader_id == 0 || r.raft_log.applied < r.raft_log.committed {
+        if self.members_checked || known_leader(r.leader_id).is_none() || r.raft_log.applied < r.raft_log.committed {
             return;
         }
         self.members_checked = true;

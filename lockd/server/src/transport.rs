@@ -1,9 +1,12 @@
 //! Replica-to-replica delivery of raft messages: one task per peer, batching whatever queued up
 //! while the previous RPC was in flight. Loss is fine (raft retransmits); the raft loop only
-//! has to hear about unreachable peers and the fate of snapshots.
+//! has to hear about unreachable peers, the fate of snapshots and a peer that says we were
+//! removed, which the transport reports through the [`ReportSink`] it is given.
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::Duration;
 
+use lockd_common::wire::removed_at;
 use mafs_proto::v1 as pb;
 use pb::raft_transport_client::RaftTransportClient;
 use protobuf::Message as _;
@@ -11,13 +14,25 @@ use raft::eraftpb::{Message, MessageType};
 use tokio::runtime::Handle;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::errors::{kind_of, REMOVED_AT_HEADER};
-use crate::raft_node::NodeMsg;
-
 /// Raft messages can carry a whole snapshot.
 pub const MAX_RAFT_MESSAGE: usize = 512 << 20;
 const MAX_BATCH: usize = 512;
 const MAX_QUEUED: usize = 20_000;
+
+/// What the transport tells the raft loop about a peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerReport {
+    /// The stream to this peer broke; raft should probe it instead of streaming appends.
+    Unreachable(u64),
+    /// A snapshot was handed to this peer's stream (true) or could not be (false).
+    SnapshotStatus(u64, bool),
+    /// The peer answered our raft messages with "you were removed at log index `at`" (we
+    /// missed the commit of our own removal, which the leader no longer sends us).
+    RemovedByPeer { peer: u64, at: u64 },
+}
+
+/// Where the transport's reports go (the raft loop's own channel).
+pub type ReportSink = Arc<dyn Fn(PeerReport) + Send + Sync>;
 
 struct Link {
     addr: String,
@@ -26,13 +41,13 @@ struct Link {
 
 pub struct Transport {
     rt: Handle,
-    node_tx: mpsc::UnboundedSender<NodeMsg>,
+    report: ReportSink,
     links: HashMap<u64, Link>,
 }
 
 impl Transport {
-    pub fn new(rt: Handle, node_tx: mpsc::UnboundedSender<NodeMsg>) -> Self {
-        Transport { rt, node_tx, links: HashMap::new() }
+    pub fn new(rt: Handle, report: ReportSink) -> Self {
+        Transport { rt, report, links: HashMap::new() }
     }
 
     pub fn send(&mut self, msgs: Vec<Message>, members: &BTreeMap<u64, String>) {
@@ -45,7 +60,7 @@ impl Transport {
             let stale = self.links.get(&to).is_none_or(|l| &l.addr != addr || l.tx.is_closed());
             if stale {
                 let (tx, rx) = mpsc::unbounded_channel();
-                self.rt.spawn(run_link(to, addr.clone(), rx, self.node_tx.clone()));
+                self.rt.spawn(run_link(to, addr.clone(), rx, self.report.clone()));
                 self.links.insert(to, Link { addr: addr.clone(), tx });
             }
             if let Some(link) = self.links.get(&to) {
@@ -57,15 +72,7 @@ impl Transport {
     }
 }
 
-/// The peer's answer "you were removed at log index R", if that is what `st` says.
-fn removed_at(st: &tonic::Status) -> Option<u64> {
-    if kind_of(st) != Some("removed") {
-        return None;
-    }
-    st.metadata().get(REMOVED_AT_HEADER)?.to_str().ok()?.parse().ok()
-}
-
-async fn run_link(to: u64, addr: String, mut rx: mpsc::UnboundedReceiver<Message>, node_tx: mpsc::UnboundedSender<NodeMsg>) {
+async fn run_link(to: u64, addr: String, mut rx: mpsc::UnboundedReceiver<Message>, report: ReportSink) {
     let endpoint = match tonic::transport::Endpoint::from_shared(format!("http://{addr}")) {
         Ok(e) => e
             .connect_timeout(Duration::from_millis(500))
@@ -97,19 +104,19 @@ async fn run_link(to: u64, addr: String, mut rx: mpsc::UnboundedReceiver<Message
         if let Some((_, done)) = &mut stream {
             if done.try_recv() != Err(oneshot::error::TryRecvError::Empty) {
                 stream = None;
-                let _ = node_tx.send(NodeMsg::Unreachable(to));
+                report(PeerReport::Unreachable(to));
             }
         }
         let (sink, _) = stream.get_or_insert_with(|| {
             let (sink, source) = mpsc::channel::<pb::RaftBatch>(64);
             let (done_tx, done_rx) = oneshot::channel();
             let mut client = client.clone();
-            let node_tx = node_tx.clone();
+            let report = report.clone();
             tokio::spawn(async move {
                 let r = client.stream(tokio_stream::wrappers::ReceiverStream::new(source)).await;
                 if let Err(e) = r {
                     if let Some(at) = removed_at(&e) {
-                        let _ = node_tx.send(NodeMsg::RemovedByPeer { peer: to, at });
+                        report(PeerReport::RemovedByPeer { peer: to, at });
                     }
                     tracing::debug!(to, "raft stream ended: {e}");
                 }
@@ -122,14 +129,14 @@ async fn run_link(to: u64, addr: String, mut rx: mpsc::UnboundedReceiver<Message
         let ok = sink.send(pb::RaftBatch { messages }).await.is_ok();
         if !ok {
             stream = None;
-            let _ = node_tx.send(NodeMsg::Unreachable(to));
+            report(PeerReport::Unreachable(to));
             // Do not spin on a dead peer; raft will resend what matters.
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         // Handed to the stream is as close to "delivered" as a stream tells; a lost snapshot
         // shows up as the follower still lagging, and raft sends another.
         if snapshots.contains(&true) {
-            let _ = node_tx.send(NodeMsg::SnapshotStatus(to, ok));
+            report(PeerReport::SnapshotStatus(to, ok));
         }
     }
 }

@@ -4,6 +4,8 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::time::{Duration, Instant};
 
+use lockd_common::wire::with_removed_at;
+use lockd_common::{validate_lvb, validate_resource, FencingToken, Mode, RequestId, Role, SessionId};
 use mafs_proto::v1 as pb;
 use pb::lockd_server::{Lockd, LockdServer};
 use pb::raft_transport_server::{RaftTransport, RaftTransportServer};
@@ -11,10 +13,9 @@ use protobuf::Message as _;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
-use crate::errors::{LockdError, REMOVED_AT_HEADER};
+use crate::errors::LockdError;
 use crate::events::effect_event;
-use crate::lock_table::{validate_lvb, validate_resource, CancelOutcome, Grant, LockError, LockOutcome, SessionId, SessionState};
-use crate::mode::Mode;
+use crate::lock_table::{CancelOutcome, Grant, LockError, LockOutcome, SessionState};
 use crate::raft_node::{self, MembershipOp, NodeHandle, ReplicaConfig};
 use crate::state_machine::{CmdResult, Command, LockCmd, PendingRelease};
 use crate::transport::MAX_RAFT_MESSAGE;
@@ -38,7 +39,7 @@ fn mode_of(v: i32) -> Result<Mode, Status> {
 }
 
 fn granted(g: &Grant) -> pb::LockResponse {
-    pb::LockResponse { status: pb::LockStatus::Granted as i32, mode: g.mode.to_wire(), fencing_token: g.token, lvb: g.lvb.clone() }
+    pb::LockResponse { status: pb::LockStatus::Granted as i32, mode: g.mode.to_wire(), fencing_token: g.token.get(), lvb: g.lvb.clone() }
 }
 
 fn timed_out(mode: Mode) -> pb::LockResponse {
@@ -64,7 +65,7 @@ struct CancelOnDrop {
     resource: String,
     /// The Lock call's id: if a retry of the call took the request over meanwhile, the
     /// cancel leaves it alone.
-    request: u64,
+    request: RequestId,
     armed: bool,
 }
 
@@ -98,7 +99,7 @@ impl LockdService {
             .node
             .read(move |v| {
                 let checked = v.sm.table.check_session(session);
-                let may_lag = v.raft.role != "leader" || v.raft.applied < v.raft.commit;
+                let may_lag = v.raft.role != Role::Leader || v.raft.applied < v.raft.commit;
                 let behind = checked.is_err() && !v.sm.table.assigned(session) && may_lag;
                 (checked, behind)
             })
@@ -114,9 +115,9 @@ impl LockdService {
         self.node.propose(cmd, COMMIT_WAIT).await.map_err(Status::from)
     }
 
-    async fn wait_for_grant(&self, cmd: LockCmd, wait: Duration) -> Result<pb::LockResponse, Status> {
+    async fn wait_for_grant(&self, cmd: LockCmd, request: RequestId, wait: Duration) -> Result<pb::LockResponse, Status> {
         let deadline = Instant::now() + wait;
-        let (session, resource, mode, request) = (cmd.session, cmd.resource.clone(), cmd.mode, cmd.request);
+        let (session, resource, mode) = (cmd.session, cmd.resource.clone(), cmd.mode);
         let hub = &self.node.shared.hub;
         let waiter = hub.wait_for_grant(session, &resource);
         let outcome = match self.propose(Command::Lock(cmd)).await? {
@@ -215,12 +216,13 @@ impl Lockd for LockdService {
         let lvb = lvb_arg(r.write_lvb, r.lvb)?;
         let release_first = match r.release_first {
             None => None,
-            Some(p) if p.fencing_token == 0 => {
-                return Err(Status::invalid_argument("release_first needs the fencing token of the grant it releases (got 0)"))
-            }
-            Some(p) => Some(PendingRelease { token: p.fencing_token, lvb: lvb_arg(p.write_lvb, p.lvb)? }),
+            Some(p) => match FencingToken::from_wire(p.fencing_token) {
+                Some(token) => Some(PendingRelease { token, lvb: lvb_arg(p.write_lvb, p.lvb)? }),
+                None => return Err(Status::invalid_argument("release_first needs the fencing token of the grant it releases (got 0)")),
+            },
         };
         self.node.require_leader()?;
+        let request = RequestId::from_random(rand::random());
         let wait = match r.timeout_ms {
             0 => DEFAULT_LOCK_WAIT,
             ms => Duration::from_millis(u64::from(ms)).min(MAX_LOCK_WAIT),
@@ -232,10 +234,10 @@ impl Lockd for LockdService {
             convert: r.convert,
             try_lock: r.try_lock,
             lvb,
-            request: rand::random::<u64>().max(1),
+            request: Some(request),
             release_first,
         };
-        let resp = self.wait_for_grant(cmd, wait).await?;
+        let resp = self.wait_for_grant(cmd, request, wait).await?;
         Ok(Response::new(resp))
     }
 
@@ -246,7 +248,7 @@ impl Lockd for LockdService {
         let resp = match self.propose(Command::Cancel { session: r.session_id, resource: r.resource, request: None }).await? {
             CmdResult::Cancel(CancelOutcome::Cancelled) => pb::CancelResponse { cancelled: true, ..Default::default() },
             CmdResult::Cancel(CancelOutcome::Granted(g)) => {
-                pb::CancelResponse { cancelled: false, granted: true, mode: g.mode.to_wire(), fencing_token: g.token }
+                pb::CancelResponse { cancelled: false, granted: true, mode: g.mode.to_wire(), fencing_token: g.token.get() }
             }
             r => return Err(unexpected(r)),
         };
@@ -262,7 +264,7 @@ impl Lockd for LockdService {
             session: r.session_id,
             resource: r.resource,
             lvb,
-            token: (r.fencing_token != 0).then_some(r.fencing_token),
+            token: FencingToken::from_wire(r.fencing_token),
         })
         .await?;
         Ok(Response::new(pb::ReleaseResponse {}))
@@ -329,9 +331,9 @@ impl Lockd for LockdService {
                 let r = &v.raft;
                 pb::StatusResponse {
                     id: r.id,
-                    role: r.role.to_string(),
-                    leader_id: r.leader_id,
-                    leader_addr: v.sm.members.get(&r.leader_id).cloned().unwrap_or_default(),
+                    role: r.role.name().to_string(),
+                    leader_id: r.leader_id.unwrap_or(0),
+                    leader_addr: r.leader_id.and_then(|id| v.sm.members.get(&id)).cloned().unwrap_or_default(),
                     term: r.term,
                     commit_index: r.commit,
                     applied_index: r.applied,
@@ -379,13 +381,13 @@ impl Lockd for LockdService {
 
 fn dump_view(v: &raft_node::ReadView, prefix: &str) -> pb::DumpResponse {
     let t = &v.sm.table;
-    let entry = |session: SessionId, mode: Mode, granted: Mode, converting: bool, token: u64| pb::LockEntry {
+    let entry = |session: SessionId, mode: Mode, granted: Mode, converting: bool, token: Option<FencingToken>| pb::LockEntry {
         session_id: session,
         node_name: t.sessions.get(&session).map(|x| x.node.clone()).unwrap_or_default(),
         mode: mode.to_wire(),
         granted_mode: granted.to_wire(),
         converting,
-        fencing_token: token,
+        fencing_token: FencingToken::to_wire(token),
     };
     let resources = t
         .resources
@@ -395,9 +397,9 @@ fn dump_view(v: &raft_node::ReadView, prefix: &str) -> pb::DumpResponse {
             let held = |s: SessionId| r.granted.iter().find(|h| h.session == s).map_or(Mode::NL, |h| h.mode);
             pb::ResourceDump {
                 name: name.clone(),
-                granted: r.granted.iter().map(|h| entry(h.session, h.mode, h.mode, false, h.token)).collect(),
-                converting: r.converting.iter().map(|q| entry(q.session, q.mode, held(q.session), true, 0)).collect(),
-                waiting: r.waiting.iter().map(|q| entry(q.session, q.mode, Mode::NL, false, 0)).collect(),
+                granted: r.granted.iter().map(|h| entry(h.session, h.mode, h.mode, false, Some(h.token))).collect(),
+                converting: r.converting.iter().map(|q| entry(q.session, q.mode, held(q.session), true, None)).collect(),
+                waiting: r.waiting.iter().map(|q| entry(q.session, q.mode, Mode::NL, false, None)).collect(),
                 lvb: r.lvb.clone(),
             }
         })
@@ -420,11 +422,9 @@ fn dump_view(v: &raft_node::ReadView, prefix: &str) -> pb::DumpResponse {
 }
 
 /// Tells a removed replica that still sends raft messages (it missed the commit of its own
-/// removal) that it was removed, and at which log index; see `NodeMsg::RemovedByPeer`.
+/// removal) that it was removed, and at which log index; see `PeerReport::RemovedByPeer`.
 fn removed_status(id: u64, at: u64) -> Status {
-    let mut st = Status::from(LockdError::Removed { id });
-    st.metadata_mut().insert(REMOVED_AT_HEADER, tonic::metadata::MetadataValue::from(at));
-    st
+    with_removed_at(Status::from(LockdError::Removed { id }), at)
 }
 
 pub struct RaftService {

@@ -1,0 +1,85 @@
+//! What a session remembers about each resource it holds or is acquiring, and about the
+//! releases it sent without waiting for them.
+use lockd_common::{FencingToken, Mode};
+use mafs_proto::v1 as pb;
+
+use crate::types::BlockingNotice;
+
+/// Where a cached lock stands. Every call on a resource waits while it is not `Held`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum State {
+    /// The first request for the resource is in flight: nothing is held yet.
+    Acquiring,
+    /// Held in this mode, nothing in flight.
+    Held(Mode),
+    /// Held in this mode; a conversion, release or revocation of it is in flight.
+    Busy(Mode),
+}
+
+impl State {
+    pub(crate) fn mode(self) -> Option<Mode> {
+        match self {
+            State::Acquiring => None,
+            State::Held(m) | State::Busy(m) => Some(m),
+        }
+    }
+
+    pub(crate) fn is_busy(self) -> bool {
+        !matches!(self, State::Held(_))
+    }
+}
+
+/// The blocking notices of a resource that still want an answer. Apart from [`State`]: a
+/// notice may come (late, about an earlier grant) whatever the state, and waits its turn.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub(crate) enum Revocation {
+    #[default]
+    None,
+    /// The newest notice; no revocation is queued for it yet (the one that failed to answer
+    /// it sends it again shortly).
+    Unanswered(BlockingNotice),
+    /// A revocation is waiting for the lock to be idle, or running; it answers the newest
+    /// notice, which this holds (notices can come meanwhile).
+    Queued(BlockingNotice),
+}
+
+pub(crate) struct Cached {
+    pub(crate) state: State,
+    /// The grant's fencing token; `None` after a conversion whose outcome never came back
+    /// (lockd may hold it under a newer token), which makes its release synchronous and
+    /// unnamed.
+    pub(crate) token: Option<FencingToken>,
+    pub(crate) lvb: Vec<u8>,
+    /// Local users inside a LockGuard.
+    pub(crate) users: usize,
+    pub(crate) revocation: Revocation,
+}
+
+impl Cached {
+    /// The record of a first request, sent now.
+    pub(crate) fn acquiring() -> Cached {
+        Cached { state: State::Acquiring, token: None, lvb: Vec::new(), users: 0, revocation: Revocation::None }
+    }
+
+    /// Puts the lock in `mode` (busy still, if it was).
+    pub(crate) fn set_mode(&mut self, mode: Mode) {
+        self.state = match self.state {
+            State::Held(_) => State::Held(mode),
+            State::Acquiring | State::Busy(_) => State::Busy(mode),
+        };
+    }
+}
+
+/// A release sent without waiting for its commit (see `Session::release`): the lock has left
+/// the cache, but lockd may still hold it for us until this is confirmed.
+#[derive(Clone)]
+pub(crate) struct Releasing {
+    pub(crate) token: FencingToken,
+    pub(crate) lvb: Option<Vec<u8>>,
+}
+
+impl Releasing {
+    pub(crate) fn to_wire(&self) -> pb::PendingRelease {
+        pb::PendingRelease { fencing_token: self.token.get(), write_lvb: self.lvb.is_some(), lvb: self.lvb.clone().unwrap_or_default() }
+    }
+}
