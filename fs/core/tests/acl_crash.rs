@@ -131,8 +131,9 @@ fn change(fs: &Fs, ino: u64, k: usize) -> mafs_core::error::Result<()> {
 /// Creates `name` in `dir`, asking for the mode a program asks for, under a umask that the
 /// directory's default ACL replaces. (Before the POSIX rules moved into the core, the FUSE glue
 /// computed the inherited mode and ACLs itself, created the node with that mode, then stored
-/// each ACL with a setxattr of its own, in a later transaction: this test failed then, with
-/// nodes found without their ACL after a cut between the two.)
+/// each ACL with a setxattr of its own, and a chmod was a setattr followed by a setxattr of
+/// the updated ACL: this test failed then, with nodes found without their ACL, and a directory
+/// with the new mode and the old ACL, after cuts between the two transactions.)
 fn create_inheriting(fs: &Fs, dir: u64, name: &[u8], kind: Kind) -> mafs_core::error::Result<()> {
     let who = Caller { umask: 0o022, ..Caller::ROOT };
     fs.create(dir, name, NewNode { mode: kind.requested(), rdev: 0, symlink_target: None }, who)?;
@@ -199,7 +200,7 @@ fn filler(fs: &Fs, dir: u64, k: usize) {
 }
 
 #[test]
-fn a_create_under_a_default_acl_is_atomic_at_every_write() {
+fn creates_under_a_default_acl_chmods_and_setfacls_are_atomic_at_every_write() {
     let t0 = std::time::Instant::now();
     let dev = Arc::new(LogDevice::new(32 << 20));
     // A 256-block journal: a transaction is committed once it holds 64 blocks, so the
@@ -236,8 +237,7 @@ fn a_create_under_a_default_acl_is_atomic_at_every_write() {
     assert!(commits >= 3, "the workload was to span several commits, it made {commits}");
 
     // Power cuts: after every write of the workload, keeping none or all of the writes since
-    // the last flush.
-    // The log starts before mkfs, on a zeroed device.
+    // the last flush. The log starts before mkfs, on a zeroed device.
     let mut durable = vec![0u8; dev.size() as usize];
     let mut applied = 0;
     let mut cuts = 0;
@@ -281,7 +281,7 @@ fn a_create_under_a_default_acl_is_atomic_at_every_write() {
     );
     assert!(
         failures.is_empty(),
-        "{} of {cuts} power cuts left a node without its ACL; first ones:\n{}",
+        "{} of {cuts} power cuts left a node whose mode and ACLs are not what it was created with or changed to; first ones:\n{}",
         failures.len(),
         failures[..failures.len().min(5)].join("\n")
     );
