@@ -259,6 +259,7 @@ impl Fs {
         } else {
             self.vol.cache.get(inode.xattr_blk, BlockType::Xattr)?
         };
+        // A statement of its own: the write guard must be gone before `xbuf` is.
         let r = xattr::serialize(attrs, &mut h.write(&xbuf));
         r
     }
