@@ -1,8 +1,9 @@
 //! End-to-end tests on a real FUSE mount: what writes, truncates, chowns, fallocates and ACL
 //! changes take from a file — the set-ID bits and the file capabilities — follow the VFS's
 //! rules, and the kernel shows the result at once. mafs asks the kernel for
-//! FUSE_HANDLE_KILLPRIV_V2 (fs/fuse/src/killpriv.rs), so these rules are ours to keep, not the
-//! kernel's. "nobody" (uid 65534) stands for a writer without CAP_FSETID.
+//! FUSE_HANDLE_KILLPRIV_V2, so these rules are ours to keep, not the kernel's (they are in
+//! fs/core/src/filesystem/setid.rs). "nobody" (uid 65534) stands for a writer without
+//! CAP_FSETID.
 use mafs_tests::fs_mount::*;
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
-const WHO: Caller = Caller { uid: 0, gid: 0 };
+const WHO: Caller = Caller::ROOT;
 
 fn reg() -> NewNode<'static> {
     NewNode { mode: libc::S_IFREG | 0o644, rdev: 0, symlink_target: None }

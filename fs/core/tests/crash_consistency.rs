@@ -31,9 +31,12 @@ use mafs_core::volume::Volume;
 use rand::rngs::StdRng;
 use rand::{Rng, RngCore, SeedableRng};
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-const ROOT_CALLER: Caller = Caller { uid: 0, gid: 0 };
+mod common;
+use common::{Event, LogDevice};
+
+const ROOT_CALLER: Caller = Caller::ROOT;
 const INLINE_LIMIT: u64 = 4096 - 256;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -212,45 +215,6 @@ fn new_volume(size: u64, journal_blocks: u32) -> Arc<CrashDevice> {
     dev
 }
 
-/// A `CrashDevice` that also logs every write and flush, so that after the workload the image
-/// can be rebuilt as of any past write: power cuts in the middle of operations and commits.
-struct LogDevice {
-    inner: CrashDevice,
-    log: Mutex<Vec<Event>>,
-}
-
-enum Event {
-    Write(u64, Vec<u8>),
-    Flush,
-}
-
-impl LogDevice {
-    fn events(&self) -> usize {
-        self.log.lock().unwrap().len()
-    }
-}
-
-impl BlockDevice for LogDevice {
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> mafs_core::error::Result<()> {
-        self.inner.read_at(buf, offset)
-    }
-    fn write_at(&self, buf: &[u8], offset: u64) -> mafs_core::error::Result<()> {
-        let mut log = self.log.lock().unwrap();
-        self.inner.write_at(buf, offset)?;
-        log.push(Event::Write(offset, buf.to_vec()));
-        Ok(())
-    }
-    fn flush(&self) -> mafs_core::error::Result<()> {
-        let mut log = self.log.lock().unwrap();
-        self.inner.flush()?;
-        log.push(Event::Flush);
-        Ok(())
-    }
-    fn size(&self) -> u64 {
-        self.inner.size()
-    }
-}
-
 fn mount(dev: Arc<dyn BlockDevice>, cache: usize) -> mafs_core::error::Result<Fs> {
     Fs::new(Volume::open(dev, 0, "crash-test", cache)?)
 }
@@ -390,7 +354,7 @@ fn random_bytes(rng: &mut StdRng, n: usize) -> Vec<u8> {
 }
 
 fn run_seed(r: &Run) -> Result<Stats, String> {
-    let dev = Arc::new(LogDevice { inner: CrashDevice::new(32 << 20), log: Mutex::new(Vec::new()) });
+    let dev = Arc::new(LogDevice::new(32 << 20));
     mkfs(&*dev, &MkfsOptions { slots: 2, journal_blocks: Some(256), ..Default::default() }).map_err(|e| format!("mkfs: {e}"))?;
     let fs = mount(dev.clone(), r.cache).map_err(|e| format!("mount: {e}"))?;
     let mut rng = StdRng::seed_from_u64(r.seed);

@@ -16,7 +16,7 @@ use mafs_core::volume::Volume;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-const ROOT_USER: Caller = Caller { uid: 0, gid: 0 };
+const ROOT_USER: Caller = Caller::ROOT;
 
 fn with_fs<T>(dev: &Arc<CrashDevice>, f: impl FnOnce(&Fs) -> T) -> T {
     let vol = Volume::open(dev.clone(), 0, "test", 4096).expect("open");

@@ -12,7 +12,7 @@ use mafs_core::mkfs::{mkfs, MkfsOptions};
 use mafs_core::volume::Volume;
 use std::sync::Arc;
 
-const ROOT_USER: Caller = Caller { uid: 0, gid: 0 };
+const ROOT_USER: Caller = Caller::ROOT;
 
 fn new_volume() -> Arc<CrashDevice> {
     let dev = Arc::new(CrashDevice::new(64 << 20));

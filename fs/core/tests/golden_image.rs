@@ -20,7 +20,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 
-const ROOT_USER: Caller = Caller { uid: 0, gid: 0 };
+const ROOT_USER: Caller = Caller::ROOT;
 const SIZE: u64 = 64 << 20;
 
 fn image_path() -> PathBuf {

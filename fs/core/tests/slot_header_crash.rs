@@ -14,7 +14,7 @@ use mafs_core::mkfs::{mkfs, MkfsOptions};
 use mafs_core::volume::Volume;
 use std::sync::Arc;
 
-const ROOT_USER: Caller = Caller { uid: 0, gid: 0 };
+const ROOT_USER: Caller = Caller::ROOT;
 /// Every header field lies in the first 512 bytes of the block.
 const FIELDS: usize = 512;
 

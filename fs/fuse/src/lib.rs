@@ -1,18 +1,19 @@
 //! The FUSE glue: translates kernel requests into `filesystem::Fs` calls and replies, and
 //! errors into errno values (`FsError::errno`). Nothing here decides filesystem behaviour.
-mod acl;
-mod killpriv;
+mod caller;
 pub mod mount;
 
+use caller::RequestCaller;
 use fuser::{
     AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner,
     OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs,
     ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use mafs_core::error::FsError;
-use mafs_core::filesystem::attr::{privileged_bits, XattrSet};
+use mafs_core::filesystem::attr::XattrSet;
 use mafs_core::filesystem::namespace::NewNode;
-use mafs_core::filesystem::{Caller, FallocMode, Fs, SetAttr, Whence};
+use mafs_core::filesystem::setid::privileged_bits;
+use mafs_core::filesystem::{FallocMode, Fs, SetAttr, Whence};
 use mafs_core::format::inode::{Inode, Timespec};
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
@@ -124,7 +125,7 @@ impl MafsFuse {
     }
 
     /// How long the kernel may trust `i`'s attributes. Not at all for a file with set-ID bits
-    /// that a write or fallocate may drop (killpriv.rs): those replies cannot tell the kernel,
+    /// that a write or fallocate may drop (mafs_core's setid.rs): those replies cannot tell the kernel,
     /// and a stale set-user-ID bit would show in stat and, worse, count at exec. Such files are
     /// rare, so the extra GETATTRs cost nothing that matters.
     fn attr_ttl(&self, i: &Inode) -> Duration {
@@ -164,43 +165,21 @@ impl MafsFuse {
         }
     }
 
-    fn caller(req: &Request) -> Caller {
-        Caller { uid: req.uid(), gid: req.gid() }
-    }
-
-    /// Creates a node, applying the parent's default ACL or else the umask (the kernel leaves
-    /// both to us when POSIX ACLs are on).
-    fn make(
-        &self,
-        req: &Request,
-        parent: INodeNo,
-        name: &OsStr,
-        mode: u32,
-        umask: u32,
-        rdev: u64,
-        target: Option<&[u8]>,
-    ) -> Result<Inode, FsError> {
-        let parent = self.ino(parent);
-        let inherited = acl::inherit(&self.fs, parent, mode, umask)?;
-        let node = NewNode { mode: inherited.mode, rdev, symlink_target: target };
-        let inode = self.fs.create(parent, name.as_bytes(), node, Self::caller(req))?;
-        let had_acls = !inherited.xattrs_empty();
-        for (xname, value) in inherited.xattrs {
-            self.fs.setxattr(inode.ino, xname, Some(&value), XattrSet::Any)?;
-        }
-        if had_acls {
-            return self.fs.getattr(inode.ino);
-        }
-        Ok(inode)
+    /// Creates a node: the mode as the kernel sent it, unmasked, and the caller's umask
+    /// (FUSE_DONT_MASK), for the core to apply the parent's default ACL or else the umask.
+    fn make(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, rdev: u64) -> Result<Inode, FsError> {
+        let node = NewNode { mode, rdev, symlink_target: None };
+        self.fs.create(self.ino(parent), name.as_bytes(), node, RequestCaller::new(req).with_umask(umask))
     }
 }
 
 impl Filesystem for MafsFuse {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         // DONT_MASK: the kernel passes the mode unmasked, with the umask beside it, so a
-        // parent's default ACL can replace the umask as POSIX requires (see acl.rs).
+        // parent's default ACL can replace the umask as POSIX requires (mafs_core's acl.rs).
         let _ = config.add_capabilities(InitFlags::FUSE_PARALLEL_DIROPS | InitFlags::FUSE_POSIX_ACL | InitFlags::FUSE_DONT_MASK);
-        // Asked on its own: a kernel without it keeps dropping set-ID bits itself (killpriv.rs).
+        // Asked on its own: a kernel without it keeps dropping set-ID bits itself (mafs_core's
+        // setid.rs has the rules mafs keeps with it).
         let _ = config.add_capabilities(InitFlags::FUSE_HANDLE_KILLPRIV_V2);
         // File handles that outlive the kernel's inode cache and the mount (NFS re-export,
         // open_by_handle_at): the kernel then asks us for "." and ".." by node id (`lookup`).
@@ -263,20 +242,8 @@ impl Filesystem for MafsFuse {
                 TimeOrNow::SpecificTime(s) => timespec_from_kernel(s),
             })
         };
-        let ino = self.ino(ino);
-        if let Some(setid) = killpriv::setattr_kills(req, mode, uid.is_some() || gid.is_some(), size.is_some()) {
-            if let Err(e) = self.fs.kill_privileges(ino, setid) {
-                return reply.error(errno(&e));
-            }
-        }
         let a = SetAttr { mode, uid, gid, size, atime: t(atime), mtime: t(mtime), ctime: ctime.map(timespec_from_kernel) };
-        let r = self.fs.setattr(ino, &a).and_then(|i| {
-            if mode.is_some() {
-                acl::chmod(&self.fs, ino, i.mode)?;
-            }
-            Ok(i)
-        });
-        match r {
+        match self.fs.setattr_by(self.ino(ino), &a, RequestCaller::new(req).caller()) {
             Ok(i) => reply.attr(&self.attr_ttl(&i), &self.attr(&i)),
             Err(e) => reply.error(errno(&e)),
         }
@@ -290,11 +257,11 @@ impl Filesystem for MafsFuse {
     }
 
     fn mknod(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, rdev: u32, reply: ReplyEntry) {
-        self.entry(self.make(req, parent, name, mode, umask, rdev as u64, None), reply)
+        self.entry(self.make(req, parent, name, mode, umask, rdev as u64), reply)
     }
 
     fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
-        self.entry(self.make(req, parent, name, libc::S_IFDIR | (mode & 0o7777), umask, 0, None), reply)
+        self.entry(self.make(req, parent, name, libc::S_IFDIR | (mode & 0o7777), umask, 0), reply)
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -312,7 +279,7 @@ impl Filesystem for MafsFuse {
                 parent,
                 link_name.as_bytes(),
                 NewNode { mode: libc::S_IFLNK | 0o777, rdev: 0, symlink_target: Some(target.as_os_str().as_bytes()) },
-                Self::caller(req),
+                RequestCaller::new(req).caller(),
             )
         });
         self.entry(r, reply)
@@ -370,7 +337,7 @@ impl Filesystem for MafsFuse {
 
     fn write(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
         offset: u64,
@@ -380,8 +347,7 @@ impl Filesystem for MafsFuse {
         _lock: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        let ino = self.ino(ino);
-        match self.fs.kill_privileges(ino, killpriv::write_kills_setid(wf)).and_then(|()| self.fs.write(ino, offset, data)) {
+        match self.fs.write_by(self.ino(ino), offset, data, RequestCaller::writer(req, wf).caller()) {
             Ok(n) => reply.written(n as u32),
             Err(e) => reply.error(errno(&e)),
         }
@@ -454,8 +420,7 @@ impl Filesystem for MafsFuse {
         } else {
             XattrSet::Any
         };
-        let ino = self.ino(ino);
-        Self::empty(acl::setxattr(&self.fs, ino, name.as_bytes(), value, how, &|gid| killpriv::may_keep_setgid(req, gid)), reply)
+        Self::empty(self.fs.setxattr_by(self.ino(ino), name.as_bytes(), Some(value), how, RequestCaller::new(req).caller()), reply)
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
@@ -477,7 +442,7 @@ impl Filesystem for MafsFuse {
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        Self::empty(acl::removexattr(&self.fs, self.ino(ino), name.as_bytes()), reply)
+        Self::empty(self.fs.setxattr(self.ino(ino), name.as_bytes(), None, XattrSet::Any), reply)
     }
 
     fn access(&self, _req: &Request, ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
@@ -486,7 +451,7 @@ impl Filesystem for MafsFuse {
     }
 
     fn create(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, _flags: i32, reply: ReplyCreate) {
-        let r = self.make(req, parent, name, mode, umask, 0, None).and_then(|i| self.fs.open(i.ino));
+        let r = self.make(req, parent, name, mode, umask, 0).and_then(|i| self.fs.open(i.ino));
         match r {
             // One lifetime for both name and attributes here: a set-ID file's name is looked up again.
             Ok(i) => reply.created(&self.attr_ttl(&i), &self.attr(&i), Generation(i.generation), FileHandle(0), FILE_OPEN_FLAGS),
@@ -495,10 +460,8 @@ impl Filesystem for MafsFuse {
     }
 
     fn fallocate(&self, req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, length: u64, mode: i32, reply: ReplyEmpty) {
-        let ino = self.ino(ino);
         let r = FallocMode::from_flags(mode)
-            .and_then(|m| self.fs.kill_privileges(ino, killpriv::fallocate_kills_setid(req)).map(|()| m))
-            .and_then(|m| self.fs.fallocate(ino, offset, length, m));
+            .and_then(|m| self.fs.fallocate_by(self.ino(ino), offset, length, m, RequestCaller::new(req).caller()));
         Self::empty(r, reply)
     }
 

@@ -1,11 +1,14 @@
 //! Attributes: setattr (chmod, chown, truncate, utimens), extended attributes (user.,
-//! trusted., security., system.posix_acl_*) and statfs.
-use super::Fs;
+//! trusted., security., system.posix_acl_*) and statfs. The ACL rules a chmod or a new access
+//! ACL brings with it are applied in the same transaction (`acl.rs`).
+use super::acl::{self, Acl};
+use super::{Caller, Fs};
 use crate::alloc::BlockState;
 use crate::error::{FsError, Result};
 use crate::format::header::BlockType;
 use crate::format::inode::{Inode, Timespec};
 use crate::format::BLOCK_SIZE;
+use crate::journal::Handle;
 use crate::locks::Mode;
 use crate::xattr;
 
@@ -31,17 +34,6 @@ pub struct StatFs {
     pub namelen: u32,
 }
 
-/// The file capabilities the kernel grants on exec; dropped with the set-ID bits.
-const CAPABILITY_XATTR: &[u8] = b"security.capability";
-
-/// The set-ID bits a write, truncate or chown removes: set-user-ID, and set-group-ID where it
-/// means "run as the group" (group-executable). Set-group-ID without group execute marks
-/// mandatory locking and stays, as in the VFS.
-pub fn privileged_bits(mode: u32) -> u32 {
-    let setgid = libc::S_ISGID | libc::S_IXGRP;
-    (mode & libc::S_ISUID) | if mode & setgid == setgid { libc::S_ISGID } else { 0 }
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum XattrSet {
     Any,
@@ -50,6 +42,9 @@ pub enum XattrSet {
 }
 
 impl Fs {
+    /// Changes the attributes `a` names. A new mode also goes into the access ACL, if the file
+    /// has one, in the same transaction. The set-ID rules of a change made for a caller are
+    /// `setattr_by`'s (`setid.rs`).
     pub fn setattr(&self, ino: u64, a: &SetAttr) -> Result<Inode> {
         if let Some(size) = a.size {
             let cur = self.getattr(ino)?;
@@ -80,6 +75,7 @@ impl Fs {
         if let Some(m) = a.mode {
             inode.mode = (inode.mode & libc::S_IFMT) | (m & 0o7777);
             changed = true;
+            self.acl_follows_mode(&h, &mut inode)?;
         }
         if let Some(u) = a.uid {
             inode.uid = u;
@@ -106,38 +102,6 @@ impl Fs {
         Ok(inode)
     }
 
-    /// Takes from a file what a write, a truncate or a chown takes under
-    /// FUSE_HANDLE_KILLPRIV_V2, where the kernel leaves it to the filesystem: the set-ID bits
-    /// (when `setid`; see [`privileged_bits`]) and the file capabilities (`security.capability`,
-    /// always). Nothing to take, the common case, costs no transaction.
-    pub fn kill_privileges(&self, ino: u64, setid: bool) -> Result<()> {
-        let cur = self.getattr(ino)?;
-        if cur.is_dir() {
-            return Ok(());
-        }
-        if setid && privileged_bits(cur.mode) != 0 {
-            let h = self.begin()?;
-            let _g = self.locks.lock(ino, Mode::Exclusive)?;
-            let (buf, mut inode) = self.iget(ino)?;
-            // Again under the lock: a chmod may have come in between.
-            let bits = privileged_bits(inode.mode);
-            if bits != 0 {
-                inode.mode &= !bits;
-                inode.ctime = Timespec::now();
-                self.iput(&h, &buf, &inode);
-            }
-        }
-        // Looked up first: files with ACLs have an xattr block, and most writes to them must
-        // not open a transaction just to learn there is no capability to drop.
-        if cur.xattr_blk != 0 && self.getxattr(ino, CAPABILITY_XATTR).is_ok() {
-            match self.setxattr(ino, CAPABILITY_XATTR, None, XattrSet::Any) {
-                Ok(()) | Err(FsError::NoAttr) => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(())
-    }
-
     /// Records an access time, relatime-style: only if the old one is not newer than the last
     /// change or is a day old, so reads do not turn into journal writes.
     pub fn touch_atime(&self, ino: u64) -> Result<()> {
@@ -157,7 +121,7 @@ impl Fs {
         Ok(())
     }
 
-    fn xattrs_of(&self, inode: &Inode) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    pub(crate) fn xattrs_of(&self, inode: &Inode) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         if inode.xattr_blk == 0 {
             return Ok(Vec::new());
         }
@@ -183,65 +147,132 @@ impl Fs {
         Ok(out)
     }
 
-    /// Sets (`Some`) or removes (`None`) an attribute.
+    /// Sets (`Some`) or removes (`None`) an attribute. For the POSIX ACL names: the value is
+    /// checked, an empty one removes the ACL, removing an ACL that is not there succeeds (as on
+    /// ext4: the mode bits already say everything it would), a default ACL goes on directories
+    /// only, and an access ACL sets the permission bits in the same transaction (and is not
+    /// stored if it says no more than they do). What the caller's privileges change about
+    /// that is `setxattr_by`'s (`setid.rs`).
     pub fn setxattr(&self, ino: u64, name: &[u8], value: Option<&[u8]>, how: XattrSet) -> Result<()> {
+        self.set_xattr(ino, name, value, how, None)
+    }
+
+    /// `setxattr`, for `who` if given: setting an access ACL then drops set-group-ID unless
+    /// `who` may keep it.
+    pub(crate) fn set_xattr(&self, ino: u64, name: &[u8], value: Option<&[u8]>, how: XattrSet, who: Option<Caller>) -> Result<()> {
         if name.is_empty() || name.len() > xattr::MAX_NAME {
             return Err(if name.is_empty() { FsError::Invalid("empty attribute name") } else { FsError::Range });
         }
-        let known = [&b"user."[..], b"trusted.", b"security.", b"system.posix_acl_access", b"system.posix_acl_default"];
+        let known = [&b"user."[..], b"trusted.", b"security.", acl::ACCESS, acl::DEFAULT];
         if !known.iter().any(|p| name.starts_with(p)) {
             return Err(FsError::NotSupported);
         }
+        let is_acl = acl::is_acl(name);
+        // An empty ACL removes it (what setfacl -b / -k send for some types).
+        let value = value.filter(|v| !(is_acl && v.is_empty()));
         if let Some(v) = value {
             if v.len() > xattr::XATTR_AREA {
                 return Err(FsError::AttrTooBig);
             }
         }
+        let new_acl = match value {
+            Some(v) if is_acl => Some(Acl::parse(v)?),
+            _ => None,
+        };
         // Removing or changing attributes in an existing block allocates nothing, so it works
         // on a full volume too.
         let has_block = self.getattr(ino)?.xattr_blk != 0;
         let h = if value.is_none() || has_block { self.begin()? } else { self.begin_alloc()? };
         let _g = self.locks.lock(ino, Mode::Exclusive)?;
         let (buf, mut inode) = self.iget(ino)?;
+        let mut store = value;
+        let mut mode_set = false;
+        if let Some(a) = &new_acl {
+            if name == acl::DEFAULT && !inode.is_dir() {
+                return Err(FsError::NotPermitted);
+            }
+            if name == acl::ACCESS {
+                let mut mode = (inode.mode & !0o777) | a.mode();
+                if mode & libc::S_ISGID != 0 && who.is_some_and(|w| !w.may_keep_setgid(inode.gid)) {
+                    mode &= !libc::S_ISGID;
+                }
+                inode.mode = mode;
+                mode_set = true;
+                if a.is_minimal() {
+                    store = None;
+                }
+            }
+        }
         let mut attrs = self.xattrs_of(&inode)?;
         let pos = attrs.iter().position(|(n, _)| n == name);
-        match (value, pos) {
+        let attrs_changed = match (store, pos) {
+            (None, None) if is_acl => false,
             (None, None) => return Err(FsError::NoAttr),
             (None, Some(i)) => {
                 attrs.remove(i);
+                true
             }
             (Some(_), Some(_)) if how == XattrSet::Create => return Err(FsError::Exists),
             (Some(_), None) if how == XattrSet::Replace => return Err(FsError::NoAttr),
-            (Some(v), Some(i)) => attrs[i].1 = v.to_vec(),
+            (Some(v), Some(i)) => {
+                attrs[i].1 = v.to_vec();
+                true
+            }
             (Some(v), None) => {
                 attrs.push((name.to_vec(), v.to_vec()));
                 attrs.sort();
+                true
             }
+        };
+        if !(attrs_changed || mode_set) {
+            return Ok(());
         }
-        if xattr::encoded_len(&attrs) > xattr::XATTR_AREA {
+        if attrs_changed {
+            self.store_xattrs(&h, &mut inode, &attrs)?;
+        }
+        inode.ctime = Timespec::now();
+        self.iput(&h, &buf, &inode);
+        Ok(())
+    }
+
+    /// Replaces the attributes of inode `inode` (locked, written back by the caller) with
+    /// `attrs` in `h`: the first attribute allocates the inode's attribute block, the last
+    /// frees it. Fails before changing anything if they do not fit the block.
+    pub(crate) fn store_xattrs(&self, h: &Handle, inode: &mut Inode, attrs: &[(Vec<u8>, Vec<u8>)]) -> Result<()> {
+        if xattr::encoded_len(attrs) > xattr::XATTR_AREA {
             return Err(FsError::NoSpace);
         }
         if attrs.is_empty() {
             if inode.xattr_blk != 0 {
                 h.revoke(inode.xattr_blk);
-                self.vol.alloc.free(&h, inode.xattr_blk, 1)?;
+                self.vol.alloc.free(h, inode.xattr_blk, 1)?;
                 inode.xattr_blk = 0;
                 inode.blocks -= 1;
             }
-        } else {
-            let xbuf = if inode.xattr_blk == 0 {
-                let (b, _) = self.vol.alloc.alloc(&h, 1, ino, BlockState::Meta)?;
-                inode.xattr_blk = b;
-                inode.blocks += 1;
-                self.vol.cache.create(b, BlockType::Xattr)
-            } else {
-                self.vol.cache.get(inode.xattr_blk, BlockType::Xattr)?
-            };
-            xattr::serialize(&attrs, &mut h.write(&xbuf))?;
+            return Ok(());
         }
-        inode.ctime = Timespec::now();
-        self.iput(&h, &buf, &inode);
-        Ok(())
+        let xbuf = if inode.xattr_blk == 0 {
+            let (b, _) = self.vol.alloc.alloc(h, 1, inode.ino, BlockState::Meta)?;
+            inode.xattr_blk = b;
+            inode.blocks += 1;
+            self.vol.cache.create(b, BlockType::Xattr)
+        } else {
+            self.vol.cache.get(inode.xattr_blk, BlockType::Xattr)?
+        };
+        // A statement of its own: the write guard must be gone before `xbuf` is.
+        let r = xattr::serialize(attrs, &mut h.write(&xbuf));
+        r
+    }
+
+    /// After a chmod of `inode` (locked, written back by the caller): its access ACL, if it has
+    /// one, takes the new permission bits, in `h`.
+    fn acl_follows_mode(&self, h: &Handle, inode: &mut Inode) -> Result<()> {
+        let mut attrs = self.xattrs_of(inode)?;
+        let Some((_, v)) = attrs.iter_mut().find(|(n, _)| n == acl::ACCESS) else { return Ok(()) };
+        let mut a = Acl::parse(v)?;
+        a.chmod(inode.mode);
+        *v = a.encode();
+        self.store_xattrs(h, inode, &attrs)
     }
 
     pub fn statfs(&self) -> StatFs {

@@ -97,7 +97,7 @@ mod tests {
     }
 
     fn make(fs: &Fs, parent: u64, name: &[u8], mode: u32) -> Inode {
-        fs.create(parent, name, NewNode { mode, rdev: 0, symlink_target: None }, Caller { uid: 0, gid: 0 }).expect("create")
+        fs.create(parent, name, NewNode { mode, rdev: 0, symlink_target: None }, Caller::ROOT).expect("create")
     }
 
     #[test]

@@ -1,13 +1,16 @@
 //! The filesystem proper: POSIX operations on a mounted volume, independent of FUSE (the FUSE
-//! glue in `fuse/` only translates). Each operation joins the journal's running transaction
+//! glue in `fs/fuse/` only translates; the POSIX rules for ACLs and set-ID bits are here too, in
+//! `acl.rs` and `setid.rs`). Each operation joins the journal's running transaction
 //! through a `Handle`, takes its inode locks (see `locks.rs` for the order), changes blocks in
 //! the metadata cache and returns.
+pub mod acl;
 pub mod attr;
 mod data;
 pub mod export;
 pub mod namespace;
 mod orphans;
 pub mod rename;
+pub mod setid;
 pub mod symlink;
 
 pub use attr::SetAttr;
@@ -34,11 +37,50 @@ pub const METADATA_RESERVE: u64 = 64;
 /// split at every level of a directory tree); it may start while this many are available.
 pub const METADATA_OP_BLOCKS: u64 = 8;
 
-/// Who is asking: the caller's credentials as the kernel reports them.
-#[derive(Debug, Clone, Copy)]
-pub struct Caller {
+/// Who is asking, as the kernel describes the caller. The ids and the umask come with every
+/// request. The set-ID rules (`setid.rs`) also need the caller's supplementary groups and
+/// whether it holds CAP_FSETID; finding those out can cost (the FUSE glue reads
+/// `/proc/<pid>/status`), so they are asked of `privileges` only when a rule turns on them.
+#[derive(Clone, Copy)]
+pub struct Caller<'a> {
     pub uid: u32,
     pub gid: u32,
+    /// The caller's file mode creation mask: a new node's mode loses these bits unless its
+    /// directory has a default ACL, which then applies instead (`acl.rs`).
+    pub umask: u32,
+    pub privileges: &'a dyn CallerPrivileges,
+}
+
+impl Caller<'static> {
+    /// Root with every capability and no umask: for tools and tests.
+    pub const ROOT: Caller<'static> = Caller { uid: 0, gid: 0, umask: 0, privileges: &AllPrivileges };
+}
+
+impl std::fmt::Debug for Caller<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Caller {{ uid: {}, gid: {}, umask: {:o} }}", self.uid, self.gid, self.umask)
+    }
+}
+
+/// What the set-ID rules ask about a caller beyond its ids.
+pub trait CallerPrivileges {
+    /// Whether `gid` is one of the caller's supplementary groups.
+    fn in_supplementary_group(&self, gid: u32) -> bool;
+    /// Whether the caller holds CAP_FSETID (which keeps set-ID bits across writes, truncates,
+    /// fallocate and ACL changes).
+    fn has_cap_fsetid(&self) -> bool;
+}
+
+/// A caller with every capability (`Caller::ROOT`).
+pub struct AllPrivileges;
+
+impl CallerPrivileges for AllPrivileges {
+    fn in_supplementary_group(&self, _gid: u32) -> bool {
+        false
+    }
+    fn has_cap_fsetid(&self) -> bool {
+        true
+    }
 }
 
 pub struct Fs {

@@ -1,6 +1,6 @@
 //! Names: lookup, create (files, directories, symlinks, device nodes, fifos, sockets), link,
 //! unlink, rmdir, readdir and readlink (rename has its own module).
-use super::{Caller, Fs, MAX_LINKS};
+use super::{acl, Caller, Fs, MAX_LINKS};
 use crate::alloc::BlockState;
 use crate::dir::{self, DirEntry};
 use crate::error::{FsError, Result};
@@ -43,6 +43,9 @@ impl Fs {
         dir::lookup(&self.tree(pbuf), name)
     }
 
+    /// Creates `name` in `parent`, owned by `who`. `node.mode` is the mode asked for: the
+    /// directory's default ACL, or else `who`'s umask, decides what the node gets, and the ACLs
+    /// it inherits are stored in the transaction that creates it (`acl::inherit`).
     pub fn create(&self, parent: u64, name: &[u8], node: NewNode, who: Caller) -> Result<Inode> {
         dir::check_name(name)?;
         let ftype = node.mode & libc::S_IFMT;
@@ -72,13 +75,15 @@ impl Fs {
         if is_dir && p.nlink >= MAX_LINKS {
             return Err(FsError::TooManyLinks);
         }
+        let default_acl = self.xattrs_of(&p)?.into_iter().find(|(n, _)| n == acl::DEFAULT).map(|(_, v)| v);
+        let inherited = acl::inherit(default_acl.as_deref(), node.mode, who.umask)?;
         let (ino, _) = self.vol.alloc.alloc(&h, 1, parent, BlockState::Inode)?;
         // Held until the inode is whole: a late reclaim of the inode that last had this number
         // must not read it half made.
         let _ig = self.locks.lock(ino, Mode::Exclusive)?;
         let buf = self.vol.cache.create(ino, BlockType::Inode);
         let now = Timespec::now();
-        let mut mode = node.mode;
+        let mut mode = inherited.mode;
         let mut gid = who.gid;
         if p.mode & libc::S_ISGID != 0 {
             // BSD group semantics under a set-group-ID directory, as on ext4.
@@ -105,6 +110,14 @@ impl Fs {
             parent: if is_dir { parent } else { 0 },
             ..Default::default()
         };
+        if !inherited.xattrs.is_empty() {
+            // With the inode, in this transaction: a node must never exist without the ACLs
+            // its directory prescribes.
+            if let Err(e) = self.store_xattrs(&h, &mut inode, &inherited.xattrs) {
+                self.drop_new_inode(&h, ino)?;
+                return Err(e);
+            }
+        }
         if let Some(target) = node.symlink_target {
             // With the inode, in this transaction: a name must never point at a link whose
             // target could not be stored.

@@ -5,13 +5,13 @@
 //! (or, in cluster mode, the node recovering it) finishes the job.
 use super::data::{extents_in, EXTENTS_PER_STEP};
 use super::Fs;
+use crate::alloc::BlockState;
 use crate::cache::MetaBuf;
 use crate::dir;
 use crate::error::{FsError, Result};
 use crate::format::inode::Inode;
 use crate::journal::Handle;
 use crate::locks::Mode;
-use crate::alloc::BlockState;
 use std::sync::Arc;
 
 /// Which inodes a reclaim frees.

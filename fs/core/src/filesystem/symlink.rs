@@ -126,7 +126,7 @@ mod tests {
 
     fn link(fs: &Fs, name: &[u8], target: &[u8]) -> u64 {
         let node = NewNode { mode: libc::S_IFLNK | 0o777, rdev: 0, symlink_target: Some(target) };
-        fs.create(fs.root(), name, node, Caller { uid: 0, gid: 0 }).expect("symlink").ino
+        fs.create(fs.root(), name, node, Caller::ROOT).expect("symlink").ino
     }
 
     fn problem(fs: &Fs, ino: u64) -> Option<String> {
