@@ -6,7 +6,7 @@ use crate::device::BlockDevice;
 use crate::error::{FsError, Result};
 use crate::format::slot::SlotHeader;
 use crate::format::superblock::{Superblock, BACKUP_SUPERBLOCK_BLKNO, SUPERBLOCK_BLKNO};
-use crate::format::BLOCK_SIZE;
+use crate::format::{byte_offset, BLOCK_SIZE};
 use crate::journal::replay::{self, ReplayStats};
 use crate::journal::Journal;
 use std::sync::Arc;
@@ -33,12 +33,12 @@ pub fn read_superblock(dev: &dyn BlockDevice) -> Result<(Superblock, bool)> {
         return Err(FsError::NotMafs(format!("device of {} bytes is too small to hold a mafs volume", dev.size())));
     }
     let mut b = vec![0u8; BLOCK_SIZE];
-    dev.read_at(&mut b, SUPERBLOCK_BLKNO)?;
+    dev.read_at(&mut b, byte_offset(SUPERBLOCK_BLKNO))?;
     let primary = Superblock::decode(&b, SUPERBLOCK_BLKNO);
     let (sb, backup) = match primary {
         Ok(sb) => (sb, false),
         Err(e) => {
-            dev.read_at(&mut b, BACKUP_SUPERBLOCK_BLKNO * BLOCK_SIZE as u64)?;
+            dev.read_at(&mut b, byte_offset(BACKUP_SUPERBLOCK_BLKNO))?;
             match Superblock::decode(&b, BACKUP_SUPERBLOCK_BLKNO) {
                 Ok(sb) => (sb, true),
                 Err(_) => return Err(e),
@@ -58,7 +58,7 @@ pub fn read_slot(dev: &dyn BlockDevice, sb: &Superblock, slot: u32) -> Result<Sl
     }
     let read = |blk: u64| -> Result<SlotHeader> {
         let mut b = vec![0u8; BLOCK_SIZE];
-        dev.read_at(&mut b, blk * BLOCK_SIZE as u64)?;
+        dev.read_at(&mut b, byte_offset(blk))?;
         SlotHeader::decode(&b, blk, sb.crc_seed()).and_then(|h| {
             if h.index == slot {
                 Ok(h)
@@ -80,7 +80,7 @@ pub fn read_slot(dev: &dyn BlockDevice, sb: &Superblock, slot: u32) -> Result<Sl
 pub fn slot_copies_ok(dev: &dyn BlockDevice, sb: &Superblock, slot: u32) -> [bool; 2] {
     [sb.layout.slot_header_blkno(slot), sb.layout.slot_header_copy_blkno(slot)].map(|blk| {
         let mut b = vec![0u8; BLOCK_SIZE];
-        dev.read_at(&mut b, blk * BLOCK_SIZE as u64).is_ok() && SlotHeader::decode(&b, blk, sb.crc_seed()).is_ok_and(|h| h.index == slot)
+        dev.read_at(&mut b, byte_offset(blk)).is_ok() && SlotHeader::decode(&b, blk, sb.crc_seed()).is_ok_and(|h| h.index == slot)
     })
 }
 
