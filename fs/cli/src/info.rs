@@ -1,7 +1,9 @@
 //! `mafs info`: the superblock, slots and free space in readable form.
 use anyhow::Context;
-use mafs_core::device::{FileDevice, OpenOptions};
+use mafs_core::device::{BlockDevice, FileDevice, OpenOptions};
+use mafs_core::format::ag::AgHeader;
 use mafs_core::format::slot::SlotState;
+use mafs_core::format::{byte_offset, BLOCK_SIZE};
 use mafs_core::journal::read_slot;
 use mafs_core::volume::read_superblock;
 use std::path::Path;
@@ -18,21 +20,21 @@ pub fn run(volume: &Path) -> anyhow::Result<i32> {
     }
     println!("uuid:            {}", sb.uuid_string());
     println!("label:           {}", if sb.label.is_empty() { "(none)" } else { &sb.label });
-    println!("size:            {} bytes ({} blocks of 4096)", l.total_blocks * 4096, l.total_blocks);
-    println!("node slots:      {} (journal {} MiB each)", l.slot_count, (l.journal_blocks as u64 * 4096) >> 20);
-    println!("alloc groups:    {} of {} MiB", l.ag_count, (l.ag_blocks as u64 * 4096) >> 20);
+    println!("size:            {} bytes ({} blocks of 4096)", bytes(l.total_blocks), l.total_blocks);
+    println!("node slots:      {} (journal {} MiB each)", l.slot_count, bytes(l.journal_blocks as u64) >> 20);
+    println!("alloc groups:    {} of {} MiB", l.ag_count, bytes(l.ag_blocks as u64) >> 20);
     println!("root inode:      {}", sb.root_ino);
     let mut free = 0u64;
-    let mut b = vec![0u8; 4096];
+    let mut b = vec![0u8; BLOCK_SIZE];
     for a in 0..l.ag_count {
-        mafs_core::device::BlockDevice::read_at(&dev, &mut b, l.ag_first_block(a) * 4096)?;
-        free += mafs_core::format::le::u64_at(&b, mafs_core::alloc::AGH_FREE);
+        dev.read_at(&mut b, byte_offset(l.ag_first_block(a)))?;
+        free += AgHeader::of(&b).free();
     }
     let total = l.data_blocks();
     println!(
         "free space:      {} of {} MiB ({:.1}% used)",
-        (free * 4096) >> 20,
-        (total * 4096) >> 20,
+        bytes(free) >> 20,
+        bytes(total) >> 20,
         100.0 * (total - free.min(total)) as f64 / total as f64
     );
     println!("slots:");
@@ -49,4 +51,9 @@ pub fn run(volume: &Path) -> anyhow::Result<i32> {
         }
     }
     Ok(0)
+}
+
+/// Bytes in `blocks` blocks.
+fn bytes(blocks: u64) -> u64 {
+    blocks * BLOCK_SIZE as u64
 }

@@ -8,51 +8,13 @@
 //! that was already reused.
 use crate::cache::{MetaBuf, MetaCache};
 use crate::error::{FsError, Result};
-use crate::format::header::{BlockType, HEADER_LEN};
+pub use crate::format::ag::BlockState;
+use crate::format::ag::{bitmap_fill, bitmap_get, AgHeader};
+use crate::format::header::BlockType;
 use crate::format::layout::{Layout, STATES_PER_BITMAP_BLOCK};
-use crate::format::le::*;
 use crate::journal::Handle;
 use parking_lot::Mutex;
 use std::sync::Arc;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-pub enum BlockState {
-    Free = 0,
-    Data = 1,
-    Meta = 2,
-    Inode = 3,
-}
-
-impl BlockState {
-    pub fn from_bits(b: u8) -> BlockState {
-        match b & 3 {
-            0 => BlockState::Free,
-            1 => BlockState::Data,
-            2 => BlockState::Meta,
-            _ => BlockState::Inode,
-        }
-    }
-}
-
-/// AG header body offsets.
-pub const AGH_INDEX: usize = HEADER_LEN;
-pub const AGH_START: usize = HEADER_LEN + 8;
-pub const AGH_LEN: usize = HEADER_LEN + 16;
-pub const AGH_FREE: usize = HEADER_LEN + 24;
-
-/// Reads the 2-bit state of AG-relative block `rel` from its bitmap block.
-pub fn bitmap_get(bitmap_block: &[u8], rel: u64) -> BlockState {
-    let i = (rel % STATES_PER_BITMAP_BLOCK) as usize;
-    BlockState::from_bits(bitmap_block[HEADER_LEN + i / 4] >> ((i % 4) * 2))
-}
-
-pub fn bitmap_set(bitmap_block: &mut [u8], rel: u64, s: BlockState) {
-    let i = (rel % STATES_PER_BITMAP_BLOCK) as usize;
-    let byte = &mut bitmap_block[HEADER_LEN + i / 4];
-    let shift = (i % 4) * 2;
-    *byte = (*byte & !(3 << shift)) | ((s as u8) << shift);
-}
 
 struct AgMem {
     /// One bit per AG block: 1 = not available for allocation.
@@ -87,7 +49,7 @@ impl Allocator {
         for a in 0..layout.ag_count {
             let first = layout.ag_first_block(a);
             let hdr = cache.get(first, BlockType::AgHeader)?;
-            let free = u64_at(&hdr.read(), AGH_FREE);
+            let free = AgHeader::of(&hdr.read()).free();
             ags.push(Ag { index: a, first, len: layout.ag_len(a) as u64, mem: Mutex::new(None), free_hint: Mutex::new(free) });
         }
         let home_ag = ((slot as u64 * layout.ag_count as u64) / layout.slot_count as u64) as u32;
@@ -154,10 +116,7 @@ impl Allocator {
         while r < rel + len {
             let buf = self.bitmap_buf(ag, r)?;
             let end = ((r / STATES_PER_BITMAP_BLOCK + 1) * STATES_PER_BITMAP_BLOCK).min(rel + len);
-            let mut data = h.write(&buf);
-            for x in r..end {
-                bitmap_set(&mut data, x, s);
-            }
+            bitmap_fill(&mut h.write(&buf), r / STATES_PER_BITMAP_BLOCK, r, end, s);
             r = end;
         }
         Ok(())
@@ -166,8 +125,9 @@ impl Allocator {
     fn adjust_header(&self, h: &Handle, ag: &Ag, delta: i64) -> Result<()> {
         let hdr = self.cache.get(ag.first, BlockType::AgHeader)?;
         let mut d = h.write(&hdr);
-        let free = (u64_at(&d, AGH_FREE) as i64 + delta).max(0) as u64;
-        put_u64(&mut d, AGH_FREE, free);
+        let agh = AgHeader::of_mut(&mut d);
+        let free = (agh.free() as i64 + delta).max(0) as u64;
+        agh.set_free(free);
         *ag.free_hint.lock() = free;
         Ok(())
     }
@@ -312,19 +272,6 @@ mod tests {
         assert_eq!(find_free(&used, 134, 256), None);
         assert_eq!(find_free(&used, 0, 100), None);
     }
-
-    #[test]
-    fn bitmap_states_round_trip_without_touching_neighbours() {
-        let mut b = vec![0u8; crate::format::BLOCK_SIZE];
-        bitmap_set(&mut b, 5, BlockState::Inode);
-        bitmap_set(&mut b, 6, BlockState::Data);
-        assert_eq!(bitmap_get(&b, 5), BlockState::Inode);
-        assert_eq!(bitmap_get(&b, 6), BlockState::Data);
-        assert_eq!(bitmap_get(&b, 4), BlockState::Free);
-        bitmap_set(&mut b, 5, BlockState::Free);
-        assert_eq!(bitmap_get(&b, 5), BlockState::Free);
-        assert_eq!(bitmap_get(&b, 6), BlockState::Data);
-    }
 }
 
 /// Repairs used by fsck: set a block's state regardless of what the bitmap said, and set an AG's
@@ -361,9 +308,9 @@ impl Allocator {
         let mut free = 0;
         self.for_each_state(ag, &mut |_, s| free += (s == BlockState::Free) as u64)?;
         let hdr = self.cache.get(ag.first, BlockType::AgHeader)?;
-        let old = u64_at(&hdr.read(), AGH_FREE);
+        let old = AgHeader::of(&hdr.read()).free();
         if old != free {
-            put_u64(&mut h.write(&hdr), AGH_FREE, free);
+            AgHeader::of_mut(&mut h.write(&hdr)).set_free(free);
             *ag.free_hint.lock() = free;
         }
         Ok((old, free))

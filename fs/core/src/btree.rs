@@ -3,22 +3,16 @@
 //! block -> extent with it; directories map name hash -> entry. Nodes never merge on delete
 //! (an emptied node is freed), as in GFS2 and XFS directories that only shrink when emptied.
 //!
-//! Node layout (in the inode's inline area, or after a block's 32-byte header):
-//! level u16 (0 = leaf), count u16, 4 reserved bytes, then `count` entries:
-//! leaf: key u64, value length u16, value bytes; internal: key u64, child block u64 — where
-//! a child's key is a lower bound of the keys below it.
+//! The node layout, its parser and its encoder are `format::btree_node`.
 use crate::alloc::{Allocator, BlockState};
 use crate::cache::{MetaBuf, MetaCache};
 use crate::error::{FsError, Result};
-use crate::format::header::{BlockType, HEADER_LEN};
-use crate::format::inode::{INLINE_LEN, INLINE_OFFSET};
-use crate::format::le::*;
-use crate::format::BLOCK_SIZE;
+pub use crate::format::btree_node::Record;
+use crate::format::btree_node::{child_index, leaf_entry_len, Node, NodePlace, NodeView};
+use crate::format::header::BlockType;
 use crate::journal::Handle;
 use std::sync::Arc;
 
-const NODE_HDR: usize = 8;
-const BLOCK_AREA: usize = BLOCK_SIZE - HEADER_LEN;
 pub const MAX_VALUE: usize = 512;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,110 +21,11 @@ enum NodeRef {
     Block(u64),
 }
 
-#[derive(Debug, Clone, Default)]
-struct Node {
-    level: u16,
-    leaf: Vec<(u64, Vec<u8>)>,
-    kids: Vec<(u64, u64)>,
-}
-
-impl Node {
-    fn bytes(&self) -> usize {
-        if self.level == 0 {
-            NODE_HDR + self.leaf.iter().map(|(_, v)| 10 + v.len()).sum::<usize>()
-        } else {
-            NODE_HDR + 16 * self.kids.len()
-        }
-    }
-    fn is_empty(&self) -> bool {
-        if self.level == 0 {
-            self.leaf.is_empty()
-        } else {
-            self.kids.is_empty()
-        }
-    }
-    fn parse(area: &[u8], blk: u64) -> Result<Node> {
-        let level = u16_at(area, 0);
-        let count = u16_at(area, 2) as usize;
-        let mut n = Node { level, ..Default::default() };
-        let mut o = NODE_HDR;
-        let bad = || FsError::corrupt(blk, "index tree node entries run past the node");
-        for _ in 0..count {
-            if level == 0 {
-                if o + 10 > area.len() {
-                    return Err(bad());
-                }
-                let k = u64_at(area, o);
-                let vl = u16_at(area, o + 8) as usize;
-                if o + 10 + vl > area.len() {
-                    return Err(bad());
-                }
-                n.leaf.push((k, area[o + 10..o + 10 + vl].to_vec()));
-                o += 10 + vl;
-            } else {
-                if o + 16 > area.len() {
-                    return Err(bad());
-                }
-                n.kids.push((u64_at(area, o), u64_at(area, o + 8)));
-                o += 16;
-            }
-        }
-        Ok(n)
-    }
-    fn serialize(&self, area: &mut [u8]) {
-        area.fill(0);
-        put_u16(area, 0, self.level);
-        let count = if self.level == 0 { self.leaf.len() } else { self.kids.len() };
-        put_u16(area, 2, count as u16);
-        let mut o = NODE_HDR;
-        if self.level == 0 {
-            for (k, v) in &self.leaf {
-                put_u64(area, o, *k);
-                put_u16(area, o + 8, v.len() as u16);
-                area[o + 10..o + 10 + v.len()].copy_from_slice(v);
-                o += 10 + v.len();
-            }
-        } else {
-            for (k, c) in &self.kids {
-                put_u64(area, o, *k);
-                put_u64(area, o + 8, *c);
-                o += 16;
-            }
-        }
-    }
-    /// Index of the child whose range holds `key`.
-    fn child_for(&self, key: u64) -> usize {
-        match self.kids.binary_search_by_key(&key, |(k, _)| *k) {
-            Ok(i) => i,
-            Err(0) => 0,
-            Err(i) => i - 1,
-        }
-    }
-    /// Splits off the upper half (by bytes) into a new node.
-    fn split(&mut self) -> Node {
-        if self.level == 0 {
-            let total = self.bytes();
-            let mut acc = NODE_HDR;
-            let mut at = 0;
-            for (i, (_, v)) in self.leaf.iter().enumerate() {
-                acc += 10 + v.len();
-                if acc > total / 2 {
-                    at = i.max(1);
-                    break;
-                }
-            }
-            let at = at.clamp(1, self.leaf.len() - 1);
-            Node { level: 0, leaf: self.leaf.split_off(at), kids: Vec::new() }
-        } else {
-            let at = self.kids.len() / 2;
-            Node { level: self.level, leaf: Vec::new(), kids: self.kids.split_off(at) }
-        }
-    }
-    fn first_key(&self) -> u64 {
-        if self.level == 0 {
-            self.leaf.first().map(|e| e.0).unwrap_or(0)
-        } else {
-            self.kids.first().map(|e| e.0).unwrap_or(0)
+impl NodeRef {
+    fn place(self) -> NodePlace {
+        match self {
+            NodeRef::Root => NodePlace::InodeRoot,
+            NodeRef::Block(_) => NodePlace::Block,
         }
     }
 }
@@ -138,64 +33,6 @@ impl Node {
 enum Step {
     Done(Option<Vec<u8>>),
     Down(u64),
-}
-
-/// Index of the child whose range holds `key` (the last with separator <= key, else the first).
-fn child_index(kids: &[(u64, u64)], key: u64) -> usize {
-    kids.partition_point(|(k, _)| *k <= key).saturating_sub(1)
-}
-
-/// A node's bytes, read in place.
-#[derive(Clone, Copy)]
-struct Raw<'a> {
-    area: &'a [u8],
-    blk: u64,
-}
-
-impl<'a> Raw<'a> {
-    fn level(&self) -> u16 {
-        u16_at(self.area, 0)
-    }
-    fn count(&self) -> usize {
-        u16_at(self.area, 2) as usize
-    }
-    fn leaf(self) -> impl Iterator<Item = Result<(u64, &'a [u8])>> {
-        let mut o = NODE_HDR;
-        let mut left = self.count();
-        std::iter::from_fn(move || {
-            if left == 0 {
-                return None;
-            }
-            left -= 1;
-            if o + 10 > self.area.len() {
-                left = 0;
-                return Some(Err(FsError::corrupt(self.blk, "index tree node entries run past the node")));
-            }
-            let k = u64_at(self.area, o);
-            let vl = u16_at(self.area, o + 8) as usize;
-            if o + 10 + vl > self.area.len() {
-                left = 0;
-                return Some(Err(FsError::corrupt(self.blk, "index tree node entries run past the node")));
-            }
-            let v = &self.area[o + 10..o + 10 + vl];
-            o += 10 + vl;
-            Some(Ok((k, v)))
-        })
-    }
-    fn kids(&self) -> Result<Vec<(u64, u64)>> {
-        let n = self.count();
-        if NODE_HDR + 16 * n > self.area.len() {
-            return Err(FsError::corrupt(self.blk, "index tree node entries run past the node"));
-        }
-        Ok((0..n).map(|i| (u64_at(self.area, NODE_HDR + 16 * i), u64_at(self.area, NODE_HDR + 16 * i + 8))).collect())
-    }
-}
-
-fn area_cap(r: NodeRef) -> usize {
-    match r {
-        NodeRef::Root => INLINE_LEN,
-        NodeRef::Block(_) => BLOCK_AREA,
-    }
 }
 
 /// Read access to one inode's tree.
@@ -206,30 +43,16 @@ pub struct TreeRead<'a> {
 
 impl TreeRead<'_> {
     fn load(&self, r: NodeRef) -> Result<Node> {
-        match r {
-            NodeRef::Root => Node::parse(&self.inode_buf.read()[INLINE_OFFSET..], self.inode_buf.blkno),
-            NodeRef::Block(b) => {
-                let buf = self.cache.get(b, BlockType::TreeNode)?;
-                let d = buf.read();
-                Node::parse(&d[HEADER_LEN..], b)
-            }
-        }
+        self.with_raw(r, Node::parse)
     }
 
-    /// Runs `f` on the raw bytes of node `r` under the block's read lock. Read paths work on
+    /// Runs `f` on node `r`'s bytes in place, under the block's read lock. Read paths work on
     /// the bytes directly: parsing a node into vectors costs an allocation per entry, which
     /// showed up in every lookup.
-    fn with_raw<T>(&self, r: NodeRef, f: impl FnOnce(Raw<'_>) -> Result<T>) -> Result<T> {
+    fn with_raw<T>(&self, r: NodeRef, f: impl FnOnce(NodeView<'_>) -> Result<T>) -> Result<T> {
         match r {
-            NodeRef::Root => {
-                let d = self.inode_buf.read();
-                f(Raw { area: &d[INLINE_OFFSET..], blk: self.inode_buf.blkno })
-            }
-            NodeRef::Block(b) => {
-                let buf = self.cache.get(b, BlockType::TreeNode)?;
-                let d = buf.read();
-                f(Raw { area: &d[HEADER_LEN..], blk: b })
-            }
+            NodeRef::Root => f(NodeView::new(&self.inode_buf.read(), r.place(), self.inode_buf.blkno)),
+            NodeRef::Block(b) => f(NodeView::new(&self.cache.get(b, BlockType::TreeNode)?.read(), r.place(), b)),
         }
     }
 
@@ -335,14 +158,8 @@ impl TreeRead<'_> {
     /// leaf with room for it, else one per level plus a new root level.
     pub fn insert_need(&self, vlen: usize) -> Result<u64> {
         self.with_raw(NodeRef::Root, |n| {
-            if n.level() == 0 {
-                let mut used = NODE_HDR;
-                for e in n.leaf() {
-                    used += 10 + e?.1.len();
-                }
-                if used + 10 + vlen <= INLINE_LEN {
-                    return Ok(0);
-                }
+            if n.level() == 0 && n.leaf_bytes()? + leaf_entry_len(vlen) <= NodePlace::InodeRoot.capacity() {
+                return Ok(0);
             }
             Ok(n.level() as u64 + 2)
         })
@@ -373,7 +190,7 @@ impl TreeRead<'_> {
 #[derive(Debug, Default)]
 pub struct Salvage {
     /// Every leaf record that could be read, by key (a key seen twice keeps its first value).
-    pub records: Vec<(u64, Vec<u8>)>,
+    pub records: Vec<Record>,
     /// Node blocks that read and parsed.
     pub nodes: Vec<u64>,
     /// Node blocks that did not (or whose entries ran out part way), with why; the inode's
@@ -444,15 +261,8 @@ impl<'a> TreeWrite<'a> {
 
     fn store(&self, r: NodeRef, n: &Node) -> Result<()> {
         match r {
-            NodeRef::Root => {
-                let mut d = self.h.write(self.read.inode_buf);
-                n.serialize(&mut d[INLINE_OFFSET..]);
-            }
-            NodeRef::Block(b) => {
-                let buf = self.read.cache.get(b, BlockType::TreeNode)?;
-                let mut d = self.h.write(&buf);
-                n.serialize(&mut d[HEADER_LEN..]);
-            }
+            NodeRef::Root => n.encode(&mut self.h.write(self.read.inode_buf), r.place()),
+            NodeRef::Block(b) => n.encode(&mut self.h.write(&self.read.cache.get(b, BlockType::TreeNode)?), r.place()),
         }
         Ok(())
     }
@@ -460,10 +270,7 @@ impl<'a> TreeWrite<'a> {
     fn new_node(&mut self, n: &Node) -> Result<u64> {
         let (b, _) = self.alloc.alloc(self.h, 1, self.read.inode_buf.blkno, BlockState::Meta)?;
         let buf = self.read.cache.create(b, BlockType::TreeNode);
-        {
-            let mut d = self.h.write(&buf);
-            n.serialize(&mut d[HEADER_LEN..]);
-        }
+        n.encode(&mut self.h.write(&buf), NodePlace::Block);
         self.blocks_delta += 1;
         Ok(b)
     }
@@ -501,7 +308,7 @@ impl<'a> TreeWrite<'a> {
             if n.kids.is_empty() {
                 return Err(FsError::corrupt(self.read.inode_buf.blkno, "empty internal index node"));
             }
-            let i = n.child_for(key);
+            let i = child_index(&n.kids, key);
             if key < n.kids[i].0 {
                 n.kids[i].0 = key;
             }
@@ -517,7 +324,7 @@ impl<'a> TreeWrite<'a> {
                 }
             }
         }
-        if n.bytes() <= area_cap(r) {
+        if n.bytes() <= r.place().capacity() {
             self.store(r, &n)?;
             return Ok((old, None));
         }
@@ -533,7 +340,7 @@ impl<'a> TreeWrite<'a> {
                 // Grow in height: the root's entries move to new blocks below it.
                 let mut left = n.clone();
                 let mut kids = Vec::new();
-                if left.bytes() > BLOCK_AREA {
+                if left.bytes() > NodePlace::Block.capacity() {
                     let right = left.split();
                     let lk = left.first_key();
                     let lb = self.new_node(&left)?;
@@ -572,7 +379,7 @@ impl<'a> TreeWrite<'a> {
             if n.kids.is_empty() {
                 return Ok((None, r == NodeRef::Root));
             }
-            let i = n.child_for(key);
+            let i = child_index(&n.kids, key);
             let child = n.kids[i].1;
             let (o, empty) = self.remove_at(NodeRef::Block(child), key)?;
             if o.is_none() {
@@ -600,7 +407,7 @@ impl<'a> TreeWrite<'a> {
     /// Replaces the tree with one holding exactly `records` (fsck, from a [`Salvage`]). The
     /// old node blocks are not freed here: some may be damaged pointers into other files' blocks.
     /// Once nothing points at them any more, fsck's bitmap pass frees those no one uses.
-    pub fn rebuild(&mut self, records: &[(u64, Vec<u8>)]) -> Result<()> {
+    pub fn rebuild(&mut self, records: &[Record]) -> Result<()> {
         self.store(NodeRef::Root, &Node::default())?;
         for (k, v) in records {
             self.insert(*k, v)?;
@@ -642,7 +449,7 @@ mod tests {
     }
 
     fn root_level(buf: &MetaBuf) -> u16 {
-        u16_at(&buf.read()[INLINE_OFFSET..], 0)
+        NodeView::new(&buf.read(), NodePlace::InodeRoot, buf.blkno).level()
     }
 
     fn value(rng: &mut StdRng, key: u64, max: usize) -> Vec<u8> {
@@ -729,7 +536,6 @@ mod tests {
                     }
                 }
                 nodes += t.blocks_delta;
-                drop(t);
                 drop(h);
                 vol.commit().unwrap();
                 done += 50;
@@ -770,7 +576,6 @@ mod tests {
             }
             assert_eq!(t.remove(chunk[0]).unwrap(), None, "second remove of one key");
             nodes += t.blocks_delta;
-            drop(t);
             drop(h);
             vol.commit().unwrap();
             let t = TreeRead { cache: &vol.cache, inode_buf: &ibuf };
@@ -805,7 +610,6 @@ mod tests {
         t.insert(1, &vec![9u8; MAX_VALUE]).unwrap();
         model.insert(1, vec![9u8; MAX_VALUE]);
         let delta = t.blocks_delta;
-        drop(t);
         drop(h);
         vol.commit().unwrap();
         let t = TreeRead { cache: &vol.cache, inode_buf: &ibuf };

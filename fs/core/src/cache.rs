@@ -5,7 +5,7 @@ use crate::device::BlockDevice;
 use crate::error::Result;
 use crate::format::header::{self, BlockType};
 use crate::format::le::*;
-use crate::format::{BLOCK_SIZE, FORMAT_VERSION};
+use crate::format::{byte_offset, BLOCK_SIZE, FORMAT_VERSION};
 use parking_lot::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -56,7 +56,7 @@ impl MetaCache {
             return Ok(b.clone());
         }
         let mut data = vec![0u8; BLOCK_SIZE].into_boxed_slice();
-        self.dev.read_at(&mut data, blkno * BLOCK_SIZE as u64)?;
+        self.dev.read_at(&mut data, byte_offset(blkno))?;
         header::verify(&data, ty, blkno, self.seed)?;
         // Read from home, so it is checkpointed by definition.
         let buf = Arc::new(MetaBuf { blkno, data: RwLock::new(data), dirty: AtomicBool::new(false), last_seq: AtomicU64::new(0) });

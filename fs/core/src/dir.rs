@@ -3,29 +3,12 @@
 //! scanning the directory, and the key doubles as a readdir cookie that stays valid while the
 //! directory changes (entries are returned in key order; an entry's key never changes).
 //!
-//! Entry value: inode u64, file type u8 (DT_*), name bytes.
+//! The entry record (key and value layout, name hash) is `format::dirent`.
 use crate::btree::{TreeRead, TreeWrite};
 use crate::error::{FsError, Result};
-use crate::format::le::*;
+use crate::format::dirent::{encode_value, entry_key, key_counter, key_hash, name_hash, MAX_COUNTER};
+pub use crate::format::dirent::{DirEntry, FIRST_ENTRY_KEY};
 use crate::format::MAX_NAME_LEN;
-
-/// readdir offsets 1 and 2 are `.` and `..`; entry keys are always above them.
-pub const FIRST_ENTRY_KEY: u64 = 1 << 16;
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DirEntry {
-    pub key: u64,
-    pub ino: u64,
-    pub dtype: u8,
-    pub name: Vec<u8>,
-}
-
-pub fn name_hash(name: &[u8]) -> u64 {
-    let a = crc32c::crc32c_append(0x9e37_79b9, name) as u64;
-    let b = crc32c::crc32c_append(0x85eb_ca6b, name) as u64;
-    let h = ((a << 32) | b) & ((1 << 47) - 1);
-    h.max(1)
-}
 
 pub fn check_name(name: &[u8]) -> Result<()> {
     if name.len() > MAX_NAME_LEN {
@@ -37,28 +20,15 @@ pub fn check_name(name: &[u8]) -> Result<()> {
     Ok(())
 }
 
-fn encode(ino: u64, dtype: u8, name: &[u8]) -> Vec<u8> {
-    let mut v = vec![0u8; 9 + name.len()];
-    put_u64(&mut v, 0, ino);
-    v[8] = dtype;
-    v[9..].copy_from_slice(name);
-    v
-}
-
-/// The entry a directory tree record holds, if it is one (fsck reads salvaged records).
-pub fn decode(key: u64, v: &[u8]) -> Option<DirEntry> {
-    (v.len() >= 9).then(|| DirEntry { key, ino: u64_at(v, 0), dtype: v[8], name: v[9..].to_vec() })
-}
-
 /// Finds `name` in the directory.
 pub fn lookup(t: &TreeRead, name: &[u8]) -> Result<Option<DirEntry>> {
     let h = name_hash(name);
     let mut found = None;
-    t.scan(h << 16, &mut |k, v| {
-        if k >> 16 != h {
+    t.scan(entry_key(h, 0), &mut |k, v| {
+        if key_hash(k) != h {
             return false;
         }
-        match decode(k, v) {
+        match DirEntry::decode(k, v) {
             Some(e) if e.name == name => {
                 found = Some(e);
                 false
@@ -73,24 +43,24 @@ pub fn lookup(t: &TreeRead, name: &[u8]) -> Result<Option<DirEntry>> {
 pub fn add(t: &mut TreeWrite, name: &[u8], ino: u64, dtype: u8) -> Result<u64> {
     let h = name_hash(name);
     let mut next_free = 0u64;
-    t.read.scan(h << 16, &mut |k, _| {
-        if k >> 16 != h || (k & 0xffff) != next_free {
+    t.read.scan(entry_key(h, 0), &mut |k, _| {
+        if key_hash(k) != h || key_counter(k) != next_free {
             return false;
         }
         next_free += 1;
         true
     })?;
-    if next_free > 0xffff {
+    if next_free > MAX_COUNTER {
         return Err(FsError::NoSpace);
     }
-    let key = (h << 16) | next_free;
-    t.insert(key, &encode(ino, dtype, name))?;
+    let key = entry_key(h, next_free);
+    t.insert(key, &encode_value(ino, dtype, name))?;
     Ok(key)
 }
 
 /// Points an existing entry at another inode (rename over an existing name).
 pub fn replace(t: &mut TreeWrite, key: u64, name: &[u8], ino: u64, dtype: u8) -> Result<()> {
-    t.insert(key, &encode(ino, dtype, name)).map(|_| ())
+    t.insert(key, &encode_value(ino, dtype, name)).map(|_| ())
 }
 
 pub fn remove(t: &mut TreeWrite, key: u64) -> Result<()> {
@@ -99,7 +69,7 @@ pub fn remove(t: &mut TreeWrite, key: u64) -> Result<()> {
 
 /// Entries with key >= `from`, in key order, until `f` returns false.
 pub fn list(t: &TreeRead, from: u64, f: &mut dyn FnMut(DirEntry) -> bool) -> Result<()> {
-    t.scan(from.max(FIRST_ENTRY_KEY), &mut |k, v| match decode(k, v) {
+    t.scan(from.max(FIRST_ENTRY_KEY), &mut |k, v| match DirEntry::decode(k, v) {
         Some(e) => f(e),
         None => true,
     })
@@ -141,7 +111,6 @@ mod tests {
         let h = vol.journal.begin().unwrap();
         let mut t = TreeWrite::new(&vol.cache, &vol.alloc, &h, buf);
         let r = f(&mut t);
-        drop(t);
         drop(h);
         vol.commit().unwrap();
         r
@@ -250,10 +219,10 @@ mod tests {
         // Forge two entries whose (pretend) names hash like `target`, and neighbours in the
         // hash space on both sides.
         change(&vol, &buf, |t| {
-            t.insert(h << 16, &encode(11, libc::DT_REG, b"impostor-0")).unwrap();
-            t.insert((h << 16) | 1, &encode(12, libc::DT_REG, b"impostor-1")).unwrap();
-            t.insert(((h - 1) << 16) | 0xffff, &encode(13, libc::DT_REG, target)).unwrap();
-            t.insert((h + 1) << 16, &encode(14, libc::DT_REG, target)).unwrap();
+            t.insert(h << 16, &encode_value(11, libc::DT_REG, b"impostor-0")).unwrap();
+            t.insert((h << 16) | 1, &encode_value(12, libc::DT_REG, b"impostor-1")).unwrap();
+            t.insert(((h - 1) << 16) | 0xffff, &encode_value(13, libc::DT_REG, target)).unwrap();
+            t.insert((h + 1) << 16, &encode_value(14, libc::DT_REG, target)).unwrap();
         });
         let t = TreeRead { cache: &vol.cache, inode_buf: &buf };
         assert_eq!(lookup(&t, target).unwrap(), None, "entries under other hashes are not matches");
@@ -283,7 +252,7 @@ mod tests {
         for chunk in (0..=0xffffu64).collect::<Vec<_>>().chunks(4096) {
             change(&vol, &buf, |t| {
                 for c in chunk {
-                    t.insert((h << 16) | c, &encode(7, libc::DT_REG, format!("x{c}").as_bytes())).unwrap();
+                    t.insert((h << 16) | c, &encode_value(7, libc::DT_REG, format!("x{c}").as_bytes())).unwrap();
                 }
             });
         }

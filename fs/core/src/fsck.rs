@@ -17,24 +17,27 @@
 //! and only then are leaked blocks freed, counts and links corrected and disconnected inodes
 //! linked into lost+found; a last walk tells what is left (exit 1 only if nothing is). Repairs
 //! run through the journal of slot 0 with the volume claimed, like any other change.
-use crate::alloc::{bitmap_get, bitmap_set, BlockState, AGH_FREE, AGH_INDEX, AGH_LEN, AGH_START};
-use crate::btree::TreeRead;
+use crate::alloc::BlockState;
+use crate::btree::{Record, TreeRead};
 use crate::cache::MetaCache;
 use crate::claim::claim_volume;
 use crate::device::{BlockDevice, FileDevice, OpenOptions, OverlayDevice};
 use crate::dir;
 use crate::error::{FsError, Result};
 use crate::filesystem::Fs;
+use crate::format::ag::{bitmap_get, bitmap_set, AgHeader};
+use crate::format::dirent::{key_hash, name_hash, DirEntry};
+use crate::format::extent::Extent;
 use crate::format::header::{self, BlockType};
 use crate::format::inode::{Inode, FLAG_SYSTEM, INLINE_LEN};
 use crate::format::layout::{Layout, STATES_PER_BITMAP_BLOCK};
-use crate::format::le::*;
 use crate::format::slot::{SlotHeader, SlotState};
-use crate::format::superblock::{Superblock, SUPERBLOCK_BLKNO};
-use crate::format::BLOCK_SIZE;
+use crate::format::superblock::{Superblock, BACKUP_SUPERBLOCK_BLKNO, SUPERBLOCK_BLKNO};
+use crate::format::{byte_offset, BLOCK_SIZE};
 use crate::journal::read_slot;
 use crate::journal::{replay, write_slot};
 use crate::locks::Mode;
+use crate::mkfs::orphan_dir_ino;
 use crate::volume::{read_superblock, Volume};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
@@ -100,7 +103,7 @@ struct Walk {
     /// Inodes whose extended attribute block cannot be read.
     damaged_xattr: Vec<u64>,
     /// Inodes whose index tree has parts that cannot be read, with the records that can.
-    damaged_trees: Vec<(u64, Vec<(u64, Vec<u8>)>)>,
+    damaged_trees: Vec<(u64, Vec<Record>)>,
     /// Allocation groups whose header (`None`) or bitmap block (`Some(i)`) cannot be read.
     damaged_alloc: Vec<(u32, Option<u64>)>,
     /// Something still referenced could not be read, so the walk may have missed blocks in
@@ -180,17 +183,17 @@ fn examine(dev: Arc<dyn BlockDevice>, write: bool, progress: Progress) -> Result
     if backup {
         rep.problems.push("primary superblock is damaged; the backup copy is intact".into());
         if write {
-            dev.write_at(&sb.encode(SUPERBLOCK_BLKNO), 0)?;
+            dev.write_at(&sb.encode(SUPERBLOCK_BLKNO), byte_offset(SUPERBLOCK_BLKNO))?;
             dev.flush()?;
             rep.fixed.push("rewrote the primary superblock from the backup".into());
         }
     } else {
         let mut b = vec![0u8; BLOCK_SIZE];
-        dev.read_at(&mut b, crate::format::superblock::BACKUP_SUPERBLOCK_BLKNO * BLOCK_SIZE as u64)?;
-        if Superblock::decode(&b, 1).map(|s| s != sb).unwrap_or(true) {
+        dev.read_at(&mut b, byte_offset(BACKUP_SUPERBLOCK_BLKNO))?;
+        if Superblock::decode(&b, BACKUP_SUPERBLOCK_BLKNO).map(|s| s != sb).unwrap_or(true) {
             rep.problems.push("backup superblock is damaged or differs from the primary".into());
             if write {
-                dev.write_at(&sb.encode(1), BLOCK_SIZE as u64)?;
+                dev.write_at(&sb.encode(BACKUP_SUPERBLOCK_BLKNO), byte_offset(BACKUP_SUPERBLOCK_BLKNO))?;
                 dev.flush()?;
                 rep.fixed.push("rewrote the backup superblock".into());
             }
@@ -203,19 +206,8 @@ fn examine(dev: Arc<dyn BlockDevice>, write: bool, progress: Progress) -> Result
             Ok(h) => h,
             Err(e) => {
                 rep.problems.push(format!("slot {s}: header unreadable ({})", what_is_wrong(&e)));
-                let mut fresh = SlotHeader {
-                    index: s,
-                    state: SlotState::Clean,
-                    generation: 0,
-                    journal_tail: 0,
-                    tail_seq: crate::format::inode::Timespec::now().sec as u64 * 1_000_000,
-                    orphan_dir: sb.lost_found_ino + 1 + s as u64,
-                    mounted_at: 0,
-                    owner: String::new(),
-                    mmp_seq: 0,
-                    mmp_time: 0,
-                    update_seq: 0,
-                };
+                let tail_seq = crate::format::inode::Timespec::now().sec as u64 * 1_000_000;
+                let mut fresh = SlotHeader::clean(s, orphan_dir_ino(&sb, s), tail_seq);
                 if write {
                     write_slot(&*dev, &l, &mut fresh, seed)?;
                     write_slot(&*dev, &l, &mut fresh, seed)?;
@@ -261,8 +253,12 @@ fn examine(dev: Arc<dyn BlockDevice>, write: bool, progress: Progress) -> Result
     Ok(Examined { rep, sb, walk: w, bitmap_fixes, link_fixes })
 }
 
+/// An inode for the walk to visit: (inode, the directory it was found in, the entry that names
+/// it: (directory, key); `None` for a system inode).
+type Visit = (u64, u64, Option<(u64, u64)>);
+
 fn walk(cache: &MetaCache, sb: &Superblock, orphan_dirs: &[u64], w: &mut Walk, rep: &mut Report) -> Result<()> {
-    let mut queue: Vec<(u64, u64, Option<(u64, u64)>)> = vec![(sb.root_ino, sb.root_ino, None)];
+    let mut queue: Vec<Visit> = vec![(sb.root_ino, sb.root_ino, None)];
     for &o in orphan_dirs {
         queue.push((o, o, None));
     }
@@ -285,7 +281,7 @@ fn visit(
     via: Option<(u64, u64)>,
     w: &mut Walk,
     rep: &mut Report,
-    queue: &mut Vec<(u64, u64, Option<(u64, u64)>)>,
+    queue: &mut Vec<Visit>,
     orphan_dirs: &[u64],
 ) -> Result<()> {
     let l = &sb.layout;
@@ -348,10 +344,10 @@ fn visit(
         }
         let mut subdirs = 0u32;
         let mut entries = 0u64;
-        let found = records.iter().filter(|(k, _)| *k >= dir::FIRST_ENTRY_KEY).filter_map(|(k, v)| dir::decode(*k, v));
+        let found = records.iter().filter(|(k, _)| *k >= dir::FIRST_ENTRY_KEY).filter_map(|(k, v)| DirEntry::decode(*k, v));
         for e in found {
             entries += 1;
-            if dir::name_hash(&e.name) != e.key >> 16 || dir::check_name(&e.name).is_err() {
+            if name_hash(&e.name) != key_hash(e.key) || dir::check_name(&e.name).is_err() {
                 rep.problems.push(format!(
                     "directory {ino}: entry {:?} is filed under the wrong hash or has an invalid name",
                     String::from_utf8_lossy(&e.name)
@@ -378,17 +374,16 @@ fn visit(
                 rep.problems.push(format!("inode {ino}: inline file larger than the inline area"));
             }
         } else {
-            let exts = records.iter().filter(|(_, v)| v.len() == 12).map(|(k, v)| (*k, u64_at(v, 0), u32_at(v, 8) as u64));
             let mut last_end = 0;
-            for (lb, p, n) in exts {
-                if lb < last_end || n == 0 {
-                    rep.problems.push(format!("inode {ino}: overlapping or empty extent at logical block {lb}"));
+            for e in records.iter().filter_map(|(k, v)| Extent::decode(*k, v)) {
+                if e.lblk < last_end || e.len == 0 {
+                    rep.problems.push(format!("inode {ino}: overlapping or empty extent at logical block {}", e.lblk));
                 }
-                last_end = lb + n;
-                for b in p..p + n {
+                last_end = e.lblk + e.len;
+                for b in e.pblk..e.pblk + e.len {
                     claim(w, rep, b, BlockState::Data, ino, l);
                 }
-                charged += n;
+                charged += e.len;
             }
         }
     } else {
@@ -411,7 +406,7 @@ fn visit(
 /// Every record of an inode's index tree that can be read. Readable node blocks are claimed
 /// (and charged); blocks that cannot be read are claimed too while the tree points at them,
 /// and the tree is marked for rebuilding from the records.
-fn tree_records(t: &TreeRead, ino: u64, w: &mut Walk, rep: &mut Report, charged: &mut u64, l: &Layout) -> Vec<(u64, Vec<u8>)> {
+fn tree_records(t: &TreeRead, ino: u64, w: &mut Walk, rep: &mut Report, charged: &mut u64, l: &Layout) -> Vec<Record> {
     let sv = t.salvage();
     for &n in &sv.nodes {
         *charged += 1;
@@ -501,8 +496,8 @@ fn for_each_state(dev: &dyn BlockDevice, l: &Layout, seed: u32, a: u32, f: &mut 
     let mut b = vec![0u8; BLOCK_SIZE];
     let mut bad = Vec::new();
     for bi in 0..l.bitmap_blocks_per_ag as u64 {
-        let blk = first + 1 + bi;
-        dev.read_at(&mut b, blk * BLOCK_SIZE as u64)?;
+        let blk = l.bitmap_blkno(a, bi);
+        dev.read_at(&mut b, byte_offset(blk))?;
         if let Err(e) = header::verify(&b, BlockType::Bitmap, blk, seed) {
             bad.push((bi, e));
             continue;
@@ -534,7 +529,7 @@ fn compare_bitmaps(
     for a in 0..l.ag_count {
         progress("comparing allocation bitmaps", a as u64, l.ag_count as u64);
         let first = l.ag_first_block(a);
-        dev.read_at(&mut hb, first * BLOCK_SIZE as u64)?;
+        dev.read_at(&mut hb, byte_offset(first))?;
         let header_ok = match header::verify(&hb, BlockType::AgHeader, first, seed) {
             Ok(()) => true,
             Err(e) => {
@@ -580,7 +575,7 @@ fn compare_bitmaps(
         if !bad_bitmaps.is_empty() {
             continue;
         }
-        let recorded = u64_at(&hb, AGH_FREE);
+        let recorded = AgHeader::of(&hb).free();
         if header_ok && recorded != free {
             rep.problems.push(format!("allocation group {a}: header says {recorded} free blocks, bitmap has {free}"));
             fixes.push((first, BlockState::Meta)); // marker: recount this AG
@@ -655,25 +650,20 @@ fn rebuild_alloc_metadata(dev: &dyn BlockDevice, sb: &Superblock, w: &Walk, rep:
                 w.used.get(&(first + r)).copied().unwrap_or(BlockState::Free)
             }
         };
-        let mut b = vec![0u8; BLOCK_SIZE];
         match what {
             None => {
                 let free = (overhead..len).filter(|r| state_of(*r) == BlockState::Free).count() as u64;
-                put_u32(&mut b, AGH_INDEX, a);
-                put_u64(&mut b, AGH_START, first);
-                put_u64(&mut b, AGH_LEN, len);
-                put_u64(&mut b, AGH_FREE, free);
-                header::seal(&mut b, BlockType::AgHeader, first, 0, seed);
-                dev.write_at(&b, first * BLOCK_SIZE as u64)?;
+                dev.write_at(&AgHeader::new(a, first, len, free).sealed_block(seed), byte_offset(first))?;
                 rep.fixed.push(format!("allocation group {a}: rebuilt its header ({free} blocks free)"));
             }
             Some(bi) => {
-                let lo = bi * STATES_PER_BITMAP_BLOCK;
+                let (blk, lo) = (l.bitmap_blkno(a, bi), bi * STATES_PER_BITMAP_BLOCK);
+                let mut b = vec![0u8; BLOCK_SIZE];
                 for r in lo..lo + STATES_PER_BITMAP_BLOCK {
                     bitmap_set(&mut b, r, state_of(r));
                 }
-                header::seal(&mut b, BlockType::Bitmap, first + 1 + bi, 0, seed);
-                dev.write_at(&b, (first + 1 + bi) * BLOCK_SIZE as u64)?;
+                header::seal(&mut b, BlockType::Bitmap, blk, 0, seed);
+                dev.write_at(&b, byte_offset(blk))?;
                 rep.fixed.push(format!("allocation group {a}: rebuilt bitmap block {bi} from the blocks in use"));
             }
         }
@@ -847,7 +837,7 @@ impl Fs {
 
     /// fsck: replaces an inode's index tree with one holding `records` (what could be read of
     /// a damaged one), a few hundred records per transaction.
-    pub(crate) fn rebuild_tree(&self, ino: u64, records: &[(u64, Vec<u8>)]) -> Result<()> {
+    pub(crate) fn rebuild_tree(&self, ino: u64, records: &[Record]) -> Result<()> {
         let mut chunks = records.chunks(256);
         let first = chunks.next().unwrap_or(&[]);
         for (i, chunk) in std::iter::once(first).chain(chunks).enumerate() {

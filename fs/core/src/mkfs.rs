@@ -1,15 +1,17 @@
 //! `mafs mkfs`: writes a new, empty volume: both superblock copies, every slot header, every
 //! AG header and bitmap, and the root, lost+found and per-slot orphan directories.
-use crate::alloc::{bitmap_set, BlockState, AGH_FREE, AGH_INDEX, AGH_LEN, AGH_START};
+use crate::alloc::BlockState;
 use crate::device::BlockDevice;
 use crate::error::{FsError, Result};
+use crate::format::ag::{bitmap_fill, AgHeader};
+use crate::format::btree_node::{Node, NodePlace};
+use crate::format::dirent::{entry_key, name_hash, DirEntry};
 use crate::format::header::{self, BlockType};
-use crate::format::inode::{Inode, Timespec};
-use crate::format::layout::{Layout, STATES_PER_BITMAP_BLOCK};
-use crate::format::le::*;
-use crate::format::slot::{SlotHeader, SlotState};
-use crate::format::superblock::{Superblock, BACKUP_SUPERBLOCK_BLKNO, SUPERBLOCK_BLKNO};
-use crate::format::BLOCK_SIZE;
+use crate::format::inode::{Inode, Timespec, FLAG_SYSTEM};
+use crate::format::layout::Layout;
+use crate::format::slot::SlotHeader;
+use crate::format::superblock::{Superblock, BACKUP_SUPERBLOCK_BLKNO, LABEL_LEN, SUPERBLOCK_BLKNO};
+use crate::format::{byte_offset, BLOCK_SIZE};
 
 #[derive(Debug, Clone)]
 pub struct MkfsOptions {
@@ -41,15 +43,17 @@ pub fn directory_inode(ino: u64, mode: u32, parent: u64, now: Timespec) -> Inode
     }
 }
 
+/// The orphan directory mkfs creates for `slot`: the system inodes are, in order, the root,
+/// lost+found and one orphan directory per slot.
+pub fn orphan_dir_ino(sb: &Superblock, slot: u32) -> u64 {
+    sb.lost_found_ino + 1 + slot as u64
+}
+
 /// The layout `opts` give a device of `size` bytes, or why there is none: checked before
 /// anything is created or written.
 pub fn check_options(size: u64, opts: &MkfsOptions) -> Result<Layout> {
-    if opts.label.len() > crate::format::superblock::LABEL_LEN {
-        return Err(FsError::Volume(format!(
-            "--label is {} bytes; at most {} fit",
-            opts.label.len(),
-            crate::format::superblock::LABEL_LEN
-        )));
+    if opts.label.len() > LABEL_LEN {
+        return Err(FsError::Volume(format!("--label is {} bytes; at most {LABEL_LEN} fit", opts.label.len())));
     }
     Layout::compute(size / BLOCK_SIZE as u64, opts.slots, opts.journal_blocks).map_err(FsError::Volume)
 }
@@ -62,121 +66,111 @@ pub fn mkfs(dev: &dyn BlockDevice, opts: &MkfsOptions) -> Result<Superblock> {
     }
     let layout = check_options(dev.size(), opts)?;
     let now = Timespec::now();
-    let ag0 = layout.ag_first_block(0);
+    let sb = new_superblock(layout, &opts.label, now)?;
+    write_allocation_groups(dev, &layout, system_inode_count(&layout), sb.crc_seed())?;
+    write_system_directories(dev, &sb, now)?;
+    write_slot_headers(dev, &sb)?;
+    // Superblocks last: until they are written, the device is not a mafs volume.
+    dev.flush()?;
+    for blk in [BACKUP_SUPERBLOCK_BLKNO, SUPERBLOCK_BLKNO] {
+        dev.write_at(&sb.encode(blk), byte_offset(blk))?;
+    }
+    dev.flush()?;
+    Ok(sb)
+}
+
+/// Root, lost+found and one orphan directory per slot.
+fn system_inode_count(layout: &Layout) -> u64 {
+    2 + layout.slot_count as u64
+}
+
+/// A new volume's identity, with its system inodes in AG 0 right after its header and bitmap.
+fn new_superblock(layout: Layout, label: &str, now: Timespec) -> Result<Superblock> {
     let overhead = layout.ag_overhead() as u64;
-    let root_ino = ag0 + overhead;
-    let lost_found_ino = root_ino + 1;
-    let orphan_first = lost_found_ino + 1;
-    let sb = Superblock {
-        uuid: *uuid::Uuid::new_v4().as_bytes(),
-        label: opts.label.clone(),
-        layout,
-        root_ino,
-        lost_found_ino,
-        created_sec: now.sec,
-        incompat: 0,
-    };
-    let seed = sb.crc_seed();
-    let system_inodes = 2 + layout.slot_count as u64;
-    if system_inodes + overhead + 16 > layout.ag_len(0) as u64 {
+    if system_inode_count(&layout) + overhead + 16 > layout.ag_len(0) as u64 {
         return Err(FsError::Unsupported("first allocation group too small for the system inodes".into()));
     }
+    let root_ino = layout.ag_first_block(0) + overhead;
+    Ok(Superblock {
+        uuid: *uuid::Uuid::new_v4().as_bytes(),
+        label: label.to_string(),
+        layout,
+        root_ino,
+        lost_found_ino: root_ino + 1,
+        created_sec: now.sec,
+        incompat: 0,
+    })
+}
 
-    // Allocation groups: header and bitmap written as one run per AG.
+/// Every AG's header and bitmap, written as one run per AG: the header and bitmap blocks in
+/// use, and in AG 0 the `system_inodes` after them.
+fn write_allocation_groups(dev: &dyn BlockDevice, layout: &Layout, system_inodes: u64, seed: u32) -> Result<()> {
+    let overhead = layout.ag_overhead() as u64;
     for a in 0..layout.ag_count {
         let first = layout.ag_first_block(a);
         let len = layout.ag_len(a) as u64;
-        let mut used: Vec<(u64, u64, BlockState)> = vec![(0, overhead, BlockState::Meta)];
+        // AG-relative (start, count, state) of the blocks in use.
+        let mut used = vec![(0, overhead, BlockState::Meta)];
         if a == 0 {
             used.push((overhead, system_inodes, BlockState::Inode));
         }
         let used_count: u64 = used.iter().map(|u| u.1).sum();
-        let mut run = vec![0u8; overhead as usize * BLOCK_SIZE];
-        {
-            let h = &mut run[..BLOCK_SIZE];
-            put_u32(h, AGH_INDEX, a);
-            put_u64(h, AGH_START, first);
-            put_u64(h, AGH_LEN, len);
-            put_u64(h, AGH_FREE, len - used_count);
-            header::seal(h, BlockType::AgHeader, first, 0, seed);
-        }
-        for bi in 0..layout.bitmap_blocks_per_ag as u64 {
-            let blk = &mut run[(1 + bi as usize) * BLOCK_SIZE..(2 + bi as usize) * BLOCK_SIZE];
-            let lo = bi * STATES_PER_BITMAP_BLOCK;
-            let hi = lo + STATES_PER_BITMAP_BLOCK;
+        let mut run = AgHeader::new(a, first, len, len - used_count).sealed_block(seed);
+        run.resize(overhead as usize * BLOCK_SIZE, 0);
+        for (bi, blk) in (0..).zip(run[BLOCK_SIZE..].chunks_exact_mut(BLOCK_SIZE)) {
             for &(s, n, st) in &used {
-                for r in s.max(lo)..(s + n).min(hi) {
-                    bitmap_set(blk, r, st);
-                }
+                bitmap_fill(blk, bi, s, s + n, st);
             }
             // States past the AG's end are marked in use so nothing ever allocates them.
-            for r in len.max(lo)..hi {
-                bitmap_set(blk, r, BlockState::Meta);
-            }
-            header::seal(blk, BlockType::Bitmap, first + 1 + bi, 0, seed);
+            bitmap_fill(blk, bi, len, u64::MAX, BlockState::Meta);
+            header::seal(blk, BlockType::Bitmap, layout.bitmap_blkno(a, bi), 0, seed);
         }
-        dev.write_at(&run, first * BLOCK_SIZE as u64)?;
+        dev.write_at(&run, byte_offset(first))?;
     }
+    Ok(())
+}
 
-    // Root, lost+found and one orphan directory per slot.
+/// The root (holding lost+found's entry), lost+found, and one orphan directory per slot.
+fn write_system_directories(dev: &dyn BlockDevice, sb: &Superblock, now: Timespec) -> Result<()> {
+    let (root_ino, lost_found_ino) = (sb.root_ino, sb.lost_found_ino);
     let mut dirs = vec![directory_inode(root_ino, 0o755, root_ino, now), directory_inode(lost_found_ino, 0o700, root_ino, now)];
     dirs[0].nlink = 3; // ".", "..", and lost+found's ".."
     dirs[0].entries = 1;
-    for s in 0..layout.slot_count as u64 {
-        let mut d = directory_inode(orphan_first + s, 0o700, orphan_first + s, now);
-        d.flags |= crate::format::inode::FLAG_SYSTEM;
+    for s in 0..sb.layout.slot_count {
+        let ino = orphan_dir_ino(sb, s);
+        let mut d = directory_inode(ino, 0o700, ino, now);
+        d.flags |= FLAG_SYSTEM;
         dirs.push(d);
     }
     for d in &dirs {
         let mut b = vec![0u8; BLOCK_SIZE];
         d.encode_into(&mut b);
         if d.ino == root_ino {
-            write_single_entry_root(&mut b, b"lost+found", lost_found_ino);
+            single_entry_tree(&mut b, b"lost+found", lost_found_ino, libc::DT_DIR);
         }
-        header::seal(&mut b, BlockType::Inode, d.ino, 0, seed);
-        dev.write_at(&b, d.ino * BLOCK_SIZE as u64)?;
+        header::seal(&mut b, BlockType::Inode, d.ino, 0, sb.crc_seed());
+        dev.write_at(&b, byte_offset(d.ino))?;
     }
+    Ok(())
+}
 
+/// Gives a directory inode block an index tree holding one entry (the first of its hash),
+/// written without a transaction (mkfs only): a leaf root node holding a directory entry
+/// record, the types `btree` and `dir` read and write.
+fn single_entry_tree(inode_block: &mut [u8], name: &[u8], ino: u64, dtype: u8) {
+    let e = DirEntry { key: entry_key(name_hash(name), 0), ino, dtype, name: name.to_vec() };
+    Node { level: 0, leaf: vec![(e.key, e.value())], kids: Vec::new() }.encode(inode_block, NodePlace::InodeRoot);
+}
+
+fn write_slot_headers(dev: &dyn BlockDevice, sb: &Superblock) -> Result<()> {
+    let layout = &sb.layout;
     for s in 0..layout.slot_count {
-        let hdr = SlotHeader {
-            index: s,
-            state: SlotState::Clean,
-            generation: 0,
-            journal_tail: 0,
-            tail_seq: 1,
-            orphan_dir: orphan_first + s as u64,
-            mounted_at: 0,
-            owner: String::new(),
-            mmp_seq: 0,
-            mmp_time: 0,
-            update_seq: 0,
-        };
+        let hdr = SlotHeader::clean(s, orphan_dir_ino(sb, s), 1);
         // Both copies, equal: a stale copy left in the journal area by an earlier volume
         // must not outrank the new header.
         for blk in [layout.slot_header_blkno(s), layout.slot_header_copy_blkno(s)] {
-            dev.write_at(&hdr.encode(blk, seed), blk * BLOCK_SIZE as u64)?;
+            dev.write_at(&hdr.encode(blk, sb.crc_seed()), byte_offset(blk))?;
         }
     }
-    // Superblocks last: until they are written, the device is not a mafs volume.
-    dev.flush()?;
-    dev.write_at(&sb.encode(BACKUP_SUPERBLOCK_BLKNO), BACKUP_SUPERBLOCK_BLKNO * BLOCK_SIZE as u64)?;
-    dev.write_at(&sb.encode(SUPERBLOCK_BLKNO), SUPERBLOCK_BLKNO)?;
-    dev.flush()?;
-    Ok(sb)
-}
-
-/// The root's index tree holding its one entry, written without a transaction (mkfs only):
-/// a leaf root with one directory entry, in the format of `btree` and `dir`.
-fn write_single_entry_root(inode_block: &mut [u8], name: &[u8], ino: u64) {
-    use crate::format::inode::INLINE_OFFSET;
-    let area = &mut inode_block[INLINE_OFFSET..];
-    put_u16(area, 0, 0);
-    put_u16(area, 2, 1);
-    let key = crate::dir::name_hash(name) << 16;
-    put_u64(area, 8, key);
-    let vlen = 9 + name.len();
-    put_u16(area, 16, vlen as u16);
-    put_u64(area, 18, ino);
-    area[26] = libc::DT_DIR;
-    area[27..27 + name.len()].copy_from_slice(name);
+    Ok(())
 }

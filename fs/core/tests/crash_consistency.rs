@@ -46,13 +46,16 @@ enum Kind {
     Symlink,
 }
 
+/// Extended attributes: name -> value.
+type Xattrs = BTreeMap<Vec<u8>, Vec<u8>>;
+
 /// The metadata that must be atomic: compared as a whole with the recovered volume.
 #[derive(Clone, Default, PartialEq, Eq, Debug)]
 struct Meta {
     /// (directory, name) -> inode.
     names: BTreeMap<(u64, Vec<u8>), u64>,
     /// Regular files reachable by a name: size and extended attributes.
-    files: BTreeMap<u64, (u64, BTreeMap<Vec<u8>, Vec<u8>>)>,
+    files: BTreeMap<u64, (u64, Xattrs)>,
 }
 
 impl Meta {
@@ -243,7 +246,7 @@ fn check_image(img: Vec<u8>, history: &[Meta], synced: &Synced, dirty: &HashSet<
     let dev = Arc::new(CrashDevice::from_image(img));
     let fs = mount(dev.clone(), 4096).map_err(|e| format!("{what}: mount failed: {e}"))?;
     let got = scan_fs(&fs).map_err(|e| format!("{what}: {e}"))?;
-    if !history.iter().any(|m| *m == got) {
+    if !history.contains(&got) {
         let (best, _) = history.iter().enumerate().min_by_key(|(_, m)| m.diff(&got).len()).unwrap();
         return Err(format!(
             "{what}: recovered namespace matches no state since the last sync ({} candidates); closest is {} ops after the sync: {}",
@@ -301,7 +304,7 @@ fn check_image(img: Vec<u8>, history: &[Meta], synced: &Synced, dirty: &HashSet<
     // A second power cut right after the recovery's first commit (which finishes reclaiming
     // orphans) also leaves a clean volume.
     fs.commit().map_err(|e| format!("{what}: first commit after recovery: {e}"))?;
-    let keep_all = what.len() % 2 == 0;
+    let keep_all = what.len().is_multiple_of(2);
     fsck_clean(dev.crash_image(|_| keep_all), &format!("{what}, then a second cut after recovery"))?;
     // The recovered volume takes new work and closes clean.
     let f = fs.create(fs.root(), b"after-crash", NewNode { mode: libc::S_IFREG | 0o644, rdev: 0, symlink_target: None }, ROOT_CALLER);

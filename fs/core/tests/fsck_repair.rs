@@ -5,8 +5,10 @@ use mafs_core::device::{BlockDevice, CrashDevice};
 use mafs_core::dir;
 use mafs_core::filesystem::namespace::NewNode;
 use mafs_core::filesystem::{Caller, Fs};
+use mafs_core::format::ag::{bitmap_set, BlockState};
 use mafs_core::format::header::{self, BlockType};
 use mafs_core::format::le::*;
+use mafs_core::format::{byte_offset, BLOCK_SIZE};
 use mafs_core::fsck;
 use mafs_core::mkfs::{mkfs, MkfsOptions};
 use mafs_core::volume::Volume;
@@ -39,12 +41,12 @@ fn file(fs: &Fs, parent: u64, name: &str, data: &[u8]) -> u64 {
 /// Rewrites one metadata block in place with `edit`, resealing its checksum.
 fn patch_block(dev: &CrashDevice, blk: u64, ty: BlockType, edit: impl FnOnce(&mut [u8])) {
     let sb = mafs_core::volume::read_superblock(dev).expect("sb").0;
-    let mut b = vec![0u8; 4096];
-    dev.read_at(&mut b, blk * 4096).expect("read");
+    let mut b = vec![0u8; BLOCK_SIZE];
+    dev.read_at(&mut b, byte_offset(blk)).expect("read");
     edit(&mut b);
     let seq = header::seq_of(&b);
     header::seal(&mut b, ty, blk, seq, sb.crc_seed());
-    dev.write_at(&b, blk * 4096).expect("write");
+    dev.write_at(&b, byte_offset(blk)).expect("write");
     dev.flush().expect("flush");
 }
 
@@ -96,11 +98,11 @@ fn leaked_blocks_are_found_and_freed() {
     let sb = mafs_core::volume::read_superblock(&*dev).expect("sb").0;
     // Mark the last 10 blocks of AG 0 as data although nothing owns them.
     let l = sb.layout;
-    let first_bitmap = l.ag_first_block(0) + 1;
+    let first_bitmap = l.bitmap_blkno(0, 0);
     let len = l.ag_len(0) as u64;
     patch_block(&dev, first_bitmap, BlockType::Bitmap, |b| {
         for r in len - 10..len {
-            mafs_core::alloc::bitmap_set(b, r, mafs_core::alloc::BlockState::Data);
+            bitmap_set(b, r, BlockState::Data);
         }
     });
     repair_fixes(&dev, "leaked");
@@ -140,7 +142,7 @@ fn damaged_primary_superblock_is_rewritten_from_the_backup() {
 fn volume_without_any_superblock_cannot_be_checked() {
     let dev = new_volume();
     dev.write_at(&[0u8; 8192], 0).expect("smash both");
-    let e = fsck::check(dev.clone(), false).err().expect("must refuse");
+    let e = fsck::check(dev.clone(), false).expect_err("must refuse");
     assert!(e.to_string().contains("superblock"), "{e}");
     assert!(Volume::open(dev.clone(), 0, "t", 64).is_err());
 }

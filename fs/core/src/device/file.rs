@@ -75,7 +75,8 @@ impl FileDevice {
     }
 
     fn aligned(&self, buf_ptr: usize, len: usize, offset: u64) -> bool {
-        !self.direct || (buf_ptr % DIRECT_ALIGN == 0 && len % DIRECT_ALIGN == 0 && offset % DIRECT_ALIGN as u64 == 0)
+        !self.direct
+            || (buf_ptr.is_multiple_of(DIRECT_ALIGN) && len.is_multiple_of(DIRECT_ALIGN) && offset.is_multiple_of(DIRECT_ALIGN as u64))
     }
 
     fn raw_pread(&self, buf: &mut [u8], offset: u64) -> Result<()> {
@@ -219,7 +220,7 @@ impl BlockDevice for FileDevice {
         if self.is_blockdev {
             // BLKZEROOUT = _IO(0x12, 127); range must be 512-aligned, which all our callers are.
             const BLKZEROOUT: libc::c_ulong = 0x127f;
-            if offset % 512 == 0 && len % 512 == 0 {
+            if offset.is_multiple_of(512) && len.is_multiple_of(512) {
                 let range = [offset, len];
                 // SAFETY: the ioctl reads two u64 from `range`.
                 let rc = unsafe { libc::ioctl(self.file.as_raw_fd(), BLKZEROOUT, range.as_ptr()) };

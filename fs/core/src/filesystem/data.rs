@@ -1,15 +1,15 @@
 //! File data: the extent map (logical block -> physical extent, in the inode's tree), small
 //! files stuffed in the inode block, reads, writes, truncation, fallocate and SEEK_DATA/HOLE.
 //!
-//! Extent value: physical start u64, length u32 (blocks), keyed by the first logical block.
+//! The extent record is `format::extent`.
 use super::Fs;
 use crate::alloc::BlockState;
 use crate::btree::{TreeRead, TreeWrite};
 use crate::cache::MetaBuf;
 use crate::error::{FsError, Result};
+use crate::format::extent::Extent;
 use crate::format::inode::{Inode, Timespec, FLAG_STUFFED, INLINE_LEN, INLINE_OFFSET};
-use crate::format::le::*;
-use crate::format::BLOCK_SIZE;
+use crate::format::{byte_offset, BLOCK_SIZE};
 use crate::journal::Handle;
 use crate::locks::Mode;
 use std::sync::Arc;
@@ -18,27 +18,14 @@ const BS: u64 = BLOCK_SIZE as u64;
 /// Longest extent recorded (fits u32 and keeps one extent inside one AG anyway).
 const MAX_EXTENT: u64 = 1 << 20;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Extent {
-    pub lblk: u64,
-    pub pblk: u64,
-    pub len: u64,
-}
-
-fn enc(pblk: u64, len: u64) -> [u8; 12] {
-    let mut v = [0u8; 12];
-    put_u64(&mut v, 0, pblk);
-    put_u32(&mut v, 8, len as u32);
-    v
-}
-
-fn dec(lblk: u64, v: &[u8]) -> Option<Extent> {
-    (v.len() == 12).then(|| Extent { lblk, pblk: u64_at(v, 0), len: u32_at(v, 8) as u64 })
+/// Writes `e` as its tree record (replacing the one that starts at the same logical block).
+fn put_extent(t: &mut TreeWrite, e: Extent) -> Result<()> {
+    t.insert(e.lblk, &e.value()).map(drop)
 }
 
 /// The extent holding logical block `lblk`, if any.
 pub fn extent_at(t: &TreeRead, lblk: u64) -> Result<Option<Extent>> {
-    Ok(t.last_le(lblk)?.and_then(|(k, v)| dec(k, &v)).filter(|e| lblk < e.lblk + e.len))
+    Ok(t.last_le(lblk)?.and_then(|(k, v)| Extent::decode(k, &v)).filter(|e| lblk < e.lblk + e.len))
 }
 
 /// Data extents freed per transaction while truncating or reclaiming, so no transaction
@@ -55,7 +42,7 @@ pub fn extents_in(t: &TreeRead, from: u64, to: u64, max: usize) -> Result<Vec<Ex
         if k >= to || out.len() >= max {
             return false;
         }
-        if let Some(e) = dec(k, v) {
+        if let Some(e) = Extent::decode(k, v) {
             out.push(e);
         }
         true
@@ -67,12 +54,11 @@ pub(super) fn insert_extent(t: &mut TreeWrite, e: Extent) -> Result<()> {
     if e.lblk > 0 {
         if let Some(prev) = extent_at(&t.read, e.lblk - 1)? {
             if prev.lblk + prev.len == e.lblk && prev.pblk + prev.len == e.pblk && prev.len + e.len <= MAX_EXTENT {
-                t.insert(prev.lblk, &enc(prev.pblk, prev.len + e.len))?;
-                return Ok(());
+                return put_extent(t, Extent { len: prev.len + e.len, ..prev });
             }
         }
     }
-    t.insert(e.lblk, &enc(e.pblk, e.len)).map(|_| ())
+    put_extent(t, e)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,7 +94,7 @@ impl FallocMode {
 
 impl Fs {
     fn dev_write(&self, data: &[u8], pblk: u64, within: u64) -> Result<()> {
-        self.vol.dev.write_at(data, pblk * BS + within)
+        self.vol.dev.write_at(data, byte_offset(pblk) + within)
     }
 
     /// Moves a stuffed file's bytes out of the inode into a data block.
@@ -194,7 +180,7 @@ impl Fs {
                     let bstart = (lblk * BS).max(off);
                     let bend = (run_end * BS).min(end);
                     let src = &data[(bstart - off) as usize..(bend - off) as usize];
-                    self.dev_write(src, e.pblk + (lblk - e.lblk), bstart - lblk * BS)?;
+                    self.dev_write(src, e.pblk_of(lblk), bstart - lblk * BS)?;
                     lblk = run_end;
                     *progress = bend - off;
                 }
@@ -229,11 +215,11 @@ impl Fs {
         }
         let t = self.tree(buf);
         let first_full = from.div_ceil(BS);
-        if from % BS != 0 {
+        if !from.is_multiple_of(BS) {
             if let Some(e) = extent_at(&t, from / BS)? {
                 let within = from % BS;
                 let n = (BS - within).min(to - from);
-                self.vol.dev.zero_range((e.pblk + from / BS - e.lblk) * BS + within, n)?;
+                self.vol.dev.zero_range(byte_offset(e.pblk_of(from / BS)) + within, n)?;
             }
         }
         let last_blk = to.div_ceil(BS);
@@ -242,7 +228,7 @@ impl Fs {
                 let s = e.lblk.max(first_full);
                 let eend = (e.lblk + e.len).min(last_blk);
                 if s < eend {
-                    self.vol.dev.zero_range((e.pblk + s - e.lblk) * BS, (eend - s) * BS)?;
+                    self.vol.dev.zero_range(byte_offset(e.pblk_of(s)), (eend - s) * BS)?;
                 }
             }
         }
@@ -315,7 +301,7 @@ impl Fs {
             let en = ((e.lblk + e.len) * BS).min(end);
             if s < en {
                 let dst = &mut out[(s - off) as usize..(en - off) as usize];
-                self.vol.dev.read_at(dst, e.pblk * BS + (s - e.lblk * BS))?;
+                self.vol.dev.read_at(dst, byte_offset(e.pblk) + (s - e.lblk * BS))?;
             }
         }
         Ok(out)
@@ -347,12 +333,12 @@ impl Fs {
             }
             t.remove(e.lblk)?;
             if e.lblk < s {
-                t.insert(e.lblk, &enc(e.pblk, s - e.lblk))?;
+                put_extent(&mut t, Extent { len: s - e.lblk, ..e })?;
             }
             if e.lblk + e.len > en {
-                t.insert(en, &enc(e.pblk + (en - e.lblk), e.lblk + e.len - en))?;
+                put_extent(&mut t, Extent { lblk: en, pblk: e.pblk_of(en), len: e.lblk + e.len - en })?;
             }
-            self.vol.alloc.free(h, e.pblk + (s - e.lblk), en - s)?;
+            self.vol.alloc.free(h, e.pblk_of(s), en - s)?;
             freed += en - s;
         }
         inode.blocks = (inode.blocks as i64 - freed as i64 + t.blocks_delta) as u64;
@@ -504,7 +490,7 @@ impl Fs {
             })?;
             let hole_end = next.min(to);
             let dev = &self.vol.dev;
-            let got = self.fill_hole(h, buf, inode, lblk, hole_end - lblk, &mut |_, p, n| dev.zero_range(p * BS, n * BS))?;
+            let got = self.fill_hole(h, buf, inode, lblk, hole_end - lblk, &mut |_, p, n| dev.zero_range(byte_offset(p), n * BS))?;
             mapped.push((lblk, got));
             lblk += got;
         }
@@ -539,7 +525,7 @@ impl Fs {
                 for (s, e) in [(off, end.min(off.div_ceil(BS) * BS)), ((end / BS * BS).max(off), end)] {
                     if s < e && (s % BS != 0 || e % BS != 0) {
                         if let Some(x) = extent_at(&t, s / BS)? {
-                            self.vol.dev.zero_range((x.pblk + s / BS - x.lblk) * BS + s % BS, e - s)?;
+                            self.vol.dev.zero_range(byte_offset(x.pblk_of(s / BS)) + s % BS, e - s)?;
                         }
                     }
                 }

@@ -10,6 +10,10 @@ use crate::format::BLOCK_SIZE;
 use crate::journal::Handle;
 use crate::locks::Mode;
 
+/// Told each directory entry by `readdir`: (inode, file type, name, cookie of the next entry);
+/// returns false to stop.
+pub type ReaddirFn<'a> = dyn FnMut(u64, u8, &[u8], u64) -> bool + 'a;
+
 /// What to create.
 pub struct NewNode<'a> {
     pub mode: u32,
@@ -151,7 +155,7 @@ impl Fs {
     /// ENOSPC, before anything changes, if adding `name` to the directory could need more
     /// blocks than are available (an operation must not fail halfway).
     pub(super) fn ensure_space_for_entry(&self, dbuf: &std::sync::Arc<crate::cache::MetaBuf>, name: &[u8]) -> Result<()> {
-        let need = self.tree(dbuf).insert_need(9 + name.len())?;
+        let need = self.tree(dbuf).insert_need(crate::format::dirent::value_len(name))?;
         if self.vol.alloc.available() < need {
             return Err(FsError::NoSpace);
         }
@@ -288,7 +292,7 @@ impl Fs {
 
     /// Directory entries after readdir cookie `offset` (0 starts; `.` is 1, `..` is 2, an
     /// entry's cookie is its key + 1), until `f` returns false. System inodes are hidden.
-    pub fn readdir(&self, ino: u64, offset: u64, f: &mut dyn FnMut(u64, u8, &[u8], u64) -> bool) -> Result<()> {
+    pub fn readdir(&self, ino: u64, offset: u64, f: &mut ReaddirFn) -> Result<()> {
         let _g = self.locks.lock(ino, Mode::Shared)?;
         let (buf, inode) = self.iget(ino)?;
         if !inode.is_dir() {

@@ -2,14 +2,15 @@
 //! one data block, with the size saying how long it is. It is stored in the transaction that
 //! creates the link, so a link never exists without its target (a link whose target could not
 //! be stored, for lack of space, is rolled back whole rather than left empty).
-use super::data::{extent_at, insert_extent, Extent};
+use super::data::{extent_at, insert_extent};
 use super::{Fs, METADATA_RESERVE};
 use crate::alloc::BlockState;
 use crate::btree::TreeRead;
 use crate::cache::MetaBuf;
 use crate::error::{FsError, Result};
+use crate::format::extent::Extent;
 use crate::format::inode::{Inode, FLAG_STUFFED, INLINE_LEN, INLINE_OFFSET};
-use crate::format::BLOCK_SIZE;
+use crate::format::{byte_offset, BLOCK_SIZE};
 use crate::journal::Handle;
 use std::sync::Arc;
 
@@ -65,7 +66,7 @@ impl Fs {
         let mut block = vec![0u8; BLOCK_SIZE];
         block[..target.len()].copy_from_slice(target);
         // Data before the mapping that points at it (ordered mode).
-        self.vol.dev.write_at(&block, p * BLOCK_SIZE as u64)?;
+        self.vol.dev.write_at(&block, byte_offset(p))?;
         let mut t = self.tree_mut(h, buf);
         insert_extent(&mut t, Extent { lblk: 0, pblk: p, len: 1 })?;
         inode.blocks = (1 + t.blocks_delta).max(0) as u64;
@@ -106,7 +107,7 @@ fn read_target(t: &TreeRead, inode: &Inode, len: usize) -> Result<Option<Vec<u8>
     }
     let Some(e) = extent_at(t, 0)? else { return Ok(None) };
     let mut block = vec![0u8; len];
-    t.cache.device().read_at(&mut block, e.pblk * BLOCK_SIZE as u64)?;
+    t.cache.device().read_at(&mut block, byte_offset(e.pblk))?;
     Ok(Some(block))
 }
 

@@ -55,7 +55,7 @@ impl Layout {
             let need = (ag_start + MIN_AG_BLOCKS as u64 * 4) * BLOCK_SIZE as u64;
             return Err(format!(
                 "volume too small for {slots} slots with {} MiB journals: give it at least {} MiB",
-                journal_blocks as u64 * BLOCK_SIZE as u64 >> 20,
+                (journal_blocks as u64 * BLOCK_SIZE as u64) >> 20,
                 need >> 20
             ));
         }
@@ -131,6 +131,11 @@ impl Layout {
 
     pub fn ag_first_block(&self, ag: u32) -> u64 {
         self.ag_start + ag as u64 * self.ag_blocks as u64
+    }
+
+    /// Bitmap block `bi` of AG `ag` (the bitmap follows the AG's header block).
+    pub fn bitmap_blkno(&self, ag: u32, bi: u64) -> u64 {
+        self.ag_first_block(ag) + 1 + bi
     }
 
     /// Number of blocks in AG `ag` (the last one may be short).

@@ -41,6 +41,24 @@ pub struct SlotHeader {
 }
 
 impl SlotHeader {
+    /// The header of a slot nobody has mounted yet (mkfs), or whose header was lost (fsck):
+    /// clean, with an empty journal expecting `tail_seq` first.
+    pub fn clean(index: u32, orphan_dir: u64, tail_seq: u64) -> SlotHeader {
+        SlotHeader {
+            index,
+            state: SlotState::Clean,
+            generation: 0,
+            journal_tail: 0,
+            tail_seq,
+            orphan_dir,
+            mounted_at: 0,
+            owner: String::new(),
+            mmp_seq: 0,
+            mmp_time: 0,
+            update_seq: 0,
+        }
+    }
+
     pub fn encode(&self, blkno: u64, seed: u32) -> Vec<u8> {
         let mut b = vec![0u8; BLOCK_SIZE];
         put_u32(&mut b, 32, self.index);

@@ -21,7 +21,7 @@ use crate::device::BlockDevice;
 use crate::error::{FsError, Result};
 use crate::format::layout::Layout;
 use crate::format::slot::{SlotHeader, SlotState};
-use crate::format::{header, BLOCK_SIZE};
+use crate::format::{byte_offset, header, BLOCK_SIZE};
 use parking_lot::{Condvar, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
@@ -282,10 +282,10 @@ impl Journal {
         }
         records::build_txn(body, &items, jstart + head, seq, self.seed);
         let nblocks = (body.len() / BLOCK_SIZE) as u64;
-        self.dev.write_at(body, (jstart + head) * BLOCK_SIZE as u64)?;
+        self.dev.write_at(body, byte_offset(jstart + head))?;
         self.dev.flush()?;
         let commit = records::encode_commit(nblocks as u32, records::txn_crc(body, seq), jstart + head + nblocks, seq, self.seed);
-        self.dev.write_at(&commit, (jstart + head + nblocks) * BLOCK_SIZE as u64)?;
+        self.dev.write_at(&commit, byte_offset(jstart + head + nblocks))?;
         self.dev.flush()?;
         self.state.lock().head = head + nblocks + 1;
         // Checkpoint: the transaction is durable in the journal, so home writes may now land
@@ -345,13 +345,13 @@ fn write_home(dev: &dyn BlockDevice, images: &[(u64, Vec<u8>)], run: &mut Vec<u8
             j += 1;
         }
         if j - i == 1 {
-            dev.write_at(&images[i].1, images[i].0 * BLOCK_SIZE as u64)?;
+            dev.write_at(&images[i].1, byte_offset(images[i].0))?;
         } else {
             run.clear();
             for (_, img) in &images[i..j] {
                 run.extend_from_slice(img);
             }
-            dev.write_at(run, images[i].0 * BLOCK_SIZE as u64)?;
+            dev.write_at(run, byte_offset(images[i].0))?;
         }
         i = j;
     }

@@ -63,7 +63,7 @@ pub fn decode_commit(b: &[u8]) -> (u32, u32) {
 pub fn build_txn(out: &mut Vec<u8>, items: &[(u64, Option<&[u8]>)], abs_start: u64, seq: u64, seed: u32) {
     out.clear();
     out.reserve((items.len() + items.len() / DESC_CAPACITY + 1) * BLOCK_SIZE);
-    let chunks: Vec<&[(u64, Option<&[u8]>)]> = if items.is_empty() { vec![&items[..0]] } else { items.chunks(DESC_CAPACITY).collect() };
+    let chunks = if items.is_empty() { vec![&items[..0]] } else { items.chunks(DESC_CAPACITY).collect() };
     let nchunks = chunks.len();
     for (ci, chunk) in chunks.into_iter().enumerate() {
         let entries: Vec<u64> = chunk.iter().map(|(blk, img)| if img.is_some() { *blk } else { *blk | REVOKE_BIT }).collect();
