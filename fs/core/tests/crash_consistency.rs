@@ -1069,7 +1069,7 @@ fn write_errors_fail_operations_cleanly_and_the_image_recovers() {
 }
 
 fn first_problems(rep: &fsck::Report) -> String {
-    rep.problems.iter().take(8).cloned().collect::<Vec<_>>().join("; ")
+    rep.problems.iter().take(8).map(|p| p.to_string()).collect::<Vec<_>>().join("; ")
 }
 
 /// A volume filled to the last block: every operation that needs space fails with ENOSPC (no

@@ -9,7 +9,7 @@ use mafs_core::format::ag::{bitmap_set, BlockState};
 use mafs_core::format::header::{self, BlockType};
 use mafs_core::format::le::*;
 use mafs_core::format::{byte_offset, BLOCK_SIZE};
-use mafs_core::fsck;
+use mafs_core::fsck::{self, Problem};
 use mafs_core::mkfs::{mkfs, MkfsOptions};
 use mafs_core::volume::Volume;
 use std::sync::Arc;
@@ -55,10 +55,11 @@ fn assert_clean(dev: &Arc<CrashDevice>) {
     assert_eq!(r.exit_code(), 0, "expected clean, got {:?}", r.problems);
 }
 
-fn repair_fixes(dev: &Arc<CrashDevice>, expect_word: &str) {
+/// Checks that fsck finds the damage as `kind` and that a repair fixes it.
+fn repair_fixes(dev: &Arc<CrashDevice>, kind: &str, is_kind: fn(&Problem) -> bool) {
     let r = fsck::check(dev.clone(), false).expect("fsck");
     assert_eq!(r.exit_code(), 4, "damage not found: {:?}", r.problems);
-    assert!(r.problems.iter().any(|p| p.contains(expect_word)), "no problem mentions {expect_word:?}: {:?}", r.problems);
+    assert!(r.problems.iter().any(is_kind), "no problem of the kind {kind}: {:?}", r.problems);
     let r = fsck::check(dev.clone(), true).expect("fsck --repair");
     assert_eq!(r.exit_code(), 1, "repair incomplete: problems {:?} fixed {:?}", r.problems, r.fixed);
     assert_clean(dev);
@@ -85,7 +86,7 @@ fn wrong_link_count_is_found_and_fixed() {
     let dev = new_volume();
     let ino = with_fs(&dev, |fs| file(fs, fs.root(), "f", b"data"));
     patch_block(&dev, ino, BlockType::Inode, |b| put_u32(b, 48, 5));
-    repair_fixes(&dev, "link count");
+    repair_fixes(&dev, "LinkCount", |p| matches!(p, Problem::LinkCount { .. }));
     with_fs(&dev, |fs| assert_eq!(fs.getattr(ino).expect("getattr").nlink, 1));
 }
 
@@ -105,7 +106,7 @@ fn leaked_blocks_are_found_and_freed() {
             bitmap_set(b, r, BlockState::Data);
         }
     });
-    repair_fixes(&dev, "leaked");
+    repair_fixes(&dev, "LeakedBlocks", |p| matches!(p, Problem::LeakedBlocks { .. }));
 }
 
 #[test]
@@ -123,7 +124,7 @@ fn disconnected_inode_goes_to_lost_and_found() {
         drop(h);
         vol.close().expect("close");
     }
-    repair_fixes(&dev, "in no directory");
+    repair_fixes(&dev, "Disconnected", |p| matches!(p, Problem::Disconnected { .. }));
     with_fs(&dev, |fs| {
         let lf = fs.lookup(fs.root(), b"lost+found").expect("lost+found");
         let found = fs.lookup(lf.ino, format!("#{ino}").as_bytes()).expect("in lost+found");
@@ -135,7 +136,7 @@ fn disconnected_inode_goes_to_lost_and_found() {
 fn damaged_primary_superblock_is_rewritten_from_the_backup() {
     let dev = new_volume();
     dev.write_at(&[0xAB; 4096], 0).expect("smash");
-    repair_fixes(&dev, "primary superblock");
+    repair_fixes(&dev, "PrimarySuperblockDamaged", |p| matches!(p, Problem::PrimarySuperblockDamaged));
 }
 
 #[test]
@@ -157,6 +158,6 @@ fn a_symlink_whose_size_does_not_match_its_target_is_found_and_removed() {
     });
     // An empty symlink, as an ENOSPC used to leave behind.
     patch_block(&dev, ino, BlockType::Inode, |b| put_u64(b, 56, 0));
-    repair_fixes(&dev, "symlink");
+    repair_fixes(&dev, "BrokenSymlink", |p| matches!(p, Problem::BrokenSymlink { .. }));
     with_fs(&dev, |fs| assert!(fs.lookup(fs.root(), b"link").is_err(), "the broken link is still listed"));
 }
