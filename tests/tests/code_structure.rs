@@ -342,3 +342,55 @@ fn files_named_in_docs_and_comments_exist() {
     missing.dedup();
     assert!(missing.is_empty(), "files named but not in the repository:\n{}", missing.join("\n"));
 }
+
+/// Functions of `src` (test modules left out) longer than `limit` lines, as (name, line,
+/// length), unless a comment right above says why ("longer than ... because").
+fn long_functions(src: &str, limit: usize) -> Vec<(String, usize, usize)> {
+    let src = test_module_start(src).map_or(src, |at| &src[..at]);
+    let lines: Vec<&str> = src.lines().collect();
+    let mut out = Vec::new();
+    for (i, line) in lines.iter().enumerate() {
+        let code = line.trim_start();
+        let indent = &line[..line.len() - code.len()];
+        let Some(at) = code.find("fn ") else { continue };
+        let head = &code[..at];
+        let is_fn = head.split_whitespace().all(|w| w.starts_with("pub") || matches!(w, "async" | "unsafe" | "const" | "extern"));
+        if !is_fn || line.trim_end().ends_with(';') {
+            continue;
+        }
+        let name: String = code[at + 3..].chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect();
+        let Some(end) = lines[i + 1..].iter().position(|l| *l == format!("{indent}}}")) else { continue };
+        let len = end + 2;
+        let reason = lines[..i]
+            .iter()
+            .rev()
+            .take_while(|l| l.trim_start().starts_with("//") || l.trim_start().starts_with("#["))
+            .any(|l| l.contains("longer than"));
+        if len > limit && !reason {
+            out.push((name, i + 1, len));
+        }
+    }
+    out
+}
+
+#[test]
+fn no_function_outside_tests_runs_over_80_lines_without_a_reason() {
+    let mut long = Vec::new();
+    for f in tracked_files().iter().filter(|f| f.ends_with(".rs")) {
+        if f.starts_with("tests/") || f.contains("/tests/") || f.ends_with("/tests.rs") {
+            continue;
+        }
+        let Ok(src) = std::fs::read_to_string(workspace().join(f)) else { continue };
+        for (name, line, len) in long_functions(&src, 80) {
+            long.push(format!("{f}:{line} {name}: {len} lines"));
+        }
+    }
+    assert!(long.is_empty(), "split these into named steps, or say above them why they are longer than 80 lines:\n{}", long.join("\n"));
+}
+
+#[test]
+fn the_function_length_check_measures_a_long_function_and_honours_a_reason() {
+    let body = "    x();\n".repeat(85);
+    let src = format!("fn short() {{\n}}\n\npub(crate) fn long() {{\n{body}}}\n\n// One match over every request: longer than 80 lines because each arm is one line.\nfn explained() {{\n{body}}}\n");
+    assert_eq!(long_functions(&src, 80), vec![("long".to_string(), 4, 87)]);
+}

@@ -35,51 +35,11 @@ pub fn mount(cfg: &MountConfig) -> anyhow::Result<()> {
         bail!("mount point {} is not a directory", cfg.mountpoint.display());
     }
     let claim = claim_volume(&cfg.volume, Duration::from_secs(10))?;
-    let dev: Arc<dyn BlockDevice> = Arc::new(
-        FileDevice::open(&cfg.volume, &OpenOptions { direct: cfg.direct_io, ..Default::default() })
-            .with_context(|| format!("cannot open volume {}", cfg.volume.display()))?,
-    );
-    // Another host may have the slot mounted (a multi-attached device): the flock above does
-    // not reach it, multi-mount protection does.
-    {
-        let (sb, _) = mafs_core::volume::read_superblock(&*dev).with_context(|| format!("cannot mount {}", cfg.volume.display()))?;
-        if !cfg.override_mmp {
-            // Standalone means this host alone uses the volume: another host's mount of any slot
-            // is as fatal as one of ours.
-            let slots: Vec<u32> = (0..sb.layout.slot_count).collect();
-            mafs_core::mmp::ensure_not_live(&*dev, &sb, &slots, &cfg.node_name, "mounting it here")
-                .with_context(|| format!("cannot mount {}", cfg.volume.display()))?;
-        }
-        mafs_core::mmp::claim(&*dev, &sb, cfg.slot, &cfg.node_name).with_context(|| format!("cannot mount {}", cfg.volume.display()))?;
-    }
-    let vol = Volume::open_with(dev, cfg.slot, &cfg.node_name, DEFAULT_CACHE_BLOCKS, true)
-        .with_context(|| format!("cannot mount {}", cfg.volume.display()))?;
-    if vol.used_backup_superblock {
-        tracing::warn!(
-            "primary superblock of {} is damaged; mounted with the backup copy (run `mafs fsck --repair` to rewrite it)",
-            cfg.volume.display()
-        );
-    }
-    if vol.replayed.transactions > 0 {
-        tracing::info!("replayed {} journal transactions ({} blocks)", vol.replayed.transactions, vol.replayed.blocks_written);
-    }
-    let fs = Arc::new(Fs::without_recovery(vol));
+    let fs = Arc::new(Fs::without_recovery(open_volume(cfg)?));
     // Multi-mount protection from here on, through everything below (orphan reclaim can take a
     // while, and a silent slot looks like a dead node to other hosts).
     let stop = Arc::new(AtomicBool::new(false));
-    let mmp = {
-        let (fs, stop) = (fs.clone(), stop.clone());
-        std::thread::Builder::new().name("mafs-mmp".into()).spawn(move || {
-            while !stop.load(Ordering::Acquire) {
-                std::thread::park_timeout(mafs_core::mmp::INTERVAL);
-                if !stop.load(Ordering::Acquire) {
-                    if let Err(e) = fs.vol.journal.touch_mmp() {
-                        tracing::warn!("multi-mount protection update failed: {e}");
-                    }
-                }
-            }
-        })?
-    };
+    let mmp = spawn_mmp_updates(fs.clone(), stop.clone())?;
     let stop_mmp = |mmp: std::thread::JoinHandle<()>| {
         stop.store(true, Ordering::Release);
         mmp.thread().unpark();
@@ -89,7 +49,53 @@ pub fn mount(cfg: &MountConfig) -> anyhow::Result<()> {
         stop_mmp(mmp);
         return Err(e).context("cannot finish recovery of the volume");
     }
+    let session = fuser::Session::new(MafsFuse::new(fs.clone(), cfg.attr_ttl), &cfg.mountpoint, &fuse_config(cfg))
+        .with_context(|| format!("cannot mount on {}", cfg.mountpoint.display()))?;
+    let committer = spawn_committer(fs.clone(), stop.clone(), cfg.commit_interval)?;
+    spawn_signal_unmounter(stop_signals, cfg.mountpoint.clone());
+    let result = session.run();
+    stop_mmp(mmp);
+    let _ = committer.join();
+    // destroy() already closed the volume cleanly if the kernel sent it; close again is a no-op
+    // commit plus a clean slot header, and covers the case where it did not.
+    let closed = fs.close();
+    drop(claim);
+    result.context("FUSE session failed")?;
+    closed.context("could not leave the volume clean")?;
+    Ok(())
+}
 
+/// Opens the device, makes sure no other host has the volume mounted (multi-mount protection:
+/// a multi-attached device is out of the flock's reach), claims the slot, replays its journal
+/// and opens the volume.
+fn open_volume(cfg: &MountConfig) -> anyhow::Result<Volume> {
+    let cannot_mount = || format!("cannot mount {}", cfg.volume.display());
+    let dev: Arc<dyn BlockDevice> = Arc::new(
+        FileDevice::open(&cfg.volume, &OpenOptions { direct: cfg.direct_io, ..Default::default() })
+            .with_context(|| format!("cannot open volume {}", cfg.volume.display()))?,
+    );
+    let (sb, _) = mafs_core::volume::read_superblock(&*dev).with_context(cannot_mount)?;
+    if !cfg.override_mmp {
+        // Standalone means this host alone uses the volume: another host's mount of any slot
+        // is as fatal as one of ours.
+        let slots: Vec<u32> = (0..sb.layout.slot_count).collect();
+        mafs_core::mmp::ensure_not_live(&*dev, &sb, &slots, &cfg.node_name, "mounting it here").with_context(cannot_mount)?;
+    }
+    mafs_core::mmp::claim(&*dev, &sb, cfg.slot, &cfg.node_name).with_context(cannot_mount)?;
+    let vol = Volume::open_with(dev, cfg.slot, &cfg.node_name, DEFAULT_CACHE_BLOCKS, true).with_context(cannot_mount)?;
+    if vol.used_backup_superblock {
+        tracing::warn!(
+            "primary superblock of {} is damaged; mounted with the backup copy (run `mafs fsck --repair` to rewrite it)",
+            cfg.volume.display()
+        );
+    }
+    if vol.replayed.transactions > 0 {
+        tracing::info!("replayed {} journal transactions ({} blocks)", vol.replayed.transactions, vol.replayed.blocks_written);
+    }
+    Ok(vol)
+}
+
+fn fuse_config(cfg: &MountConfig) -> Config {
     let mut config = Config::default();
     config.n_threads = Some(cfg.threads.max(1));
     config.acl = SessionACL::All;
@@ -102,38 +108,39 @@ pub fn mount(cfg: &MountConfig) -> anyhow::Result<()> {
         MountOption::Dev,
         MountOption::Suid,
     ];
-    let session = fuser::Session::new(MafsFuse::new(fs.clone(), cfg.attr_ttl), &cfg.mountpoint, &config)
-        .with_context(|| format!("cannot mount on {}", cfg.mountpoint.display()))?;
+    config
+}
 
-    let committer = {
-        let (fs, stop, every) = (fs.clone(), stop.clone(), cfg.commit_interval);
-        std::thread::Builder::new().name("mafs-commit".into()).spawn(move || {
-            // Commits every `every`, and at once when a transaction fills up.
-            let tick = Duration::from_millis(100);
-            let mut last = std::time::Instant::now();
-            while !stop.load(Ordering::Acquire) {
-                let full = fs.wait_for_commit_request(tick);
-                if full || last.elapsed() >= every {
-                    last = std::time::Instant::now();
-                    if let Err(e) = fs.commit() {
-                        tracing::error!("journal commit failed: {e}; the mount now answers EIO");
-                    }
+/// Changes the slot's multi-mount protection sequence every interval until `stop`.
+fn spawn_mmp_updates(fs: Arc<Fs>, stop: Arc<AtomicBool>) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new().name("mafs-mmp".into()).spawn(move || {
+        while !stop.load(Ordering::Acquire) {
+            std::thread::park_timeout(mafs_core::mmp::INTERVAL);
+            if !stop.load(Ordering::Acquire) {
+                if let Err(e) = fs.vol.journal.touch_mmp() {
+                    tracing::warn!("multi-mount protection update failed: {e}");
                 }
             }
-            fs.committer_stopped();
-        })?
-    };
-    spawn_signal_unmounter(stop_signals, cfg.mountpoint.clone());
-    let result = session.run();
-    stop_mmp(mmp);
-    let _ = committer.join();
-    // destroy() already closed the volume cleanly if the kernel sent it; close again is a no-op
-    // commit plus a clean slot header, and covers the case where it did not.
-    let closed = fs.close();
-    drop(claim);
-    result.context("FUSE session failed")?;
-    closed.context("could not leave the volume clean")?;
-    Ok(())
+        }
+    })
+}
+
+/// Commits every `every`, and at once when a transaction fills up, until `stop`.
+fn spawn_committer(fs: Arc<Fs>, stop: Arc<AtomicBool>, every: Duration) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new().name("mafs-commit".into()).spawn(move || {
+        let tick = Duration::from_millis(100);
+        let mut last = std::time::Instant::now();
+        while !stop.load(Ordering::Acquire) {
+            let full = fs.wait_for_commit_request(tick);
+            if full || last.elapsed() >= every {
+                last = std::time::Instant::now();
+                if let Err(e) = fs.commit() {
+                    tracing::error!("journal commit failed: {e}; the mount now answers EIO");
+                }
+            }
+        }
+        fs.committer_stopped();
+    })
 }
 
 /// Blocks SIGINT and SIGTERM in the calling thread (and so in every thread it starts later),

@@ -51,34 +51,15 @@ impl Fs {
     /// directory's default ACL, or else `who`'s umask, decides what the node gets, and the ACLs
     /// it inherits are stored in the transaction that creates it (`acl::inherit`).
     pub fn create(&self, parent: u64, name: &[u8], node: NewNode, who: Caller) -> Result<Inode> {
-        dir::check_name(name)?;
-        let ftype = node.mode & libc::S_IFMT;
-        if !matches!(ftype, libc::S_IFREG | libc::S_IFDIR | libc::S_IFLNK | libc::S_IFIFO | libc::S_IFCHR | libc::S_IFBLK | libc::S_IFSOCK)
-        {
-            return Err(FsError::Invalid("unknown file type"));
-        }
-        if let Some(target) = node.symlink_target {
-            super::symlink::check_target(target)?;
-        }
+        check_new_node(name, &node)?;
         let h = self.begin_alloc()?;
         if let Some(target) = node.symlink_target {
             self.ensure_room_for_target(target)?;
         }
         let _pg = self.locks.lock(parent, Mode::Exclusive)?;
         let (pbuf, mut p) = self.iget(parent)?;
-        if !p.is_dir() {
-            return Err(FsError::NotDir);
-        }
-        if p.nlink == 0 {
-            return Err(FsError::NotFound);
-        }
-        if self.entry(&pbuf, name)?.is_some() {
-            return Err(FsError::Exists);
-        }
-        let is_dir = ftype == libc::S_IFDIR;
-        if is_dir && p.nlink >= MAX_LINKS {
-            return Err(FsError::TooManyLinks);
-        }
+        let is_dir = node.mode & libc::S_IFMT == libc::S_IFDIR;
+        self.check_parent_takes(&pbuf, &p, name, is_dir)?;
         let default_acl = self.xattrs_of(&p)?.into_iter().find(|(n, _)| n == acl::DEFAULT).map(|(_, v)| v);
         let inherited = acl::inherit(default_acl.as_deref(), node.mode, who.umask)?;
         let (ino, _) = self.vol.alloc.alloc(&h, 1, parent, BlockState::Inode)?;
@@ -87,52 +68,20 @@ impl Fs {
         let _ig = self.locks.lock(ino, Mode::Exclusive)?;
         let buf = self.vol.cache.create(ino, BlockType::Inode);
         let now = Timespec::now();
-        let mut mode = inherited.mode;
-        let mut gid = who.gid;
-        if p.mode & libc::S_ISGID != 0 {
-            // BSD group semantics under a set-group-ID directory, as on ext4.
-            gid = p.gid;
-            if is_dir {
-                mode |= libc::S_ISGID;
-            }
-        }
-        let mut inode = Inode {
-            ino,
-            mode,
-            uid: who.uid,
-            gid,
-            flags: if ftype == libc::S_IFREG || ftype == libc::S_IFLNK { FLAG_STUFFED } else { 0 },
-            nlink: if is_dir { 2 } else { 1 },
-            size: if is_dir { BLOCK_SIZE as u64 } else { 0 },
-            atime: now,
-            mtime: now,
-            ctime: now,
-            crtime: now,
-            rdev: node.rdev,
-            // Random, so a handle of a file deleted from this number goes stale (export.rs).
-            generation: super::export::new_generation(),
-            parent: if is_dir { parent } else { 0 },
-            ..Default::default()
-        };
-        if !inherited.xattrs.is_empty() {
-            // With the inode, in this transaction: a node must never exist without the ACLs
-            // its directory prescribes.
-            if let Err(e) = self.store_xattrs(&h, &mut inode, &inherited.xattrs) {
-                self.drop_new_inode(&h, ino)?;
-                return Err(e);
-            }
-        }
-        if let Some(target) = node.symlink_target {
-            // With the inode, in this transaction: a name must never point at a link whose
-            // target could not be stored.
-            if let Err(e) = self.store_target(&h, &buf, &mut inode, target) {
-                self.drop_new_inode(&h, ino)?;
-                return Err(e);
-            }
+        let mut inode = new_inode(ino, &p, &node, inherited.mode, &who, now);
+        // With the inode, in this transaction: a node must never exist without the ACLs its
+        // directory prescribes, nor a name point at a link whose target could not be stored.
+        let filled = self.store_xattrs(&h, &mut inode, &inherited.xattrs).and_then(|()| match node.symlink_target {
+            Some(target) => self.store_target(&h, &buf, &mut inode, target),
+            None => Ok(()),
+        });
+        if let Err(e) = filled {
+            self.drop_new_inode(&h, ino)?;
+            return Err(e);
         }
         self.iput(&h, &buf, &inode);
         let mut t = self.tree_mut(&h, &pbuf);
-        dir::add(&mut t, name, ino, dir::dtype_of_mode(mode))?;
+        dir::add(&mut t, name, ino, dir::dtype_of_mode(inode.mode))?;
         p.blocks = (p.blocks as i64 + t.blocks_delta) as u64;
         p.entries += 1;
         if is_dir {
@@ -142,6 +91,24 @@ impl Fs {
         p.ctime = now;
         self.iput(&h, &pbuf, &p);
         Ok(inode)
+    }
+
+    /// The parent (locked by the caller) is a live directory without `name` that can take one
+    /// more entry.
+    fn check_parent_takes(&self, pbuf: &std::sync::Arc<crate::cache::MetaBuf>, p: &Inode, name: &[u8], is_dir: bool) -> Result<()> {
+        if !p.is_dir() {
+            return Err(FsError::NotDir);
+        }
+        if p.nlink == 0 {
+            return Err(FsError::NotFound);
+        }
+        if self.entry(pbuf, name)?.is_some() {
+            return Err(FsError::Exists);
+        }
+        if is_dir && p.nlink >= MAX_LINKS {
+            return Err(FsError::TooManyLinks);
+        }
+        Ok(())
     }
 
     pub fn readlink(&self, ino: u64) -> Result<Vec<u8>> {
@@ -309,5 +276,51 @@ impl Fs {
         }
         let from = if offset <= 2 { 0 } else { offset };
         dir::list(&self.tree(&buf), from, &mut |e| f(e.ino, e.dtype, &e.name, e.key + 1))
+    }
+}
+
+/// What `create` can refuse before it touches anything: the name, the file type, a symlink's
+/// target.
+fn check_new_node(name: &[u8], node: &NewNode) -> Result<()> {
+    dir::check_name(name)?;
+    let ftype = node.mode & libc::S_IFMT;
+    if !matches!(ftype, libc::S_IFREG | libc::S_IFDIR | libc::S_IFLNK | libc::S_IFIFO | libc::S_IFCHR | libc::S_IFBLK | libc::S_IFSOCK) {
+        return Err(FsError::Invalid("unknown file type"));
+    }
+    if let Some(target) = node.symlink_target {
+        super::symlink::check_target(target)?;
+    }
+    Ok(())
+}
+
+/// A new inode's fields: `mode` as inherited, owned by `who` (the group by BSD rules under a
+/// set-group-ID directory, as on ext4).
+fn new_inode(ino: u64, p: &Inode, node: &NewNode, mode: u32, who: &Caller, now: Timespec) -> Inode {
+    let ftype = node.mode & libc::S_IFMT;
+    let is_dir = ftype == libc::S_IFDIR;
+    let (mut mode, mut gid) = (mode, who.gid);
+    if p.mode & libc::S_ISGID != 0 {
+        gid = p.gid;
+        if is_dir {
+            mode |= libc::S_ISGID;
+        }
+    }
+    Inode {
+        ino,
+        mode,
+        uid: who.uid,
+        gid,
+        flags: if ftype == libc::S_IFREG || ftype == libc::S_IFLNK { FLAG_STUFFED } else { 0 },
+        nlink: if is_dir { 2 } else { 1 },
+        size: if is_dir { BLOCK_SIZE as u64 } else { 0 },
+        atime: now,
+        mtime: now,
+        ctime: now,
+        crtime: now,
+        rdev: node.rdev,
+        // Random, so a handle of a file deleted from this number goes stale (export.rs).
+        generation: super::export::new_generation(),
+        parent: if is_dir { p.ino } else { 0 },
+        ..Default::default()
     }
 }
