@@ -214,6 +214,19 @@ impl Fs {
         self.reclaim_inode(ino, orphans::Reclaim::Unlinked)
     }
 
+    /// What a node does before another node may change what it has cached (in cluster mode,
+    /// when a lock is revoked; GFS2's sync and invalidate): everything it changed is committed
+    /// and made durable at home, and its clean cached metadata is dropped, so the next read
+    /// comes from the device.
+    pub fn write_back_and_forget(&self) -> Result<()> {
+        self.vol.sync()?;
+        // Written home is not enough: a crash would replay the journal's older images over
+        // what the next node writes.
+        self.vol.journal.retire_committed()?;
+        self.vol.cache.drop_clean();
+        Ok(())
+    }
+
     /// fsync / fsyncdir / syncfs: everything done so far becomes durable.
     pub fn sync(&self) -> Result<()> {
         self.vol.sync()

@@ -293,6 +293,24 @@ impl Journal {
         write_home(&*self.dev, images, body)
     }
 
+    /// Leaves nothing in the journal that a replay would write: the committed transactions'
+    /// home writes are made durable, then the replay start moves to the head. From then on
+    /// another node may change any block this node journaled, and a crash of this node replays
+    /// nothing over it. The caller commits first; a transaction that commits meanwhile is
+    /// covered too (its home writes precede the flush below, under the commit lock).
+    pub fn retire_committed(&self) -> Result<()> {
+        let _no_commit = self.commit_lock.lock();
+        self.check_fatal()?;
+        if let Err(e) = self.dev.flush() {
+            *self.fatal.lock() = Some(format!("flush failed: {e}"));
+            return Err(e);
+        }
+        self.update_slot(|st| {
+            st.slot.journal_tail = st.head;
+            st.slot.tail_seq = st.next_seq;
+        })
+    }
+
     /// Commits everything and marks the slot clean (unmount).
     pub fn shutdown(&self) -> Result<()> {
         self.commit()?;
