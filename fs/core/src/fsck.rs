@@ -33,7 +33,7 @@ use crate::format::inode::{Inode, FLAG_SYSTEM, INLINE_LEN};
 use crate::format::layout::{Layout, STATES_PER_BITMAP_BLOCK};
 use crate::format::slot::{SlotHeader, SlotState};
 use crate::format::superblock::{Superblock, BACKUP_SUPERBLOCK_BLKNO, SUPERBLOCK_BLKNO};
-use crate::format::{byte_offset, BLOCK_SIZE};
+use crate::format::{BlockNo, InodeNo, BLOCK_SIZE};
 use crate::journal::read_slot;
 use crate::journal::{replay, write_slot};
 use crate::locks::Mode;
@@ -183,17 +183,17 @@ fn examine(dev: Arc<dyn BlockDevice>, write: bool, progress: Progress) -> Result
     if backup {
         rep.problems.push("primary superblock is damaged; the backup copy is intact".into());
         if write {
-            dev.write_at(&sb.encode(SUPERBLOCK_BLKNO), byte_offset(SUPERBLOCK_BLKNO))?;
+            dev.write_at(&sb.encode(SUPERBLOCK_BLKNO), BlockNo(SUPERBLOCK_BLKNO).byte_offset())?;
             dev.flush()?;
             rep.fixed.push("rewrote the primary superblock from the backup".into());
         }
     } else {
         let mut b = vec![0u8; BLOCK_SIZE];
-        dev.read_at(&mut b, byte_offset(BACKUP_SUPERBLOCK_BLKNO))?;
+        dev.read_at(&mut b, BlockNo(BACKUP_SUPERBLOCK_BLKNO).byte_offset())?;
         if Superblock::decode(&b, BACKUP_SUPERBLOCK_BLKNO).map(|s| s != sb).unwrap_or(true) {
             rep.problems.push("backup superblock is damaged or differs from the primary".into());
             if write {
-                dev.write_at(&sb.encode(BACKUP_SUPERBLOCK_BLKNO), byte_offset(BACKUP_SUPERBLOCK_BLKNO))?;
+                dev.write_at(&sb.encode(BACKUP_SUPERBLOCK_BLKNO), BlockNo(BACKUP_SUPERBLOCK_BLKNO).byte_offset())?;
                 dev.flush()?;
                 rep.fixed.push("rewrote the backup superblock".into());
             }
@@ -298,14 +298,14 @@ fn visit(
         bad(w, rep, format!("inode {ino} outside every allocation group"));
         return Ok(());
     }
-    let buf = match cache.get(ino, BlockType::Inode) {
+    let buf = match cache.get(BlockNo(ino), BlockType::Inode) {
         Ok(b) => b,
         Err(e) => {
             bad(w, rep, format!("damaged inode {ino} ({e})"));
             return Ok(());
         }
     };
-    let inode = match Inode::decode(&buf.read(), ino) {
+    let inode = match Inode::decode(&buf.read(), InodeNo(ino)) {
         Ok(i) => i,
         Err(e) => {
             bad(w, rep, format!("damaged inode {ino} ({e})"));
@@ -319,7 +319,10 @@ fn visit(
     let mut charged = 0u64;
     let records = if inode.stuffed() { Vec::new() } else { tree_records(&t, ino, w, rep, &mut charged, l) };
     if inode.xattr_blk != 0 {
-        match cache.get(inode.xattr_blk, BlockType::Xattr).and_then(|b| crate::xattr::parse(&b.read(), inode.xattr_blk).map(|_| ())) {
+        match cache
+            .get(BlockNo(inode.xattr_blk), BlockType::Xattr)
+            .and_then(|b| crate::xattr::parse(&b.read(), inode.xattr_blk).map(|_| ()))
+        {
             Ok(()) => {
                 charged += 1;
                 claim(w, rep, inode.xattr_blk, BlockState::Meta, ino, l);
@@ -339,7 +342,7 @@ fn visit(
     }
     if inode.is_dir() {
         rep.directories += 1;
-        if inode.flags & FLAG_SYSTEM == 0 && inode.parent != parent && via.is_some() {
+        if inode.flags & FLAG_SYSTEM == 0 && inode.parent.get() != parent && via.is_some() {
             rep.problems.push(format!("directory {ino}: parent field says {} but it is listed in {parent}", inode.parent));
         }
         let mut subdirs = 0u32;
@@ -357,14 +360,14 @@ fn visit(
             }
             if orphan_dirs.contains(&ino) {
                 // An orphan directory's entries are not links (see filesystem/orphans.rs).
-                w.orphan_listed.insert(e.ino);
+                w.orphan_listed.insert(e.ino.get());
             } else {
-                *w.refs.entry(e.ino).or_default() += 1;
+                *w.refs.entry(e.ino.get()).or_default() += 1;
             }
             if e.dtype == libc::DT_DIR {
                 subdirs += 1;
             }
-            queue.push((e.ino, ino, Some((ino, e.key))));
+            queue.push((e.ino.get(), ino, Some((ino, e.key))));
         }
         w.dir_counts.insert(ino, (subdirs, entries));
     } else if inode.is_reg() || inode.is_symlink() {
@@ -380,7 +383,7 @@ fn visit(
                     rep.problems.push(format!("inode {ino}: overlapping or empty extent at logical block {}", e.lblk));
                 }
                 last_end = e.lblk + e.len;
-                for b in e.pblk..e.pblk + e.len {
+                for b in e.pblk.get()..e.pblk.get() + e.len {
                     claim(w, rep, b, BlockState::Data, ino, l);
                 }
                 charged += e.len;
@@ -465,7 +468,7 @@ fn find_disconnected(
         if w.used.contains_key(&ino) {
             continue;
         }
-        let ok = cache.get(ino, BlockType::Inode).and_then(|b| Inode::decode(&b.read(), ino)).is_ok();
+        let ok = cache.get(BlockNo(ino), BlockType::Inode).and_then(|b| Inode::decode(&b.read(), InodeNo(ino))).is_ok();
         if !ok {
             continue; // not an inode: compare_bitmaps reports the block as leaked
         }
@@ -497,7 +500,7 @@ fn for_each_state(dev: &dyn BlockDevice, l: &Layout, seed: u32, a: u32, f: &mut 
     let mut bad = Vec::new();
     for bi in 0..l.bitmap_blocks_per_ag as u64 {
         let blk = l.bitmap_blkno(a, bi);
-        dev.read_at(&mut b, byte_offset(blk))?;
+        dev.read_at(&mut b, BlockNo(blk).byte_offset())?;
         if let Err(e) = header::verify(&b, BlockType::Bitmap, blk, seed) {
             bad.push((bi, e));
             continue;
@@ -529,7 +532,7 @@ fn compare_bitmaps(
     for a in 0..l.ag_count {
         progress("comparing allocation bitmaps", a as u64, l.ag_count as u64);
         let first = l.ag_first_block(a);
-        dev.read_at(&mut hb, byte_offset(first))?;
+        dev.read_at(&mut hb, BlockNo(first).byte_offset())?;
         let header_ok = match header::verify(&hb, BlockType::AgHeader, first, seed) {
             Ok(()) => true,
             Err(e) => {
@@ -653,7 +656,7 @@ fn rebuild_alloc_metadata(dev: &dyn BlockDevice, sb: &Superblock, w: &Walk, rep:
         match what {
             None => {
                 let free = (overhead..len).filter(|r| state_of(*r) == BlockState::Free).count() as u64;
-                dev.write_at(&AgHeader::new(a, first, len, free).sealed_block(seed), byte_offset(first))?;
+                dev.write_at(&AgHeader::new(a, first, len, free).sealed_block(seed), BlockNo(first).byte_offset())?;
                 rep.fixed.push(format!("allocation group {a}: rebuilt its header ({free} blocks free)"));
             }
             Some(bi) => {
@@ -663,7 +666,7 @@ fn rebuild_alloc_metadata(dev: &dyn BlockDevice, sb: &Superblock, w: &Walk, rep:
                     bitmap_set(&mut b, r, state_of(r));
                 }
                 header::seal(&mut b, BlockType::Bitmap, blk, 0, seed);
-                dev.write_at(&b, byte_offset(blk))?;
+                dev.write_at(&b, BlockNo(blk).byte_offset())?;
                 rep.fixed.push(format!("allocation group {a}: rebuilt bitmap block {bi} from the blocks in use"));
             }
         }
@@ -752,7 +755,7 @@ fn fix_bitmaps(fs: &Fs, sb: &Superblock, fixes: &[BitmapFix], free_leaked: bool,
                 kept += 1;
                 continue;
             }
-            fs.vol.alloc.set_state(&h, blk, s)?;
+            fs.vol.alloc.set_state(&h, BlockNo(blk), s)?;
             applied += 1;
             if let Some(a) = sb.layout.ag_of(blk) {
                 recount.push(a);
@@ -803,9 +806,9 @@ fn apply_repairs(dev: Arc<dyn BlockDevice>, ex: &Examined, rep: &mut Report) -> 
         let nlink = w.inodes.get(&ino).map(|i| i.nlink).unwrap_or(0);
         if nlink == 0 {
             let h = fs.begin()?;
-            fs.add_orphan(&h, ino)?;
+            fs.add_orphan(&h, InodeNo(ino))?;
             drop(h);
-            fs.reclaim(ino)?;
+            fs.reclaim(InodeNo(ino))?;
             rep.fixed.push(format!("inode {ino}: finished its interrupted delete"));
         } else {
             fs.attach_to_lost_found(ino)?;
@@ -822,6 +825,7 @@ impl Fs {
     /// given, the tree's node block delta goes into the inode's block count. The inode is
     /// written back unless `f` fails.
     fn edit_inode<T>(&self, ino: u64, f: impl FnOnce(&mut crate::btree::TreeWrite, &mut bool, &mut Inode) -> Result<T>) -> Result<T> {
+        let ino = InodeNo(ino);
         let h = self.begin()?;
         let _g = self.locks.lock(ino, Mode::Exclusive)?;
         let (buf, mut inode) = self.iget(ino)?;
@@ -853,7 +857,7 @@ impl Fs {
 
     /// fsck: gives a disconnected inode the name `#ino` in lost+found.
     pub(crate) fn attach_to_lost_found(&self, ino: u64) -> Result<()> {
-        let lf = self.vol.sb.lost_found_ino;
+        let (lf, ino) = (InodeNo(self.vol.sb.lost_found_ino), InodeNo(ino));
         let h = self.begin()?;
         let _pg = self.locks.lock(lf, Mode::Exclusive)?;
         let _cg = self.locks.lock(ino, Mode::Exclusive)?;

@@ -6,13 +6,13 @@ use crate::dir::{self, DirEntry};
 use crate::error::{FsError, Result};
 use crate::format::header::BlockType;
 use crate::format::inode::{Inode, Timespec, FLAG_STUFFED, FLAG_SYSTEM};
-use crate::format::BLOCK_SIZE;
+use crate::format::{InodeNo, BLOCK_SIZE};
 use crate::journal::Handle;
 use crate::locks::Mode;
 
 /// Told each directory entry by `readdir`: (inode, file type, name, cookie of the next entry);
 /// returns false to stop.
-pub type ReaddirFn<'a> = dyn FnMut(u64, u8, &[u8], u64) -> bool + 'a;
+pub type ReaddirFn<'a> = dyn FnMut(InodeNo, u8, &[u8], u64) -> bool + 'a;
 
 /// What to create.
 pub struct NewNode<'a> {
@@ -22,7 +22,7 @@ pub struct NewNode<'a> {
 }
 
 impl Fs {
-    pub fn lookup(&self, parent: u64, name: &[u8]) -> Result<Inode> {
+    pub fn lookup(&self, parent: InodeNo, name: &[u8]) -> Result<Inode> {
         if name.len() > crate::format::MAX_NAME_LEN {
             return Err(FsError::NameTooLong);
         }
@@ -50,7 +50,7 @@ impl Fs {
     /// Creates `name` in `parent`, owned by `who`. `node.mode` is the mode asked for: the
     /// directory's default ACL, or else `who`'s umask, decides what the node gets, and the ACLs
     /// it inherits are stored in the transaction that creates it (`acl::inherit`).
-    pub fn create(&self, parent: u64, name: &[u8], node: NewNode, who: Caller) -> Result<Inode> {
+    pub fn create(&self, parent: InodeNo, name: &[u8], node: NewNode, who: Caller) -> Result<Inode> {
         dir::check_name(name)?;
         let ftype = node.mode & libc::S_IFMT;
         if !matches!(ftype, libc::S_IFREG | libc::S_IFDIR | libc::S_IFLNK | libc::S_IFIFO | libc::S_IFCHR | libc::S_IFBLK | libc::S_IFSOCK)
@@ -81,11 +81,11 @@ impl Fs {
         }
         let default_acl = self.xattrs_of(&p)?.into_iter().find(|(n, _)| n == acl::DEFAULT).map(|(_, v)| v);
         let inherited = acl::inherit(default_acl.as_deref(), node.mode, who.umask)?;
-        let (ino, _) = self.vol.alloc.alloc(&h, 1, parent, BlockState::Inode)?;
+        let ino = InodeNo::from_block(self.vol.alloc.alloc(&h, 1, Some(parent.block()), BlockState::Inode)?.0);
         // Held until the inode is whole: a late reclaim of the inode that last had this number
         // must not read it half made.
         let _ig = self.locks.lock(ino, Mode::Exclusive)?;
-        let buf = self.vol.cache.create(ino, BlockType::Inode);
+        let buf = self.vol.cache.create(ino.block(), BlockType::Inode);
         let now = Timespec::now();
         let mut mode = inherited.mode;
         let mut gid = who.gid;
@@ -111,7 +111,7 @@ impl Fs {
             rdev: node.rdev,
             // Random, so a handle of a file deleted from this number goes stale (export.rs).
             generation: super::export::new_generation(),
-            parent: if is_dir { parent } else { 0 },
+            parent: if is_dir { parent } else { InodeNo(0) },
             ..Default::default()
         };
         if !inherited.xattrs.is_empty() {
@@ -144,7 +144,7 @@ impl Fs {
         Ok(inode)
     }
 
-    pub fn readlink(&self, ino: u64) -> Result<Vec<u8>> {
+    pub fn readlink(&self, ino: InodeNo) -> Result<Vec<u8>> {
         let inode = self.getattr(ino)?;
         if !inode.is_symlink() {
             return Err(FsError::Invalid("not a symbolic link"));
@@ -162,7 +162,7 @@ impl Fs {
         Ok(())
     }
 
-    pub fn link(&self, ino: u64, parent: u64, name: &[u8]) -> Result<Inode> {
+    pub fn link(&self, ino: InodeNo, parent: InodeNo, name: &[u8]) -> Result<Inode> {
         dir::check_name(name)?;
         if ino == parent {
             return Err(FsError::NotPermitted); // a directory cannot be hard-linked
@@ -224,7 +224,7 @@ impl Fs {
         Ok(false)
     }
 
-    pub fn unlink(&self, parent: u64, name: &[u8], rmdir: bool) -> Result<()> {
+    pub fn unlink(&self, parent: InodeNo, name: &[u8], rmdir: bool) -> Result<()> {
         if name.len() > crate::format::MAX_NAME_LEN {
             return Err(FsError::NameTooLong);
         }
@@ -275,7 +275,7 @@ impl Fs {
     /// is). Called with the rename lock held: parent fields change only under it, so the walk
     /// needs no inode locks (and must take none: it runs while this rename holds directory
     /// locks, and locking upwards would invert the parent-before-child order).
-    pub(super) fn is_ancestor(&self, ancestor: u64, mut dir: u64) -> Result<bool> {
+    pub(super) fn is_ancestor(&self, ancestor: InodeNo, mut dir: InodeNo) -> Result<bool> {
         let root = self.root();
         // A chain longer than the volume has blocks can only be a loop (corruption).
         for _ in 0..self.vol.sb.layout.total_blocks {
@@ -292,7 +292,7 @@ impl Fs {
 
     /// Directory entries after readdir cookie `offset` (0 starts; `.` is 1, `..` is 2, an
     /// entry's cookie is its key + 1), until `f` returns false. System inodes are hidden.
-    pub fn readdir(&self, ino: u64, offset: u64, f: &mut ReaddirFn) -> Result<()> {
+    pub fn readdir(&self, ino: InodeNo, offset: u64, f: &mut ReaddirFn) -> Result<()> {
         let _g = self.locks.lock(ino, Mode::Shared)?;
         let (buf, inode) = self.iget(ino)?;
         if !inode.is_dir() {
