@@ -3,7 +3,7 @@ use anyhow::Context;
 use mafs_core::device::{BlockDevice, FileDevice, OpenOptions};
 use mafs_core::format::ag::AgHeader;
 use mafs_core::format::slot::SlotState;
-use mafs_core::format::{byte_offset, BLOCK_SIZE};
+use mafs_core::format::{BlockNo, BLOCK_SIZE};
 use mafs_core::journal::read_slot;
 use mafs_core::volume::read_superblock;
 use std::path::Path;
@@ -27,7 +27,7 @@ pub fn run(volume: &Path) -> anyhow::Result<i32> {
     let mut free = 0u64;
     let mut b = vec![0u8; BLOCK_SIZE];
     for a in 0..l.ag_count {
-        dev.read_at(&mut b, byte_offset(l.ag_first_block(a)))?;
+        dev.read_at(&mut b, BlockNo(l.ag_first_block(a)).byte_offset())?;
         free += AgHeader::of(&b).free();
     }
     let total = l.data_blocks();

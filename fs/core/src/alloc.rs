@@ -12,6 +12,7 @@ pub use crate::format::ag::BlockState;
 use crate::format::ag::{bitmap_fill, bitmap_get, AgHeader};
 use crate::format::header::BlockType;
 use crate::format::layout::{Layout, STATES_PER_BITMAP_BLOCK};
+use crate::format::BlockNo;
 use crate::journal::Handle;
 use parking_lot::Mutex;
 use std::sync::Arc;
@@ -48,7 +49,7 @@ impl Allocator {
         let mut ags = Vec::with_capacity(layout.ag_count as usize);
         for a in 0..layout.ag_count {
             let first = layout.ag_first_block(a);
-            let hdr = cache.get(first, BlockType::AgHeader)?;
+            let hdr = cache.get(BlockNo(first), BlockType::AgHeader)?;
             let free = AgHeader::of(&hdr.read()).free();
             ags.push(Ag { index: a, first, len: layout.ag_len(a) as u64, mem: Mutex::new(None), free_hint: Mutex::new(free) });
         }
@@ -75,7 +76,7 @@ impl Allocator {
     }
 
     fn bitmap_buf(&self, ag: &Ag, rel: u64) -> Result<Arc<MetaBuf>> {
-        self.cache.get(ag.first + 1 + rel / STATES_PER_BITMAP_BLOCK, BlockType::Bitmap)
+        self.cache.get(BlockNo(ag.first + 1 + rel / STATES_PER_BITMAP_BLOCK), BlockType::Bitmap)
     }
 
     /// Calls `f` with every AG-relative block of `ag` and its state in the bitmap.
@@ -123,7 +124,7 @@ impl Allocator {
     }
 
     fn adjust_header(&self, h: &Handle, ag: &Ag, delta: i64) -> Result<()> {
-        let hdr = self.cache.get(ag.first, BlockType::AgHeader)?;
+        let hdr = self.cache.get(BlockNo(ag.first), BlockType::AgHeader)?;
         let mut d = h.write(&hdr);
         let agh = AgHeader::of_mut(&mut d);
         let free = (agh.free() as i64 + delta).max(0) as u64;
@@ -132,10 +133,11 @@ impl Allocator {
         Ok(())
     }
 
-    /// Allocates up to `want` contiguous blocks, preferably at or after `goal` (0: no
-    /// preference), marking them `kind`. Returns (first block, count); count >= 1.
-    pub fn alloc(&self, h: &Handle, want: u64, goal: u64, kind: BlockState) -> Result<(u64, u64)> {
+    /// Allocates up to `want` contiguous blocks, preferably at or after `goal`, marking them
+    /// `kind`. Returns (first block, count); count >= 1.
+    pub fn alloc(&self, h: &Handle, want: u64, goal: Option<BlockNo>, kind: BlockState) -> Result<(BlockNo, u64)> {
         let want = want.max(1);
+        let goal = goal.map_or(0, BlockNo::get); // block 0 (the superblock) is in no AG
         let start_ag = self.layout.ag_of(goal).unwrap_or(self.home_ag);
         let n = self.ags.len() as u32;
         for i in 0..n {
@@ -166,14 +168,15 @@ impl Allocator {
             mem.cursor = rel + len;
             self.set_states(h, ag, rel, len, kind)?;
             self.adjust_header(h, ag, -(len as i64))?;
-            return Ok((ag.first + rel, len));
+            return Ok((BlockNo(ag.first + rel), len));
         }
         Err(FsError::NoSpace)
     }
 
     /// Marks an extent free on disk (in this transaction). It becomes allocatable through
     /// `release` after the transaction commits.
-    pub fn free(&self, h: &Handle, start: u64, len: u64) -> Result<()> {
+    pub fn free(&self, h: &Handle, first: BlockNo, len: u64) -> Result<()> {
+        let start = first.get();
         let mut s = start;
         while s < start + len {
             let a = self.layout.ag_of(s).ok_or_else(|| FsError::corrupt(s, "freeing a block outside every allocation group"))?;
@@ -189,14 +192,15 @@ impl Allocator {
             self.adjust_header(h, ag, (end - s) as i64)?;
             s = end;
         }
-        h.freed(start, len);
+        h.freed(first, len);
         self.quarantined.fetch_add(len, std::sync::atomic::Ordering::AcqRel);
         Ok(())
     }
 
     /// Makes extents freed by a committed transaction allocatable again.
-    pub fn release(&self, freed: &[(u64, u64)]) {
-        for &(start, len) in freed {
+    pub fn release(&self, freed: &[(BlockNo, u64)]) {
+        for &(first, len) in freed {
+            let start = first.get();
             let _ = self
                 .quarantined
                 .fetch_update(std::sync::atomic::Ordering::AcqRel, std::sync::atomic::Ordering::Acquire, |q| Some(q.saturating_sub(len)));
@@ -222,7 +226,8 @@ impl Allocator {
     /// The bitmap's state of `blk` as of the running transaction (a block freed by it reads
     /// Free). For file handles, which may name any block number: `NotFound` for a block outside
     /// every AG rather than a corruption report.
-    pub fn state(&self, blk: u64) -> Result<BlockState> {
+    pub fn state(&self, blk: BlockNo) -> Result<BlockState> {
+        let blk = blk.get();
         let a = self.layout.ag_of(blk).ok_or(FsError::NotFound)?;
         let ag = &self.ags[a as usize];
         let rel = blk - ag.first;
@@ -231,8 +236,8 @@ impl Allocator {
         Ok(bitmap_get(&data, rel))
     }
 
-    pub fn ag_index_of(&self, blk: u64) -> Option<u32> {
-        self.layout.ag_of(blk).map(|a| self.ags[a as usize].index)
+    pub fn ag_index_of(&self, blk: BlockNo) -> Option<u32> {
+        self.layout.ag_of(blk.get()).map(|a| self.ags[a as usize].index)
     }
 }
 
@@ -277,7 +282,8 @@ mod tests {
 /// Repairs used by fsck: set a block's state regardless of what the bitmap said, and set an AG's
 /// free count to what the bitmap really holds.
 impl Allocator {
-    pub fn set_state(&self, h: &Handle, blk: u64, s: BlockState) -> Result<()> {
+    pub fn set_state(&self, h: &Handle, b: BlockNo, s: BlockState) -> Result<()> {
+        let blk = b.get();
         let a = self.layout.ag_of(blk).ok_or_else(|| FsError::corrupt(blk, "block outside every allocation group"))?;
         let ag = &self.ags[a as usize];
         let mut g = ag.mem.lock();
@@ -294,7 +300,7 @@ impl Allocator {
         }
         self.set_states(h, ag, rel, 1, s)?;
         if s == BlockState::Free {
-            h.freed(blk, 1);
+            h.freed(b, 1);
             self.quarantined.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         }
         Ok(())
@@ -307,7 +313,7 @@ impl Allocator {
         let _g = ag.mem.lock();
         let mut free = 0;
         self.for_each_state(ag, &mut |_, s| free += (s == BlockState::Free) as u64)?;
-        let hdr = self.cache.get(ag.first, BlockType::AgHeader)?;
+        let hdr = self.cache.get(BlockNo(ag.first), BlockType::AgHeader)?;
         let old = AgHeader::of(&hdr.read()).free();
         if old != free {
             AgHeader::of_mut(&mut h.write(&hdr)).set_free(free);
@@ -343,7 +349,7 @@ mod commit_tests {
         let a = l.ag_of(blk).expect("block in an AG");
         let first = l.ag_first_block(a);
         let rel = blk - first;
-        let buf = vol.cache.get(first + 1 + rel / STATES_PER_BITMAP_BLOCK, BlockType::Bitmap).unwrap();
+        let buf = vol.cache.get(BlockNo(first + 1 + rel / STATES_PER_BITMAP_BLOCK), BlockType::Bitmap).unwrap();
         let d = buf.read();
         bitmap_get(&d, rel)
     }
@@ -357,7 +363,7 @@ mod commit_tests {
     fn a_freed_block_is_not_reused_before_the_freeing_transaction_commits() {
         let (_dev, vol) = setup(16 << 20);
         let h = vol.begin().unwrap();
-        let (a, n) = vol.alloc.alloc(&h, 8, 0, BlockState::Data).unwrap();
+        let (a, n) = vol.alloc.alloc(&h, 8, None, BlockState::Data).unwrap();
         assert_eq!(n, 8, "a fresh volume has 8 contiguous free blocks");
         drop(h);
         vol.commit().unwrap();
@@ -365,18 +371,18 @@ mod commit_tests {
 
         let h = vol.begin().unwrap();
         vol.alloc.free(&h, a, 8).unwrap();
-        assert_eq!(state_of(&vol, a), BlockState::Free);
+        assert_eq!(state_of(&vol, a.get()), BlockState::Free);
         assert_eq!(vol.alloc.free_blocks(), free0 + 8);
         let mut got = Vec::new();
         // Same handle, aiming right at the freed extent.
         for _ in 0..10 {
-            got.push(vol.alloc.alloc(&h, 4, a, BlockState::Data).unwrap());
+            got.push(vol.alloc.alloc(&h, 4, Some(a), BlockState::Data).unwrap());
         }
         drop(h);
         // Later handles of the same running transaction.
         let h = vol.begin().unwrap();
         for _ in 0..10 {
-            got.push(vol.alloc.alloc(&h, 1, a + 3, BlockState::Meta).unwrap());
+            got.push(vol.alloc.alloc(&h, 1, Some(a + 3), BlockState::Meta).unwrap());
         }
         drop(h);
         for &(s, n) in &got {
@@ -385,8 +391,8 @@ mod commit_tests {
         // Once the freeing transaction is committed, the extent is available again.
         vol.commit().unwrap();
         let h = vol.begin().unwrap();
-        assert_eq!(vol.alloc.alloc(&h, 8, a, BlockState::Inode).unwrap(), (a, 8));
-        assert_eq!(state_of(&vol, a + 7), BlockState::Inode);
+        assert_eq!(vol.alloc.alloc(&h, 8, Some(a), BlockState::Inode).unwrap(), (a, 8));
+        assert_eq!(state_of(&vol, (a + 7).get()), BlockState::Inode);
     }
 
     #[test]
@@ -406,12 +412,13 @@ mod commit_tests {
                 // Keep the volume between a third and two thirds full.
                 if rng.gen_bool(if used.len() as u64 > free0 * 2 / 3 { 0.3 } else { 0.6 }) || owned.is_empty() {
                     let want = rng.gen_range(1..80);
-                    let goal = if rng.gen_bool(0.5) { rng.gen_range(l.ag_start..l.total_blocks) } else { 0 };
+                    let goal = rng.gen_bool(0.5).then(|| BlockNo(rng.gen_range(l.ag_start..l.total_blocks)));
                     let kind = kinds[rng.gen_range(0..3)];
                     let (s, n) = vol
                         .alloc
                         .alloc(&h, want, goal, kind)
                         .unwrap_or_else(|e| panic!("round {round}: {e} with {} blocks in use of {free0}", used.len()));
+                    let s = s.get();
                     assert!(n >= 1 && n <= want, "asked {want}, got {n}");
                     assert_eq!(l.ag_of(s), l.ag_of(s + n - 1), "an extent stays inside one AG");
                     for b in s..s + n {
@@ -422,7 +429,7 @@ mod commit_tests {
                     owned.push((s, n, kind));
                 } else {
                     let (s, n, _) = owned.swap_remove(rng.gen_range(0..owned.len()));
-                    vol.alloc.free(&h, s, n).unwrap();
+                    vol.alloc.free(&h, BlockNo(s), n).unwrap();
                     for b in s..s + n {
                         used.remove(&b);
                         freed_now.insert(b);
@@ -453,8 +460,8 @@ mod commit_tests {
         // And the remounted allocator does not hand out what is in use.
         let h = vol2.begin().unwrap();
         for _ in 0..50 {
-            let (s, n) = vol2.alloc.alloc(&h, 16, 0, BlockState::Data).unwrap();
-            for b in s..s + n {
+            let (s, n) = vol2.alloc.alloc(&h, 16, None, BlockState::Data).unwrap();
+            for b in s.get()..s.get() + n {
                 assert!(!used.contains_key(&b), "block {b} in use handed out after remount");
             }
         }
@@ -468,11 +475,11 @@ mod commit_tests {
         let mut seen = HashSet::new();
         loop {
             let h = vol.begin().unwrap();
-            let r = vol.alloc.alloc(&h, 50, 0, BlockState::Data);
+            let r = vol.alloc.alloc(&h, 50, None, BlockState::Data);
             drop(h);
             match r {
                 Ok((s, n)) => {
-                    for b in s..s + n {
+                    for b in s.get()..s.get() + n {
                         assert!(seen.insert(b), "block {b} handed out twice");
                     }
                     exts.push((s, n));
@@ -492,12 +499,12 @@ mod commit_tests {
         for &(s, n) in &exts {
             vol.alloc.free(&h, s, n).unwrap();
         }
-        assert!(matches!(vol.alloc.alloc(&h, 1, 0, BlockState::Meta), Err(FsError::NoSpace)));
+        assert!(matches!(vol.alloc.alloc(&h, 1, None, BlockState::Meta), Err(FsError::NoSpace)));
         drop(h);
         vol.commit().unwrap();
         assert_eq!(vol.alloc.free_blocks(), free0);
         let h = vol.begin().unwrap();
-        let (_, n) = vol.alloc.alloc(&h, 64, 0, BlockState::Data).unwrap();
+        let (_, n) = vol.alloc.alloc(&h, 64, None, BlockState::Data).unwrap();
         assert_eq!(n, 64, "after freeing everything, long extents are available again");
     }
 }

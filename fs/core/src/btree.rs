@@ -10,6 +10,7 @@ use crate::error::{FsError, Result};
 pub use crate::format::btree_node::Record;
 use crate::format::btree_node::{child_index, leaf_entry_len, Node, NodePlace, NodeView};
 use crate::format::header::BlockType;
+use crate::format::BlockNo;
 use crate::journal::Handle;
 use std::sync::Arc;
 
@@ -18,7 +19,7 @@ pub const MAX_VALUE: usize = 512;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum NodeRef {
     Root,
-    Block(u64),
+    Block(BlockNo),
 }
 
 impl NodeRef {
@@ -32,7 +33,7 @@ impl NodeRef {
 
 enum Step {
     Done(Option<Vec<u8>>),
-    Down(u64),
+    Down(BlockNo),
 }
 
 /// Read access to one inode's tree.
@@ -51,8 +52,8 @@ impl TreeRead<'_> {
     /// showed up in every lookup.
     fn with_raw<T>(&self, r: NodeRef, f: impl FnOnce(NodeView<'_>) -> Result<T>) -> Result<T> {
         match r {
-            NodeRef::Root => f(NodeView::new(&self.inode_buf.read(), r.place(), self.inode_buf.blkno)),
-            NodeRef::Block(b) => f(NodeView::new(&self.cache.get(b, BlockType::TreeNode)?.read(), r.place(), b)),
+            NodeRef::Root => f(NodeView::new(&self.inode_buf.read(), r.place(), self.inode_buf.blkno.get())),
+            NodeRef::Block(b) => f(NodeView::new(&self.cache.get(b, BlockType::TreeNode)?.read(), r.place(), b.get())),
         }
     }
 
@@ -76,7 +77,7 @@ impl TreeRead<'_> {
                 if kids.is_empty() {
                     return Ok(Step::Done(None));
                 }
-                Ok(Step::Down(kids[child_index(&kids, key)].1))
+                Ok(Step::Down(BlockNo(kids[child_index(&kids, key)].1)))
             })?;
             match step {
                 Step::Done(v) => return Ok(v),
@@ -108,7 +109,7 @@ impl TreeRead<'_> {
             return Ok(true);
         }
         for &(_, c) in &kids[child_index(&kids, from)..] {
-            if !self.scan_node(NodeRef::Block(c), from, f)? {
+            if !self.scan_node(NodeRef::Block(BlockNo(c)), from, f)? {
                 return Ok(false);
             }
         }
@@ -146,7 +147,7 @@ impl TreeRead<'_> {
         // holds nothing <= key, in an earlier one.
         let mut i = child_index(&kids, key) as isize;
         while i >= 0 {
-            if let Some(e) = self.last_le_node(NodeRef::Block(kids[i as usize].1), key)? {
+            if let Some(e) = self.last_le_node(NodeRef::Block(BlockNo(kids[i as usize].1)), key)? {
                 return Ok(Some(e));
             }
             i -= 1;
@@ -166,7 +167,7 @@ impl TreeRead<'_> {
     }
 
     /// Every node block of the tree (for freeing the whole tree and for fsck).
-    pub fn node_blocks(&self) -> Result<Vec<u64>> {
+    pub fn node_blocks(&self) -> Result<Vec<BlockNo>> {
         let mut out = Vec::new();
         let mut stack = vec![NodeRef::Root];
         while let Some(r) = stack.pop() {
@@ -178,7 +179,7 @@ impl TreeRead<'_> {
                 if n.level > 32 {
                     return Err(FsError::corrupt(self.inode_buf.blkno, "index tree deeper than 32 levels"));
                 }
-                stack.extend(n.kids.iter().map(|(_, c)| NodeRef::Block(*c)));
+                stack.extend(n.kids.iter().map(|(_, c)| NodeRef::Block(BlockNo(*c))));
             }
         }
         Ok(out)
@@ -205,8 +206,8 @@ impl TreeRead<'_> {
         let mut stack = vec![(NodeRef::Root, 0u32)];
         while let Some((r, depth)) = stack.pop() {
             let blk = match r {
-                NodeRef::Root => self.inode_buf.blkno,
-                NodeRef::Block(b) => b,
+                NodeRef::Root => self.inode_buf.blkno.get(),
+                NodeRef::Block(b) => b.get(),
             };
             if depth > 32 {
                 s.damaged.push((blk, "index tree deeper than 32 levels".into()));
@@ -228,13 +229,13 @@ impl TreeRead<'_> {
             match read {
                 Ok((recs, kids, partial)) => {
                     if let NodeRef::Block(b) = r {
-                        s.nodes.push(b);
+                        s.nodes.push(b.get());
                     }
                     s.records.extend(recs);
                     if let Some(e) = partial {
                         s.damaged.push((blk, e.to_string()));
                     }
-                    stack.extend(kids.into_iter().map(|(_, c)| (NodeRef::Block(c), depth + 1)));
+                    stack.extend(kids.into_iter().map(|(_, c)| (NodeRef::Block(BlockNo(c)), depth + 1)));
                 }
                 Err(e) => s.damaged.push((blk, e.to_string())),
             }
@@ -267,15 +268,15 @@ impl<'a> TreeWrite<'a> {
         Ok(())
     }
 
-    fn new_node(&mut self, n: &Node) -> Result<u64> {
-        let (b, _) = self.alloc.alloc(self.h, 1, self.read.inode_buf.blkno, BlockState::Meta)?;
+    fn new_node(&mut self, n: &Node) -> Result<BlockNo> {
+        let (b, _) = self.alloc.alloc(self.h, 1, Some(self.read.inode_buf.blkno), BlockState::Meta)?;
         let buf = self.read.cache.create(b, BlockType::TreeNode);
         n.encode(&mut self.h.write(&buf), NodePlace::Block);
         self.blocks_delta += 1;
         Ok(b)
     }
 
-    fn free_node(&mut self, b: u64) -> Result<()> {
+    fn free_node(&mut self, b: BlockNo) -> Result<()> {
         self.h.revoke(b);
         self.alloc.free(self.h, b, 1)?;
         self.blocks_delta -= 1;
@@ -293,7 +294,7 @@ impl<'a> TreeWrite<'a> {
     }
 
     #[allow(clippy::type_complexity)]
-    fn insert_at(&mut self, r: NodeRef, key: u64, value: &[u8]) -> Result<(Option<Vec<u8>>, Option<(u64, u64)>)> {
+    fn insert_at(&mut self, r: NodeRef, key: u64, value: &[u8]) -> Result<(Option<Vec<u8>>, Option<(u64, BlockNo)>)> {
         let mut n = self.read.load(r)?;
         let old;
         if n.level == 0 {
@@ -312,10 +313,10 @@ impl<'a> TreeWrite<'a> {
             if key < n.kids[i].0 {
                 n.kids[i].0 = key;
             }
-            let (o, split) = self.insert_at(NodeRef::Block(n.kids[i].1), key, value)?;
+            let (o, split) = self.insert_at(NodeRef::Block(BlockNo(n.kids[i].1)), key, value)?;
             old = o;
             match split {
-                Some((sep, blk)) => n.kids.insert(i + 1, (sep, blk)),
+                Some((sep, blk)) => n.kids.insert(i + 1, (sep, blk.get())),
                 None => {
                     if key == n.kids[i].0 {
                         self.store(r, &n)?;
@@ -346,12 +347,12 @@ impl<'a> TreeWrite<'a> {
                     let lb = self.new_node(&left)?;
                     let rk = right.first_key();
                     let rb = self.new_node(&right)?;
-                    kids.push((lk, lb));
-                    kids.push((rk, rb));
+                    kids.push((lk, lb.get()));
+                    kids.push((rk, rb.get()));
                 } else {
                     let lk = left.first_key();
                     let lb = self.new_node(&left)?;
-                    kids.push((lk, lb));
+                    kids.push((lk, lb.get()));
                 }
                 let root = Node { level: n.level + 1, leaf: Vec::new(), kids };
                 self.store(NodeRef::Root, &root)?;
@@ -380,7 +381,7 @@ impl<'a> TreeWrite<'a> {
                 return Ok((None, r == NodeRef::Root));
             }
             let i = child_index(&n.kids, key);
-            let child = n.kids[i].1;
+            let child = BlockNo(n.kids[i].1);
             let (o, empty) = self.remove_at(NodeRef::Block(child), key)?;
             if o.is_none() {
                 return Ok((None, false));
@@ -449,7 +450,7 @@ mod tests {
     }
 
     fn root_level(buf: &MetaBuf) -> u16 {
-        NodeView::new(&buf.read(), NodePlace::InodeRoot, buf.blkno).level()
+        NodeView::new(&buf.read(), NodePlace::InodeRoot, buf.blkno.get()).level()
     }
 
     fn value(rng: &mut StdRng, key: u64, max: usize) -> Vec<u8> {
@@ -583,7 +584,7 @@ mod tests {
         }
         let t = TreeRead { cache: &vol.cache, inode_buf: &ibuf };
         assert!(full_scan(&t).is_empty());
-        assert_eq!(t.node_blocks().unwrap(), Vec::<u64>::new(), "node blocks left after emptying the tree");
+        assert_eq!(t.node_blocks().unwrap(), Vec::<BlockNo>::new(), "node blocks left after emptying the tree");
         assert_eq!(root_level(&ibuf), 0, "an empty tree is a leaf root");
         assert_eq!(t.last_le(u64::MAX).unwrap(), None);
         assert_eq!(vol.alloc.free_blocks(), free_before, "every node block went back to the allocator");
@@ -621,7 +622,7 @@ mod tests {
         let mut t = TreeWrite::new(&vol.cache, &vol.alloc, &h, &ibuf);
         t.clear().unwrap();
         assert_eq!(t.blocks_delta, -delta, "clear frees every node block");
-        assert_eq!(t.read.node_blocks().unwrap(), Vec::<u64>::new());
+        assert_eq!(t.read.node_blocks().unwrap(), Vec::<BlockNo>::new());
         assert_eq!(t.read.get(3).unwrap(), None);
     }
 }

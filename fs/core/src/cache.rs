@@ -5,14 +5,14 @@ use crate::device::BlockDevice;
 use crate::error::Result;
 use crate::format::header::{self, BlockType};
 use crate::format::le::*;
-use crate::format::{byte_offset, BLOCK_SIZE, FORMAT_VERSION};
+use crate::format::{BlockNo, BLOCK_SIZE, FORMAT_VERSION};
 use parking_lot::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 pub struct MetaBuf {
-    pub blkno: u64,
+    pub blkno: BlockNo,
     data: RwLock<Box<[u8]>>,
     /// In the running transaction: must not be evicted, will be journaled.
     pub(crate) dirty: AtomicBool,
@@ -34,7 +34,7 @@ impl MetaBuf {
 pub struct MetaCache {
     dev: Arc<dyn BlockDevice>,
     seed: u32,
-    map: Mutex<HashMap<u64, Arc<MetaBuf>>>,
+    map: Mutex<HashMap<BlockNo, Arc<MetaBuf>>>,
     capacity: usize,
     /// Highest transaction whose blocks are all at home.
     pub(crate) checkpointed_seq: AtomicU64,
@@ -51,13 +51,13 @@ impl MetaCache {
     }
 
     /// The block `blkno`, which must be a valid block of type `ty`; read from disk on a miss.
-    pub fn get(&self, blkno: u64, ty: BlockType) -> Result<Arc<MetaBuf>> {
+    pub fn get(&self, blkno: BlockNo, ty: BlockType) -> Result<Arc<MetaBuf>> {
         if let Some(b) = self.map.lock().get(&blkno) {
             return Ok(b.clone());
         }
         let mut data = vec![0u8; BLOCK_SIZE].into_boxed_slice();
-        self.dev.read_at(&mut data, byte_offset(blkno))?;
-        header::verify(&data, ty, blkno, self.seed)?;
+        self.dev.read_at(&mut data, blkno.byte_offset())?;
+        header::verify(&data, ty, blkno.get(), self.seed)?;
         // Read from home, so it is checkpointed by definition.
         let buf = Arc::new(MetaBuf { blkno, data: RwLock::new(data), dirty: AtomicBool::new(false), last_seq: AtomicU64::new(0) });
         let mut map = self.map.lock();
@@ -69,11 +69,11 @@ impl MetaCache {
 
     /// A freshly allocated block of type `ty`, zeroed but for its header; replaces whatever the
     /// cache held for that block number.
-    pub fn create(&self, blkno: u64, ty: BlockType) -> Arc<MetaBuf> {
+    pub fn create(&self, blkno: BlockNo, ty: BlockType) -> Arc<MetaBuf> {
         let mut data = vec![0u8; BLOCK_SIZE].into_boxed_slice();
         put_u32(&mut data, 0, ty as u32);
         put_u32(&mut data, 4, FORMAT_VERSION);
-        put_u64(&mut data, 8, blkno);
+        put_u64(&mut data, 8, blkno.get());
         let buf = Arc::new(MetaBuf { blkno, data: RwLock::new(data), dirty: AtomicBool::new(false), last_seq: AtomicU64::new(0) });
         let mut map = self.map.lock();
         if map.len() >= self.capacity {
@@ -84,7 +84,7 @@ impl MetaCache {
     }
 
     /// Drops a freed block from the cache.
-    pub fn forget(&self, blkno: u64) {
+    pub fn forget(&self, blkno: BlockNo) {
         self.map.lock().remove(&blkno);
     }
 
@@ -103,10 +103,10 @@ impl MetaCache {
     }
 
     /// Evicts about a quarter of the clean, checkpointed blocks nobody else references.
-    fn evict(&self, map: &mut HashMap<u64, Arc<MetaBuf>>) {
+    fn evict(&self, map: &mut HashMap<BlockNo, Arc<MetaBuf>>) {
         let done = self.checkpointed_seq.load(Ordering::Acquire);
         let target = self.capacity / 4;
-        let victims: Vec<u64> = map
+        let victims: Vec<BlockNo> = map
             .iter()
             .filter(|(_, b)| Arc::strong_count(b) == 1 && !b.dirty.load(Ordering::Acquire) && b.last_seq.load(Ordering::Acquire) <= done)
             .map(|(k, _)| *k)

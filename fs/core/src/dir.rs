@@ -8,7 +8,7 @@ use crate::btree::{TreeRead, TreeWrite};
 use crate::error::{FsError, Result};
 use crate::format::dirent::{encode_value, entry_key, key_counter, key_hash, name_hash, MAX_COUNTER};
 pub use crate::format::dirent::{DirEntry, FIRST_ENTRY_KEY};
-use crate::format::MAX_NAME_LEN;
+use crate::format::{InodeNo, MAX_NAME_LEN};
 
 pub fn check_name(name: &[u8]) -> Result<()> {
     if name.len() > MAX_NAME_LEN {
@@ -40,7 +40,7 @@ pub fn lookup(t: &TreeRead, name: &[u8]) -> Result<Option<DirEntry>> {
 }
 
 /// Adds an entry (the caller has checked that the name is absent); returns its key.
-pub fn add(t: &mut TreeWrite, name: &[u8], ino: u64, dtype: u8) -> Result<u64> {
+pub fn add(t: &mut TreeWrite, name: &[u8], ino: InodeNo, dtype: u8) -> Result<u64> {
     let h = name_hash(name);
     let mut next_free = 0u64;
     t.read.scan(entry_key(h, 0), &mut |k, _| {
@@ -59,7 +59,7 @@ pub fn add(t: &mut TreeWrite, name: &[u8], ino: u64, dtype: u8) -> Result<u64> {
 }
 
 /// Points an existing entry at another inode (rename over an existing name).
-pub fn replace(t: &mut TreeWrite, key: u64, name: &[u8], ino: u64, dtype: u8) -> Result<()> {
+pub fn replace(t: &mut TreeWrite, key: u64, name: &[u8], ino: InodeNo, dtype: u8) -> Result<()> {
     t.insert(key, &encode_value(ino, dtype, name)).map(|_| ())
 }
 
@@ -138,14 +138,14 @@ mod tests {
     #[test]
     fn many_names_are_found_listed_in_cookie_order_and_removed() {
         let (_dev, vol, buf) = setup();
-        let mut model: BTreeMap<u64, (Vec<u8>, u64)> = BTreeMap::new();
+        let mut model: BTreeMap<u64, (Vec<u8>, InodeNo)> = BTreeMap::new();
         let names: Vec<Vec<u8>> = (0..4000).map(name_of).collect();
         let uniq: std::collections::HashSet<&Vec<u8>> = names.iter().collect();
         assert_eq!(uniq.len(), names.len());
         for (c, chunk) in names.chunks(250).enumerate() {
             change(&vol, &buf, |t| {
                 for (j, n) in chunk.iter().enumerate() {
-                    let ino = 1000 + (c * 250 + j) as u64;
+                    let ino = InodeNo(1000 + (c * 250 + j) as u64);
                     let key = add(t, n, ino, libc::DT_REG).unwrap();
                     assert!(key >= FIRST_ENTRY_KEY);
                     assert_eq!(key >> 16, name_hash(n));
@@ -180,8 +180,9 @@ mod tests {
         let added: Vec<Vec<u8>> = (0..300).map(|i| format!("late-{i}").into_bytes()).collect();
         change(&vol, &buf, |t| {
             for (i, n) in added.iter().enumerate() {
-                let key = add(t, n, 90_000 + i as u64, libc::DT_DIR).unwrap();
-                model.insert(key, (n.clone(), 90_000 + i as u64));
+                let ino = InodeNo(90_000 + i as u64);
+                let key = add(t, n, ino, libc::DT_DIR).unwrap();
+                model.insert(key, (n.clone(), ino));
             }
         });
         let rest = listing(&vol, &buf, cookie);
@@ -192,10 +193,10 @@ mod tests {
         }
         // Replace points a name at another inode without moving it.
         let (k0, (n0, _)) = model.iter().next().map(|(k, v)| (*k, v.clone())).unwrap();
-        change(&vol, &buf, |t| replace(t, k0, &n0, 4242, libc::DT_LNK).unwrap());
+        change(&vol, &buf, |t| replace(t, k0, &n0, InodeNo(4242), libc::DT_LNK).unwrap());
         let t = TreeRead { cache: &vol.cache, inode_buf: &buf };
         let e = lookup(&t, &n0).unwrap().unwrap();
-        assert_eq!((e.key, e.ino, e.dtype), (k0, 4242, libc::DT_LNK));
+        assert_eq!((e.key, e.ino, e.dtype), (k0, InodeNo(4242), libc::DT_LNK));
         // Removing everything leaves an empty directory with no node blocks.
         let keys: Vec<u64> = model.keys().copied().collect();
         for chunk in keys.chunks(300) {
@@ -219,27 +220,27 @@ mod tests {
         // Forge two entries whose (pretend) names hash like `target`, and neighbours in the
         // hash space on both sides.
         change(&vol, &buf, |t| {
-            t.insert(h << 16, &encode_value(11, libc::DT_REG, b"impostor-0")).unwrap();
-            t.insert((h << 16) | 1, &encode_value(12, libc::DT_REG, b"impostor-1")).unwrap();
-            t.insert(((h - 1) << 16) | 0xffff, &encode_value(13, libc::DT_REG, target)).unwrap();
-            t.insert((h + 1) << 16, &encode_value(14, libc::DT_REG, target)).unwrap();
+            t.insert(h << 16, &encode_value(InodeNo(11), libc::DT_REG, b"impostor-0")).unwrap();
+            t.insert((h << 16) | 1, &encode_value(InodeNo(12), libc::DT_REG, b"impostor-1")).unwrap();
+            t.insert(((h - 1) << 16) | 0xffff, &encode_value(InodeNo(13), libc::DT_REG, target)).unwrap();
+            t.insert((h + 1) << 16, &encode_value(InodeNo(14), libc::DT_REG, target)).unwrap();
         });
         let t = TreeRead { cache: &vol.cache, inode_buf: &buf };
         assert_eq!(lookup(&t, target).unwrap(), None, "entries under other hashes are not matches");
-        let k = change(&vol, &buf, |t| add(t, target, 500, libc::DT_REG).unwrap());
+        let k = change(&vol, &buf, |t| add(t, target, InodeNo(500), libc::DT_REG).unwrap());
         assert_eq!(k, (h << 16) | 2, "next free collision counter");
         let t = TreeRead { cache: &vol.cache, inode_buf: &buf };
         let e = lookup(&t, target).unwrap().unwrap();
-        assert_eq!((e.key, e.ino), (k, 500));
+        assert_eq!((e.key, e.ino), (k, InodeNo(500)));
         // A gap in the counters is reused.
         change(&vol, &buf, |t| {
             remove(t, h << 16).unwrap();
             remove(t, k).unwrap();
         });
-        let k2 = change(&vol, &buf, |t| add(t, target, 501, libc::DT_REG).unwrap());
+        let k2 = change(&vol, &buf, |t| add(t, target, InodeNo(501), libc::DT_REG).unwrap());
         assert_eq!(k2, h << 16);
         let t = TreeRead { cache: &vol.cache, inode_buf: &buf };
-        assert_eq!(lookup(&t, target).unwrap().map(|e| e.ino), Some(501));
+        assert_eq!(lookup(&t, target).unwrap().map(|e| e.ino), Some(InodeNo(501)));
         let listed: Vec<u64> = listing(&vol, &buf, 0).iter().map(|e| e.key).collect();
         assert_eq!(listed, vec![((h - 1) << 16) | 0xffff, h << 16, (h << 16) | 1, (h + 1) << 16]);
     }
@@ -252,11 +253,11 @@ mod tests {
         for chunk in (0..=0xffffu64).collect::<Vec<_>>().chunks(4096) {
             change(&vol, &buf, |t| {
                 for c in chunk {
-                    t.insert((h << 16) | c, &encode_value(7, libc::DT_REG, format!("x{c}").as_bytes())).unwrap();
+                    t.insert((h << 16) | c, &encode_value(InodeNo(7), libc::DT_REG, format!("x{c}").as_bytes())).unwrap();
                 }
             });
         }
-        let r = change(&vol, &buf, |t| add(t, target, 8, libc::DT_REG));
+        let r = change(&vol, &buf, |t| add(t, target, InodeNo(8), libc::DT_REG));
         assert!(matches!(r, Err(FsError::NoSpace)), "{r:?}");
         let t = TreeRead { cache: &vol.cache, inode_buf: &buf };
         assert_eq!(lookup(&t, target).unwrap(), None);

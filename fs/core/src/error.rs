@@ -64,8 +64,10 @@ pub enum FsError {
 pub type Result<T> = std::result::Result<T, FsError>;
 
 impl FsError {
-    pub fn corrupt(block: u64, what: impl Into<String>) -> Self {
-        FsError::Corrupt { block, what: what.into() }
+    /// Block `block` (a `BlockNo`, an `InodeNo` for an inode's own block, or a raw number)
+    /// holds something it must not.
+    pub fn corrupt(block: impl Into<u64>, what: impl Into<String>) -> Self {
+        FsError::Corrupt { block: block.into(), what: what.into() }
     }
 
     /// The errno a POSIX caller should see for this error.

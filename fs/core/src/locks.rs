@@ -11,6 +11,7 @@
 //! 4. allocation group locks (inside the allocator);
 //! 5. the metadata cache's map and each block's data lock, held only for a copy.
 use crate::error::Result;
+use crate::format::InodeNo;
 use parking_lot::lock_api::{ArcRwLockReadGuard, ArcRwLockWriteGuard};
 use parking_lot::{Mutex, RawRwLock, RwLock};
 use std::collections::HashMap;
@@ -31,14 +32,14 @@ pub trait ClusterLocks: Send + Sync {
     /// Makes sure this node holds `inode/<ino>` in at least `mode`; returns at once when the
     /// lock is cached. Fails when the lock service cannot be reached or the session is lost
     /// (the operation then fails with EIO).
-    fn hold(&self, ino: u64, mode: Mode) -> Result<()>;
+    fn hold(&self, ino: InodeNo, mode: Mode) -> Result<()>;
 }
 
 /// A node that owns the whole volume (`mount --standalone`).
 pub struct Standalone;
 
 impl ClusterLocks for Standalone {
-    fn hold(&self, _ino: u64, _mode: Mode) -> Result<()> {
+    fn hold(&self, _ino: InodeNo, _mode: Mode) -> Result<()> {
         Ok(())
     }
 }
@@ -53,7 +54,7 @@ const SHARDS: usize = 64;
 /// Inode locks: the node's right to the inode (`ClusterLocks`), then a local reader-writer
 /// lock that orders this node's own threads.
 pub struct InodeLocks {
-    shards: Vec<Mutex<HashMap<u64, Arc<RwLock<()>>>>>,
+    shards: Vec<Mutex<HashMap<InodeNo, Arc<RwLock<()>>>>>,
     cluster: Box<dyn ClusterLocks>,
 }
 
@@ -68,8 +69,8 @@ impl InodeLocks {
         InodeLocks { shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(), cluster }
     }
 
-    fn entry(&self, ino: u64) -> Arc<RwLock<()>> {
-        let mut shard = self.shards[(ino as usize) % SHARDS].lock();
+    fn entry(&self, ino: InodeNo) -> Arc<RwLock<()>> {
+        let mut shard = self.shards[(ino.get() as usize) % SHARDS].lock();
         if shard.len() > 4096 {
             // Forget locks nobody holds or waits for, so the table tracks the working set.
             shard.retain(|_, l| Arc::strong_count(l) > 1);
@@ -77,7 +78,7 @@ impl InodeLocks {
         shard.entry(ino).or_default().clone()
     }
 
-    pub fn lock(&self, ino: u64, mode: Mode) -> Result<InodeGuard> {
+    pub fn lock(&self, ino: InodeNo, mode: Mode) -> Result<InodeGuard> {
         self.cluster.hold(ino, mode)?;
         let l = self.entry(ino);
         Ok(match mode {
@@ -87,8 +88,8 @@ impl InodeLocks {
     }
 
     /// Exclusive locks on several inodes, taken in ascending order (duplicates once).
-    pub fn lock_many(&self, inos: &[u64]) -> Result<Vec<InodeGuard>> {
-        let mut v: Vec<u64> = inos.iter().copied().filter(|&i| i != 0).collect();
+    pub fn lock_many(&self, inos: &[InodeNo]) -> Result<Vec<InodeGuard>> {
+        let mut v = inos.to_vec();
         v.sort_unstable();
         v.dedup();
         v.into_iter().map(|i| self.lock(i, Mode::Exclusive)).collect()

@@ -11,7 +11,7 @@ use crate::format::inode::{Inode, Timespec, FLAG_SYSTEM};
 use crate::format::layout::Layout;
 use crate::format::slot::SlotHeader;
 use crate::format::superblock::{Superblock, BACKUP_SUPERBLOCK_BLKNO, LABEL_LEN, SUPERBLOCK_BLKNO};
-use crate::format::{byte_offset, BLOCK_SIZE};
+use crate::format::{BlockNo, InodeNo, BLOCK_SIZE};
 
 #[derive(Debug, Clone)]
 pub struct MkfsOptions {
@@ -27,7 +27,7 @@ impl Default for MkfsOptions {
     }
 }
 
-pub fn directory_inode(ino: u64, mode: u32, parent: u64, now: Timespec) -> Inode {
+pub fn directory_inode(ino: InodeNo, mode: u32, parent: InodeNo, now: Timespec) -> Inode {
     Inode {
         ino,
         mode: libc::S_IFDIR | mode,
@@ -73,7 +73,7 @@ pub fn mkfs(dev: &dyn BlockDevice, opts: &MkfsOptions) -> Result<Superblock> {
     // Superblocks last: until they are written, the device is not a mafs volume.
     dev.flush()?;
     for blk in [BACKUP_SUPERBLOCK_BLKNO, SUPERBLOCK_BLKNO] {
-        dev.write_at(&sb.encode(blk), byte_offset(blk))?;
+        dev.write_at(&sb.encode(blk), BlockNo(blk).byte_offset())?;
     }
     dev.flush()?;
     Ok(sb)
@@ -125,19 +125,19 @@ fn write_allocation_groups(dev: &dyn BlockDevice, layout: &Layout, system_inodes
             bitmap_fill(blk, bi, len, u64::MAX, BlockState::Meta);
             header::seal(blk, BlockType::Bitmap, layout.bitmap_blkno(a, bi), 0, seed);
         }
-        dev.write_at(&run, byte_offset(first))?;
+        dev.write_at(&run, BlockNo(first).byte_offset())?;
     }
     Ok(())
 }
 
 /// The root (holding lost+found's entry), lost+found, and one orphan directory per slot.
 fn write_system_directories(dev: &dyn BlockDevice, sb: &Superblock, now: Timespec) -> Result<()> {
-    let (root_ino, lost_found_ino) = (sb.root_ino, sb.lost_found_ino);
+    let (root_ino, lost_found_ino) = (InodeNo(sb.root_ino), InodeNo(sb.lost_found_ino));
     let mut dirs = vec![directory_inode(root_ino, 0o755, root_ino, now), directory_inode(lost_found_ino, 0o700, root_ino, now)];
     dirs[0].nlink = 3; // ".", "..", and lost+found's ".."
     dirs[0].entries = 1;
     for s in 0..sb.layout.slot_count {
-        let ino = orphan_dir_ino(sb, s);
+        let ino = InodeNo(orphan_dir_ino(sb, s));
         let mut d = directory_inode(ino, 0o700, ino, now);
         d.flags |= FLAG_SYSTEM;
         dirs.push(d);
@@ -148,8 +148,8 @@ fn write_system_directories(dev: &dyn BlockDevice, sb: &Superblock, now: Timespe
         if d.ino == root_ino {
             single_entry_tree(&mut b, b"lost+found", lost_found_ino, libc::DT_DIR);
         }
-        header::seal(&mut b, BlockType::Inode, d.ino, 0, sb.crc_seed());
-        dev.write_at(&b, byte_offset(d.ino))?;
+        header::seal(&mut b, BlockType::Inode, d.ino.get(), 0, sb.crc_seed());
+        dev.write_at(&b, d.ino.block().byte_offset())?;
     }
     Ok(())
 }
@@ -157,7 +157,7 @@ fn write_system_directories(dev: &dyn BlockDevice, sb: &Superblock, now: Timespe
 /// Gives a directory inode block an index tree holding one entry (the first of its hash),
 /// written without a transaction (mkfs only): a leaf root node holding a directory entry
 /// record, the types `btree` and `dir` read and write.
-fn single_entry_tree(inode_block: &mut [u8], name: &[u8], ino: u64, dtype: u8) {
+fn single_entry_tree(inode_block: &mut [u8], name: &[u8], ino: InodeNo, dtype: u8) {
     let e = DirEntry { key: entry_key(name_hash(name), 0), ino, dtype, name: name.to_vec() };
     Node { level: 0, leaf: vec![(e.key, e.value())], kids: Vec::new() }.encode(inode_block, NodePlace::InodeRoot);
 }
@@ -169,7 +169,7 @@ fn write_slot_headers(dev: &dyn BlockDevice, sb: &Superblock) -> Result<()> {
         // Both copies, equal: a stale copy left in the journal area by an earlier volume
         // must not outrank the new header.
         for blk in [layout.slot_header_blkno(s), layout.slot_header_copy_blkno(s)] {
-            dev.write_at(&hdr.encode(blk, sb.crc_seed()), byte_offset(blk))?;
+            dev.write_at(&hdr.encode(blk, sb.crc_seed()), BlockNo(blk).byte_offset())?;
         }
     }
     Ok(())

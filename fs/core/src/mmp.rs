@@ -34,7 +34,7 @@ pub fn this_host() -> String {
 /// The slot header as the device holds it now, not as this host's cache remembers it.
 fn read_fresh(dev: &dyn BlockDevice, sb: &Superblock, slot: u32) -> Result<SlotHeader> {
     let blk = sb.layout.slot_header_blkno(slot);
-    dev.forget_cached(crate::format::byte_offset(blk), crate::format::BLOCK_SIZE as u64);
+    dev.forget_cached(crate::format::BlockNo(blk).byte_offset(), crate::format::BLOCK_SIZE as u64);
     read_slot(dev, sb, slot)
 }
 

@@ -3,9 +3,9 @@
 //! documented offsets. mkfs refuses to overwrite any of them, or any data at all, without
 //! `--force`.
 use crate::device::BlockDevice;
-use crate::format::byte_offset;
 use crate::format::header::BlockType;
 use crate::format::superblock::{BACKUP_SUPERBLOCK_BLKNO, SUPERBLOCK_BLKNO};
+use crate::format::BlockNo;
 
 /// How much of the start of a device is looked at for "holds data".
 const PROBE_LEN: usize = 1 << 20;
@@ -36,7 +36,7 @@ pub fn existing_contents(dev: &dyn BlockDevice) -> Option<String> {
         dev.read_at(&mut b, off).ok().map(|()| b)
     };
     let mafs = [SUPERBLOCK_BLKNO, BACKUP_SUPERBLOCK_BLKNO].iter().any(|&blk| {
-        read(byte_offset(blk), 4).is_some_and(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) == BlockType::Superblock as u32)
+        read(BlockNo(blk).byte_offset(), 4).is_some_and(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) == BlockType::Superblock as u32)
     });
     if mafs {
         return Some("a mafs volume".into());

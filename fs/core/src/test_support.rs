@@ -18,8 +18,8 @@ pub fn scratch_device() -> Arc<CrashDevice> {
 /// A fresh inode block (zeroed inline area: an empty leaf root), committed.
 pub fn new_tree_inode(vol: &Volume) -> Arc<MetaBuf> {
     let h = vol.journal.begin().expect("begin");
-    let (ino, _) = vol.alloc.alloc(&h, 1, 0, BlockState::Inode).expect("alloc inode");
-    let buf = vol.cache.create(ino, BlockType::Inode);
+    let (blk, _) = vol.alloc.alloc(&h, 1, None, BlockState::Inode).expect("alloc inode");
+    let buf = vol.cache.create(blk, BlockType::Inode);
     drop(h.write(&buf));
     drop(h);
     vol.commit().expect("commit");

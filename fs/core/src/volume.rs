@@ -6,7 +6,7 @@ use crate::device::BlockDevice;
 use crate::error::{FsError, Result};
 use crate::format::slot::SlotHeader;
 use crate::format::superblock::{Superblock, BACKUP_SUPERBLOCK_BLKNO, SUPERBLOCK_BLKNO};
-use crate::format::{byte_offset, BLOCK_SIZE};
+use crate::format::{BlockNo, BLOCK_SIZE};
 use crate::journal::replay::{self, ReplayStats};
 use crate::journal::{read_slot, Journal};
 use std::sync::Arc;
@@ -33,12 +33,12 @@ pub fn read_superblock(dev: &dyn BlockDevice) -> Result<(Superblock, bool)> {
         return Err(FsError::NotMafs(format!("device of {} bytes is too small to hold a mafs volume", dev.size())));
     }
     let mut b = vec![0u8; BLOCK_SIZE];
-    dev.read_at(&mut b, byte_offset(SUPERBLOCK_BLKNO))?;
+    dev.read_at(&mut b, BlockNo(SUPERBLOCK_BLKNO).byte_offset())?;
     let primary = Superblock::decode(&b, SUPERBLOCK_BLKNO);
     let (sb, backup) = match primary {
         Ok(sb) => (sb, false),
         Err(e) => {
-            dev.read_at(&mut b, byte_offset(BACKUP_SUPERBLOCK_BLKNO))?;
+            dev.read_at(&mut b, BlockNo(BACKUP_SUPERBLOCK_BLKNO).byte_offset())?;
             match Superblock::decode(&b, BACKUP_SUPERBLOCK_BLKNO) {
                 Ok(sb) => (sb, true),
                 Err(_) => return Err(e),
@@ -47,7 +47,10 @@ pub fn read_superblock(dev: &dyn BlockDevice) -> Result<(Superblock, bool)> {
     };
     let need = sb.layout.total_blocks * BLOCK_SIZE as u64;
     if dev.size() < need {
-        return Err(FsError::corrupt(0, format!("superblock says the volume has {need} bytes but the device has only {}", dev.size())));
+        return Err(FsError::corrupt(
+            SUPERBLOCK_BLKNO,
+            format!("superblock says the volume has {need} bytes but the device has only {}", dev.size()),
+        ));
     }
     Ok((sb, backup))
 }

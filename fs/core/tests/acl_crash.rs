@@ -14,6 +14,7 @@ use mafs_core::device::{BlockDevice, CrashDevice};
 use mafs_core::filesystem::attr::XattrSet;
 use mafs_core::filesystem::namespace::NewNode;
 use mafs_core::filesystem::{Caller, Fs, SetAttr};
+use mafs_core::format::InodeNo;
 use mafs_core::fsck;
 use mafs_core::mkfs::{mkfs, MkfsOptions};
 use mafs_core::volume::Volume;
@@ -121,7 +122,7 @@ fn changed(k: usize) -> (u32, BTreeMap<Vec<u8>, Vec<u8>>) {
 }
 
 /// Makes node `k`'s change, as a chmod or a setfacl reaches the core.
-fn change(fs: &Fs, ino: u64, k: usize) -> mafs_core::error::Result<()> {
+fn change(fs: &Fs, ino: InodeNo, k: usize) -> mafs_core::error::Result<()> {
     match k % 2 {
         0 => fs.setattr_by(ino, &SetAttr { mode: Some(CHMOD), ..Default::default() }, Caller::ROOT).map(|_| ()),
         _ => fs.setxattr_by(ino, ACCESS, Some(&new_access_acl()), XattrSet::Any, Caller::ROOT),
@@ -134,7 +135,7 @@ fn change(fs: &Fs, ino: u64, k: usize) -> mafs_core::error::Result<()> {
 /// each ACL with a setxattr of its own, and a chmod was a setattr followed by a setxattr of
 /// the updated ACL: this test failed then, with nodes found without their ACL, and a directory
 /// with the new mode and the old ACL, after cuts between the two transactions.)
-fn create_inheriting(fs: &Fs, dir: u64, name: &[u8], kind: Kind) -> mafs_core::error::Result<()> {
+fn create_inheriting(fs: &Fs, dir: InodeNo, name: &[u8], kind: Kind) -> mafs_core::error::Result<()> {
     let who = Caller { umask: 0o022, ..Caller::ROOT };
     fs.create(dir, name, NewNode { mode: kind.requested(), rdev: 0, symlink_target: None }, who)?;
     Ok(())
@@ -191,7 +192,7 @@ fn check_image(img: Vec<u8>, acl_dir_name: &[u8], what: &str) -> Result<usize, S
 
 /// Unrelated work in the same transactions: 0 to 4 plain files, so that the transaction fills
 /// up at a different step of each ACL create or change.
-fn filler(fs: &Fs, dir: u64, k: usize) {
+fn filler(fs: &Fs, dir: InodeNo, k: usize) {
     for j in 0..((k * k + 3 * k + k / 7) % 5) {
         let n = format!("x{k}-{j}");
         fs.create(dir, n.as_bytes(), NewNode { mode: libc::S_IFREG | 0o644, rdev: 0, symlink_target: None }, ROOT_CALLER)

@@ -5,6 +5,7 @@ use mafs_core::device::{BlockDevice, CrashDevice};
 use mafs_core::error::FsError;
 use mafs_core::filesystem::namespace::NewNode;
 use mafs_core::filesystem::{Caller, Fs, SetAttr};
+use mafs_core::format::InodeNo;
 use mafs_core::fsck;
 use mafs_core::mkfs::{mkfs, MkfsOptions};
 use mafs_core::volume::Volume;
@@ -64,7 +65,7 @@ fn threads_working_at_once_keep_the_volume_consistent() {
             let mut rng = StdRng::seed_from_u64(w);
             let home = fs.create(root, format!("w{w}").as_bytes(), dir(), WHO).map_err(|e| e.to_string())?.ino;
             let sub = fs.create(home, b"sub", dir(), WHO).map_err(|e| e.to_string())?.ino;
-            let mut names: Vec<(u64, Vec<u8>, u64)> = Vec::new();
+            let mut names: Vec<(InodeNo, Vec<u8>, InodeNo)> = Vec::new();
             let mut n = 0u64;
             let mut ops = 0u64;
             while !stop.load(Ordering::Relaxed) && ops < 3000 {

@@ -25,6 +25,7 @@ use mafs_core::filesystem::attr::XattrSet;
 use mafs_core::filesystem::namespace::NewNode;
 use mafs_core::filesystem::rename::{RENAME_EXCHANGE, RENAME_NOREPLACE};
 use mafs_core::filesystem::{Caller, FallocMode, Fs, SetAttr};
+use mafs_core::format::InodeNo;
 use mafs_core::fsck;
 use mafs_core::mkfs::{mkfs, MkfsOptions};
 use mafs_core::volume::Volume;
@@ -53,9 +54,9 @@ type Xattrs = BTreeMap<Vec<u8>, Vec<u8>>;
 #[derive(Clone, Default, PartialEq, Eq, Debug)]
 struct Meta {
     /// (directory, name) -> inode.
-    names: BTreeMap<(u64, Vec<u8>), u64>,
+    names: BTreeMap<(InodeNo, Vec<u8>), InodeNo>,
     /// Regular files reachable by a name: size and extended attributes.
-    files: BTreeMap<u64, (u64, Xattrs)>,
+    files: BTreeMap<InodeNo, (u64, Xattrs)>,
 }
 
 impl Meta {
@@ -93,34 +94,34 @@ impl Meta {
 
 struct Model {
     meta: Meta,
-    kind: HashMap<u64, Kind>,
-    nlink: HashMap<u64, u32>,
+    kind: HashMap<InodeNo, Kind>,
+    nlink: HashMap<InodeNo, u32>,
     /// Regular files (linked or open-unlinked) and symlink targets.
-    content: HashMap<u64, Vec<u8>>,
-    dir_parent: HashMap<u64, u64>,
-    root: u64,
-    lost_found: u64,
+    content: HashMap<InodeNo, Vec<u8>>,
+    dir_parent: HashMap<InodeNo, InodeNo>,
+    root: InodeNo,
+    lost_found: InodeNo,
     /// Open handles of unlinked files.
-    open_unlinked: Vec<u64>,
+    open_unlinked: Vec<InodeNo>,
     next_name: u64,
     /// Files changed only by truncates since the last sync: every content they had since.
-    trunc_hist: HashMap<u64, Vec<Arc<Vec<u8>>>>,
+    trunc_hist: HashMap<InodeNo, Vec<Arc<Vec<u8>>>>,
 }
 
 impl Model {
-    fn dirs(&self) -> Vec<u64> {
-        let mut v: Vec<u64> = self.dir_parent.keys().copied().filter(|d| *d != self.lost_found).collect();
+    fn dirs(&self) -> Vec<InodeNo> {
+        let mut v: Vec<InodeNo> = self.dir_parent.keys().copied().filter(|d| *d != self.lost_found).collect();
         v.sort_unstable();
         v
     }
-    fn children(&self, d: u64) -> Vec<(Vec<u8>, u64)> {
-        self.meta.names.range((d, Vec::new())..(d + 1, Vec::new())).map(|((_, n), i)| (n.clone(), *i)).collect()
+    fn children(&self, d: InodeNo) -> Vec<(Vec<u8>, InodeNo)> {
+        self.meta.names.range((d, Vec::new())..(InodeNo(d.get() + 1), Vec::new())).map(|((_, n), i)| (n.clone(), *i)).collect()
     }
     /// Every (dir, name, ino) but lost+found.
-    fn all_names(&self) -> Vec<(u64, Vec<u8>, u64)> {
+    fn all_names(&self) -> Vec<(InodeNo, Vec<u8>, InodeNo)> {
         self.meta.names.iter().filter(|(_, i)| **i != self.lost_found).map(|((d, n), i)| (*d, n.clone(), *i)).collect()
     }
-    fn is_ancestor(&self, anc: u64, mut d: u64) -> bool {
+    fn is_ancestor(&self, anc: InodeNo, mut d: InodeNo) -> bool {
         loop {
             if d == anc {
                 return true;
@@ -138,14 +139,14 @@ impl Model {
     fn total_bytes(&self) -> u64 {
         self.content.values().map(|c| c.len() as u64).sum()
     }
-    fn set_size(&mut self, ino: u64) {
+    fn set_size(&mut self, ino: InodeNo) {
         let sz = self.content[&ino].len() as u64;
         if let Some(f) = self.meta.files.get_mut(&ino) {
             f.0 = sz;
         }
     }
     /// One name of `ino` went away.
-    fn drop_link(&mut self, ino: u64, dirty: &mut HashSet<u64>) {
+    fn drop_link(&mut self, ino: InodeNo, dirty: &mut HashSet<InodeNo>) {
         match self.kind[&ino] {
             Kind::Dir => {
                 self.dir_parent.remove(&ino);
@@ -234,14 +235,21 @@ fn fsck_clean(img: Vec<u8>, what: &str) -> Result<(), String> {
 #[derive(Clone, Default)]
 struct Synced {
     /// Content of every linked regular file and symlink at the last sync.
-    content: HashMap<u64, Vec<u8>>,
-    symlinks: HashSet<u64>,
+    content: HashMap<InodeNo, Vec<u8>>,
+    symlinks: HashSet<InodeNo>,
 }
 
 /// Checks one crash image against the history since the last sync.
-type TruncHist = HashMap<u64, Vec<Arc<Vec<u8>>>>;
+type TruncHist = HashMap<InodeNo, Vec<Arc<Vec<u8>>>>;
 
-fn check_image(img: Vec<u8>, history: &[Meta], synced: &Synced, dirty: &HashSet<u64>, trunc: &TruncHist, what: &str) -> Result<(), String> {
+fn check_image(
+    img: Vec<u8>,
+    history: &[Meta],
+    synced: &Synced,
+    dirty: &HashSet<InodeNo>,
+    trunc: &TruncHist,
+    what: &str,
+) -> Result<(), String> {
     fsck_clean(img.clone(), &format!("{what} (raw image)"))?;
     let dev = Arc::new(CrashDevice::from_image(img));
     let fs = mount(dev.clone(), 4096).map_err(|e| format!("{what}: mount failed: {e}"))?;
@@ -379,7 +387,7 @@ fn run_seed(r: &Run) -> Result<Stats, String> {
     };
     let mut synced = Synced::default();
     let mut history = vec![initial];
-    let mut dirty: HashSet<u64> = HashSet::new();
+    let mut dirty: HashSet<InodeNo> = HashSet::new();
     let mut log: Vec<String> = Vec::new();
     let mut st = Stats::default();
     let mut last_tail = fs.vol.journal.slot().tail_seq;
@@ -400,8 +408,8 @@ fn run_seed(r: &Run) -> Result<Stats, String> {
     let mut sync_snaps: HashMap<i64, Synced> = HashMap::from([(-1, Synced::default())]);
     for i in 0..r.ops {
         let ev_start = dev.events();
-        let files: Vec<u64> = {
-            let mut v: Vec<u64> = m.meta.files.keys().copied().collect();
+        let files: Vec<InodeNo> = {
+            let mut v: Vec<InodeNo> = m.meta.files.keys().copied().collect();
             v.extend(m.open_unlinked.iter().copied());
             v.sort_unstable();
             v.dedup();
@@ -522,7 +530,7 @@ fn run_seed(r: &Run) -> Result<Stats, String> {
                     if skind == Kind::Dir && m.is_ancestor(sino, dd) {
                         return Ok(());
                     }
-                    let existing: Vec<(Vec<u8>, u64)> =
+                    let existing: Vec<(Vec<u8>, InodeNo)> =
                         m.children(dd).into_iter().filter(|(n, i)| *i != m.lost_found && !(dd == sd && *n == sn)).collect();
                     let target = if rng.gen_bool(0.4) { pick(&mut rng, &existing) } else { None };
                     match target {
@@ -610,7 +618,7 @@ fn run_seed(r: &Run) -> Result<Stats, String> {
                 }
                 // rmdir an empty directory
                 65..=67 => {
-                    let empty: Vec<u64> = dirs.iter().copied().filter(|&x| x != root && m.children(x).is_empty()).collect();
+                    let empty: Vec<InodeNo> = dirs.iter().copied().filter(|&x| x != root && m.children(x).is_empty()).collect();
                     let Some(ino) = pick(&mut rng, &empty) else { return Ok(()) };
                     let (d, n) = m.meta.names.iter().find(|(_, i)| **i == ino).map(|(k, _)| k.clone()).unwrap();
                     fs.unlink(d, &n, true)?;
@@ -620,7 +628,7 @@ fn run_seed(r: &Run) -> Result<Stats, String> {
                 }
                 // hard link
                 68..=72 => {
-                    let linked: Vec<u64> = m.meta.files.keys().copied().collect();
+                    let linked: Vec<InodeNo> = m.meta.files.keys().copied().collect();
                     let Some(ino) = pick(&mut rng, &linked) else { return Ok(()) };
                     let d = pick(&mut rng, &dirs).unwrap();
                     let name = m.fresh_name("l");
@@ -684,7 +692,7 @@ fn run_seed(r: &Run) -> Result<Stats, String> {
                 }
                 // extended attributes
                 83..=88 => {
-                    let linked: Vec<u64> = m.meta.files.keys().copied().collect();
+                    let linked: Vec<InodeNo> = m.meta.files.keys().copied().collect();
                     let Some(ino) = pick(&mut rng, &linked) else { return Ok(()) };
                     let key = format!("user.k{}", rng.gen_range(0..6)).into_bytes();
                     let x = &mut m.meta.files.get_mut(&ino).unwrap().1;
@@ -702,7 +710,7 @@ fn run_seed(r: &Run) -> Result<Stats, String> {
                 }
                 // open a file and unlink its last name while it stays open
                 89..=90 => {
-                    let single: Vec<(u64, Vec<u8>, u64)> = m
+                    let single: Vec<(InodeNo, Vec<u8>, InodeNo)> = m
                         .all_names()
                         .into_iter()
                         .filter(|(_, _, i)| m.kind[i] == Kind::File && m.nlink[i] == 1 && !m.open_unlinked.contains(i))
@@ -853,7 +861,7 @@ fn keep_big_allocations() {
 
 /// Per operation: first and past-the-last write-log event, whether it made everything durable,
 /// the inodes changed since the last sync and the truncate-only history, as of its end.
-type OpRec = (usize, usize, bool, HashSet<u64>, TruncHist);
+type OpRec = (usize, usize, bool, HashSet<InodeNo>, TruncHist);
 
 /// Cuts the power at random past writes (anywhere, including in the middle of an operation or
 /// a commit) and checks each image against the states possible at that point.
@@ -989,7 +997,7 @@ fn write_errors_fail_operations_cleanly_and_the_image_recovers() {
         let root = fs.root();
         let mk = |_name: &[u8]| NewNode { mode: libc::S_IFREG | 0o644, rdev: 0, symlink_target: None };
         // Synced baseline: a few files, one big, one inline.
-        let mut synced: Vec<(u64, Vec<u8>)> = Vec::new();
+        let mut synced: Vec<(InodeNo, Vec<u8>)> = Vec::new();
         let mut rng = StdRng::seed_from_u64(case as u64);
         for (k, len) in [300usize, 70_000, 1 << 20].into_iter().enumerate() {
             let name = format!("base{k}");
@@ -1083,7 +1091,7 @@ fn a_full_volume_fails_with_nospace_and_stays_consistent() {
     let root = fs.root();
     let reg = || NewNode { mode: libc::S_IFREG | 0o644, rdev: 0, symlink_target: None };
     let mut rng = StdRng::seed_from_u64(5);
-    let mut files: Vec<(Vec<u8>, u64, u64)> = Vec::new();
+    let mut files: Vec<(Vec<u8>, InodeNo, u64)> = Vec::new();
     let mut nospace = 0;
     let mut other_errors = Vec::new();
     // Phase 1: big writes until the data runs out; phase 2: everything else that needs space.

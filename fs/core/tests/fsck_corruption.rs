@@ -9,8 +9,8 @@ use mafs_core::device::CrashDevice;
 use mafs_core::filesystem::attr::XattrSet;
 use mafs_core::filesystem::namespace::NewNode;
 use mafs_core::filesystem::{Caller, Fs};
-use mafs_core::format::byte_offset;
 use mafs_core::format::header::BlockType;
+use mafs_core::format::BlockNo;
 use mafs_core::fsck;
 use mafs_core::mkfs::{mkfs, MkfsOptions};
 use mafs_core::volume::Volume;
@@ -139,7 +139,7 @@ fn a_flipped_byte_in_any_kind_of_metadata_block_is_repaired_without_cross_linkin
             for at in [40usize, 2100] {
                 let what = format!("{} block {blk}, byte {at}", ty.name());
                 let mut damaged = img.clone();
-                damaged[byte_offset(blk) as usize + at] ^= 0x5a;
+                damaged[BlockNo(blk).byte_offset() as usize + at] ^= 0x5a;
                 let dev = Arc::new(CrashDevice::from_image(damaged));
                 let r = fsck::check(dev.clone(), false).expect("fsck");
                 assert_eq!(r.exit_code(), 4, "{what}: not found ({:?})", r.problems);

@@ -8,7 +8,7 @@ use mafs_core::filesystem::{Caller, Fs};
 use mafs_core::format::ag::{bitmap_set, BlockState};
 use mafs_core::format::header::{self, BlockType};
 use mafs_core::format::le::*;
-use mafs_core::format::{byte_offset, BLOCK_SIZE};
+use mafs_core::format::{BlockNo, InodeNo, BLOCK_SIZE};
 use mafs_core::fsck::{self, Problem};
 use mafs_core::mkfs::{mkfs, MkfsOptions};
 use mafs_core::volume::Volume;
@@ -30,7 +30,7 @@ fn with_fs<T>(dev: &Arc<CrashDevice>, f: impl FnOnce(&Fs) -> T) -> T {
     r
 }
 
-fn file(fs: &Fs, parent: u64, name: &str, data: &[u8]) -> u64 {
+fn file(fs: &Fs, parent: InodeNo, name: &str, data: &[u8]) -> InodeNo {
     let i = fs
         .create(parent, name.as_bytes(), NewNode { mode: libc::S_IFREG | 0o644, rdev: 0, symlink_target: None }, ROOT_USER)
         .expect("create");
@@ -39,14 +39,14 @@ fn file(fs: &Fs, parent: u64, name: &str, data: &[u8]) -> u64 {
 }
 
 /// Rewrites one metadata block in place with `edit`, resealing its checksum.
-fn patch_block(dev: &CrashDevice, blk: u64, ty: BlockType, edit: impl FnOnce(&mut [u8])) {
+fn patch_block(dev: &CrashDevice, blk: BlockNo, ty: BlockType, edit: impl FnOnce(&mut [u8])) {
     let sb = mafs_core::volume::read_superblock(dev).expect("sb").0;
     let mut b = vec![0u8; BLOCK_SIZE];
-    dev.read_at(&mut b, byte_offset(blk)).expect("read");
+    dev.read_at(&mut b, blk.byte_offset()).expect("read");
     edit(&mut b);
     let seq = header::seq_of(&b);
-    header::seal(&mut b, ty, blk, seq, sb.crc_seed());
-    dev.write_at(&b, byte_offset(blk)).expect("write");
+    header::seal(&mut b, ty, blk.get(), seq, sb.crc_seed());
+    dev.write_at(&b, blk.byte_offset()).expect("write");
     dev.flush().expect("flush");
 }
 
@@ -85,7 +85,7 @@ fn fresh_and_used_volumes_are_clean() {
 fn wrong_link_count_is_found_and_fixed() {
     let dev = new_volume();
     let ino = with_fs(&dev, |fs| file(fs, fs.root(), "f", b"data"));
-    patch_block(&dev, ino, BlockType::Inode, |b| put_u32(b, 48, 5));
+    patch_block(&dev, ino.block(), BlockType::Inode, |b| put_u32(b, 48, 5));
     repair_fixes(&dev, "LinkCount", |p| matches!(p, Problem::LinkCount { .. }));
     with_fs(&dev, |fs| assert_eq!(fs.getattr(ino).expect("getattr").nlink, 1));
 }
@@ -101,7 +101,7 @@ fn leaked_blocks_are_found_and_freed() {
     let l = sb.layout;
     let first_bitmap = l.bitmap_blkno(0, 0);
     let len = l.ag_len(0) as u64;
-    patch_block(&dev, first_bitmap, BlockType::Bitmap, |b| {
+    patch_block(&dev, BlockNo(first_bitmap), BlockType::Bitmap, |b| {
         for r in len - 10..len {
             bitmap_set(b, r, BlockState::Data);
         }
@@ -116,7 +116,7 @@ fn disconnected_inode_goes_to_lost_and_found() {
     // Remove the directory entry behind the filesystem's back.
     {
         let vol = Volume::open(dev.clone(), 0, "test", 4096).expect("open");
-        let root = vol.cache.get(vol.sb.root_ino, BlockType::Inode).expect("root");
+        let root = vol.cache.get(BlockNo(vol.sb.root_ino), BlockType::Inode).expect("root");
         let h = vol.journal.begin().expect("begin");
         let mut t = TreeWrite::new(&vol.cache, &vol.alloc, &h, &root);
         let e = dir::lookup(&t.read, b"victim").expect("lookup").expect("entry");
@@ -157,7 +157,7 @@ fn a_symlink_whose_size_does_not_match_its_target_is_found_and_removed() {
         fs.create(fs.root(), b"link", n, ROOT_USER).expect("symlink").ino
     });
     // An empty symlink, as an ENOSPC used to leave behind.
-    patch_block(&dev, ino, BlockType::Inode, |b| put_u64(b, 56, 0));
+    patch_block(&dev, ino.block(), BlockType::Inode, |b| put_u64(b, 56, 0));
     repair_fixes(&dev, "BrokenSymlink", |p| matches!(p, Problem::BrokenSymlink { .. }));
     with_fs(&dev, |fs| assert!(fs.lookup(fs.root(), b"link").is_err(), "the broken link is still listed"));
 }

@@ -12,6 +12,7 @@ use mafs_core::device::CrashDevice;
 use mafs_core::filesystem::attr::XattrSet;
 use mafs_core::filesystem::namespace::NewNode;
 use mafs_core::filesystem::{Caller, Fs};
+use mafs_core::format::InodeNo;
 use mafs_core::fsck;
 use mafs_core::mkfs::{mkfs, MkfsOptions};
 use mafs_core::volume::Volume;
@@ -110,7 +111,7 @@ fn large_expected() -> Vec<u8> {
     out
 }
 
-fn lookup(fs: &Fs, path: &str) -> u64 {
+fn lookup(fs: &Fs, path: &str) -> InodeNo {
     path.split('/').fold(fs.root(), |ino, part| fs.lookup(ino, part.as_bytes()).unwrap_or_else(|e| panic!("{path}: {e}")).ino)
 }
 

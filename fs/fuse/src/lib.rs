@@ -15,6 +15,7 @@ use mafs_core::filesystem::namespace::NewNode;
 use mafs_core::filesystem::setid::privileged_bits;
 use mafs_core::filesystem::{FallocMode, Fs, SetAttr, Whence};
 use mafs_core::format::inode::{Inode, Timespec};
+use mafs_core::format::InodeNo;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
@@ -31,7 +32,7 @@ pub struct MafsFuse {
     /// How long the kernel may trust attributes and names. A standalone node holds every lock
     /// for ever, so every change goes through this kernel and long TTLs are safe.
     ttl: Duration,
-    root: u64,
+    root: InodeNo,
 }
 
 fn errno(e: &FsError) -> Errno {
@@ -92,16 +93,23 @@ impl MafsFuse {
         MafsFuse { fs, ttl, root }
     }
 
-    fn ino(&self, i: INodeNo) -> u64 {
-        if i.0 == 1 {
+    /// The kernel's node id as the core's inode number: the one place the two meet. The root
+    /// is node 1 to the kernel; every other node id is the inode's number.
+    fn ino(&self, i: INodeNo) -> InodeNo {
+        if i == INodeNo::ROOT {
             self.root
         } else {
-            i.0
+            InodeNo(i.0)
         }
     }
 
-    fn fuse_ino(&self, i: u64) -> INodeNo {
-        INodeNo(if i == self.root { 1 } else { i })
+    /// The core's inode number as the kernel's node id (the other way of [`Self::ino`]).
+    fn fuse_ino(&self, i: InodeNo) -> INodeNo {
+        if i == self.root {
+            INodeNo::ROOT
+        } else {
+            INodeNo(i.get())
+        }
     }
 
     fn attr(&self, i: &Inode) -> FileAttr {
@@ -148,8 +156,8 @@ impl MafsFuse {
     /// entry: there is no name to cache. The root's block number is never a node id (the root
     /// is node 1), so a handle holding it names nothing either. The reply counts as a lookup
     /// like any other, and the kernel's FORGET balances it; mafs keeps no per-lookup state.
-    fn handle_entry(&self, node: INodeNo, find: impl FnOnce(u64) -> Result<Inode, FsError>, reply: ReplyEntry) {
-        if node.0 == self.root && node.0 != 1 {
+    fn handle_entry(&self, node: INodeNo, find: impl FnOnce(InodeNo) -> Result<Inode, FsError>, reply: ReplyEntry) {
+        if node != INodeNo::ROOT && self.ino(node) == self.root {
             return reply.error(Errno::from_i32(libc::ESTALE));
         }
         match find(self.ino(node)) {

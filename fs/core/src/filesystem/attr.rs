@@ -7,7 +7,7 @@ use crate::alloc::BlockState;
 use crate::error::{FsError, Result};
 use crate::format::header::BlockType;
 use crate::format::inode::{Inode, Timespec};
-use crate::format::BLOCK_SIZE;
+use crate::format::{InodeNo, BLOCK_SIZE};
 use crate::journal::Handle;
 use crate::locks::Mode;
 use crate::xattr;
@@ -45,7 +45,7 @@ impl Fs {
     /// Changes the attributes `a` names. A new mode also goes into the access ACL, if the file
     /// has one, in the same transaction. The set-ID rules of a change made for a caller are
     /// `setattr_by`'s (`setid.rs`).
-    pub fn setattr(&self, ino: u64, a: &SetAttr) -> Result<Inode> {
+    pub fn setattr(&self, ino: InodeNo, a: &SetAttr) -> Result<Inode> {
         if let Some(size) = a.size {
             let cur = self.getattr(ino)?;
             if cur.is_dir() {
@@ -104,7 +104,7 @@ impl Fs {
 
     /// Records an access time, relatime-style: only if the old one is not newer than the last
     /// change or is a day old, so reads do not turn into journal writes.
-    pub fn touch_atime(&self, ino: u64) -> Result<()> {
+    pub fn touch_atime(&self, ino: InodeNo) -> Result<()> {
         let cur = self.getattr(ino)?;
         let now = Timespec::now();
         let stale = cur.atime.sec + 86400 < now.sec;
@@ -122,21 +122,19 @@ impl Fs {
     }
 
     pub(crate) fn xattrs_of(&self, inode: &Inode) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        if inode.xattr_blk == 0 {
-            return Ok(Vec::new());
-        }
-        let buf = self.vol.cache.get(inode.xattr_blk, BlockType::Xattr)?;
+        let Some(xb) = inode.xattr_block() else { return Ok(Vec::new()) };
+        let buf = self.vol.cache.get(xb, BlockType::Xattr)?;
         let d = buf.read();
-        xattr::parse(&d, inode.xattr_blk)
+        xattr::parse(&d, xb.get())
     }
 
-    pub fn getxattr(&self, ino: u64, name: &[u8]) -> Result<Vec<u8>> {
+    pub fn getxattr(&self, ino: InodeNo, name: &[u8]) -> Result<Vec<u8>> {
         let _g = self.locks.lock(ino, Mode::Shared)?;
         let (_, inode) = self.iget(ino)?;
         self.xattrs_of(&inode)?.into_iter().find(|(n, _)| n == name).map(|(_, v)| v).ok_or(FsError::NoAttr)
     }
 
-    pub fn listxattr(&self, ino: u64) -> Result<Vec<u8>> {
+    pub fn listxattr(&self, ino: InodeNo) -> Result<Vec<u8>> {
         let _g = self.locks.lock(ino, Mode::Shared)?;
         let (_, inode) = self.iget(ino)?;
         let mut out = Vec::new();
@@ -153,13 +151,13 @@ impl Fs {
     /// only, and an access ACL sets the permission bits in the same transaction (and is not
     /// stored if it says no more than they do). What the caller's privileges change about
     /// that is `setxattr_by`'s (`setid.rs`).
-    pub fn setxattr(&self, ino: u64, name: &[u8], value: Option<&[u8]>, how: XattrSet) -> Result<()> {
+    pub fn setxattr(&self, ino: InodeNo, name: &[u8], value: Option<&[u8]>, how: XattrSet) -> Result<()> {
         self.set_xattr(ino, name, value, how, None)
     }
 
     /// `setxattr`, for `who` if given: setting an access ACL then drops set-group-ID unless
     /// `who` may keep it.
-    pub(crate) fn set_xattr(&self, ino: u64, name: &[u8], value: Option<&[u8]>, how: XattrSet, who: Option<Caller>) -> Result<()> {
+    pub(crate) fn set_xattr(&self, ino: InodeNo, name: &[u8], value: Option<&[u8]>, how: XattrSet, who: Option<Caller>) -> Result<()> {
         if name.is_empty() || name.len() > xattr::MAX_NAME {
             return Err(if name.is_empty() { FsError::Invalid("empty attribute name") } else { FsError::Range });
         }
@@ -243,21 +241,22 @@ impl Fs {
             return Err(FsError::NoSpace);
         }
         if attrs.is_empty() {
-            if inode.xattr_blk != 0 {
-                h.revoke(inode.xattr_blk);
-                self.vol.alloc.free(h, inode.xattr_blk, 1)?;
+            if let Some(xb) = inode.xattr_block() {
+                h.revoke(xb);
+                self.vol.alloc.free(h, xb, 1)?;
                 inode.xattr_blk = 0;
                 inode.blocks -= 1;
             }
             return Ok(());
         }
-        let xbuf = if inode.xattr_blk == 0 {
-            let (b, _) = self.vol.alloc.alloc(h, 1, inode.ino, BlockState::Meta)?;
-            inode.xattr_blk = b;
-            inode.blocks += 1;
-            self.vol.cache.create(b, BlockType::Xattr)
-        } else {
-            self.vol.cache.get(inode.xattr_blk, BlockType::Xattr)?
+        let xbuf = match inode.xattr_block() {
+            None => {
+                let (b, _) = self.vol.alloc.alloc(h, 1, Some(inode.ino.block()), BlockState::Meta)?;
+                inode.xattr_blk = b.get();
+                inode.blocks += 1;
+                self.vol.cache.create(b, BlockType::Xattr)
+            }
+            Some(xb) => self.vol.cache.get(xb, BlockType::Xattr)?,
         };
         // A statement of its own: the write guard must be gone before `xbuf` is.
         let r = xattr::serialize(attrs, &mut h.write(&xbuf));

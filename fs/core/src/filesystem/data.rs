@@ -9,7 +9,7 @@ use crate::cache::MetaBuf;
 use crate::error::{FsError, Result};
 use crate::format::extent::Extent;
 use crate::format::inode::{Inode, Timespec, FLAG_STUFFED, INLINE_LEN, INLINE_OFFSET};
-use crate::format::{byte_offset, BLOCK_SIZE};
+use crate::format::{BlockNo, InodeNo, BLOCK_SIZE};
 use crate::journal::Handle;
 use crate::locks::Mode;
 use std::sync::Arc;
@@ -93,8 +93,8 @@ impl FallocMode {
 }
 
 impl Fs {
-    fn dev_write(&self, data: &[u8], pblk: u64, within: u64) -> Result<()> {
-        self.vol.dev.write_at(data, byte_offset(pblk) + within)
+    fn dev_write(&self, data: &[u8], pblk: BlockNo, within: u64) -> Result<()> {
+        self.vol.dev.write_at(data, pblk.byte_offset() + within)
     }
 
     /// Moves a stuffed file's bytes out of the inode into a data block.
@@ -106,7 +106,7 @@ impl Fs {
         }
         inode.flags &= !FLAG_STUFFED;
         if inode.size > 0 {
-            let (p, _) = self.vol.alloc.alloc(h, 1, buf.blkno + 1, BlockState::Data)?;
+            let (p, _) = self.vol.alloc.alloc(h, 1, Some(buf.blkno + 1), BlockState::Data)?;
             let mut block = vec![0u8; BLOCK_SIZE];
             block[..inline.len()].copy_from_slice(&inline);
             self.dev_write(&block, p, 0)?;
@@ -127,7 +127,7 @@ impl Fs {
         inode: &mut Inode,
         lblk: u64,
         n: u64,
-        fill: &mut dyn FnMut(u64, u64, u64) -> Result<()>,
+        fill: &mut dyn FnMut(u64, BlockNo, u64) -> Result<()>,
     ) -> Result<u64> {
         let goal = {
             let t = self.tree(buf);
@@ -141,7 +141,7 @@ impl Fs {
         if room == 0 {
             return Err(FsError::NoSpace);
         }
-        let (p, got) = self.vol.alloc.alloc(h, n.min(MAX_EXTENT).min(room), goal, BlockState::Data)?;
+        let (p, got) = self.vol.alloc.alloc(h, n.min(MAX_EXTENT).min(room), Some(goal), BlockState::Data)?;
         // Data first, then the mapping (ordered mode). Blocks that could not be filled are
         // given back, or they would be in use with nothing pointing at them.
         if let Err(e) = fill(lblk, p, got) {
@@ -219,7 +219,7 @@ impl Fs {
             if let Some(e) = extent_at(&t, from / BS)? {
                 let within = from % BS;
                 let n = (BS - within).min(to - from);
-                self.vol.dev.zero_range(byte_offset(e.pblk_of(from / BS)) + within, n)?;
+                self.vol.dev.zero_range(e.pblk_of(from / BS).byte_offset() + within, n)?;
             }
         }
         let last_blk = to.div_ceil(BS);
@@ -228,14 +228,14 @@ impl Fs {
                 let s = e.lblk.max(first_full);
                 let eend = (e.lblk + e.len).min(last_blk);
                 if s < eend {
-                    self.vol.dev.zero_range(byte_offset(e.pblk_of(s)), (eend - s) * BS)?;
+                    self.vol.dev.zero_range(e.pblk_of(s).byte_offset(), (eend - s) * BS)?;
                 }
             }
         }
         Ok(())
     }
 
-    pub fn write(&self, ino: u64, off: u64, data: &[u8]) -> Result<usize> {
+    pub fn write(&self, ino: InodeNo, off: u64, data: &[u8]) -> Result<usize> {
         if data.is_empty() {
             return Ok(0);
         }
@@ -280,7 +280,7 @@ impl Fs {
         Ok(data.len())
     }
 
-    pub fn read(&self, ino: u64, off: u64, size: u32) -> Result<Vec<u8>> {
+    pub fn read(&self, ino: InodeNo, off: u64, size: u32) -> Result<Vec<u8>> {
         let _g = self.locks.lock(ino, Mode::Shared)?;
         let (buf, inode) = self.iget(ino)?;
         if inode.is_dir() {
@@ -301,7 +301,7 @@ impl Fs {
             let en = ((e.lblk + e.len) * BS).min(end);
             if s < en {
                 let dst = &mut out[(s - off) as usize..(en - off) as usize];
-                self.vol.dev.read_at(dst, byte_offset(e.pblk) + (s - e.lblk * BS))?;
+                self.vol.dev.read_at(dst, e.pblk.byte_offset() + (s - e.lblk * BS))?;
             }
         }
         Ok(out)
@@ -351,7 +351,7 @@ impl Fs {
     }
 
     /// Changes the size: shrinking frees blocks in bounded transactions; growing leaves a hole.
-    pub(crate) fn truncate(&self, ino: u64, new_size: u64) -> Result<()> {
+    pub(crate) fn truncate(&self, ino: InodeNo, new_size: u64) -> Result<()> {
         if new_size > super::MAX_FILE_SIZE {
             return Err(FsError::FileTooBig);
         }
@@ -408,7 +408,7 @@ impl Fs {
         }
     }
 
-    pub fn fallocate(&self, ino: u64, off: u64, len: u64, mode: FallocMode) -> Result<()> {
+    pub fn fallocate(&self, ino: InodeNo, off: u64, len: u64, mode: FallocMode) -> Result<()> {
         if len == 0 {
             return Err(FsError::Invalid("fallocate length 0"));
         }
@@ -490,7 +490,7 @@ impl Fs {
             })?;
             let hole_end = next.min(to);
             let dev = &self.vol.dev;
-            let got = self.fill_hole(h, buf, inode, lblk, hole_end - lblk, &mut |_, p, n| dev.zero_range(byte_offset(p), n * BS))?;
+            let got = self.fill_hole(h, buf, inode, lblk, hole_end - lblk, &mut |_, p, n| dev.zero_range(p.byte_offset(), n * BS))?;
             mapped.push((lblk, got));
             lblk += got;
         }
@@ -498,7 +498,7 @@ impl Fs {
     }
 
     /// Punches [off, end): whole blocks are freed, partial edge blocks zeroed.
-    fn punch(&self, ino: u64, off: u64, end: u64) -> Result<()> {
+    fn punch(&self, ino: InodeNo, off: u64, end: u64) -> Result<()> {
         let mut first = true;
         loop {
             let h = self.begin()?;
@@ -525,7 +525,7 @@ impl Fs {
                 for (s, e) in [(off, end.min(off.div_ceil(BS) * BS)), ((end / BS * BS).max(off), end)] {
                     if s < e && (s % BS != 0 || e % BS != 0) {
                         if let Some(x) = extent_at(&t, s / BS)? {
-                            self.vol.dev.zero_range(byte_offset(x.pblk_of(s / BS)) + s % BS, e - s)?;
+                            self.vol.dev.zero_range(x.pblk_of(s / BS).byte_offset() + s % BS, e - s)?;
                         }
                     }
                 }
@@ -541,7 +541,7 @@ impl Fs {
     }
 
     /// SEEK_DATA / SEEK_HOLE from `off`; ENXIO past the end.
-    pub fn lseek(&self, ino: u64, off: u64, whence: Whence) -> Result<u64> {
+    pub fn lseek(&self, ino: InodeNo, off: u64, whence: Whence) -> Result<u64> {
         let _g = self.locks.lock(ino, Mode::Shared)?;
         let (buf, inode) = self.iget(ino)?;
         if off >= inode.size {

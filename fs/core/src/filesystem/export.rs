@@ -14,18 +14,19 @@ use crate::error::{FsError, Result};
 use crate::format::header::BlockType;
 use crate::format::inode::{Inode, FLAG_SYSTEM};
 use crate::format::le::u32_at;
+use crate::format::InodeNo;
 use crate::locks::Mode;
 
 impl Fs {
     /// The live inode numbered `ino`, for a file handle: `NotFound` unless the block is an
     /// allocated, initialised, user-visible inode that is still linked (or still open here).
-    pub fn inode_by_number(&self, ino: u64) -> Result<Inode> {
+    pub fn inode_by_number(&self, ino: InodeNo) -> Result<Inode> {
         let _g = self.locks.lock(ino, Mode::Shared)?;
         self.inode_by_number_locked(ino)
     }
 
     /// The parent of directory `ino` (its ".."), for reconnecting a directory handle.
-    pub fn parent_of(&self, ino: u64) -> Result<Inode> {
+    pub fn parent_of(&self, ino: InodeNo) -> Result<Inode> {
         let parent = {
             let _g = self.locks.lock(ino, Mode::Shared)?;
             let dir = self.inode_by_number_locked(ino)?;
@@ -40,13 +41,13 @@ impl Fs {
         self.inode_by_number(parent)
     }
 
-    fn inode_by_number_locked(&self, ino: u64) -> Result<Inode> {
+    fn inode_by_number_locked(&self, ino: InodeNo) -> Result<Inode> {
         // The bitmap first: a freed inode's block may still sit in the cache with its old
         // image, or hold file data or a tree node now, which must not be read as an inode.
-        if self.vol.alloc.state(ino)? != BlockState::Inode {
+        if self.vol.alloc.state(ino.block())? != BlockState::Inode {
             return Err(FsError::NotFound);
         }
-        let buf = self.vol.cache.get(ino, BlockType::Inode)?;
+        let buf = self.vol.cache.get(ino.block(), BlockType::Inode)?;
         // An inode a create has allocated but not written yet is all zeroes: not a file yet.
         if u32_at(&buf.read(), 32) & libc::S_IFMT == 0 {
             return Err(FsError::NotFound);
@@ -96,7 +97,7 @@ mod tests {
         Fs::new(vol).expect("fs")
     }
 
-    fn make(fs: &Fs, parent: u64, name: &[u8], mode: u32) -> Inode {
+    fn make(fs: &Fs, parent: InodeNo, name: &[u8], mode: u32) -> Inode {
         fs.create(parent, name, NewNode { mode, rdev: 0, symlink_target: None }, Caller::ROOT).expect("create")
     }
 
@@ -122,14 +123,15 @@ mod tests {
         let f = make(&fs, fs.root(), b"f", libc::S_IFREG | 0o644);
         fs.write(f.ino, 0, &vec![7u8; 64 << 10]).expect("write");
         fs.unlink(fs.root(), b"f", false).expect("unlink");
-        for ino in [f.ino, 0, 1, fs.vol.sb.layout.ag_start, fs.orphan_dir, u64::MAX] {
+        for ino in [f.ino, InodeNo(0), InodeNo(1), InodeNo(fs.vol.sb.layout.ag_start), fs.orphan_dir, InodeNo(u64::MAX)] {
             assert!(matches!(fs.inode_by_number(ino), Err(FsError::NotFound)), "block {ino}: {:?}", fs.inode_by_number(ino));
         }
         // A block that now holds file data.
         let g = make(&fs, fs.root(), b"g", libc::S_IFREG | 0o644);
         fs.write(g.ino, 0, &vec![1u8; 64 << 10]).expect("write");
-        let data_blk = (g.ino + 1..g.ino + 64).find(|&b| fs.vol.alloc.state(b).ok() == Some(BlockState::Data)).expect("a data block");
-        assert!(matches!(fs.inode_by_number(data_blk), Err(FsError::NotFound)));
+        let data_blk =
+            (1..64).map(|i| g.ino.block() + i).find(|&b| fs.vol.alloc.state(b).ok() == Some(BlockState::Data)).expect("a data block");
+        assert!(matches!(fs.inode_by_number(InodeNo::from_block(data_blk)), Err(FsError::NotFound)));
     }
 
     #[test]

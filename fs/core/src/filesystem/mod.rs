@@ -21,6 +21,7 @@ use crate::cache::MetaBuf;
 use crate::error::{FsError, Result};
 use crate::format::header::BlockType;
 use crate::format::inode::Inode;
+use crate::format::InodeNo;
 use crate::journal::Handle;
 use crate::locks::{InodeLocks, Mode};
 use crate::volume::Volume;
@@ -88,8 +89,8 @@ pub struct Fs {
     pub(crate) locks: InodeLocks,
     rename_lock: Mutex<()>,
     /// Open file handles per inode: an unlinked inode is reclaimed only when this reaches 0.
-    open: Mutex<HashMap<u64, u32>>,
-    orphan_dir: u64,
+    open: Mutex<HashMap<InodeNo, u32>>,
+    orphan_dir: InodeNo,
 }
 
 impl Fs {
@@ -104,12 +105,12 @@ impl Fs {
     /// its multi-mount protection updates first (a long reclaim must not look like a dead
     /// node), and fsck repairs without it (a damaged orphan must not stop the repair).
     pub fn without_recovery(vol: Volume) -> Fs {
-        let orphan_dir = vol.journal.slot().orphan_dir;
+        let orphan_dir = InodeNo(vol.journal.slot().orphan_dir);
         Fs { vol, locks: InodeLocks::default(), rename_lock: Mutex::new(()), open: Mutex::new(HashMap::new()), orphan_dir }
     }
 
-    pub fn root(&self) -> u64 {
-        self.vol.sb.root_ino
+    pub fn root(&self) -> InodeNo {
+        InodeNo(self.vol.sb.root_ino)
     }
 
     /// Joins the running transaction for an operation that frees or changes blocks in place.
@@ -140,12 +141,12 @@ impl Fs {
     }
 
     /// The inode block and its decoded fields. The caller holds the inode's lock.
-    pub(crate) fn iget(&self, ino: u64) -> Result<(Arc<MetaBuf>, Inode)> {
+    pub(crate) fn iget(&self, ino: InodeNo) -> Result<(Arc<MetaBuf>, Inode)> {
         let l = &self.vol.sb.layout;
-        if ino < l.ag_start || ino >= l.total_blocks {
+        if ino.get() < l.ag_start || ino.get() >= l.total_blocks {
             return Err(FsError::NotFound);
         }
-        let buf = self.vol.cache.get(ino, BlockType::Inode)?;
+        let buf = self.vol.cache.get(ino.block(), BlockType::Inode)?;
         let inode = Inode::decode(&buf.read(), ino)?;
         Ok((buf, inode))
     }
@@ -162,7 +163,7 @@ impl Fs {
         TreeWrite::new(&self.vol.cache, &self.vol.alloc, h, buf)
     }
 
-    pub fn getattr(&self, ino: u64) -> Result<Inode> {
+    pub fn getattr(&self, ino: InodeNo) -> Result<Inode> {
         let _g = self.locks.lock(ino, Mode::Shared)?;
         let (_, inode) = self.iget(ino)?;
         if inode.nlink == 0 && !self.is_open(ino) {
@@ -171,18 +172,18 @@ impl Fs {
         Ok(inode)
     }
 
-    pub fn open(&self, ino: u64) -> Result<Inode> {
+    pub fn open(&self, ino: InodeNo) -> Result<Inode> {
         let inode = self.getattr(ino)?;
         *self.open.lock().entry(ino).or_insert(0) += 1;
         Ok(inode)
     }
 
-    fn is_open(&self, ino: u64) -> bool {
+    fn is_open(&self, ino: InodeNo) -> bool {
         self.open.lock().get(&ino).copied().unwrap_or(0) > 0
     }
 
     /// Closes one handle; the last close of an unlinked inode frees it.
-    pub fn release(&self, ino: u64) -> Result<()> {
+    pub fn release(&self, ino: InodeNo) -> Result<()> {
         let last = {
             let mut open = self.open.lock();
             match open.get_mut(&ino) {
@@ -207,7 +208,7 @@ impl Fs {
     /// and the unlink that took the last name may both call this for one inode, at once: the
     /// decision is taken under the inode's exclusive lock, on the inode as it is then, so the
     /// inode is freed once and the later call finds nothing to do.
-    pub(crate) fn reclaim_if_unused(&self, ino: u64) -> Result<()> {
+    pub(crate) fn reclaim_if_unused(&self, ino: InodeNo) -> Result<()> {
         if self.is_open(ino) {
             return Ok(());
         }

@@ -6,13 +6,13 @@ use crate::dir::{self, DirEntry};
 use crate::error::{FsError, Result};
 use crate::format::header::BlockType;
 use crate::format::inode::{Inode, Timespec, FLAG_STUFFED, FLAG_SYSTEM};
-use crate::format::BLOCK_SIZE;
+use crate::format::{InodeNo, BLOCK_SIZE};
 use crate::journal::Handle;
 use crate::locks::Mode;
 
 /// Told each directory entry by `readdir`: (inode, file type, name, cookie of the next entry);
 /// returns false to stop.
-pub type ReaddirFn<'a> = dyn FnMut(u64, u8, &[u8], u64) -> bool + 'a;
+pub type ReaddirFn<'a> = dyn FnMut(InodeNo, u8, &[u8], u64) -> bool + 'a;
 
 /// What to create.
 pub struct NewNode<'a> {
@@ -22,7 +22,7 @@ pub struct NewNode<'a> {
 }
 
 impl Fs {
-    pub fn lookup(&self, parent: u64, name: &[u8]) -> Result<Inode> {
+    pub fn lookup(&self, parent: InodeNo, name: &[u8]) -> Result<Inode> {
         if name.len() > crate::format::MAX_NAME_LEN {
             return Err(FsError::NameTooLong);
         }
@@ -50,7 +50,7 @@ impl Fs {
     /// Creates `name` in `parent`, owned by `who`. `node.mode` is the mode asked for: the
     /// directory's default ACL, or else `who`'s umask, decides what the node gets, and the ACLs
     /// it inherits are stored in the transaction that creates it (`acl::inherit`).
-    pub fn create(&self, parent: u64, name: &[u8], node: NewNode, who: Caller) -> Result<Inode> {
+    pub fn create(&self, parent: InodeNo, name: &[u8], node: NewNode, who: Caller) -> Result<Inode> {
         check_new_node(name, &node)?;
         let h = self.begin_alloc()?;
         if let Some(target) = node.symlink_target {
@@ -62,11 +62,11 @@ impl Fs {
         self.check_parent_takes(&pbuf, &p, name, is_dir)?;
         let default_acl = self.xattrs_of(&p)?.into_iter().find(|(n, _)| n == acl::DEFAULT).map(|(_, v)| v);
         let inherited = acl::inherit(default_acl.as_deref(), node.mode, who.umask)?;
-        let (ino, _) = self.vol.alloc.alloc(&h, 1, parent, BlockState::Inode)?;
+        let ino = InodeNo::from_block(self.vol.alloc.alloc(&h, 1, Some(parent.block()), BlockState::Inode)?.0);
         // Held until the inode is whole: a late reclaim of the inode that last had this number
         // must not read it half made.
         let _ig = self.locks.lock(ino, Mode::Exclusive)?;
-        let buf = self.vol.cache.create(ino, BlockType::Inode);
+        let buf = self.vol.cache.create(ino.block(), BlockType::Inode);
         let now = Timespec::now();
         let mut inode = new_inode(ino, &p, &node, inherited.mode, &who, now);
         // With the inode, in this transaction: a node must never exist without the ACLs its
@@ -111,7 +111,7 @@ impl Fs {
         Ok(())
     }
 
-    pub fn readlink(&self, ino: u64) -> Result<Vec<u8>> {
+    pub fn readlink(&self, ino: InodeNo) -> Result<Vec<u8>> {
         let inode = self.getattr(ino)?;
         if !inode.is_symlink() {
             return Err(FsError::Invalid("not a symbolic link"));
@@ -129,7 +129,7 @@ impl Fs {
         Ok(())
     }
 
-    pub fn link(&self, ino: u64, parent: u64, name: &[u8]) -> Result<Inode> {
+    pub fn link(&self, ino: InodeNo, parent: InodeNo, name: &[u8]) -> Result<Inode> {
         dir::check_name(name)?;
         if ino == parent {
             return Err(FsError::NotPermitted); // a directory cannot be hard-linked
@@ -191,7 +191,7 @@ impl Fs {
         Ok(false)
     }
 
-    pub fn unlink(&self, parent: u64, name: &[u8], rmdir: bool) -> Result<()> {
+    pub fn unlink(&self, parent: InodeNo, name: &[u8], rmdir: bool) -> Result<()> {
         if name.len() > crate::format::MAX_NAME_LEN {
             return Err(FsError::NameTooLong);
         }
@@ -242,7 +242,7 @@ impl Fs {
     /// is). Called with the rename lock held: parent fields change only under it, so the walk
     /// needs no inode locks (and must take none: it runs while this rename holds directory
     /// locks, and locking upwards would invert the parent-before-child order).
-    pub(super) fn is_ancestor(&self, ancestor: u64, mut dir: u64) -> Result<bool> {
+    pub(super) fn is_ancestor(&self, ancestor: InodeNo, mut dir: InodeNo) -> Result<bool> {
         let root = self.root();
         // A chain longer than the volume has blocks can only be a loop (corruption).
         for _ in 0..self.vol.sb.layout.total_blocks {
@@ -259,7 +259,7 @@ impl Fs {
 
     /// Directory entries after readdir cookie `offset` (0 starts; `.` is 1, `..` is 2, an
     /// entry's cookie is its key + 1), until `f` returns false. System inodes are hidden.
-    pub fn readdir(&self, ino: u64, offset: u64, f: &mut ReaddirFn) -> Result<()> {
+    pub fn readdir(&self, ino: InodeNo, offset: u64, f: &mut ReaddirFn) -> Result<()> {
         let _g = self.locks.lock(ino, Mode::Shared)?;
         let (buf, inode) = self.iget(ino)?;
         if !inode.is_dir() {
@@ -295,7 +295,7 @@ fn check_new_node(name: &[u8], node: &NewNode) -> Result<()> {
 
 /// A new inode's fields: `mode` as inherited, owned by `who` (the group by BSD rules under a
 /// set-group-ID directory, as on ext4).
-fn new_inode(ino: u64, p: &Inode, node: &NewNode, mode: u32, who: &Caller, now: Timespec) -> Inode {
+fn new_inode(ino: InodeNo, p: &Inode, node: &NewNode, mode: u32, who: &Caller, now: Timespec) -> Inode {
     let ftype = node.mode & libc::S_IFMT;
     let is_dir = ftype == libc::S_IFDIR;
     let (mut mode, mut gid) = (mode, who.gid);
@@ -320,7 +320,7 @@ fn new_inode(ino: u64, p: &Inode, node: &NewNode, mode: u32, who: &Caller, now: 
         rdev: node.rdev,
         // Random, so a handle of a file deleted from this number goes stale (export.rs).
         generation: super::export::new_generation(),
-        parent: if is_dir { p.ino } else { 0 },
+        parent: if is_dir { p.ino } else { InodeNo(0) },
         ..Default::default()
     }
 }

@@ -10,6 +10,7 @@ use crate::cache::MetaBuf;
 use crate::dir;
 use crate::error::{FsError, Result};
 use crate::format::inode::Inode;
+use crate::format::InodeNo;
 use crate::journal::Handle;
 use crate::locks::Mode;
 use std::sync::Arc;
@@ -24,13 +25,14 @@ pub(crate) enum Reclaim {
     Listed,
 }
 
-fn orphan_name(ino: u64) -> Vec<u8> {
+fn orphan_name(ino: InodeNo) -> Vec<u8> {
+    let ino = ino.get();
     format!("{ino:016x}").into_bytes()
 }
 
 impl Fs {
     /// Lists `ino` in the orphan directory (the caller holds the inode's lock and `h`).
-    pub(crate) fn add_orphan(&self, h: &Handle, ino: u64) -> Result<()> {
+    pub(crate) fn add_orphan(&self, h: &Handle, ino: InodeNo) -> Result<()> {
         let _g = self.locks.lock(self.orphan_dir, Mode::Exclusive)?;
         let (dbuf, mut d) = self.iget(self.orphan_dir)?;
         if dir::lookup(&self.tree(&dbuf), &orphan_name(ino))?.is_some() {
@@ -44,7 +46,7 @@ impl Fs {
         Ok(())
     }
 
-    pub(crate) fn remove_orphan(&self, h: &Handle, ino: u64) -> Result<()> {
+    pub(crate) fn remove_orphan(&self, h: &Handle, ino: InodeNo) -> Result<()> {
         let _g = self.locks.lock(self.orphan_dir, Mode::Exclusive)?;
         let (dbuf, mut d) = self.iget(self.orphan_dir)?;
         let Some(e) = dir::lookup(&self.tree(&dbuf), &orphan_name(ino))? else { return Ok(()) };
@@ -58,17 +60,17 @@ impl Fs {
 
     /// Frees an unlinked, closed inode: its data in steps, then its tree, xattrs and itself; or
     /// finishes an interrupted truncate of a linked one listed here.
-    pub(crate) fn reclaim(&self, ino: u64) -> Result<()> {
+    pub(crate) fn reclaim(&self, ino: InodeNo) -> Result<()> {
         self.reclaim_inode(ino, Reclaim::Listed)
     }
 
-    pub(crate) fn reclaim_inode(&self, ino: u64, which: Reclaim) -> Result<()> {
+    pub(crate) fn reclaim_inode(&self, ino: InodeNo, which: Reclaim) -> Result<()> {
         loop {
             let h = self.begin()?;
             let _g = self.locks.lock(ino, Mode::Exclusive)?;
             // Freed already, by a racing close or unlink (or, for a listed inode, by an
             // earlier step): its block may hold anything now.
-            if self.vol.alloc.state(ino)? != BlockState::Inode {
+            if self.vol.alloc.state(ino.block())? != BlockState::Inode {
                 return Ok(());
             }
             let (buf, mut inode) = match self.iget(ino) {
@@ -119,12 +121,12 @@ impl Fs {
         if !inode.stuffed() {
             self.tree_mut(h, buf).clear()?;
         }
-        if inode.xattr_blk != 0 {
-            h.revoke(inode.xattr_blk);
-            self.vol.alloc.free(h, inode.xattr_blk, 1)?;
+        if let Some(xb) = inode.xattr_block() {
+            h.revoke(xb);
+            self.vol.alloc.free(h, xb, 1)?;
         }
-        h.revoke(inode.ino);
-        self.vol.alloc.free(h, inode.ino, 1)
+        h.revoke(inode.ino.block());
+        self.vol.alloc.free(h, inode.ino.block(), 1)
     }
 
     /// At mount: frees everything a previous mount of this slot left orphaned.

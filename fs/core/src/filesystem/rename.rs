@@ -10,6 +10,7 @@ use crate::cache::MetaBuf;
 use crate::dir::{self, DirEntry};
 use crate::error::{FsError, Result};
 use crate::format::inode::{Inode, Timespec};
+use crate::format::InodeNo;
 use crate::journal::Handle;
 use crate::locks::{InodeGuard, Mode};
 use std::sync::Arc;
@@ -83,7 +84,7 @@ fn check_request(sname: &[u8], dname: &[u8], flags: u32) -> Result<()> {
 }
 
 impl Fs {
-    pub fn rename(&self, sp: u64, sname: &[u8], dp: u64, dname: &[u8], flags: u32) -> Result<()> {
+    pub fn rename(&self, sp: InodeNo, sname: &[u8], dp: InodeNo, dname: &[u8], flags: u32) -> Result<()> {
         check_request(sname, dname, flags)?;
         // The replaced inode is reclaimed after the rename's locks and handle are gone.
         if let Some(replaced) = self.rename_in_transaction(sp, sname, dp, dname, flags)? {
@@ -94,7 +95,7 @@ impl Fs {
 
     /// The rename itself; returns the replaced inode if it lost its last name but could not be
     /// freed on the spot (open, or too big for one transaction).
-    fn rename_in_transaction(&self, sp: u64, sname: &[u8], dp: u64, dname: &[u8], flags: u32) -> Result<Option<u64>> {
+    fn rename_in_transaction(&self, sp: InodeNo, sname: &[u8], dp: InodeNo, dname: &[u8], flags: u32) -> Result<Option<InodeNo>> {
         // No blanket space reservation: a rename allocates only if the new name splits a
         // directory node, checked below before anything changes, so a full volume still renames.
         let h = self.begin()?;
@@ -113,7 +114,8 @@ impl Fs {
             self.ensure_space_for_entry(&parents.dst().buf, dname)?;
         }
         // The children are now unrelated to each other and to the other parent.
-        let _child_locks = self.locks.lock_many(&[se.ino, de.as_ref().map(|d| d.ino).unwrap_or(0)])?;
+        let children: Vec<InodeNo> = std::iter::once(se.ino).chain(de.as_ref().map(|d| d.ino)).collect();
+        let _child_locks = self.locks.lock_many(&children)?;
         let (buf, inode) = self.iget(se.ino)?;
         let mut moved = Node { buf, inode };
         let target = match &de {
@@ -151,7 +153,7 @@ impl Fs {
     }
 
     /// The rename lock is the caller's; this takes the parents' locks in the documented order.
-    fn lock_rename_parents(&self, sp: u64, dp: u64) -> Result<Vec<InodeGuard>> {
+    fn lock_rename_parents(&self, sp: InodeNo, dp: InodeNo) -> Result<Vec<InodeGuard>> {
         // Parents: an ancestor before its descendant (parent-before-child), else ascending.
         let order = if sp == dp {
             vec![sp]
@@ -165,7 +167,7 @@ impl Fs {
         order.into_iter().map(|p| self.locks.lock(p, Mode::Exclusive)).collect()
     }
 
-    fn load_parents(&self, sp: u64, dp: u64) -> Result<Parents> {
+    fn load_parents(&self, sp: InodeNo, dp: InodeNo) -> Result<Parents> {
         let load = |ino| -> Result<Dir> {
             let (buf, inode) = self.iget(ino)?;
             if !inode.is_dir() {
@@ -179,7 +181,7 @@ impl Fs {
     /// Refuses to move a directory into itself, before the children are locked: a child that
     /// is an ancestor of the other parent would be locked after its own descendant, against
     /// the lock order.
-    fn refuse_loops(&self, sp: u64, dp: u64, se: &DirEntry, de: Option<&DirEntry>, flags: u32) -> Result<()> {
+    fn refuse_loops(&self, sp: InodeNo, dp: InodeNo, se: &DirEntry, de: Option<&DirEntry>, flags: u32) -> Result<()> {
         if self.is_ancestor(se.ino, dp)? {
             return Err(FsError::Invalid("cannot move a directory into itself"));
         }
@@ -240,7 +242,7 @@ impl Fs {
         dname: &[u8],
         mut victim: Node,
         now: Timespec,
-    ) -> Result<Option<u64>> {
+    ) -> Result<Option<InodeNo>> {
         if moved.is_dir() {
             if !victim.inode.is_dir() {
                 return Err(FsError::NotDir);

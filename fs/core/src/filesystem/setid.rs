@@ -21,6 +21,7 @@ use super::attr::{SetAttr, XattrSet};
 use super::{Caller, FallocMode, Fs};
 use crate::error::{FsError, Result};
 use crate::format::inode::{Inode, Timespec};
+use crate::format::InodeNo;
 use crate::locks::Mode;
 
 /// The file capabilities the kernel grants on exec; dropped with the set-ID bits.
@@ -50,13 +51,13 @@ impl Caller<'_> {
 
 impl Fs {
     /// A write of `data` at `off` made for `who`: first takes what the write takes (above).
-    pub fn write_by(&self, ino: u64, off: u64, data: &[u8], who: Caller) -> Result<usize> {
+    pub fn write_by(&self, ino: InodeNo, off: u64, data: &[u8], who: Caller) -> Result<usize> {
         self.kill_privileges(ino, || !who.keeps_setid())?;
         self.write(ino, off, data)
     }
 
     /// A fallocate made for `who`: first takes what the change takes (above).
-    pub fn fallocate_by(&self, ino: u64, off: u64, len: u64, mode: FallocMode, who: Caller) -> Result<()> {
+    pub fn fallocate_by(&self, ino: InodeNo, off: u64, len: u64, mode: FallocMode, who: Caller) -> Result<()> {
         self.kill_privileges(ino, || !who.keeps_setid())?;
         self.fallocate(ino, off, len, mode)
     }
@@ -64,7 +65,7 @@ impl Fs {
     /// A SETATTR made for `who`: a chown, or a truncate, that does not also set the mode first
     /// takes what it takes (above); then `setattr` (which keeps an access ACL in step with a
     /// new mode).
-    pub fn setattr_by(&self, ino: u64, a: &SetAttr, who: Caller) -> Result<Inode> {
+    pub fn setattr_by(&self, ino: InodeNo, a: &SetAttr, who: Caller) -> Result<Inode> {
         let owner_changes = a.uid.is_some() || a.gid.is_some();
         if a.mode.is_none() && (owner_changes || a.size.is_some()) {
             self.kill_privileges(ino, || owner_changes || !who.keeps_setid())?;
@@ -74,14 +75,14 @@ impl Fs {
 
     /// A setxattr made for `who`: `setxattr`, and an access ACL drops set-group-ID in its
     /// transaction unless `who` may keep it (above).
-    pub fn setxattr_by(&self, ino: u64, name: &[u8], value: Option<&[u8]>, how: XattrSet, who: Caller) -> Result<()> {
+    pub fn setxattr_by(&self, ino: InodeNo, name: &[u8], value: Option<&[u8]>, how: XattrSet, who: Caller) -> Result<()> {
         self.set_xattr(ino, name, value, how, Some(who))
     }
 
     /// Takes from a file the file capabilities, and the set-ID bits if `setid()` says so (asked
     /// only when the file has some: finding out may cost). Nothing to take, the common case,
     /// costs no transaction.
-    fn kill_privileges(&self, ino: u64, setid: impl FnOnce() -> bool) -> Result<()> {
+    fn kill_privileges(&self, ino: InodeNo, setid: impl FnOnce() -> bool) -> Result<()> {
         let cur = self.getattr(ino)?;
         if cur.is_dir() {
             return Ok(());

@@ -10,7 +10,7 @@ use crate::cache::MetaBuf;
 use crate::error::{FsError, Result};
 use crate::format::extent::Extent;
 use crate::format::inode::{Inode, FLAG_STUFFED, INLINE_LEN, INLINE_OFFSET};
-use crate::format::{byte_offset, BLOCK_SIZE};
+use crate::format::{BlockNo, InodeNo, BLOCK_SIZE};
 use crate::journal::Handle;
 use std::sync::Arc;
 
@@ -53,7 +53,7 @@ impl Fs {
             return Ok(());
         }
         inode.flags &= !FLAG_STUFFED;
-        let (p, _) = self.vol.alloc.alloc(h, 1, buf.blkno + 1, BlockState::Data)?;
+        let (p, _) = self.vol.alloc.alloc(h, 1, Some(buf.blkno + 1), BlockState::Data)?;
         let r = self.map_target_block(h, buf, inode, target, p);
         if r.is_err() {
             self.vol.alloc.free(h, p, 1)?;
@@ -62,11 +62,11 @@ impl Fs {
     }
 
     /// Writes the target into block `p` and maps it as the link's logical block 0.
-    fn map_target_block(&self, h: &Handle, buf: &Arc<MetaBuf>, inode: &mut Inode, target: &[u8], p: u64) -> Result<()> {
+    fn map_target_block(&self, h: &Handle, buf: &Arc<MetaBuf>, inode: &mut Inode, target: &[u8], p: BlockNo) -> Result<()> {
         let mut block = vec![0u8; BLOCK_SIZE];
         block[..target.len()].copy_from_slice(target);
         // Data before the mapping that points at it (ordered mode).
-        self.vol.dev.write_at(&block, byte_offset(p))?;
+        self.vol.dev.write_at(&block, p.byte_offset())?;
         let mut t = self.tree_mut(h, buf);
         insert_extent(&mut t, Extent { lblk: 0, pblk: p, len: 1 })?;
         inode.blocks = (1 + t.blocks_delta).max(0) as u64;
@@ -74,9 +74,9 @@ impl Fs {
     }
 
     /// Gives back the inode block of a node whose creation failed before it was linked.
-    pub(crate) fn drop_new_inode(&self, h: &Handle, ino: u64) -> Result<()> {
-        h.revoke(ino);
-        self.vol.alloc.free(h, ino, 1)
+    pub(crate) fn drop_new_inode(&self, h: &Handle, ino: InodeNo) -> Result<()> {
+        h.revoke(ino.block());
+        self.vol.alloc.free(h, ino.block(), 1)
     }
 }
 
@@ -107,7 +107,7 @@ fn read_target(t: &TreeRead, inode: &Inode, len: usize) -> Result<Option<Vec<u8>
     }
     let Some(e) = extent_at(t, 0)? else { return Ok(None) };
     let mut block = vec![0u8; len];
-    t.cache.device().read_at(&mut block, byte_offset(e.pblk))?;
+    t.cache.device().read_at(&mut block, e.pblk.byte_offset())?;
     Ok(Some(block))
 }
 
@@ -125,18 +125,18 @@ mod tests {
         Fs::new(vol).expect("fs")
     }
 
-    fn link(fs: &Fs, name: &[u8], target: &[u8]) -> u64 {
+    fn link(fs: &Fs, name: &[u8], target: &[u8]) -> InodeNo {
         let node = NewNode { mode: libc::S_IFLNK | 0o777, rdev: 0, symlink_target: Some(target) };
         fs.create(fs.root(), name, node, Caller::ROOT).expect("symlink").ino
     }
 
-    fn problem(fs: &Fs, ino: u64) -> Option<String> {
+    fn problem(fs: &Fs, ino: InodeNo) -> Option<String> {
         let _g = fs.locks.lock(ino, Mode::Shared).expect("lock");
         let (buf, inode) = fs.iget(ino).expect("iget");
         target_problem(&fs.tree(&buf), &inode)
     }
 
-    fn set_size(fs: &Fs, ino: u64, size: u64) {
+    fn set_size(fs: &Fs, ino: InodeNo, size: u64) {
         let h = fs.begin().expect("begin");
         let _g = fs.locks.lock(ino, Mode::Exclusive).expect("lock");
         let (buf, mut inode) = fs.iget(ino).expect("iget");

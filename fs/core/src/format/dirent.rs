@@ -9,7 +9,7 @@
 //! | 0 | 8 | inode |
 //! | 8 | 1 | file type (DT_*) |
 //! | 9 | 1–255 | name |
-use super::record;
+use super::{record, InodeNo};
 use zerocopy::little_endian::U64;
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
@@ -59,9 +59,9 @@ pub fn value_len(name: &[u8]) -> usize {
 }
 
 /// The value of an entry pointing at `ino`, of file type `dtype`, named `name`.
-pub fn encode_value(ino: u64, dtype: u8, name: &[u8]) -> Vec<u8> {
+pub fn encode_value(ino: InodeNo, dtype: u8, name: &[u8]) -> Vec<u8> {
     let mut v = Vec::with_capacity(value_len(name));
-    v.extend_from_slice(DirentHead { ino: ino.into(), dtype }.as_bytes());
+    v.extend_from_slice(DirentHead { ino: ino.get().into(), dtype }.as_bytes());
     v.extend_from_slice(name);
     v
 }
@@ -69,7 +69,7 @@ pub fn encode_value(ino: u64, dtype: u8, name: &[u8]) -> Vec<u8> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DirEntry {
     pub key: u64,
-    pub ino: u64,
+    pub ino: InodeNo,
     pub dtype: u8,
     pub name: Vec<u8>,
 }
@@ -79,7 +79,7 @@ impl DirEntry {
     pub fn decode(key: u64, value: &[u8]) -> Option<DirEntry> {
         (value.len() >= HEAD_LEN).then(|| {
             let h: &DirentHead = record(value);
-            DirEntry { key, ino: h.ino.get(), dtype: h.dtype, name: value[HEAD_LEN..].to_vec() }
+            DirEntry { key, ino: InodeNo(h.ino.get()), dtype: h.dtype, name: value[HEAD_LEN..].to_vec() }
         })
     }
 
@@ -96,7 +96,7 @@ mod tests {
 
     #[test]
     fn an_entry_keeps_its_documented_offsets() {
-        let e = DirEntry { key: entry_key(name_hash(b"abc"), 2), ino: 0x0102_0304, dtype: 4, name: b"abc".to_vec() };
+        let e = DirEntry { key: entry_key(name_hash(b"abc"), 2), ino: InodeNo(0x0102_0304), dtype: 4, name: b"abc".to_vec() };
         let v = e.value();
         assert_eq!((v.len(), u64_at(&v, 0), v[8], &v[9..]), (value_len(b"abc"), 0x0102_0304, 4, &b"abc"[..]));
         assert_eq!(DirEntry::decode(e.key, &v), Some(e.clone()));

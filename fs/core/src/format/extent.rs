@@ -5,7 +5,7 @@
 //! |---|---|---|
 //! | 0 | 8 | first physical block |
 //! | 8 | 4 | length in blocks |
-use super::record;
+use super::{record, BlockNo};
 use zerocopy::little_endian::{U32, U64};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
@@ -24,7 +24,7 @@ const _: () = assert!(EXTENT_VALUE_LEN == 12);
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Extent {
     pub lblk: u64,
-    pub pblk: u64,
+    pub pblk: BlockNo,
     pub len: u64,
 }
 
@@ -33,12 +33,12 @@ impl Extent {
     pub fn decode(lblk: u64, value: &[u8]) -> Option<Extent> {
         (value.len() == EXTENT_VALUE_LEN).then(|| {
             let v: &ExtentValue = record(value);
-            Extent { lblk, pblk: v.pblk.get(), len: v.len.get() as u64 }
+            Extent { lblk, pblk: BlockNo(v.pblk.get()), len: v.len.get() as u64 }
         })
     }
 
     /// The physical block holding logical block `lblk` (which the extent must map).
-    pub fn pblk_of(&self, lblk: u64) -> u64 {
+    pub fn pblk_of(&self, lblk: u64) -> BlockNo {
         debug_assert!(lblk >= self.lblk && lblk - self.lblk < self.len, "block {lblk} outside {self:?}");
         self.pblk + (lblk - self.lblk)
     }
@@ -47,7 +47,7 @@ impl Extent {
     pub fn value(&self) -> [u8; EXTENT_VALUE_LEN] {
         debug_assert!(self.len <= u32::MAX as u64, "extent of {} blocks", self.len);
         let mut out = [0u8; EXTENT_VALUE_LEN];
-        out.copy_from_slice(ExtentValue { pblk: self.pblk.into(), len: (self.len as u32).into() }.as_bytes());
+        out.copy_from_slice(ExtentValue { pblk: self.pblk.get().into(), len: (self.len as u32).into() }.as_bytes());
         out
     }
 }
@@ -59,7 +59,7 @@ mod tests {
 
     #[test]
     fn an_extent_keeps_its_documented_offsets() {
-        let e = Extent { lblk: 9, pblk: 0x0102_0304_0506, len: 77 };
+        let e = Extent { lblk: 9, pblk: BlockNo(0x0102_0304_0506), len: 77 };
         let v = e.value();
         assert_eq!((u64_at(&v, 0), u32_at(&v, 8)), (0x0102_0304_0506, 77));
         assert_eq!(Extent::decode(9, &v), Some(e));

@@ -3,6 +3,7 @@
 //! The fixed fields take the first 256 bytes; the rest is the *inline area*: a small file's data
 //! ("stuffed"), or the root node of the inode's index tree (file extents, directory entries).
 use super::le::*;
+use super::{BlockNo, InodeNo};
 use crate::error::{FsError, Result};
 
 pub const INLINE_OFFSET: usize = 256;
@@ -28,7 +29,7 @@ impl Timespec {
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Inode {
-    pub ino: u64,
+    pub ino: InodeNo,
     pub mode: u32,
     pub uid: u32,
     pub gid: u32,
@@ -43,9 +44,10 @@ pub struct Inode {
     pub crtime: Timespec,
     pub rdev: u64,
     pub generation: u64,
+    /// The extended attribute block as recorded (0: none); see [`Inode::xattr_block`].
     pub xattr_blk: u64,
-    /// Directories: the parent directory (for `..` and rename loop checks).
-    pub parent: u64,
+    /// Directories: the parent directory (for `..` and rename loop checks); 0 for others.
+    pub parent: InodeNo,
     /// Directories: number of entries (excluding `.` and `..`).
     pub entries: u64,
 }
@@ -65,6 +67,10 @@ impl Inode {
     }
     pub fn stuffed(&self) -> bool {
         self.flags & FLAG_STUFFED != 0
+    }
+    /// The block holding the inode's extended attributes, if it has one.
+    pub fn xattr_block(&self) -> Option<BlockNo> {
+        (self.xattr_blk != 0).then_some(BlockNo(self.xattr_blk))
     }
 
     /// Writes the fixed fields into an inode block, leaving the inline area alone.
@@ -88,11 +94,11 @@ impl Inode {
         put_u64(b, 120, self.rdev);
         put_u64(b, 128, self.generation);
         put_u64(b, 136, self.xattr_blk);
-        put_u64(b, 144, self.parent);
+        put_u64(b, 144, self.parent.get());
         put_u64(b, 152, self.entries);
     }
 
-    pub fn decode(b: &[u8], ino: u64) -> Result<Inode> {
+    pub fn decode(b: &[u8], ino: InodeNo) -> Result<Inode> {
         let ts = |s: usize, n: usize| Timespec { sec: i64_at(b, s), nsec: u32_at(b, n) };
         let inode = Inode {
             ino,
@@ -110,7 +116,7 @@ impl Inode {
             rdev: u64_at(b, 120),
             generation: u64_at(b, 128),
             xattr_blk: u64_at(b, 136),
-            parent: u64_at(b, 144),
+            parent: InodeNo(u64_at(b, 144)),
             entries: u64_at(b, 152),
         };
         let valid_type = matches!(

@@ -12,9 +12,11 @@ pub mod extent;
 pub mod header;
 pub mod inode;
 pub mod layout;
+pub mod numbers;
 pub mod slot;
 pub mod superblock;
 
+pub use numbers::{BlockNo, InodeNo};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
 pub const BLOCK_SIZE: usize = 4096;
@@ -23,11 +25,6 @@ const _: () = assert!(BLOCK_SIZE == 1 << BLOCK_SHIFT);
 /// Bumped on any incompatible change; a volume of another version is refused with a message.
 pub const FORMAT_VERSION: u32 = 1;
 pub const MAX_NAME_LEN: usize = 255;
-
-/// Where block `blk` starts on the device: every block number becomes a byte offset here.
-pub const fn byte_offset(blk: u64) -> u64 {
-    blk << BLOCK_SHIFT
-}
 
 /// The fixed-layout record `T` at the start of `bytes`, read in place. Records are taken from
 /// whole blocks or from lengths already checked, so a shorter slice is a bug.

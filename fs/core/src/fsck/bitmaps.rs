@@ -8,7 +8,7 @@ use crate::format::ag::{bitmap_get, bitmap_set, AgHeader};
 use crate::format::header::{self, BlockType};
 use crate::format::layout::{Layout, STATES_PER_BITMAP_BLOCK};
 use crate::format::superblock::Superblock;
-use crate::format::{byte_offset, BLOCK_SIZE};
+use crate::format::{BlockNo, BLOCK_SIZE};
 
 /// Calls `f` with the recorded state of every block of AG `a`, skipping bitmap blocks that
 /// cannot be read; returns those (index within the AG's bitmap, why).
@@ -19,7 +19,7 @@ fn for_each_state(dev: &dyn BlockDevice, l: &Layout, seed: u32, a: u32, f: &mut 
     let mut bad = Vec::new();
     for bi in 0..l.bitmap_blocks_per_ag as u64 {
         let blk = l.bitmap_blkno(a, bi);
-        dev.read_at(&mut b, byte_offset(blk))?;
+        dev.read_at(&mut b, BlockNo(blk).byte_offset())?;
         if let Err(e) = header::verify(&b, BlockType::Bitmap, blk, seed) {
             bad.push((bi, e));
             continue;
@@ -65,7 +65,7 @@ pub(super) fn compare_bitmaps(
     for a in 0..l.ag_count {
         progress("comparing allocation bitmaps", a as u64, l.ag_count as u64);
         let first = l.ag_first_block(a);
-        dev.read_at(&mut hb, byte_offset(first))?;
+        dev.read_at(&mut hb, BlockNo(first).byte_offset())?;
         let header_ok = match header::verify(&hb, BlockType::AgHeader, first, seed) {
             Ok(()) => true,
             Err(e) => {
@@ -140,7 +140,7 @@ pub(super) fn rebuild_alloc_metadata(dev: &dyn BlockDevice, sb: &Superblock, w: 
         match what {
             None => {
                 let free = (overhead..len).filter(|r| state_of(*r) == BlockState::Free).count() as u64;
-                dev.write_at(&AgHeader::new(a, first, len, free).sealed_block(seed), byte_offset(first))?;
+                dev.write_at(&AgHeader::new(a, first, len, free).sealed_block(seed), BlockNo(first).byte_offset())?;
                 rep.fixed.push(format!("allocation group {a}: rebuilt its header ({free} blocks free)"));
             }
             Some(bi) => {
@@ -150,7 +150,7 @@ pub(super) fn rebuild_alloc_metadata(dev: &dyn BlockDevice, sb: &Superblock, w: 
                     bitmap_set(&mut b, r, state_of(r));
                 }
                 header::seal(&mut b, BlockType::Bitmap, blk, 0, seed);
-                dev.write_at(&b, byte_offset(blk))?;
+                dev.write_at(&b, BlockNo(blk).byte_offset())?;
                 rep.fixed.push(format!("allocation group {a}: rebuilt bitmap block {bi} from the blocks in use"));
             }
         }

@@ -31,7 +31,7 @@ use crate::device::{BlockDevice, FileDevice, OpenOptions, OverlayDevice};
 use crate::error::{FsError, Result};
 use crate::format::slot::{SlotHeader, SlotState};
 use crate::format::superblock::{Superblock, BACKUP_SUPERBLOCK_BLKNO, SUPERBLOCK_BLKNO};
-use crate::format::{byte_offset, BLOCK_SIZE};
+use crate::format::{BlockNo, BLOCK_SIZE};
 use crate::journal::read_slot;
 use crate::journal::{replay, write_slot};
 use crate::mkfs::orphan_dir_ino;
@@ -148,17 +148,17 @@ fn check_superblocks(dev: &dyn BlockDevice, sb: &Superblock, backup: bool, write
     if backup {
         rep.problems.push(Problem::PrimarySuperblockDamaged);
         if write {
-            dev.write_at(&sb.encode(SUPERBLOCK_BLKNO), byte_offset(SUPERBLOCK_BLKNO))?;
+            dev.write_at(&sb.encode(SUPERBLOCK_BLKNO), BlockNo(SUPERBLOCK_BLKNO).byte_offset())?;
             dev.flush()?;
             rep.fixed.push("rewrote the primary superblock from the backup".into());
         }
     } else {
         let mut b = vec![0u8; BLOCK_SIZE];
-        dev.read_at(&mut b, byte_offset(BACKUP_SUPERBLOCK_BLKNO))?;
+        dev.read_at(&mut b, BlockNo(BACKUP_SUPERBLOCK_BLKNO).byte_offset())?;
         if Superblock::decode(&b, BACKUP_SUPERBLOCK_BLKNO).map(|s| s != *sb).unwrap_or(true) {
             rep.problems.push(Problem::BackupSuperblockBad);
             if write {
-                dev.write_at(&sb.encode(BACKUP_SUPERBLOCK_BLKNO), byte_offset(BACKUP_SUPERBLOCK_BLKNO))?;
+                dev.write_at(&sb.encode(BACKUP_SUPERBLOCK_BLKNO), BlockNo(BACKUP_SUPERBLOCK_BLKNO).byte_offset())?;
                 dev.flush()?;
                 rep.fixed.push("rewrote the backup superblock".into());
             }

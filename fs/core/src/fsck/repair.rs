@@ -11,6 +11,7 @@ use crate::error::{FsError, Result};
 use crate::filesystem::Fs;
 use crate::format::inode::Inode;
 use crate::format::superblock::Superblock;
+use crate::format::{BlockNo, InodeNo};
 use crate::locks::Mode;
 use crate::volume::Volume;
 use std::collections::HashSet;
@@ -97,7 +98,7 @@ fn fix_bitmaps(fs: &Fs, sb: &Superblock, fixes: &[BitmapFix], free_leaked: bool,
                 kept += 1;
                 continue;
             }
-            fs.vol.alloc.set_state(&h, blk, s)?;
+            fs.vol.alloc.set_state(&h, BlockNo(blk), s)?;
             applied += 1;
             if let Some(a) = sb.layout.ag_of(blk) {
                 recount.push(a);
@@ -148,9 +149,9 @@ pub(super) fn apply_repairs(dev: Arc<dyn BlockDevice>, ex: &Examined, rep: &mut 
         let nlink = w.inodes.get(&ino).map(|i| i.nlink).unwrap_or(0);
         if nlink == 0 {
             let h = fs.begin()?;
-            fs.add_orphan(&h, ino)?;
+            fs.add_orphan(&h, InodeNo(ino))?;
             drop(h);
-            fs.reclaim(ino)?;
+            fs.reclaim(InodeNo(ino))?;
             rep.fixed.push(format!("inode {ino}: finished its interrupted delete"));
         } else {
             fs.attach_to_lost_found(ino)?;
@@ -167,6 +168,7 @@ impl Fs {
     /// given, the tree's node block delta goes into the inode's block count. The inode is
     /// written back unless `f` fails.
     fn edit_inode<T>(&self, ino: u64, f: impl FnOnce(&mut crate::btree::TreeWrite, &mut bool, &mut Inode) -> Result<T>) -> Result<T> {
+        let ino = InodeNo(ino);
         let h = self.begin()?;
         let _g = self.locks.lock(ino, Mode::Exclusive)?;
         let (buf, mut inode) = self.iget(ino)?;
@@ -198,7 +200,7 @@ impl Fs {
 
     /// fsck: gives a disconnected inode the name `#ino` in lost+found.
     pub(crate) fn attach_to_lost_found(&self, ino: u64) -> Result<()> {
-        let lf = self.vol.sb.lost_found_ino;
+        let (lf, ino) = (InodeNo(self.vol.sb.lost_found_ino), InodeNo(ino));
         let h = self.begin()?;
         let _pg = self.locks.lock(lf, Mode::Exclusive)?;
         let _cg = self.locks.lock(ino, Mode::Exclusive)?;

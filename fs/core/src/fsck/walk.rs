@@ -12,6 +12,7 @@ use crate::format::header::BlockType;
 use crate::format::inode::{Inode, FLAG_SYSTEM, INLINE_LEN};
 use crate::format::layout::Layout;
 use crate::format::superblock::Superblock;
+use crate::format::{BlockNo, InodeNo};
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 /// Everything the walk learned, for the comparison and the repairs.
@@ -90,7 +91,7 @@ pub(super) fn find_disconnected(
         if walker.w.used.contains_key(&ino) {
             continue;
         }
-        if cache.get(ino, BlockType::Inode).and_then(|b| Inode::decode(&b.read(), ino)).is_err() {
+        if cache.get(BlockNo(ino), BlockType::Inode).and_then(|b| Inode::decode(&b.read(), InodeNo(ino))).is_err() {
             continue; // not an inode: compare_bitmaps reports the block as leaked
         }
         walker.visit(Visit { ino, parent: ino, via: None })?;
@@ -135,8 +136,8 @@ impl Walker<'_> {
             self.bad_reference(&v, format!("inode {ino} outside every allocation group"));
             return Ok(());
         }
-        let read = self.cache.get(ino, BlockType::Inode).and_then(|buf| {
-            let inode = Inode::decode(&buf.read(), ino)?;
+        let read = self.cache.get(BlockNo(ino), BlockType::Inode).and_then(|buf| {
+            let inode = Inode::decode(&buf.read(), InodeNo(ino))?;
             Ok((buf, inode))
         });
         let (buf, inode) = match read {
@@ -178,13 +179,13 @@ impl Walker<'_> {
 
     /// Claims the inode's extended attribute block; returns the blocks it charges.
     fn xattr_block(&mut self, inode: &Inode) -> u64 {
-        let (ino, blk) = (inode.ino, inode.xattr_blk);
+        let (ino, blk) = (inode.ino.get(), inode.xattr_blk);
         if blk == 0 {
             return 0;
         }
         // Claimed even when unreadable: still pointed at until a repair cuts the reference.
         self.claim(blk, BlockState::Meta, ino);
-        match self.cache.get(blk, BlockType::Xattr).and_then(|b| crate::xattr::parse(&b.read(), blk).map(|_| ())) {
+        match self.cache.get(BlockNo(blk), BlockType::Xattr).and_then(|b| crate::xattr::parse(&b.read(), blk).map(|_| ())) {
             Ok(()) => 1,
             Err(e) => {
                 self.rep.problems.push(Problem::XattrBlockUnreadable { ino, block: blk, why: what_is_wrong(&e) });
@@ -197,9 +198,9 @@ impl Walker<'_> {
 
     /// Checks a directory's entries, counts them and the links they give, and queues them.
     fn directory(&mut self, v: &Visit, inode: &Inode, records: &[Record]) {
-        let ino = inode.ino;
-        if inode.flags & FLAG_SYSTEM == 0 && inode.parent != v.parent && v.via.is_some() {
-            self.rep.problems.push(Problem::WrongParent { dir: ino, recorded: inode.parent, listed_in: v.parent });
+        let ino = inode.ino.get();
+        if inode.flags & FLAG_SYSTEM == 0 && inode.parent.get() != v.parent && v.via.is_some() {
+            self.rep.problems.push(Problem::WrongParent { dir: ino, recorded: inode.parent.get(), listed_in: v.parent });
         }
         let is_orphan_dir = self.orphan_dirs.contains(&ino);
         let mut subdirs = 0u32;
@@ -214,21 +215,21 @@ impl Walker<'_> {
             }
             if is_orphan_dir {
                 // An orphan directory's entries are not links (see filesystem/orphans.rs).
-                self.w.orphan_listed.insert(e.ino);
+                self.w.orphan_listed.insert(e.ino.get());
             } else {
-                *self.w.refs.entry(e.ino).or_default() += 1;
+                *self.w.refs.entry(e.ino.get()).or_default() += 1;
             }
             if e.dtype == libc::DT_DIR {
                 subdirs += 1;
             }
-            self.queue.push(Visit { ino: e.ino, parent: ino, via: Some((ino, e.key)) });
+            self.queue.push(Visit { ino: e.ino.get(), parent: ino, via: Some((ino, e.key)) });
         }
         self.w.dir_counts.insert(ino, (subdirs, entries));
     }
 
     /// Claims a file's or symlink's data blocks; returns the blocks they charge.
     fn file_data(&mut self, inode: &Inode, records: &[Record]) -> u64 {
-        let ino = inode.ino;
+        let ino = inode.ino.get();
         if inode.stuffed() {
             if inode.size > INLINE_LEN as u64 {
                 self.rep.problems.push(Problem::InlineDataTooLarge { ino });
@@ -242,7 +243,7 @@ impl Walker<'_> {
                 self.rep.problems.push(Problem::BadExtent { ino, logical: e.lblk });
             }
             last_end = e.lblk + e.len;
-            for b in e.pblk..e.pblk + e.len {
+            for b in e.pblk.get()..e.pblk.get() + e.len {
                 self.claim(b, BlockState::Data, ino);
             }
             charged += e.len;

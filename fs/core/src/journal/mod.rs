@@ -21,7 +21,7 @@ use crate::device::BlockDevice;
 use crate::error::{FsError, Result};
 use crate::format::layout::Layout;
 use crate::format::slot::{SlotHeader, SlotState};
-use crate::format::{byte_offset, header, BLOCK_SIZE};
+use crate::format::{header, BlockNo, BLOCK_SIZE};
 use parking_lot::{Condvar, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
@@ -30,10 +30,11 @@ use std::time::Duration;
 
 #[derive(Default)]
 struct Running {
-    dirty: HashMap<u64, Arc<MetaBuf>>,
-    revokes: HashSet<u64>,
-    /// Extents freed in this transaction: reusable only once it is committed.
-    freed: Vec<(u64, u64)>,
+    dirty: HashMap<BlockNo, Arc<MetaBuf>>,
+    revokes: HashSet<BlockNo>,
+    /// Extents (first block, length) freed in this transaction: reusable only once it is
+    /// committed.
+    freed: Vec<(BlockNo, u64)>,
 }
 
 struct State {
@@ -85,7 +86,7 @@ pub struct Handle<'a> {
 /// What a commit released for reuse.
 pub struct Committed {
     pub seq: u64,
-    pub freed: Vec<(u64, u64)>,
+    pub freed: Vec<(BlockNo, u64)>,
 }
 
 impl Journal {
@@ -232,7 +233,7 @@ impl Journal {
             let seq = st.next_seq;
             st.next_seq += 1;
             let taken = std::mem::take(&mut *run);
-            let mut images: Vec<(u64, Vec<u8>)> = Vec::with_capacity(taken.dirty.len());
+            let mut images: Vec<(BlockNo, Vec<u8>)> = Vec::with_capacity(taken.dirty.len());
             for (blk, buf) in taken.dirty {
                 let mut img = buf.read().to_vec();
                 header::reseal(&mut img, seq, self.seed);
@@ -241,7 +242,7 @@ impl Journal {
                 images.push((blk, img));
             }
             images.sort_unstable_by_key(|(b, _)| *b);
-            let mut revokes: Vec<u64> = taken.revokes.into_iter().collect();
+            let mut revokes: Vec<BlockNo> = taken.revokes.into_iter().collect();
             revokes.sort_unstable();
             (seq, images, revokes, taken.freed)
         };
@@ -259,9 +260,9 @@ impl Journal {
         Ok(Committed { seq, freed })
     }
 
-    fn write_txn(&self, body: &mut Vec<u8>, seq: u64, images: &[(u64, Vec<u8>)], revokes: &[u64]) -> Result<()> {
+    fn write_txn(&self, body: &mut Vec<u8>, seq: u64, images: &[(BlockNo, Vec<u8>)], revokes: &[BlockNo]) -> Result<()> {
         let items: Vec<(u64, Option<&[u8]>)> =
-            revokes.iter().map(|r| (*r, None)).chain(images.iter().map(|(b, img)| (*b, Some(img.as_slice())))).collect();
+            revokes.iter().map(|r| (r.get(), None)).chain(images.iter().map(|(b, img)| (b.get(), Some(img.as_slice())))).collect();
         let (jstart, jlen) = self.layout.journal_ring(self.state.lock().slot.index);
         let ndesc = items.len().div_ceil(records::DESC_CAPACITY).max(1);
         let total = (ndesc + images.len() + 1) as u64;
@@ -282,10 +283,10 @@ impl Journal {
         }
         records::build_txn(body, &items, jstart + head, seq, self.seed);
         let nblocks = (body.len() / BLOCK_SIZE) as u64;
-        self.dev.write_at(body, byte_offset(jstart + head))?;
+        self.dev.write_at(body, BlockNo(jstart + head).byte_offset())?;
         self.dev.flush()?;
         let commit = records::encode_commit(nblocks as u32, records::txn_crc(body, seq), jstart + head + nblocks, seq, self.seed);
-        self.dev.write_at(&commit, byte_offset(jstart + head + nblocks))?;
+        self.dev.write_at(&commit, BlockNo(jstart + head + nblocks).byte_offset())?;
         self.dev.flush()?;
         self.state.lock().head = head + nblocks + 1;
         // Checkpoint: the transaction is durable in the journal, so home writes may now land
@@ -355,7 +356,7 @@ impl Journal {
 }
 
 /// Writes images to their home blocks, coalescing runs of consecutive blocks in `run`.
-fn write_home(dev: &dyn BlockDevice, images: &[(u64, Vec<u8>)], run: &mut Vec<u8>) -> Result<()> {
+fn write_home(dev: &dyn BlockDevice, images: &[(BlockNo, Vec<u8>)], run: &mut Vec<u8>) -> Result<()> {
     let mut i = 0;
     while i < images.len() {
         let mut j = i + 1;
@@ -363,13 +364,13 @@ fn write_home(dev: &dyn BlockDevice, images: &[(u64, Vec<u8>)], run: &mut Vec<u8
             j += 1;
         }
         if j - i == 1 {
-            dev.write_at(&images[i].1, byte_offset(images[i].0))?;
+            dev.write_at(&images[i].1, images[i].0.byte_offset())?;
         } else {
             run.clear();
             for (_, img) in &images[i..j] {
                 run.extend_from_slice(img);
             }
-            dev.write_at(run, byte_offset(images[i].0))?;
+            dev.write_at(run, images[i].0.byte_offset())?;
         }
         i = j;
     }
@@ -388,7 +389,7 @@ impl Handle<'_> {
     }
 
     /// A metadata block was freed: never replay older images of it, and drop it from the cache.
-    pub fn revoke(&self, blkno: u64) {
+    pub fn revoke(&self, blkno: BlockNo) {
         let mut run = self.j.running.lock();
         if let Some(buf) = run.dirty.remove(&blkno) {
             buf.dirty.store(false, Ordering::Release);
@@ -399,7 +400,7 @@ impl Handle<'_> {
     }
 
     /// An extent was freed; it becomes allocatable when this transaction commits.
-    pub fn freed(&self, start: u64, len: u64) {
+    pub fn freed(&self, start: BlockNo, len: u64) {
         self.j.running.lock().freed.push((start, len));
     }
 }

@@ -7,7 +7,7 @@ use crate::error::Result;
 use crate::format::header::{self, BlockType};
 use crate::format::layout::Layout;
 use crate::format::slot::SlotHeader;
-use crate::format::{byte_offset, BLOCK_SIZE};
+use crate::format::{BlockNo, BLOCK_SIZE};
 use std::collections::HashMap;
 
 pub struct Transaction {
@@ -45,7 +45,7 @@ pub fn scan(dev: &dyn BlockDevice, layout: &Layout, slot: &SlotHeader, seed: u32
             if pos >= jlen {
                 break 'txns;
             }
-            dev.read_at(&mut block, byte_offset(jstart + pos))?;
+            dev.read_at(&mut block, BlockNo(jstart + pos).byte_offset())?;
             if header::verify(&block, BlockType::JournalDesc, jstart + pos, seed).is_err() || header::seq_of(&block) != expect {
                 break 'txns;
             }
@@ -61,7 +61,7 @@ pub fn scan(dev: &dyn BlockDevice, layout: &Layout, slot: &SlotHeader, seed: u32
                     break 'txns;
                 }
                 let mut img = vec![0u8; BLOCK_SIZE];
-                dev.read_at(&mut img, byte_offset(jstart + pos))?;
+                dev.read_at(&mut img, BlockNo(jstart + pos).byte_offset())?;
                 raw.extend_from_slice(&img);
                 images.push((e, img));
                 pos += 1;
@@ -73,7 +73,7 @@ pub fn scan(dev: &dyn BlockDevice, layout: &Layout, slot: &SlotHeader, seed: u32
         if pos >= jlen {
             break;
         }
-        dev.read_at(&mut block, byte_offset(jstart + pos))?;
+        dev.read_at(&mut block, BlockNo(jstart + pos).byte_offset())?;
         if header::verify(&block, BlockType::JournalCommit, jstart + pos, seed).is_err() || header::seq_of(&block) != expect {
             break;
         }
@@ -105,7 +105,7 @@ pub fn apply(dev: &dyn BlockDevice, txns: &[Transaction]) -> Result<ReplayStats>
                 stats.blocks_revoked += 1;
                 continue;
             }
-            dev.write_at(img, byte_offset(*blk))?;
+            dev.write_at(img, BlockNo(*blk).byte_offset())?;
             stats.blocks_written += 1;
         }
     }

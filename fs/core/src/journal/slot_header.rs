@@ -6,7 +6,7 @@ use crate::error::{FsError, Result};
 use crate::format::layout::Layout;
 use crate::format::slot::SlotHeader;
 use crate::format::superblock::Superblock;
-use crate::format::{byte_offset, BLOCK_SIZE};
+use crate::format::{BlockNo, BLOCK_SIZE};
 
 /// The newer valid copy of `slot`'s header.
 pub fn read_slot(dev: &dyn BlockDevice, sb: &Superblock, slot: u32) -> Result<SlotHeader> {
@@ -15,7 +15,7 @@ pub fn read_slot(dev: &dyn BlockDevice, sb: &Superblock, slot: u32) -> Result<Sl
     }
     let read = |blk: u64| -> Result<SlotHeader> {
         let mut b = vec![0u8; BLOCK_SIZE];
-        dev.read_at(&mut b, byte_offset(blk))?;
+        dev.read_at(&mut b, BlockNo(blk).byte_offset())?;
         SlotHeader::decode(&b, blk, sb.crc_seed()).and_then(|h| {
             if h.index == slot {
                 Ok(h)
@@ -37,7 +37,7 @@ pub fn read_slot(dev: &dyn BlockDevice, sb: &Superblock, slot: u32) -> Result<Sl
 pub fn slot_copies_ok(dev: &dyn BlockDevice, sb: &Superblock, slot: u32) -> [bool; 2] {
     [sb.layout.slot_header_blkno(slot), sb.layout.slot_header_copy_blkno(slot)].map(|blk| {
         let mut b = vec![0u8; BLOCK_SIZE];
-        dev.read_at(&mut b, byte_offset(blk)).is_ok() && SlotHeader::decode(&b, blk, sb.crc_seed()).is_ok_and(|h| h.index == slot)
+        dev.read_at(&mut b, BlockNo(blk).byte_offset()).is_ok() && SlotHeader::decode(&b, blk, sb.crc_seed()).is_ok_and(|h| h.index == slot)
     })
 }
 
@@ -49,6 +49,6 @@ pub fn write_slot(dev: &dyn BlockDevice, layout: &Layout, slot: &mut SlotHeader,
     slot.update_seq += 1;
     let blk =
         if slot.update_seq.is_multiple_of(2) { layout.slot_header_blkno(slot.index) } else { layout.slot_header_copy_blkno(slot.index) };
-    dev.write_at(&slot.encode(blk, seed), byte_offset(blk))?;
+    dev.write_at(&slot.encode(blk, seed), BlockNo(blk).byte_offset())?;
     dev.flush()
 }

@@ -41,7 +41,7 @@ fn targets(vol: &Volume, n: u64) -> Vec<u64> {
 fn stamp(vol: &Volume, blocks: &[u64], v: u64) {
     let h = vol.journal.begin().unwrap();
     for &b in blocks {
-        let buf = vol.cache.create(b, BlockType::TreeNode);
+        let buf = vol.cache.create(BlockNo(b), BlockType::TreeNode);
         let mut d = h.write(&buf);
         put_u64(&mut d, HEADER_LEN, v);
         put_u64(&mut d, BLOCK_SIZE - 8, v ^ b);
@@ -51,7 +51,7 @@ fn stamp(vol: &Volume, blocks: &[u64], v: u64) {
 /// The value stamped in block `b` at home, if it holds a valid stamped block.
 fn home_value(dev: &dyn BlockDevice, seed: u32, b: u64) -> Option<u64> {
     let mut d = vec![0u8; BLOCK_SIZE];
-    dev.read_at(&mut d, byte_offset(b)).unwrap();
+    dev.read_at(&mut d, BlockNo(b).byte_offset()).unwrap();
     header::verify(&d, BlockType::TreeNode, b, seed).ok()?;
     let v = u64_at(&d, HEADER_LEN);
     assert_eq!(u64_at(&d, BLOCK_SIZE - 8), v ^ b, "block {b} is a mix of two images");
@@ -152,17 +152,17 @@ fn revoked_blocks_are_not_replayed_over_their_new_contents() {
     // b[0] is freed (revoked) and then reused as file data, written in place.
     {
         let h = vol.journal.begin().unwrap();
-        h.revoke(b[0]);
+        h.revoke(BlockNo(b[0]));
     }
     vol.commit().unwrap();
     let data = vec![0xd5u8; BLOCK_SIZE];
-    dev.write_at(&data, byte_offset(b[0])).unwrap();
+    dev.write_at(&data, BlockNo(b[0]).byte_offset()).unwrap();
     dev.flush().unwrap();
     let (d2, v2) = recover(dev.crash_image(|_| false));
     assert_eq!(v2.replayed.transactions, 2);
     assert_eq!(v2.replayed.blocks_revoked, 1);
     let mut got = vec![0u8; BLOCK_SIZE];
-    d2.read_at(&mut got, byte_offset(b[0])).unwrap();
+    d2.read_at(&mut got, BlockNo(b[0]).byte_offset()).unwrap();
     assert!(got == data, "a revoked block's old image was replayed over its new contents");
     assert_eq!(home_value(&*d2, v2.seed, b[1]), Some(1));
 
@@ -176,13 +176,13 @@ fn revoked_blocks_are_not_replayed_over_their_new_contents() {
     stamp(&vol, &b[1..], 4);
     {
         let h = vol.journal.begin().unwrap();
-        h.revoke(b[1]);
+        h.revoke(BlockNo(b[1]));
     }
     vol.commit().unwrap();
-    dev.write_at(&data, byte_offset(b[1])).unwrap();
+    dev.write_at(&data, BlockNo(b[1]).byte_offset()).unwrap();
     dev.flush().unwrap();
     let (d4, _v4) = recover(dev.crash_image(|_| false));
-    d4.read_at(&mut got, byte_offset(b[1])).unwrap();
+    d4.read_at(&mut got, BlockNo(b[1]).byte_offset()).unwrap();
     assert!(got == data);
 }
 
