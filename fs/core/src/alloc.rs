@@ -29,8 +29,9 @@ struct Ag {
     first: u64,
     len: u64,
     mem: Mutex<Option<AgMem>>,
-    /// Free count from the AG header, known without loading the bitmap.
-    free_hint: Mutex<u64>,
+    /// Free count from the AG header, known without loading the bitmap; `None` after a
+    /// `reload`, until the header is read again.
+    free_hint: Mutex<Option<u64>>,
 }
 
 pub struct Allocator {
@@ -51,14 +52,40 @@ impl Allocator {
             let first = layout.ag_first_block(a);
             let hdr = cache.get(BlockNo(first), BlockType::AgHeader)?;
             let free = AgHeader::of(&hdr.read()).free();
-            ags.push(Ag { index: a, first, len: layout.ag_len(a) as u64, mem: Mutex::new(None), free_hint: Mutex::new(free) });
+            ags.push(Ag { index: a, first, len: layout.ag_len(a) as u64, mem: Mutex::new(None), free_hint: Mutex::new(Some(free)) });
         }
         let home_ag = ((slot as u64 * layout.ag_count as u64) / layout.slot_count as u64) as u32;
         Ok(Allocator { cache, layout, ags, home_ag, quarantined: std::sync::atomic::AtomicU64::new(0) })
     }
 
+    /// Forgets the in-memory maps and free counts, so the next allocation reads the bitmaps and
+    /// headers again: another node may have changed them since they were loaded (cluster mode,
+    /// after the locks covering them were given up). Call with no transaction allocating.
+    /// Nothing is read here: what this node read now could already be stale when it next
+    /// allocates.
+    pub fn reload(&self) {
+        for ag in &self.ags {
+            let mut mem = ag.mem.lock();
+            *ag.free_hint.lock() = None;
+            *mem = None;
+        }
+    }
+
+    /// An AG's free count: the hint, or the header's count read now.
+    fn free_hint(&self, ag: &Ag) -> Result<u64> {
+        let mut hint = ag.free_hint.lock();
+        if let Some(free) = *hint {
+            return Ok(free);
+        }
+        let hdr = self.cache.get(BlockNo(ag.first), BlockType::AgHeader)?;
+        let free = AgHeader::of(&hdr.read()).free();
+        *hint = Some(free);
+        Ok(free)
+    }
+
     pub fn free_blocks(&self) -> u64 {
-        self.ags.iter().map(|a| *a.free_hint.lock()).sum()
+        // A header that cannot be read counts as full: the allocator will not pick it either.
+        self.ags.iter().map(|a| self.free_hint(a).unwrap_or(0)).sum()
     }
 
     /// Blocks that can be allocated now (free, and not waiting for their freeing commit).
@@ -125,11 +152,15 @@ impl Allocator {
 
     fn adjust_header(&self, h: &Handle, ag: &Ag, delta: i64) -> Result<()> {
         let hdr = self.cache.get(BlockNo(ag.first), BlockType::AgHeader)?;
-        let mut d = h.write(&hdr);
-        let agh = AgHeader::of_mut(&mut d);
-        let free = (agh.free() as i64 + delta).max(0) as u64;
-        agh.set_free(free);
-        *ag.free_hint.lock() = free;
+        let free = {
+            let mut d = h.write(&hdr);
+            let agh = AgHeader::of_mut(&mut d);
+            let free = (agh.free() as i64 + delta).max(0) as u64;
+            agh.set_free(free);
+            free
+        };
+        // After the header's lock is gone: `free_hint` reads the header under the hint's lock.
+        *ag.free_hint.lock() = Some(free);
         Ok(())
     }
 
@@ -142,7 +173,7 @@ impl Allocator {
         let n = self.ags.len() as u32;
         for i in 0..n {
             let ag = &self.ags[((start_ag + i) % n) as usize];
-            if *ag.free_hint.lock() == 0 {
+            if self.free_hint(ag)? == 0 {
                 continue;
             }
             let mut guard = ag.mem.lock();
@@ -317,7 +348,7 @@ impl Allocator {
         let old = AgHeader::of(&hdr.read()).free();
         if old != free {
             AgHeader::of_mut(&mut h.write(&hdr)).set_free(free);
-            *ag.free_hint.lock() = free;
+            *ag.free_hint.lock() = Some(free);
         }
         Ok((old, free))
     }

@@ -88,10 +88,14 @@ impl MetaCache {
         self.map.lock().remove(&blkno);
     }
 
-    /// Drops every clean block (cluster mode: after losing the locks that covered them).
+    /// Drops every clean, checkpointed block nobody holds (cluster mode: after losing the locks
+    /// that covered them). A block an operation holds stays: its change must land in the
+    /// cached copy the transaction will journal, not in one the map no longer knows.
     pub fn drop_clean(&self) {
         let done = self.checkpointed_seq.load(Ordering::Acquire);
-        self.map.lock().retain(|_, b| b.dirty.load(Ordering::Acquire) || b.last_seq.load(Ordering::Acquire) > done);
+        self.map
+            .lock()
+            .retain(|_, b| Arc::strong_count(b) > 1 || b.dirty.load(Ordering::Acquire) || b.last_seq.load(Ordering::Acquire) > done);
     }
 
     pub fn len(&self) -> usize {

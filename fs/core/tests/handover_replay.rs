@@ -67,3 +67,37 @@ fn replaying_a_node_that_handed_its_blocks_over_never_writes_them_back() {
     let rep = fsck::check(Arc::new(CrashDevice::from_image(img)), false).expect("fsck of the crash image");
     assert_eq!(rep.exit_code(), 0, "crash image (node A's slot replayed in memory): {:?}", rep.problems);
 }
+
+/// After handing over, a node reads allocation state afresh when it allocates again: blocks the
+/// other node allocated meanwhile are not handed out a second time (cross-linked files).
+#[test]
+fn a_node_allocating_after_a_hand_over_does_not_reuse_the_other_nodes_blocks() {
+    let dev = Arc::new(CrashDevice::new(64 << 20));
+    mkfs(&*dev, &MkfsOptions { slots: 2, journal_blocks: Some(1024), ..Default::default() }).expect("mkfs");
+    let shared: Arc<dyn BlockDevice> = dev.clone();
+    let a = Fs::new(Volume::open(shared.clone(), 0, "node-a", 4096).expect("open slot 0")).expect("fs a");
+    let root = a.root();
+    // A has loaded its allocation maps (it allocated), then hands over.
+    let first = a.create(root, b"from-a-1", node(libc::S_IFREG | 0o644), WHO).expect("create");
+    a.open(first.ino).expect("open");
+    a.write(first.ino, 0, &vec![1u8; 1 << 20]).expect("write");
+    a.release(first.ino).expect("close");
+    a.write_back_and_forget().expect("node a hands over");
+
+    let b = Fs::new(Volume::open(shared.clone(), 1, "node-b", 4096).expect("open slot 1")).expect("fs b");
+    let from_b = b.create(root, b"from-b", node(libc::S_IFREG | 0o644), WHO).expect("create");
+    b.open(from_b.ino).expect("open");
+    b.write(from_b.ino, 0, &vec![2u8; 8 << 20]).expect("write");
+    b.release(from_b.ino).expect("close");
+    b.write_back_and_forget().expect("node b hands over");
+
+    // A takes over again and allocates: it must see what B allocated.
+    let second = a.create(root, b"from-a-2", node(libc::S_IFREG | 0o644), WHO).expect("create");
+    a.open(second.ino).expect("open");
+    a.write(second.ino, 0, &vec![3u8; 8 << 20]).expect("write");
+    a.release(second.ino).expect("close");
+    a.close().expect("close a");
+    b.close().expect("close b");
+    let rep = fsck::check(Arc::new(CrashDevice::from_image(dev.crash_image(|_| true))), false).expect("fsck");
+    assert_eq!(rep.exit_code(), 0, "{:?}", rep.problems);
+}

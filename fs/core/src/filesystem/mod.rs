@@ -209,7 +209,9 @@ impl Fs {
     /// decision is taken under the inode's exclusive lock, on the inode as it is then, so the
     /// inode is freed once and the later call finds nothing to do.
     pub(crate) fn reclaim_if_unused(&self, ino: InodeNo) -> Result<()> {
-        if self.is_open(ino) {
+        // Most last closes are of linked files: they are not listed, and cost one lookup in
+        // the (small) orphan directory, no transaction.
+        if self.is_open(ino) || !self.is_listed_orphan(ino)? {
             return Ok(());
         }
         self.reclaim_inode(ino, orphans::Reclaim::Unlinked)
@@ -217,14 +219,16 @@ impl Fs {
 
     /// What a node does before another node may change what it has cached (in cluster mode,
     /// when a lock is revoked; GFS2's sync and invalidate): everything it changed is committed
-    /// and made durable at home, and its clean cached metadata is dropped, so the next read
-    /// comes from the device.
+    /// and made durable at home, its clean cached metadata is dropped and its allocator's
+    /// in-memory maps are reloaded, so the next read comes from the device. Call it with no
+    /// operation running on what it covers (today: the whole node).
     pub fn write_back_and_forget(&self) -> Result<()> {
         self.vol.sync()?;
         // Written home is not enough: a crash would replay the journal's older images over
         // what the next node writes.
         self.vol.journal.retire_committed()?;
         self.vol.cache.drop_clean();
+        self.vol.alloc.reload();
         Ok(())
     }
 

@@ -31,6 +31,15 @@ fn orphan_name(ino: InodeNo) -> Vec<u8> {
 }
 
 impl Fs {
+    /// Whether `ino` is listed in this slot's orphan directory: the identity of an unlinked
+    /// inode waiting to be freed. Freeing it unlists it in the same transaction, so a listed
+    /// number still names that inode, never a later one that reuses its block.
+    pub(crate) fn is_listed_orphan(&self, ino: InodeNo) -> Result<bool> {
+        let _g = self.locks.lock(self.orphan_dir, Mode::Shared)?;
+        let (dbuf, _) = self.iget(self.orphan_dir)?;
+        Ok(dir::lookup(&self.tree(&dbuf), &orphan_name(ino))?.is_some())
+    }
+
     /// Lists `ino` in the orphan directory (the caller holds the inode's lock and `h`).
     pub(crate) fn add_orphan(&self, h: &Handle, ino: InodeNo) -> Result<()> {
         let _g = self.locks.lock(self.orphan_dir, Mode::Exclusive)?;
@@ -68,10 +77,19 @@ impl Fs {
         loop {
             let h = self.begin()?;
             let _g = self.locks.lock(ino, Mode::Exclusive)?;
-            // Freed already, by a racing close or unlink (or, for a listed inode, by an
-            // earlier step): its block may hold anything now.
-            if self.vol.alloc.state(ino.block())? != BlockState::Inode {
+            // Decided under the inode's lock: a racing close or unlink may have freed it (and
+            // unlisted it in the same transaction), and a create may since have reused the
+            // number, its new inode not yet written. Only a listed number is still the inode
+            // the caller meant, and one opened again waits for its last close.
+            if which == Reclaim::Unlinked && (!self.is_listed_orphan(ino)? || self.is_open(ino)) {
                 return Ok(());
+            }
+            match self.vol.alloc.state(ino.block()) {
+                Ok(BlockState::Inode) => {}
+                // Freed already (a listed entry outlives its inode only on a damaged volume,
+                // which fsck reports; a mount must not stop for it).
+                Ok(_) | Err(FsError::NotFound) => return Ok(()),
+                Err(e) => return Err(e),
             }
             let (buf, mut inode) = match self.iget(ino) {
                 Ok(x) => x,
