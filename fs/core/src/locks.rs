@@ -29,22 +29,36 @@ pub enum Mode {
 /// owns the whole volume). Cluster mode: a lockd lock `inode/<n>` in PR or EX, kept cached
 /// after use and given up on a blocking notification, once what it covers is flushed.
 pub trait ClusterLocks: Send + Sync {
-    /// Makes sure this node holds `inode/<ino>` in at least `mode`; returns at once when the
+    /// Makes sure this node holds `inode/<ino>` in at least `mode`, and returns the hold the
+    /// operation keeps for as long as it uses what the lock covers: the backend must not give
+    /// the lock up (to a revocation) while any hold of it is alive. Returns at once when the
     /// lock is cached. Fails when the lock service cannot be reached or the session is lost
     /// (the operation then fails with EIO).
-    fn hold(&self, ino: InodeNo, mode: Mode) -> Result<()>;
+    fn hold(&self, ino: InodeNo, mode: Mode) -> Result<ClusterHold>;
 }
+
+/// An operation's use of a cluster lock; dropping it ends the use. Standalone holds nothing
+/// (and allocates nothing: the box of a zero-sized value is free).
+pub type ClusterHold = Box<dyn Send + Sync>;
 
 /// A node that owns the whole volume (`mount --standalone`).
 pub struct Standalone;
 
 impl ClusterLocks for Standalone {
-    fn hold(&self, _ino: InodeNo, _mode: Mode) -> Result<()> {
-        Ok(())
+    fn hold(&self, _ino: InodeNo, _mode: Mode) -> Result<ClusterHold> {
+        Ok(Box::new(()))
     }
 }
 
-pub enum InodeGuard {
+/// An inode lock as an operation holds it: the local lock over the cluster hold. Fields drop
+/// in order, so the local lock (inner) goes before the cluster hold (outer), as GFS2 releases
+/// an inode's local lock before its glock.
+pub struct InodeGuard {
+    _local: LocalGuard,
+    _cluster: ClusterHold,
+}
+
+enum LocalGuard {
     Shared(#[allow(dead_code)] ArcRwLockReadGuard<RawRwLock, ()>),
     Exclusive(#[allow(dead_code)] ArcRwLockWriteGuard<RawRwLock, ()>),
 }
@@ -79,12 +93,13 @@ impl InodeLocks {
     }
 
     pub fn lock(&self, ino: InodeNo, mode: Mode) -> Result<InodeGuard> {
-        self.cluster.hold(ino, mode)?;
+        let cluster = self.cluster.hold(ino, mode)?;
         let l = self.entry(ino);
-        Ok(match mode {
-            Mode::Shared => InodeGuard::Shared(l.read_arc()),
-            Mode::Exclusive => InodeGuard::Exclusive(l.write_arc()),
-        })
+        let local = match mode {
+            Mode::Shared => LocalGuard::Shared(l.read_arc()),
+            Mode::Exclusive => LocalGuard::Exclusive(l.write_arc()),
+        };
+        Ok(InodeGuard { _local: local, _cluster: cluster })
     }
 
     /// Exclusive locks on several inodes, taken in ascending order (duplicates once).

@@ -105,8 +105,14 @@ impl Fs {
     /// its multi-mount protection updates first (a long reclaim must not look like a dead
     /// node), and fsck repairs without it (a damaged orphan must not stop the repair).
     pub fn without_recovery(vol: Volume) -> Fs {
+        Self::with_cluster_locks(vol, Box::new(crate::locks::Standalone))
+    }
+
+    /// The filesystem taking its inode locks from `cluster` (cluster mode: a lockd-backed
+    /// backend), before the orphans of an earlier mount are reclaimed.
+    pub fn with_cluster_locks(vol: Volume, cluster: Box<dyn crate::locks::ClusterLocks>) -> Fs {
         let orphan_dir = InodeNo(vol.journal.slot().orphan_dir);
-        Fs { vol, locks: InodeLocks::default(), rename_lock: Mutex::new(()), open: Mutex::new(HashMap::new()), orphan_dir }
+        Fs { vol, locks: InodeLocks::new(cluster), rename_lock: Mutex::new(()), open: Mutex::new(HashMap::new()), orphan_dir }
     }
 
     pub fn root(&self) -> InodeNo {
