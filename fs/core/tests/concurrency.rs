@@ -26,7 +26,10 @@ fn dir() -> NewNode<'static> {
 }
 
 fn setup() -> (Arc<CrashDevice>, Arc<Fs>) {
-    let dev = Arc::new(CrashDevice::new(64 << 20));
+    // Room for the worst case of the churn below (4 workers x ~60 names of up to 250 KB each,
+    // plus blocks freed but not yet committed): at 64 MiB a loaded machine once ran it out of
+    // space, which is not what these tests are about.
+    let dev = Arc::new(CrashDevice::new(128 << 20));
     mkfs(&*dev, &MkfsOptions { slots: 2, journal_blocks: Some(512), ..Default::default() }).expect("mkfs");
     let d: Arc<dyn BlockDevice> = dev.clone();
     let fs = Fs::new(Volume::open(d, 0, "concurrency-test", 4096).expect("open")).expect("fs");
