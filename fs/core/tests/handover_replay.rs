@@ -18,11 +18,17 @@ fn node(mode: u32) -> NewNode<'static> {
     NewNode { mode, rdev: 0, symlink_target: None }
 }
 
-#[test]
-fn replaying_a_node_that_handed_its_blocks_over_never_writes_them_back() {
+/// A fresh volume with a slot for each of two nodes, and the device as both nodes share it.
+fn two_slot_volume() -> (Arc<CrashDevice>, Arc<dyn BlockDevice>) {
     let dev = Arc::new(CrashDevice::new(64 << 20));
     mkfs(&*dev, &MkfsOptions { slots: 2, journal_blocks: Some(1024), ..Default::default() }).expect("mkfs");
     let shared: Arc<dyn BlockDevice> = dev.clone();
+    (dev, shared)
+}
+
+#[test]
+fn replaying_a_node_that_handed_its_blocks_over_never_writes_them_back() {
+    let (dev, shared) = two_slot_volume();
 
     // Node A fills a directory: its inode, tree nodes and the files' inodes are in A's journal.
     let a = Fs::new(Volume::open(shared.clone(), 0, "node-a", 4096).expect("open slot 0")).expect("fs a");
@@ -72,9 +78,7 @@ fn replaying_a_node_that_handed_its_blocks_over_never_writes_them_back() {
 /// other node allocated meanwhile are not handed out a second time (cross-linked files).
 #[test]
 fn a_node_allocating_after_a_hand_over_does_not_reuse_the_other_nodes_blocks() {
-    let dev = Arc::new(CrashDevice::new(64 << 20));
-    mkfs(&*dev, &MkfsOptions { slots: 2, journal_blocks: Some(1024), ..Default::default() }).expect("mkfs");
-    let shared: Arc<dyn BlockDevice> = dev.clone();
+    let (dev, shared) = two_slot_volume();
     let a = Fs::new(Volume::open(shared.clone(), 0, "node-a", 4096).expect("open slot 0")).expect("fs a");
     let root = a.root();
     // A has loaded its allocation maps (it allocated), then hands over.
