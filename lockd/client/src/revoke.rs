@@ -21,6 +21,7 @@ pub(crate) fn start_revoke(inner: &Arc<Inner>, notice: BlockingNotice) {
 /// yet (the caller starts one).
 fn queue(inner: &Inner, notice: BlockingNotice) -> bool {
     let mut cache = inner.cache.lock();
+    tracing::trace!(target: "lockd_trace", session = inner.id, ?notice, state = ?cache.get(&notice.resource).map(|c| (c.state, c.revocation.clone())), "notice");
     let Some(c) = cache.get_mut(&notice.resource) else {
         return false;
     };
@@ -48,18 +49,17 @@ async fn revoke(inner: Arc<Inner>, notice: BlockingNotice) {
     let res = notice.resource.clone();
     let (held, token, notice) = match claim(&inner, &res, notice).await {
         Ok(Some(claimed)) => claimed,
+        // The lock was gone when the claim looked (released meanwhile): nothing to answer.
+        // Nothing to clean up either, and touching the entry now would be wrong: a `lock` may
+        // have made a new one since, still acquiring, which is not ours to end.
         Ok(None) => {
-            inner.finish(&res, |c| {
-                if let Some(c) = c {
-                    c.revocation = Revocation::None;
-                }
-                true
-            });
+            tracing::trace!(target: "lockd_trace", session = inner.id, res, "revoke: nothing to claim");
             return;
         }
         Err(_) => return,
     };
     let decision = decide(&inner, held, token, &notice).await;
+    tracing::trace!(target: "lockd_trace", session = inner.id, res, ?token, ?notice, ?decision, "revoke");
     let (keep, failed) = answer(&inner, &res, token, decision).await;
     let newer = settle(&inner, &res, &notice, keep);
     if failed && inner.check().is_ok() {

@@ -204,6 +204,7 @@ impl Session {
             // lockd applied the Lock entry, so the release before it too.
             inner.forget_release(resource, rel.token);
         }
+        tracing::trace!(target: "lockd_trace", session = inner.id, resource, ?r, "lock answer");
         match granted_or_why(r, resource) {
             Ok(resp) => Ok(self.guard(inner.take_grant(resource, mode, resp))),
             Err(why) => {
@@ -229,7 +230,10 @@ impl Session {
         // Already gone (revoked on a blocking notification, or never taken): the end state the
         // caller asks for holds.
         let token = match inner.claim_held(resource, true).await {
-            Ok(token) => token,
+            Ok(token) => {
+                tracing::trace!(target: "lockd_trace", session = inner.id, resource, ?token, "release");
+                token
+            }
             Err(Error::Rejected { .. }) => return Ok(()),
             Err(e) => return Err(e),
         };

@@ -819,7 +819,11 @@ impl Replica {
                     if !e.get_data().is_empty() {
                         let cmd = Command::decode(e.get_data())?;
                         let mut fx = Vec::new();
+                        let shown = tracing::enabled!(target: "lockd_apply", tracing::Level::TRACE).then(|| format!("{cmd:?}"));
                         let res = self.sm.apply(cmd, &mut fx);
+                        if let Some(cmd) = shown {
+                            tracing::trace!(target: "lockd_apply", index = e.index, "{cmd} -> {res:?} fx={fx:?}");
+                        }
                         self.shared.hub.dispatch(&fx);
                         if let Some(Pending::Cmd(tx)) = pending {
                             let _ = tx.send(res.map_err(LockdError::from));

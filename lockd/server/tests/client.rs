@@ -446,3 +446,27 @@ async fn a_late_notice_about_a_grant_given_up_does_not_revoke_the_next_one() {
     assert_eq!(calls.lock().len(), 1);
     assert_eq!(a.cached("r"), None);
 }
+
+/// A revocation that finds its lock already released must leave the resource alone: a `lock`
+/// may have started a new entry for it meanwhile. (Found by the contended-cycles test: the
+/// stale revocation ended the new, still-acquiring entry, so the grant that came back was
+/// recorded nowhere, the caller's `release` found nothing to release, and the lock stayed held
+/// at lockd for good.) Each round races a revocation against the caller's own release and
+/// relock; whatever wins, a held guard has its cache entry, and the resource ends up free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_that_lost_the_race_to_a_release_leaves_the_next_grant_cached() {
+    let dir = tempfile::tempdir().unwrap();
+    let eps = one_replica(dir.path()).await;
+    let a = Session::open(&eps, SessionOptions::new("a")).await.unwrap();
+    let probe = Session::open(&eps, SessionOptions::new("probe")).await.unwrap();
+    for round in 0..300 {
+        let g = a.lock("r", Mode::EX, LockOptions::default()).await.unwrap();
+        assert_eq!(a.cached("r"), Some(Mode::EX), "round {round}: a held grant is not in the cache");
+        a.inject_blocking_notice(BlockingNotice { resource: "r".into(), held: Mode::EX, requested: Mode::EX, token: g.grant.token });
+        drop(g);
+        a.release("r", None).await.unwrap();
+    }
+    a.released().await.unwrap();
+    let g = probe.lock("r", Mode::EX, LockOptions::wait(Duration::from_secs(5))).await;
+    assert!(g.is_ok(), "r still held after every release was confirmed: {:?}", g.err());
+}
