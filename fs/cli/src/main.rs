@@ -11,6 +11,8 @@ use std::time::Duration;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+mod cluster_cmd;
+mod cluster_mount;
 mod fsck;
 mod info;
 mod mkfs;
@@ -55,11 +57,17 @@ enum Command {
     Mount {
         volume: PathBuf,
         mountpoint: PathBuf,
-        /// Mount without a lock service. Required today (cluster mounts through lockd come
-        /// next): this host alone uses the volume, and multi-mount protection refuses a slot
-        /// another host has mounted.
-        #[arg(long)]
+        /// Mount without a lock service: this host alone uses the volume, and multi-mount
+        /// protection refuses a slot another host has mounted.
+        #[arg(long, conflicts_with_all = ["lockd", "node_name"])]
         standalone: bool,
+        /// Mount as a node of the volume's cluster, taking locks from these lockd replicas
+        /// (HOST:PORT, comma-separated; default: $MAFS_LOCKD_ENDPOINTS).
+        #[arg(long, value_name = "HOST:PORT[,...]")]
+        lockd: Option<String>,
+        /// The node's name, unique on the volume (default: the host name).
+        #[arg(long)]
+        node_name: Option<String>,
         /// Bypass the host page cache for device I/O (O_DIRECT).
         #[arg(long)]
         direct_io: bool,
@@ -72,9 +80,10 @@ enum Command {
         /// Seconds the kernel may cache attributes and names.
         #[arg(long, default_value_t = 60)]
         attr_timeout: u64,
-        /// Node slot to use (each mounting node needs its own).
-        #[arg(long, default_value_t = 0)]
-        slot: u32,
+        /// Node slot to use (each mounting node needs its own; default: 0 standalone, the
+        /// first free one in a cluster).
+        #[arg(long)]
+        slot: Option<u32>,
         /// Mount even if the slot looks mounted by another host (only when that host is known
         /// dead and cut off from the device).
         #[arg(long)]
@@ -101,10 +110,39 @@ enum Command {
     },
     /// Show the superblock, slots and free space of a volume.
     Info { volume: PathBuf },
+    /// A local cluster in one directory: a volume file, lockd, and nodes mounted at DIR/node1..N.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
     /// Run a lockd replica, or administer lockd (status, dump, membership).
     Lockd(lockd_cli::LockdCommand),
     /// Run a command while holding a cluster-wide lock.
     Lock(lockd_cli::LockCommand),
+}
+
+#[derive(Subcommand)]
+enum ClusterCommand {
+    /// Make (or reuse) DIR/volume.mafs, start lockd and mount N nodes; returns once all are
+    /// mounted, printing the mount points.
+    Up {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long, default_value_t = 3)]
+        nodes: u32,
+        /// Size of a new volume file (sparse).
+        #[arg(long, default_value = "4G", value_parser = size_arg::parse_size)]
+        size: u64,
+        /// lockd replicas: 1, or 3 to survive the loss of one.
+        #[arg(long, default_value_t = 1)]
+        replicas: u32,
+    },
+    /// Unmount every node of DIR's cluster (each writes the volume back) and stop lockd.
+    Down {
+        #[arg(long)]
+        dir: PathBuf,
+        /// Seconds each node gets to write back and leave.
+        #[arg(long, default_value_t = 60)]
+        timeout: u64,
+    },
 }
 
 fn main() -> ExitCode {
@@ -146,24 +184,43 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             let opts = mafs_core::mkfs::MkfsOptions { slots, label, journal_blocks: journal_size.map(|j| (j / 4096) as u32), force };
             mkfs::run(&volume, size, &opts, override_mmp)
         }
-        Command::Mount { volume, mountpoint, standalone, direct_io, threads, commit_interval, attr_timeout, slot, override_mmp } => {
-            if !standalone {
+        Command::Mount {
+            volume,
+            mountpoint,
+            standalone,
+            lockd,
+            node_name,
+            direct_io,
+            threads,
+            commit_interval,
+            attr_timeout,
+            slot,
+            override_mmp,
+        } => {
+            let endpoints = cluster_mount::endpoints(lockd);
+            if !standalone && endpoints.is_empty() {
                 anyhow::bail!(
-                    "cluster mounts (through lockd) are not available yet: mount with --standalone, and only on one node at a time"
+                    "say how this node shares the volume: --lockd HOST:PORT[,...] (or ${}) to mount it as a cluster node, \
+                     or --standalone if this host alone uses it",
+                    cluster_mount::ENDPOINTS_ENV
                 );
             }
             let cfg = mafs_fuse::mount::MountConfig {
                 volume,
                 mountpoint,
                 direct_io,
-                slot,
+                slot: slot.unwrap_or(0),
                 threads,
                 commit_interval: Duration::from_secs(commit_interval.max(1)),
                 attr_ttl: Duration::from_secs(attr_timeout),
-                node_name: hostname(),
+                node_name: node_name.unwrap_or_else(hostname),
                 override_mmp,
             };
-            mafs_fuse::mount::mount(&cfg)?;
+            if standalone {
+                mafs_fuse::mount::mount(&cfg, None)?;
+            } else {
+                cluster_mount::run(&cfg, endpoints, slot)?;
+            }
             Ok(0)
         }
         Command::Umount { mountpoint, timeout } => {
@@ -172,6 +229,10 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::Fsck { volume, repair, override_mmp } => fsck::run(&volume, repair, override_mmp),
         Command::Info { volume } => info::run(&volume),
+        Command::Cluster(ClusterCommand::Up { dir, nodes, size, replicas }) => {
+            cluster_cmd::up(&dir, &cluster_cmd::UpOptions { nodes, size, replicas })
+        }
+        Command::Cluster(ClusterCommand::Down { dir, timeout }) => cluster_cmd::down(&dir, Duration::from_secs(timeout)),
         Command::Lockd(cmd) => lockd_cli::run_lockd(cmd),
         Command::Lock(cmd) => lockd_cli::run_lock(cmd),
     }

@@ -9,11 +9,29 @@ use std::time::Duration;
 /// `wait`: how long the mount process gets to write everything back and mark the slot clean.
 pub fn run(mountpoint: &Path, volume: Option<PathBuf>, wait: Duration) -> anyhow::Result<i32> {
     let c = std::ffi::CString::new(mountpoint.as_os_str().as_encoded_bytes()).context("mount point path has a NUL byte")?;
+    // Asked before unmounting: the process is gone soon after.
+    let process = mafs_fuse::mount::MountRecord::live_process(mountpoint);
     // SAFETY: plain syscall with a valid C string.
     if unsafe { libc::umount2(c.as_ptr(), 0) } != 0 {
         return Err(std::io::Error::last_os_error()).with_context(|| format!("cannot unmount {}", mountpoint.display()));
     }
     let Some(v) = volume else { return Ok(0) };
+    if let Some(pid) = process {
+        // A cluster node: the other nodes on this machine share the volume's claim, so the
+        // claim cannot say when this one is done; its process ending does.
+        let deadline = std::time::Instant::now() + wait;
+        while running(pid) {
+            if std::time::Instant::now() >= deadline {
+                anyhow::bail!(
+                    "{} is unmounted here, but after {wait:?} its mount process {pid} ({}) is still running",
+                    mountpoint.display(),
+                    comm(&pid.to_string())
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        return Ok(0);
+    }
     match mafs_core::claim::claim_volume(&v, wait) {
         Ok(claim) => {
             drop(claim);
@@ -28,6 +46,15 @@ pub fn run(mountpoint: &Path, volume: Option<PathBuf>, wait: Duration) -> anyhow
                 if why.is_empty() { "by a process this command cannot see (another PID namespace?)".to_string() } else { why.join("; ") }
             )
         }
+    }
+}
+
+/// Whether process `pid` still runs (a zombie has exited: only its parent has not asked yet).
+pub(crate) fn running(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the command name in parentheses, which may itself hold any byte.
+        Ok(stat) => stat.rsplit_once(')').is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z')),
+        Err(_) => false,
     }
 }
 

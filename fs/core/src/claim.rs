@@ -28,12 +28,23 @@ pub fn check_volume_path(path: &Path) -> Result<()> {
 
 /// Takes the volume's lock, waiting up to `wait` for a previous holder to let go.
 pub fn claim_volume(path: &Path, wait: Duration) -> Result<VolumeClaim> {
+    claim_with(path, wait, libc::LOCK_EX)
+}
+
+/// Takes the volume's lock shared, as a cluster node does: the nodes of a cluster on this
+/// machine use the volume together, and a standalone mount, mkfs or fsck (which take it
+/// exclusively) is refused while any of them is mounted.
+pub fn claim_volume_shared(path: &Path, wait: Duration) -> Result<VolumeClaim> {
+    claim_with(path, wait, libc::LOCK_SH)
+}
+
+fn claim_with(path: &Path, wait: Duration, how: libc::c_int) -> Result<VolumeClaim> {
     check_volume_path(path)?;
     let file = std::fs::File::open(path).map_err(|e| FsError::Volume(format!("cannot open volume {}: {e}", path.display())))?;
     let start = std::time::Instant::now();
     loop {
         // SAFETY: flock on an fd we own.
-        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        let rc = unsafe { libc::flock(file.as_raw_fd(), how | libc::LOCK_NB) };
         if rc == 0 {
             return Ok(VolumeClaim { _file: file });
         }

@@ -57,6 +57,10 @@ pub enum FsError {
     PastEnd,
     #[error("operation not permitted")]
     NotPermitted,
+    /// The cluster lock service could not give this node a lock it needs (session lost, lockd
+    /// out of reach): the operation did nothing.
+    #[error("cluster lock service: {0}")]
+    Cluster(String),
     #[error("the filesystem stopped writing after an earlier fatal error ({0}); unmount, run `mafs fsck`, and mount again")]
     Stopped(String),
 }
@@ -74,7 +78,7 @@ impl FsError {
     pub fn errno(&self) -> i32 {
         match self {
             FsError::Io { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
-            FsError::ShortRead { .. } | FsError::Corrupt { .. } | FsError::Stopped(_) => libc::EIO,
+            FsError::ShortRead { .. } | FsError::Corrupt { .. } | FsError::Stopped(_) | FsError::Cluster(_) => libc::EIO,
             FsError::DeviceFull { .. } | FsError::NoSpace => libc::ENOSPC,
             FsError::NotMafs(_) | FsError::Unsupported(_) | FsError::Volume(_) => libc::EINVAL,
             FsError::NotFound => libc::ENOENT,

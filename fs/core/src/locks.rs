@@ -37,6 +37,31 @@ pub trait ClusterLocks: Send + Sync {
     fn hold(&self, ino: InodeNo, mode: Mode) -> Result<ClusterHold>;
 }
 
+/// What a request passes before it touches the volume, and holds until it has finished with
+/// it (journal handle closed, blocks released): cluster mode's volume lock (the `mafs-cluster`
+/// crate), taken *before* the request joins a transaction, so that giving the lock up (which
+/// commits the journal) never waits for a request that waits for a lock. Standalone passes
+/// every request ([`Standalone`]).
+pub trait VolumeGate: Send + Sync {
+    /// Waits until this node may `access` the volume; the hold keeps that right until dropped.
+    fn enter(&self, access: Access) -> Result<ClusterHold>;
+}
+
+/// What a request does with the volume.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Reads only: several nodes at once.
+    Read,
+    /// Changes something (or may free an inode, as a last close does): one node at a time.
+    Write,
+}
+
+impl VolumeGate for Standalone {
+    fn enter(&self, _access: Access) -> Result<ClusterHold> {
+        Ok(Box::new(()))
+    }
+}
+
 /// An operation's use of a cluster lock; dropping it ends the use. Standalone holds nothing
 /// (and allocates nothing: the box of a zero-sized value is free).
 pub type ClusterHold = Box<dyn Send + Sync>;

@@ -16,27 +16,53 @@ use mafs_core::filesystem::setid::privileged_bits;
 use mafs_core::filesystem::{FallocMode, Fs, SetAttr, Whence};
 use mafs_core::format::inode::{Inode, Timespec};
 use mafs_core::format::InodeNo;
+use mafs_core::locks::{Access, Standalone, VolumeGate};
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// Open files keep the kernel's page cache (this node holds every lock, so no other node
-/// changes the data behind it) and skip FLUSH on close: mafs has nothing to do at flush
-/// (data is written through, fsync commits), and a create + close then costs one request less.
-const FILE_OPEN_FLAGS: FopenFlags = FopenFlags::FOPEN_KEEP_CACHE.union(FopenFlags::FOPEN_NOFLUSH);
+/// Open files skip FLUSH on close: mafs has nothing to do at flush (data is written through,
+/// fsync commits), and a create + close then costs one request less.
+const FILE_OPEN_FLAGS: FopenFlags = FopenFlags::FOPEN_NOFLUSH;
+
+/// Enters the volume gate for a request, or answers the request with why it could not.
+macro_rules! enter {
+    ($self:ident, $access:ident, $reply:ident) => {
+        match $self.gate.enter(Access::$access) {
+            Ok(hold) => hold,
+            Err(e) => return $reply.error(errno(&e)),
+        }
+    };
+}
 
 pub struct MafsFuse {
     fs: Arc<Fs>,
     /// How long the kernel may trust attributes and names. A standalone node holds every lock
-    /// for ever, so every change goes through this kernel and long TTLs are safe.
+    /// for ever, so every change goes through this kernel and long TTLs are safe. A cluster
+    /// node gives zero (see [`KernelCache`]).
     ttl: Duration,
     root: InodeNo,
+    gate: Arc<dyn VolumeGate>,
+    cache: KernelCache,
+}
+
+/// What the kernel may cache of this mount.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KernelCache {
+    /// Everything (standalone: every change to the volume goes through this kernel): pages
+    /// are kept across opens, and atime is updated on reads.
+    All,
+    /// Nothing that another node could change behind it (cluster mode, see docs/design.md
+    /// "Cluster mode"): attributes and names with a zero lifetime, file I/O without the page
+    /// cache (FOPEN_DIRECT_IO), and no atime updates on reads (a read would otherwise need the
+    /// volume lock exclusively, and readers on two nodes would take it from each other).
+    Nothing,
 }
 
 fn errno(e: &FsError) -> Errno {
-    if matches!(e, FsError::Io { .. } | FsError::Corrupt { .. } | FsError::ShortRead { .. } | FsError::Stopped(_)) {
+    if matches!(e, FsError::Io { .. } | FsError::Corrupt { .. } | FsError::ShortRead { .. } | FsError::Stopped(_) | FsError::Cluster(_)) {
         tracing::error!("{e}");
     }
     Errno::from_i32(e.errno())
@@ -88,9 +114,31 @@ fn dtype_kind(dt: u8) -> FileType {
 }
 
 impl MafsFuse {
+    /// A standalone mount's glue: every request passes, the kernel caches everything.
     pub fn new(fs: Arc<Fs>, ttl: Duration) -> MafsFuse {
+        Self::with_gate(fs, ttl, Arc::new(Standalone), KernelCache::All)
+    }
+
+    /// The glue of a mount whose requests first pass `gate` (cluster mode).
+    pub fn with_gate(fs: Arc<Fs>, ttl: Duration, gate: Arc<dyn VolumeGate>, cache: KernelCache) -> MafsFuse {
         let root = fs.root();
-        MafsFuse { fs, ttl, root }
+        let ttl = if cache == KernelCache::All { ttl } else { Duration::ZERO };
+        MafsFuse { fs, ttl, root, gate, cache }
+    }
+
+    fn file_open_flags(&self) -> FopenFlags {
+        match self.cache {
+            // Pages stay valid across opens: nobody else changes the data behind them.
+            KernelCache::All => FILE_OPEN_FLAGS.union(FopenFlags::FOPEN_KEEP_CACHE),
+            KernelCache::Nothing => FILE_OPEN_FLAGS.union(FopenFlags::FOPEN_DIRECT_IO),
+        }
+    }
+
+    fn dir_open_flags(&self) -> FopenFlags {
+        match self.cache {
+            KernelCache::All => FopenFlags::FOPEN_KEEP_CACHE,
+            KernelCache::Nothing => FopenFlags::empty(),
+        }
     }
 
     /// The kernel's node id as the core's inode number: the one place the two meet. The root
@@ -173,6 +221,24 @@ impl MafsFuse {
         }
     }
 
+    /// Closes one handle of `ino`. Only the last close of an unlinked inode writes (it frees
+    /// the inode), so only that one enters the gate to write: a reader's close on one node does
+    /// not take the volume from a writer on another.
+    fn close_handle(&self, ino: InodeNo) -> Result<(), FsError> {
+        if !self.fs.forget_handle(ino) {
+            return Ok(());
+        }
+        let unlinked = {
+            let _hold = self.gate.enter(Access::Read)?;
+            self.fs.is_unused_orphan(ino)?
+        };
+        if unlinked {
+            let _hold = self.gate.enter(Access::Write)?;
+            self.fs.reclaim_if_unused(ino)?;
+        }
+        Ok(())
+    }
+
     /// Creates a node: the mode as the kernel sent it, unmasked, and the caller's umask
     /// (FUSE_DONT_MASK), for the core to apply the parent's default ACL or else the umask.
     fn make(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, rdev: u64) -> Result<Inode, FsError> {
@@ -197,12 +263,15 @@ impl Filesystem for MafsFuse {
     }
 
     fn destroy(&mut self) {
-        if let Err(e) = self.fs.close() {
+        // Closing writes the volume (a commit and the slot header's clean state).
+        let hold = self.gate.enter(Access::Write);
+        if let Err(e) = hold.and_then(|_hold| self.fs.close()) {
             tracing::error!("unmount: could not leave the volume clean: {e}");
         }
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let _hold = enter!(self, Read, reply);
         // The VFS resolves "." and ".." of a path itself; it sends them only to decode a file
         // handle, for a node id it may not know: "." is the inode of that number, whatever its
         // type, and ".." a directory's parent.
@@ -219,6 +288,7 @@ impl Filesystem for MafsFuse {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        let _hold = enter!(self, Read, reply);
         match self.fs.getattr(self.ino(ino)) {
             Ok(i) => reply.attr(&self.attr_ttl(&i), &self.attr(&i)),
             Err(e) => reply.error(errno(&e)),
@@ -243,6 +313,7 @@ impl Filesystem for MafsFuse {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        let _hold = enter!(self, Write, reply);
         let now = Timespec::now();
         let t = |x: Option<TimeOrNow>| {
             x.map(|v| match v {
@@ -258,6 +329,7 @@ impl Filesystem for MafsFuse {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        let _hold = enter!(self, Read, reply);
         match self.fs.readlink(self.ino(ino)) {
             Ok(d) => reply.data(&d),
             Err(e) => reply.error(errno(&e)),
@@ -265,22 +337,27 @@ impl Filesystem for MafsFuse {
     }
 
     fn mknod(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, rdev: u32, reply: ReplyEntry) {
+        let _hold = enter!(self, Write, reply);
         self.entry(self.make(req, parent, name, mode, umask, rdev as u64), reply)
     }
 
     fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
+        let _hold = enter!(self, Write, reply);
         self.entry(self.make(req, parent, name, libc::S_IFDIR | (mode & 0o7777), umask, 0), reply)
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _hold = enter!(self, Write, reply);
         Self::empty(self.fs.unlink(self.ino(parent), name.as_bytes(), false), reply)
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _hold = enter!(self, Write, reply);
         Self::empty(self.fs.unlink(self.ino(parent), name.as_bytes(), true), reply)
     }
 
     fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
+        let _hold = enter!(self, Write, reply);
         let r = dir_check(link_name).and_then(|_| {
             let parent = self.ino(parent);
             self.fs.create(
@@ -303,6 +380,7 @@ impl Filesystem for MafsFuse {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
+        let _hold = enter!(self, Write, reply);
         if flags.contains(RenameFlags::RENAME_WHITEOUT) {
             return reply.error(Errno::from_i32(libc::EINVAL));
         }
@@ -310,12 +388,14 @@ impl Filesystem for MafsFuse {
     }
 
     fn link(&self, _req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
+        let _hold = enter!(self, Write, reply);
         self.entry(self.fs.link(self.ino(ino), self.ino(newparent), newname.as_bytes()), reply)
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let _hold = enter!(self, Read, reply);
         match self.fs.open(self.ino(ino)) {
-            Ok(_) => reply.opened(FileHandle(0), FILE_OPEN_FLAGS),
+            Ok(_) => reply.opened(FileHandle(0), self.file_open_flags()),
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -331,10 +411,14 @@ impl Filesystem for MafsFuse {
         _lock: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        let _hold = enter!(self, Read, reply);
         let ino = self.ino(ino);
         match self.fs.read(ino, offset, size) {
             Ok(d) => {
                 reply.data(&d);
+                if self.cache == KernelCache::Nothing {
+                    return;
+                }
                 if let Err(e) = self.fs.touch_atime(ino) {
                     tracing::warn!("atime of inode {ino}: {e}");
                 }
@@ -355,6 +439,7 @@ impl Filesystem for MafsFuse {
         _lock: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        let _hold = enter!(self, Write, reply);
         match self.fs.write_by(self.ino(ino), offset, data, RequestCaller::writer(req, wf).caller()) {
             Ok(n) => reply.written(n as u32),
             Err(e) => reply.error(errno(&e)),
@@ -375,7 +460,7 @@ impl Filesystem for MafsFuse {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        Self::empty(self.fs.release(self.ino(ino)), reply)
+        Self::empty(self.close_handle(self.ino(ino)), reply)
     }
 
     fn fsync(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
@@ -383,6 +468,7 @@ impl Filesystem for MafsFuse {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let _hold = enter!(self, Read, reply);
         let ino = self.ino(ino);
         match self.fs.getattr(ino) {
             Ok(i) if !i.is_dir() => return reply.error(Errno::from_i32(libc::ENOTDIR)),
@@ -392,16 +478,17 @@ impl Filesystem for MafsFuse {
         // Counted like an open file: a directory removed while open stays readable (empty)
         // until the last handle goes.
         match self.fs.open(ino) {
-            Ok(_) => reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE),
+            Ok(_) => reply.opened(FileHandle(0), self.dir_open_flags()),
             Err(e) => reply.error(errno(&e)),
         }
     }
 
     fn releasedir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
-        Self::empty(self.fs.release(self.ino(ino)), reply)
+        Self::empty(self.close_handle(self.ino(ino)), reply)
     }
 
     fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+        let _hold = enter!(self, Read, reply);
         let r = self.fs.readdir(self.ino(ino), offset, &mut |e_ino, dt, name, cookie| {
             !reply.add(self.fuse_ino(e_ino), cookie, dtype_kind(dt), OsStr::from_bytes(name))
         });
@@ -416,11 +503,13 @@ impl Filesystem for MafsFuse {
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let _hold = enter!(self, Read, reply);
         let s = self.fs.statfs();
         reply.statfs(s.blocks, s.bfree, s.bfree, s.files, s.ffree, s.bsize, s.namelen, s.bsize)
     }
 
     fn setxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, value: &[u8], flags: i32, _position: u32, reply: ReplyEmpty) {
+        let _hold = enter!(self, Write, reply);
         let how = if flags & libc::XATTR_CREATE != 0 {
             XattrSet::Create
         } else if flags & libc::XATTR_REPLACE != 0 {
@@ -432,6 +521,7 @@ impl Filesystem for MafsFuse {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let _hold = enter!(self, Read, reply);
         match self.fs.getxattr(self.ino(ino), name.as_bytes()) {
             Ok(v) if size == 0 => reply.size(v.len() as u32),
             Ok(v) if v.len() > size as usize => reply.error(Errno::from_i32(libc::ERANGE)),
@@ -441,6 +531,7 @@ impl Filesystem for MafsFuse {
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let _hold = enter!(self, Read, reply);
         match self.fs.listxattr(self.ino(ino)) {
             Ok(v) if size == 0 => reply.size(v.len() as u32),
             Ok(v) if v.len() > size as usize => reply.error(Errno::from_i32(libc::ERANGE)),
@@ -450,30 +541,35 @@ impl Filesystem for MafsFuse {
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _hold = enter!(self, Write, reply);
         Self::empty(self.fs.setxattr(self.ino(ino), name.as_bytes(), None, XattrSet::Any), reply)
     }
 
     fn access(&self, _req: &Request, ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
+        let _hold = enter!(self, Read, reply);
         // Permissions are checked by the kernel (default_permissions); we only confirm existence.
         Self::empty(self.fs.getattr(self.ino(ino)).map(|_| ()), reply)
     }
 
     fn create(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, _flags: i32, reply: ReplyCreate) {
+        let _hold = enter!(self, Write, reply);
         let r = self.make(req, parent, name, mode, umask, 0).and_then(|i| self.fs.open(i.ino));
         match r {
             // One lifetime for both name and attributes here: a set-ID file's name is looked up again.
-            Ok(i) => reply.created(&self.attr_ttl(&i), &self.attr(&i), Generation(i.generation), FileHandle(0), FILE_OPEN_FLAGS),
+            Ok(i) => reply.created(&self.attr_ttl(&i), &self.attr(&i), Generation(i.generation), FileHandle(0), self.file_open_flags()),
             Err(e) => reply.error(errno(&e)),
         }
     }
 
     fn fallocate(&self, req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, length: u64, mode: i32, reply: ReplyEmpty) {
+        let _hold = enter!(self, Write, reply);
         let r = FallocMode::from_flags(mode)
             .and_then(|m| self.fs.fallocate_by(self.ino(ino), offset, length, m, RequestCaller::new(req).caller()));
         Self::empty(r, reply)
     }
 
     fn lseek(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: i64, whence: i32, reply: ReplyLseek) {
+        let _hold = enter!(self, Read, reply);
         let w = match whence {
             libc::SEEK_DATA => Whence::Data,
             libc::SEEK_HOLE => Whence::Hole,

@@ -1,11 +1,14 @@
 //! Mounting: opens the device, claims it for this process, replays and opens the volume, and
 //! serves FUSE until unmounted; a background thread commits the journal every few seconds.
-use super::MafsFuse;
+//! A cluster node mounts through its [`Membership`] (the `mafs-cluster` crate, which this one
+//! does not link): its slot, and the gate its requests pass.
+use super::{KernelCache, MafsFuse};
 use anyhow::{bail, Context};
 use fuser::{Config, MountOption, SessionACL};
-use mafs_core::claim::claim_volume;
+use mafs_core::claim::{claim_volume, claim_volume_shared};
 use mafs_core::device::{BlockDevice, FileDevice, OpenOptions};
 use mafs_core::filesystem::Fs;
+use mafs_core::locks::{Access, VolumeGate};
 use mafs_core::volume::{Volume, DEFAULT_CACHE_BLOCKS};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -26,7 +29,15 @@ pub struct MountConfig {
     pub override_mmp: bool,
 }
 
-pub fn mount(cfg: &MountConfig) -> anyhow::Result<()> {
+/// What a cluster node brings to its mount: the slot it took and the gate of its requests.
+pub trait Membership {
+    fn slot(&self) -> u32;
+    fn gate(&self) -> Arc<dyn VolumeGate>;
+    /// The filesystem its revocations write back, once made.
+    fn attach(&self, fs: &Arc<Fs>);
+}
+
+pub fn mount(cfg: &MountConfig, cluster: Option<&dyn Membership>) -> anyhow::Result<()> {
     // First of all, before any thread exists: every thread inherits the mask, so SIGINT and
     // SIGTERM can only reach the signal thread's sigwait, never a worker whose default action
     // would kill the process with the volume dirty and the mount point dead.
@@ -34,8 +45,21 @@ pub fn mount(cfg: &MountConfig) -> anyhow::Result<()> {
     if !cfg.mountpoint.is_dir() {
         bail!("mount point {} is not a directory", cfg.mountpoint.display());
     }
-    let claim = claim_volume(&cfg.volume, Duration::from_secs(10))?;
-    let fs = Arc::new(Fs::without_recovery(open_volume(cfg)?));
+    let claim = match cluster {
+        None => claim_volume(&cfg.volume, Duration::from_secs(10))?,
+        Some(_) => claim_volume_shared(&cfg.volume, Duration::from_secs(10))?,
+    };
+    let gate: Arc<dyn VolumeGate> = match cluster {
+        Some(m) => m.gate(),
+        None => Arc::new(mafs_core::locks::Standalone),
+    };
+    // Replay, orphan reclaim and the first reads all change or trust the volume: done holding
+    // the volume lock exclusively (kept cached afterwards, so the first requests cost nothing).
+    let opening = gate.enter(Access::Write).context("cannot take the volume lock to open the volume")?;
+    let fs = Arc::new(Fs::without_recovery(open_volume(cfg, cluster.map(|m| m.slot()))?));
+    if let Some(m) = cluster {
+        m.attach(&fs);
+    }
     // Multi-mount protection from here on, through everything below (orphan reclaim can take a
     // while, and a silent slot looks like a dead node to other hosts).
     let stop = Arc::new(AtomicBool::new(false));
@@ -49,8 +73,12 @@ pub fn mount(cfg: &MountConfig) -> anyhow::Result<()> {
         stop_mmp(mmp);
         return Err(e).context("cannot finish recovery of the volume");
     }
-    let session = fuser::Session::new(MafsFuse::new(fs.clone(), cfg.attr_ttl), &cfg.mountpoint, &fuse_config(cfg))
+    drop(opening);
+    let kernel_cache = if cluster.is_some() { KernelCache::Nothing } else { KernelCache::All };
+    let glue = MafsFuse::with_gate(fs.clone(), cfg.attr_ttl, gate.clone(), kernel_cache);
+    let session = fuser::Session::new(glue, &cfg.mountpoint, &fuse_config(cfg))
         .with_context(|| format!("cannot mount on {}", cfg.mountpoint.display()))?;
+    let record = MountRecord::write(&cfg.mountpoint);
     let committer = spawn_committer(fs.clone(), stop.clone(), cfg.commit_interval)?;
     spawn_signal_unmounter(stop_signals, cfg.mountpoint.clone());
     let result = session.run();
@@ -58,31 +86,84 @@ pub fn mount(cfg: &MountConfig) -> anyhow::Result<()> {
     let _ = committer.join();
     // destroy() already closed the volume cleanly if the kernel sent it; close again is a no-op
     // commit plus a clean slot header, and covers the case where it did not.
-    let closed = fs.close();
+    let closed = gate.enter(Access::Write).and_then(|_hold| fs.close());
     drop(claim);
+    drop(record);
     result.context("FUSE session failed")?;
     closed.context("could not leave the volume clean")?;
     Ok(())
 }
 
+/// Where a mount process says it serves a mount point: `mafs umount` waits for that process to
+/// exit, since a cluster node's shared claim on the volume cannot tell it apart from the other
+/// nodes on this machine. Removed when the mount process ends.
+pub struct MountRecord {
+    path: Option<PathBuf>,
+}
+
+impl MountRecord {
+    const DIR: &'static str = "/run/mafs/mounts";
+
+    /// The record of `mountpoint`'s mount process, if any.
+    pub fn path_for(mountpoint: &std::path::Path) -> PathBuf {
+        let canon = std::fs::canonicalize(mountpoint).unwrap_or_else(|_| mountpoint.to_path_buf());
+        let name: String = canon.to_string_lossy().chars().map(|c| if c == '/' { '%' } else { c }).collect();
+        PathBuf::from(Self::DIR).join(name)
+    }
+
+    fn write(mountpoint: &std::path::Path) -> MountRecord {
+        let path = Self::path_for(mountpoint);
+        let written = std::fs::create_dir_all(Self::DIR).and_then(|()| std::fs::write(&path, std::process::id().to_string()));
+        match written {
+            Ok(()) => MountRecord { path: Some(path) },
+            Err(e) => {
+                // Only `mafs umount`'s wait depends on it.
+                tracing::warn!("cannot record the mount process in {}: {e}", path.display());
+                MountRecord { path: None }
+            }
+        }
+    }
+
+    /// The mount process recorded for `mountpoint`, if there is a record.
+    pub fn live_process(mountpoint: &std::path::Path) -> Option<u32> {
+        std::fs::read_to_string(Self::path_for(mountpoint)).ok()?.trim().parse().ok()
+    }
+}
+
+impl Drop for MountRecord {
+    fn drop(&mut self) {
+        if let Some(p) = &self.path {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
 /// Opens the device, makes sure no other host has the volume mounted (multi-mount protection:
 /// a multi-attached device is out of the flock's reach), claims the slot, replays its journal
 /// and opens the volume.
-fn open_volume(cfg: &MountConfig) -> anyhow::Result<Volume> {
+fn open_volume(cfg: &MountConfig, cluster_slot: Option<u32>) -> anyhow::Result<Volume> {
     let cannot_mount = || format!("cannot mount {}", cfg.volume.display());
+    // A cluster node shares no cache with the other nodes, as on separate hosts: the device is
+    // read and written past this host's page cache.
+    let direct = cfg.direct_io || cluster_slot.is_some();
     let dev: Arc<dyn BlockDevice> = Arc::new(
-        FileDevice::open(&cfg.volume, &OpenOptions { direct: cfg.direct_io, ..Default::default() })
+        FileDevice::open(&cfg.volume, &OpenOptions { direct, ..Default::default() })
             .with_context(|| format!("cannot open volume {}", cfg.volume.display()))?,
     );
     let (sb, _) = mafs_core::volume::read_superblock(&*dev).with_context(cannot_mount)?;
+    let slot = cluster_slot.unwrap_or(cfg.slot);
     if !cfg.override_mmp {
         // Standalone means this host alone uses the volume: another host's mount of any slot
-        // is as fatal as one of ours.
-        let slots: Vec<u32> = (0..sb.layout.slot_count).collect();
+        // is as fatal as one of ours. A cluster node shares the volume with the other nodes,
+        // whose slots lockd keeps apart; its own slot must not be live (a standalone mount).
+        let slots: Vec<u32> = match cluster_slot {
+            Some(s) => vec![s],
+            None => (0..sb.layout.slot_count).collect(),
+        };
         mafs_core::mmp::ensure_not_live(&*dev, &sb, &slots, &cfg.node_name, "mounting it here").with_context(cannot_mount)?;
     }
-    mafs_core::mmp::claim(&*dev, &sb, cfg.slot, &cfg.node_name).with_context(cannot_mount)?;
-    let vol = Volume::open_with(dev, cfg.slot, &cfg.node_name, DEFAULT_CACHE_BLOCKS, true).with_context(cannot_mount)?;
+    mafs_core::mmp::claim(&*dev, &sb, slot, &cfg.node_name).with_context(cannot_mount)?;
+    let vol = Volume::open_with(dev, slot, &cfg.node_name, DEFAULT_CACHE_BLOCKS, true).with_context(cannot_mount)?;
     if vol.used_backup_superblock {
         tracing::warn!(
             "primary superblock of {} is damaged; mounted with the backup copy (run `mafs fsck --repair` to rewrite it)",

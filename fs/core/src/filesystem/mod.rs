@@ -190,34 +190,43 @@ impl Fs {
 
     /// Closes one handle; the last close of an unlinked inode frees it.
     pub fn release(&self, ino: InodeNo) -> Result<()> {
-        let last = {
-            let mut open = self.open.lock();
-            match open.get_mut(&ino) {
-                Some(n) if *n > 1 => {
-                    *n -= 1;
-                    false
-                }
-                Some(_) => {
-                    open.remove(&ino);
-                    true
-                }
-                None => false,
-            }
-        };
-        if last {
+        if self.forget_handle(ino) {
             self.reclaim_if_unused(ino)?;
         }
         Ok(())
+    }
+
+    /// Counts one handle of `ino` closed, touching nothing on the volume; true if it was the
+    /// last one (then [`Fs::reclaim_if_unused`] frees the inode if it has no links left).
+    pub fn forget_handle(&self, ino: InodeNo) -> bool {
+        let mut open = self.open.lock();
+        match open.get_mut(&ino) {
+            Some(n) if *n > 1 => {
+                *n -= 1;
+                false
+            }
+            Some(_) => {
+                open.remove(&ino);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Whether `ino` is unlinked and no longer open here: what a last close must free. Reads
+    /// only, so that a node can ask with the right to read.
+    pub fn is_unused_orphan(&self, ino: InodeNo) -> Result<bool> {
+        Ok(!self.is_open(ino) && self.is_listed_orphan(ino)?)
     }
 
     /// Frees an inode that has no links left, unless someone still has it open. The last close
     /// and the unlink that took the last name may both call this for one inode, at once: the
     /// decision is taken under the inode's exclusive lock, on the inode as it is then, so the
     /// inode is freed once and the later call finds nothing to do.
-    pub(crate) fn reclaim_if_unused(&self, ino: InodeNo) -> Result<()> {
+    pub fn reclaim_if_unused(&self, ino: InodeNo) -> Result<()> {
         // Most last closes are of linked files: they are not listed, and cost one lookup in
         // the (small) orphan directory, no transaction.
-        if self.is_open(ino) || !self.is_listed_orphan(ino)? {
+        if !self.is_unused_orphan(ino)? {
             return Ok(());
         }
         self.reclaim_inode(ino, orphans::Reclaim::Unlinked)

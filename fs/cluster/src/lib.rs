@@ -1,0 +1,19 @@
+//! Cluster mode: what makes a `mafs mount` one node among several on one volume. A node opens a
+//! lockd session, makes its name unique on the volume, takes a free slot (its journal), and
+//! passes every request through the volume lock (`volume_lock.rs`), which it gives up, after
+//! writing everything back and forgetting what it cached, when another node needs it. See
+//! docs/design.md, "Cluster mode", for why one volume-wide lock comes first and what replaces
+//! it.
+//!
+//! Modules: `node` (joining and leaving: session, name, slot), `volume_lock` (the gate every
+//! request passes, and the revocation that hands the volume on), `names` (the lockd resource
+//! names of a volume), `error`.
+mod error;
+mod names;
+mod node;
+mod volume_lock;
+
+pub use error::JoinError;
+pub use names::VolumeNames;
+pub use node::{ClusterNode, JoinOptions, DEFAULT_LEASE};
+pub use volume_lock::VolumeLock;

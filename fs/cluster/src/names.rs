@@ -1,0 +1,29 @@
+//! The lockd resources of one volume, named after its UUID so that volumes sharing a lockd
+//! never share a lock.
+
+/// The resource names of a volume's locks.
+#[derive(Debug, Clone)]
+pub struct VolumeNames {
+    prefix: String,
+}
+
+impl VolumeNames {
+    pub fn new(volume_uuid: &str) -> VolumeNames {
+        VolumeNames { prefix: format!("mafs/{volume_uuid}") }
+    }
+
+    /// The volume lock: PR to read the volume's metadata, EX to change it.
+    pub fn volume(&self) -> String {
+        format!("{}/volume", self.prefix)
+    }
+
+    /// Held EX by the node mounted in `slot`, for as long as it is mounted: its journal.
+    pub fn slot(&self, slot: u32) -> String {
+        format!("{}/slot/{slot}", self.prefix)
+    }
+
+    /// Held EX by the node called `name`, for as long as it is mounted: names are unique.
+    pub fn node(&self, name: &str) -> String {
+        format!("{}/node/{name}", self.prefix)
+    }
+}

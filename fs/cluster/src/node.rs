@@ -1,0 +1,140 @@
+//! Joining the cluster as a node of one volume, and leaving it: the lockd session, the node's
+//! unique name, its slot, and the volume lock its requests pass.
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use lockd_client::{Error, LockGuard, LockOptions, Mode, Session, SessionOptions};
+use mafs_core::filesystem::Fs;
+
+use crate::error::JoinError;
+use crate::names::VolumeNames;
+use crate::volume_lock::{revoke, AttachedFs, VolumeLock};
+
+/// A node's lease on its locks: lockd expires a node that has not been heard from for this
+/// long. lockd's own default; issue 12's timings will choose it with reasons.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone)]
+pub struct JoinOptions {
+    /// lockd replicas, `HOST:PORT` each.
+    pub endpoints: Vec<String>,
+    /// Unique on the volume (a second node of the same name is refused).
+    pub node_name: String,
+    /// A slot of the node's choosing; `None` takes the first free one.
+    pub slot: Option<u32>,
+    pub lease: Duration,
+}
+
+/// A node of the cluster, from joining to leaving.
+pub struct ClusterNode {
+    runtime: tokio::runtime::Runtime,
+    session: Arc<Session>,
+    names: VolumeNames,
+    slot: u32,
+    fs: AttachedFs,
+    /// The name and slot locks, held until the node leaves.
+    held: Vec<LockGuard>,
+}
+
+impl ClusterNode {
+    /// Joins the cluster of the volume `volume_uuid` (with `slot_count` slots): opens a lockd
+    /// session, takes the node's name and a slot. Nothing is written to the volume here, so a
+    /// refusal leaves it as it was.
+    pub fn join(volume_uuid: &str, slot_count: u32, opts: &JoinOptions) -> Result<ClusterNode, JoinError> {
+        if let Some(slot) = opts.slot.filter(|s| *s >= slot_count) {
+            return Err(JoinError::NoSuchSlot { slot, count: slot_count });
+        }
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("mafs-lockd-client")
+            .enable_all()
+            .build()
+            .map_err(JoinError::Runtime)?;
+        let names = VolumeNames::new(volume_uuid);
+        let fs: AttachedFs = Arc::new(OnceLock::new());
+        let mut so = SessionOptions::new(opts.node_name.clone());
+        so.lease = opts.lease;
+        let (volume, attached) = (names.volume(), fs.clone());
+        so.on_blocking = Some(Arc::new(move |n| revoke(&volume, &attached, n)));
+        let session = runtime.block_on(Session::open(&opts.endpoints, so)).map_err(|source| match source {
+            Error::Unavailable(_) | Error::BadEndpoint(_) => JoinError::Unreachable { endpoints: opts.endpoints.join(","), source },
+            other => JoinError::Session(other),
+        })?;
+        let mut node = ClusterNode { runtime, session: Arc::new(session), names, slot: 0, fs, held: Vec::new() };
+        let name = node.names.node(&opts.node_name);
+        match node.try_lock(&name)? {
+            Some(g) => node.held.push(g),
+            None => return Err(node.refuse(JoinError::NameInUse { name: opts.node_name.clone() })),
+        }
+        let candidates: Vec<u32> = match opts.slot {
+            Some(s) => vec![s],
+            None => (0..slot_count).collect(),
+        };
+        for s in candidates {
+            if let Some(g) = node.try_lock(&node.names.slot(s))? {
+                node.held.push(g);
+                node.slot = s;
+                tracing::info!(node = opts.node_name, slot = s, session = node.session.id(), "joined the cluster");
+                return Ok(node);
+            }
+        }
+        let why = match opts.slot {
+            Some(slot) => JoinError::SlotInUse { slot },
+            None => JoinError::NoFreeSlot { count: slot_count },
+        };
+        Err(node.refuse(why))
+    }
+
+    /// `Some` if lockd granted `resource` EX at once, `None` if another session holds it.
+    fn try_lock(&self, resource: &str) -> Result<Option<LockGuard>, JoinError> {
+        match self.runtime.block_on(self.session.lock(resource, Mode::EX, LockOptions::try_now())) {
+            Ok(g) => Ok(Some(g)),
+            Err(Error::NotGranted { .. }) => Ok(None),
+            Err(source) => Err(JoinError::Lock { resource: resource.to_string(), waited: Duration::ZERO, source }),
+        }
+    }
+
+    /// Leaves at once (nothing was written) and answers `why`.
+    fn refuse(self, why: JoinError) -> JoinError {
+        if let Err(e) = self.leave() {
+            tracing::warn!("leaving lockd after a refused join: {e}");
+        }
+        why
+    }
+
+    pub fn slot(&self) -> u32 {
+        self.slot
+    }
+
+    pub fn session_id(&self) -> u64 {
+        self.session.id()
+    }
+
+    /// The gate every request of the node passes.
+    pub fn volume_lock(&self) -> Arc<VolumeLock> {
+        Arc::new(VolumeLock::new(self.runtime.handle().clone(), self.session.clone(), self.names.volume()))
+    }
+
+    /// The filesystem a revocation writes back and forgets. Set once the mount has made it.
+    pub fn attach(&self, fs: &Arc<Fs>) {
+        let _ = self.fs.set(Arc::downgrade(fs));
+    }
+
+    /// Leaves the cluster: closes the session, and lockd releases every lock the node held
+    /// (the volume written back first: the caller has closed the filesystem). Call it after
+    /// every [`VolumeLock`] of the node is gone; one still alive keeps the session from a clean
+    /// close, and lockd then expires it after the lease.
+    pub fn leave(mut self) -> Result<(), JoinError> {
+        self.held.clear();
+        let session = match Arc::try_unwrap(self.session) {
+            Ok(s) => s,
+            Err(_) => {
+                tracing::warn!("a volume lock outlived its mount; lockd will expire the session after its lease");
+                return Ok(());
+            }
+        };
+        let r = self.runtime.block_on(session.close()).map_err(JoinError::Session);
+        self.runtime.shutdown_timeout(Duration::from_secs(1));
+        r
+    }
+}

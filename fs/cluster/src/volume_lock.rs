@@ -1,0 +1,108 @@
+//! The volume lock: the gate every request of a cluster node passes (PR to read, EX to
+//! change), and what the node does when another node asks for it.
+//!
+//! Giving it up is GFS2's "sync and invalidate" for the whole volume: commit the journal, write
+//! every changed block home, move the journal's tail past them (so a later replay of this
+//! node's journal can never write an old image over what another node writes next), forget
+//! every cached metadata block and the allocator's in-memory maps, and only then release (or
+//! downgrade to PR for a reader). The kernel caches nothing in cluster mode
+//! (`mafs_fuse::KernelCache::Nothing`), so nothing is left to invalidate there.
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::{Duration, Instant};
+
+use lockd_client::{BlockingNotice, Error, LockOptions, Mode, Revoke, Session};
+use mafs_core::error::{FsError, Result};
+use mafs_core::filesystem::Fs;
+use mafs_core::locks::{Access, ClusterHold, VolumeGate};
+
+/// How long one lockd call waits in the queue before the request asks again: long enough to
+/// cover a slow write-back on the holder, short enough that a lockd failover or a lost answer
+/// costs little.
+const QUEUE_WAIT: Duration = Duration::from_secs(10);
+/// After this long without the lock, each further wait is logged (the operation goes on waiting:
+/// a request is never failed for being slow).
+const WARN_AFTER: Duration = Duration::from_secs(10);
+
+/// The gate of a cluster node's requests.
+pub struct VolumeLock {
+    runtime: tokio::runtime::Handle,
+    session: Arc<Session>,
+    resource: String,
+}
+
+impl VolumeLock {
+    pub(crate) fn new(runtime: tokio::runtime::Handle, session: Arc<Session>, resource: String) -> VolumeLock {
+        VolumeLock { runtime, session, resource }
+    }
+
+    async fn acquire(&self, mode: Mode) -> Result<lockd_client::LockGuard> {
+        let start = Instant::now();
+        loop {
+            match self.session.lock(&self.resource, mode, LockOptions::wait(QUEUE_WAIT)).await {
+                Ok(g) => return Ok(g),
+                // Two nodes converting PR -> EX at once: lockd refuses the second. Its PR stays
+                // cached, and the blocking notice the first conversion sent makes this node give
+                // it up (writing back and forgetting, like any revocation) once it is idle;
+                // then the next try queues for EX afresh. The pause lets that revocation in.
+                Err(Error::Deadlock { .. }) => {
+                    let pause = rand::random::<u64>() % 20 + 5;
+                    tokio::time::sleep(Duration::from_millis(pause)).await;
+                }
+                // The holder has not given it up yet (a long write-back, or many waiters).
+                Err(Error::TimedOut { .. }) | Err(Error::NotGranted { .. }) => {
+                    if start.elapsed() >= WARN_AFTER {
+                        tracing::warn!(resource = self.resource, "still waiting for the volume lock after {:?}", start.elapsed());
+                    }
+                }
+                Err(e) => {
+                    return Err(FsError::Cluster(format!(
+                        "cannot take the volume lock {} ({mode}) from lockd: {e}; the operation did nothing",
+                        self.resource
+                    )))
+                }
+            }
+        }
+    }
+}
+
+impl VolumeGate for VolumeLock {
+    fn enter(&self, access: Access) -> Result<ClusterHold> {
+        let mode = match access {
+            Access::Read => Mode::PR,
+            Access::Write => Mode::EX,
+        };
+        let guard = self.runtime.block_on(self.acquire(mode))?;
+        Ok(Box::new(guard))
+    }
+}
+
+/// The filesystem a revocation writes back, once the mount has made it (until then the mount
+/// holds the lock in use, so no revocation runs).
+pub(crate) type AttachedFs = Arc<OnceLock<Weak<Fs>>>;
+
+/// Answers a blocking notice on one of the node's locks. Called by the lockd client once no
+/// request of this node holds the lock, on a blocking thread.
+pub(crate) fn revoke(volume_resource: &str, fs: &AttachedFs, notice: &BlockingNotice) -> Revoke {
+    if notice.resource != volume_resource {
+        // The node's name and slot locks are held for the whole mount; whoever asks for them
+        // is told they are taken (try-locks), never waited for.
+        return Revoke::Keep;
+    }
+    if let Some(fs) = fs.get().and_then(Weak::upgrade) {
+        let start = Instant::now();
+        if let Err(e) = fs.write_back_and_forget() {
+            // Giving the lock up now would let other nodes read blocks this node changed but
+            // could not write home, and a replay of its journal later would write over theirs.
+            // Keeping it stalls them instead, until this node is fenced (docs/design.md).
+            tracing::error!("cannot write the volume back to give the volume lock up ({e}); keeping it");
+            return Revoke::Keep;
+        }
+        tracing::debug!(requested = %notice.requested, "volume lock handed on after {:?} of write-back", start.elapsed());
+    }
+    if notice.held == Mode::EX && notice.requested == Mode::PR {
+        // A reader wants it: keep reading alongside it.
+        Revoke::Downgrade { mode: Mode::PR, lvb: None }
+    } else {
+        Revoke::Release { lvb: None }
+    }
+}
