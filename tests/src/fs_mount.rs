@@ -143,63 +143,17 @@ impl Mounted {
     /// mounted. If the process exits first, returns its exit code and its output.
     pub fn try_mount(&mut self, extra: &[&str]) -> Result<(), String> {
         assert!(self.child.is_none(), "already mounted");
-        let start = std::fs::metadata(&self.log).map(|m| m.len()).unwrap_or(0);
-        let log = OpenOptions::new().create(true).append(true).open(&self.log).expect("open mount log");
-        let mut child = Command::new(mafs_bin())
-            .arg("mount")
-            .arg(&self.vol)
-            .arg(&self.mnt)
-            .arg("--standalone")
-            .args(extra)
-            .env("MAFS_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("dup log"))
-            .stderr(log)
-            .spawn()
-            .expect("spawn mafs mount");
-        let mut exited = None;
-        let up = wait_until(MOUNT_TIMEOUT, || {
-            if is_mounted(&self.mnt) {
-                return true;
-            }
-            if let Ok(Some(st)) = child.try_wait() {
-                exited = Some(st);
-                return true;
-            }
-            false
-        });
-        let text = || self.log_since(start);
-        match exited {
-            Some(st) if !is_mounted(&self.mnt) => Err(format!("mafs mount exited with {st} before mounting:\n{}", text())),
-            _ if !up => {
-                let _ = child.kill();
-                let _ = child.wait();
-                Err(format!("mount point did not appear within {MOUNT_TIMEOUT:?}:\n{}", text()))
-            }
-            _ => {
-                self.child = Some(child);
-                Ok(())
-            }
-        }
+        let mut args = vec!["--standalone"];
+        args.extend_from_slice(extra);
+        self.child = Some(spawn_mount(&self.vol, &self.mnt, &args, &self.log)?);
+        Ok(())
     }
 
-    /// Cleanly unmounts (umount, as a user would) and waits for the mount process to leave the
-    /// volume; returns its exit status.
     pub fn unmount(&mut self) -> ExitStatus {
-        let mut child = self.child.take().expect("not mounted");
-        let r = wait_until(Duration::from_secs(20), || match umount2(&self.mnt, 0) {
-            Ok(()) => true,
-            Err(e) => e.raw_os_error() == Some(libc::EINVAL) && !is_mounted(&self.mnt),
-        });
-        if !r {
-            let _ = umount2(&self.mnt, libc::MNT_DETACH);
-        }
-        let st = wait_child(&mut child);
-        assert!(r, "umount {} kept failing (EBUSY?); detached it", self.mnt.display());
-        st
+        let child = self.child.take().expect("not mounted");
+        unmount_child(&self.mnt, child)
     }
 
-    /// Unmounts cleanly, checks the mount process exited 0 and `mafs fsck` says clean, mounts again.
     pub fn remount(&mut self) {
         self.unmount_clean();
         self.mount();
@@ -246,13 +200,7 @@ impl Mounted {
     }
 
     fn log_since(&self, start: u64) -> String {
-        let mut s = String::new();
-        if let Ok(mut f) = File::open(&self.log) {
-            let mut all = Vec::new();
-            let _ = f.read_to_end(&mut all);
-            s = String::from_utf8_lossy(&all[(start as usize).min(all.len())..]).into_owned();
-        }
-        s
+        log_since(&self.log, start)
     }
 
     pub fn assert_no_panic(&self) {
@@ -277,7 +225,70 @@ impl Mounted {
     }
 }
 
-fn wait_child(child: &mut Child) -> ExitStatus {
+/// The text of `log` from byte `start` on.
+pub fn log_since(log: &Path, start: u64) -> String {
+    let mut s = String::new();
+    if let Ok(mut f) = File::open(log) {
+        let mut all = Vec::new();
+        let _ = f.read_to_end(&mut all);
+        s = String::from_utf8_lossy(&all[(start as usize).min(all.len())..]).into_owned();
+    }
+    s
+}
+
+/// Starts `mafs mount VOL MNT ARGS...` with its output appended to `log`, and waits until the
+/// mount point appears (the child is returned) or the process exits first (its log is the error).
+pub fn spawn_mount(vol: &Path, mnt: &Path, args: &[&str], log: &Path) -> Result<Child, String> {
+    let start = std::fs::metadata(log).map(|m| m.len()).unwrap_or(0);
+    let out = OpenOptions::new().create(true).append(true).open(log).expect("open mount log");
+    let mut child = Command::new(mafs_bin())
+        .arg("mount")
+        .arg(vol)
+        .arg(mnt)
+        .args(args)
+        .env("MAFS_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().expect("dup log"))
+        .stderr(out)
+        .spawn()
+        .expect("spawn mafs mount");
+    let mut exited = None;
+    let up = wait_until(MOUNT_TIMEOUT, || {
+        if is_mounted(mnt) {
+            return true;
+        }
+        if let Ok(Some(st)) = child.try_wait() {
+            exited = Some(st);
+            return true;
+        }
+        false
+    });
+    match exited {
+        Some(st) if !is_mounted(mnt) => Err(format!("mafs mount exited with {st} before mounting:\n{}", log_since(log, start))),
+        _ if !up => {
+            let _ = child.kill();
+            let _ = child.wait();
+            Err(format!("mount point did not appear within {MOUNT_TIMEOUT:?}:\n{}", log_since(log, start)))
+        }
+        _ => Ok(child),
+    }
+}
+
+/// Unmounts `mnt` (retrying while busy) and waits for its mount process `child` to exit.
+pub fn unmount_child(mnt: &Path, mut child: Child) -> ExitStatus {
+    let r = wait_until(Duration::from_secs(20), || match umount2(mnt, 0) {
+        Ok(()) => true,
+        Err(e) => e.raw_os_error() == Some(libc::EINVAL) && !is_mounted(mnt),
+    });
+    if !r {
+        let _ = umount2(mnt, libc::MNT_DETACH);
+    }
+    let st = wait_child(&mut child);
+    assert!(r, "umount {} kept failing (EBUSY?); detached it", mnt.display());
+    st
+}
+
+pub fn wait_child(child: &mut Child) -> ExitStatus {
     let mut st = None;
     if !wait_until(MOUNT_TIMEOUT, || {
         st = child.try_wait().ok().flatten();
@@ -291,15 +302,21 @@ fn wait_child(child: &mut Child) -> ExitStatus {
 
 impl Drop for Mounted {
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            if umount2(&self.mnt, 0).is_err() {
-                let _ = umount2(&self.mnt, libc::MNT_DETACH);
-            }
-            wait_child(&mut child);
+        tear_down(&self.mnt, self.child.take());
+    }
+}
+
+/// A test's end, whatever state it left: unmounts `mnt` (detaching it if busy), reaps its
+/// mount process, and detaches a mount left behind by a process that died.
+pub fn tear_down(mnt: &Path, child: Option<Child>) {
+    if let Some(mut child) = child {
+        if umount2(mnt, 0).is_err() {
+            let _ = umount2(mnt, libc::MNT_DETACH);
         }
-        if is_mounted(&self.mnt) {
-            let _ = umount2(&self.mnt, libc::MNT_DETACH);
-        }
+        wait_child(&mut child);
+    }
+    if is_mounted(mnt) {
+        let _ = umount2(mnt, libc::MNT_DETACH);
     }
 }
 

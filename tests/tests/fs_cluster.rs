@@ -1,0 +1,365 @@
+//! Cluster mode end to end: several `mafs mount --lockd` nodes (real processes, real FUSE
+//! mounts, O_DIRECT device I/O) on one volume, with a real lockd. What one node changes, the
+//! next system call on another sees; nodes never deadlock each other; joining is refused with a
+//! clear error (and nothing written) when it cannot be done safely.
+use std::fs;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use mafs_tests::fs_cluster::ClusterVolume;
+use mafs_tests::fs_mount::{code_and_text, getxattr, mafs, run_as_nobody, setxattr};
+
+/// Everything about a path that one node can change and another must see at once.
+fn look(p: &Path) -> Option<(u64, u32, u32, u64, i64, Vec<u8>)> {
+    let m = fs::symlink_metadata(p).ok()?;
+    let body = if m.is_file() { fs::read(p).ok()? } else { Vec::new() };
+    Some((m.size(), m.mode(), m.uid(), m.nlink(), m.mtime_nsec() + m.mtime() * 1_000_000_000, body))
+}
+
+/// Runs `change` on node `from`, then checks on node `to` that `paths` look as on `from`.
+fn seen_across(c: &ClusterVolume, from: usize, to: usize, what: &str, paths: &[&str], change: impl FnOnce(&Path)) {
+    change(&c.node(from).mnt);
+    for p in paths {
+        let here = look(&c.node(from).path(p));
+        let there = look(&c.node(to).path(p));
+        assert_eq!(there, here, "after {what} on {}, {} sees {p} differently", c.node(from).name, c.node(to).name);
+    }
+}
+
+#[test]
+fn every_kind_of_change_on_one_node_is_seen_by_the_next_call_on_the_other_both_ways() {
+    let c = ClusterVolume::new(2, "256M");
+    for (a, b) in [(0, 1), (1, 0)] {
+        let d = format!("d{a}");
+        let f = format!("{d}/f");
+        seen_across(&c, a, b, "mkdir", &[&d], |m| fs::create_dir(m.join(&d)).unwrap());
+        seen_across(&c, a, b, "write", &[&f, &d], |m| fs::write(m.join(&f), b"first version").unwrap());
+        seen_across(&c, a, b, "overwrite in place", &[&f], |m| {
+            let mut h = fs::OpenOptions::new().write(true).open(m.join(&f)).unwrap();
+            h.write_all_at_start(b"FIRST");
+        });
+        seen_across(&c, a, b, "truncate", &[&f], |m| fs::OpenOptions::new().write(true).open(m.join(&f)).unwrap().set_len(3).unwrap());
+        seen_across(&c, a, b, "chmod", &[&f], |m| fs::set_permissions(m.join(&f), fs::Permissions::from_mode(0o604)).unwrap());
+        seen_across(&c, a, b, "chown", &[&f], |m| std::os::unix::fs::chown(m.join(&f), Some(1234), Some(4321)).unwrap());
+        let g = format!("{d}/g");
+        seen_across(&c, a, b, "link", &[&f, &g], |m| fs::hard_link(m.join(&f), m.join(&g)).unwrap());
+        let s = format!("{d}/s");
+        seen_across(&c, a, b, "symlink", &[&s], |m| std::os::unix::fs::symlink("f", m.join(&s)).unwrap());
+        assert_eq!(fs::read_link(c.node(b).path(&s)).unwrap(), Path::new("f"));
+        let r = format!("{d}/renamed");
+        seen_across(&c, a, b, "rename", &[&g, &r, &f], |m| fs::rename(m.join(&g), m.join(&r)).unwrap());
+        seen_across(&c, a, b, "unlink", &[&f, &r], |m| fs::remove_file(m.join(&f)).unwrap());
+        setxattr(&c.node(a).path(&r), "user.color", b"blue", 0).unwrap();
+        assert_eq!(getxattr(&c.node(b).path(&r), "user.color").unwrap(), b"blue", "an xattr set on {a} is not seen on {b}");
+        let e = format!("{d}/empty");
+        seen_across(&c, a, b, "mkdir", &[&e], |m| fs::create_dir(m.join(&e)).unwrap());
+        seen_across(&c, a, b, "rmdir", &[&e, &d], |m| fs::remove_dir(m.join(&e)).unwrap());
+        let mut names_a: Vec<_> = fs::read_dir(c.node(a).path(&d)).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let mut names_b: Vec<_> = fs::read_dir(c.node(b).path(&d)).unwrap().map(|e| e.unwrap().file_name()).collect();
+        names_a.sort();
+        names_b.sort();
+        assert_eq!(names_a, names_b, "the nodes list {d} differently");
+    }
+    c.finish();
+}
+
+trait WriteAtStart {
+    fn write_all_at_start(&mut self, data: &[u8]);
+}
+
+impl WriteAtStart for fs::File {
+    fn write_all_at_start(&mut self, data: &[u8]) {
+        self.seek(SeekFrom::Start(0)).unwrap();
+        self.write_all(data).unwrap();
+    }
+}
+
+#[test]
+fn a_name_one_node_found_missing_appears_there_once_the_other_creates_it() {
+    let c = ClusterVolume::new(2, "128M");
+    let (a, b) = (c.node(0), c.node(1));
+    for round in 0..20 {
+        let name = format!("late{round}");
+        assert!(fs::metadata(b.path(&name)).is_err());
+        fs::write(a.path(&name), b"here now").unwrap();
+        assert_eq!(fs::read(b.path(&name)).unwrap(), b"here now", "round {round}: node2 still misses {name}");
+        fs::remove_file(b.path(&name)).unwrap();
+        assert!(fs::metadata(a.path(&name)).is_err(), "round {round}: node1 still sees {name} node2 removed");
+    }
+    c.finish();
+}
+
+#[test]
+fn a_descriptor_held_open_on_one_node_reads_what_the_other_writes() {
+    let c = ClusterVolume::new(2, "128M");
+    fs::write(c.node(0).path("log"), b"").unwrap();
+    let mut reader = fs::File::open(c.node(1).path("log")).unwrap();
+    let mut seen = Vec::new();
+    for i in 0..50u32 {
+        let line = format!("line {i}\n");
+        fs::OpenOptions::new().append(true).open(c.node(0).path("log")).unwrap().write_all(line.as_bytes()).unwrap();
+        let mut more = Vec::new();
+        reader.read_to_end(&mut more).unwrap();
+        assert_eq!(more, line.as_bytes(), "the open descriptor on node2 missed {line:?}");
+        seen.extend(more);
+    }
+    drop(reader);
+    c.finish();
+}
+
+#[test]
+fn a_chmod_on_one_node_governs_the_other_nodes_permission_checks() {
+    let c = ClusterVolume::new(2, "128M");
+    let f = c.node(0).path("secret");
+    fs::write(&f, b"for some eyes").unwrap();
+    let on_b = c.node(1).path("secret").display().to_string();
+    for (mode, allowed) in [(0o600, false), (0o644, true), (0o640, false), (0o604, true)] {
+        fs::set_permissions(&f, fs::Permissions::from_mode(mode)).unwrap();
+        let ok = run_as_nobody(&format!("cat {on_b} >/dev/null 2>&1")).status.success();
+        assert_eq!(ok, allowed, "after chmod {mode:o} on node1, nobody's read on node2 was {}", if ok { "allowed" } else { "refused" });
+    }
+    c.finish();
+}
+
+/// A small model of a directory tree: files with contents. Every step runs on one node in turn
+/// and the tree is then compared, as every node sees it, with the model.
+#[test]
+fn a_random_stream_of_operations_on_three_nodes_matches_a_model_after_every_step() {
+    use rand::{Rng, SeedableRng};
+    let c = ClusterVolume::new(3, "256M");
+    let seed: u64 = std::env::var("MAFS_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(rand::random);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut model: std::collections::BTreeMap<String, Vec<u8>> = Default::default();
+    let names = ["a", "b", "c", "d", "e", "f"];
+    for step in 0..300 {
+        let node = c.node(step % 3);
+        let name = names[rng.gen_range(0..names.len())];
+        let other = names[rng.gen_range(0..names.len())];
+        let what = match rng.gen_range(0..5) {
+            0 => {
+                let body: Vec<u8> = (0..rng.gen_range(0..3000)).map(|_| rng.gen()).collect();
+                fs::write(node.path(name), &body).unwrap();
+                model.insert(name.into(), body);
+                format!("write {name}")
+            }
+            1 => {
+                let r = fs::remove_file(node.path(name));
+                assert_eq!(r.is_ok(), model.remove(name).is_some(), "seed {seed} step {step}: unlink {name} on {}", node.name);
+                format!("unlink {name}")
+            }
+            2 => {
+                let r = fs::rename(node.path(name), node.path(other));
+                match model.remove(name) {
+                    Some(body) => {
+                        r.unwrap();
+                        model.insert(other.into(), body);
+                    }
+                    None => assert!(r.is_err(), "seed {seed} step {step}: rename of a missing {name} succeeded"),
+                }
+                format!("rename {name} {other}")
+            }
+            3 => {
+                let extra: Vec<u8> = (0..rng.gen_range(1..500)).map(|_| rng.gen()).collect();
+                let r = fs::OpenOptions::new().append(true).open(node.path(name)).and_then(|mut f| f.write_all(&extra));
+                match model.get_mut(name) {
+                    Some(body) => {
+                        r.unwrap();
+                        body.extend_from_slice(&extra);
+                    }
+                    None => assert!(r.is_err()),
+                }
+                format!("append {name}")
+            }
+            _ => {
+                let len = rng.gen_range(0..2000u64);
+                let r = fs::OpenOptions::new().write(true).open(node.path(name)).and_then(|f| f.set_len(len));
+                match model.get_mut(name) {
+                    Some(body) => {
+                        r.unwrap();
+                        body.resize(len as usize, 0);
+                    }
+                    None => assert!(r.is_err()),
+                }
+                format!("truncate {name} {len}")
+            }
+        };
+        for n in &c.nodes {
+            let mut seen: std::collections::BTreeMap<String, Vec<u8>> = Default::default();
+            for e in fs::read_dir(&n.mnt).unwrap() {
+                let e = e.unwrap();
+                // lost+found is not the model's.
+                if e.file_type().unwrap().is_dir() {
+                    continue;
+                }
+                seen.insert(e.file_name().to_string_lossy().into_owned(), fs::read(e.path()).unwrap());
+            }
+            assert!(
+                seen == model,
+                "seed {seed} step {step} ({what} on {}): {} sees {:?}, the model has {:?}",
+                node.name,
+                n.name,
+                seen.keys().collect::<Vec<_>>(),
+                model.keys().collect::<Vec<_>>()
+            );
+        }
+    }
+    c.finish();
+}
+
+#[test]
+fn three_nodes_creating_in_one_directory_at_once_all_see_every_file_once() {
+    const EACH: usize = 400;
+    let c = ClusterVolume::new(3, "256M");
+    fs::create_dir(c.node(0).path("shared")).unwrap();
+    std::thread::scope(|s| {
+        for n in &c.nodes {
+            s.spawn(move || {
+                for i in 0..EACH {
+                    fs::write(n.path(format!("shared/{}-{i}", n.name)), n.name.as_bytes()).unwrap();
+                }
+            });
+        }
+    });
+    for n in &c.nodes {
+        let mut names: Vec<String> =
+            fs::read_dir(n.path("shared")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        let total = names.len();
+        names.sort();
+        names.dedup();
+        assert_eq!((total, names.len()), (3 * EACH, 3 * EACH), "{} lists {total} entries, {} distinct", n.name, names.len());
+    }
+    c.finish();
+}
+
+/// The cross-node deadlock of a lock taken inside a transaction: each node's writer needs the
+/// other's directory while the other needs its file. With the volume lock taken before the
+/// journal, every operation finishes; none waits for seconds.
+#[test]
+fn two_nodes_changing_each_others_directories_never_deadlock() {
+    let mut c = ClusterVolume::unmounted("256M", &["--slots", "4"]);
+    c.mount("node1", &["--commit-interval", "1"]);
+    c.mount("node2", &["--commit-interval", "1"]);
+    fs::create_dir(c.node(0).path("d1")).unwrap();
+    fs::create_dir(c.node(0).path("d2")).unwrap();
+    let until = Instant::now() + Duration::from_secs(15);
+    let worst = std::thread::scope(|s| {
+        let work = |n: usize, mine: &'static str, theirs: &'static str, prefix: &'static str| {
+            let node = c.node(n);
+            s.spawn(move || {
+                let mut worst = Duration::ZERO;
+                let mut i = 0;
+                while Instant::now() < until {
+                    let t = Instant::now();
+                    fs::write(node.path(format!("{mine}/{prefix}{i}")), b"x").unwrap();
+                    fs::write(node.path(format!("{theirs}/{prefix}-file")), format!("{i}")).unwrap();
+                    worst = worst.max(t.elapsed());
+                    i += 1;
+                }
+                worst
+            })
+        };
+        let a = work(0, "d1", "d2", "a");
+        let b = work(1, "d2", "d1", "b");
+        a.join().unwrap().max(b.join().unwrap())
+    });
+    // A liveness bound, not a speed measure: a deadlock broken only by a timeout takes longer.
+    assert!(worst < Duration::from_secs(5), "an operation took {worst:?}");
+    c.finish();
+}
+
+#[test]
+fn a_second_node_with_a_name_in_use_is_refused_and_the_first_goes_on() {
+    let mut c = ClusterVolume::new(1, "128M");
+    let e = c.try_mount_as("other", "node1", &[]).expect_err("a second node1 mounted");
+    assert!(e.contains("already mounted") && e.contains("--node-name"), "unclear refusal: {e}");
+    // The refused node took no slot and wrote nothing: the first goes on, and fsck is clean.
+    fs::write(c.node(0).path("still"), b"fine").unwrap();
+    c.finish();
+}
+
+#[test]
+fn a_node_is_refused_when_every_slot_is_taken() {
+    let mut c = ClusterVolume::unmounted("128M", &["--slots", "2"]);
+    c.mount("node1", &[]);
+    c.mount("node2", &[]);
+    let e = c.try_mount("node3", &[]).expect_err("a third node mounted on a two-slot volume");
+    assert!(e.contains("every slot") && e.contains("in use"), "unclear refusal: {e}");
+    let e = c.try_mount("node4", &["--slot", "1"]).expect_err("a node took slot 1 from node2");
+    assert!(e.contains("slot 1") && e.contains("in use"), "unclear refusal: {e}");
+    c.finish();
+}
+
+#[test]
+fn a_node_is_refused_with_a_clear_error_when_lockd_is_unreachable() {
+    let dir = tempfile::tempdir().unwrap();
+    let vol = dir.path().join("v");
+    mafs_tests::fs_mount::mkfs(&vol, "64M", &[]);
+    let before = fs::read(&vol).unwrap();
+    let mnt = dir.path().join("m");
+    fs::create_dir(&mnt).unwrap();
+    let port = mafs_tests::free_port();
+    let o = mafs(["mount".as_ref(), vol.as_os_str(), mnt.as_os_str(), "--lockd".as_ref(), format!("127.0.0.1:{port}").as_ref()]);
+    let (code, text) = code_and_text(&o);
+    assert_ne!(code, 0);
+    assert!(text.contains("cannot reach lockd") && text.contains(&port.to_string()), "unclear refusal: {text}");
+    assert!(fs::read(&vol).unwrap() == before, "a refused mount changed the volume");
+}
+
+#[test]
+fn a_mount_that_names_neither_lockd_nor_standalone_says_what_to_give() {
+    let dir = tempfile::tempdir().unwrap();
+    let vol = dir.path().join("v");
+    mafs_tests::fs_mount::mkfs(&vol, "64M", &[]);
+    let o = std::process::Command::new(mafs_tests::mafs_bin())
+        .args(["mount".as_ref(), vol.as_os_str(), dir.path().as_os_str()])
+        .env_remove("MAFS_LOCKD_ENDPOINTS")
+        .output()
+        .unwrap();
+    let (code, text) = code_and_text(&o);
+    assert_ne!(code, 0);
+    assert!(text.contains("--lockd") && text.contains("--standalone"), "unclear refusal: {text}");
+}
+
+#[test]
+fn standalone_mount_mkfs_and_fsck_are_refused_while_cluster_nodes_are_mounted() {
+    let c = ClusterVolume::new(2, "128M");
+    fs::write(c.node(0).path("keep"), b"data").unwrap();
+    let other = tempfile::tempdir().unwrap();
+    let o = mafs(["mount".as_ref(), c.vol.as_os_str(), other.path().as_os_str(), "--standalone".as_ref()]);
+    let (code, text) = code_and_text(&o);
+    assert_ne!(code, 0, "a standalone mount of a volume cluster nodes use succeeded");
+    assert!(text.contains("in use"), "unclear refusal: {text}");
+    let (code, text) = c.fsck();
+    assert_ne!(code, 0, "fsck ran on a volume cluster nodes use");
+    assert!(text.contains("in use"), "unclear refusal: {text}");
+    let (code, text) = code_and_text(&mafs(["mkfs".as_ref(), c.vol.as_os_str(), "--force".as_ref()]));
+    assert_ne!(code, 0, "mkfs --force overwrote a volume cluster nodes use");
+    assert!(text.contains("in use"), "unclear refusal: {text}");
+    assert_eq!(fs::read(c.node(1).path("keep")).unwrap(), b"data");
+    c.finish();
+}
+
+#[test]
+fn cluster_up_mounts_nodes_that_share_files_and_down_leaves_the_volume_clean() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display().to_string();
+    let (code, text) = code_and_text(&mafs(["cluster", "up", "--dir", &d, "--nodes", "3", "--size", "1G"]));
+    assert_eq!(code, 0, "cluster up failed:\n{text}");
+    for n in 1..=3 {
+        assert!(text.contains(&format!("{d}/node{n}")), "cluster up did not print node{n}'s mount point:\n{text}");
+    }
+    fs::write(dir.path().join("node1/hello"), b"from node1").unwrap();
+    for n in 2..=3 {
+        assert_eq!(fs::read(dir.path().join(format!("node{n}/hello"))).unwrap(), b"from node1");
+    }
+    let (code, text) = code_and_text(&mafs(["cluster", "down", "--dir", &d]));
+    assert_eq!(code, 0, "cluster down failed:\n{text}");
+    let vol = dir.path().join("volume.mafs");
+    let (code, text) = code_and_text(&mafs(["fsck".as_ref(), vol.as_os_str()]));
+    assert_eq!(code, 0, "fsck after cluster down:\n{text}");
+    let (code, text) = code_and_text(&mafs(["cluster", "down", "--dir", &d]));
+    assert_ne!(code, 0);
+    assert!(text.contains("no cluster"), "unclear: {text}");
+}
