@@ -435,12 +435,20 @@ impl Filesystem for MafsFuse {
         offset: u64,
         data: &[u8],
         wf: WriteFlags,
-        _flags: OpenFlags,
+        flags: OpenFlags,
         _lock: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
         let _hold = enter!(self, Write, reply);
-        match self.fs.write_by(self.ino(ino), offset, data, RequestCaller::writer(req, wf).caller()) {
+        let who = RequestCaller::writer(req, wf);
+        // O_APPEND: the end of the file as it is now, not the offset the kernel computed from
+        // the size it last saw (another node may have appended since).
+        let r = if flags.0 & libc::O_APPEND != 0 && self.cache == KernelCache::Nothing {
+            self.fs.append_by(self.ino(ino), data, who.caller())
+        } else {
+            self.fs.write_by(self.ino(ino), offset, data, who.caller())
+        };
+        match r {
             Ok(n) => reply.written(n as u32),
             Err(e) => reply.error(errno(&e)),
         }

@@ -92,6 +92,14 @@ impl FallocMode {
     }
 }
 
+/// Where a write goes.
+#[derive(Clone, Copy)]
+enum WriteAt {
+    Offset(u64),
+    /// The end of the file, as it is once the inode is locked.
+    End,
+}
+
 impl Fs {
     fn dev_write(&self, data: &[u8], pblk: BlockNo, within: u64) -> Result<()> {
         self.vol.dev.write_at(data, pblk.byte_offset() + within)
@@ -236,19 +244,38 @@ impl Fs {
     }
 
     pub fn write(&self, ino: InodeNo, off: u64, data: &[u8]) -> Result<usize> {
+        self.write_at(ino, WriteAt::Offset(off), data)
+    }
+
+    /// Writes `data` at the end of the file as it is under the inode's lock (O_APPEND): the
+    /// size a kernel last saw may be stale (another node appended since, in cluster mode).
+    pub fn append(&self, ino: InodeNo, data: &[u8]) -> Result<usize> {
+        self.write_at(ino, WriteAt::End, data)
+    }
+
+    fn write_at(&self, ino: InodeNo, at: WriteAt, data: &[u8]) -> Result<usize> {
         if data.is_empty() {
             return Ok(0);
         }
-        let end = off.checked_add(data.len() as u64).ok_or(FsError::FileTooBig)?;
-        if end > super::MAX_FILE_SIZE {
-            return Err(FsError::FileTooBig);
-        }
-        let h = self.begin_alloc_for(end.div_ceil(BS) - off / BS)?;
+        let len = data.len() as u64;
+        let too_big = |off: u64| off.checked_add(len).filter(|end| *end <= super::MAX_FILE_SIZE).ok_or(FsError::FileTooBig);
+        // Reserved before the transaction; at the end of the file the offset is known only
+        // under the lock, and data may then straddle one block more than its length spans.
+        let blocks = match at {
+            WriteAt::Offset(off) => too_big(off)?.div_ceil(BS) - off / BS,
+            WriteAt::End => len.div_ceil(BS) + 1,
+        };
+        let h = self.begin_alloc_for(blocks)?;
         let _g = self.locks.lock(ino, Mode::Exclusive)?;
         let (buf, mut inode) = self.iget(ino)?;
         if inode.is_dir() {
             return Err(FsError::IsDir);
         }
+        let off = match at {
+            WriteAt::Offset(off) => off,
+            WriteAt::End => inode.size,
+        };
+        let end = too_big(off)?;
         if inode.stuffed() && end <= INLINE_LEN as u64 {
             let mut d = h.write(&buf);
             d[INLINE_OFFSET + off as usize..INLINE_OFFSET + end as usize].copy_from_slice(data);

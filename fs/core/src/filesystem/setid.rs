@@ -56,6 +56,12 @@ impl Fs {
         self.write(ino, off, data)
     }
 
+    /// An O_APPEND write made for `who` (see `append`).
+    pub fn append_by(&self, ino: InodeNo, data: &[u8], who: Caller) -> Result<usize> {
+        self.kill_privileges(ino, || !who.keeps_setid())?;
+        self.append(ino, data)
+    }
+
     /// A fallocate made for `who`: first takes what the change takes (above).
     pub fn fallocate_by(&self, ino: InodeNo, off: u64, len: u64, mode: FallocMode, who: Caller) -> Result<()> {
         self.kill_privileges(ino, || !who.keeps_setid())?;
