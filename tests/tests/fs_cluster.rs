@@ -393,3 +393,46 @@ fn appends_from_two_nodes_at_once_land_at_the_true_end_and_none_is_lost() {
     }
     c.finish();
 }
+
+fn free_bytes(p: &Path) -> u64 {
+    let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: statvfs into a zeroed struct, with a valid C string.
+    let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
+    assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut s) }, 0);
+    s.f_bavail * s.f_frsize
+}
+
+/// A file unlinked on one node while another has it open stays whole there (even when the
+/// unlinking node then fills the volume), and is freed when the last node closes it.
+#[test]
+fn a_file_unlinked_on_one_node_while_open_on_another_stays_readable_there_until_closed() {
+    let c = ClusterVolume::new(2, "128M");
+    let (a, b) = (c.node(0), c.node(1));
+    let body: Vec<u8> = (0..8 << 20).map(|i: u32| (i * 7 + i / 4096) as u8).collect();
+    fs::write(a.path("kept"), &body).unwrap();
+    let mut open_on_b = fs::OpenOptions::new().read(true).write(true).open(b.path("kept")).unwrap();
+    let before_unlink = free_bytes(&a.mnt);
+    fs::remove_file(a.path("kept")).unwrap();
+    assert!(fs::metadata(b.path("kept")).is_err(), "the name is still there on node2");
+    // Fill the volume from node1: had it freed the file, its blocks would be overwritten now.
+    let mut filler = fs::File::create(a.path("filler")).unwrap();
+    let chunk = vec![0xeeu8; 1 << 20];
+    while filler.write_all(&chunk).is_ok() {}
+    drop(filler);
+    let mut seen = Vec::new();
+    open_on_b.seek(SeekFrom::Start(0)).unwrap();
+    open_on_b.read_to_end(&mut seen).unwrap();
+    assert!(seen == body, "node2's open file changed after node1 unlinked it and filled the volume");
+    // Still writable there.
+    open_on_b.seek(SeekFrom::Start(0)).unwrap();
+    open_on_b.write_all(b"still mine").unwrap();
+    fs::remove_file(a.path("filler")).unwrap();
+    let while_open = free_bytes(&a.mnt);
+    assert!(while_open < before_unlink + (4 << 20), "the unlinked file's space came back while node2 had it open");
+    drop(open_on_b);
+    // The kernel sends the release after close(2) returns.
+    let back = mafs_tests::wait_until(Duration::from_secs(10), || free_bytes(&a.mnt) >= before_unlink + (7 << 20));
+    let after_close = free_bytes(&a.mnt);
+    assert!(back, "closing on node2 gave back {} bytes, not the file's 8 MiB:\n{}", after_close.saturating_sub(while_open), b.log());
+    c.finish();
+}

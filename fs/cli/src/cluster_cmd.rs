@@ -99,7 +99,22 @@ pub fn up(dir: &Path, opts: &UpOptions) -> anyhow::Result<i32> {
         }
     }
     let mut state = std::fs::File::create(state_path(dir)).context("cannot write the cluster state file")?;
-    let addrs: Vec<String> = (0..opts.replicas).map(|_| free_port().map(|p| format!("127.0.0.1:{p}"))).collect::<anyhow::Result<_>>()?;
+    let endpoints = start_lockd(dir, opts.replicas, &mut state)?;
+    let nodes = start_nodes(dir, opts.nodes, &endpoints, &mut state)?;
+    state.flush()?;
+    wait_mounted(dir, &nodes)?;
+    println!("lockd: {endpoints}");
+    println!("volume: {}", volume.display());
+    for n in &nodes {
+        println!("mounted: {}", n.mountpoint.display());
+    }
+    println!("stop with: mafs cluster down --dir {}", dir.display());
+    Ok(0)
+}
+
+/// Starts `replicas` lockd replicas on free ports; answers their endpoints.
+fn start_lockd(dir: &Path, replicas: u32, state: &mut std::fs::File) -> anyhow::Result<String> {
+    let addrs: Vec<String> = (0..replicas).map(|_| free_port().map(|p| format!("127.0.0.1:{p}"))).collect::<anyhow::Result<_>>()?;
     for (i, addr) in addrs.iter().enumerate() {
         let id = i as u64 + 1;
         let mut args = vec!["lockd".into(), "--id".into(), id.to_string(), "--listen".into(), addr.clone()];
@@ -109,53 +124,68 @@ pub fn up(dir: &Path, opts: &UpOptions) -> anyhow::Result<i32> {
                 args.extend(["--peer".into(), format!("{}={peer}", j + 1)]);
             }
         }
-        let pid = spawn_detached(&args, &logs.join(format!("lockd-{id}.log")))?;
+        let pid = spawn_detached(&args, &dir.join("logs").join(format!("lockd-{id}.log")))?;
         writeln!(state, "lockd {pid} {addr}")?;
     }
-    let endpoints = addrs.join(",");
+    Ok(addrs.join(","))
+}
+
+/// A node `up` started: its process, mount point and log.
+struct Started {
+    pid: u32,
+    mountpoint: PathBuf,
+    log: PathBuf,
+}
+
+/// Starts `count` nodes, mounted at DIR/node1.. (they wait for lockd if it is not up yet).
+fn start_nodes(dir: &Path, count: u32, endpoints: &str, state: &mut std::fs::File) -> anyhow::Result<Vec<Started>> {
     let mut nodes = Vec::new();
-    for n in 1..=opts.nodes {
+    for n in 1..=count {
         let mp = dir.join(format!("node{n}"));
         std::fs::create_dir_all(&mp).with_context(|| format!("cannot create {}", mp.display()))?;
+        let volume = volume_path(dir).display().to_string();
         let args = vec![
             "mount".into(),
-            volume.display().to_string(),
+            volume,
             mp.display().to_string(),
             "--lockd".into(),
-            endpoints.clone(),
+            endpoints.into(),
             "--node-name".into(),
             format!("node{n}"),
         ];
-        let log = logs.join(format!("node{n}.log"));
+        let log = dir.join("logs").join(format!("node{n}.log"));
         let pid = spawn_detached(&args, &log)?;
         writeln!(state, "node {pid} {}", mp.display())?;
-        nodes.push((pid, mp, log));
+        nodes.push(Started { pid, mountpoint: mp, log });
     }
-    state.flush()?;
+    Ok(nodes)
+}
+
+/// Waits until every node is mounted, or says which one did not mount and why.
+fn wait_mounted(dir: &Path, nodes: &[Started]) -> anyhow::Result<()> {
     let deadline = Instant::now() + MOUNT_WAIT;
-    for (pid, mp, log) in &nodes {
-        while !is_mounted(mp) {
-            if !running(*pid) {
+    for n in nodes {
+        while !is_mounted(&n.mountpoint) {
+            if !running(n.pid) {
                 bail!(
                     "node {} did not mount:\n{}\n(stop the rest with `mafs cluster down --dir {}`)",
-                    mp.display(),
-                    tail(log, 5),
+                    n.mountpoint.display(),
+                    tail(&n.log, 5),
                     dir.display()
                 );
             }
             if Instant::now() >= deadline {
-                bail!("node {} is not mounted after {MOUNT_WAIT:?}; its log {} ends:\n{}", mp.display(), log.display(), tail(log, 5));
+                bail!(
+                    "node {} is not mounted after {MOUNT_WAIT:?}; its log {} ends:\n{}",
+                    n.mountpoint.display(),
+                    n.log.display(),
+                    tail(&n.log, 5)
+                );
             }
             std::thread::sleep(Duration::from_millis(100));
         }
     }
-    println!("lockd: {endpoints}");
-    println!("volume: {}", volume.display());
-    for (_, mp, _) in &nodes {
-        println!("mounted: {}", mp.display());
-    }
-    println!("stop with: mafs cluster down --dir {}", dir.display());
-    Ok(0)
+    Ok(())
 }
 
 pub fn down(dir: &Path, wait: Duration) -> anyhow::Result<i32> {

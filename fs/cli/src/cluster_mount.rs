@@ -28,6 +28,9 @@ impl Membership for Node<'_> {
     fn gate(&self) -> Arc<dyn VolumeGate> {
         self.0.volume_lock()
     }
+    fn cluster_locks(&self) -> Box<dyn mafs_core::locks::ClusterLocks> {
+        Box::new(self.0.open_locks())
+    }
     fn attach(&self, fs: &Arc<Fs>) {
         self.0.attach(fs)
     }

@@ -16,37 +16,28 @@ pub fn run(mountpoint: &Path, volume: Option<PathBuf>, wait: Duration) -> anyhow
         return Err(std::io::Error::last_os_error()).with_context(|| format!("cannot unmount {}", mountpoint.display()));
     }
     let Some(v) = volume else { return Ok(0) };
-    if let Some(pid) = process {
-        // A cluster node: the other nodes on this machine share the volume's claim, so the
-        // claim cannot say when this one is done; its process ending does.
-        let deadline = std::time::Instant::now() + wait;
-        while running(pid) {
-            if std::time::Instant::now() >= deadline {
-                anyhow::bail!(
-                    "{} is unmounted here, but after {wait:?} its mount process {pid} ({}) is still running",
-                    mountpoint.display(),
-                    comm(&pid.to_string())
-                );
+    let done = match process {
+        // The mount process ending says it is done. For a cluster node only it can: the other
+        // nodes on this machine share the volume's claim.
+        Some(pid) => {
+            let deadline = std::time::Instant::now() + wait;
+            while running(pid) && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
             }
-            std::thread::sleep(Duration::from_millis(50));
+            !running(pid)
         }
+        None => mafs_core::claim::claim_volume(&v, wait).is_ok(),
+    };
+    if done {
         return Ok(0);
     }
-    match mafs_core::claim::claim_volume(&v, wait) {
-        Ok(claim) => {
-            drop(claim);
-            Ok(0)
-        }
-        Err(_) => {
-            let why = holders(&v);
-            anyhow::bail!(
-                "{} is unmounted here, but after {wait:?} the volume {} is still held: {}",
-                mountpoint.display(),
-                v.display(),
-                if why.is_empty() { "by a process this command cannot see (another PID namespace?)".to_string() } else { why.join("; ") }
-            )
-        }
-    }
+    let why = holders(&v);
+    anyhow::bail!(
+        "{} is unmounted here, but after {wait:?} the volume {} is still held: {}",
+        mountpoint.display(),
+        v.display(),
+        if why.is_empty() { "by a process this command cannot see (another PID namespace?)".to_string() } else { why.join("; ") }
+    )
 }
 
 /// Whether process `pid` still runs (a zombie has exited: only its parent has not asked yet).

@@ -17,6 +17,11 @@ impl VolumeNames {
         format!("{}/volume", self.prefix)
     }
 
+    /// Held PR by every node that has inode `ino` open (see `open_locks.rs`).
+    pub fn open(&self, ino: u64) -> String {
+        format!("{}/open/{ino}", self.prefix)
+    }
+
     /// Held EX by the node mounted in `slot`, for as long as it is mounted: its journal.
     pub fn slot(&self, slot: u32) -> String {
         format!("{}/slot/{slot}", self.prefix)

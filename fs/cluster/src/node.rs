@@ -115,6 +115,11 @@ impl ClusterNode {
         Arc::new(VolumeLock::new(self.runtime.handle().clone(), self.session.clone(), self.names.volume()))
     }
 
+    /// The node's open locks, for the filesystem it mounts.
+    pub fn open_locks(&self) -> crate::open_locks::OpenLocks {
+        crate::open_locks::OpenLocks::new(self.runtime.handle().clone(), self.session.clone(), self.names.clone())
+    }
+
     /// The filesystem a revocation writes back and forgets. Set once the mount has made it.
     pub fn attach(&self, fs: &Arc<Fs>) {
         let _ = self.fs.set(Arc::downgrade(fs));

@@ -35,6 +35,19 @@ pub trait ClusterLocks: Send + Sync {
     /// lock is cached. Fails when the lock service cannot be reached or the session is lost
     /// (the operation then fails with EIO).
     fn hold(&self, ino: InodeNo, mode: Mode) -> Result<ClusterHold>;
+
+    /// This node opens `ino` (its first handle here): the hold says so to every node until it
+    /// drops, at the last close here (OCFS2's open lock: PR on `open/<ino>`). An unlinked
+    /// inode is freed only once no node holds one.
+    fn open_hold(&self, _ino: InodeNo) -> Result<ClusterHold> {
+        Ok(Box::new(()))
+    }
+
+    /// Whether no other node has `ino` open (an EX try-lock of its open lock, given back at
+    /// once; it never waits, so it may be asked inside a transaction).
+    fn unused_elsewhere(&self, _ino: InodeNo) -> Result<bool> {
+        Ok(true)
+    }
 }
 
 /// What a request passes before it touches the volume, and holds until it has finished with
@@ -115,6 +128,10 @@ impl InodeLocks {
             shard.retain(|_, l| Arc::strong_count(l) > 1);
         }
         shard.entry(ino).or_default().clone()
+    }
+
+    pub fn cluster(&self) -> &dyn ClusterLocks {
+        &*self.cluster
     }
 
     pub fn lock(&self, ino: InodeNo, mode: Mode) -> Result<InodeGuard> {

@@ -225,7 +225,7 @@ impl MafsFuse {
     /// the inode), so only that one enters the gate to write: a reader's close on one node does
     /// not take the volume from a writer on another.
     fn close_handle(&self, ino: InodeNo) -> Result<(), FsError> {
-        if !self.fs.forget_handle(ino) {
+        if !self.fs.forget_handle(ino)? {
             return Ok(());
         }
         let unlinked = {

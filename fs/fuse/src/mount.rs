@@ -33,6 +33,8 @@ pub struct MountConfig {
 pub trait Membership {
     fn slot(&self) -> u32;
     fn gate(&self) -> Arc<dyn VolumeGate>;
+    /// What the filesystem asks other nodes (which of them have an inode open).
+    fn cluster_locks(&self) -> Box<dyn mafs_core::locks::ClusterLocks>;
     /// The filesystem its revocations write back, once made.
     fn attach(&self, fs: &Arc<Fs>);
 }
@@ -56,7 +58,11 @@ pub fn mount(cfg: &MountConfig, cluster: Option<&dyn Membership>) -> anyhow::Res
     // Replay, orphan reclaim and the first reads all change or trust the volume: done holding
     // the volume lock exclusively (kept cached afterwards, so the first requests cost nothing).
     let opening = gate.enter(Access::Write).context("cannot take the volume lock to open the volume")?;
-    let fs = Arc::new(Fs::without_recovery(open_volume(cfg, cluster.map(|m| m.slot()))?));
+    let vol = open_volume(cfg, cluster.map(|m| m.slot()))?;
+    let fs = Arc::new(match cluster {
+        Some(m) => Fs::with_cluster_locks(vol, m.cluster_locks()),
+        None => Fs::without_recovery(vol),
+    });
     if let Some(m) = cluster {
         m.attach(&fs);
     }

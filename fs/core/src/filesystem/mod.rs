@@ -89,8 +89,18 @@ pub struct Fs {
     pub(crate) locks: InodeLocks,
     rename_lock: Mutex<()>,
     /// Open file handles per inode: an unlinked inode is reclaimed only when this reaches 0.
-    open: Mutex<HashMap<InodeNo, u32>>,
+    open: Mutex<HashMap<InodeNo, OpenInode>>,
     orphan_dir: InodeNo,
+    /// Every slot's orphan directory, this slot's first: an inode unlinked on one node and
+    /// closed last on another is listed in the first node's.
+    orphan_dirs: Vec<InodeNo>,
+}
+
+/// An inode this node has open.
+struct OpenInode {
+    handles: u32,
+    /// Tells the other nodes (cluster mode) until the last handle here closes.
+    _cluster: crate::locks::ClusterHold,
 }
 
 impl Fs {
@@ -112,7 +122,9 @@ impl Fs {
     /// backend), before the orphans of an earlier mount are reclaimed.
     pub fn with_cluster_locks(vol: Volume, cluster: Box<dyn crate::locks::ClusterLocks>) -> Fs {
         let orphan_dir = InodeNo(vol.journal.slot().orphan_dir);
-        Fs { vol, locks: InodeLocks::new(cluster), rename_lock: Mutex::new(()), open: Mutex::new(HashMap::new()), orphan_dir }
+        let others = (0..vol.sb.layout.slot_count).map(|s| InodeNo(crate::mkfs::orphan_dir_ino(&vol.sb, s))).filter(|d| *d != orphan_dir);
+        let orphan_dirs = std::iter::once(orphan_dir).chain(others).collect();
+        Fs { vol, locks: InodeLocks::new(cluster), rename_lock: Mutex::new(()), open: Mutex::new(HashMap::new()), orphan_dir, orphan_dirs }
     }
 
     pub fn root(&self) -> InodeNo {
@@ -180,17 +192,26 @@ impl Fs {
 
     pub fn open(&self, ino: InodeNo) -> Result<Inode> {
         let inode = self.getattr(ino)?;
-        *self.open.lock().entry(ino).or_insert(0) += 1;
+        // A first open and a last close of one inode are ordered by its lock: the open hold is
+        // taken and given back once each (a network call in cluster mode, so not under the
+        // node-wide map's mutex).
+        let _g = self.locks.lock(ino, Mode::Exclusive)?;
+        if let Some(o) = self.open.lock().get_mut(&ino) {
+            o.handles += 1;
+            return Ok(inode);
+        }
+        let hold = self.locks.cluster().open_hold(ino)?;
+        self.open.lock().insert(ino, OpenInode { handles: 1, _cluster: hold });
         Ok(inode)
     }
 
-    fn is_open(&self, ino: InodeNo) -> bool {
-        self.open.lock().get(&ino).copied().unwrap_or(0) > 0
+    pub(crate) fn is_open(&self, ino: InodeNo) -> bool {
+        self.open.lock().contains_key(&ino)
     }
 
     /// Closes one handle; the last close of an unlinked inode frees it.
     pub fn release(&self, ino: InodeNo) -> Result<()> {
-        if self.forget_handle(ino) {
+        if self.forget_handle(ino)? {
             self.reclaim_if_unused(ino)?;
         }
         Ok(())
@@ -198,25 +219,25 @@ impl Fs {
 
     /// Counts one handle of `ino` closed, touching nothing on the volume; true if it was the
     /// last one (then [`Fs::reclaim_if_unused`] frees the inode if it has no links left).
-    pub fn forget_handle(&self, ino: InodeNo) -> bool {
+    pub fn forget_handle(&self, ino: InodeNo) -> Result<bool> {
+        let _g = self.locks.lock(ino, Mode::Exclusive)?;
         let mut open = self.open.lock();
-        match open.get_mut(&ino) {
-            Some(n) if *n > 1 => {
-                *n -= 1;
-                false
-            }
-            Some(_) => {
-                open.remove(&ino);
-                true
-            }
-            None => false,
+        let Some(o) = open.get_mut(&ino) else { return Ok(false) };
+        if o.handles > 1 {
+            o.handles -= 1;
+            return Ok(false);
         }
+        let gone = open.remove(&ino);
+        drop(open);
+        // Outside the map's mutex: giving the open hold back may be a network call.
+        drop(gone);
+        Ok(true)
     }
 
     /// Whether `ino` is unlinked and no longer open here: what a last close must free. Reads
     /// only, so that a node can ask with the right to read.
     pub fn is_unused_orphan(&self, ino: InodeNo) -> Result<bool> {
-        Ok(!self.is_open(ino) && self.is_listed_orphan(ino)?)
+        Ok(!self.is_open(ino) && self.listing_orphan_dir(ino)?.is_some())
     }
 
     /// Frees an inode that has no links left, unless someone still has it open. The last close

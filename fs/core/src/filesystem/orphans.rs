@@ -31,13 +31,50 @@ fn orphan_name(ino: InodeNo) -> Vec<u8> {
 }
 
 impl Fs {
-    /// Whether `ino` is listed in this slot's orphan directory: the identity of an unlinked
+    /// Whether `ino` is listed in the orphan directory `dir`: the identity of an unlinked
     /// inode waiting to be freed. Freeing it unlists it in the same transaction, so a listed
     /// number still names that inode, never a later one that reuses its block.
-    pub(crate) fn is_listed_orphan(&self, ino: InodeNo) -> Result<bool> {
-        let _g = self.locks.lock(self.orphan_dir, Mode::Shared)?;
-        let (dbuf, _) = self.iget(self.orphan_dir)?;
+    fn is_listed_in(&self, dir: InodeNo, ino: InodeNo) -> Result<bool> {
+        let _g = self.locks.lock(dir, Mode::Shared)?;
+        let (dbuf, _) = self.iget(dir)?;
         Ok(dir::lookup(&self.tree(&dbuf), &orphan_name(ino))?.is_some())
+    }
+
+    /// The orphan directory that lists `ino`, if one does: this slot's, or (in cluster mode,
+    /// for an inode another node unlinked while this one had it open) another slot's. The
+    /// others are searched only for an inode with no links left, so a last close of a linked
+    /// file costs one lookup in this slot's (small) directory.
+    pub(crate) fn listing_orphan_dir(&self, ino: InodeNo) -> Result<Option<InodeNo>> {
+        self.listing_orphan_dir_if(ino, || {
+            let _g = self.locks.lock(ino, Mode::Shared)?;
+            Ok(self.has_no_links(ino))
+        })
+    }
+
+    /// Whether `ino` is an inode with no links left (the caller holds its lock).
+    fn has_no_links(&self, ino: InodeNo) -> bool {
+        matches!(self.vol.alloc.state(ino.block()), Ok(BlockState::Inode)) && self.iget(ino).is_ok_and(|(_, i)| i.nlink == 0)
+    }
+
+    /// [`Self::listing_orphan_dir`], asking `unlinked` before searching the other slots'.
+    fn listing_orphan_dir_if(&self, ino: InodeNo, unlinked: impl FnOnce() -> Result<bool>) -> Result<Option<InodeNo>> {
+        if self.is_listed_in(self.orphan_dir, ino)? {
+            return Ok(Some(self.orphan_dir));
+        }
+        if !unlinked()? {
+            return Ok(None);
+        }
+        for &d in &self.orphan_dirs[1..] {
+            if self.is_listed_in(d, ino)? {
+                return Ok(Some(d));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Whether an unlinked `ino` may be freed now: open on no node.
+    pub(crate) fn unused_everywhere(&self, ino: InodeNo) -> Result<bool> {
+        Ok(!self.is_open(ino) && self.locks.cluster().unused_elsewhere(ino)?)
     }
 
     /// Lists `ino` in the orphan directory (the caller holds the inode's lock and `h`).
@@ -56,8 +93,12 @@ impl Fs {
     }
 
     pub(crate) fn remove_orphan(&self, h: &Handle, ino: InodeNo) -> Result<()> {
-        let _g = self.locks.lock(self.orphan_dir, Mode::Exclusive)?;
-        let (dbuf, mut d) = self.iget(self.orphan_dir)?;
+        self.remove_orphan_from(h, self.orphan_dir, ino)
+    }
+
+    fn remove_orphan_from(&self, h: &Handle, dir: InodeNo, ino: InodeNo) -> Result<()> {
+        let _g = self.locks.lock(dir, Mode::Exclusive)?;
+        let (dbuf, mut d) = self.iget(dir)?;
         let Some(e) = dir::lookup(&self.tree(&dbuf), &orphan_name(ino))? else { return Ok(()) };
         let mut t = self.tree_mut(h, &dbuf);
         dir::remove(&mut t, e.key)?;
@@ -80,10 +121,15 @@ impl Fs {
             // Decided under the inode's lock: a racing close or unlink may have freed it (and
             // unlisted it in the same transaction), and a create may since have reused the
             // number, its new inode not yet written. Only a listed number is still the inode
-            // the caller meant, and one opened again waits for its last close.
-            if which == Reclaim::Unlinked && (!self.is_listed_orphan(ino)? || self.is_open(ino)) {
-                return Ok(());
-            }
+            // the caller meant, and one opened again waits for its last close. Open on another
+            // node, it waits for the last close there, which frees it.
+            let listing = match which {
+                Reclaim::Listed => self.orphan_dir,
+                Reclaim::Unlinked => match self.listing_orphan_dir_if(ino, || Ok(self.has_no_links(ino)))? {
+                    Some(d) if self.unused_everywhere(ino)? => d,
+                    _ => return Ok(()),
+                },
+            };
             match self.vol.alloc.state(ino.block()) {
                 Ok(BlockState::Inode) => {}
                 // Freed already (a listed entry outlives its inode only on a damaged volume,
@@ -110,12 +156,17 @@ impl Fs {
                 self.iput(&h, &buf, &inode);
                 return self.remove_orphan(&h, ino);
             }
+            if which == Reclaim::Listed && !self.locks.cluster().unused_elsewhere(ino)? {
+                // Listed by a node that died or left while another node still has it open:
+                // the last close there frees it.
+                return Ok(());
+            }
             if (inode.is_reg() || inode.is_symlink()) && !self.free_data_from(&h, &buf, &mut inode, 0, EXTENTS_PER_STEP)? {
                 self.iput(&h, &buf, &inode);
                 continue;
             }
             self.free_inode_blocks(&h, &buf, &inode)?;
-            self.remove_orphan(&h, ino)?;
+            self.remove_orphan_from(&h, listing, ino)?;
             return Ok(());
         }
     }
