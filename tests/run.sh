@@ -37,3 +37,6 @@ cargo nextest run --release --workspace --no-fail-fast
 
 echo "== pjdfstest (POSIX conformance) on ext4 and on mafs"
 SKIP_INSTALL=1 MAFS="$PWD/target/release/mafs" PJDFSTEST_REQUIRE=1 bash tests/pjdfstest/ci.sh
+
+echo "== pjdfstest on a node of a two-node mafs cluster"
+MAFS="$PWD/target/release/mafs" bash tests/pjdfstest/cluster.sh
