@@ -1,24 +1,15 @@
 #!/usr/bin/env bash
-# Brings mafs up end to end on a volume file, with a default for every setting:
-# builds mafs, formats ./mafs-data/volume.img (2 GiB, sparse) unless it exists, and mounts
-# it at ./mafs-data/mnt in the foreground. Ctrl-C (or `mafs umount ./mafs-data/mnt` from
-# another shell) unmounts and leaves the volume clean.
-#   MAFS_VOLUME, MAFS_MOUNTPOINT, MAFS_SIZE override the defaults.
+# Brings a local mafs cluster up end to end, with a default for every setting: builds mafs,
+# then `mafs cluster up`: formats ./mafs-data/volume.mafs (4 GiB, sparse) unless it exists,
+# starts lockd, and mounts three nodes at ./mafs-data/node1, node2 and node3 — three mount
+# points that show the same files. Stop it with
+#   sudo target/release/mafs cluster down --dir ./mafs-data
+#   MAFS_DIR, MAFS_NODES, MAFS_SIZE override the defaults.
 set -euo pipefail
 cd "$(dirname "$0")"
 if [ "$(id -u)" != 0 ]; then
-    echo "quickstart.sh: mounting a FUSE filesystem with allow_other needs root; run it with sudo" >&2
+    echo "quickstart.sh: mounting FUSE filesystems with allow_other needs root; run it with sudo" >&2
     exit 2
 fi
-vol=${MAFS_VOLUME:-$PWD/mafs-data/volume.img}
-mnt=${MAFS_MOUNTPOINT:-$PWD/mafs-data/mnt}
-size=${MAFS_SIZE:-2G}
 cargo build --release -p mafs-cli
-mafs=$PWD/target/release/mafs
-mkdir -p "$(dirname "$vol")" "$mnt"
-if [ ! -e "$vol" ]; then
-    "$mafs" mkfs "$vol" --size "$size" --label quickstart
-fi
-"$mafs" info "$vol"
-echo "mounting $vol on $mnt (Ctrl-C to unmount)"
-exec "$mafs" mount "$vol" "$mnt" --standalone
+exec "$PWD/target/release/mafs" cluster up --dir "${MAFS_DIR:-$PWD/mafs-data}" --nodes "${MAFS_NODES:-3}" --size "${MAFS_SIZE:-4G}"
