@@ -579,3 +579,25 @@ fn a_reader_on_one_node_keeps_going_while_the_other_writes_all_the_time() {
     assert!(worst.1 > 0, "node2 finished no read at all in 10 s");
     c.finish();
 }
+
+/// A file one node made and still has open can be opened on another at once (the maker holds
+/// its open lock exclusively until someone else wants it, then shares it).
+#[test]
+fn a_file_open_on_its_maker_opens_at_once_on_another_node() {
+    let c = ClusterVolume::new(2, "128M");
+    let mut mine = fs::File::create(c.node(0).path("shared-open")).unwrap();
+    mine.write_all(b"made on node1").unwrap();
+    let t = Instant::now();
+    let mut theirs = fs::OpenOptions::new().read(true).write(true).open(c.node(1).path("shared-open")).unwrap();
+    assert!(t.elapsed() < Duration::from_secs(5), "opening on node2 waited {:?} for node1", t.elapsed());
+    let mut got = String::new();
+    theirs.read_to_string(&mut got).unwrap();
+    assert_eq!(got, "made on node1");
+    theirs.write_all(b", read on node2").unwrap();
+    mine.seek(SeekFrom::Start(0)).unwrap();
+    let mut all = String::new();
+    fs::File::open(c.node(0).path("shared-open")).unwrap().read_to_string(&mut all).unwrap();
+    assert_eq!(all, "made on node1, read on node2");
+    drop((mine, theirs));
+    c.finish();
+}

@@ -22,6 +22,11 @@ impl VolumeNames {
         format!("{}/open/{ino}", self.prefix)
     }
 
+    /// The inode whose open lock `resource` is, if it is one of this volume's.
+    pub fn open_ino(&self, resource: &str) -> Option<u64> {
+        resource.strip_prefix(&self.prefix)?.strip_prefix("/open/")?.parse().ok()
+    }
+
     /// Held EX by the node mounted in `slot`, for as long as it is mounted: its journal.
     pub fn slot(&self, slot: u32) -> String {
         format!("{}/slot/{slot}", self.prefix)

@@ -54,8 +54,8 @@ impl ClusterNode {
         let fs: AttachedFs = Arc::new(OnceLock::new());
         let mut so = SessionOptions::new(opts.node_name.clone());
         so.lease = opts.lease;
-        let (volume, attached) = (names.volume(), fs.clone());
-        so.on_blocking = Some(Arc::new(move |n| revoke(&volume, &attached, n)));
+        let (resources, attached) = (names.clone(), fs.clone());
+        so.on_blocking = Some(Arc::new(move |n| revoke(&resources, &attached, n)));
         let session = runtime.block_on(Session::open(&opts.endpoints, so)).map_err(|source| match source {
             Error::Unavailable(_) | Error::BadEndpoint(_) => JoinError::Unreachable { endpoints: opts.endpoints.join(","), source },
             other => JoinError::Session(other),

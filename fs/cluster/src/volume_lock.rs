@@ -15,6 +15,8 @@ use mafs_core::error::{FsError, Result};
 use mafs_core::filesystem::Fs;
 use mafs_core::locks::{Access, ClusterHold, VolumeGate};
 
+use crate::names::VolumeNames;
+
 /// How long one lockd call waits in the queue before the request asks again: long enough to
 /// cover a slow write-back on the holder, short enough that a lockd failover or a lost answer
 /// costs little.
@@ -82,8 +84,11 @@ pub(crate) type AttachedFs = Arc<OnceLock<Weak<Fs>>>;
 
 /// Answers a blocking notice on one of the node's locks. Called by the lockd client once no
 /// request of this node holds the lock, on a blocking thread.
-pub(crate) fn revoke(volume_resource: &str, fs: &AttachedFs, notice: &BlockingNotice) -> Revoke {
-    if notice.resource != volume_resource {
+pub(crate) fn revoke(names: &VolumeNames, fs: &AttachedFs, notice: &BlockingNotice) -> Revoke {
+    if let Some(ino) = names.open_ino(&notice.resource) {
+        return crate::open_locks::revoke_open_lock(ino, fs.get().cloned(), notice);
+    }
+    if notice.resource != names.volume() {
         // The node's name and slot locks are held for the whole mount; whoever asks for them
         // is told they are taken (try-locks), never waited for.
         return Revoke::Keep;

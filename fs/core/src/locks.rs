@@ -36,16 +36,21 @@ pub trait ClusterLocks: Send + Sync {
     /// (the operation then fails with EIO).
     fn hold(&self, ino: InodeNo, mode: Mode) -> Result<ClusterHold>;
 
-    /// This node opens `ino` (its first handle here): the hold says so to every node until it
-    /// drops, at the last close here (OCFS2's open lock: PR on `open/<ino>`). An unlinked
-    /// inode is freed only once no node holds one.
-    fn open_hold(&self, _ino: InodeNo) -> Result<ClusterHold> {
-        Ok(Box::new(()))
+    /// This node has just counted `ino` open (its first handle here): make sure it holds the
+    /// inode's open lock (OCFS2's, `open/<ino>`), which it gives up to another node only while
+    /// the inode is not open here (the backend asks `Fs::is_open_here`). An unlinked inode is
+    /// freed only once no node has it open.
+    fn open_lock(&self, _ino: InodeNo) -> Result<()> {
+        Ok(())
     }
 
-    /// Whether no other node has `ino` open (an EX try-lock of its open lock, given back at
-    /// once; it never waits, so it may be asked inside a transaction).
-    fn unused_elsewhere(&self, _ino: InodeNo) -> Result<bool> {
+    /// Whether no other node has `ino` open (in cluster mode: whether this node holds its open
+    /// lock exclusively). With `wait`, nodes that hold the open lock cached but have the inode
+    /// closed are asked to give it up, and the answer waits a moment for them: never inside a
+    /// transaction. Without, only what this node holds is looked at (no call out): a `false`
+    /// then means "cannot tell yet", and the inode waits in the orphan directory for the check
+    /// that waits, right after the transaction.
+    fn unused_elsewhere(&self, _ino: InodeNo, _wait: bool) -> Result<bool> {
         Ok(true)
     }
 }

@@ -89,19 +89,13 @@ pub struct Fs {
     pub(crate) locks: InodeLocks,
     rename_lock: Mutex<()>,
     /// Open file handles per inode: an unlinked inode is reclaimed only when this reaches 0.
-    open: Mutex<HashMap<InodeNo, OpenInode>>,
+    open: Mutex<HashMap<InodeNo, u32>>,
     orphan_dir: InodeNo,
     /// Every slot's orphan directory, this slot's first: an inode unlinked on one node and
     /// closed last on another is listed in the first node's.
     orphan_dirs: Vec<InodeNo>,
 }
 
-/// An inode this node has open.
-struct OpenInode {
-    handles: u32,
-    /// Tells the other nodes (cluster mode) until the last handle here closes.
-    _cluster: crate::locks::ClusterHold,
-}
 
 impl Fs {
     /// Wraps an opened volume and reclaims inodes left in this slot's orphan directory.
@@ -192,17 +186,26 @@ impl Fs {
 
     pub fn open(&self, ino: InodeNo) -> Result<Inode> {
         let inode = self.getattr(ino)?;
-        // A first open and a last close of one inode are ordered by its lock: the open hold is
-        // taken and given back once each (a network call in cluster mode, so not under the
-        // node-wide map's mutex).
+        // A first open and a last close of one inode are ordered by its lock. The inode is
+        // counted open before the open lock is asked for (a network call in cluster mode, so
+        // not under the node-wide map's mutex): a revocation that comes once the lock is held
+        // then always finds it open here, and keeps the lock.
         let _g = self.locks.lock(ino, Mode::Exclusive)?;
-        if let Some(o) = self.open.lock().get_mut(&ino) {
-            o.handles += 1;
+        if let Some(n) = self.open.lock().get_mut(&ino) {
+            *n += 1;
             return Ok(inode);
         }
-        let hold = self.locks.cluster().open_hold(ino)?;
-        self.open.lock().insert(ino, OpenInode { handles: 1, _cluster: hold });
+        self.open.lock().insert(ino, 1);
+        if let Err(e) = self.locks.cluster().open_lock(ino) {
+            self.open.lock().remove(&ino);
+            return Err(e);
+        }
         Ok(inode)
+    }
+
+    /// Whether this node has `ino` open (cluster mode's open-lock revocation asks).
+    pub fn is_open_here(&self, ino: InodeNo) -> bool {
+        self.is_open(ino)
     }
 
     pub(crate) fn is_open(&self, ino: InodeNo) -> bool {
@@ -222,15 +225,12 @@ impl Fs {
     pub fn forget_handle(&self, ino: InodeNo) -> Result<bool> {
         let _g = self.locks.lock(ino, Mode::Exclusive)?;
         let mut open = self.open.lock();
-        let Some(o) = open.get_mut(&ino) else { return Ok(false) };
-        if o.handles > 1 {
-            o.handles -= 1;
+        let Some(n) = open.get_mut(&ino) else { return Ok(false) };
+        if *n > 1 {
+            *n -= 1;
             return Ok(false);
         }
-        let gone = open.remove(&ino);
-        drop(open);
-        // Outside the map's mutex: giving the open hold back may be a network call.
-        drop(gone);
+        open.remove(&ino);
         Ok(true)
     }
 

@@ -184,7 +184,7 @@ impl Fs {
         if child.nlink > 0 {
             return Ok(false);
         }
-        if self.unused_everywhere(child.ino)? && self.free_inode_now(h, cbuf, child)? {
+        if self.unused_everywhere(child.ino, false)? && self.free_inode_now(h, cbuf, child)? {
             return Ok(true);
         }
         self.add_orphan(h, child.ino)?;

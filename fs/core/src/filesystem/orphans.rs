@@ -72,9 +72,10 @@ impl Fs {
         Ok(None)
     }
 
-    /// Whether an unlinked `ino` may be freed now: open on no node.
-    pub(crate) fn unused_everywhere(&self, ino: InodeNo) -> Result<bool> {
-        Ok(!self.is_open(ino) && self.locks.cluster().unused_elsewhere(ino)?)
+    /// Whether an unlinked `ino` may be freed now: open on no node (`wait`: see
+    /// `ClusterLocks::unused_elsewhere`).
+    pub(crate) fn unused_everywhere(&self, ino: InodeNo, wait: bool) -> Result<bool> {
+        Ok(!self.is_open(ino) && self.locks.cluster().unused_elsewhere(ino, wait)?)
     }
 
     /// Lists `ino` in the orphan directory (the caller holds the inode's lock and `h`).
@@ -115,6 +116,16 @@ impl Fs {
     }
 
     pub(crate) fn reclaim_inode(&self, ino: InodeNo, which: Reclaim) -> Result<()> {
+        // Asked before any transaction, since it may wait for other nodes: is an unlinked inode
+        // open anywhere? Nobody can open it meanwhile (it has no name, and the caller holds the
+        // right to change the volume), so the answer holds below.
+        let unlinked = {
+            let _g = self.locks.lock(ino, Mode::Shared)?;
+            self.has_no_links(ino)
+        };
+        if unlinked && !self.unused_everywhere(ino, true)? {
+            return Ok(());
+        }
         loop {
             let h = self.begin()?;
             let _g = self.locks.lock(ino, Mode::Exclusive)?;
@@ -126,7 +137,7 @@ impl Fs {
             let listing = match which {
                 Reclaim::Listed => self.orphan_dir,
                 Reclaim::Unlinked => match self.listing_orphan_dir_if(ino, || Ok(self.has_no_links(ino)))? {
-                    Some(d) if self.unused_everywhere(ino)? => d,
+                    Some(d) if !self.is_open(ino) => d,
                     _ => return Ok(()),
                 },
             };
@@ -156,9 +167,8 @@ impl Fs {
                 self.iput(&h, &buf, &inode);
                 return self.remove_orphan(&h, ino);
             }
-            if which == Reclaim::Listed && !self.locks.cluster().unused_elsewhere(ino)? {
-                // Listed by a node that died or left while another node still has it open:
-                // the last close there frees it.
+            if !unlinked {
+                // Unlinked since the check above (a racing unlink): the next close frees it.
                 return Ok(());
             }
             if (inode.is_reg() || inode.is_symlink()) && !self.free_data_from(&h, &buf, &mut inode, 0, EXTENTS_PER_STEP)? {
