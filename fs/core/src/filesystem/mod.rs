@@ -96,7 +96,6 @@ pub struct Fs {
     orphan_dirs: Vec<InodeNo>,
 }
 
-
 impl Fs {
     /// Wraps an opened volume and reclaims inodes left in this slot's orphan directory.
     pub fn new(vol: Volume) -> Result<Fs> {

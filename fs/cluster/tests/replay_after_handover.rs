@@ -1,0 +1,113 @@
+//! A node that gave the volume lock up must leave nothing in its journal that a replay could
+//! write over what another node changed afterwards. Two filesystem instances on one crash-test
+//! device, each a cluster node with its own slot and lockd session (a real lockd replica,
+//! in-process), take turns through the volume lock: the hand-over is lockd's revocation, not a
+//! call of the test's. Then the first node "crashes" and its slot is replayed.
+use std::sync::Arc;
+use std::time::Duration;
+
+use mafs_cluster::{ClusterNode, JoinOptions, VolumeLock};
+use mafs_core::device::{BlockDevice, CrashDevice};
+use mafs_core::filesystem::namespace::NewNode;
+use mafs_core::filesystem::{Caller, Fs};
+use mafs_core::locks::{Access, VolumeGate};
+use mafs_core::mkfs::{mkfs, MkfsOptions};
+use mafs_core::volume::{read_superblock, Volume};
+
+const WHO: Caller = Caller::ROOT;
+const FILES: usize = 300;
+
+fn node(mode: u32) -> NewNode<'static> {
+    NewNode { mode, rdev: 0, symlink_target: None }
+}
+
+/// A lockd replica on a free port, served by its own runtime for the test's lifetime.
+fn lockd(dir: &std::path::Path) -> (tokio::runtime::Runtime, String) {
+    let addr = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
+        l.local_addr().expect("addr").to_string()
+    };
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let cfg = lockd_server::raft_node::ReplicaConfig::new(1, addr.clone(), dir.to_path_buf());
+    rt.spawn(async move {
+        if let Err(e) = lockd_server::server::serve(cfg).await {
+            panic!("lockd replica failed: {e}");
+        }
+    });
+    (rt, addr)
+}
+
+struct Node {
+    fs: Arc<Fs>,
+    gate: Arc<VolumeLock>,
+    _cluster: ClusterNode,
+}
+
+impl Node {
+    /// Joins the cluster and opens the volume through its slot, holding the volume lock EX as
+    /// a mount does.
+    fn mount(dev: &Arc<dyn BlockDevice>, endpoint: &str, name: &str) -> Node {
+        let (sb, _) = read_superblock(&**dev).expect("superblock");
+        let opts =
+            JoinOptions { endpoints: vec![endpoint.to_string()], node_name: name.into(), slot: None, lease: Duration::from_secs(10) };
+        let cluster = ClusterNode::join(&sb.uuid_string(), sb.layout.slot_count, &opts).expect("join");
+        let gate = cluster.volume_lock();
+        let fs = {
+            let _hold = gate.enter(Access::Write).expect("volume lock");
+            let vol = Volume::open(dev.clone(), cluster.slot(), name, 4096).expect("open slot");
+            Arc::new(Fs::with_cluster_locks(vol, Box::new(cluster.open_locks())))
+        };
+        cluster.attach(&fs);
+        Node { fs, gate, _cluster: cluster }
+    }
+
+    /// Runs `f` as a request that changes the volume would: inside the volume lock, EX.
+    fn write<T>(&self, f: impl FnOnce(&Fs) -> T) -> T {
+        let _hold = self.gate.enter(Access::Write).expect("volume lock");
+        f(&self.fs)
+    }
+}
+
+#[test]
+fn replaying_a_node_that_gave_the_volume_lock_up_never_writes_over_the_next_holder() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (_lockd, endpoint) = lockd(tmp.path());
+    let dev = Arc::new(CrashDevice::new(64 << 20));
+    mkfs(&*dev, &MkfsOptions { slots: 2, journal_blocks: Some(1024), ..Default::default() }).expect("mkfs");
+    let shared: Arc<dyn BlockDevice> = dev.clone();
+
+    // Node A fills a directory: its inode, tree nodes and the files' inodes are in A's journal.
+    let a = Node::mount(&shared, &endpoint, "node-a");
+    let (root, d) = a.write(|fs| {
+        let root = fs.root();
+        let d = fs.create(root, b"d", node(libc::S_IFDIR | 0o755), WHO).expect("mkdir d");
+        for i in 0..FILES {
+            fs.create(d.ino, format!("file-{i:04}").as_bytes(), node(libc::S_IFREG | 0o644), WHO).expect("create");
+        }
+        (root, d)
+    });
+
+    // Node B takes the volume lock (lockd asks A to give it up, and A writes back and
+    // forgets), empties the directory, and writes a file over the freed blocks.
+    let b = Node::mount(&shared, &endpoint, "node-b");
+    let data = vec![0xab; 4 << 20];
+    b.write(|fs| {
+        for i in 0..FILES {
+            fs.unlink(d.ino, format!("file-{i:04}").as_bytes(), false).expect("unlink");
+        }
+        fs.sync().expect("sync b");
+        let big = fs.create(root, b"big", node(libc::S_IFREG | 0o644), WHO).expect("create big");
+        fs.open(big.ino).expect("open big");
+        fs.write(big.ino, 0, &data).expect("write big");
+        fs.release(big.ino).expect("close big");
+        fs.sync().expect("sync b");
+    });
+
+    // A crashes (it never unmounts); its slot is replayed by the next user of the volume.
+    let img = dev.crash_image(|_| true);
+    let after: Arc<dyn BlockDevice> = Arc::new(CrashDevice::from_image(img));
+    let fs = Fs::new(Volume::open(after, 0, "recovery", 4096).expect("replay slot 0")).expect("fs");
+    assert_eq!(fs.getattr(d.ino).expect("d").entries, 0, "replay of node A's journal brought its entries of d back over node B's removals");
+    let big = fs.lookup(root, b"big").expect("big");
+    assert!(fs.read(big.ino, 0, data.len() as u32).expect("read big") == data, "replay of node A's journal wrote over node B's file data");
+}
