@@ -39,14 +39,17 @@ impl Membership for Node<'_> {
 pub fn run(cfg: &MountConfig, endpoints: Vec<String>, slot: Option<u32>) -> anyhow::Result<()> {
     let cannot = || format!("cannot mount {} as a cluster node", cfg.volume.display());
     mafs_core::claim::check_volume_path(&cfg.volume).with_context(cannot)?;
-    let dev = FileDevice::open(&cfg.volume, &OpenOptions { direct: true, read_only: true, ..Default::default() })
-        .with_context(|| format!("cannot open volume {}", cfg.volume.display()))?;
-    let (sb, _) = mafs_core::volume::read_superblock(&dev).with_context(cannot)?;
-    drop(dev);
+    let dev: Arc<dyn mafs_core::device::BlockDevice> = Arc::new(
+        FileDevice::open(&cfg.volume, &OpenOptions { direct: true, ..Default::default() })
+            .with_context(|| format!("cannot open volume {}", cfg.volume.display()))?,
+    );
+    let (sb, _) = mafs_core::volume::read_superblock(&*dev).with_context(cannot)?;
     let opts = JoinOptions { endpoints, node_name: cfg.node_name.clone(), slot, lease: mafs_cluster::DEFAULT_LEASE };
     let node = ClusterNode::join(&sb.uuid_string(), sb.layout.slot_count, &opts).with_context(cannot)?;
     tracing::info!("node {} mounts slot {} of {} (lockd session {})", cfg.node_name, node.slot(), cfg.volume.display(), node.session_id());
+    let watcher = node.watch_for_dead_nodes(dev, sb.layout.slot_count).context("cannot start watching for dead nodes")?;
     let mounted = mafs_fuse::mount::mount(cfg, Some(&Node(&node)));
+    drop(watcher);
     let left = node.leave();
     mounted?;
     left.context("could not leave lockd cleanly (its locks go when the session's lease runs out)")?;

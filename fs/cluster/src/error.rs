@@ -5,7 +5,7 @@ use std::time::Duration;
 pub enum JoinError {
     #[error("cannot reach lockd at {endpoints}: {source}. Start lockd (`mafs lockd serve`, or `mafs cluster up`) or give the right --lockd endpoints")]
     Unreachable { endpoints: String, source: lockd_client::Error },
-    #[error("a node named {name:?} is already mounted on this volume; give this one another --node-name")]
+    #[error("a node named {name:?} is already mounted on this volume (or died moments ago and the others are recovering it: then try again in a few seconds); give this one another --node-name")]
     NameInUse { name: String },
     #[error("slot {slot} of the volume is in use by another mounted node; leave out --slot to take a free one")]
     SlotInUse { slot: u32 },

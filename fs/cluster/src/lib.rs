@@ -7,15 +7,18 @@
 //!
 //! Modules: `node` (joining and leaving: session, name, slot), `volume_lock` (the gate every
 //! request passes, and the revocation that hands the volume on), `open_locks` (which nodes
-//! have an inode open), `names` (the lockd resource names of a volume), `error`.
+//! have an inode open), `recovery` (replaying a dead node's slot), `names` (the lockd resource
+//! names of a volume), `error`.
 mod error;
 mod names;
 mod node;
 mod open_locks;
+mod recovery;
 mod volume_lock;
 
 pub use error::JoinError;
 pub use names::VolumeNames;
 pub use node::{ClusterNode, JoinOptions, DEFAULT_LEASE};
 pub use open_locks::OpenLocks;
+pub use recovery::RecoveryWatcher;
 pub use volume_lock::VolumeLock;

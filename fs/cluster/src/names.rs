@@ -27,6 +27,21 @@ impl VolumeNames {
         resource.strip_prefix(&self.prefix)?.strip_prefix("/open/")?.parse().ok()
     }
 
+    /// Where the slot locks are: a prefix for lockd's dump.
+    pub fn slot_prefix(&self) -> String {
+        format!("{}/slot/", self.prefix)
+    }
+
+    /// The slot whose lock `resource` is, if it is one of this volume's.
+    pub fn slot_of(&self, resource: &str) -> Option<u32> {
+        resource.strip_prefix(&self.slot_prefix())?.parse().ok()
+    }
+
+    /// Held EX by the node recovering `slot` after its node died (see `recovery.rs`).
+    pub fn recovery(&self, slot: u32) -> String {
+        format!("{}/recovery/{slot}", self.prefix)
+    }
+
     /// Held EX by the node mounted in `slot`, for as long as it is mounted: its journal.
     pub fn slot(&self, slot: u32) -> String {
         format!("{}/slot/{slot}", self.prefix)

@@ -54,6 +54,9 @@ impl ClusterNode {
         let fs: AttachedFs = Arc::new(OnceLock::new());
         let mut so = SessionOptions::new(opts.node_name.clone());
         so.lease = opts.lease;
+        // A node that dies keeps its locks until a survivor has replayed its journal
+        // (`recovery.rs`): nobody reads what it left half written.
+        so.hold_locks_on_expiry = true;
         let (resources, attached) = (names.clone(), fs.clone());
         so.on_blocking = Some(Arc::new(move |n| revoke(&resources, &attached, n)));
         let session = runtime.block_on(Session::open(&opts.endpoints, so)).map_err(|source| match source {
@@ -118,6 +121,17 @@ impl ClusterNode {
     /// The node's open locks, for the filesystem it mounts.
     pub fn open_locks(&self) -> crate::open_locks::OpenLocks {
         crate::open_locks::OpenLocks::new(self.runtime.handle().clone(), self.session.clone(), self.names.clone())
+    }
+
+    /// Starts watching for nodes of this volume that die, and recovering their slots, through
+    /// `dev`. Before the mount takes the volume lock: a dead node's lock is released only by a
+    /// recovery.
+    pub fn watch_for_dead_nodes(
+        &self,
+        dev: Arc<dyn mafs_core::device::BlockDevice>,
+        slot_count: u32,
+    ) -> std::io::Result<crate::RecoveryWatcher> {
+        crate::recovery::watch(self.runtime.handle().clone(), self.session.clone(), self.names.clone(), dev, slot_count)
     }
 
     /// The filesystem a revocation writes back and forgets. Set once the mount has made it.

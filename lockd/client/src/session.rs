@@ -173,6 +173,10 @@ impl Session {
         self.inner.lost.lock().is_some()
     }
 
+    pub(crate) fn inner(&self) -> &Inner {
+        &self.inner
+    }
+
     pub fn round_trips(&self) -> u64 {
         self.inner.conn.round_trips()
     }

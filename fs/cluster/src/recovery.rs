@@ -1,0 +1,126 @@
+//! Recovering a dead node: when a node's lockd session expires, lockd keeps every lock it held
+//! (the session is opened with `hold_locks_on_expiry`), so no other node can take the volume
+//! lock and read half-written metadata. Every node watches for such sessions on the volume's
+//! slot locks; one (the winner of the slot's recovery lock) replays the dead slot's journal on
+//! the device and marks the slot clean, then asks lockd to complete the recovery, which
+//! releases the dead node's locks, and the others go on with the recovered volume.
+//!
+//! The winner needs no volume lock to replay: the dead node's kept locks hold every other node
+//! off what its journal covers (it held the volume lock EX if it changed anything since its
+//! last hand-over; a node that only read has an empty journal).
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use lockd_client::{Error, LockOptions, Mode, Session};
+use mafs_core::device::BlockDevice;
+use mafs_core::volume::Volume;
+
+use crate::names::VolumeNames;
+
+/// How often a node looks for expired sessions on the volume.
+const WATCH_EVERY: Duration = Duration::from_millis(500);
+
+/// The watcher of one node, until dropped.
+pub struct RecoveryWatcher {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for RecoveryWatcher {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(t) = self.thread.take() {
+            t.thread().unpark();
+            let _ = t.join();
+        }
+    }
+}
+
+struct Recoverer {
+    runtime: tokio::runtime::Handle,
+    session: Arc<Session>,
+    names: VolumeNames,
+    dev: Arc<dyn BlockDevice>,
+    slot_count: u32,
+}
+
+pub(crate) fn watch(
+    runtime: tokio::runtime::Handle,
+    session: Arc<Session>,
+    names: VolumeNames,
+    dev: Arc<dyn BlockDevice>,
+    slot_count: u32,
+) -> std::io::Result<RecoveryWatcher> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let r = Recoverer { runtime, session, names, dev, slot_count };
+    let stopping = stop.clone();
+    let thread = std::thread::Builder::new().name("mafs-recovery".into()).spawn(move || {
+        while !stopping.load(Ordering::Acquire) {
+            if let Err(e) = r.recover_dead_slots() {
+                tracing::warn!("looking for dead nodes to recover: {e}");
+            }
+            std::thread::park_timeout(WATCH_EVERY);
+        }
+    })?;
+    Ok(RecoveryWatcher { stop, thread: Some(thread) })
+}
+
+impl Recoverer {
+    /// The slots held by expired sessions: (slot, session, node name).
+    fn dead_slots(&self) -> Result<Vec<(u32, u64, String)>, Error> {
+        let held = self.runtime.block_on(self.session.recovering_holders(&self.names.slot_prefix()))?;
+        Ok(held.into_iter().filter_map(|h| Some((self.names.slot_of(&h.resource)?, h.session_id, h.node_name))).collect())
+    }
+
+    fn recover_dead_slots(&self) -> Result<(), Error> {
+        for (slot, session, node) in self.dead_slots()? {
+            if slot >= self.slot_count {
+                continue;
+            }
+            let lock = self.names.recovery(slot);
+            match self.runtime.block_on(self.session.lock(&lock, Mode::EX, LockOptions::try_now())) {
+                Ok(_) => {}
+                // Another node is recovering it.
+                Err(Error::NotGranted { .. }) => continue,
+                Err(e) => return Err(e),
+            }
+            // Under the recovery lock, again: a node that finished the recovery just before we
+            // took the lock has released the slot, and a new node may already be writing its
+            // journal, which must not be replayed (or marked clean) from here.
+            let still = self.dead_slots()?.contains(&(slot, session, node.clone()));
+            let r = if still { self.recover(slot, session, &node) } else { Ok(()) };
+            if let Err(e) = self.runtime.block_on(self.session.release(&lock, None)) {
+                tracing::warn!("releasing the recovery lock of slot {slot}: {e}");
+            }
+            r?;
+        }
+        Ok(())
+    }
+
+    fn recover(&self, slot: u32, session: u64, node: &str) -> Result<(), Error> {
+        let start = Instant::now();
+        tracing::warn!(slot, session, node, "node {node} (slot {slot}) lost its lockd session: recovering its slot");
+        // Replays the slot's journal and marks it clean; a replay that fails leaves the
+        // session in recovery (its locks held), to be tried again.
+        let replayed = Volume::open(self.dev.clone(), slot, &format!("recovery of {node}"), 1024).and_then(|v| {
+            let done = v.replayed.transactions;
+            v.close().map(|()| done)
+        });
+        let transactions = match replayed {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::error!(slot, node, "cannot replay the journal of slot {slot}: {e}; its locks stay held, trying again");
+                return Ok(());
+            }
+        };
+        let released = self.runtime.block_on(self.session.complete_recovery(session))?;
+        tracing::warn!(
+            slot,
+            node,
+            "recovered slot {slot} of node {node}: {transactions} journal transactions replayed, {released} locks released, in {:?}",
+            start.elapsed()
+        );
+        Ok(())
+    }
+}
