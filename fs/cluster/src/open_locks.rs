@@ -69,6 +69,10 @@ impl ClusterLocks for OpenLocks {
         held.map_err(|e| lockd_error(&format!("cannot take the open lock of inode {ino}"), e))
     }
 
+    fn shares_inodes(&self) -> bool {
+        true
+    }
+
     fn unused_elsewhere(&self, ino: InodeNo, wait: bool) -> Result<bool> {
         let resource = self.names.open(ino.get());
         if !wait {

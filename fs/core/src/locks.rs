@@ -44,6 +44,13 @@ pub trait ClusterLocks: Send + Sync {
         Ok(())
     }
 
+    /// Whether other nodes may open this node's inodes (cluster mode). Then the filesystem
+    /// takes no open lock for an inode it made since it last handed the volume over (no other
+    /// node can know it yet) until it hands the volume over, and only if the inode is open then.
+    fn shares_inodes(&self) -> bool {
+        false
+    }
+
     /// Whether no other node has `ino` open (in cluster mode: whether this node holds its open
     /// lock exclusively). With `wait`, nodes that hold the open lock cached but have the inode
     /// closed are asked to give it up, and the answer waits a moment for them: never inside a

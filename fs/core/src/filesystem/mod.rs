@@ -38,6 +38,10 @@ pub const METADATA_RESERVE: u64 = 64;
 /// split at every level of a directory tree); it may start while this many are available.
 pub const METADATA_OP_BLOCKS: u64 = 8;
 
+/// Most new inodes whose open locks wait for the next hand-over (`Fs::made_here`): 1 MiB of
+/// set.
+pub const MADE_HERE_MAX: usize = 65536;
+
 /// Who is asking, as the kernel describes the caller. The ids and the umask come with every
 /// request. The set-ID rules (`setid.rs`) also need the caller's supplementary groups and
 /// whether it holds CAP_FSETID; finding those out can cost (the FUSE glue reads
@@ -94,6 +98,10 @@ pub struct Fs {
     /// Every slot's orphan directory, this slot's first: an inode unlinked on one node and
     /// closed last on another is listed in the first node's.
     orphan_dirs: Vec<InodeNo>,
+    /// Cluster mode: inodes this node made since it last handed the volume over. No other node
+    /// can have opened them, so their open locks wait for the hand-over (a node making and
+    /// closing files alone then makes no lockd call for them).
+    made_here: Mutex<std::collections::HashSet<InodeNo>>,
 }
 
 impl Fs {
@@ -117,7 +125,15 @@ impl Fs {
         let orphan_dir = InodeNo(vol.journal.slot().orphan_dir);
         let others = (0..vol.sb.layout.slot_count).map(|s| InodeNo(crate::mkfs::orphan_dir_ino(&vol.sb, s))).filter(|d| *d != orphan_dir);
         let orphan_dirs = std::iter::once(orphan_dir).chain(others).collect();
-        Fs { vol, locks: InodeLocks::new(cluster), rename_lock: Mutex::new(()), open: Mutex::new(HashMap::new()), orphan_dir, orphan_dirs }
+        Fs {
+            vol,
+            locks: InodeLocks::new(cluster),
+            rename_lock: Mutex::new(()),
+            open: Mutex::new(HashMap::new()),
+            orphan_dir,
+            orphan_dirs,
+            made_here: Mutex::new(Default::default()),
+        }
     }
 
     pub fn root(&self) -> InodeNo {
@@ -195,6 +211,9 @@ impl Fs {
             return Ok(inode);
         }
         self.open.lock().insert(ino, 1);
+        if self.made_here.lock().contains(&ino) {
+            return Ok(inode);
+        }
         if let Err(e) = self.locks.cluster().open_lock(ino) {
             self.open.lock().remove(&ino);
             return Err(e);
@@ -258,6 +277,12 @@ impl Fs {
     /// in-memory maps are reloaded, so the next read comes from the device. Call it with no
     /// operation running on what it covers (today: the whole node).
     pub fn write_back_and_forget(&self) -> Result<()> {
+        // From now on other nodes may find what this node made: those of its new inodes that
+        // are open here need their open locks first.
+        let made = std::mem::take(&mut *self.made_here.lock());
+        for ino in made.into_iter().filter(|i| self.is_open(*i)) {
+            self.locks.cluster().open_lock(ino)?;
+        }
         self.vol.sync()?;
         // Written home is not enough: a crash would replay the journal's older images over
         // what the next node writes.

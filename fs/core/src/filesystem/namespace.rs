@@ -90,6 +90,13 @@ impl Fs {
         p.mtime = now;
         p.ctime = now;
         self.iput(&h, &pbuf, &p);
+        if self.locks.cluster().shares_inodes() {
+            // Bounded: past it, new inodes take their open locks at their first open, as any.
+            let mut made = self.made_here.lock();
+            if made.len() < super::MADE_HERE_MAX {
+                made.insert(ino);
+            }
+        }
         Ok(inode)
     }
 

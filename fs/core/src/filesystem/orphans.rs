@@ -75,7 +75,7 @@ impl Fs {
     /// Whether an unlinked `ino` may be freed now: open on no node (`wait`: see
     /// `ClusterLocks::unused_elsewhere`).
     pub(crate) fn unused_everywhere(&self, ino: InodeNo, wait: bool) -> Result<bool> {
-        Ok(!self.is_open(ino) && self.locks.cluster().unused_elsewhere(ino, wait)?)
+        Ok(!self.is_open(ino) && (self.made_here.lock().contains(&ino) || self.locks.cluster().unused_elsewhere(ino, wait)?))
     }
 
     /// Lists `ino` in the orphan directory (the caller holds the inode's lock and `h`).
