@@ -651,3 +651,27 @@ fn a_node_killed_while_writing_is_recovered_by_the_others_with_every_fsynced_wri
     assert_eq!(fs::read(c.node(0).path("w/after")).unwrap(), b"back");
     c.finish();
 }
+
+#[test]
+fn mafs_status_shows_each_nodes_slot_session_and_volume_lock() {
+    let c = ClusterVolume::new(2, "128M");
+    fs::write(c.node(1).path("last-writer"), b"node2").unwrap();
+    let eps = c.lockd.endpoints();
+    let (code, text) = code_and_text(&mafs(["status".as_ref(), c.vol.as_os_str(), "--lockd".as_ref(), eps.as_ref()]));
+    assert_eq!(code, 0, "{text}");
+    let row = |node: &str| {
+        text.lines()
+            .find(|l| l.contains(node) && l.contains("in use"))
+            .unwrap_or_else(|| panic!("no in-use slot row for {node}:\n{text}"))
+            .to_string()
+    };
+    let (n1, n2) = (row("node1"), row("node2"));
+    // node2 wrote last: it holds the volume lock exclusively, and node1 nothing.
+    assert!(n2.trim_end().ends_with("EX"), "node2's row: {n2}");
+    assert!(n1.trim_end().ends_with('-'), "node1's row: {n1}");
+    // Without lockd, the volume's own view.
+    let (code, text) = code_and_text(&mafs(["status".as_ref(), c.vol.as_os_str()]));
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("(give --lockd)"), "{text}");
+    c.finish();
+}

@@ -17,6 +17,7 @@ mod fsck;
 mod info;
 mod mkfs;
 mod size_arg;
+mod status;
 mod umount;
 
 #[derive(Parser)]
@@ -110,6 +111,14 @@ enum Command {
     },
     /// Show the superblock, slots and free space of a volume.
     Info { volume: PathBuf },
+    /// Show a volume's slots and, with lockd, the nodes mounted on them: their sessions, how
+    /// many locks each holds, who holds the volume lock, and nodes being recovered.
+    Status {
+        volume: PathBuf,
+        /// lockd replicas, HOST:PORT comma-separated (default: $MAFS_LOCKD_ENDPOINTS).
+        #[arg(long, value_name = "HOST:PORT[,...]")]
+        lockd: Option<String>,
+    },
     /// A local cluster in one directory: a volume file, lockd, and nodes mounted at DIR/node1..N.
     #[command(subcommand)]
     Cluster(ClusterCommand),
@@ -172,7 +181,7 @@ fn main() -> ExitCode {
 /// Commands whose whole job is printing a report.
 fn prints_and_exits(c: &Command) -> bool {
     match c {
-        Command::Info { .. } | Command::Fsck { .. } => true,
+        Command::Info { .. } | Command::Fsck { .. } | Command::Status { .. } => true,
         Command::Lockd(l) => l.action.is_some(),
         _ => false,
     }
@@ -229,6 +238,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::Fsck { volume, repair, override_mmp } => fsck::run(&volume, repair, override_mmp),
         Command::Info { volume } => info::run(&volume),
+        Command::Status { volume, lockd } => status::run(&volume, cluster_mount::endpoints(lockd)),
         Command::Cluster(ClusterCommand::Up { dir, nodes, size, replicas }) => {
             cluster_cmd::up(&dir, &cluster_cmd::UpOptions { nodes, size, replicas })
         }

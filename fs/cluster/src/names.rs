@@ -12,6 +12,11 @@ impl VolumeNames {
         VolumeNames { prefix: format!("mafs/{volume_uuid}") }
     }
 
+    /// The prefix of every lock of this volume.
+    pub fn prefix(&self) -> String {
+        format!("{}/", self.prefix)
+    }
+
     /// The volume lock: PR to read the volume's metadata, EX to change it.
     pub fn volume(&self) -> String {
         format!("{}/volume", self.prefix)

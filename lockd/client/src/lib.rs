@@ -19,6 +19,6 @@ mod types;
 pub use conn::Conn;
 pub use error::{Error, Refusal, Result};
 pub use lockd_common::{ErrorKind, FencingToken, Mode};
-pub use recovery::RecoveringHolder;
+pub use recovery::{holders, Holder};
 pub use session::{LockGuard, Session};
 pub use types::{BlockingHandler, BlockingNotice, Grant, LockOptions, Revoke, SessionOptions};
