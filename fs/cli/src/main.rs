@@ -133,8 +133,10 @@ enum ClusterCommand {
     /// Make (or reuse) DIR/volume.mafs, start lockd and mount N nodes; returns once all are
     /// mounted, printing the mount points.
     Up {
+        /// Directory of the cluster: volume, lockd data, logs, and the mount points node1..N.
         #[arg(long)]
         dir: PathBuf,
+        /// Nodes to mount (each its own process and mount point).
         #[arg(long, default_value_t = 3)]
         nodes: u32,
         /// Size of a new volume file (sparse).
@@ -146,6 +148,7 @@ enum ClusterCommand {
     },
     /// Unmount every node of DIR's cluster (each writes the volume back) and stop lockd.
     Down {
+        /// Directory of the cluster, as given to `up`.
         #[arg(long)]
         dir: PathBuf,
         /// Seconds each node gets to write back and leave.
