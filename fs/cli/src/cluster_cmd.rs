@@ -57,10 +57,7 @@ fn spawn_detached(args: &[String], log: &Path) -> anyhow::Result<u32> {
 }
 
 fn is_mounted(mountpoint: &Path) -> bool {
-    let canon = std::fs::canonicalize(mountpoint).unwrap_or_else(|_| mountpoint.to_path_buf());
-    std::fs::read_to_string("/proc/self/mounts")
-        .map(|m| m.lines().any(|l| l.split_whitespace().nth(1) == Some(&*canon.to_string_lossy())))
-        .unwrap_or(false)
+    mafs_fuse::mount::is_mount_point(mountpoint)
 }
 
 fn tail(log: &Path, lines: usize) -> String {
