@@ -17,6 +17,17 @@ mod recovery;
 mod volume_lock;
 
 pub use error::JoinError;
+
+/// A lockd call that may wait for other nodes is never made while this thread holds a journal
+/// handle: the other node may be waiting for this node's commit, which waits for the handle.
+/// Checked in debug builds (the core counts handles per thread).
+pub(crate) fn assert_no_journal_handle(what: &str) {
+    debug_assert_eq!(
+        mafs_core::journal::handles_held_here(),
+        0,
+        "{what} while this thread holds a journal handle: could deadlock nodes across their commits"
+    );
+}
 pub use names::VolumeNames;
 pub use node::{ClusterNode, JoinOptions, DEFAULT_LEASE};
 pub use open_locks::OpenLocks;

@@ -49,6 +49,7 @@ impl ClusterLocks for OpenLocks {
     }
 
     fn open_lock(&self, ino: InodeNo) -> Result<()> {
+        crate::assert_no_journal_handle("taking an open lock");
         let resource = self.names.open(ino.get());
         let held = self.runtime.block_on(async {
             if self.session.cached(&resource).is_none() {
@@ -78,6 +79,7 @@ impl ClusterLocks for OpenLocks {
         if !wait {
             return Ok(self.session.cached(&resource) == Some(Mode::EX));
         }
+        crate::assert_no_journal_handle("waiting for other nodes' open locks");
         let r = self.runtime.block_on(self.session.lock(&resource, Mode::EX, LockOptions::wait(FREE_WAIT)));
         match r {
             // Kept cached: this node is the one freeing it.

@@ -47,11 +47,13 @@ impl VolumeLock {
                 // it up (writing back and forgetting, like any revocation) once it is idle;
                 // then the next try queues for EX afresh. The pause lets that revocation in.
                 Err(Error::Deadlock { .. }) => {
+                    tracing::debug!(resource = self.resource, %mode, "conversion deadlock; retrying");
                     let pause = rand::random::<u64>() % 20 + 5;
                     tokio::time::sleep(Duration::from_millis(pause)).await;
                 }
                 // The holder has not given it up yet (a long write-back, or many waiters).
-                Err(Error::TimedOut { .. }) | Err(Error::NotGranted { .. }) => {
+                Err(e @ (Error::TimedOut { .. } | Error::NotGranted { .. })) => {
+                    tracing::debug!(resource = self.resource, %mode, "not granted yet ({e}); asking again");
                     if start.elapsed() >= WARN_AFTER {
                         tracing::warn!(resource = self.resource, "still waiting for the volume lock after {:?}", start.elapsed());
                     }
@@ -102,7 +104,7 @@ pub(crate) fn revoke(names: &VolumeNames, fs: &AttachedFs, notice: &BlockingNoti
             tracing::error!("cannot write the volume back to give the volume lock up ({e}); keeping it");
             return Revoke::Keep;
         }
-        tracing::debug!(requested = %notice.requested, "volume lock handed on after {:?} of write-back", start.elapsed());
+        tracing::debug!(held = %notice.held, requested = %notice.requested, "volume lock handed on after {:?} of write-back", start.elapsed());
     }
     if notice.held == Mode::EX && notice.requested == Mode::PR {
         // A reader wants it: keep reading alongside it.

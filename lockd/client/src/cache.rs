@@ -56,6 +56,19 @@ pub(crate) struct Cached {
 }
 
 impl Cached {
+    /// Another session waits for this lock and this one is to give it up: a blocking notice
+    /// about the current grant, for a mode the held one does not allow. New local users then
+    /// wait for the revocation instead of taking the cached lock, or a session whose users
+    /// overlap without pause would never be idle, and the waiter would wait for ever (GFS2
+    /// queues new holders behind a pending demote in the same way).
+    pub(crate) fn demote_pending(&self) -> bool {
+        let (Revocation::Queued(n) | Revocation::Unanswered(n)) = &self.revocation else { return false };
+        let State::Held(held) = self.state else { return false };
+        // A notice about a grant given up earlier is not about this one.
+        let stale = matches!((n.token, self.token), (Some(nt), Some(t)) if nt < t);
+        !stale && !held.compatible(n.requested)
+    }
+
     /// The record of a first request, sent now.
     pub(crate) fn acquiring() -> Cached {
         Cached { state: State::Acquiring, token: None, lvb: Vec::new(), users: 0, revocation: Revocation::None }

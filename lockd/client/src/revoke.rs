@@ -27,7 +27,9 @@ fn queue(inner: &Inner, notice: BlockingNotice) -> bool {
     };
     match &mut c.revocation {
         Revocation::Queued(newest) => {
-            if notice.token >= newest.token {
+            // About the same grant, the stronger request wins: a holder that downgrades to PR
+            // for a reader while a writer also waits would keep blocking the writer.
+            if notice.token > newest.token || (notice.token == newest.token && notice.requested.covers(newest.requested)) {
                 *newest = notice;
             }
             false

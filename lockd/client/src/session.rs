@@ -57,7 +57,7 @@ impl Inner {
     async fn consult_cache(&self, resource: &str, mode: Mode) -> Result<CacheAnswer> {
         self.with_idle(
             resource,
-            |_| true,
+            |c| !c.demote_pending(),
             |cache| match cache.get_mut(resource) {
                 Some(c) => match c.state {
                     State::Held(held) if held.covers(mode) => {

@@ -391,6 +391,15 @@ impl LockTable {
             // A new mode may let queued requests through: not only a down-conversion, also a
             // sideways one (CW -> PR frees a PR waiter).
             self.process(name, fx);
+            // An up-conversion granted ahead of the queue (conversions go first) now blocks
+            // whoever still waits: tell the converter, or it keeps the lock cached and the
+            // waiter waits until its timeout.
+            if let Some(res) = self.resources.get(name) {
+                let blocked = res.converting.iter().chain(res.waiting.iter()).find(|q| q.session != s && !mode.compatible(q.mode));
+                if let Some(q) = blocked {
+                    fx.push(Effect::Blocking { session: s, resource: name.to_string(), held: mode, requested: q.mode, token });
+                }
+            }
             return Ok(LockOutcome::Granted(grant));
         }
         if try_lock {

@@ -470,3 +470,26 @@ async fn a_revocation_that_lost_the_race_to_a_release_leaves_the_next_grant_cach
     let g = probe.lock("r", Mode::EX, LockOptions::wait(Duration::from_secs(5))).await;
     assert!(g.is_ok(), "r still held after every release was confirmed: {:?}", g.err());
 }
+
+/// Once a notice says another session waits for a lock this one must give up, new local
+/// users queue behind the revocation instead of taking the cached lock: otherwise users that
+/// overlap without pause keep the lock busy for ever and the waiter starves (seen in cluster
+/// mode: FUSE requests of one node kept the volume lock for a whole 10 s queue wait).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_local_users_wait_behind_a_pending_revocation() {
+    let dir = tempfile::tempdir().unwrap();
+    let eps = one_replica(dir.path()).await;
+    let a = Arc::new(Session::open(&eps, SessionOptions::new("a")).await.unwrap());
+    let first = a.lock("r", Mode::EX, LockOptions::default()).await.unwrap();
+    let token = first.grant.token;
+    a.inject_blocking_notice(BlockingNotice { resource: "r".into(), held: Mode::EX, requested: Mode::EX, token });
+    let again = {
+        let a = a.clone();
+        tokio::spawn(async move { a.lock("r", Mode::EX, LockOptions::default()).await.map(|g| g.grant.token) })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!again.is_finished(), "a new local user took the cached lock while its revocation was pending");
+    drop(first);
+    let second = tokio::time::timeout(Duration::from_secs(10), again).await.expect("the new user never got the lock").unwrap().unwrap();
+    assert!(second > token, "the new user got the old grant back instead of a new one after the revocation");
+}

@@ -83,6 +83,23 @@ pub struct Handle<'a> {
     _gate: RwLockReadGuard<'a, ()>,
 }
 
+impl Drop for Handle<'_> {
+    fn drop(&mut self) {
+        HANDLES_HERE.with(|n| n.set(n.get().saturating_sub(1)));
+    }
+}
+
+thread_local! {
+    /// Journal handles the current thread holds.
+    static HANDLES_HERE: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// How many journal handles the calling thread holds. Cluster mode asserts it is 0 before every
+/// lockd call that may wait (a handle held across one could deadlock nodes across commits).
+pub fn handles_held_here() -> u32 {
+    HANDLES_HERE.with(|n| n.get())
+}
+
 /// What a commit released for reuse.
 pub struct Committed {
     pub seq: u64,
@@ -181,7 +198,9 @@ impl Journal {
     /// that one transaction never outgrows the journal.
     pub fn begin(&self) -> Result<Handle<'_>> {
         self.check_fatal()?;
-        Ok(Handle { j: self, _gate: self.gate.read() })
+        let h = Handle { j: self, _gate: self.gate.read() };
+        HANDLES_HERE.with(|n| n.set(n.get() + 1));
+        Ok(h)
     }
 
     /// True if the running transaction holds no change (a periodic commit would only flush).

@@ -306,3 +306,22 @@ fn a_full_transaction_goes_to_the_background_committer_until_the_hard_limit() {
     drop(vol.begin().unwrap());
     assert_eq!(vol.journal.running_seq(), seq + 2);
 }
+
+/// The count cluster mode's "no handle across a lockd call" assertion reads: one per handle
+/// this thread holds, none once they are dropped, and none seen from another thread.
+#[test]
+fn handles_held_here_counts_this_threads_open_handles() {
+    let dev = new_device(256);
+    let vol = open(&dev);
+    assert_eq!(handles_held_here(), 0);
+    let h1 = vol.begin().expect("begin");
+    let h2 = vol.begin().expect("begin");
+    assert_eq!(handles_held_here(), 2);
+    std::thread::scope(|s| {
+        s.spawn(|| assert_eq!(handles_held_here(), 0, "another thread's handles counted here"));
+    });
+    drop(h1);
+    assert_eq!(handles_held_here(), 1);
+    drop(h2);
+    assert_eq!(handles_held_here(), 0);
+}

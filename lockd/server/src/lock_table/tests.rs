@@ -310,3 +310,21 @@ fn random_operations_keep_invariants() {
     let back: LockTable = serde_json::from_str(&json).unwrap();
     assert_eq!(serde_json::to_string(&back).unwrap(), json);
 }
+
+/// A holder that downgrades (for a reader queued behind a writer) and converts back up is
+/// granted at once, ahead of the queue — and must then be told that it blocks the writer, or
+/// it keeps the lock cached and the writer waits until its timeout (seen in cluster mode as a
+/// 10 s stall of one node among three).
+#[test]
+fn an_up_conversion_granted_ahead_of_waiters_is_told_it_blocks_them() {
+    let (mut t, s) = table_with(3);
+    let mut fx = vec![];
+    granted(&lock(&mut t, s[0], "r", EX, &mut fx));
+    assert_eq!(lock(&mut t, s[2], "r", EX, &mut fx), LockOutcome::Queued);
+    assert_eq!(lock(&mut t, s[1], "r", PR, &mut fx), LockOutcome::Queued);
+    granted(&t.lock(s[0], "r", PR, true, false, None, &mut fx).unwrap());
+    fx.clear();
+    granted(&t.lock(s[0], "r", EX, true, false, None, &mut fx).unwrap());
+    let told = fx.iter().any(|e| matches!(e, Effect::Blocking { session, requested: EX, .. } if *session == s[0]));
+    assert!(told, "the converter was not told it blocks the EX waiter: {fx:?}");
+}
