@@ -199,7 +199,10 @@ impl Walker<'_> {
     /// Checks a directory's entries, counts them and the links they give, and queues them.
     fn directory(&mut self, v: &Visit, inode: &Inode, records: &[Record]) {
         let ino = inode.ino.get();
-        if inode.flags & FLAG_SYSTEM == 0 && inode.parent.get() != v.parent && v.via.is_some() {
+        // A removed directory still open when the volume was last closed (or crashed) is listed in
+        // an orphan directory and keeps its old parent in the field: the next mount frees it.
+        let orphan_listed = self.orphan_dirs.contains(&v.parent);
+        if inode.flags & FLAG_SYSTEM == 0 && inode.parent.get() != v.parent && v.via.is_some() && !orphan_listed {
             self.rep.problems.push(Problem::WrongParent { dir: ino, recorded: inode.parent.get(), listed_in: v.parent });
         }
         let is_orphan_dir = self.orphan_dirs.contains(&ino);
