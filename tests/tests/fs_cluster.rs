@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use mafs_tests::fs_cluster::ClusterVolume;
-use mafs_tests::fs_mount::{code_and_text, getxattr, mafs, run_as_nobody, setxattr};
+use mafs_tests::fs_mount::{code_and_text, getxattr, mafs, run_as_nobody, setxattr, statfs};
 
 /// Everything about a path that one node can change and another must see at once.
 fn look(p: &Path) -> Option<(u64, u32, u32, u64, i64, Vec<u8>)> {
@@ -395,11 +395,8 @@ fn appends_from_two_nodes_at_once_land_at_the_true_end_and_none_is_lost() {
 }
 
 fn free_bytes(p: &Path) -> u64 {
-    let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
-    // SAFETY: statvfs into a zeroed struct, with a valid C string.
-    let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
-    assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut s) }, 0);
-    s.f_bavail * s.f_frsize
+    let s = statfs(p);
+    s.f_bavail * s.f_bsize as u64
 }
 
 /// A file unlinked on one node while another has it open stays whole there (even when the

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 
 use crate::umount::running;
+use mafs_fuse::mount::is_mount_point as is_mounted;
 
 /// How long `up` waits for every node to be mounted (a first mount of a new volume replays
 /// nothing; the time goes to lockd's first election and each node's slot claim).
@@ -54,10 +55,6 @@ fn spawn_detached(args: &[String], log: &Path) -> anyhow::Result<u32> {
     }
     let child = cmd.spawn().with_context(|| format!("cannot start mafs {}", args.join(" ")))?;
     Ok(child.id())
-}
-
-fn is_mounted(mountpoint: &Path) -> bool {
-    mafs_fuse::mount::is_mount_point(mountpoint)
 }
 
 fn tail(log: &Path, lines: usize) -> String {

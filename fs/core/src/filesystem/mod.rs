@@ -201,6 +201,11 @@ impl Fs {
 
     pub fn open(&self, ino: InodeNo) -> Result<Inode> {
         let inode = self.getattr(ino)?;
+        // Another handle of an inode open here: counted under the map's mutex alone.
+        if let Some(n) = self.open.lock().get_mut(&ino) {
+            *n += 1;
+            return Ok(inode);
+        }
         // A first open and a last close of one inode are ordered by its lock. The inode is
         // counted open before the open lock is asked for (a network call in cluster mode, so
         // not under the node-wide map's mutex): a revocation that comes once the lock is held
@@ -241,6 +246,11 @@ impl Fs {
     /// Counts one handle of `ino` closed, touching nothing on the volume; true if it was the
     /// last one (then [`Fs::reclaim_if_unused`] frees the inode if it has no links left).
     pub fn forget_handle(&self, ino: InodeNo) -> Result<bool> {
+        // Not the last handle: no lock needed (see `open`).
+        if let Some(n) = self.open.lock().get_mut(&ino).filter(|n| **n > 1) {
+            *n -= 1;
+            return Ok(false);
+        }
         let _g = self.locks.lock(ino, Mode::Exclusive)?;
         let mut open = self.open.lock();
         let Some(n) = open.get_mut(&ino) else { return Ok(false) };
