@@ -92,14 +92,23 @@ fn a_name_one_node_found_missing_appears_there_once_the_other_creates_it() {
 }
 
 #[test]
-fn a_descriptor_held_open_on_one_node_reads_what_the_other_writes() {
+fn a_descriptor_held_open_on_one_node_reads_and_stats_what_the_other_writes() {
     let c = ClusterVolume::new(2, "128M");
     fs::write(c.node(0).path("log"), b"").unwrap();
     let mut reader = fs::File::open(c.node(1).path("log")).unwrap();
     let mut seen = Vec::new();
     for i in 0..50u32 {
+        // Twice, so the kernel holds the inode and caches its attributes (fstat reads them
+        // from there, with no request, for as long as the node holds the volume lock).
+        let _ = reader.metadata().unwrap();
+        let before = reader.metadata().unwrap();
         let line = format!("line {i}\n");
         fs::OpenOptions::new().append(true).open(c.node(0).path("log")).unwrap().write_all(line.as_bytes()).unwrap();
+        let mode = 0o600 | ((i % 2) * 0o044);
+        fs::set_permissions(c.node(0).path("log"), fs::Permissions::from_mode(mode)).unwrap();
+        let after = reader.metadata().unwrap();
+        assert_eq!(after.len(), before.len() + line.len() as u64, "fstat on node2 missed the append of {line:?}");
+        assert_eq!(after.mode() & 0o777, mode, "fstat on node2 missed the chmod {mode:o}");
         let mut more = Vec::new();
         reader.read_to_end(&mut more).unwrap();
         assert_eq!(more, line.as_bytes(), "the open descriptor on node2 missed {line:?}");
@@ -670,5 +679,87 @@ fn mafs_status_shows_each_nodes_slot_session_and_volume_lock() {
     let (code, text) = code_and_text(&mafs(["status".as_ref(), c.vol.as_os_str()]));
     assert_eq!(code, 0, "{text}");
     assert!(text.contains("(give --lockd)"), "{text}");
+    c.finish();
+}
+
+/// `mafs_cluster::WRITE_LOG_ENV`: where a node logs every device write with its monotonic time.
+const WRITE_LOG_ENV: &str = "MAFS_WRITE_LOG";
+
+/// The first number after `key=` on the first line of `text` that contains `line_with`.
+fn field(text: &str, line_with: &str, key: &str) -> Option<u64> {
+    let line = text.lines().find(|l| l.contains(line_with))?;
+    let at = line.find(&format!("{key}="))? + key.len() + 1;
+    line[at..].split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+}
+
+/// SIGSTOP of a node that holds the volume with changes not yet committed, for longer than its
+/// lease: the other node recovers it and goes on. After SIGCONT the frozen node answers EIO
+/// and shows nothing it cached, and its device write log (CLOCK_MONOTONIC, comparable across
+/// processes) proves it wrote nothing once the recovery had begun: it fenced itself.
+#[test]
+fn a_node_frozen_past_its_lease_is_recovered_and_writes_nothing_after_its_deadline() {
+    let mut c = ClusterVolume::unmounted("256M", &["--slots", "4"]);
+    let write_log = c.vol.with_file_name("node1-writes.log");
+    std::env::set_var(WRITE_LOG_ENV, &write_log);
+    c.mount("node1", &[]);
+    std::env::remove_var(WRITE_LOG_ENV);
+    c.mount("node2", &[]);
+    let (a, b) = (c.node(0).path("f"), c.node(1).path("f"));
+    fs::write(&a, b"node1, fsynced").unwrap();
+    fs::File::open(&a).unwrap().sync_all().unwrap();
+    assert_eq!(fs::read(&a).unwrap(), b"node1, fsynced");
+    // Twice: the kernel caches the attributes once it holds the inode.
+    let _ = fs::metadata(&a).unwrap();
+    assert_eq!(fs::metadata(&a).unwrap().len(), 14);
+    // A change node1 has not committed yet (the commit interval is 5 s), then freeze it.
+    fs::write(c.node(0).path("g"), b"not committed yet").unwrap();
+    let frozen = c.node(0).pid().unwrap() as i32;
+    // SAFETY: signals a child process of this test.
+    unsafe { libc::kill(frozen, libc::SIGSTOP) };
+    let t = Instant::now();
+    fs::write(&b, b"node2, after the recovery").unwrap();
+    let waited = t.elapsed();
+    let recovery = c.node(1).log();
+    let recovery_ns = field(&recovery, "recovering its slot", "at_ns").unwrap_or_else(|| panic!("node2 logged no recovery:\n{recovery}"));
+    // Still frozen, node1 cannot drop what its kernel caches: the lifetimes it gave (at most
+    // half a lease) have run out by now, so a stat there waits for the process to answer.
+    let stat = std::thread::spawn({
+        let a = a.clone();
+        move || fs::metadata(a).map(|m| m.len())
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    // SAFETY: as above.
+    unsafe { libc::kill(frozen, libc::SIGCONT) };
+    match stat.join().unwrap() {
+        Ok(len) => assert_eq!(len, 25, "the frozen node's kernel showed the size it cached before the recovery"),
+        Err(e) => assert_eq!(e.raw_os_error(), Some(libc::EIO), "the fenced node's stat failed with {e}, not EIO"),
+    }
+    // Long enough for node1's committer (every 5 s) and multi-mount protection updates to try.
+    std::thread::sleep(Duration::from_secs(6));
+    match fs::read(&a) {
+        Ok(body) => assert_eq!(body, b"node2, after the recovery", "the frozen node shows what it had before the recovery"),
+        Err(e) => assert_eq!(e.raw_os_error(), Some(libc::EIO), "the fenced node's read failed with {e}, not EIO"),
+    }
+    let e = fs::write(c.node(0).path("late"), b"x").expect_err("the fenced node took a write");
+    assert_eq!(e.raw_os_error(), Some(libc::EIO), "the fenced node's write failed with {e}, not EIO");
+    let log = fs::read_to_string(&write_log).unwrap();
+    let writes: Vec<(u64, &str)> = log
+        .lines()
+        .filter_map(|l| {
+            let mut w = l.split(' ');
+            let (_start, end, what) = (w.next()?, w.next()?.parse().ok()?, w.next()?);
+            Some((end, what))
+        })
+        .collect();
+    assert!(writes.len() > 10, "node1's write log holds too little to prove anything:\n{log}");
+    for (end, what) in &writes {
+        assert!(*end < recovery_ns, "node1 finished a {what} at {end} ns, after the recovery began at {recovery_ns} ns:\n{log}");
+    }
+    assert!(log.lines().any(|l| l.ends_with(" fenced")), "node1 never refused a write after it resumed:\n{log}");
+    assert_eq!(fs::read(&b).unwrap(), b"node2, after the recovery");
+    fs::write(c.node(1).path("after"), b"node2 goes on").unwrap();
+    let _ = c.unmount(0); // the fenced node cannot leave the volume clean, and says so
+    assert!(c.node(0).log().contains("fenced"), "node1 did not say it fenced itself:\n{}", c.node(0).log());
+    eprintln!("node2 waited {waited:?} for the recovery of the frozen node");
     c.finish();
 }

@@ -34,6 +34,12 @@ impl Membership for Node<'_> {
     fn attach(&self, fs: &Arc<Fs>) {
         self.0.attach(fs)
     }
+    fn attach_kernel_caches(&self, caches: Arc<dyn mafs_core::locks::KernelCaches>) {
+        self.0.attach_kernel_caches(caches)
+    }
+    fn fenced(&self, dev: Arc<dyn mafs_core::device::BlockDevice>) -> Arc<dyn mafs_core::device::BlockDevice> {
+        self.0.fenced(dev)
+    }
 }
 
 pub fn run(cfg: &MountConfig, endpoints: Vec<String>, slot: Option<u32>) -> anyhow::Result<()> {
@@ -45,6 +51,11 @@ pub fn run(cfg: &MountConfig, endpoints: Vec<String>, slot: Option<u32>) -> anyh
     );
     let (sb, _) = mafs_core::volume::read_superblock(&*dev).with_context(cannot)?;
     let opts = JoinOptions { endpoints, node_name: cfg.node_name.clone(), slot, lease: mafs_cluster::DEFAULT_LEASE };
+    // The kernel serves its caches without asking this process, even while it is frozen
+    // (SIGSTOP, a stalled VM) and cannot drop them. lockd expires a silent node no sooner than
+    // a lease after its last heartbeat, sent at most a third of a lease before it went quiet:
+    // what the kernel cached by then must be stale sooner than that.
+    let cfg = &MountConfig { attr_ttl: cfg.attr_ttl.min(opts.lease / 2), ..cfg.clone() };
     let node = ClusterNode::join(&sb.uuid_string(), sb.layout.slot_count, &opts).with_context(cannot)?;
     tracing::info!("node {} mounts slot {} of {} (lockd session {})", cfg.node_name, node.slot(), cfg.volume.display(), node.session_id());
     let watcher = node.watch_for_dead_nodes(dev, sb.layout.slot_count).context("cannot start watching for dead nodes")?;

@@ -78,7 +78,9 @@ enum Command {
         /// Seconds between journal commits when nothing asks for one sooner.
         #[arg(long, default_value_t = 5)]
         commit_interval: u64,
-        /// Seconds the kernel may cache attributes and names.
+        /// Seconds the kernel may cache attributes and names (a cluster node: at most half its
+        /// lockd lease, so that a node frozen with a full cache stops trusting it before the
+        /// others can take the volume over).
         #[arg(long, default_value_t = 60)]
         attr_timeout: u64,
         /// Node slot to use (each mounting node needs its own; default: 0 standalone, the

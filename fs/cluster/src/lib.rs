@@ -10,6 +10,7 @@
 //! have an inode open), `recovery` (replaying a dead node's slot), `names` (the lockd resource
 //! names of a volume), `error`.
 mod error;
+mod fence;
 mod names;
 mod node;
 mod open_locks;
@@ -17,6 +18,7 @@ mod recovery;
 mod volume_lock;
 
 pub use error::JoinError;
+pub use fence::{margin as fence_margin, WRITE_LOG_ENV};
 
 /// A lockd call that may wait for other nodes is never made while this thread holds a journal
 /// handle: the other node may be waiting for this node's commit, which waits for the handle.

@@ -1,14 +1,16 @@
 //! Joining the cluster as a node of one volume, and leaving it: the lockd session, the node's
 //! unique name, its slot, and the volume lock its requests pass.
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use lockd_client::{Error, LockGuard, LockOptions, Mode, Session, SessionOptions};
+use mafs_core::device::BlockDevice;
 use mafs_core::filesystem::Fs;
+use mafs_core::locks::KernelCaches;
 
 use crate::error::JoinError;
 use crate::names::VolumeNames;
-use crate::volume_lock::{revoke, AttachedFs, VolumeLock};
+use crate::volume_lock::{revoke, Attached, VolumeLock};
 
 /// A node's lease on its locks: lockd expires a node that has not been heard from for this
 /// long. lockd's own default; issue 12's timings will choose it with reasons.
@@ -31,7 +33,7 @@ pub struct ClusterNode {
     session: Arc<Session>,
     names: VolumeNames,
     slot: u32,
-    fs: AttachedFs,
+    attached: Arc<Attached>,
     /// The name and slot locks, held until the node leaves.
     held: Vec<LockGuard>,
 }
@@ -51,19 +53,19 @@ impl ClusterNode {
             .build()
             .map_err(JoinError::Runtime)?;
         let names = VolumeNames::new(volume_uuid);
-        let fs: AttachedFs = Arc::new(OnceLock::new());
+        let attached = Arc::new(Attached::default());
         let mut so = SessionOptions::new(opts.node_name.clone());
         so.lease = opts.lease;
         // A node that dies keeps its locks until a survivor has replayed its journal
         // (`recovery.rs`): nobody reads what it left half written.
         so.hold_locks_on_expiry = true;
-        let (resources, attached) = (names.clone(), fs.clone());
-        so.on_blocking = Some(Arc::new(move |n| revoke(&resources, &attached, n)));
+        let (resources, revoking) = (names.clone(), attached.clone());
+        so.on_blocking = Some(Arc::new(move |n| revoke(&resources, &revoking, n)));
         let session = runtime.block_on(Session::open(&opts.endpoints, so)).map_err(|source| match source {
             Error::Unavailable(_) | Error::BadEndpoint(_) => JoinError::Unreachable { endpoints: opts.endpoints.join(","), source },
             other => JoinError::Session(other),
         })?;
-        let mut node = ClusterNode { runtime, session: Arc::new(session), names, slot: 0, fs, held: Vec::new() };
+        let mut node = ClusterNode { runtime, session: Arc::new(session), names, slot: 0, attached, held: Vec::new() };
         let name = node.names.node(&opts.node_name);
         match node.try_lock(&name)? {
             Some(g) => node.held.push(g),
@@ -124,19 +126,43 @@ impl ClusterNode {
     }
 
     /// Starts watching for nodes of this volume that die, and recovering their slots, through
-    /// `dev`. Before the mount takes the volume lock: a dead node's lock is released only by a
-    /// recovery.
-    pub fn watch_for_dead_nodes(
-        &self,
-        dev: Arc<dyn mafs_core::device::BlockDevice>,
-        slot_count: u32,
-    ) -> std::io::Result<crate::RecoveryWatcher> {
+    /// `dev` (fenced like the mount's). Before the mount takes the volume lock: a dead node's
+    /// lock is released only by a recovery.
+    pub fn watch_for_dead_nodes(&self, dev: Arc<dyn BlockDevice>, slot_count: u32) -> std::io::Result<crate::RecoveryWatcher> {
+        let dev = self.fenced(dev);
         crate::recovery::watch(self.runtime.handle().clone(), self.session.clone(), self.names.clone(), dev, slot_count)
+    }
+
+    /// `dev` as this node may use it: every write and flush refused once its lockd lease is not
+    /// certain (self-fencing, `fence.rs`).
+    pub fn fenced(&self, dev: Arc<dyn BlockDevice>) -> Arc<dyn BlockDevice> {
+        crate::fence::fence(dev, self.session.lease_watch(), self.session.lease())
     }
 
     /// The filesystem a revocation writes back and forgets. Set once the mount has made it.
     pub fn attach(&self, fs: &Arc<Fs>) {
-        let _ = self.fs.set(Arc::downgrade(fs));
+        let _ = self.attached.fs.set(Arc::downgrade(fs));
+    }
+
+    /// What the kernel caches of the node's mount: dropped whenever the node gives the volume
+    /// lock to a writer, and when its session is lost or its lease runs out unheard (lockd may
+    /// then give every lock it held to others, once a survivor has replayed its journal).
+    pub fn attach_kernel_caches(&self, caches: Arc<dyn KernelCaches>) {
+        if self.attached.kernel.set(caches.clone()).is_err() {
+            return;
+        }
+        let lost = self.session.when_lost();
+        self.runtime.spawn(async move {
+            lost.await;
+            tracing::warn!("the lockd session is gone: dropping the kernel's cached names and attributes");
+            caches.stop();
+            // Twice: a reply a request had made before the stop may reach the kernel after the
+            // first drop.
+            let first = caches.clone();
+            let _ = tokio::task::spawn_blocking(move || first.drop_all()).await;
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let _ = tokio::task::spawn_blocking(move || caches.drop_all()).await;
+        });
     }
 
     /// Leaves the cluster: closes the session, and lockd releases every lock the node held

@@ -100,7 +100,10 @@ impl Recoverer {
 
     fn recover(&self, slot: u32, session: u64, node: &str) -> Result<(), Error> {
         let start = Instant::now();
-        tracing::warn!(slot, session, node, "node {node} (slot {slot}) lost its lockd session: recovering its slot");
+        // The monotonic clock is every process's on a host: a test compares it with the dead
+        // node's write log (`fence.rs`).
+        let at_ns = mafs_core::device::monotonic_ns();
+        tracing::warn!(slot, session, node, at_ns, "node {node} (slot {slot}) lost its lockd session: recovering its slot");
         // Replays the slot's journal and marks it clean; a replay that fails leaves the
         // session in recovery (its locks held), to be tried again.
         let replayed = Volume::open(self.dev.clone(), slot, &format!("recovery of {node}"), 1024).and_then(|v| {

@@ -5,15 +5,16 @@
 //! every changed block home, move the journal's tail past them (so a later replay of this
 //! node's journal can never write an old image over what another node writes next), forget
 //! every cached metadata block and the allocator's in-memory maps, and only then release (or
-//! downgrade to PR for a reader). The kernel caches nothing in cluster mode
-//! (`mafs_fuse::KernelCache::Nothing`), so nothing is left to invalidate there.
+//! downgrade to PR for a reader). Released, it also drops what the kernel caches of the mount
+//! (names and attributes: `mafs_core::locks::KernelCaches`); a reader that downgrades keeps
+//! them, since nobody can change the volume while it holds PR.
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use lockd_client::{BlockingNotice, Error, LockOptions, Mode, Revoke, Session};
 use mafs_core::error::{FsError, Result};
 use mafs_core::filesystem::Fs;
-use mafs_core::locks::{Access, ClusterHold, VolumeGate};
+use mafs_core::locks::{Access, ClusterHold, KernelCaches, VolumeGate};
 
 use crate::names::VolumeNames;
 
@@ -80,22 +81,39 @@ impl VolumeGate for VolumeLock {
     }
 }
 
-/// The filesystem a revocation writes back, once the mount has made it (until then the mount
-/// holds the lock in use, so no revocation runs).
-pub(crate) type AttachedFs = Arc<OnceLock<Weak<Fs>>>;
+/// What a revocation acts on, once the mount has made it (until then the mount holds the lock
+/// in use, so no revocation runs): the filesystem it writes back, and the kernel caches it
+/// drops.
+#[derive(Default)]
+pub(crate) struct Attached {
+    pub(crate) fs: OnceLock<Weak<Fs>>,
+    pub(crate) kernel: OnceLock<Arc<dyn KernelCaches>>,
+}
+
+impl Attached {
+    pub(crate) fn fs(&self) -> Option<Weak<Fs>> {
+        self.fs.get().cloned()
+    }
+
+    pub(crate) fn drop_kernel_caches(&self) {
+        if let Some(k) = self.kernel.get() {
+            k.drop_all();
+        }
+    }
+}
 
 /// Answers a blocking notice on one of the node's locks. Called by the lockd client once no
 /// request of this node holds the lock, on a blocking thread.
-pub(crate) fn revoke(names: &VolumeNames, fs: &AttachedFs, notice: &BlockingNotice) -> Revoke {
+pub(crate) fn revoke(names: &VolumeNames, attached: &Attached, notice: &BlockingNotice) -> Revoke {
     if let Some(ino) = names.open_ino(&notice.resource) {
-        return crate::open_locks::revoke_open_lock(ino, fs.get().cloned(), notice);
+        return crate::open_locks::revoke_open_lock(ino, attached.fs(), notice);
     }
     if notice.resource != names.volume() {
         // The node's name and slot locks are held for the whole mount; whoever asks for them
         // is told they are taken (try-locks), never waited for.
         return Revoke::Keep;
     }
-    if let Some(fs) = fs.get().and_then(Weak::upgrade) {
+    if let Some(fs) = attached.fs().as_ref().and_then(Weak::upgrade) {
         let start = Instant::now();
         if let Err(e) = fs.write_back_and_forget() {
             // Giving the lock up now would let other nodes read blocks this node changed but
@@ -110,6 +128,10 @@ pub(crate) fn revoke(names: &VolumeNames, fs: &AttachedFs, notice: &BlockingNoti
         // A reader wants it: keep reading alongside it.
         Revoke::Downgrade { mode: Mode::PR, lvb: None }
     } else {
+        // Now, with no request of this node in the gate: a reply sent before carries a
+        // lifetime the drop ends (see the FUSE glue's kernel_cache.rs), and none can be sent
+        // after until the lock is granted again.
+        attached.drop_kernel_caches();
         Revoke::Release { lvb: None }
     }
 }

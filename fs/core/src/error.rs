@@ -63,6 +63,9 @@ pub enum FsError {
     Cluster(String),
     #[error("the filesystem stopped writing after an earlier fatal error ({0}); unmount, run `mafs fsck`, and mount again")]
     Stopped(String),
+    /// A cluster node past its lockd lease: other nodes may own what it would write.
+    #[error("this node's lockd lease ran out ({0}): it fenced itself and writes nothing more to the shared volume; unmount it and mount it again")]
+    Fenced(String),
 }
 
 pub type Result<T> = std::result::Result<T, FsError>;
@@ -78,7 +81,9 @@ impl FsError {
     pub fn errno(&self) -> i32 {
         match self {
             FsError::Io { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
-            FsError::ShortRead { .. } | FsError::Corrupt { .. } | FsError::Stopped(_) | FsError::Cluster(_) => libc::EIO,
+            FsError::ShortRead { .. } | FsError::Corrupt { .. } | FsError::Stopped(_) | FsError::Cluster(_) | FsError::Fenced(_) => {
+                libc::EIO
+            }
             FsError::DeviceFull { .. } | FsError::NoSpace => libc::ENOSPC,
             FsError::NotMafs(_) | FsError::Unsupported(_) | FsError::Volume(_) => libc::EINVAL,
             FsError::NotFound => libc::ENOENT,

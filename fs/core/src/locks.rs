@@ -72,6 +72,18 @@ pub trait VolumeGate: Send + Sync {
     fn enter(&self, access: Access) -> Result<ClusterHold>;
 }
 
+/// What the kernel caches of a cluster node's mount: names (negative ones too) and
+/// attributes, kept only while the node holds the volume lock. The node drops them when it
+/// gives the lock up to a writer, and when it loses its lockd session (then another node may
+/// take the volume once it is recovered). Called once no request of the node holds the lock,
+/// so it must never wait for a request: dropping is a FUSE notification the kernel handles
+/// without taking an inode lock (the FUSE glue's `kernel_cache.rs`).
+pub trait KernelCaches: Send + Sync {
+    fn drop_all(&self);
+    /// From now on replies give the kernel nothing to cache (the node lost its session).
+    fn stop(&self);
+}
+
 /// What a request does with the volume.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Access {

@@ -1,6 +1,7 @@
 //! The FUSE glue: translates kernel requests into `filesystem::Fs` calls and replies, and
 //! errors into errno values (`FsError::errno`). Nothing here decides filesystem behaviour.
 mod caller;
+pub mod kernel_cache;
 pub mod mount;
 
 use caller::RequestCaller;
@@ -9,6 +10,7 @@ use fuser::{
     OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs,
     ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
+use kernel_cache::KernelLookups;
 use mafs_core::error::FsError;
 use mafs_core::filesystem::attr::XattrSet;
 use mafs_core::filesystem::namespace::NewNode;
@@ -41,7 +43,7 @@ pub struct MafsFuse {
     fs: Arc<Fs>,
     /// How long the kernel may trust attributes and names. A standalone node holds every lock
     /// for ever, so every change goes through this kernel and long TTLs are safe. A cluster
-    /// node gives zero (see [`KernelCache`]).
+    /// node gives them only while it holds the volume lock (see [`KernelCache`]).
     ttl: Duration,
     root: InodeNo,
     gate: Arc<dyn VolumeGate>,
@@ -49,16 +51,26 @@ pub struct MafsFuse {
 }
 
 /// What the kernel may cache of this mount.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Clone)]
 pub enum KernelCache {
     /// Everything (standalone: every change to the volume goes through this kernel): pages
     /// are kept across opens, and atime is updated on reads.
     All,
-    /// Nothing that another node could change behind it (cluster mode, see docs/design.md
-    /// "Cluster mode"): attributes and names with a zero lifetime, file I/O without the page
-    /// cache (FOPEN_DIRECT_IO), and no atime updates on reads (a read would otherwise need the
-    /// volume lock exclusively, and readers on two nodes would take it from each other).
-    Nothing,
+    /// Names (negative ones too) and attributes, for as long as the node holds the volume lock
+    /// (cluster mode, see docs/design.md "Kernel caches"): the node drops them before it gives
+    /// the lock to a writer, through `kernel_cache::Dropper`, which needs the lookups counted
+    /// here. File I/O bypasses the page cache (FOPEN_DIRECT_IO): dropping pages takes page
+    /// locks that a READ waiting in the gate holds. No atime updates on reads (a read would
+    /// otherwise need the volume lock exclusively, and readers on two nodes would take it
+    /// from each other).
+    UnderLock(Arc<KernelLookups>),
+}
+
+impl KernelCache {
+    /// Whether other nodes change the volume too (cluster mode).
+    fn shared(&self) -> bool {
+        matches!(self, KernelCache::UnderLock(_))
+    }
 }
 
 fn errno(e: &FsError) -> Errno {
@@ -122,7 +134,6 @@ impl MafsFuse {
     /// The glue of a mount whose requests first pass `gate` (cluster mode).
     pub fn with_gate(fs: Arc<Fs>, ttl: Duration, gate: Arc<dyn VolumeGate>, cache: KernelCache) -> MafsFuse {
         let root = fs.root();
-        let ttl = if cache == KernelCache::All { ttl } else { Duration::ZERO };
         MafsFuse { fs, ttl, root, gate, cache }
     }
 
@@ -130,14 +141,14 @@ impl MafsFuse {
         match self.cache {
             // Pages stay valid across opens: nobody else changes the data behind them.
             KernelCache::All => FILE_OPEN_FLAGS.union(FopenFlags::FOPEN_KEEP_CACHE),
-            KernelCache::Nothing => FILE_OPEN_FLAGS.union(FopenFlags::FOPEN_DIRECT_IO),
+            KernelCache::UnderLock(_) => FILE_OPEN_FLAGS.union(FopenFlags::FOPEN_DIRECT_IO),
         }
     }
 
     fn dir_open_flags(&self) -> FopenFlags {
         match self.cache {
             KernelCache::All => FopenFlags::FOPEN_KEEP_CACHE,
-            KernelCache::Nothing => FopenFlags::empty(),
+            KernelCache::UnderLock(_) => FopenFlags::empty(),
         }
     }
 
@@ -184,17 +195,44 @@ impl MafsFuse {
     /// that a write or fallocate may drop (mafs_core's setid.rs): those replies cannot tell the kernel,
     /// and a stale set-user-ID bit would show in stat and, worse, count at exec. Such files are
     /// rare, so the extra GETATTRs cost nothing that matters.
+    /// In cluster mode, only for a node the kernel holds already (`kernel_cache.rs` says why).
     fn attr_ttl(&self, i: &Inode) -> Duration {
-        if !i.is_dir() && privileged_bits(i.mode) != 0 {
+        let held = match &self.cache {
+            KernelCache::All => true,
+            KernelCache::UnderLock(k) => k.may_cache() && k.held(self.fuse_ino(i.ino)),
+        };
+        if !held || (!i.is_dir() && privileged_bits(i.mode) != 0) {
             Duration::ZERO
         } else {
             self.ttl
         }
     }
 
+    /// How long the kernel may trust a name, or the absence of one.
+    fn entry_ttl(&self) -> Duration {
+        match &self.cache {
+            KernelCache::UnderLock(k) if !k.may_cache() => Duration::ZERO,
+            _ => self.ttl,
+        }
+    }
+
+    /// Counts a lookup that a reply gives the kernel (cluster mode) and answers the attribute
+    /// lifetime the reply may give: decided before counting, so a node new to the kernel gets
+    /// none.
+    fn count_lookup(&self, i: &Inode) -> Duration {
+        let ttl = self.attr_ttl(i);
+        if let KernelCache::UnderLock(k) = &self.cache {
+            k.add(self.fuse_ino(i.ino));
+        }
+        ttl
+    }
+
     fn entry(&self, r: Result<Inode, FsError>, reply: ReplyEntry) {
         match r {
-            Ok(i) => reply.entry_with_ttls(&self.attr_ttl(&i), &self.ttl, &self.attr(&i), Generation(i.generation)),
+            Ok(i) => {
+                let attr_ttl = self.count_lookup(&i);
+                reply.entry_with_ttls(&attr_ttl, &self.entry_ttl(), &self.attr(&i), Generation(i.generation))
+            }
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -203,7 +241,8 @@ impl MafsFuse {
     /// ESTALE (the kernel's word for a handle that names nothing any more), and no negative
     /// entry: there is no name to cache. The root's block number is never a node id (the root
     /// is node 1), so a handle holding it names nothing either. The reply counts as a lookup
-    /// like any other, and the kernel's FORGET balances it; mafs keeps no per-lookup state.
+    /// like any other, and the kernel's FORGET balances it (counted only in cluster mode, for
+    /// `kernel_cache.rs`).
     fn handle_entry(&self, node: INodeNo, find: impl FnOnce(InodeNo) -> Result<Inode, FsError>, reply: ReplyEntry) {
         if node != INodeNo::ROOT && self.ino(node) == self.root {
             return reply.error(Errno::from_i32(libc::ESTALE));
@@ -282,8 +321,16 @@ impl Filesystem for MafsFuse {
         }
         match self.fs.lookup(self.ino(parent), name.as_bytes()) {
             // A negative entry with a TTL lets the kernel cache "no such name".
-            Err(FsError::NotFound) => reply.entry(&self.ttl, &FileAttr { ino: INodeNo(0), ..self.attr(&Inode::default()) }, Generation(0)),
+            Err(FsError::NotFound) => {
+                reply.entry(&self.entry_ttl(), &FileAttr { ino: INodeNo(0), ..self.attr(&Inode::default()) }, Generation(0))
+            }
             r => self.entry(r, reply),
+        }
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        if let KernelCache::UnderLock(k) = &self.cache {
+            k.forget(ino, nlookup);
         }
     }
 
@@ -416,7 +463,7 @@ impl Filesystem for MafsFuse {
         match self.fs.read(ino, offset, size) {
             Ok(d) => {
                 reply.data(&d);
-                if self.cache == KernelCache::Nothing {
+                if self.cache.shared() {
                     return;
                 }
                 if let Err(e) = self.fs.touch_atime(ino) {
@@ -443,7 +490,7 @@ impl Filesystem for MafsFuse {
         let who = RequestCaller::writer(req, wf);
         // O_APPEND: the end of the file as it is now, not the offset the kernel computed from
         // the size it last saw (another node may have appended since).
-        let r = if flags.0 & libc::O_APPEND != 0 && self.cache == KernelCache::Nothing {
+        let r = if flags.0 & libc::O_APPEND != 0 && self.cache.shared() {
             self.fs.append_by(self.ino(ino), data, who.caller())
         } else {
             self.fs.write_by(self.ino(ino), offset, data, who.caller())
@@ -563,8 +610,12 @@ impl Filesystem for MafsFuse {
         let _hold = enter!(self, Write, reply);
         let r = self.make(req, parent, name, mode, umask, 0).and_then(|i| self.fs.open(i.ino));
         match r {
-            // One lifetime for both name and attributes here: a set-ID file's name is looked up again.
-            Ok(i) => reply.created(&self.attr_ttl(&i), &self.attr(&i), Generation(i.generation), FileHandle(0), self.file_open_flags()),
+            // One lifetime for both name and attributes here: a set-ID file's name is looked up
+            // again, and so is a cluster node's new file.
+            Ok(i) => {
+                let ttl = self.count_lookup(&i);
+                reply.created(&ttl, &self.attr(&i), Generation(i.generation), FileHandle(0), self.file_open_flags())
+            }
             Err(e) => reply.error(errno(&e)),
         }
     }

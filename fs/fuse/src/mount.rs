@@ -2,6 +2,7 @@
 //! serves FUSE until unmounted; a background thread commits the journal every few seconds.
 //! A cluster node mounts through its [`Membership`] (the `mafs-cluster` crate, which this one
 //! does not link): its slot, and the gate its requests pass.
+use super::kernel_cache::{Dropper, KernelLookups};
 use super::{KernelCache, MafsFuse};
 use anyhow::{bail, Context};
 use fuser::{Config, MountOption, SessionACL};
@@ -37,6 +38,11 @@ pub trait Membership {
     fn cluster_locks(&self) -> Box<dyn mafs_core::locks::ClusterLocks>;
     /// The filesystem its revocations write back, once made.
     fn attach(&self, fs: &Arc<Fs>);
+    /// What the kernel caches of the mount, which the node drops when it gives the volume lock
+    /// to a writer or loses its lockd session.
+    fn attach_kernel_caches(&self, caches: Arc<dyn mafs_core::locks::KernelCaches>);
+    /// The device as the node may write it: not past its lease (self-fencing).
+    fn fenced(&self, dev: Arc<dyn BlockDevice>) -> Arc<dyn BlockDevice>;
 }
 
 pub fn mount(cfg: &MountConfig, cluster: Option<&dyn Membership>) -> anyhow::Result<()> {
@@ -58,7 +64,7 @@ pub fn mount(cfg: &MountConfig, cluster: Option<&dyn Membership>) -> anyhow::Res
     // Replay, orphan reclaim and the first reads all change or trust the volume: done holding
     // the volume lock exclusively (kept cached afterwards, so the first requests cost nothing).
     let opening = gate.enter(Access::Write).context("cannot take the volume lock to open the volume")?;
-    let vol = open_volume(cfg, cluster.map(|m| m.slot()))?;
+    let vol = open_volume(cfg, cluster)?;
     let fs = Arc::new(match cluster {
         Some(m) => Fs::with_cluster_locks(vol, m.cluster_locks()),
         None => Fs::without_recovery(vol),
@@ -80,10 +86,16 @@ pub fn mount(cfg: &MountConfig, cluster: Option<&dyn Membership>) -> anyhow::Res
         return Err(e).context("cannot finish recovery of the volume");
     }
     drop(opening);
-    let kernel_cache = if cluster.is_some() { KernelCache::Nothing } else { KernelCache::All };
+    let lookups = Arc::new(KernelLookups::default());
+    let kernel_cache = if cluster.is_some() { KernelCache::UnderLock(lookups.clone()) } else { KernelCache::All };
     let glue = MafsFuse::with_gate(fs.clone(), cfg.attr_ttl, gate.clone(), kernel_cache);
     let session = fuser::Session::new(glue, &cfg.mountpoint, &fuse_config(cfg))
         .with_context(|| format!("cannot mount on {}", cfg.mountpoint.display()))?;
+    if let Some(m) = cluster {
+        // Before the first request is read: until then the kernel caches nothing.
+        let dropper = Dropper::new(&session, session.notifier(), lookups).context("cannot reach the FUSE connection to drop its caches")?;
+        m.attach_kernel_caches(Arc::new(dropper));
+    }
     let record = MountRecord::write(&cfg.mountpoint);
     let committer = spawn_committer(fs.clone(), stop.clone(), cfg.commit_interval)?;
     spawn_signal_unmounter(stop_signals, cfg.mountpoint.clone());
@@ -170,15 +182,19 @@ impl Drop for MountRecord {
 /// Opens the device, makes sure no other host has the volume mounted (multi-mount protection:
 /// a multi-attached device is out of the flock's reach), claims the slot, replays its journal
 /// and opens the volume.
-fn open_volume(cfg: &MountConfig, cluster_slot: Option<u32>) -> anyhow::Result<Volume> {
+fn open_volume(cfg: &MountConfig, cluster: Option<&dyn Membership>) -> anyhow::Result<Volume> {
     let cannot_mount = || format!("cannot mount {}", cfg.volume.display());
+    let cluster_slot = cluster.map(|m| m.slot());
     // A cluster node shares no cache with the other nodes, as on separate hosts: the device is
     // read and written past this host's page cache.
     let direct = cfg.direct_io || cluster_slot.is_some();
-    let dev: Arc<dyn BlockDevice> = Arc::new(
+    let mut dev: Arc<dyn BlockDevice> = Arc::new(
         FileDevice::open(&cfg.volume, &OpenOptions { direct, ..Default::default() })
             .with_context(|| format!("cannot open volume {}", cfg.volume.display()))?,
     );
+    if let Some(m) = cluster {
+        dev = m.fenced(dev);
+    }
     let (sb, _) = mafs_core::volume::read_superblock(&*dev).with_context(cannot_mount)?;
     let slot = cluster_slot.unwrap_or(cfg.slot);
     if !cfg.override_mmp {

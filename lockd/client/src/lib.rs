@@ -20,5 +20,5 @@ pub use conn::Conn;
 pub use error::{Error, Refusal, Result};
 pub use lockd_common::{ErrorKind, FencingToken, Mode};
 pub use recovery::{holders, Holder};
-pub use session::{LockGuard, Session};
+pub use session::{LeaseWatch, LockGuard, Session};
 pub use types::{BlockingHandler, BlockingNotice, Grant, LockOptions, Revoke, SessionOptions};

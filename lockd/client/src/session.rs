@@ -26,6 +26,21 @@ pub struct Session {
 
 /// A lock in use. Dropping it keeps the lock cached (no network call); a later `lock` of a
 /// covered mode reuses it without a round trip.
+/// A session's lease, seen from outside without keeping the session open.
+#[derive(Clone)]
+pub struct LeaseWatch(Weak<Inner>);
+
+impl LeaseWatch {
+    /// Until when the session's locks are certainly its own (the send time of the last
+    /// acknowledged heartbeat plus the lease); `None` once the session is lost, closed or gone.
+    pub fn deadline(&self) -> Option<Instant> {
+        let inner = self.0.upgrade()?;
+        inner.check().ok()?;
+        let until = *inner.valid_until.lock();
+        Some(until)
+    }
+}
+
 pub struct LockGuard {
     inner: Weak<Inner>,
     pub grant: Grant,
@@ -173,6 +188,25 @@ impl Session {
         self.inner.lost.lock().is_some()
     }
 
+    /// Resolves once no lock of this session is certain any more: it was lost or closed, or its
+    /// lease ran out without a heartbeat answer (checked every 100 ms, so it does not wait for
+    /// a heartbeat that hangs). Whatever the holder cached under its locks must go then: lockd
+    /// may give them to others. Holds the session only weakly, so it never keeps it open.
+    pub fn when_lost(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let lease = self.lease_watch();
+        async move {
+            while lease.deadline().is_some_and(|d| Instant::now() < d) {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+
+    /// The session's lease as a handle that does not keep the session open (for a device
+    /// that refuses writes once the lease is not certain).
+    pub fn lease_watch(&self) -> LeaseWatch {
+        LeaseWatch(Arc::downgrade(&self.inner))
+    }
+
     pub(crate) fn inner(&self) -> &Inner {
         &self.inner
     }
@@ -195,7 +229,17 @@ impl Session {
     pub async fn lock(&self, resource: &str, mode: Mode, opts: LockOptions) -> Result<LockGuard> {
         let inner = &self.inner;
         let converting = match inner.consult_cache(resource, mode).await? {
-            CacheAnswer::Hit(grant) => return Ok(self.guard(grant)),
+            CacheAnswer::Hit(grant) => {
+                // A cached lock is ours only while the lease is certain: past its deadline lockd
+                // may have expired the session and given the lock away before the heartbeats
+                // noticed (a process that was paused, say). Lost then, as the heartbeats would
+                // find it; the loss empties the cache, this use with it.
+                if Instant::now() >= *inner.valid_until.lock() {
+                    inner.mark_lost("lease ran out without a heartbeat answer".into());
+                    inner.check()?;
+                }
+                return Ok(self.guard(grant));
+            }
             CacheAnswer::Convert => true,
             CacheAnswer::Acquire => false,
         };

@@ -4,10 +4,12 @@
 //! block-aligned offsets, file data may be any size at any offset. `flush` is the only ordering
 //! point: nothing written before it is promised durable until it returns.
 mod crash;
+mod fenced;
 mod file;
 mod overlay;
 
 pub use crash::CrashDevice;
+pub use fenced::{monotonic_ns, FencedDevice, WriteDeadline};
 pub use file::{FileDevice, OpenOptions};
 pub use overlay::OverlayDevice;
 
