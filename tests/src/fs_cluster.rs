@@ -49,12 +49,17 @@ impl ClusterVolume {
 
     /// The volume and lockd, no node mounted yet.
     pub fn unmounted(size: &str, mkfs_args: &[&str]) -> ClusterVolume {
+        Self::unmounted_with_replicas(size, mkfs_args, 1)
+    }
+
+    /// [`Self::unmounted`] with `replicas` lockd replicas.
+    pub fn unmounted_with_replicas(size: &str, mkfs_args: &[&str], replicas: u64) -> ClusterVolume {
         let dir = tempfile::Builder::new().prefix("mafs-cluster-test.").tempdir().expect("tempdir");
         let root = std::fs::canonicalize(dir.path()).expect("canonicalize tempdir");
         std::fs::set_permissions(&root, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod tempdir");
         let vol = root.join("volume.img");
         mkfs(&vol, size, mkfs_args);
-        let lockd = LockdCluster::start(1, &[]);
+        let lockd = LockdCluster::start(replicas, &[]);
         ClusterVolume { dir, vol, lockd, nodes: Vec::new() }
     }
 

@@ -242,20 +242,21 @@ fn three_nodes_creating_in_one_directory_at_once_all_see_every_file_once() {
     c.finish();
 }
 
-/// The cross-node deadlock of a lock taken inside a transaction: each node's writer needs the
-/// other's directory while the other needs its file. With the volume lock taken before the
-/// journal, every operation finishes; none waits for seconds.
-#[test]
-fn two_nodes_changing_each_others_directories_never_deadlock() {
-    let mut c = ClusterVolume::unmounted("256M", &["--slots", "4"]);
-    c.mount("node1", &["--commit-interval", "1"]);
-    c.mount("node2", &["--commit-interval", "1"]);
+/// The cross-node deadlock workload: for `secs`, node1 loops {create `d1/a*`, write `d2/f`}
+/// while node2 loops {create `d2/b*`, write `d1/g`}; `meanwhile` runs beside them (given the
+/// lockd replicas). Any error fails the test. Answers the longest single round.
+fn cross_directory_workload(
+    c: &mut ClusterVolume,
+    secs: u64,
+    meanwhile: impl FnOnce(&mut mafs_tests::lockd_cluster::LockdCluster),
+) -> Duration {
     fs::create_dir(c.node(0).path("d1")).unwrap();
     fs::create_dir(c.node(0).path("d2")).unwrap();
-    let until = Instant::now() + Duration::from_secs(15);
-    let worst = std::thread::scope(|s| {
+    let until = Instant::now() + Duration::from_secs(secs);
+    let (nodes, lockd) = (&c.nodes, &mut c.lockd);
+    std::thread::scope(|s| {
         let work = |n: usize, mine: &'static str, theirs: &'static str, prefix: &'static str| {
-            let node = c.node(n);
+            let node = &nodes[n];
             s.spawn(move || {
                 let mut worst = Duration::ZERO;
                 let mut i = 0;
@@ -271,10 +272,45 @@ fn two_nodes_changing_each_others_directories_never_deadlock() {
         };
         let a = work(0, "d1", "d2", "a");
         let b = work(1, "d2", "d1", "b");
+        meanwhile(lockd);
         a.join().unwrap().max(b.join().unwrap())
-    });
+    })
+}
+
+/// The cross-node deadlock of a lock taken inside a transaction: each node's writer needs the
+/// other's directory while the other needs its file. With the volume lock taken before the
+/// journal, every operation finishes; none waits for seconds.
+#[test]
+fn two_nodes_changing_each_others_directories_never_deadlock() {
+    let mut c = ClusterVolume::unmounted("256M", &["--slots", "4"]);
+    c.mount("node1", &["--commit-interval", "1"]);
+    c.mount("node2", &["--commit-interval", "1"]);
+    let worst = cross_directory_workload(&mut c, 15, |_| {});
     // A liveness bound, not a speed measure: a deadlock broken only by a timeout takes longer.
     assert!(worst < Duration::from_secs(5), "an operation took {worst:?}");
+    c.finish();
+}
+
+/// No false fencing: with three lockd replicas and the default lease, the leader is killed in
+/// the middle of the cross-node workload. The nodes wait out the election on their cached
+/// locks and heartbeats; neither loses its session or fences itself, and nothing fails.
+#[test]
+fn killing_the_lockd_leader_under_load_costs_no_node_its_session() {
+    let mut c = ClusterVolume::unmounted_with_replicas("256M", &["--slots", "4"], 3);
+    c.mount("node1", &["--commit-interval", "1"]);
+    c.mount("node2", &["--commit-interval", "1"]);
+    let killed = std::cell::Cell::new(0);
+    cross_directory_workload(&mut c, 12, |lockd| {
+        std::thread::sleep(Duration::from_secs(4));
+        let leader = lockd.wait_leader(Duration::from_secs(10));
+        lockd.kill(leader);
+        killed.set(leader);
+    });
+    assert_ne!(killed.get(), 0);
+    for n in &c.nodes {
+        let log = n.log();
+        assert!(!log.contains("session lost") && !log.contains("fenced"), "{} lost its session when the leader died:\n{log}", n.name);
+    }
     c.finish();
 }
 

@@ -18,8 +18,8 @@ impl WriteDeadline for Lease {
     }
 }
 
-/// How long before its lease deadline a node stops writing: a tenth of the lease (1 s of the
-/// default 10 s). Heartbeats go out every third of a lease, so a healthy node's deadline is
+/// How long before its lease deadline a node stops writing: a tenth of the lease (0.3 s of the
+/// default 3 s). Heartbeats go out every third of a lease, so a healthy node's deadline is
 /// always more than half a lease away; the margin covers a write that passed the check and
 /// then took a while to reach the device.
 pub fn margin(lease: Duration) -> Duration {

@@ -13,8 +13,11 @@ use crate::names::VolumeNames;
 use crate::volume_lock::{revoke, Attached, VolumeLock};
 
 /// A node's lease on its locks: lockd expires a node that has not been heard from for this
-/// long. lockd's own default; issue 12's timings will choose it with reasons.
-pub const DEFAULT_LEASE: Duration = Duration::from_secs(10);
+/// long (plus lockd's margin, 1 s), and a survivor then recovers it. 3 s makes a killed node's
+/// recovery take under 5 s (docs/operations.md, "Timings"), while a lockd election (0.5–1 s
+/// with lockd's 50 ms tick) fits twice into the time a node's heartbeats (every 1 s) may go
+/// unanswered before it fences itself.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(3);
 
 #[derive(Debug, Clone)]
 pub struct JoinOptions {

@@ -18,8 +18,9 @@ use mafs_core::volume::Volume;
 
 use crate::names::VolumeNames;
 
-/// How often a node looks for expired sessions on the volume.
-const WATCH_EVERY: Duration = Duration::from_millis(500);
+/// How often a node looks for expired sessions on the volume: a small part of the recovery
+/// time (docs/operations.md, "Timings"), for one lockd read per node.
+const WATCH_EVERY: Duration = Duration::from_millis(250);
 
 /// The watcher of one node, until dropped.
 pub struct RecoveryWatcher {

@@ -144,13 +144,18 @@ impl Session {
             lease_ms: u32::try_from(opts.lease.as_millis()).unwrap_or(u32::MAX),
             hold_locks_on_expiry: opts.hold_locks_on_expiry,
         };
-        let sent = Instant::now();
+        // The lease runs from when lockd heard the request, so from no earlier than the send of
+        // the try it answered: not the first try's, which may be seconds older (lockd still
+        // electing a leader) and would leave a session born with its lease run out.
+        let last_try = Arc::new(Mutex::new(Instant::now()));
         let resp = conn
-            .call("open-session", sent + opts.retry_for, Duration::from_secs(6), |mut c| {
+            .call("open-session", Instant::now() + opts.retry_for, Duration::from_secs(6), |mut c| {
                 let r = req.clone();
+                *last_try.lock() = Instant::now();
                 async move { c.open_session(r).await }
             })
             .await?;
+        let sent = *last_try.lock();
         let lease = Duration::from_millis(u64::from(resp.lease_ms));
         let inner = Arc::new(Inner {
             conn,
