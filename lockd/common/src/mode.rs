@@ -44,6 +44,12 @@ impl Mode {
         }
     }
 
+    /// Whether a holder may change what the lock covers (CW, PW, EX); under NL, CR and PR it
+    /// only reads, so a holder that dies leaves nothing half written there.
+    pub fn may_change(self) -> bool {
+        matches!(self, Mode::CW | Mode::PW | Mode::EX)
+    }
+
     /// The lock value block may be written by a holder of PW or EX (as in the Linux DLM).
     pub fn may_write_lvb(self) -> bool {
         matches!(self, Mode::PW | Mode::EX)

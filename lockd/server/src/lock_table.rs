@@ -234,10 +234,30 @@ impl LockTable {
         if let Some(sess) = self.sessions.get_mut(&s) {
             sess.state = SessionState::Recovering;
         }
+        let mut released = 0;
         for name in names {
             self.withdraw_pending(s, &name, fx);
+            released += self.drop_reading_grant(s, &name, fx);
         }
-        Ok(0)
+        Ok(released)
+    }
+
+    /// Gives up `s`'s grant on `name` if it only let `s` read (NL, CR, PR): a dead node left
+    /// nothing half written under it, so nobody need wait for its recovery there. Its
+    /// changing grants stay until the recovery completes.
+    fn drop_reading_grant(&mut self, s: SessionId, name: &str, fx: &mut Vec<Effect>) -> u32 {
+        let Some(res) = self.resources.get_mut(name) else {
+            return 0;
+        };
+        let Some(pos) = res.granted.iter().position(|h| h.session == s && !h.mode.may_change()) else {
+            return 0;
+        };
+        res.granted.remove(pos);
+        if let Some(sess) = self.sessions.get_mut(&s) {
+            sess.resources.remove(name);
+        }
+        self.process(name, fx);
+        1
     }
 
     pub fn complete_recovery(&mut self, s: SessionId, fx: &mut Vec<Effect>) -> Result<u32, LockError> {

@@ -240,6 +240,29 @@ fn recovering_session_keeps_granted_locks_until_recovery_completes() {
 }
 
 #[test]
+fn a_recovering_session_gives_up_its_reading_grants_at_once_and_keeps_the_changing_ones() {
+    let mut t = LockTable::default();
+    let mut fx = vec![];
+    let a = t.open_session("a", 5000, true).unwrap();
+    let b = t.open_session("b", 5000, false).unwrap();
+    granted(&lock(&mut t, a, "volume", PR, &mut fx));
+    granted(&lock(&mut t, a, "open/7", CR, &mut fx));
+    granted(&lock(&mut t, a, "slot/0", EX, &mut fx));
+    granted(&lock(&mut t, a, "inode/9", PW, &mut fx));
+    assert_eq!(lock(&mut t, b, "volume", EX, &mut fx), LockOutcome::Queued);
+    assert_eq!(lock(&mut t, b, "slot/0", EX, &mut fx), LockOutcome::Queued);
+    assert_eq!(lock(&mut t, b, "inode/9", PR, &mut fx), LockOutcome::Queued);
+    fx.clear();
+    assert_eq!(t.expire_session(a, &mut fx).unwrap(), 2, "PR and CR released at expiry");
+    assert_eq!(grants_in(&fx), vec![(b, EX)], "the volume goes to b without waiting for the recovery");
+    assert!(matches!(lock(&mut t, b, "open/7", EX, &mut fx), LockOutcome::Granted(_)));
+    fx.clear();
+    assert_eq!(t.complete_recovery(a, &mut fx).unwrap(), 2, "EX and PW held until the recovery completes");
+    let g = grants_in(&fx);
+    assert!(g.len() == 2 && g.contains(&(b, PR)) && g.contains(&(b, EX)), "{g:?}");
+}
+
+#[test]
 fn bad_input_is_refused() {
     let (mut t, s) = table_with(1);
     let mut fx = vec![];
