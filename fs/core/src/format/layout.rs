@@ -15,7 +15,7 @@ use super::BLOCK_SIZE;
 pub const BITS_PER_BLOCK_STATE: usize = 2;
 pub const STATES_PER_BITMAP_BLOCK: u64 = ((BLOCK_SIZE - HEADER_LEN) * 8 / BITS_PER_BLOCK_STATE) as u64;
 pub const DEFAULT_AG_BLOCKS: u32 = 1 << 18; // 1 GiB
-pub const MIN_AG_BLOCKS: u32 = 1024;
+pub const MIN_AG_BLOCKS: u32 = 256; // 1 MiB: small test volumes still get one group per slot
 pub const DEFAULT_MAX_SLOTS: u32 = 256;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,8 +51,11 @@ impl Layout {
         let slot_table_start = 2;
         let journal_start = slot_table_start + DEFAULT_MAX_SLOTS as u64;
         let ag_start = journal_start + slots as u64 * journal_blocks as u64;
-        if total_blocks <= ag_start + MIN_AG_BLOCKS as u64 {
-            let need = (ag_start + MIN_AG_BLOCKS as u64 * 4) * BLOCK_SIZE as u64;
+        // At least one allocation group per slot, so that each node allocates from a group of
+        // its own (`Allocator`'s home group), and at least four.
+        let min_ags = slots.max(4) as u64;
+        if total_blocks < ag_start + MIN_AG_BLOCKS as u64 * slots as u64 || total_blocks <= ag_start + MIN_AG_BLOCKS as u64 {
+            let need = (ag_start + MIN_AG_BLOCKS as u64 * min_ags) * BLOCK_SIZE as u64;
             return Err(format!(
                 "volume too small for {slots} slots with {} MiB journals: give it at least {} MiB",
                 (journal_blocks as u64 * BLOCK_SIZE as u64) >> 20,
@@ -60,7 +63,8 @@ impl Layout {
             ));
         }
         let data = total_blocks - ag_start;
-        let ag_blocks = if data >= DEFAULT_AG_BLOCKS as u64 * 4 { DEFAULT_AG_BLOCKS } else { (data / 4).max(MIN_AG_BLOCKS as u64) as u32 };
+        let ag_blocks =
+            if data >= DEFAULT_AG_BLOCKS as u64 * min_ags { DEFAULT_AG_BLOCKS } else { (data / min_ags).max(MIN_AG_BLOCKS as u64) as u32 };
         let mut ag_count = data.div_ceil(ag_blocks as u64) as u32;
         let bitmap_blocks_per_ag = (ag_blocks as u64).div_ceil(STATES_PER_BITMAP_BLOCK) as u32;
         // A last AG too short to hold its own header and bitmap plus some data is left unused.
@@ -180,6 +184,18 @@ mod tests {
             assert_eq!(l.ag_of(end - 1), Some(l.ag_count - 1));
             assert_eq!(l.ag_of(end), None);
         }
+    }
+
+    #[test]
+    fn every_slot_gets_an_allocation_group_of_its_own() {
+        // (MiB, slots): small test volumes, the 8 GiB cluster default, many slots.
+        for (mib, slots) in [(128u64, 4u32), (128, 8), (256, 16), (1024, 8), (8192, 8), (8192, 64), (64, 2)] {
+            let l = Layout::compute(mib << 8, slots, None).expect("layout");
+            assert!(l.ag_count >= slots, "{mib} MiB with {slots} slots: only {} allocation groups", l.ag_count);
+        }
+        // Too small for one group of the minimum size per slot: refused, with the size to give.
+        let e = Layout::compute(75 << 8, 16, None).unwrap_err();
+        assert!(e.contains("at least"), "{e}");
     }
 
     #[test]
