@@ -799,3 +799,28 @@ fn a_node_frozen_past_its_lease_is_recovered_and_writes_nothing_after_its_deadli
     eprintln!("node2 waited {waited:?} for the recovery of the frozen node");
     c.finish();
 }
+
+/// A file that node1 unlinked while a process there held it open, then node1 killed: the
+/// survivor that recovers node1's slot also frees the file (nobody has it open any more), so
+/// the space comes back without node1 mounting again; fsck is clean after.
+#[test]
+fn a_dead_nodes_unlinked_open_file_is_freed_by_the_survivor_that_recovers_it() {
+    let mut c = ClusterVolume::new(2, "256M");
+    let before = free_bytes(&c.node(1).mnt);
+    let big = c.node(0).path("big");
+    fs::write(&big, vec![7u8; 32 << 20]).unwrap();
+    let mut holder = std::process::Command::new("sh").args(["-c", &format!("exec 3<{}; exec sleep 600", big.display())]).spawn().unwrap();
+    let fd = format!("/proc/{}/fd/3", holder.id());
+    assert!(mafs_tests::wait_until(Duration::from_secs(10), || Path::new(&fd).exists()), "the holder never opened the file");
+    fs::remove_file(&big).unwrap();
+    let held = free_bytes(&c.node(1).mnt);
+    assert!(held + (24 << 20) < before, "the file's space came back while it was open ({held} of {before} free)");
+    c.kill9(0);
+    let _ = holder.kill();
+    let _ = holder.wait();
+    let back = mafs_tests::wait_until(Duration::from_secs(60), || free_bytes(&c.node(1).mnt) + (1 << 20) >= before);
+    let log = c.node(1).log();
+    assert!(back, "the dead node's unlinked file was not freed: {} of {before} bytes free\n{log}", free_bytes(&c.node(1).mnt));
+    assert!(log.contains("freed what node node1 left orphaned"), "node2 did not say it freed node1's orphans:\n{log}");
+    c.finish();
+}

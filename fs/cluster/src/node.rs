@@ -132,8 +132,14 @@ impl ClusterNode {
     /// `dev` (fenced like the mount's). Before the mount takes the volume lock: a dead node's
     /// lock is released only by a recovery.
     pub fn watch_for_dead_nodes(&self, dev: Arc<dyn BlockDevice>, slot_count: u32) -> std::io::Result<crate::RecoveryWatcher> {
-        let dev = self.fenced(dev);
-        crate::recovery::watch(self.runtime.handle().clone(), self.session.clone(), self.names.clone(), dev, slot_count)
+        crate::recovery::watch(crate::recovery::Recoverer {
+            runtime: self.runtime.handle().clone(),
+            session: self.session.clone(),
+            names: self.names.clone(),
+            dev: self.fenced(dev),
+            slot_count,
+            attached: self.attached.clone(),
+        })
     }
 
     /// `dev` as this node may use it: every write and flush refused once its lockd lease is not

@@ -17,6 +17,8 @@ use mafs_core::device::BlockDevice;
 use mafs_core::volume::Volume;
 
 use crate::names::VolumeNames;
+use crate::volume_lock::{Attached, VolumeLock};
+use mafs_core::locks::{Access, VolumeGate};
 
 /// How often a node looks for expired sessions on the volume: a small part of the recovery
 /// time (docs/operations.md, "Timings"), for one lockd read per node.
@@ -38,23 +40,18 @@ impl Drop for RecoveryWatcher {
     }
 }
 
-struct Recoverer {
-    runtime: tokio::runtime::Handle,
-    session: Arc<Session>,
-    names: VolumeNames,
-    dev: Arc<dyn BlockDevice>,
-    slot_count: u32,
+pub(crate) struct Recoverer {
+    pub(crate) runtime: tokio::runtime::Handle,
+    pub(crate) session: Arc<Session>,
+    pub(crate) names: VolumeNames,
+    pub(crate) dev: Arc<dyn BlockDevice>,
+    pub(crate) slot_count: u32,
+    /// This node's filesystem, once mounted: it frees a recovered node's orphans.
+    pub(crate) attached: Arc<Attached>,
 }
 
-pub(crate) fn watch(
-    runtime: tokio::runtime::Handle,
-    session: Arc<Session>,
-    names: VolumeNames,
-    dev: Arc<dyn BlockDevice>,
-    slot_count: u32,
-) -> std::io::Result<RecoveryWatcher> {
+pub(crate) fn watch(r: Recoverer) -> std::io::Result<RecoveryWatcher> {
     let stop = Arc::new(AtomicBool::new(false));
-    let r = Recoverer { runtime, session, names, dev, slot_count };
     let stopping = stop.clone();
     let thread = std::thread::Builder::new().name("mafs-recovery".into()).spawn(move || {
         while !stopping.load(Ordering::Acquire) {
@@ -125,6 +122,20 @@ impl Recoverer {
             "recovered slot {slot} of node {node}: {transactions} journal transactions replayed, {released} locks released, in {:?}",
             start.elapsed()
         );
+        self.free_orphans_of(slot, node);
         Ok(())
+    }
+
+    /// Frees what the recovered node left orphaned and nobody has open, through this node's
+    /// filesystem (its journal, under the volume lock like any change), so the space comes
+    /// back now rather than at the slot's next mount. Before this node is mounted, that mount
+    /// is left to do it.
+    fn free_orphans_of(&self, slot: u32, node: &str) {
+        let Some(fs) = self.attached.fs().and_then(|w| w.upgrade()) else { return };
+        let gate = VolumeLock::new(self.runtime.clone(), self.session.clone(), self.names.volume());
+        match gate.enter(Access::Write).and_then(|_hold| fs.reclaim_orphans_of_slot(slot)) {
+            Ok(()) => tracing::info!(slot, node, "freed what node {node} left orphaned in slot {slot}"),
+            Err(e) => tracing::warn!(slot, node, "cannot free what node {node} left orphaned ({e}); the slot's next mount will"),
+        }
     }
 }

@@ -20,9 +20,10 @@ use std::sync::Arc;
 pub(crate) enum Reclaim {
     /// Only one with no links left (after a last close or a last unlink).
     Unlinked,
-    /// Whatever this slot's orphan directory lists (at mount): unlinked inodes, and linked
-    /// ones whose truncate a crash interrupted.
-    Listed,
+    /// Whatever the given orphan directory lists (at mount, this slot's; after recovering a
+    /// dead node, its slot's): unlinked inodes, and linked ones whose truncate a crash
+    /// interrupted.
+    Listed(InodeNo),
 }
 
 fn orphan_name(ino: InodeNo) -> Vec<u8> {
@@ -112,7 +113,7 @@ impl Fs {
     /// Frees an unlinked, closed inode: its data in steps, then its tree, xattrs and itself; or
     /// finishes an interrupted truncate of a linked one listed here.
     pub(crate) fn reclaim(&self, ino: InodeNo) -> Result<()> {
-        self.reclaim_inode(ino, Reclaim::Listed)
+        self.reclaim_inode(ino, Reclaim::Listed(self.orphan_dir))
     }
 
     pub(crate) fn reclaim_inode(&self, ino: InodeNo, which: Reclaim) -> Result<()> {
@@ -135,7 +136,7 @@ impl Fs {
             // the caller meant, and one opened again waits for its last close. Open on another
             // node, it waits for the last close there, which frees it.
             let listing = match which {
-                Reclaim::Listed => self.orphan_dir,
+                Reclaim::Listed(dir) => dir,
                 Reclaim::Unlinked => match self.listing_orphan_dir_if(ino, || Ok(self.has_no_links(ino)))? {
                     Some(d) if !self.is_open(ino) => d,
                     _ => return Ok(()),
@@ -165,7 +166,7 @@ impl Fs {
                     continue;
                 }
                 self.iput(&h, &buf, &inode);
-                return self.remove_orphan(&h, ino);
+                return self.remove_orphan_from(&h, listing, ino);
             }
             if !unlinked {
                 // Unlinked since the check above (a racing unlink): the next close frees it.
@@ -210,14 +211,29 @@ impl Fs {
 
     /// At mount: frees everything a previous mount of this slot left orphaned.
     pub fn reclaim_orphans(&self) -> Result<()> {
-        let (dbuf, _) = self.iget(self.orphan_dir)?;
+        self.reclaim_listed_in(self.orphan_dir)
+    }
+
+    /// After a survivor recovered the dead node of `slot` (cluster mode, holding the volume
+    /// lock exclusively): frees what that node left orphaned and no node has open, as its
+    /// slot's next mount would, so the space comes back without waiting for one. An inode
+    /// still open on another node stays listed; that node's last close frees it.
+    pub fn reclaim_orphans_of_slot(&self, slot: u32) -> Result<()> {
+        if slot >= self.vol.sb.layout.slot_count {
+            return Err(FsError::Invalid("no such slot on this volume"));
+        }
+        self.reclaim_listed_in(InodeNo(crate::mkfs::orphan_dir_ino(&self.vol.sb, slot)))
+    }
+
+    fn reclaim_listed_in(&self, orphan_dir: InodeNo) -> Result<()> {
+        let (dbuf, _) = self.iget(orphan_dir)?;
         let mut inos = Vec::new();
         dir::list(&self.tree(&dbuf), 0, &mut |e| {
             inos.push(e.ino);
             true
         })?;
         for ino in inos {
-            self.reclaim(ino)?;
+            self.reclaim_inode(ino, Reclaim::Listed(orphan_dir))?;
         }
         Ok(())
     }
