@@ -293,7 +293,11 @@ impl Fs {
         for ino in made.into_iter().filter(|i| self.is_open(*i)) {
             self.locks.cluster().open_lock(ino)?;
         }
-        self.vol.sync()?;
+        // Nothing changed since the last commit (a node that only read): no commit and no
+        // flush; the next node reads what is on the device either way.
+        if !self.vol.journal.is_idle() {
+            self.vol.sync()?;
+        }
         // Written home is not enough: a crash would replay the journal's older images over
         // what the next node writes.
         self.vol.journal.retire_committed()?;

@@ -321,6 +321,14 @@ impl Journal {
     pub fn retire_committed(&self) -> Result<()> {
         let _no_commit = self.commit_lock.lock();
         self.check_fatal()?;
+        {
+            // Nothing committed since the tail last moved (a node that only read gives the
+            // volume lock up): nothing to flush, no slot header to write.
+            let st = self.state.lock();
+            if st.slot.journal_tail == st.head && st.slot.tail_seq == st.next_seq {
+                return Ok(());
+            }
+        }
         if let Err(e) = self.dev.flush() {
             *self.fatal.lock() = Some(format!("flush failed: {e}"));
             return Err(e);

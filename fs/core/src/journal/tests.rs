@@ -325,3 +325,24 @@ fn handles_held_here_counts_this_threads_open_handles() {
     drop(h2);
     assert_eq!(handles_held_here(), 0);
 }
+
+#[test]
+fn retiring_with_nothing_committed_since_the_last_retire_writes_and_flushes_nothing() {
+    let dev = new_device(256);
+    let vol = open(&dev);
+    let blocks = targets(&vol, 2);
+    stamp(&vol, &blocks, 1);
+    vol.sync().unwrap();
+    vol.journal.retire_committed().unwrap();
+    let before = dev.counters();
+    assert!(vol.journal.is_idle());
+    vol.journal.retire_committed().unwrap();
+    assert_eq!(dev.counters(), before, "a second retire with nothing new wrote or flushed");
+    // Something committed again: the next retire flushes and moves the tail.
+    stamp(&vol, &blocks, 2);
+    vol.sync().unwrap();
+    let committed = dev.counters();
+    vol.journal.retire_committed().unwrap();
+    let (w, f) = dev.counters();
+    assert!(w > committed.0 && f > committed.1, "a retire after a commit did not write the slot and flush");
+}
