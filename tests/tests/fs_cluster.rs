@@ -824,3 +824,29 @@ fn a_dead_nodes_unlinked_open_file_is_freed_by_the_survivor_that_recovers_it() {
     assert!(log.contains("freed what node node1 left orphaned"), "node2 did not say it freed node1's orphans:\n{log}");
     c.finish();
 }
+
+/// fsck asked with lockd refuses a volume that lockd shows a node on — here a node of another
+/// host, which this host's flock and a not yet written multi-mount record cannot see: a lockd
+/// client holding the volume's slot 1 lock stands in for it. Once it lets go, fsck runs.
+#[test]
+fn fsck_with_lockd_refuses_a_volume_a_node_of_another_host_uses() {
+    let c = ClusterVolume::unmounted("128M", &["--slots", "4"]);
+    let info = String::from_utf8(mafs(["info".as_ref(), c.vol.as_os_str()]).stdout).unwrap();
+    let uuid = info.lines().find_map(|l| l.strip_prefix("uuid:")).map(str::trim).unwrap_or_else(|| panic!("no uuid in mafs info:\n{info}"));
+    let slot = format!("mafs/{uuid}/slot/1");
+    let mut holder = c.lockd.lock_cmd("EX", &slot, &["sleep", "60"]).spawn().unwrap();
+    let eps = c.lockd.endpoints();
+    let fsck = || code_and_text(&mafs(["fsck".as_ref(), c.vol.as_os_str(), "--lockd".as_ref(), eps.as_ref()]));
+    assert!(
+        mafs_tests::wait_until(Duration::from_secs(20), || {
+            let (code, text) = fsck();
+            code == 8 && text.contains("in use by cluster nodes") && text.contains("on slot 1")
+        }),
+        "fsck did not refuse while lockd shows a node on slot 1: {:?}",
+        fsck()
+    );
+    let _ = holder.kill();
+    let _ = holder.wait();
+    // The lock goes with the holder's session (at once on a clean exit, after its lease here).
+    assert!(mafs_tests::wait_until(Duration::from_secs(30), || fsck().0 == 0), "fsck still refuses after the holder left: {:?}", fsck());
+}

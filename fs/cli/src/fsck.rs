@@ -2,7 +2,58 @@
 use std::io::IsTerminal;
 use std::path::Path;
 
-pub fn run(volume: &Path, repair: bool, override_mmp: bool) -> anyhow::Result<i32> {
+use anyhow::Context;
+use mafs_core::device::{FileDevice, OpenOptions};
+
+/// The nodes lockd shows on `volume`'s slots, as "node N on slot S" lines (empty: none). The
+/// volume's flock only keeps out mounts of this host, and multi-mount protection needs a
+/// mount to have written its slot for a while: lockd knows every node at once.
+fn nodes_in_lockd(volume: &Path, endpoints: &[String]) -> anyhow::Result<Vec<String>> {
+    let dev = FileDevice::open(volume, &OpenOptions { read_only: true, direct: true, ..Default::default() })
+        .with_context(|| format!("cannot open {}", volume.display()))?;
+    let Ok((sb, _)) = mafs_core::volume::read_superblock(&dev) else {
+        return Ok(Vec::new()); // no readable superblock: no cluster can be using it by its uuid
+    };
+    let names = mafs_cluster::VolumeNames::new(&sb.uuid_string());
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start the lockd client")?;
+    let held = rt.block_on(lockd_client::holders(endpoints, &names.slot_prefix())).with_context(|| {
+        format!(
+            "cannot ask lockd at {} whether cluster nodes use the volume; start lockd, or leave out --lockd (and ${}) to rely on \
+             multi-mount protection alone",
+            endpoints.join(","),
+            crate::cluster_mount::ENDPOINTS_ENV
+        )
+    })?;
+    Ok(held
+        .iter()
+        .filter_map(|h| {
+            let slot = names.slot_of(&h.resource)?;
+            let dead = if h.recovering { ", dead and not recovered yet" } else { "" };
+            Some(format!("node {} on slot {slot} (lockd session {}{dead})", h.node_name, h.session_id))
+        })
+        .collect())
+}
+
+pub fn run(volume: &Path, repair: bool, override_mmp: bool, endpoints: Vec<String>) -> anyhow::Result<i32> {
+    if !endpoints.is_empty() {
+        let nodes = match nodes_in_lockd(volume, &endpoints) {
+            Ok(n) => n,
+            Err(e) => {
+                eprintln!("mafs fsck: {e:#}");
+                return Ok(8);
+            }
+        };
+        if !nodes.is_empty() {
+            eprintln!(
+                "mafs fsck: {} is in use by cluster nodes, as lockd at {} shows:\n  {}\nunmount them first (a dead node's \
+                 slot is freed once a live node or the next mount has recovered it); fsck changed nothing",
+                volume.display(),
+                endpoints.join(","),
+                nodes.join("\n  ")
+            );
+            return Ok(8);
+        }
+    }
     // A large volume takes a while: on a terminal, say how far the scans have come.
     let bar = std::io::stderr().is_terminal().then(|| {
         let b = indicatif::ProgressBar::new(0);

@@ -110,6 +110,10 @@ enum Command {
         /// dead and cut off from the device).
         #[arg(long)]
         override_mmp: bool,
+        /// lockd replicas, HOST:PORT comma-separated (default: $MAFS_LOCKD_ENDPOINTS): fsck
+        /// then refuses while lockd shows cluster nodes on the volume, on any host.
+        #[arg(long, value_name = "HOST:PORT[,...]")]
+        lockd: Option<String>,
     },
     /// Show the superblock, slots and free space of a volume.
     Info { volume: PathBuf },
@@ -241,7 +245,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             let volume = mount_source(&mountpoint)?;
             umount::run(&mountpoint, volume, Duration::from_secs(timeout))
         }
-        Command::Fsck { volume, repair, override_mmp } => fsck::run(&volume, repair, override_mmp),
+        Command::Fsck { volume, repair, override_mmp, lockd } => fsck::run(&volume, repair, override_mmp, cluster_mount::endpoints(lockd)),
         Command::Info { volume } => info::run(&volume),
         Command::Status { volume, lockd } => status::run(&volume, cluster_mount::endpoints(lockd)),
         Command::Cluster(ClusterCommand::Up { dir, nodes, size, replicas }) => {
