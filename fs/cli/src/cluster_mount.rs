@@ -4,11 +4,15 @@
 use std::sync::Arc;
 
 use anyhow::Context;
-use mafs_cluster::{ClusterNode, JoinOptions};
+use mafs_cluster::{ClusterNode, JoinOptions, RecoveryWatcher};
+use mafs_core::device::BlockDevice;
 use mafs_core::device::{FileDevice, OpenOptions};
 use mafs_core::filesystem::Fs;
 use mafs_core::locks::VolumeGate;
 use mafs_fuse::mount::{Membership, MountConfig};
+use parking_lot::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 /// The environment variable that gives the lockd endpoints when `--lockd` is left out.
 pub const ENDPOINTS_ENV: &str = "MAFS_LOCKD_ENDPOINTS";
@@ -19,33 +23,71 @@ pub fn endpoints(arg: Option<String>) -> Vec<String> {
     list.split(',').map(str::trim).filter(|e| !e.is_empty()).map(String::from).collect()
 }
 
-struct Node<'a>(&'a ClusterNode);
+/// The node as the mount sees it: the current incarnation of its cluster membership, which a
+/// rejoin after self-fencing replaces (the old one is kept, abandoned, until the mount ends:
+/// requests of the old incarnation may still be in its gate).
+struct Node {
+    current: Mutex<ClusterNode>,
+    watcher: Mutex<Option<RecoveryWatcher>>,
+    retired: Mutex<Vec<ClusterNode>>,
+    dev: Arc<dyn BlockDevice>,
+    uuid: String,
+    slot_count: u32,
+    opts: JoinOptions,
+}
 
-impl Membership for Node<'_> {
+impl Membership for Node {
     fn slot(&self) -> u32 {
-        self.0.slot()
+        self.current.lock().slot()
     }
     fn gate(&self) -> Arc<dyn VolumeGate> {
-        self.0.volume_lock()
+        self.current.lock().volume_lock()
     }
     fn cluster_locks(&self) -> Box<dyn mafs_core::locks::ClusterLocks> {
-        Box::new(self.0.open_locks())
+        Box::new(self.current.lock().open_locks())
     }
     fn attach(&self, fs: &Arc<Fs>) {
-        self.0.attach(fs)
+        self.current.lock().attach(fs)
     }
     fn attach_kernel_caches(&self, caches: Arc<dyn mafs_core::locks::KernelCaches>) {
-        self.0.attach_kernel_caches(caches)
+        self.current.lock().attach_kernel_caches(caches)
     }
-    fn fenced(&self, dev: Arc<dyn mafs_core::device::BlockDevice>) -> Arc<dyn mafs_core::device::BlockDevice> {
-        self.0.fenced(dev)
+    fn fenced(&self, dev: Arc<dyn BlockDevice>) -> Arc<dyn BlockDevice> {
+        self.current.lock().fenced(dev)
+    }
+    fn wait_until_fenced(&self, stop: &AtomicBool) -> bool {
+        while !stop.load(Ordering::Acquire) {
+            if self.current.lock().is_fenced() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        false
+    }
+    fn rejoin(&self, stop: &AtomicBool) -> anyhow::Result<()> {
+        // The old session must not come back: lockd is to expire it, and its slot to be
+        // recovered, before this node's name is free again.
+        self.current.lock().abandon();
+        self.watcher.lock().take();
+        let node = ClusterNode::join_after_recovery(&self.uuid, self.slot_count, &self.opts, self.dev.clone(), stop)?;
+        let watcher = node.watch_for_dead_nodes(self.dev.clone(), self.slot_count).context("cannot start watching for dead nodes")?;
+        tracing::info!(
+            "node {} joined the cluster again on slot {} (lockd session {})",
+            self.opts.node_name,
+            node.slot(),
+            node.session_id()
+        );
+        let old = std::mem::replace(&mut *self.current.lock(), node);
+        self.retired.lock().push(old);
+        *self.watcher.lock() = Some(watcher);
+        Ok(())
     }
 }
 
 pub fn run(cfg: &MountConfig, endpoints: Vec<String>, slot: Option<u32>) -> anyhow::Result<()> {
     let cannot = || format!("cannot mount {} as a cluster node", cfg.volume.display());
     mafs_core::claim::check_volume_path(&cfg.volume).with_context(cannot)?;
-    let dev: Arc<dyn mafs_core::device::BlockDevice> = Arc::new(
+    let dev: Arc<dyn BlockDevice> = Arc::new(
         FileDevice::open(&cfg.volume, &OpenOptions { direct: true, ..Default::default() })
             .with_context(|| format!("cannot open volume {}", cfg.volume.display()))?,
     );
@@ -56,12 +98,32 @@ pub fn run(cfg: &MountConfig, endpoints: Vec<String>, slot: Option<u32>) -> anyh
     // a lease after its last heartbeat, sent at most a third of a lease before it went quiet:
     // what the kernel cached by then must be stale sooner than that.
     let cfg = &MountConfig { attr_ttl: cfg.attr_ttl.min(opts.lease / 2), ..cfg.clone() };
-    let node = ClusterNode::join(&sb.uuid_string(), sb.layout.slot_count, &opts).with_context(cannot)?;
-    tracing::info!("node {} mounts slot {} of {} (lockd session {})", cfg.node_name, node.slot(), cfg.volume.display(), node.session_id());
-    let watcher = node.watch_for_dead_nodes(dev, sb.layout.slot_count).context("cannot start watching for dead nodes")?;
-    let mounted = mafs_fuse::mount::mount(cfg, Some(&Node(&node)));
-    drop(watcher);
-    let left = node.leave();
+    let first = ClusterNode::join(&sb.uuid_string(), sb.layout.slot_count, &opts).with_context(cannot)?;
+    tracing::info!(
+        "node {} mounts slot {} of {} (lockd session {})",
+        cfg.node_name,
+        first.slot(),
+        cfg.volume.display(),
+        first.session_id()
+    );
+    let watcher = first.watch_for_dead_nodes(dev.clone(), sb.layout.slot_count).context("cannot start watching for dead nodes")?;
+    let node = Node {
+        current: Mutex::new(first),
+        watcher: Mutex::new(Some(watcher)),
+        retired: Mutex::new(Vec::new()),
+        dev,
+        uuid: sb.uuid_string(),
+        slot_count: sb.layout.slot_count,
+        opts,
+    };
+    let mounted = mafs_fuse::mount::mount(cfg, Some(&node));
+    node.watcher.lock().take();
+    for old in node.retired.into_inner() {
+        if let Err(e) = old.leave() {
+            tracing::debug!("leaving an abandoned session: {e}");
+        }
+    }
+    let left = node.current.into_inner().leave();
     mounted?;
     left.context("could not leave lockd cleanly (its locks go when the session's lease runs out)")?;
     Ok(())

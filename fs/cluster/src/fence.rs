@@ -7,7 +7,8 @@ use lockd_client::LeaseWatch;
 use mafs_core::device::{BlockDevice, FencedDevice, WriteDeadline};
 
 /// Names a file that gets a line for every write and flush the node makes to the volume, with
-/// CLOCK_MONOTONIC start and end: the proof, for a test, that a fenced node wrote nothing late.
+/// CLOCK_MONOTONIC start and end and the lockd session it wrote under: the proof, for a test,
+/// that a fenced node wrote nothing late.
 pub const WRITE_LOG_ENV: &str = "MAFS_WRITE_LOG";
 
 struct Lease(LeaseWatch);
@@ -27,7 +28,7 @@ pub fn margin(lease: Duration) -> Duration {
 }
 
 /// `dev` as the node may use it: writes refused from its lease deadline minus [`margin`].
-pub(crate) fn fence(dev: Arc<dyn BlockDevice>, lease: LeaseWatch, length: Duration) -> Arc<dyn BlockDevice> {
+pub(crate) fn fence(dev: Arc<dyn BlockDevice>, lease: LeaseWatch, length: Duration, session: u64) -> Arc<dyn BlockDevice> {
     let log = std::env::var_os(WRITE_LOG_ENV).and_then(|p| {
         std::fs::OpenOptions::new()
             .create(true)
@@ -35,6 +36,7 @@ pub(crate) fn fence(dev: Arc<dyn BlockDevice>, lease: LeaseWatch, length: Durati
             .open(&p)
             .map_err(|e| tracing::warn!("cannot open the write log {}: {e}", p.to_string_lossy()))
             .ok()
+            .map(|f| (f, format!("session{session}")))
     });
     Arc::new(FencedDevice::new(dev, Arc::new(Lease(lease)), margin(length), log))
 }

@@ -1,7 +1,8 @@
 //! Joining the cluster as a node of one volume, and leaving it: the lockd session, the node's
 //! unique name, its slot, and the volume lock its requests pass.
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use lockd_client::{Error, LockGuard, LockOptions, Mode, Session, SessionOptions};
 use mafs_core::device::BlockDevice;
@@ -46,6 +47,41 @@ impl ClusterNode {
     /// session, takes the node's name and a slot. Nothing is written to the volume here, so a
     /// refusal leaves it as it was.
     pub fn join(volume_uuid: &str, slot_count: u32, opts: &JoinOptions) -> Result<ClusterNode, JoinError> {
+        let mut node = Self::open(volume_uuid, slot_count, opts)?;
+        match node.take_name_and_slot(slot_count, opts) {
+            Ok(()) => Ok(node),
+            Err(why) => Err(node.refuse(why)),
+        }
+    }
+
+    /// Joins again after this node fenced itself: as [`Self::join`], but while its name is
+    /// still held by its old session, which lockd keeps until that session's slot is
+    /// recovered, it waits for the recovery — and does it itself, through `dev`, when no live
+    /// node does (all of them fenced by a lockd outage, say). Gives up when `stop` is set.
+    pub fn join_after_recovery(
+        volume_uuid: &str,
+        slot_count: u32,
+        opts: &JoinOptions,
+        dev: Arc<dyn BlockDevice>,
+        stop: &AtomicBool,
+    ) -> Result<ClusterNode, JoinError> {
+        let mut node = Self::open(volume_uuid, slot_count, opts)?;
+        loop {
+            match node.take_name_and_slot(slot_count, opts) {
+                Ok(()) => return Ok(node),
+                Err(JoinError::NameInUse { .. }) if !stop.load(Ordering::Acquire) => {
+                    if let Err(e) = node.recoverer(dev.clone(), slot_count).recover_dead_slots() {
+                        tracing::warn!("recovering this node's old slot: {e}");
+                    }
+                    std::thread::sleep(Duration::from_millis(250));
+                }
+                Err(why) => return Err(node.refuse(why)),
+            }
+        }
+    }
+
+    /// A lockd session for the volume, holding nothing yet.
+    fn open(volume_uuid: &str, slot_count: u32, opts: &JoinOptions) -> Result<ClusterNode, JoinError> {
         if let Some(slot) = opts.slot.filter(|s| *s >= slot_count) {
             return Err(JoinError::NoSuchSlot { slot, count: slot_count });
         }
@@ -68,29 +104,32 @@ impl ClusterNode {
             Error::Unavailable(_) | Error::BadEndpoint(_) => JoinError::Unreachable { endpoints: opts.endpoints.join(","), source },
             other => JoinError::Session(other),
         })?;
-        let mut node = ClusterNode { runtime, session: Arc::new(session), names, slot: 0, attached, held: Vec::new() };
-        let name = node.names.node(&opts.node_name);
-        match node.try_lock(&name)? {
-            Some(g) => node.held.push(g),
-            None => return Err(node.refuse(JoinError::NameInUse { name: opts.node_name.clone() })),
+        Ok(ClusterNode { runtime, session: Arc::new(session), names, slot: 0, attached, held: Vec::new() })
+    }
+
+    /// Takes the node's name, then the first free slot (or the one `opts` names).
+    fn take_name_and_slot(&mut self, slot_count: u32, opts: &JoinOptions) -> Result<(), JoinError> {
+        let name = self.names.node(&opts.node_name);
+        match self.try_lock(&name)? {
+            Some(g) => self.held.push(g),
+            None => return Err(JoinError::NameInUse { name: opts.node_name.clone() }),
         }
         let candidates: Vec<u32> = match opts.slot {
             Some(s) => vec![s],
             None => (0..slot_count).collect(),
         };
         for s in candidates {
-            if let Some(g) = node.try_lock(&node.names.slot(s))? {
-                node.held.push(g);
-                node.slot = s;
-                tracing::info!(node = opts.node_name, slot = s, session = node.session.id(), "joined the cluster");
-                return Ok(node);
+            if let Some(g) = self.try_lock(&self.names.slot(s))? {
+                self.held.push(g);
+                self.slot = s;
+                tracing::info!(node = opts.node_name, slot = s, session = self.session.id(), "joined the cluster");
+                return Ok(());
             }
         }
-        let why = match opts.slot {
+        Err(match opts.slot {
             Some(slot) => JoinError::SlotInUse { slot },
             None => JoinError::NoFreeSlot { count: slot_count },
-        };
-        Err(node.refuse(why))
+        })
     }
 
     /// `Some` if lockd granted `resource` EX at once, `None` if another session holds it.
@@ -132,20 +171,37 @@ impl ClusterNode {
     /// `dev` (fenced like the mount's). Before the mount takes the volume lock: a dead node's
     /// lock is released only by a recovery.
     pub fn watch_for_dead_nodes(&self, dev: Arc<dyn BlockDevice>, slot_count: u32) -> std::io::Result<crate::RecoveryWatcher> {
-        crate::recovery::watch(crate::recovery::Recoverer {
+        crate::recovery::watch(self.recoverer(dev, slot_count))
+    }
+
+    fn recoverer(&self, dev: Arc<dyn BlockDevice>, slot_count: u32) -> crate::recovery::Recoverer {
+        crate::recovery::Recoverer {
             runtime: self.runtime.handle().clone(),
             session: self.session.clone(),
             names: self.names.clone(),
             dev: self.fenced(dev),
             slot_count,
             attached: self.attached.clone(),
-        })
+        }
+    }
+
+    /// Stops the node's session without releasing anything (`Session::abandon`): lockd expires
+    /// it and a survivor, or this node's next incarnation, recovers its slot. Its runtime
+    /// stays, for requests of the old incarnation still in the gate (they fail).
+    pub fn abandon(&self) {
+        self.session.abandon();
+    }
+
+    /// Whether the node's locks are no longer certain: its session is lost or its lease ran
+    /// out unanswered (it has fenced itself).
+    pub fn is_fenced(&self) -> bool {
+        self.session.lease_watch().deadline().is_none_or(|d| Instant::now() >= d)
     }
 
     /// `dev` as this node may use it: every write and flush refused once its lockd lease is not
     /// certain (self-fencing, `fence.rs`).
     pub fn fenced(&self, dev: Arc<dyn BlockDevice>) -> Arc<dyn BlockDevice> {
-        crate::fence::fence(dev, self.session.lease_watch(), self.session.lease())
+        crate::fence::fence(dev, self.session.lease_watch(), self.session.lease(), self.session.id())
     }
 
     /// The filesystem a revocation writes back and forgets. Set once the mount has made it.

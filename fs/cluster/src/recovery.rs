@@ -71,7 +71,7 @@ impl Recoverer {
         Ok(held.into_iter().filter_map(|h| Some((self.names.slot_of(&h.resource)?, h.session_id, h.node_name))).collect())
     }
 
-    fn recover_dead_slots(&self) -> Result<(), Error> {
+    pub(crate) fn recover_dead_slots(&self) -> Result<(), Error> {
         for (slot, session, node) in self.dead_slots()? {
             if slot >= self.slot_count {
                 continue;

@@ -82,6 +82,8 @@ pub trait KernelCaches: Send + Sync {
     fn drop_all(&self);
     /// From now on replies give the kernel nothing to cache (the node lost its session).
     fn stop(&self);
+    /// The node joined the cluster again: replies may give lifetimes again.
+    fn resume(&self);
 }
 
 /// What a request does with the volume.

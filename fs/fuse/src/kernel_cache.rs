@@ -124,6 +124,10 @@ impl KernelCaches for Dropper {
         self.lookups.may_cache.store(false, Ordering::Release);
     }
 
+    fn resume(&self) {
+        self.lookups.may_cache.store(self.epochs, Ordering::Release);
+    }
+
     fn drop_all(&self) {
         if !self.epochs {
             return;

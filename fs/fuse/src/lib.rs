@@ -29,24 +29,75 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 /// fsync commits), and a create + close then costs one request less.
 const FILE_OPEN_FLAGS: FopenFlags = FopenFlags::FOPEN_NOFLUSH;
 
-/// Enters the volume gate for a request, or answers the request with why it could not.
+/// Enters the volume gate of the current incarnation for a request, and answers the hold and
+/// the incarnation (whose filesystem the request then uses), or answers the request with why
+/// it could not.
 macro_rules! enter {
-    ($self:ident, $access:ident, $reply:ident) => {
-        match $self.gate.enter(Access::$access) {
-            Ok(hold) => hold,
+    ($self:ident, $access:ident, $reply:ident) => {{
+        let inc = $self.current.get();
+        match inc.gate.enter(Access::$access) {
+            Ok(hold) => (hold, inc),
             Err(e) => return $reply.error(errno(&e)),
+        }
+    }};
+}
+
+/// Answers EIO for a file handle of an earlier incarnation (see [`Current`]).
+macro_rules! this_incarnation {
+    ($self:ident, $inc:ident, $fh:ident, $reply:ident) => {
+        if $fh.0 != $inc.number {
+            tracing::debug!(fh = $fh.0, now = $inc.number, "a file handle opened before the node fenced itself");
+            return $reply.error(Errno::from_i32(libc::EIO));
         }
     };
 }
 
+/// What requests go to: the filesystem and the gate before it, numbered. A cluster node that
+/// fenced itself and joined the cluster again gets new ones (`mount.rs`); a file handle holds
+/// the number of the incarnation that opened it, and one opened before is refused with EIO
+/// (its inode may have been freed by the recovery of the old one), as a GFS2 withdraw fails
+/// them. Standalone has incarnation 0 for ever.
+pub struct Current {
+    inner: parking_lot::RwLock<Incarnation>,
+}
+
+#[derive(Clone)]
+pub struct Incarnation {
+    pub fs: Arc<Fs>,
+    pub gate: Arc<dyn VolumeGate>,
+    pub number: u64,
+}
+
+impl Current {
+    pub fn new(fs: Arc<Fs>, gate: Arc<dyn VolumeGate>) -> Arc<Current> {
+        Arc::new(Current { inner: parking_lot::RwLock::new(Incarnation { fs, gate, number: 0 }) })
+    }
+
+    /// The filesystem and gate a request uses, taken together.
+    pub fn get(&self) -> Incarnation {
+        self.inner.read().clone()
+    }
+
+    pub fn fs(&self) -> Arc<Fs> {
+        self.inner.read().fs.clone()
+    }
+
+    /// Puts a new incarnation in place; answers its number.
+    pub fn replace(&self, fs: Arc<Fs>, gate: Arc<dyn VolumeGate>) -> u64 {
+        let mut cur = self.inner.write();
+        let number = cur.number + 1;
+        *cur = Incarnation { fs, gate, number };
+        number
+    }
+}
+
 pub struct MafsFuse {
-    fs: Arc<Fs>,
+    current: Arc<Current>,
     /// How long the kernel may trust attributes and names. A standalone node holds every lock
     /// for ever, so every change goes through this kernel and long TTLs are safe. A cluster
     /// node gives them only while it holds the volume lock (see [`KernelCache`]).
     ttl: Duration,
     root: InodeNo,
-    gate: Arc<dyn VolumeGate>,
     cache: KernelCache,
 }
 
@@ -133,8 +184,13 @@ impl MafsFuse {
 
     /// The glue of a mount whose requests first pass `gate` (cluster mode).
     pub fn with_gate(fs: Arc<Fs>, ttl: Duration, gate: Arc<dyn VolumeGate>, cache: KernelCache) -> MafsFuse {
-        let root = fs.root();
-        MafsFuse { fs, ttl, root, gate, cache }
+        Self::with_current(Current::new(fs, gate), ttl, cache)
+    }
+
+    /// The glue of a mount whose filesystem and gate may be replaced while it is mounted.
+    pub fn with_current(current: Arc<Current>, ttl: Duration, cache: KernelCache) -> MafsFuse {
+        let root = current.fs().root();
+        MafsFuse { current, ttl, root, cache }
     }
 
     fn file_open_flags(&self) -> FopenFlags {
@@ -263,26 +319,25 @@ impl MafsFuse {
     /// Closes one handle of `ino`. Only the last close of an unlinked inode writes (it frees
     /// the inode), so only that one enters the gate to write: a reader's close on one node does
     /// not take the volume from a writer on another.
-    fn close_handle(&self, ino: InodeNo) -> Result<(), FsError> {
-        if !self.fs.forget_handle(ino)? {
+    fn close_handle(&self, inc: &Incarnation, ino: InodeNo) -> Result<(), FsError> {
+        if !inc.fs.forget_handle(ino)? {
             return Ok(());
         }
         let unlinked = {
-            let _hold = self.gate.enter(Access::Read)?;
-            self.fs.is_unused_orphan(ino)?
+            let _hold = inc.gate.enter(Access::Read)?;
+            inc.fs.is_unused_orphan(ino)?
         };
         if unlinked {
-            let _hold = self.gate.enter(Access::Write)?;
-            self.fs.reclaim_if_unused(ino)?;
+            let _hold = inc.gate.enter(Access::Write)?;
+            inc.fs.reclaim_if_unused(ino)?;
         }
         Ok(())
     }
 
     /// Creates a node: the mode as the kernel sent it, unmasked, and the caller's umask
     /// (FUSE_DONT_MASK), for the core to apply the parent's default ACL or else the umask.
-    fn make(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, rdev: u64) -> Result<Inode, FsError> {
-        let node = NewNode { mode, rdev, symlink_target: None };
-        self.fs.create(self.ino(parent), name.as_bytes(), node, RequestCaller::new(req).with_umask(umask))
+    fn make(&self, fs: &Fs, req: &Request, parent: INodeNo, name: &OsStr, node: NewNode, umask: u32) -> Result<Inode, FsError> {
+        fs.create(self.ino(parent), name.as_bytes(), node, RequestCaller::new(req).with_umask(umask))
     }
 }
 
@@ -303,23 +358,25 @@ impl Filesystem for MafsFuse {
 
     fn destroy(&mut self) {
         // Closing writes the volume (a commit and the slot header's clean state).
-        let hold = self.gate.enter(Access::Write);
-        if let Err(e) = hold.and_then(|_hold| self.fs.close()) {
+        let inc = self.current.get();
+        let hold = inc.gate.enter(Access::Write);
+        if let Err(e) = hold.and_then(|_hold| inc.fs.close()) {
             tracing::error!("unmount: could not leave the volume clean: {e}");
         }
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        let _hold = enter!(self, Read, reply);
+        let (_hold, inc) = enter!(self, Read, reply);
+        let fs = &inc.fs;
         // The VFS resolves "." and ".." of a path itself; it sends them only to decode a file
         // handle, for a node id it may not know: "." is the inode of that number, whatever its
         // type, and ".." a directory's parent.
         match name.as_bytes() {
-            b"." => return self.handle_entry(parent, |ino| self.fs.inode_by_number(ino), reply),
-            b".." => return self.handle_entry(parent, |ino| self.fs.parent_of(ino), reply),
+            b"." => return self.handle_entry(parent, |ino| fs.inode_by_number(ino), reply),
+            b".." => return self.handle_entry(parent, |ino| fs.parent_of(ino), reply),
             _ => {}
         }
-        match self.fs.lookup(self.ino(parent), name.as_bytes()) {
+        match fs.lookup(self.ino(parent), name.as_bytes()) {
             // A negative entry with a TTL lets the kernel cache "no such name".
             Err(FsError::NotFound) => {
                 reply.entry(&self.entry_ttl(), &FileAttr { ino: INodeNo(0), ..self.attr(&Inode::default()) }, Generation(0))
@@ -335,8 +392,9 @@ impl Filesystem for MafsFuse {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        let _hold = enter!(self, Read, reply);
-        match self.fs.getattr(self.ino(ino)) {
+        let (_hold, inc) = enter!(self, Read, reply);
+        let fs = &inc.fs;
+        match fs.getattr(self.ino(ino)) {
             Ok(i) => reply.attr(&self.attr_ttl(&i), &self.attr(&i)),
             Err(e) => reply.error(errno(&e)),
         }
@@ -360,7 +418,8 @@ impl Filesystem for MafsFuse {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        let _hold = enter!(self, Write, reply);
+        let (_hold, inc) = enter!(self, Write, reply);
+        let fs = &inc.fs;
         let now = Timespec::now();
         let t = |x: Option<TimeOrNow>| {
             x.map(|v| match v {
@@ -369,45 +428,54 @@ impl Filesystem for MafsFuse {
             })
         };
         let a = SetAttr { mode, uid, gid, size, atime: t(atime), mtime: t(mtime), ctime: ctime.map(timespec_from_kernel) };
-        match self.fs.setattr_by(self.ino(ino), &a, RequestCaller::new(req).caller()) {
+        match fs.setattr_by(self.ino(ino), &a, RequestCaller::new(req).caller()) {
             Ok(i) => reply.attr(&self.attr_ttl(&i), &self.attr(&i)),
             Err(e) => reply.error(errno(&e)),
         }
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        let _hold = enter!(self, Read, reply);
-        match self.fs.readlink(self.ino(ino)) {
+        let (_hold, inc) = enter!(self, Read, reply);
+        let fs = &inc.fs;
+        match fs.readlink(self.ino(ino)) {
             Ok(d) => reply.data(&d),
             Err(e) => reply.error(errno(&e)),
         }
     }
 
     fn mknod(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, rdev: u32, reply: ReplyEntry) {
-        let _hold = enter!(self, Write, reply);
-        self.entry(self.make(req, parent, name, mode, umask, rdev as u64), reply)
+        let (_hold, inc) = enter!(self, Write, reply);
+        let fs = &inc.fs;
+        self.entry(self.make(fs, req, parent, name, NewNode { mode, rdev: rdev as u64, symlink_target: None }, umask), reply)
     }
 
     fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
-        let _hold = enter!(self, Write, reply);
-        self.entry(self.make(req, parent, name, libc::S_IFDIR | (mode & 0o7777), umask, 0), reply)
+        let (_hold, inc) = enter!(self, Write, reply);
+        let fs = &inc.fs;
+        self.entry(
+            self.make(fs, req, parent, name, NewNode { mode: libc::S_IFDIR | (mode & 0o7777), rdev: 0, symlink_target: None }, umask),
+            reply,
+        )
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let _hold = enter!(self, Write, reply);
-        Self::empty(self.fs.unlink(self.ino(parent), name.as_bytes(), false), reply)
+        let (_hold, inc) = enter!(self, Write, reply);
+        let fs = &inc.fs;
+        Self::empty(fs.unlink(self.ino(parent), name.as_bytes(), false), reply)
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let _hold = enter!(self, Write, reply);
-        Self::empty(self.fs.unlink(self.ino(parent), name.as_bytes(), true), reply)
+        let (_hold, inc) = enter!(self, Write, reply);
+        let fs = &inc.fs;
+        Self::empty(fs.unlink(self.ino(parent), name.as_bytes(), true), reply)
     }
 
     fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
-        let _hold = enter!(self, Write, reply);
+        let (_hold, inc) = enter!(self, Write, reply);
+        let fs = &inc.fs;
         let r = dir_check(link_name).and_then(|_| {
             let parent = self.ino(parent);
-            self.fs.create(
+            fs.create(
                 parent,
                 link_name.as_bytes(),
                 NewNode { mode: libc::S_IFLNK | 0o777, rdev: 0, symlink_target: Some(target.as_os_str().as_bytes()) },
@@ -427,22 +495,25 @@ impl Filesystem for MafsFuse {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        let _hold = enter!(self, Write, reply);
+        let (_hold, inc) = enter!(self, Write, reply);
+        let fs = &inc.fs;
         if flags.contains(RenameFlags::RENAME_WHITEOUT) {
             return reply.error(Errno::from_i32(libc::EINVAL));
         }
-        Self::empty(self.fs.rename(self.ino(parent), name.as_bytes(), self.ino(newparent), newname.as_bytes(), flags.bits()), reply)
+        Self::empty(fs.rename(self.ino(parent), name.as_bytes(), self.ino(newparent), newname.as_bytes(), flags.bits()), reply)
     }
 
     fn link(&self, _req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
-        let _hold = enter!(self, Write, reply);
-        self.entry(self.fs.link(self.ino(ino), self.ino(newparent), newname.as_bytes()), reply)
+        let (_hold, inc) = enter!(self, Write, reply);
+        let fs = &inc.fs;
+        self.entry(fs.link(self.ino(ino), self.ino(newparent), newname.as_bytes()), reply)
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        let _hold = enter!(self, Read, reply);
-        match self.fs.open(self.ino(ino)) {
-            Ok(_) => reply.opened(FileHandle(0), self.file_open_flags()),
+        let (_hold, inc) = enter!(self, Read, reply);
+        let fs = &inc.fs;
+        match fs.open(self.ino(ino)) {
+            Ok(_) => reply.opened(FileHandle(inc.number), self.file_open_flags()),
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -451,22 +522,24 @@ impl Filesystem for MafsFuse {
         &self,
         _req: &Request,
         ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         offset: u64,
         size: u32,
         _flags: OpenFlags,
         _lock: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let _hold = enter!(self, Read, reply);
+        let (_hold, inc) = enter!(self, Read, reply);
+        let fs = &inc.fs;
+        this_incarnation!(self, inc, fh, reply);
         let ino = self.ino(ino);
-        match self.fs.read(ino, offset, size) {
+        match fs.read(ino, offset, size) {
             Ok(d) => {
                 reply.data(&d);
                 if self.cache.shared() {
                     return;
                 }
-                if let Err(e) = self.fs.touch_atime(ino) {
+                if let Err(e) = fs.touch_atime(ino) {
                     tracing::warn!("atime of inode {ino}: {e}");
                 }
             }
@@ -478,7 +551,7 @@ impl Filesystem for MafsFuse {
         &self,
         req: &Request,
         ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         offset: u64,
         data: &[u8],
         wf: WriteFlags,
@@ -486,14 +559,16 @@ impl Filesystem for MafsFuse {
         _lock: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        let _hold = enter!(self, Write, reply);
+        let (_hold, inc) = enter!(self, Write, reply);
+        let fs = &inc.fs;
+        this_incarnation!(self, inc, fh, reply);
         let who = RequestCaller::writer(req, wf);
         // O_APPEND: the end of the file as it is now, not the offset the kernel computed from
         // the size it last saw (another node may have appended since).
         let r = if flags.0 & libc::O_APPEND != 0 && self.cache.shared() {
-            self.fs.append_by(self.ino(ino), data, who.caller())
+            fs.append_by(self.ino(ino), data, who.caller())
         } else {
-            self.fs.write_by(self.ino(ino), offset, data, who.caller())
+            fs.write_by(self.ino(ino), offset, data, who.caller())
         };
         match r {
             Ok(n) => reply.written(n as u32),
@@ -509,42 +584,55 @@ impl Filesystem for MafsFuse {
         &self,
         _req: &Request,
         ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         _flags: OpenFlags,
         _lock: Option<LockOwner>,
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        Self::empty(self.close_handle(self.ino(ino)), reply)
+        let inc = self.current.get();
+        if fh.0 != inc.number {
+            return reply.ok(); // counted by an earlier incarnation, which is gone
+        }
+        Self::empty(self.close_handle(&inc, self.ino(ino)), reply)
     }
 
-    fn fsync(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
-        Self::empty(self.fs.sync(), reply)
+    fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        let inc = self.current.get();
+        this_incarnation!(self, inc, fh, reply);
+        Self::empty(inc.fs.sync(), reply)
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        let _hold = enter!(self, Read, reply);
+        let (_hold, inc) = enter!(self, Read, reply);
+        let fs = &inc.fs;
         let ino = self.ino(ino);
-        match self.fs.getattr(ino) {
+        match fs.getattr(ino) {
             Ok(i) if !i.is_dir() => return reply.error(Errno::from_i32(libc::ENOTDIR)),
             Err(e) => return reply.error(errno(&e)),
             Ok(_) => {}
         }
         // Counted like an open file: a directory removed while open stays readable (empty)
         // until the last handle goes.
-        match self.fs.open(ino) {
-            Ok(_) => reply.opened(FileHandle(0), self.dir_open_flags()),
+        match fs.open(ino) {
+            Ok(_) => reply.opened(FileHandle(inc.number), self.dir_open_flags()),
             Err(e) => reply.error(errno(&e)),
         }
     }
 
-    fn releasedir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
-        Self::empty(self.close_handle(self.ino(ino)), reply)
+    fn releasedir(&self, _req: &Request, ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
+        let inc = self.current.get();
+        if fh.0 != inc.number {
+            return reply.ok(); // counted by an earlier incarnation, which is gone
+        }
+        Self::empty(self.close_handle(&inc, self.ino(ino)), reply)
     }
 
-    fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
-        let _hold = enter!(self, Read, reply);
-        let r = self.fs.readdir(self.ino(ino), offset, &mut |e_ino, dt, name, cookie| {
+    fn readdir(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+        let (_hold, inc) = enter!(self, Read, reply);
+        let fs = &inc.fs;
+        this_incarnation!(self, inc, fh, reply);
+        let r = fs.readdir(self.ino(ino), offset, &mut |e_ino, dt, name, cookie| {
             !reply.add(self.fuse_ino(e_ino), cookie, dtype_kind(dt), OsStr::from_bytes(name))
         });
         match r {
@@ -553,18 +641,22 @@ impl Filesystem for MafsFuse {
         }
     }
 
-    fn fsyncdir(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
-        Self::empty(self.fs.sync(), reply)
+    fn fsyncdir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        let inc = self.current.get();
+        this_incarnation!(self, inc, fh, reply);
+        Self::empty(inc.fs.sync(), reply)
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        let _hold = enter!(self, Read, reply);
-        let s = self.fs.statfs();
+        let (_hold, inc) = enter!(self, Read, reply);
+        let fs = &inc.fs;
+        let s = fs.statfs();
         reply.statfs(s.blocks, s.bfree, s.bfree, s.files, s.ffree, s.bsize, s.namelen, s.bsize)
     }
 
     fn setxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, value: &[u8], flags: i32, _position: u32, reply: ReplyEmpty) {
-        let _hold = enter!(self, Write, reply);
+        let (_hold, inc) = enter!(self, Write, reply);
+        let fs = &inc.fs;
         let how = if flags & libc::XATTR_CREATE != 0 {
             XattrSet::Create
         } else if flags & libc::XATTR_REPLACE != 0 {
@@ -572,12 +664,13 @@ impl Filesystem for MafsFuse {
         } else {
             XattrSet::Any
         };
-        Self::empty(self.fs.setxattr_by(self.ino(ino), name.as_bytes(), Some(value), how, RequestCaller::new(req).caller()), reply)
+        Self::empty(fs.setxattr_by(self.ino(ino), name.as_bytes(), Some(value), how, RequestCaller::new(req).caller()), reply)
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        let _hold = enter!(self, Read, reply);
-        match self.fs.getxattr(self.ino(ino), name.as_bytes()) {
+        let (_hold, inc) = enter!(self, Read, reply);
+        let fs = &inc.fs;
+        match fs.getxattr(self.ino(ino), name.as_bytes()) {
             Ok(v) if size == 0 => reply.size(v.len() as u32),
             Ok(v) if v.len() > size as usize => reply.error(Errno::from_i32(libc::ERANGE)),
             Ok(v) => reply.data(&v),
@@ -586,8 +679,9 @@ impl Filesystem for MafsFuse {
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        let _hold = enter!(self, Read, reply);
-        match self.fs.listxattr(self.ino(ino)) {
+        let (_hold, inc) = enter!(self, Read, reply);
+        let fs = &inc.fs;
+        match fs.listxattr(self.ino(ino)) {
             Ok(v) if size == 0 => reply.size(v.len() as u32),
             Ok(v) if v.len() > size as usize => reply.error(Errno::from_i32(libc::ERANGE)),
             Ok(v) => reply.data(&v),
@@ -596,39 +690,46 @@ impl Filesystem for MafsFuse {
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let _hold = enter!(self, Write, reply);
-        Self::empty(self.fs.setxattr(self.ino(ino), name.as_bytes(), None, XattrSet::Any), reply)
+        let (_hold, inc) = enter!(self, Write, reply);
+        let fs = &inc.fs;
+        Self::empty(fs.setxattr(self.ino(ino), name.as_bytes(), None, XattrSet::Any), reply)
     }
 
     fn access(&self, _req: &Request, ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
-        let _hold = enter!(self, Read, reply);
+        let (_hold, inc) = enter!(self, Read, reply);
+        let fs = &inc.fs;
         // Permissions are checked by the kernel (default_permissions); we only confirm existence.
-        Self::empty(self.fs.getattr(self.ino(ino)).map(|_| ()), reply)
+        Self::empty(fs.getattr(self.ino(ino)).map(|_| ()), reply)
     }
 
     fn create(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, _flags: i32, reply: ReplyCreate) {
-        let _hold = enter!(self, Write, reply);
-        let r = self.make(req, parent, name, mode, umask, 0).and_then(|i| self.fs.open(i.ino));
+        let (_hold, inc) = enter!(self, Write, reply);
+        let fs = &inc.fs;
+        let r = self.make(fs, req, parent, name, NewNode { mode, rdev: 0, symlink_target: None }, umask).and_then(|i| fs.open(i.ino));
         match r {
             // One lifetime for both name and attributes here: a set-ID file's name is looked up
             // again, and so is a cluster node's new file.
             Ok(i) => {
                 let ttl = self.count_lookup(&i);
-                reply.created(&ttl, &self.attr(&i), Generation(i.generation), FileHandle(0), self.file_open_flags())
+                reply.created(&ttl, &self.attr(&i), Generation(i.generation), FileHandle(inc.number), self.file_open_flags())
             }
             Err(e) => reply.error(errno(&e)),
         }
     }
 
-    fn fallocate(&self, req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, length: u64, mode: i32, reply: ReplyEmpty) {
-        let _hold = enter!(self, Write, reply);
-        let r = FallocMode::from_flags(mode)
-            .and_then(|m| self.fs.fallocate_by(self.ino(ino), offset, length, m, RequestCaller::new(req).caller()));
+    fn fallocate(&self, req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, length: u64, mode: i32, reply: ReplyEmpty) {
+        let (_hold, inc) = enter!(self, Write, reply);
+        let fs = &inc.fs;
+        this_incarnation!(self, inc, fh, reply);
+        let r =
+            FallocMode::from_flags(mode).and_then(|m| fs.fallocate_by(self.ino(ino), offset, length, m, RequestCaller::new(req).caller()));
         Self::empty(r, reply)
     }
 
-    fn lseek(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: i64, whence: i32, reply: ReplyLseek) {
-        let _hold = enter!(self, Read, reply);
+    fn lseek(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: i64, whence: i32, reply: ReplyLseek) {
+        let (_hold, inc) = enter!(self, Read, reply);
+        let fs = &inc.fs;
+        this_incarnation!(self, inc, fh, reply);
         let w = match whence {
             libc::SEEK_DATA => Whence::Data,
             libc::SEEK_HOLE => Whence::Hole,
@@ -637,7 +738,7 @@ impl Filesystem for MafsFuse {
         if offset < 0 {
             return reply.error(Errno::from_i32(libc::ENXIO));
         }
-        match self.fs.lseek(self.ino(ino), offset as u64, w) {
+        match fs.lseek(self.ino(ino), offset as u64, w) {
             Ok(o) => reply.offset(o as i64),
             Err(e) => reply.error(errno(&e)),
         }

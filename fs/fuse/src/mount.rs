@@ -3,13 +3,13 @@
 //! A cluster node mounts through its [`Membership`] (the `mafs-cluster` crate, which this one
 //! does not link): its slot, and the gate its requests pass.
 use super::kernel_cache::{Dropper, KernelLookups};
-use super::{KernelCache, MafsFuse};
+use super::{Current, KernelCache, MafsFuse};
 use anyhow::{bail, Context};
 use fuser::{Config, MountOption, SessionACL};
 use mafs_core::claim::{claim_volume, claim_volume_shared};
 use mafs_core::device::{BlockDevice, FileDevice, OpenOptions};
 use mafs_core::filesystem::Fs;
-use mafs_core::locks::{Access, VolumeGate};
+use mafs_core::locks::{Access, KernelCaches, VolumeGate};
 use mafs_core::volume::{Volume, DEFAULT_CACHE_BLOCKS};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -43,9 +43,14 @@ pub trait Membership {
     fn attach_kernel_caches(&self, caches: Arc<dyn mafs_core::locks::KernelCaches>);
     /// The device as the node may write it: not past its lease (self-fencing).
     fn fenced(&self, dev: Arc<dyn BlockDevice>) -> Arc<dyn BlockDevice>;
+    /// Waits until the node has fenced itself (true), or `stop` is set (false).
+    fn wait_until_fenced(&self, stop: &AtomicBool) -> bool;
+    /// Joins the cluster again under a new session once the old one's slot is recovered; from
+    /// then on the calls above answer for the new membership. Gives up when `stop` is set.
+    fn rejoin(&self, stop: &AtomicBool) -> anyhow::Result<()>;
 }
 
-pub fn mount(cfg: &MountConfig, cluster: Option<&dyn Membership>) -> anyhow::Result<()> {
+pub fn mount(cfg: &MountConfig, cluster: Option<&(dyn Membership + Sync)>) -> anyhow::Result<()> {
     // First of all, before any thread exists: every thread inherits the mask, so SIGINT and
     // SIGTERM can only reach the signal thread's sigwait, never a worker whose default action
     // would kill the process with the volume dirty and the mount point dead.
@@ -64,7 +69,65 @@ pub fn mount(cfg: &MountConfig, cluster: Option<&dyn Membership>) -> anyhow::Res
     // Replay, orphan reclaim and the first reads all change or trust the volume: done holding
     // the volume lock exclusively (kept cached afterwards, so the first requests cost nothing).
     let opening = gate.enter(Access::Write).context("cannot take the volume lock to open the volume")?;
-    let vol = open_volume(cfg, cluster)?;
+    let current = Current::new(open_filesystem(cfg, cluster)?, gate);
+    // Multi-mount protection from here on, through everything below (orphan reclaim can take a
+    // while, and a silent slot looks like a dead node to other hosts).
+    let stop = Arc::new(AtomicBool::new(false));
+    let mmp = spawn_mmp_updates(current.clone(), stop.clone())?;
+    let stop_mmp = |mmp: std::thread::JoinHandle<()>| {
+        stop.store(true, Ordering::Release);
+        mmp.thread().unpark();
+        let _ = mmp.join();
+    };
+    if let Err(e) = current.fs().reclaim_orphans() {
+        stop_mmp(mmp);
+        return Err(e).context("cannot finish recovery of the volume");
+    }
+    drop(opening);
+    let lookups = Arc::new(KernelLookups::default());
+    let kernel_cache = if cluster.is_some() { KernelCache::UnderLock(lookups.clone()) } else { KernelCache::All };
+    let glue = MafsFuse::with_current(current.clone(), cfg.attr_ttl, kernel_cache);
+    let session = fuser::Session::new(glue, &cfg.mountpoint, &fuse_config(cfg))
+        .with_context(|| format!("cannot mount on {}", cfg.mountpoint.display()))?;
+    let mut caches: Option<Arc<dyn KernelCaches>> = None;
+    if let Some(m) = cluster {
+        // Before the first request is read: until then the kernel caches nothing.
+        let dropper = Dropper::new(&session, session.notifier(), lookups).context("cannot reach the FUSE connection to drop its caches")?;
+        let dropper: Arc<dyn KernelCaches> = Arc::new(dropper);
+        m.attach_kernel_caches(dropper.clone());
+        caches = Some(dropper);
+    }
+    let record = MountRecord::write(&cfg.mountpoint);
+    let committer = spawn_committer(current.clone(), stop.clone(), cfg.commit_interval)?;
+    spawn_signal_unmounter(stop_signals, cfg.mountpoint.clone());
+    let result = std::thread::scope(|s| {
+        if let (Some(m), Some(caches)) = (cluster, caches) {
+            let (current, stop) = (&current, &*stop);
+            let _ = std::thread::Builder::new()
+                .name("mafs-rejoin".into())
+                .spawn_scoped(s, move || rejoin_after_fencing(cfg, m, current, caches, stop));
+        }
+        let r = ended_by_unmount(session.run(), &cfg.mountpoint);
+        stop.store(true, Ordering::Release);
+        r
+    });
+    stop_mmp(mmp);
+    let _ = committer.join();
+    // destroy() already closed the volume cleanly if the kernel sent it; close again is a no-op
+    // commit plus a clean slot header, and covers the case where it did not.
+    let inc = current.get();
+    let closed = inc.gate.enter(Access::Write).and_then(|_hold| inc.fs.close());
+    drop(claim);
+    drop(record);
+    result.context("FUSE session failed")?;
+    closed.context("could not leave the volume clean")?;
+    Ok(())
+}
+
+/// The filesystem of the volume as this node opens it (replayed, its orphans not reclaimed
+/// yet), made known to the cluster membership. The caller holds the volume lock exclusively.
+fn open_filesystem(cfg: &MountConfig, cluster: Option<&(dyn Membership + Sync)>) -> anyhow::Result<Arc<Fs>> {
+    let vol = open_volume(cfg, cluster.map(|m| m as &dyn Membership))?;
     let fs = Arc::new(match cluster {
         Some(m) => Fs::with_cluster_locks(vol, m.cluster_locks()),
         None => Fs::without_recovery(vol),
@@ -72,44 +135,53 @@ pub fn mount(cfg: &MountConfig, cluster: Option<&dyn Membership>) -> anyhow::Res
     if let Some(m) = cluster {
         m.attach(&fs);
     }
-    // Multi-mount protection from here on, through everything below (orphan reclaim can take a
-    // while, and a silent slot looks like a dead node to other hosts).
-    let stop = Arc::new(AtomicBool::new(false));
-    let mmp = spawn_mmp_updates(fs.clone(), stop.clone())?;
-    let stop_mmp = |mmp: std::thread::JoinHandle<()>| {
-        stop.store(true, Ordering::Release);
-        mmp.thread().unpark();
-        let _ = mmp.join();
-    };
-    if let Err(e) = fs.reclaim_orphans() {
-        stop_mmp(mmp);
-        return Err(e).context("cannot finish recovery of the volume");
+    Ok(fs)
+}
+
+/// A cluster node that fenced itself (its lease ran out: a lockd outage, a pause, a partition)
+/// answers EIO; this joins the cluster again under a new session, once its old slot is
+/// recovered (by a live node, or by this one), opens the volume afresh and puts the new
+/// filesystem in place behind the same FUSE mount. File handles opened before stay refused
+/// (`lib.rs`, `Current`); new opens work.
+fn rejoin_after_fencing(
+    cfg: &MountConfig,
+    m: &(dyn Membership + Sync),
+    current: &Current,
+    caches: Arc<dyn KernelCaches>,
+    stop: &AtomicBool,
+) {
+    while m.wait_until_fenced(stop) {
+        tracing::warn!("this node fenced itself (its lockd lease ran out); joining the cluster again");
+        loop {
+            if stop.load(Ordering::Acquire) {
+                return;
+            }
+            match m.rejoin(stop).and_then(|()| reopen(cfg, m, current, &caches)) {
+                Ok(n) => {
+                    tracing::warn!(incarnation = n, "rejoined the cluster: serving the volume again");
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!("cannot rejoin the cluster yet: {e:#}; trying again");
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+            }
+        }
     }
+}
+
+/// Opens the volume for the node's new membership and puts it in place; answers the new
+/// incarnation's number.
+fn reopen(cfg: &MountConfig, m: &(dyn Membership + Sync), current: &Current, caches: &Arc<dyn KernelCaches>) -> anyhow::Result<u64> {
+    let gate = m.gate();
+    let opening = gate.enter(Access::Write).context("cannot take the volume lock to open the volume again")?;
+    let fs = open_filesystem(cfg, Some(m))?;
+    let n = current.replace(fs.clone(), gate);
+    m.attach_kernel_caches(caches.clone());
+    caches.resume();
+    fs.reclaim_orphans().context("cannot free this slot's orphans")?;
     drop(opening);
-    let lookups = Arc::new(KernelLookups::default());
-    let kernel_cache = if cluster.is_some() { KernelCache::UnderLock(lookups.clone()) } else { KernelCache::All };
-    let glue = MafsFuse::with_gate(fs.clone(), cfg.attr_ttl, gate.clone(), kernel_cache);
-    let session = fuser::Session::new(glue, &cfg.mountpoint, &fuse_config(cfg))
-        .with_context(|| format!("cannot mount on {}", cfg.mountpoint.display()))?;
-    if let Some(m) = cluster {
-        // Before the first request is read: until then the kernel caches nothing.
-        let dropper = Dropper::new(&session, session.notifier(), lookups).context("cannot reach the FUSE connection to drop its caches")?;
-        m.attach_kernel_caches(Arc::new(dropper));
-    }
-    let record = MountRecord::write(&cfg.mountpoint);
-    let committer = spawn_committer(fs.clone(), stop.clone(), cfg.commit_interval)?;
-    spawn_signal_unmounter(stop_signals, cfg.mountpoint.clone());
-    let result = ended_by_unmount(session.run(), &cfg.mountpoint);
-    stop_mmp(mmp);
-    let _ = committer.join();
-    // destroy() already closed the volume cleanly if the kernel sent it; close again is a no-op
-    // commit plus a clean slot header, and covers the case where it did not.
-    let closed = gate.enter(Access::Write).and_then(|_hold| fs.close());
-    drop(claim);
-    drop(record);
-    result.context("FUSE session failed")?;
-    closed.context("could not leave the volume clean")?;
-    Ok(())
+    Ok(n)
 }
 
 /// The FUSE session's end as the mount reports it. After an unmount the kernel's connection
@@ -238,12 +310,12 @@ fn fuse_config(cfg: &MountConfig) -> Config {
 }
 
 /// Changes the slot's multi-mount protection sequence every interval until `stop`.
-fn spawn_mmp_updates(fs: Arc<Fs>, stop: Arc<AtomicBool>) -> std::io::Result<std::thread::JoinHandle<()>> {
+fn spawn_mmp_updates(current: Arc<Current>, stop: Arc<AtomicBool>) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new().name("mafs-mmp".into()).spawn(move || {
         while !stop.load(Ordering::Acquire) {
             std::thread::park_timeout(mafs_core::mmp::INTERVAL);
             if !stop.load(Ordering::Acquire) {
-                if let Err(e) = fs.vol.journal.touch_mmp() {
+                if let Err(e) = current.fs().vol.journal.touch_mmp() {
                     tracing::warn!("multi-mount protection update failed: {e}");
                 }
             }
@@ -252,11 +324,13 @@ fn spawn_mmp_updates(fs: Arc<Fs>, stop: Arc<AtomicBool>) -> std::io::Result<std:
 }
 
 /// Commits every `every`, and at once when a transaction fills up, until `stop`.
-fn spawn_committer(fs: Arc<Fs>, stop: Arc<AtomicBool>, every: Duration) -> std::io::Result<std::thread::JoinHandle<()>> {
+fn spawn_committer(current: Arc<Current>, stop: Arc<AtomicBool>, every: Duration) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new().name("mafs-commit".into()).spawn(move || {
         let tick = Duration::from_millis(100);
         let mut last = std::time::Instant::now();
         while !stop.load(Ordering::Acquire) {
+            // The filesystem of the moment: a rejoin replaces it.
+            let fs = current.fs();
             let full = fs.wait_for_commit_request(tick);
             if full || last.elapsed() >= every {
                 last = std::time::Instant::now();
@@ -265,7 +339,7 @@ fn spawn_committer(fs: Arc<Fs>, stop: Arc<AtomicBool>, every: Duration) -> std::
                 }
             }
         }
-        fs.committer_stopped();
+        current.fs().committer_stopped();
     })
 }
 

@@ -206,6 +206,15 @@ impl Session {
         }
     }
 
+    /// Gives the session up without telling lockd: no more heartbeats or locks from it, and
+    /// lockd expires it after its lease, as if the holder had died — so a holder with
+    /// `hold_locks_on_expiry` keeps its locks until a survivor recovers what they cover. For a
+    /// holder that fenced itself and must not hand its locks over cleanly (that would skip the
+    /// recovery); `close` is the clean way out.
+    pub fn abandon(&self) {
+        self.inner.mark_lost("abandoned by its holder, which fenced itself".into());
+    }
+
     /// The session's lease as a handle that does not keep the session open (for a device
     /// that refuses writes once the lease is not certain).
     pub fn lease_watch(&self) -> LeaseWatch {

@@ -43,12 +43,18 @@ pub struct FencedDevice {
     /// Every write and flush with its CLOCK_MONOTONIC start and end (`MAFS_WRITE_LOG`), to
     /// show after the fact that nothing was written past the deadline.
     log: Option<Mutex<File>>,
+    /// Names the lease in the log (a node that rejoins writes under a new one).
+    label: String,
     fenced: Mutex<bool>,
 }
 
 impl FencedDevice {
-    pub fn new(inner: Arc<dyn BlockDevice>, lease: Arc<dyn WriteDeadline>, margin: Duration, log: Option<File>) -> FencedDevice {
-        FencedDevice { inner, lease, margin, log: log.map(Mutex::new), fenced: Mutex::new(false) }
+    pub fn new(inner: Arc<dyn BlockDevice>, lease: Arc<dyn WriteDeadline>, margin: Duration, log: Option<(File, String)>) -> FencedDevice {
+        let (log, label) = match log {
+            Some((f, label)) => (Some(Mutex::new(f)), label),
+            None => (None, String::new()),
+        };
+        FencedDevice { inner, lease, margin, log, label, fenced: Mutex::new(false) }
     }
 
     fn check(&self) -> Result<()> {
@@ -64,7 +70,7 @@ impl FencedDevice {
                 at_ns = monotonic_ns(),
                 "fenced: the lockd lease is not certain any more ({why}); no more writes to the volume"
             );
-            self.log_line(&format!("{} fenced\n", monotonic_ns()));
+            self.log_line(&format!("{} fenced {}\n", monotonic_ns(), self.label));
         }
         Err(FsError::Fenced(why.into()))
     }
@@ -73,7 +79,7 @@ impl FencedDevice {
         self.check()?;
         let start = monotonic_ns();
         let r = op();
-        self.log_line(&format!("{start} {} {what} {offset} {len}\n", monotonic_ns()));
+        self.log_line(&format!("{start} {} {what} {offset} {len} {}\n", monotonic_ns(), self.label));
         r
     }
 
