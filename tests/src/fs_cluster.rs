@@ -54,12 +54,21 @@ impl ClusterVolume {
 
     /// [`Self::unmounted`] with `replicas` lockd replicas.
     pub fn unmounted_with_replicas(size: &str, mkfs_args: &[&str], replicas: u64) -> ClusterVolume {
+        Self::with_lockd(size, mkfs_args, LockdCluster::start(replicas, &[]))
+    }
+
+    /// [`Self::unmounted`] with one lockd replica whose client links can be cut
+    /// (`LockdCluster::client_link`), to partition a node from lockd.
+    pub fn unmounted_partitionable(size: &str, mkfs_args: &[&str]) -> ClusterVolume {
+        Self::with_lockd(size, mkfs_args, LockdCluster::start_partitionable(1, &[]))
+    }
+
+    fn with_lockd(size: &str, mkfs_args: &[&str], lockd: LockdCluster) -> ClusterVolume {
         let dir = tempfile::Builder::new().prefix("mafs-cluster-test.").tempdir().expect("tempdir");
         let root = std::fs::canonicalize(dir.path()).expect("canonicalize tempdir");
         std::fs::set_permissions(&root, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod tempdir");
         let vol = root.join("volume.img");
         mkfs(&vol, size, mkfs_args);
-        let lockd = LockdCluster::start(replicas, &[]);
         ClusterVolume { dir, vol, lockd, nodes: Vec::new() }
     }
 
@@ -76,10 +85,16 @@ impl ClusterVolume {
 
     /// [`Self::try_mount`] at the mount point `dir` (under the scratch folder).
     pub fn try_mount_as(&mut self, dir: &str, name: &str, extra: &[&str]) -> Result<usize, String> {
+        let endpoints = self.lockd.endpoints();
+        self.try_mount_via(dir, name, &endpoints, extra)
+    }
+
+    /// [`Self::try_mount_as`] reaching lockd at `endpoints`.
+    pub fn try_mount_via(&mut self, dir: &str, name: &str, endpoints: &str, extra: &[&str]) -> Result<usize, String> {
         let mnt = self.dir.path().join(dir);
         std::fs::create_dir_all(&mnt).expect("create mount point");
         let log = self.dir.path().join(format!("{name}.log"));
-        let endpoints = self.lockd.endpoints();
+        let endpoints = endpoints.to_string();
         let mut args = vec!["--lockd", &endpoints, "--node-name", name];
         args.extend_from_slice(extra);
         let child = spawn_mount(&self.vol, &mnt, &args, &log)?;

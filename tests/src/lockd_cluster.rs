@@ -199,6 +199,21 @@ impl LockdCluster {
         let _ = std::fs::remove_dir_all(d);
     }
 
+    /// Endpoints of every replica through links of one client's own (`client`, not a replica
+    /// id nor `CLIENTS`), which [`Self::cut_client`] cuts without touching other clients.
+    pub fn client_link(&mut self, client: u64) -> String {
+        let targets: Vec<(u64, String)> = self.replicas.iter().map(|r| (r.id, r.addr.clone())).collect();
+        let net = self.net.as_mut().expect("a cluster started with start_partitionable");
+        targets.iter().map(|(id, addr)| net.link(client, *id, addr)).collect::<Vec<_>>().join(",")
+    }
+
+    /// Sets every link of `client` (made by [`Self::client_link`]) to `mode`.
+    pub fn cut_client(&self, client: u64, mode: LinkMode) {
+        for r in &self.replicas {
+            self.net().set(client, r.id, mode);
+        }
+    }
+
     /// What clients are given: every replica, through the client links when proxied.
     pub fn endpoints(&self) -> String {
         self.endpoints_of(&self.replicas.iter().map(|r| r.id).collect::<Vec<_>>())

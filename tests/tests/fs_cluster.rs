@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use mafs_tests::fs_cluster::ClusterVolume;
 use mafs_tests::fs_mount::{code_and_text, getxattr, mafs, run_as_nobody, setxattr, statfs};
+use mafs_tests::net_proxy::LinkMode;
 
 /// Everything about a path that one node can change and another must see at once.
 fn look(p: &Path) -> Option<(u64, u32, u32, u64, i64, Vec<u8>)> {
@@ -787,26 +788,7 @@ fn a_node_frozen_past_its_lease_is_recovered_writes_nothing_after_its_deadline_a
         "node1 did not join the cluster again:\n{}",
         c.node(0).log()
     );
-    let log = fs::read_to_string(&write_log).unwrap();
-    // (start, end, what, session) of every write and flush; the first lines are the old session's.
-    let writes: Vec<(u64, &str, &str)> = log
-        .lines()
-        .filter_map(|l| {
-            let w: Vec<&str> = l.split(' ').collect();
-            Some((w.get(1)?.parse().ok()?, *w.get(2)?, *w.get(5)?))
-        })
-        .collect();
-    let old = writes.first().map(|w| w.2).unwrap_or_else(|| panic!("node1's write log is empty"));
-    let old_writes: Vec<_> = writes.iter().filter(|w| w.2 == old).collect();
-    assert!(old_writes.len() > 10, "node1's write log holds too little to prove anything:\n{log}");
-    for (end, what, _) in &old_writes {
-        assert!(
-            *end < recovery_ns,
-            "node1 finished a {what} at {end} ns under {old}, after the recovery began at {recovery_ns} ns:\n{log}"
-        );
-    }
-    assert!(log.lines().any(|l| l.contains(" fenced ")), "node1 never refused a write after it resumed:\n{log}");
-    assert!(writes.iter().any(|w| w.2 != old), "node1 wrote nothing under its new session:\n{log}");
+    old_session_wrote_nothing_after(&write_log, recovery_ns);
     // Back in service: it sees what node2 did meanwhile, and its changes reach node2.
     assert_eq!(fs::read(&a).unwrap(), b"node2, after the recovery");
     fs::write(c.node(0).path("back"), b"node1 again").unwrap();
@@ -916,5 +898,67 @@ fn with_lockd_majority_down_nodes_fence_themselves_and_rejoin_once_it_is_back() 
     assert_eq!(fs::read(c.node(1).path("before")).unwrap(), b"written before the outage");
     fs::write(c.node(1).path("after"), b"back").unwrap();
     assert_eq!(fs::read(c.node(0).path("after")).unwrap(), b"back");
+    c.finish();
+}
+
+/// Checks a node's write log (`WRITE_LOG_ENV`): under its first lockd session — the one lost —
+/// it wrote enough to show something, finished every write and flush before `recovery_ns`
+/// (when another node began recovering it), refused writes once fenced, and then wrote under a
+/// new session (it rejoined).
+fn old_session_wrote_nothing_after(write_log: &Path, recovery_ns: u64) {
+    let log = fs::read_to_string(write_log).unwrap();
+    // (end, what, session) of every write and flush; the first lines are the old session's.
+    let writes: Vec<(u64, &str, &str)> = log
+        .lines()
+        .filter_map(|l| {
+            let w: Vec<&str> = l.split(' ').collect();
+            Some((w.get(1)?.parse().ok()?, *w.get(2)?, *w.get(5)?))
+        })
+        .collect();
+    let old = writes.first().map(|w| w.2).unwrap_or_else(|| panic!("the write log is empty"));
+    let old_writes: Vec<_> = writes.iter().filter(|w| w.2 == old).collect();
+    assert!(old_writes.len() > 10, "the write log holds too little to prove anything:\n{log}");
+    for (end, what, _) in &old_writes {
+        assert!(*end < recovery_ns, "a {what} finished at {end} ns under {old}, after the recovery began at {recovery_ns} ns:\n{log}");
+    }
+    assert!(log.lines().any(|l| l.contains(" fenced ")), "no write was refused after the lease ran out:\n{log}");
+    assert!(writes.iter().any(|w| w.2 != old), "nothing was written under a new session:\n{log}");
+}
+
+/// A node cut off from lockd (its connections blackholed by a proxy; the other node still
+/// reaches lockd) while it holds the volume with changes not yet committed: it fences itself —
+/// its write log shows nothing written under the old session once the other node began
+/// recovering it — and the other node goes on. When the link comes back, it rejoins by itself.
+#[test]
+fn a_node_cut_off_from_lockd_fences_itself_before_it_is_recovered_and_rejoins_after() {
+    let mut c = ClusterVolume::unmounted_partitionable("256M", &["--slots", "4"]);
+    const NODE1_LINK: u64 = 100;
+    let via = c.lockd.client_link(NODE1_LINK);
+    let write_log = c.vol.with_file_name("node1-writes.log");
+    std::env::set_var(WRITE_LOG_ENV, &write_log);
+    c.try_mount_via("node1", "node1", &via, &[]).unwrap_or_else(|e| panic!("node1 did not mount: {e}"));
+    std::env::remove_var(WRITE_LOG_ENV);
+    c.mount("node2", &[]);
+    fs::write(c.node(0).path("f"), b"node1, fsynced").unwrap();
+    fs::File::open(c.node(0).path("f")).unwrap().sync_all().unwrap();
+    fs::write(c.node(0).path("g"), b"not committed yet").unwrap();
+    c.lockd.cut_client(NODE1_LINK, LinkMode::Blackhole);
+    fs::write(c.node(1).path("f"), b"node2, after the recovery").unwrap();
+    let recovery = c.node(1).log();
+    let recovery_ns = field(&recovery, "recovering its slot", "at_ns").unwrap_or_else(|| panic!("node2 logged no recovery:\n{recovery}"));
+    assert!(
+        mafs_tests::wait_until(Duration::from_secs(30), || fs::read_to_string(&write_log).is_ok_and(|l| l.contains(" fenced "))),
+        "node1 never refused a write while cut off"
+    );
+    c.lockd.cut_client(NODE1_LINK, LinkMode::Pass);
+    assert!(
+        mafs_tests::wait_until(Duration::from_secs(60), || c.node(0).log().contains("rejoined the cluster")),
+        "node1 did not join again once lockd was reachable:\n{}",
+        c.node(0).log()
+    );
+    old_session_wrote_nothing_after(&write_log, recovery_ns);
+    assert_eq!(fs::read(c.node(0).path("f")).unwrap(), b"node2, after the recovery");
+    fs::write(c.node(0).path("back"), b"node1 again").unwrap();
+    assert_eq!(fs::read(c.node(1).path("back")).unwrap(), b"node1 again");
     c.finish();
 }
