@@ -201,6 +201,7 @@ impl Allocator {
             self.adjust_header(h, ag, -(len as i64))?;
             return Ok((BlockNo(ag.first + rel), len));
         }
+        tracing::debug!(want, free = self.free_blocks(), quarantined = self.quarantined(), "no allocation group has a free block");
         Err(FsError::NoSpace)
     }
 

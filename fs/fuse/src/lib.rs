@@ -125,7 +125,15 @@ impl KernelCache {
 }
 
 fn errno(e: &FsError) -> Errno {
-    if matches!(e, FsError::Io { .. } | FsError::Corrupt { .. } | FsError::ShortRead { .. } | FsError::Stopped(_) | FsError::Cluster(_)) {
+    if matches!(
+        e,
+        FsError::Io { .. }
+            | FsError::Corrupt { .. }
+            | FsError::ShortRead { .. }
+            | FsError::Stopped(_)
+            | FsError::Cluster(_)
+            | FsError::DeviceFull { .. }
+    ) {
         tracing::error!("{e}");
     }
     Errno::from_i32(e.errno())

@@ -147,6 +147,7 @@ impl Fs {
         // Data may not take the last blocks: tree nodes for the new extents need them.
         let room = self.vol.alloc.available().saturating_sub(super::METADATA_RESERVE);
         if room == 0 {
+            tracing::debug!(free = self.vol.alloc.free_blocks(), quarantined = self.vol.alloc.quarantined(), "no space for file data");
             return Err(FsError::NoSpace);
         }
         let (p, got) = self.vol.alloc.alloc(h, n.min(MAX_EXTENT).min(room), Some(goal), BlockState::Data)?;

@@ -162,6 +162,7 @@ impl Fs {
             self.vol.commit()?;
         }
         if alloc.available() < METADATA_OP_BLOCKS {
+            tracing::debug!(free = alloc.free_blocks(), quarantined = alloc.quarantined(), "no space for an operation's metadata blocks");
             return Err(FsError::NoSpace);
         }
         self.vol.begin()
