@@ -15,12 +15,10 @@ fn nodes_in_lockd(volume: &Path, endpoints: &[String]) -> anyhow::Result<Vec<Str
         return Ok(Vec::new()); // no readable superblock: no cluster can be using it by its uuid
     };
     let names = mafs_cluster::VolumeNames::new(&sb.uuid_string());
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start the lockd client")?;
-    let held = rt.block_on(lockd_client::holders(endpoints, &names.slot_prefix())).with_context(|| {
+    let held = crate::status::lockd_holders(endpoints, &names.slot_prefix()).with_context(|| {
         format!(
-            "cannot ask lockd at {} whether cluster nodes use the volume; start lockd, or leave out --lockd (and ${}) to rely on \
+            "cannot tell whether cluster nodes use the volume; start lockd, or leave out --lockd (and ${}) to rely on \
              multi-mount protection alone",
-            endpoints.join(","),
             crate::cluster_mount::ENDPOINTS_ENV
         )
     })?;

@@ -18,15 +18,7 @@ pub fn run(volume: &Path, endpoints: Vec<String>) -> anyhow::Result<i32> {
         .with_context(|| format!("cannot open {}", volume.display()))?;
     let (sb, _) = read_superblock(&dev).with_context(|| format!("{} is not a readable mafs volume", volume.display()))?;
     let names = mafs_cluster::VolumeNames::new(&sb.uuid_string());
-    let held: Option<Vec<Holder>> = if endpoints.is_empty() {
-        None
-    } else {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start the lockd client")?;
-        Some(
-            rt.block_on(lockd_client::holders(&endpoints, &names.prefix()))
-                .with_context(|| format!("cannot ask lockd at {}", endpoints.join(",")))?,
-        )
-    };
+    let held: Option<Vec<Holder>> = if endpoints.is_empty() { None } else { Some(lockd_holders(&endpoints, &names.prefix())?) };
     println!("volume {}  uuid {}  {} slots", volume.display(), sb.uuid_string(), sb.layout.slot_count);
     println!("{:>4}  {:<8} {:<20} {:<20} {:>8} {:>6}  volume lock", "SLOT", "STATE", "OWNER (volume)", "NODE (lockd)", "SESSION", "LOCKS");
     let per_session: BTreeMap<u64, usize> = held.iter().flatten().fold(BTreeMap::new(), |mut m, h| {
@@ -54,4 +46,10 @@ pub fn run(volume: &Path, endpoints: Vec<String>) -> anyhow::Result<i32> {
         println!("{s:>4}  {state:<8} {owner:<20} {node:<20} {session:>8} {locks:>6}  {volume_lock}");
     }
     Ok(0)
+}
+
+/// What lockd at `endpoints` says is held under `prefix` (one volume's locks, or its slots').
+pub(crate) fn lockd_holders(endpoints: &[String], prefix: &str) -> anyhow::Result<Vec<Holder>> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start the lockd client")?;
+    rt.block_on(lockd_client::holders(endpoints, prefix)).with_context(|| format!("cannot ask lockd at {}", endpoints.join(",")))
 }

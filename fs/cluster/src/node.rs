@@ -2,7 +2,7 @@
 //! unique name, its slot, and the volume lock its requests pass.
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use lockd_client::{Error, LockGuard, LockOptions, Mode, Session, SessionOptions};
 use mafs_core::device::BlockDevice;
@@ -195,7 +195,7 @@ impl ClusterNode {
     /// Whether the node's locks are no longer certain: its session is lost or its lease ran
     /// out unanswered (it has fenced itself).
     pub fn is_fenced(&self) -> bool {
-        self.session.lease_watch().deadline().is_none_or(|d| Instant::now() >= d)
+        !self.session.lease_watch().is_certain()
     }
 
     /// `dev` as this node may use it: every write and flush refused once its lockd lease is not

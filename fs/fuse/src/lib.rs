@@ -44,7 +44,7 @@ macro_rules! enter {
 
 /// Answers EIO for a file handle of an earlier incarnation (see [`Current`]).
 macro_rules! this_incarnation {
-    ($self:ident, $inc:ident, $fh:ident, $reply:ident) => {
+    ($inc:ident, $fh:ident, $reply:ident) => {
         if $fh.0 != $inc.number {
             tracing::debug!(fh = $fh.0, now = $inc.number, "a file handle opened before the node fenced itself");
             return $reply.error(Errno::from_i32(libc::EIO));
@@ -261,9 +261,14 @@ impl MafsFuse {
     /// rare, so the extra GETATTRs cost nothing that matters.
     /// In cluster mode, only for a node the kernel holds already (`kernel_cache.rs` says why).
     fn attr_ttl(&self, i: &Inode) -> Duration {
+        self.attr_ttl_if(i, KernelLookups::held)
+    }
+
+    /// [`Self::attr_ttl`], with `held` answering whether the kernel holds the node already.
+    fn attr_ttl_if(&self, i: &Inode, held: impl FnOnce(&KernelLookups, INodeNo) -> bool) -> Duration {
         let held = match &self.cache {
             KernelCache::All => true,
-            KernelCache::UnderLock(k) => k.may_cache() && k.held(self.fuse_ino(i.ino)),
+            KernelCache::UnderLock(k) => held(k, self.fuse_ino(i.ino)) && k.may_cache(),
         };
         if !held || (!i.is_dir() && privileged_bits(i.mode) != 0) {
             Duration::ZERO
@@ -281,14 +286,10 @@ impl MafsFuse {
     }
 
     /// Counts a lookup that a reply gives the kernel (cluster mode) and answers the attribute
-    /// lifetime the reply may give: decided before counting, so a node new to the kernel gets
-    /// none.
+    /// lifetime the reply may give: none for a node new to the kernel (`KernelLookups::add`
+    /// answers whether the kernel held it before this lookup).
     fn count_lookup(&self, i: &Inode) -> Duration {
-        let ttl = self.attr_ttl(i);
-        if let KernelCache::UnderLock(k) = &self.cache {
-            k.add(self.fuse_ino(i.ino));
-        }
-        ttl
+        self.attr_ttl_if(i, KernelLookups::add)
     }
 
     fn entry(&self, r: Result<Inode, FsError>, reply: ReplyEntry) {
@@ -539,7 +540,7 @@ impl Filesystem for MafsFuse {
     ) {
         let (_hold, inc) = enter!(self, Read, reply);
         let fs = &inc.fs;
-        this_incarnation!(self, inc, fh, reply);
+        this_incarnation!(inc, fh, reply);
         let ino = self.ino(ino);
         match fs.read(ino, offset, size) {
             Ok(d) => {
@@ -569,7 +570,7 @@ impl Filesystem for MafsFuse {
     ) {
         let (_hold, inc) = enter!(self, Write, reply);
         let fs = &inc.fs;
-        this_incarnation!(self, inc, fh, reply);
+        this_incarnation!(inc, fh, reply);
         let who = RequestCaller::writer(req, wf);
         // O_APPEND: the end of the file as it is now, not the offset the kernel computed from
         // the size it last saw (another node may have appended since).
@@ -607,7 +608,7 @@ impl Filesystem for MafsFuse {
 
     fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
         let inc = self.current.get();
-        this_incarnation!(self, inc, fh, reply);
+        this_incarnation!(inc, fh, reply);
         Self::empty(inc.fs.sync(), reply)
     }
 
@@ -639,7 +640,7 @@ impl Filesystem for MafsFuse {
     fn readdir(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
         let (_hold, inc) = enter!(self, Read, reply);
         let fs = &inc.fs;
-        this_incarnation!(self, inc, fh, reply);
+        this_incarnation!(inc, fh, reply);
         let r = fs.readdir(self.ino(ino), offset, &mut |e_ino, dt, name, cookie| {
             !reply.add(self.fuse_ino(e_ino), cookie, dtype_kind(dt), OsStr::from_bytes(name))
         });
@@ -651,7 +652,7 @@ impl Filesystem for MafsFuse {
 
     fn fsyncdir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
         let inc = self.current.get();
-        this_incarnation!(self, inc, fh, reply);
+        this_incarnation!(inc, fh, reply);
         Self::empty(inc.fs.sync(), reply)
     }
 
@@ -728,7 +729,7 @@ impl Filesystem for MafsFuse {
     fn fallocate(&self, req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, length: u64, mode: i32, reply: ReplyEmpty) {
         let (_hold, inc) = enter!(self, Write, reply);
         let fs = &inc.fs;
-        this_incarnation!(self, inc, fh, reply);
+        this_incarnation!(inc, fh, reply);
         let r =
             FallocMode::from_flags(mode).and_then(|m| fs.fallocate_by(self.ino(ino), offset, length, m, RequestCaller::new(req).caller()));
         Self::empty(r, reply)
@@ -737,7 +738,7 @@ impl Filesystem for MafsFuse {
     fn lseek(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: i64, whence: i32, reply: ReplyLseek) {
         let (_hold, inc) = enter!(self, Read, reply);
         let fs = &inc.fs;
-        this_incarnation!(self, inc, fh, reply);
+        this_incarnation!(inc, fh, reply);
         let w = match whence {
             libc::SEEK_DATA => Whence::Data,
             libc::SEEK_HOLE => Whence::Hole,

@@ -36,8 +36,13 @@ impl LeaseWatch {
     pub fn deadline(&self) -> Option<Instant> {
         let inner = self.0.upgrade()?;
         inner.check().ok()?;
-        let until = *inner.valid_until.lock();
+        let until = *inner.valid_until.lock(); // the guard must go before `inner`
         Some(until)
+    }
+
+    /// Whether the session's locks are still certainly its own: not lost, deadline ahead.
+    pub fn is_certain(&self) -> bool {
+        self.deadline().is_some_and(|d| Instant::now() < d)
     }
 }
 
@@ -200,7 +205,7 @@ impl Session {
     pub fn when_lost(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
         let lease = self.lease_watch();
         async move {
-            while lease.deadline().is_some_and(|d| Instant::now() < d) {
+            while lease.is_certain() {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
