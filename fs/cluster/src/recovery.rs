@@ -20,21 +20,29 @@ use crate::names::VolumeNames;
 use crate::volume_lock::{Attached, VolumeLock};
 use mafs_core::locks::{Access, VolumeGate};
 
-/// How often a node looks for expired sessions on the volume: a small part of the recovery
-/// time (docs/operations.md, "Timings"), for one lockd read per node.
-const WATCH_EVERY: Duration = Duration::from_millis(250);
+/// lockd tells every live session when another one's lease lapses (`PeerRecovering`), and
+/// the watcher looks then. It also looks this often on its own, for a notice sent while its
+/// event stream was reconnecting (a lockd election): a small part of the recovery time
+/// (docs/operations.md, "Timings"), for one lockd read per node.
+const LOOK_ANYWAY_EVERY: Duration = Duration::from_secs(1);
 
 /// The watcher of one node, until dropped.
 pub struct RecoveryWatcher {
-    stop: Arc<AtomicBool>,
+    stop: Arc<Stop>,
     thread: Option<std::thread::JoinHandle<()>>,
+}
+
+#[derive(Default)]
+struct Stop {
+    asked: AtomicBool,
+    wake: tokio::sync::Notify,
 }
 
 impl Drop for RecoveryWatcher {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Release);
+        self.stop.asked.store(true, Ordering::Release);
+        self.stop.wake.notify_one();
         if let Some(t) = self.thread.take() {
-            t.thread().unpark();
             let _ = t.join();
         }
     }
@@ -51,14 +59,21 @@ pub(crate) struct Recoverer {
 }
 
 pub(crate) fn watch(r: Recoverer) -> std::io::Result<RecoveryWatcher> {
-    let stop = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(Stop::default());
     let stopping = stop.clone();
+    let mut notices = r.session.peer_recoveries();
     let thread = std::thread::Builder::new().name("mafs-recovery".into()).spawn(move || {
-        while !stopping.load(Ordering::Acquire) {
+        while !stopping.asked.load(Ordering::Acquire) {
             if let Err(e) = r.recover_dead_slots() {
                 tracing::warn!("looking for dead nodes to recover: {e}");
             }
-            std::thread::park_timeout(WATCH_EVERY);
+            r.runtime.block_on(async {
+                tokio::select! {
+                    _ = notices.changed() => {}
+                    _ = stopping.wake.notified() => {}
+                    _ = tokio::time::sleep(LOOK_ANYWAY_EVERY) => {}
+                }
+            });
         }
     })?;
     Ok(RecoveryWatcher { stop, thread: Some(thread) })

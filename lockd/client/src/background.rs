@@ -133,6 +133,10 @@ pub(crate) async fn event_loop(weak: Weak<Inner>) {
                     inner.mark_lost("lease expired at lockd".into());
                     return;
                 }
+                Some(pb::event::Kind::PeerRecovering(p)) => {
+                    tracing::debug!(session = p.session_id, node = p.node_name, "lockd: a peer's lease lapsed; it awaits recovery");
+                    inner.peer_recoveries.send_modify(|n| *n += 1);
+                }
                 // Grants are also answered on the Lock call itself.
                 Some(pb::event::Kind::Granted(_)) | None => {}
             }

@@ -174,6 +174,7 @@ impl Session {
             valid_until: Mutex::new(sent + lease),
             handler: opts.on_blocking,
             release_by_token: resp.release_by_token,
+            peer_recoveries: tokio::sync::watch::Sender::new(0),
             dropped: AtomicBool::new(false),
         });
         let tasks = vec![tokio::spawn(heartbeat_loop(Arc::downgrade(&inner))), tokio::spawn(event_loop(Arc::downgrade(&inner)))];
@@ -218,6 +219,14 @@ impl Session {
     /// recovery); `close` is the clean way out.
     pub fn abandon(&self) {
         self.inner.mark_lost("abandoned by its holder, which fenced itself".into());
+    }
+
+    /// A count that goes up each time lockd says another session's lease lapsed with its
+    /// locks kept for recovery (`hold_locks_on_expiry`), so a survivor can start that
+    /// recovery at once. Notices sent while the event stream was reconnecting are not
+    /// repeated: a waiter should also look now and then on its own.
+    pub fn peer_recoveries(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.peer_recoveries.subscribe()
     }
 
     /// The session's lease as a handle that does not keep the session open (for a device

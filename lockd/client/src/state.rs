@@ -34,6 +34,9 @@ pub(crate) struct Inner {
     pub(crate) release_by_token: bool,
     /// The `Session` is gone: no heartbeats any more, so nobody will mark it lost.
     pub(crate) dropped: AtomicBool,
+    /// How many `PeerRecovering` notices the session has heard (another session's lease
+    /// lapsed with its locks kept for recovery).
+    pub(crate) peer_recoveries: tokio::sync::watch::Sender<u64>,
 }
 
 /// A conversion whose fate is unknown: no replica answered, and the cleanup cancel did not

@@ -70,6 +70,10 @@ pub fn effect_event(fx: &Effect) -> (SessionId, pb::Event) {
         Effect::Expired { session } => {
             (*session, pb::Event { kind: Some(pb::event::Kind::Expired(pb::SessionExpired { session_id: *session })) })
         }
+        Effect::PeerRecovering { session, dead, node } => (
+            *session,
+            pb::Event { kind: Some(pb::event::Kind::PeerRecovering(pb::PeerRecovering { session_id: *dead, node_name: node.clone() })) },
+        ),
     }
 }
 
@@ -114,7 +118,7 @@ impl EventHub {
                     // Dropping the senders wakes the waiting Lock calls with an error.
                     self.waiters.lock().retain(|(s, _), _| s != session);
                 }
-                Effect::Blocking { .. } => {}
+                Effect::Blocking { .. } | Effect::PeerRecovering { .. } => {}
             }
             let (session, ev) = effect_event(fx);
             self.send_to(session, ev);

@@ -74,6 +74,13 @@ pub enum Effect {
     Expired {
         session: SessionId,
     },
+    /// Tells `session` (alive) that `dead`'s lease lapsed with its changing locks kept for
+    /// recovery.
+    PeerRecovering {
+        session: SessionId,
+        dead: SessionId,
+        node: String,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -231,8 +238,15 @@ impl LockTable {
             return Ok(self.drop_session(s, fx));
         }
         let names: Vec<String> = sess.resources.iter().cloned().collect();
+        let node = sess.node.clone();
         if let Some(sess) = self.sessions.get_mut(&s) {
             sess.state = SessionState::Recovering;
+        }
+        // Every live session hears of it: lockd does not know which of them recover whom.
+        for (&other, o) in &self.sessions {
+            if other != s && o.state == SessionState::Active {
+                fx.push(Effect::PeerRecovering { session: other, dead: s, node: node.clone() });
+            }
         }
         let mut released = 0;
         for name in names {

@@ -214,14 +214,20 @@ async fn bad_input_gets_clear_statuses_and_the_service_stays_up() {
     assert_eq!((s.resources, s.granted_locks, s.waiting_locks), (1, 1, 0));
 }
 
+/// A session named "crashes" with a 1 s lease whose locks stay held for recovery when it
+/// lapses (dropping it is the crash: heartbeats stop, no goodbye).
+async fn node_that_will_crash(eps: &[String]) -> Session {
+    let mut o = opts("crashes");
+    o.lease = Duration::from_millis(1000);
+    o.hold_locks_on_expiry = true;
+    Session::open(eps, o).await.unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn recovering_locks_stay_held_until_recovery_completes() {
     let dir = tempfile::tempdir().unwrap();
     let eps = cluster(1, dir.path()).await;
-    let mut o = opts("crashes");
-    o.lease = Duration::from_millis(1000);
-    o.hold_locks_on_expiry = true;
-    let a = Session::open(&eps, o).await.unwrap();
+    let a = node_that_will_crash(&eps).await;
     let aid = a.id();
     drop(a.lock("inode/1", Mode::EX, LockOptions::default()).await.unwrap());
     drop(a); // a crash: heartbeats stop, no goodbye
@@ -235,6 +241,25 @@ async fn recovering_locks_stay_held_until_recovery_completes() {
     let r = c.complete_recovery(pb::CompleteRecoveryRequest { session_id: aid }).await.unwrap().into_inner();
     assert_eq!(r.released, 1);
     b.lock("inode/1", Mode::PR, LockOptions::wait(Duration::from_secs(3))).await.unwrap();
+}
+
+/// A survivor hears at once that a peer's lease lapsed with its locks kept (no polling): the
+/// notice comes on its event stream within a moment of the expiry, and the dump then shows the
+/// peer recovering.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_session_is_told_when_a_peer_lapses_into_recovery() {
+    let dir = tempfile::tempdir().unwrap();
+    let eps = cluster(1, dir.path()).await;
+    let a = node_that_will_crash(&eps).await;
+    let aid = a.id();
+    drop(a.lock("slot/0", Mode::EX, LockOptions::default()).await.unwrap());
+    let b = Session::open(&eps, opts("survivor")).await.unwrap();
+    let mut notices = b.peer_recoveries();
+    assert_eq!(*notices.borrow_and_update(), 0);
+    drop(a); // a crash: heartbeats stop, no goodbye
+    tokio::time::timeout(Duration::from_secs(10), notices.changed()).await.expect("no notice within 10 s").unwrap();
+    let held = b.recovering_holders("slot/").await.unwrap();
+    assert_eq!(held.iter().map(|h| (h.session_id, h.node_name.as_str())).collect::<Vec<_>>(), vec![(aid, "crashes")]);
 }
 
 /// Many sessions cycling lock + (asynchronous) release on a few resources: every cycle ends

@@ -240,6 +240,31 @@ fn recovering_session_keeps_granted_locks_until_recovery_completes() {
 }
 
 #[test]
+fn every_live_session_hears_that_a_peer_awaits_recovery_and_nobody_else_does() {
+    let mut t = LockTable::default();
+    let mut fx = vec![];
+    let dead = t.open_session("node1", 5000, true).unwrap();
+    let live = t.open_session("node2", 5000, true).unwrap();
+    let other = t.open_session("tool", 5000, false).unwrap();
+    let recovering = t.open_session("node3", 5000, true).unwrap();
+    t.expire_session(recovering, &mut fx).unwrap();
+    fx.clear();
+    t.expire_session(dead, &mut fx).unwrap();
+    let told: Vec<_> = fx
+        .iter()
+        .filter_map(|e| match e {
+            Effect::PeerRecovering { session, dead, node } => Some((*session, *dead, node.as_str())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(told, vec![(live, dead, "node1"), (other, dead, "node1")], "the live sessions, not the dead or the recovering");
+    // A session expired without keeping its locks needs no recovery: nobody is told.
+    fx.clear();
+    t.expire_session(other, &mut fx).unwrap();
+    assert!(!fx.iter().any(|e| matches!(e, Effect::PeerRecovering { .. })), "{fx:?}");
+}
+
+#[test]
 fn a_recovering_session_gives_up_its_reading_grants_at_once_and_keeps_the_changing_ones() {
     let mut t = LockTable::default();
     let mut fx = vec![];
