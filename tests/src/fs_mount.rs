@@ -246,7 +246,8 @@ pub fn spawn_mount(vol: &Path, mnt: &Path, args: &[&str], log: &Path) -> Result<
         .arg(vol)
         .arg(mnt)
         .args(args)
-        .env("MAFS_LOG", "info")
+        // `MAFS_TEST_MOUNT_LOG=debug` (or any filter) to see more of a failing test's nodes.
+        .env("MAFS_LOG", std::env::var("MAFS_TEST_MOUNT_LOG").unwrap_or_else(|_| "info".into()))
         .stdin(Stdio::null())
         .stdout(out.try_clone().expect("dup log"))
         .stderr(out)

@@ -711,11 +711,18 @@ impl Filesystem for MafsFuse {
         Self::empty(fs.getattr(self.ino(ino)).map(|_| ()), reply)
     }
 
-    fn create(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, _flags: i32, reply: ReplyCreate) {
+    fn create(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, flags: i32, reply: ReplyCreate) {
         let (_hold, inc) = enter!(self, Write, reply);
         let fs = &inc.fs;
         let r = self.make(fs, req, parent, name, NewNode { mode, rdev: 0, symlink_target: None }, umask).and_then(|i| fs.open(i.ino));
         match r {
+            // The kernel looked the name up (absent) before it asked to create it; in cluster
+            // mode another node may have made it in between. An open without O_EXCL must then
+            // open that file, with the kernel's own permission checks and O_TRUNC — which it
+            // skips for a file it believes it created. ESTALE makes it walk the path again
+            // with every name looked up afresh (do_filp_open's LOOKUP_REVAL retry, as NFS
+            // relies on), and the second walk finds the file and opens it.
+            Err(FsError::Exists) if flags & libc::O_EXCL == 0 => reply.error(Errno::from_i32(libc::ESTALE)),
             // One lifetime for both name and attributes here: a set-ID file's name is looked up
             // again, and so is a cluster node's new file.
             Ok(i) => {
