@@ -57,10 +57,11 @@ impl ClusterVolume {
         Self::with_lockd(size, mkfs_args, LockdCluster::start(replicas, &[]))
     }
 
-    /// [`Self::unmounted`] with one lockd replica whose client links can be cut
-    /// (`LockdCluster::client_link`), to partition a node from lockd.
-    pub fn unmounted_partitionable(size: &str, mkfs_args: &[&str]) -> ClusterVolume {
-        Self::with_lockd(size, mkfs_args, LockdCluster::start_partitionable(1, &[]))
+    /// [`Self::unmounted`] with `replicas` lockd replicas whose links (between replicas, and
+    /// each client's, `LockdCluster::client_link`) can be cut: to partition a node from lockd,
+    /// or a replica from the others.
+    pub fn unmounted_partitionable(size: &str, mkfs_args: &[&str], replicas: u64) -> ClusterVolume {
+        Self::with_lockd(size, mkfs_args, LockdCluster::start_partitionable(replicas, &[]))
     }
 
     fn with_lockd(size: &str, mkfs_args: &[&str], lockd: LockdCluster) -> ClusterVolume {

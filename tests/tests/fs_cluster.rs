@@ -368,6 +368,46 @@ fn killing_the_lockd_leader_under_load_costs_no_node_its_session() {
     c.finish();
 }
 
+/// The lockd leader cut off from the other replicas (its clients still reach it, silence
+/// between replicas) in the middle of the cross-node workload, then the links healed: the
+/// others elect a leader, the nodes find it, and no node loses its session or fences itself.
+#[test]
+fn isolating_the_lockd_leader_under_load_costs_no_node_its_session() {
+    let mut c = ClusterVolume::unmounted_partitionable("256M", &["--slots", "4"], 3);
+    c.mount("node1", &["--commit-interval", "1"]);
+    c.mount("node2", &["--commit-interval", "1"]);
+    let (isolated, next) = (std::cell::Cell::new(0), std::cell::Cell::new(0));
+    let worst = cross_directory_workload(&mut c, 14, |lockd| {
+        std::thread::sleep(Duration::from_secs(3));
+        let leader = lockd.wait_leader(Duration::from_secs(10));
+        lockd.isolate(leader, LinkMode::Blackhole);
+        isolated.set(leader);
+        let others = lockd.others(leader);
+        assert!(
+            mafs_tests::wait_until(Duration::from_secs(10), || lockd.statuses().iter().any(|s| others.contains(&s.id)
+                && s.role == "leader"
+                && {
+                    next.set(s.id);
+                    true
+                })),
+            "the other replicas elected no leader"
+        );
+        std::thread::sleep(Duration::from_secs(4));
+        lockd.heal();
+    });
+    assert_ne!(isolated.get(), next.get());
+    eprintln!("longest operation while lockd replica {} was isolated: {worst:?}", isolated.get());
+    for n in &c.nodes {
+        let log = n.log();
+        assert!(
+            !log.contains("session lost") && !log.contains("fenced"),
+            "{} lost its session when the leader was isolated:\n{log}",
+            n.name
+        );
+    }
+    c.finish();
+}
+
 #[test]
 fn a_second_node_with_a_name_in_use_is_refused_and_the_first_goes_on() {
     let mut c = ClusterVolume::new(1, "128M");
@@ -1153,7 +1193,7 @@ fn old_session_wrote_nothing_after(write_log: &Path, recovery_ns: u64) {
 /// recovering it — and the other node goes on. When the link comes back, it rejoins by itself.
 #[test]
 fn a_node_cut_off_from_lockd_fences_itself_before_it_is_recovered_and_rejoins_after() {
-    let mut c = ClusterVolume::unmounted_partitionable("256M", &["--slots", "4"]);
+    let mut c = ClusterVolume::unmounted_partitionable("256M", &["--slots", "4"], 1);
     const NODE1_LINK: u64 = 100;
     let via = c.lockd.client_link(NODE1_LINK);
     let write_log = c.vol.with_file_name("node1-writes.log");

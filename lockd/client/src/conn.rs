@@ -115,6 +115,7 @@ impl Conn {
         let mut removed = std::collections::HashSet::new();
         loop {
             let (addr, client) = self.client()?;
+            let tried = Instant::now();
             let outcome = match tokio::time::timeout(per_try, f(client)).await {
                 Ok(r) => r,
                 Err(_) => Err(Status::deadline_exceeded(format!("{addr} did not answer within {per_try:?}"))),
@@ -129,6 +130,7 @@ impl Conn {
                 }
                 Err(st) => st,
             };
+            tracing::debug!(what, addr, took = ?tried.elapsed(), "lockd call failed: {}", st.message());
             if kind_of(&st) == Some(ErrorKind::Removed) {
                 removed.insert(addr.clone());
             }
