@@ -288,7 +288,8 @@ fn open_volume(cfg: &MountConfig, cluster: Option<&dyn Membership>) -> anyhow::R
         );
     }
     if vol.replayed.transactions > 0 {
-        tracing::info!("replayed {} journal transactions ({} blocks)", vol.replayed.transactions, vol.replayed.blocks_written);
+        let r = &vol.replayed;
+        tracing::info!("replayed {} journal transactions ({} blocks) in {:?}", r.transactions, r.blocks_written, r.took);
     }
     Ok(vol)
 }

@@ -26,6 +26,8 @@ pub struct ReplayStats {
     pub blocks_revoked: u64,
     /// Sequence the next transaction in this slot must carry.
     pub next_seq: u64,
+    /// How long the scan and the writes home took (for the log and the recovery benchmark).
+    pub took: std::time::Duration,
 }
 
 /// Reads the complete transactions of `slot`'s journal, oldest first.
@@ -114,8 +116,10 @@ pub fn apply(dev: &dyn BlockDevice, txns: &[Transaction]) -> Result<ReplayStats>
 }
 
 pub fn replay(dev: &dyn BlockDevice, layout: &Layout, slot: &SlotHeader, seed: u32) -> Result<ReplayStats> {
+    let start = std::time::Instant::now();
     let txns = scan(dev, layout, slot, seed)?;
     let mut stats = apply(dev, &txns)?;
     stats.next_seq = txns.last().map(|t| t.seq + 1).unwrap_or(slot.tail_seq);
+    stats.took = start.elapsed();
     Ok(stats)
 }
