@@ -3,70 +3,17 @@
 //! device, each a cluster node with its own slot and lockd session (a real lockd replica,
 //! in-process), take turns through the volume lock: the hand-over is lockd's revocation, not a
 //! call of the test's. Then the first node "crashes" and its slot is replayed.
+mod common;
+
 use std::sync::Arc;
-use std::time::Duration;
 
-use mafs_cluster::{ClusterNode, JoinOptions, VolumeLock};
+use common::{lockd, node, Node, WHO};
 use mafs_core::device::{BlockDevice, CrashDevice};
-use mafs_core::filesystem::namespace::NewNode;
-use mafs_core::filesystem::{Caller, Fs};
-use mafs_core::locks::{Access, VolumeGate};
+use mafs_core::filesystem::Fs;
 use mafs_core::mkfs::{mkfs, MkfsOptions};
-use mafs_core::volume::{read_superblock, Volume};
+use mafs_core::volume::Volume;
 
-const WHO: Caller = Caller::ROOT;
 const FILES: usize = 300;
-
-fn node(mode: u32) -> NewNode<'static> {
-    NewNode { mode, rdev: 0, symlink_target: None }
-}
-
-/// A lockd replica on a free port, served by its own runtime for the test's lifetime.
-fn lockd(dir: &std::path::Path) -> (tokio::runtime::Runtime, String) {
-    let addr = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
-        l.local_addr().expect("addr").to_string()
-    };
-    let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let cfg = lockd_server::raft_node::ReplicaConfig::new(1, addr.clone(), dir.to_path_buf());
-    rt.spawn(async move {
-        if let Err(e) = lockd_server::server::serve(cfg).await {
-            panic!("lockd replica failed: {e}");
-        }
-    });
-    (rt, addr)
-}
-
-struct Node {
-    fs: Arc<Fs>,
-    gate: Arc<VolumeLock>,
-    _cluster: ClusterNode,
-}
-
-impl Node {
-    /// Joins the cluster and opens the volume through its slot, holding the volume lock EX as
-    /// a mount does.
-    fn mount(dev: &Arc<dyn BlockDevice>, endpoint: &str, name: &str) -> Node {
-        let (sb, _) = read_superblock(&**dev).expect("superblock");
-        let opts =
-            JoinOptions { endpoints: vec![endpoint.to_string()], node_name: name.into(), slot: None, lease: Duration::from_secs(10) };
-        let cluster = ClusterNode::join(&sb.uuid_string(), sb.layout.slot_count, &opts).expect("join");
-        let gate = cluster.volume_lock();
-        let fs = {
-            let _hold = gate.enter(Access::Write).expect("volume lock");
-            let vol = Volume::open(dev.clone(), cluster.slot(), name, 4096).expect("open slot");
-            Arc::new(Fs::with_cluster_locks(vol, Box::new(cluster.open_locks())))
-        };
-        cluster.attach(&fs);
-        Node { fs, gate, _cluster: cluster }
-    }
-
-    /// Runs `f` as a request that changes the volume would: inside the volume lock, EX.
-    fn write<T>(&self, f: impl FnOnce(&Fs) -> T) -> T {
-        let _hold = self.gate.enter(Access::Write).expect("volume lock");
-        f(&self.fs)
-    }
-}
 
 #[test]
 fn replaying_a_node_that_gave_the_volume_lock_up_never_writes_over_the_next_holder() {
