@@ -19,8 +19,12 @@ fn free_addr() -> String {
 
 /// Starts `n` replicas in this process and waits for a leader; returns the endpoints.
 async fn cluster(n: u64, dir: &std::path::Path) -> Vec<String> {
+    cluster_at((0..n).map(|_| free_addr()).collect(), dir).await
+}
+
+/// [`cluster`] with one replica listening at each of `addrs`.
+async fn cluster_at(addrs: Vec<String>, dir: &std::path::Path) -> Vec<String> {
     let _ = tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_env("MAFS_LOG")).with_test_writer().try_init();
-    let addrs: Vec<String> = (0..n).map(|_| free_addr()).collect();
     let members: std::collections::BTreeMap<u64, String> = addrs.iter().enumerate().map(|(i, a)| (i as u64 + 1, a.clone())).collect();
     for (id, addr) in &members {
         let mut cfg = ReplicaConfig::new(*id, addr.clone(), dir.join(format!("r{id}")));
@@ -241,6 +245,26 @@ async fn recovering_locks_stay_held_until_recovery_completes() {
     let r = c.complete_recovery(pb::CompleteRecoveryRequest { session_id: aid }).await.unwrap().into_inner();
     assert_eq!(r.released, 1);
     b.lock("inode/1", Mode::PR, LockOptions::wait(Duration::from_secs(3))).await.unwrap();
+}
+
+/// A session opened while lockd was still coming up counts its lease from the attempt lockd
+/// answered, not from its first try: its holder does not see the lease run out (and a node
+/// does not fence itself) just after it got it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_opened_after_retries_counts_its_lease_from_the_answered_try() {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = free_addr();
+    let mut o = opts("patient");
+    o.retry_for = Duration::from_secs(30);
+    let lease = o.lease;
+    let eps = vec![addr.clone()];
+    let opening = tokio::spawn(async move { Session::open(&eps, o).await });
+    // Nobody answers for longer than the lease.
+    tokio::time::sleep(lease + Duration::from_secs(1)).await;
+    cluster_at(vec![addr], dir.path()).await;
+    let s = opening.await.unwrap().expect("the session opens once lockd is up");
+    let left = s.lease_watch().deadline().expect("a live session").saturating_duration_since(Instant::now());
+    assert!(left > lease / 2, "only {left:?} of a {lease:?} lease left right after the session opened");
 }
 
 /// A survivor hears at once that a peer's lease lapsed with its locks kept (no polling): the
