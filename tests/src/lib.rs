@@ -1,4 +1,5 @@
 //! Helpers shared by the end-to-end tests: where the `mafs` binary is, scratch folders, waiting.
+pub mod faulty_disk;
 pub mod fs_cluster;
 pub mod fs_mount;
 pub mod lock_history;

@@ -104,7 +104,9 @@ impl ClusterNode {
             Error::Unavailable(_) | Error::BadEndpoint(_) => JoinError::Unreachable { endpoints: opts.endpoints.join(","), source },
             other => JoinError::Session(other),
         })?;
-        Ok(ClusterNode { runtime, session: Arc::new(session), names, slot: 0, attached, held: Vec::new() })
+        let session = Arc::new(session);
+        let _ = attached.session.set(Arc::downgrade(&session));
+        Ok(ClusterNode { runtime, session, names, slot: 0, attached, held: Vec::new() })
     }
 
     /// Takes the node's name, then the first free slot (or the one `opts` names).

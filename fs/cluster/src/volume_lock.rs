@@ -88,6 +88,8 @@ impl VolumeGate for VolumeLock {
 pub(crate) struct Attached {
     pub(crate) fs: OnceLock<Weak<Fs>>,
     pub(crate) kernel: OnceLock<Arc<dyn KernelCaches>>,
+    /// The node's lockd session, to withdraw from the cluster when the device fails it.
+    pub(crate) session: OnceLock<Weak<lockd_client::Session>>,
 }
 
 impl Attached {
@@ -118,8 +120,18 @@ pub(crate) fn revoke(names: &VolumeNames, attached: &Attached, notice: &Blocking
         if let Err(e) = fs.write_back_and_forget() {
             // Giving the lock up now would let other nodes read blocks this node changed but
             // could not write home, and a replay of its journal later would write over theirs.
-            // Keeping it stalls them instead, until this node is fenced (docs/design.md).
-            tracing::error!("cannot write the volume back to give the volume lock up ({e}); keeping it");
+            // Keeping it while staying in the cluster would stall them for ever. So the node
+            // withdraws (GFS2's word): it gives its session up without a goodbye, as if it had
+            // died. lockd expires it and keeps the lock; a survivor replays its journal — once
+            // the device lets it — and only then is the lock handed on. This node fences itself
+            // at once (its requests answer EIO) and rejoins once its slot is recovered.
+            tracing::error!(
+                "cannot write the volume back to give the volume lock up ({e}): withdrawing from the cluster so that \
+                 another node recovers this node's journal; this node answers EIO until it rejoins"
+            );
+            if let Some(s) = attached.session.get().and_then(Weak::upgrade) {
+                s.abandon();
+            }
             return Revoke::Keep;
         }
         tracing::debug!(held = %notice.held, requested = %notice.requested, "volume lock handed on after {:?} of write-back", start.elapsed());
