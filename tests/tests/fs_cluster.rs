@@ -538,6 +538,54 @@ fn free_bytes(p: &Path) -> u64 {
     s.f_bavail * s.f_bsize as u64
 }
 
+/// Two nodes filling the volume at once, in turns of 256 KiB writes: each gets ENOSPC and
+/// nothing else, each node's statfs says the volume is (nearly) full, space one node frees is
+/// usable on the other at once, everything written before ENOSPC reads back, and fsck is clean.
+#[test]
+fn two_nodes_filling_the_volume_get_enospc_and_nothing_breaks() {
+    let c = ClusterVolume::new(2, "64M");
+    let chunk = vec![0x5au8; 256 << 10];
+    let full = std::thread::scope(|s| {
+        let fill = |n: usize| {
+            let (node, chunk) = (c.node(n), &chunk);
+            s.spawn(move || {
+                let mut written = Vec::new();
+                for i in 0.. {
+                    let path = node.path(format!("fill-{n}-{i}"));
+                    let r = fs::File::create(&path).and_then(|mut f| f.write_all(chunk).and_then(|()| f.sync_all()));
+                    match r {
+                        Ok(()) => written.push(path),
+                        Err(e) => return (written, e.raw_os_error()),
+                    }
+                }
+                unreachable!()
+            })
+        };
+        let (a, b) = (fill(0), fill(1));
+        [a.join().unwrap(), b.join().unwrap()]
+    });
+    for (n, (written, err)) in full.iter().enumerate() {
+        assert_eq!(*err, Some(libc::ENOSPC), "node{} stopped with {err:?}, not ENOSPC", n + 1);
+        assert!(!written.is_empty(), "node{} wrote nothing", n + 1);
+        assert!(free_bytes(&c.node(n).mnt) < 4 << 20, "node{}'s statfs still shows {} free", n + 1, free_bytes(&c.node(n).mnt));
+    }
+    // Whatever was written whole before the volume filled reads back whole, on either node.
+    for (written, _) in &full {
+        for p in written {
+            let name = p.file_name().unwrap();
+            for n in 0..2 {
+                assert!(fs::read(c.node(n).path(name)).unwrap() == chunk, "{name:?} on node{} is not what was written", n + 1);
+            }
+        }
+    }
+    // Space node2 frees, node1 can use at once.
+    for p in &full[1].0[..4.min(full[1].0.len())] {
+        fs::remove_file(c.node(1).path(p.file_name().unwrap())).unwrap();
+    }
+    fs::write(c.node(0).path("after-free"), &chunk).expect("node1 writes into the space node2 freed");
+    c.finish();
+}
+
 /// A file unlinked on one node while another has it open stays whole there (even when the
 /// unlinking node then fills the volume), and is freed when the last node closes it.
 #[test]
