@@ -845,12 +845,12 @@ impl Writer {
     /// node that was not killed).
     fn stop_expecting_no_error(mut self, who: &str) {
         let early = self.stopped();
-        unsafe { libc::kill(-(self.child.id() as i32), libc::SIGKILL) };
-        let _ = self.child.wait();
+        self.stop();
         assert!(early.is_none(), "{who}'s workload stopped on its own: {early:?}");
     }
 
-    fn stop(mut self) {
+    /// Kills the whole process group (the shell and whatever it runs now).
+    fn stop(&mut self) {
         unsafe { libc::kill(-(self.child.id() as i32), libc::SIGKILL) };
         let _ = self.child.wait();
     }
@@ -985,7 +985,7 @@ fn a_node_killed_while_all_three_write_is_recovered_with_every_fsynced_write_int
                 kernel_stacks(&writers.iter().map(|w| w.child.id()).chain(at.iter().filter_map(|&i| c.node(i).pid())).collect::<Vec<_>>())
             );
         }
-        for (k, w) in writers.into_iter().enumerate() {
+        for (k, mut w) in writers.into_iter().enumerate() {
             if k == victim {
                 w.stop();
             } else {
