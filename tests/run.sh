@@ -2,10 +2,11 @@
 # The whole test suite, as CI runs it (.ci/run calls exactly this):
 #   1. installs what the tests need (apt packages, pjdfstest, cargo-nextest, test users);
 #   2. checks formatting (rustfmt) and lints (clippy, warnings are errors);
-#   3. builds the workspace in release mode (the e2e tests drive target/release/mafs);
-#   4. runs every unit, integration and end-to-end test (real FUSE mounts, real lockd
+#   3. runs the filesystem core's and cluster mode's tests in a debug build (assertions on);
+#   4. builds the workspace in release mode (the e2e tests drive target/release/mafs);
+#   5. runs every unit, integration and end-to-end test (real FUSE mounts, real lockd
 #      processes on 127.0.0.1, kill -9 crashes) under cargo-nextest;
-#   5. runs the POSIX conformance suite pjdfstest on a fresh mafs mount (and on ext4 on a
+#   6. runs the POSIX conformance suite pjdfstest on a fresh mafs mount (and on ext4 on a
 #      loop device, for the side-by-side count in docs/pjdfstest.md).
 # Needs root: FUSE mounts, loop devices and the unprivileged test users.
 set -euo pipefail
@@ -28,6 +29,11 @@ cargo clippy --version >/dev/null 2>&1 || rustup component add clippy
 echo "== formatting and lints"
 cargo fmt --all --check
 cargo clippy --workspace --all-targets -- -D warnings
+
+echo "== the filesystem core's and cluster mode's tests, debug build"
+# Debug assertions on: every inode lock asserts its thread holds no journal handle (the lock
+# order of fs/core/src/locks.rs), and arithmetic overflow panics instead of wrapping.
+cargo nextest run -p mafs-core -p mafs-cluster --no-fail-fast
 
 echo "== building (release)"
 cargo build --release --workspace

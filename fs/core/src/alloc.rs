@@ -6,7 +6,7 @@
 //! of blocks that may be handed out: a freed block enters it only when the transaction that
 //! freed it has committed, so a crash can never leave a committed file pointing at a block
 //! that was already reused.
-use crate::cache::{MetaBuf, MetaCache};
+use crate::cache::{Cover, MetaBuf, MetaCache};
 use crate::error::{FsError, Result};
 pub use crate::format::ag::BlockState;
 use crate::format::ag::{bitmap_fill, bitmap_get, AgHeader};
@@ -38,11 +38,15 @@ pub struct Allocator {
     cache: Arc<MetaCache>,
     layout: Layout,
     ags: Vec<Ag>,
-    /// AG this node allocates from first (chosen by its slot).
-    home_ag: u32,
     /// Blocks freed by transactions that have not committed yet (free on disk, not yet
     /// allocatable).
     quarantined: std::sync::atomic::AtomicU64,
+    /// See [`Allocator::unheld_frees`].
+    unheld_frees: std::sync::atomic::AtomicU64,
+    /// See [`Allocator::current_ag`].
+    current_ag: std::sync::atomic::AtomicU32,
+    /// See [`Allocator::share_groups`].
+    shared: std::sync::atomic::AtomicBool,
 }
 
 impl Allocator {
@@ -50,12 +54,20 @@ impl Allocator {
         let mut ags = Vec::with_capacity(layout.ag_count as usize);
         for a in 0..layout.ag_count {
             let first = layout.ag_first_block(a);
-            let hdr = cache.get(BlockNo(first), BlockType::AgHeader)?;
+            let hdr = cache.get(BlockNo(first), BlockType::AgHeader, Cover::Group(a))?;
             let free = AgHeader::of(&hdr.read()).free();
             ags.push(Ag { index: a, first, len: layout.ag_len(a) as u64, mem: Mutex::new(None), free_hint: Mutex::new(Some(free)) });
         }
         let home_ag = ((slot as u64 * layout.ag_count as u64) / layout.slot_count as u64) as u32;
-        Ok(Allocator { cache, layout, ags, home_ag, quarantined: std::sync::atomic::AtomicU64::new(0) })
+        Ok(Allocator {
+            cache,
+            layout,
+            ags,
+            quarantined: std::sync::atomic::AtomicU64::new(0),
+            unheld_frees: Default::default(),
+            current_ag: home_ag.into(),
+            shared: false.into(),
+        })
     }
 
     /// Forgets the in-memory maps and free counts, so the next allocation reads the bitmaps and
@@ -71,25 +83,65 @@ impl Allocator {
         }
     }
 
-    /// An AG's free count: the hint, or the header's count read now.
+    /// Groups are shared with other nodes, each under a cluster lock of its own (cluster mode
+    /// with per-group locks): from now on the allocator reads a group's header and bitmap
+    /// into the cache only for an operation that holds the group (`Handle::may_use_ag`); a
+    /// look at any other (statfs, the state of one block) reads a copy that is not kept.
+    /// Forgets everything read so far (at mount, before the locks were known).
+    pub fn share_groups(&self) {
+        self.shared.store(true, std::sync::atomic::Ordering::Release);
+        self.reload();
+    }
+
+    fn is_shared(&self) -> bool {
+        self.shared.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// An AG's free count: the hint, or the header's count read now (not kept in the cache
+    /// when groups are shared: the group may not be held).
     fn free_hint(&self, ag: &Ag) -> Result<u64> {
         let mut hint = ag.free_hint.lock();
         if let Some(free) = *hint {
             return Ok(free);
         }
-        let hdr = self.cache.get(BlockNo(ag.first), BlockType::AgHeader)?;
-        let free = AgHeader::of(&hdr.read()).free();
+        let free = if self.is_shared() {
+            AgHeader::of(&self.cache.copy_uncached(BlockNo(ag.first), BlockType::AgHeader)?).free()
+        } else {
+            AgHeader::of(&self.cache.get(BlockNo(ag.first), BlockType::AgHeader, Cover::Group(ag.index))?.read()).free()
+        };
         *hint = Some(free);
         Ok(free)
     }
 
+    /// Free blocks on the volume. With shared groups: the groups this node has loaded as it
+    /// counts them, the others as their headers on the device say — as of the last commit of
+    /// the node that holds each (docs/design.md, "Toward a lock per inode and per allocation
+    /// group").
     pub fn free_blocks(&self) -> u64 {
+        if self.is_shared() {
+            return self
+                .ags
+                .iter()
+                .map(|ag| {
+                    if let Some(m) = ag.mem.lock().as_ref() {
+                        return m.free;
+                    }
+                    *ag.free_hint.lock() = None;
+                    self.free_hint(ag).unwrap_or(0)
+                })
+                .sum();
+        }
         // A header that cannot be read counts as full: the allocator will not pick it either.
         self.ags.iter().map(|a| self.free_hint(a).unwrap_or(0)).sum()
     }
 
-    /// Blocks that can be allocated now (free, and not waiting for their freeing commit).
+    /// Blocks that can be allocated now (free, and not waiting for their freeing commit). With
+    /// shared groups: in the groups this node has loaded (those its operations hold), read
+    /// nothing.
     pub fn available(&self) -> u64 {
+        if self.is_shared() {
+            return self.ags.iter().filter_map(|ag| ag.mem.lock().as_ref().map(|m| m.free)).sum();
+        }
         self.free_blocks().saturating_sub(self.quarantined.load(std::sync::atomic::Ordering::Acquire))
     }
 
@@ -103,7 +155,7 @@ impl Allocator {
     }
 
     fn bitmap_buf(&self, ag: &Ag, rel: u64) -> Result<Arc<MetaBuf>> {
-        self.cache.get(BlockNo(ag.first + 1 + rel / STATES_PER_BITMAP_BLOCK), BlockType::Bitmap)
+        self.cache.get(BlockNo(ag.first + 1 + rel / STATES_PER_BITMAP_BLOCK), BlockType::Bitmap, Cover::Group(ag.index))
     }
 
     /// Calls `f` with every AG-relative block of `ag` and its state in the bitmap.
@@ -140,6 +192,7 @@ impl Allocator {
     }
 
     fn set_states(&self, h: &Handle, ag: &Ag, rel: u64, len: u64, s: BlockState) -> Result<()> {
+        debug_assert!(h.may_use_ag(ag.index), "allocation group {} changed by an operation that does not hold it", ag.index);
         let mut r = rel;
         while r < rel + len {
             let buf = self.bitmap_buf(ag, r)?;
@@ -151,7 +204,7 @@ impl Allocator {
     }
 
     fn adjust_header(&self, h: &Handle, ag: &Ag, delta: i64) -> Result<()> {
-        let hdr = self.cache.get(BlockNo(ag.first), BlockType::AgHeader)?;
+        let hdr = self.cache.get(BlockNo(ag.first), BlockType::AgHeader, Cover::Group(ag.index))?;
         let free = {
             let mut d = h.write(&hdr);
             let agh = AgHeader::of_mut(&mut d);
@@ -167,13 +220,34 @@ impl Allocator {
     /// Allocates up to `want` contiguous blocks, preferably at or after `goal`, marking them
     /// `kind`. Returns (first block, count); count >= 1.
     pub fn alloc(&self, h: &Handle, want: u64, goal: Option<BlockNo>, kind: BlockState) -> Result<(BlockNo, u64)> {
+        let (a, rel, len) = self.pick(want, goal, &|a| h.may_use_ag(a))?;
+        let ag = &self.ags[a];
+        self.set_states(h, ag, rel, len, kind)?;
+        self.adjust_header(h, ag, -(len as i64))?;
+        Ok((BlockNo(ag.first + rel), len))
+    }
+
+    /// Sets one free block aside, near `goal`, before the transaction that will use it
+    /// ([`Reserved::claim`]): an operation learns the number of the inode it will create while
+    /// it can still lock it (inode locks come before the journal handle, `locks.rs`). Nothing
+    /// changes on disk; dropped unclaimed, the block is available again.
+    /// In cluster mode only a group in `ags` (those the operation holds) is used.
+    pub fn reserve(&self, goal: Option<BlockNo>, ags: Option<&[u32]>) -> Result<Reserved<'_>> {
+        let (a, rel, _) = self.pick(1, goal, &|a| ags.is_none_or(|held| held.contains(&a)))?;
+        Ok(Reserved { alloc: self, blk: BlockNo(self.ags[a].first + rel), claimed: false })
+    }
+
+    /// Finds up to `want` contiguous available blocks and takes them out of the in-memory map:
+    /// (AG index, AG-relative first block, count).
+    fn pick(&self, want: u64, goal: Option<BlockNo>, usable: &dyn Fn(u32) -> bool) -> Result<(usize, u64, u64)> {
         let want = want.max(1);
         let goal = goal.map_or(0, BlockNo::get); // block 0 (the superblock) is in no AG
-        let start_ag = self.layout.ag_of(goal).unwrap_or(self.home_ag);
+        let start_ag = self.layout.ag_of(goal).filter(|a| usable(*a)).unwrap_or_else(|| self.current_ag());
         let n = self.ags.len() as u32;
         for i in 0..n {
-            let ag = &self.ags[((start_ag + i) % n) as usize];
-            if self.free_hint(ag)? == 0 {
+            let a = ((start_ag + i) % n) as usize;
+            let ag = &self.ags[a];
+            if !usable(ag.index) || self.free_hint(ag)? == 0 {
                 continue;
             }
             let mut guard = ag.mem.lock();
@@ -197,12 +271,23 @@ impl Allocator {
             }
             mem.free -= len;
             mem.cursor = rel + len;
-            self.set_states(h, ag, rel, len, kind)?;
-            self.adjust_header(h, ag, -(len as i64))?;
-            return Ok((BlockNo(ag.first + rel), len));
+            return Ok((a, rel, len));
         }
         tracing::debug!(want, free = self.free_blocks(), quarantined = self.quarantined(), "no allocation group has a free block");
         Err(FsError::NoSpace)
+    }
+
+    /// Gives a reserved, unclaimed block back to the in-memory map.
+    fn unreserve(&self, blk: BlockNo) {
+        let Some(a) = self.layout.ag_of(blk.get()) else { return };
+        let ag = &self.ags[a as usize];
+        if let Some(mem) = ag.mem.lock().as_mut() {
+            let r = blk.get() - ag.first;
+            if is_used(&mem.used, r) {
+                mem.used[(r / 64) as usize] &= !(1 << (r % 64));
+                mem.free += 1;
+            }
+        }
     }
 
     /// Marks an extent free on disk (in this transaction). It becomes allocatable through
@@ -210,10 +295,26 @@ impl Allocator {
     pub fn free(&self, h: &Handle, first: BlockNo, len: u64) -> Result<()> {
         let start = first.get();
         let mut s = start;
+        let mut freed = 0;
         while s < start + len {
             let a = self.layout.ag_of(s).ok_or_else(|| FsError::corrupt(s, "freeing a block outside every allocation group"))?;
             let ag = &self.ags[a as usize];
             let end = (start + len).min(ag.first + ag.len);
+            if !h.may_use_ag(a) {
+                // A group the operation does not hold (its plan missed it, a bug): another node
+                // may hold it, and a change here would be lost or would overwrite its own. The
+                // blocks stay marked in use instead — leaked, which fsck finds and frees.
+                self.unheld_frees.fetch_add(end - s, std::sync::atomic::Ordering::Relaxed);
+                tracing::warn!(
+                    ag = a,
+                    first = s,
+                    count = end - s,
+                    "blocks to free lie in an allocation group this operation does not hold; left in use for fsck to free"
+                );
+                s = end;
+                continue;
+            }
+            freed += end - s;
             // Load the in-memory map before the on-disk bits change, so the freed blocks stay
             // unavailable in it until the freeing transaction commits.
             let mut g = ag.mem.lock();
@@ -224,9 +325,72 @@ impl Allocator {
             self.adjust_header(h, ag, (end - s) as i64)?;
             s = end;
         }
-        h.freed(first, len);
-        self.quarantined.fetch_add(len, std::sync::atomic::Ordering::AcqRel);
+        if freed == len {
+            h.freed(first, len);
+        } else {
+            self.freed_in_held_parts(h, start, len);
+        }
+        self.quarantined.fetch_add(freed, std::sync::atomic::Ordering::AcqRel);
         Ok(())
+    }
+
+    /// `Handle::freed` for the parts of an extent in groups the operation holds.
+    fn freed_in_held_parts(&self, h: &Handle, start: u64, len: u64) {
+        let mut s = start;
+        while s < start + len {
+            let Some(a) = self.layout.ag_of(s) else { return };
+            let ag = &self.ags[a as usize];
+            let end = (start + len).min(ag.first + ag.len);
+            if h.may_use_ag(a) {
+                h.freed(BlockNo(s), end - s);
+            }
+            s = end;
+        }
+    }
+
+    pub fn ag_count(&self) -> u32 {
+        self.ags.len() as u32
+    }
+
+    /// The group this node allocates from now: its own (by slot) until that fills up.
+    pub fn current_ag(&self) -> u32 {
+        self.current_ag.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub fn set_current_ag(&self, a: u32) {
+        self.current_ag.store(a, std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Group `a`'s free count as last read, without reading anything (`None`: not known).
+    pub fn free_hint_of(&self, a: u32) -> Option<u64> {
+        self.ags.get(a as usize).and_then(|ag| *ag.free_hint.lock())
+    }
+
+    /// Blocks group `a` can hand out now (free, and not waiting for their freeing commit),
+    /// from its bitmap, read now if it is not loaded. Cluster mode: call with the group held.
+    pub fn available_in(&self, a: u32) -> Result<u64> {
+        let ag = self.ags.get(a as usize).ok_or(FsError::Invalid("no such allocation group"))?;
+        let mut g = ag.mem.lock();
+        if g.is_none() {
+            *g = Some(self.load(ag)?);
+        }
+        Ok(g.as_ref().map_or(0, |m| m.free))
+    }
+
+    /// Forgets group `a`'s in-memory map and free count (cluster mode: its lock went to another
+    /// node, which may change its bitmap). Call with no operation holding the group.
+    pub fn forget_ag(&self, a: u32) {
+        if let Some(ag) = self.ags.get(a as usize) {
+            let mut mem = ag.mem.lock();
+            *ag.free_hint.lock() = None;
+            *mem = None;
+        }
+    }
+
+    /// Blocks left in use because an operation freed them in a group it did not hold (should
+    /// stay 0: the tests check it).
+    pub fn unheld_frees(&self) -> u64 {
+        self.unheld_frees.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Makes extents freed by a committed transaction allocatable again.
@@ -263,6 +427,11 @@ impl Allocator {
         let a = self.layout.ag_of(blk).ok_or(FsError::NotFound)?;
         let ag = &self.ags[a as usize];
         let rel = blk - ag.first;
+        if self.is_shared() {
+            // The group may be another node's: a copy, not kept.
+            let bitmap = BlockNo(ag.first + 1 + rel / STATES_PER_BITMAP_BLOCK);
+            return Ok(bitmap_get(&self.cache.copy_uncached(bitmap, BlockType::Bitmap)?, rel));
+        }
         let buf = self.bitmap_buf(ag, rel)?;
         let data = buf.read();
         Ok(bitmap_get(&data, rel))
@@ -270,6 +439,44 @@ impl Allocator {
 
     pub fn ag_index_of(&self, blk: BlockNo) -> Option<u32> {
         self.layout.ag_of(blk.get()).map(|a| self.ags[a as usize].index)
+    }
+}
+
+/// A block set aside by [`Allocator::reserve`]: claimed in a transaction, or given back when
+/// dropped.
+pub struct Reserved<'a> {
+    alloc: &'a Allocator,
+    blk: BlockNo,
+    claimed: bool,
+}
+
+impl Reserved<'_> {
+    pub fn block(&self) -> BlockNo {
+        self.blk
+    }
+
+    /// Marks the block `kind` on disk, in `h`'s transaction.
+    pub fn claim(mut self, h: &Handle, kind: BlockState) -> Result<BlockNo> {
+        let a = self
+            .alloc
+            .layout
+            .ag_of(self.blk.get())
+            .ok_or_else(|| FsError::corrupt(self.blk.get(), "reserved block outside every allocation group"))?;
+        let ag = &self.alloc.ags[a as usize];
+        // Kept out of the map even if the transaction fails halfway: a block unavailable
+        // until the next reload is safer than one handed out twice.
+        self.claimed = true;
+        self.alloc.set_states(h, ag, self.blk.get() - ag.first, 1, kind)?;
+        self.alloc.adjust_header(h, ag, -1)?;
+        Ok(self.blk)
+    }
+}
+
+impl Drop for Reserved<'_> {
+    fn drop(&mut self) {
+        if !self.claimed {
+            self.alloc.unreserve(self.blk);
+        }
     }
 }
 
@@ -345,7 +552,7 @@ impl Allocator {
         let _g = ag.mem.lock();
         let mut free = 0;
         self.for_each_state(ag, &mut |_, s| free += (s == BlockState::Free) as u64)?;
-        let hdr = self.cache.get(BlockNo(ag.first), BlockType::AgHeader)?;
+        let hdr = self.cache.get(BlockNo(ag.first), BlockType::AgHeader, Cover::Group(ag.index))?;
         let old = AgHeader::of(&hdr.read()).free();
         if old != free {
             AgHeader::of_mut(&mut h.write(&hdr)).set_free(free);
@@ -381,7 +588,7 @@ mod commit_tests {
         let a = l.ag_of(blk).expect("block in an AG");
         let first = l.ag_first_block(a);
         let rel = blk - first;
-        let buf = vol.cache.get(BlockNo(first + 1 + rel / STATES_PER_BITMAP_BLOCK), BlockType::Bitmap).unwrap();
+        let buf = vol.cache.get(BlockNo(first + 1 + rel / STATES_PER_BITMAP_BLOCK), BlockType::Bitmap, Cover::Volume).unwrap();
         let d = buf.read();
         bitmap_get(&d, rel)
     }

@@ -5,12 +5,12 @@
 //!
 //! The node layout, its parser and its encoder are `format::btree_node`.
 use crate::alloc::{Allocator, BlockState};
-use crate::cache::{MetaBuf, MetaCache};
+use crate::cache::{Cover, MetaBuf, MetaCache};
 use crate::error::{FsError, Result};
 pub use crate::format::btree_node::Record;
 use crate::format::btree_node::{child_index, leaf_entry_len, Node, NodePlace, NodeView};
 use crate::format::header::BlockType;
-use crate::format::BlockNo;
+use crate::format::{BlockNo, InodeNo};
 use crate::journal::Handle;
 use std::sync::Arc;
 
@@ -43,6 +43,11 @@ pub struct TreeRead<'a> {
 }
 
 impl TreeRead<'_> {
+    /// The tree's nodes are covered by its inode's lock.
+    fn cover(&self) -> Cover {
+        Cover::Inode(InodeNo::from_block(self.inode_buf.blkno))
+    }
+
     fn load(&self, r: NodeRef) -> Result<Node> {
         self.with_raw(r, Node::parse)
     }
@@ -53,7 +58,7 @@ impl TreeRead<'_> {
     fn with_raw<T>(&self, r: NodeRef, f: impl FnOnce(NodeView<'_>) -> Result<T>) -> Result<T> {
         match r {
             NodeRef::Root => f(NodeView::new(&self.inode_buf.read(), r.place(), self.inode_buf.blkno.get())),
-            NodeRef::Block(b) => f(NodeView::new(&self.cache.get(b, BlockType::TreeNode)?.read(), r.place(), b.get())),
+            NodeRef::Block(b) => f(NodeView::new(&self.cache.get(b, BlockType::TreeNode, self.cover())?.read(), r.place(), b.get())),
         }
     }
 
@@ -82,6 +87,30 @@ impl TreeRead<'_> {
             match step {
                 Step::Done(v) => return Ok(v),
                 Step::Down(b) => r = NodeRef::Block(b),
+            }
+        }
+    }
+
+    /// The node blocks on the way from the root to `key`'s leaf: the only ones a remove of
+    /// `key` can free (cluster mode plans the allocation groups it frees into).
+    pub fn path_blocks(&self, key: u64) -> Result<Vec<BlockNo>> {
+        let mut out = Vec::new();
+        let mut r = NodeRef::Root;
+        loop {
+            let next = self.with_raw(r, |n| {
+                if n.level() == 0 {
+                    return Ok(None);
+                }
+                let kids = n.kids()?;
+                Ok(kids.get(child_index(&kids, key)).map(|k| BlockNo(k.1)))
+            })?;
+            match next {
+                None => return Ok(out),
+                Some(_) if out.len() > 32 => return Err(FsError::corrupt(self.inode_buf.blkno, "index tree deeper than 32 levels")),
+                Some(b) => {
+                    out.push(b);
+                    r = NodeRef::Block(b);
+                }
             }
         }
     }
@@ -263,14 +292,14 @@ impl<'a> TreeWrite<'a> {
     fn store(&self, r: NodeRef, n: &Node) -> Result<()> {
         match r {
             NodeRef::Root => n.encode(&mut self.h.write(self.read.inode_buf), r.place()),
-            NodeRef::Block(b) => n.encode(&mut self.h.write(&self.read.cache.get(b, BlockType::TreeNode)?), r.place()),
+            NodeRef::Block(b) => n.encode(&mut self.h.write(&self.read.cache.get(b, BlockType::TreeNode, self.read.cover())?), r.place()),
         }
         Ok(())
     }
 
     fn new_node(&mut self, n: &Node) -> Result<BlockNo> {
         let (b, _) = self.alloc.alloc(self.h, 1, Some(self.read.inode_buf.blkno), BlockState::Meta)?;
-        let buf = self.read.cache.create(b, BlockType::TreeNode);
+        let buf = self.read.cache.create(b, BlockType::TreeNode, self.read.cover());
         n.encode(&mut self.h.write(&buf), NodePlace::Block);
         self.blocks_delta += 1;
         Ok(b)
@@ -557,7 +586,7 @@ mod tests {
         drop(vol);
         let dev2 = Arc::new(CrashDevice::from_image(dev.crash_image(|_| false)));
         let vol = volume(&dev2);
-        let ibuf = vol.cache.get(ino, BlockType::Inode).unwrap();
+        let ibuf = vol.cache.get(ino, BlockType::Inode, Cover::Volume).unwrap();
         {
             let t = TreeRead { cache: &vol.cache, inode_buf: &ibuf };
             check_against(&t, &model, &mut rng, true);

@@ -5,14 +5,42 @@ use crate::device::BlockDevice;
 use crate::error::Result;
 use crate::format::header::{self, BlockType};
 use crate::format::le::*;
-use crate::format::{BlockNo, BLOCK_SIZE, FORMAT_VERSION};
+use crate::format::{BlockNo, InodeNo, BLOCK_SIZE, FORMAT_VERSION};
 use parking_lot::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
+/// The lock that covers a cached block (cluster mode): what a node gives up decides what it
+/// drops (`MetaCache::drop_covered`). Every block enters the cache with its cover.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cover {
+    /// An inode's block, its index tree's nodes and its xattr block: the inode's lock.
+    Inode(InodeNo),
+    /// An allocation group's header and bitmap blocks: the group's lock.
+    Group(u32),
+    /// What no other node changes while this one runs (the superblock, this slot's header),
+    /// and what tools that own the whole volume read (fsck).
+    Volume,
+}
+
+impl Cover {
+    const GROUP: u64 = 1 << 63;
+    const VOLUME: u64 = u64::MAX;
+
+    fn encode(self) -> u64 {
+        match self {
+            Cover::Inode(i) => i.get(),
+            Cover::Group(a) => Self::GROUP | a as u64,
+            Cover::Volume => Self::VOLUME,
+        }
+    }
+}
+
 pub struct MetaBuf {
     pub blkno: BlockNo,
+    /// `Cover::encode` of the lock that covers the block.
+    cover: AtomicU64,
     data: RwLock<Box<[u8]>>,
     /// In the running transaction: must not be evicted, will be journaled.
     pub(crate) dirty: AtomicBool,
@@ -22,6 +50,16 @@ pub struct MetaBuf {
 }
 
 impl MetaBuf {
+    fn new(blkno: BlockNo, cover: Cover, data: Box<[u8]>) -> Arc<MetaBuf> {
+        Arc::new(MetaBuf {
+            blkno,
+            cover: AtomicU64::new(cover.encode()),
+            data: RwLock::new(data),
+            dirty: AtomicBool::new(false),
+            last_seq: AtomicU64::new(0),
+        })
+    }
+
     pub fn read(&self) -> RwLockReadGuard<'_, Box<[u8]>> {
         self.data.read()
     }
@@ -50,16 +88,16 @@ impl MetaCache {
         &*self.dev
     }
 
-    /// The block `blkno`, which must be a valid block of type `ty`; read from disk on a miss.
-    pub fn get(&self, blkno: BlockNo, ty: BlockType) -> Result<Arc<MetaBuf>> {
+    /// The block `blkno`, which must be a valid block of type `ty`, covered by `cover`; read
+    /// from disk on a miss.
+    pub fn get(&self, blkno: BlockNo, ty: BlockType, cover: Cover) -> Result<Arc<MetaBuf>> {
         if let Some(b) = self.map.lock().get(&blkno) {
+            b.cover.store(cover.encode(), Ordering::Relaxed);
             return Ok(b.clone());
         }
-        let mut data = vec![0u8; BLOCK_SIZE].into_boxed_slice();
-        self.dev.read_at(&mut data, blkno.byte_offset())?;
-        header::verify(&data, ty, blkno.get(), self.seed)?;
+        let data = self.read_verified(blkno, ty)?;
         // Read from home, so it is checkpointed by definition.
-        let buf = Arc::new(MetaBuf { blkno, data: RwLock::new(data), dirty: AtomicBool::new(false), last_seq: AtomicU64::new(0) });
+        let buf = MetaBuf::new(blkno, cover, data);
         let mut map = self.map.lock();
         if map.len() >= self.capacity {
             self.evict(&mut map);
@@ -67,14 +105,33 @@ impl MetaCache {
         Ok(map.entry(blkno).or_insert(buf).clone())
     }
 
-    /// A freshly allocated block of type `ty`, zeroed but for its header; replaces whatever the
-    /// cache held for that block number.
-    pub fn create(&self, blkno: BlockNo, ty: BlockType) -> Arc<MetaBuf> {
+    /// A copy of block `blkno` (of type `ty`): the cached one if there is one, else read from
+    /// the device and verified but not kept. Cluster mode reads so what another node's lock
+    /// covers (a peek at an allocation group it does not hold): a copy kept in the cache would
+    /// go stale and be trusted later, once this node takes that lock.
+    pub fn copy_uncached(&self, blkno: BlockNo, ty: BlockType) -> Result<Box<[u8]>> {
+        if let Some(b) = self.map.lock().get(&blkno).cloned() {
+            return Ok(b.read().clone());
+        }
+        self.read_verified(blkno, ty)
+    }
+
+    /// Block `blkno` as the device has it, checked to be a valid block of type `ty`.
+    fn read_verified(&self, blkno: BlockNo, ty: BlockType) -> Result<Box<[u8]>> {
+        let mut data = vec![0u8; BLOCK_SIZE].into_boxed_slice();
+        self.dev.read_at(&mut data, blkno.byte_offset())?;
+        header::verify(&data, ty, blkno.get(), self.seed)?;
+        Ok(data)
+    }
+
+    /// A freshly allocated block of type `ty`, covered by `cover`, zeroed but for its header;
+    /// replaces whatever the cache held for that block number.
+    pub fn create(&self, blkno: BlockNo, ty: BlockType, cover: Cover) -> Arc<MetaBuf> {
         let mut data = vec![0u8; BLOCK_SIZE].into_boxed_slice();
         put_u32(&mut data, 0, ty as u32);
         put_u32(&mut data, 4, FORMAT_VERSION);
         put_u64(&mut data, 8, blkno.get());
-        let buf = Arc::new(MetaBuf { blkno, data: RwLock::new(data), dirty: AtomicBool::new(false), last_seq: AtomicU64::new(0) });
+        let buf = MetaBuf::new(blkno, cover, data);
         let mut map = self.map.lock();
         if map.len() >= self.capacity {
             self.evict(&mut map);
@@ -96,6 +153,29 @@ impl MetaCache {
         self.map
             .lock()
             .retain(|_, b| Arc::strong_count(b) > 1 || b.dirty.load(Ordering::Acquire) || b.last_seq.load(Ordering::Acquire) > done);
+    }
+
+    /// Drops the clean, checkpointed blocks `cover` covers that nobody holds (cluster mode:
+    /// the node gave that lock up, after writing everything home). Returns how many blocks of
+    /// that cover it had to keep: held by an operation, or changed since (none, when no
+    /// operation holds the lock, as a revocation ensures).
+    pub fn drop_covered(&self, cover: Cover) -> usize {
+        let (done, code) = (self.checkpointed_seq.load(Ordering::Acquire), cover.encode());
+        let mut kept = 0;
+        self.map.lock().retain(|_, b| {
+            if b.cover.load(Ordering::Relaxed) != code {
+                return true;
+            }
+            let keep = Arc::strong_count(b) > 1 || b.dirty.load(Ordering::Acquire) || b.last_seq.load(Ordering::Acquire) > done;
+            kept += usize::from(keep);
+            keep
+        });
+        kept
+    }
+
+    /// Whether `blkno` is cached (tests).
+    pub fn contains(&self, blkno: BlockNo) -> bool {
+        self.map.lock().contains_key(&blkno)
     }
 
     pub fn len(&self) -> usize {

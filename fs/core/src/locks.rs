@@ -4,12 +4,18 @@
 //! already holds costs nothing.
 //!
 //! Lock order (every operation follows it; `lock_many` enforces the ascending rule):
-//! 1. the journal gate (a `Handle`), taken before any inode lock;
-//! 2. the rename lock, for renames between two directories;
-//! 3. inode locks: a parent directory before its children; several unrelated inodes in
-//!    ascending inode number (`lock_many`);
-//! 4. allocation group locks (inside the allocator);
-//! 5. the metadata cache's map and each block's data lock, held only for a copy.
+//! 1. the rename lock, for renames between two directories;
+//! 2. inode locks: a parent directory before its children; several unrelated inodes in
+//!    ascending inode number (`lock_many`); the orphan directory last;
+//! 3. in cluster mode, the allocation groups' cluster locks (`AgHolds`, ascending): the
+//!    groups the operation allocates from and frees into;
+//! 4. the journal gate (a `Handle`) — after every cluster lock the operation needs. A cluster
+//!    lock may wait for another node, which may be waiting for this node's commit, and a
+//!    commit waits for every handle: so no thread holding a handle ever asks for an inode lock
+//!    (`InodeLocks::lock` asserts it in debug builds). A new inode's number is reserved from
+//!    the allocator before the handle (`Allocator::reserve`) so it can be locked first too;
+//! 5. the allocator's own per-group mutexes (inside it);
+//! 6. the metadata cache's map and each block's data lock, held only for a copy.
 use crate::error::Result;
 use crate::format::InodeNo;
 use parking_lot::lock_api::{ArcRwLockReadGuard, ArcRwLockWriteGuard};
@@ -59,6 +65,33 @@ pub trait ClusterLocks: Send + Sync {
     /// that waits, right after the transaction.
     fn unused_elsewhere(&self, _ino: InodeNo, _wait: bool) -> Result<bool> {
         Ok(true)
+    }
+
+    /// Whether allocation groups have cluster locks of their own (`ag/<n>`). Then every
+    /// operation holds, before its journal handle, the groups it will allocate from and free
+    /// into, and the allocator touches no other ([`AgHolds`]). Standalone: no (the node owns
+    /// every group, and operations plan nothing).
+    fn ag_locks(&self) -> bool {
+        false
+    }
+
+    /// Makes sure this node holds allocation group `ag`'s lock exclusively (a node reads a
+    /// group's header and bitmap only under it); the hold works as `hold`'s.
+    fn hold_ag(&self, _ag: u32) -> Result<ClusterHold> {
+        Ok(Box::new(()))
+    }
+}
+
+/// The allocation groups an operation holds (cluster mode's AG locks), taken after its inode
+/// locks and before its journal handle, in ascending order.
+pub struct AgHolds {
+    ags: Vec<u32>,
+    _holds: Vec<ClusterHold>,
+}
+
+impl AgHolds {
+    pub fn ags(&self) -> &[u32] {
+        &self.ags
     }
 }
 
@@ -161,6 +194,11 @@ impl InodeLocks {
     }
 
     pub fn lock(&self, ino: InodeNo, mode: Mode) -> Result<InodeGuard> {
+        debug_assert_eq!(
+            crate::journal::handles_held_here(),
+            0,
+            "inode {ino} locked while this thread holds a journal handle: inode locks come before the journal (locks.rs)"
+        );
         let cluster = self.cluster.hold(ino, mode)?;
         let l = self.entry(ino);
         let local = match mode {
@@ -168,6 +206,20 @@ impl InodeLocks {
             Mode::Exclusive => LocalGuard::Exclusive(l.write_arc()),
         };
         Ok(InodeGuard { _local: local, _cluster: cluster })
+    }
+
+    /// Holds of allocation groups `ags`, taken in ascending order (duplicates once).
+    pub fn hold_ags(&self, ags: &[u32]) -> Result<AgHolds> {
+        debug_assert_eq!(
+            crate::journal::handles_held_here(),
+            0,
+            "allocation groups held while this thread holds a journal handle (locks.rs)"
+        );
+        let mut v = ags.to_vec();
+        v.sort_unstable();
+        v.dedup();
+        let holds = v.iter().map(|a| self.cluster.hold_ag(*a)).collect::<Result<Vec<_>>>()?;
+        Ok(AgHolds { ags: v, _holds: holds })
     }
 
     /// Exclusive locks on several inodes, taken in ascending order (duplicates once).

@@ -19,7 +19,7 @@ pub fn scratch_device() -> Arc<CrashDevice> {
 pub fn new_tree_inode(vol: &Volume) -> Arc<MetaBuf> {
     let h = vol.journal.begin().expect("begin");
     let (blk, _) = vol.alloc.alloc(&h, 1, None, BlockState::Inode).expect("alloc inode");
-    let buf = vol.cache.create(blk, BlockType::Inode);
+    let buf = vol.cache.create(blk, BlockType::Inode, crate::cache::Cover::Volume);
     drop(h.write(&buf));
     drop(h);
     vol.commit().expect("commit");

@@ -116,7 +116,7 @@ fn disconnected_inode_goes_to_lost_and_found() {
     // Remove the directory entry behind the filesystem's back.
     {
         let vol = Volume::open(dev.clone(), 0, "test", 4096).expect("open");
-        let root = vol.cache.get(BlockNo(vol.sb.root_ino), BlockType::Inode).expect("root");
+        let root = vol.cache.get(BlockNo(vol.sb.root_ino), BlockType::Inode, mafs_core::cache::Cover::Volume).expect("root");
         let h = vol.journal.begin().expect("begin");
         let mut t = TreeWrite::new(&vol.cache, &vol.alloc, &h, &root);
         let e = dir::lookup(&t.read, b"victim").expect("lookup").expect("entry");

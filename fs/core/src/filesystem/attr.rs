@@ -4,6 +4,7 @@
 use super::acl::{self, Acl};
 use super::{Caller, Fs};
 use crate::alloc::BlockState;
+use crate::cache::Cover;
 use crate::error::{FsError, Result};
 use crate::format::header::BlockType;
 use crate::format::inode::{Inode, Timespec};
@@ -58,8 +59,8 @@ impl Fs {
                 self.truncate(ino, size)?;
             } else {
                 // POSIX: a successful truncate updates mtime and ctime even without a change.
-                let h = self.begin()?;
                 let _g = self.locks.lock(ino, Mode::Exclusive)?;
+                let h = self.begin()?;
                 let (buf, mut inode) = self.iget(ino)?;
                 let now = Timespec::now();
                 inode.mtime = now;
@@ -67,9 +68,15 @@ impl Fs {
                 self.iput(&h, &buf, &inode);
             }
         }
-        let h = self.begin()?;
         let _g = self.locks.lock(ino, Mode::Exclusive)?;
         let (buf, mut inode) = self.iget(ino)?;
+        // A new mode rewrites the access ACL in the xattr block.
+        let mut plan = self.ag_plan();
+        if a.mode.is_some() {
+            self.plan_xattr_change(&mut plan, &inode);
+        }
+        let ags = self.hold_ags(plan)?;
+        let h = self.begin_in(&ags)?;
         let now = Timespec::now();
         let mut changed = false;
         if let Some(m) = a.mode {
@@ -113,8 +120,8 @@ impl Fs {
         if !(stale || behind) {
             return Ok(());
         }
-        let h = self.begin()?;
         let _g = self.locks.lock(ino, Mode::Exclusive)?;
+        let h = self.begin()?;
         let (buf, mut inode) = self.iget(ino)?;
         inode.atime = now;
         self.iput(&h, &buf, &inode);
@@ -123,7 +130,7 @@ impl Fs {
 
     pub(crate) fn xattrs_of(&self, inode: &Inode) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         let Some(xb) = inode.xattr_block() else { return Ok(Vec::new()) };
-        let buf = self.vol.cache.get(xb, BlockType::Xattr)?;
+        let buf = self.vol.cache.get(xb, BlockType::Xattr, Cover::Inode(inode.ino))?;
         let d = buf.read();
         xattr::parse(&d, xb.get())
     }
@@ -179,10 +186,13 @@ impl Fs {
         };
         // Removing or changing attributes in an existing block allocates nothing, so it works
         // on a full volume too.
-        let has_block = self.getattr(ino)?.xattr_blk != 0;
-        let h = if value.is_none() || has_block { self.begin()? } else { self.begin_alloc()? };
         let _g = self.locks.lock(ino, Mode::Exclusive)?;
         let (buf, mut inode) = self.iget(ino)?;
+        let has_block = inode.xattr_blk != 0;
+        let mut plan = self.ag_plan();
+        self.plan_xattr_change(&mut plan, &inode);
+        let ags = self.hold_ags(plan)?;
+        let h = if value.is_none() || has_block { self.begin_in(&ags)? } else { self.begin_alloc_in(0, &ags)? };
         let mut store = value;
         let mut mode_set = false;
         if let Some(a) = &new_acl {
@@ -254,9 +264,9 @@ impl Fs {
                 let (b, _) = self.vol.alloc.alloc(h, 1, Some(inode.ino.block()), BlockState::Meta)?;
                 inode.xattr_blk = b.get();
                 inode.blocks += 1;
-                self.vol.cache.create(b, BlockType::Xattr)
+                self.vol.cache.create(b, BlockType::Xattr, Cover::Inode(inode.ino))
             }
-            Some(xb) => self.vol.cache.get(xb, BlockType::Xattr)?,
+            Some(xb) => self.vol.cache.get(xb, BlockType::Xattr, Cover::Inode(inode.ino))?,
         };
         // A statement of its own: the write guard must be gone before `xbuf` is.
         let r = xattr::serialize(attrs, &mut h.write(&xbuf));

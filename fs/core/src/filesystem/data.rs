@@ -266,8 +266,11 @@ impl Fs {
             WriteAt::Offset(off) => too_big(off)?.div_ceil(BS) - off / BS,
             WriteAt::End => len.div_ceil(BS) + 1,
         };
-        let h = self.begin_alloc_for(blocks)?;
         let _g = self.locks.lock(ino, Mode::Exclusive)?;
+        let mut plan = self.ag_plan();
+        plan.allocates(blocks.saturating_add(super::METADATA_OP_BLOCKS));
+        let ags = self.hold_ags(plan)?;
+        let h = self.begin_alloc_in(blocks, &ags)?;
         let (buf, mut inode) = self.iget(ino)?;
         if inode.is_dir() {
             return Err(FsError::IsDir);
@@ -349,7 +352,7 @@ impl Fs {
         if inode.stuffed() {
             return Ok(true);
         }
-        let list = extents_in(&self.tree(buf), from, to, max + 1)?;
+        let list = extents_in(&self.tree(buf), from, to, max.saturating_add(1))?;
         let done = list.len() <= max;
         let mut t = self.tree_mut(h, buf);
         let mut freed = 0u64;
@@ -388,12 +391,25 @@ impl Fs {
         // crash in between is finished by the next mount (see orphans.rs).
         let mut listed = false;
         loop {
-            let h = self.begin()?;
             let _g = self.locks.lock(ino, Mode::Exclusive)?;
             let (buf, mut inode) = self.iget(ino)?;
             if inode.is_dir() {
                 return Err(FsError::IsDir);
             }
+            // The orphan directory is locked (before the handle) only for a truncate that
+            // takes more than one step: the rest need not wait for each other there.
+            let from = new_size.div_ceil(BS);
+            let orphans =
+                if listed || (!inode.stuffed() && self.more_than_a_step(&buf, from)?) { Some(self.lock_orphans()?) } else { None };
+            let mut plan = self.ag_plan();
+            self.plan_data_frees(&mut plan, &buf, &inode, from, u64::MAX >> 16, false)?;
+            // Unstuffing, and listing or unlisting the inode in the orphan directory.
+            plan.allocates(1 + super::METADATA_OP_BLOCKS);
+            if let Some(od) = &orphans {
+                self.plan_orphan_change(&mut plan, od, ino)?;
+            }
+            let ags = self.hold_ags(plan)?;
+            let h = self.begin_in(&ags)?;
             if first {
                 first = false;
                 let old = inode.size;
@@ -420,14 +436,16 @@ impl Fs {
                 }
                 inode.size = new_size;
             }
-            let done =
-                if inode.stuffed() { true } else { self.free_data_from(&h, &buf, &mut inode, new_size.div_ceil(BS), EXTENTS_PER_STEP)? };
-            if !done && !listed {
-                self.add_orphan(&h, ino)?;
-                listed = true;
-            }
-            if done && listed {
-                self.remove_orphan(&h, ino)?;
+            let done = if inode.stuffed() { true } else { self.free_data_from(&h, &buf, &mut inode, from, EXTENTS_PER_STEP)? };
+            if orphans.is_some() || !done {
+                let od = orphans.as_ref().ok_or(FsError::Invalid("a truncate of several steps without its orphan directory's lock"))?;
+                if !done && !listed {
+                    self.add_orphan(&h, od, ino)?;
+                    listed = true;
+                }
+                if done && listed {
+                    self.remove_orphan(&h, od, ino)?;
+                }
             }
             self.iput(&h, &buf, &inode);
             if done {
@@ -450,9 +468,15 @@ impl Fs {
                 return Ok(());
             }
         }
-        let h = self.begin_alloc_for(end.div_ceil(BS) - off / BS)?;
         let _g = self.locks.lock(ino, Mode::Exclusive)?;
         let (buf, mut inode) = self.iget(ino)?;
+        let blocks = end.div_ceil(BS) - off / BS;
+        let mut plan = self.ag_plan();
+        plan.allocates(blocks.saturating_add(super::METADATA_OP_BLOCKS));
+        // A fallocate that runs out of space unmaps what it mapped, which may free tree nodes.
+        self.plan_data_frees(&mut plan, &buf, &inode, 0, 0, false)?;
+        let ags = self.hold_ags(plan)?;
+        let h = self.begin_alloc_in(blocks, &ags)?;
         if !inode.is_reg() {
             return Err(if inode.is_dir() { FsError::IsDir } else { FsError::NotSupported });
         }
@@ -529,9 +553,14 @@ impl Fs {
     fn punch(&self, ino: InodeNo, off: u64, end: u64) -> Result<()> {
         let mut first = true;
         loop {
-            let h = self.begin()?;
             let _g = self.locks.lock(ino, Mode::Exclusive)?;
             let (buf, mut inode) = self.iget(ino)?;
+            let mut plan = self.ag_plan();
+            self.plan_data_frees(&mut plan, &buf, &inode, off.div_ceil(BS), end / BS, false)?;
+            // A hole in the middle of an extent splits it.
+            plan.allocates(super::METADATA_OP_BLOCKS);
+            let ags = self.hold_ags(plan)?;
+            let h = self.begin_in(&ags)?;
             if !inode.is_reg() {
                 return Err(if inode.is_dir() { FsError::IsDir } else { FsError::NotSupported });
             }

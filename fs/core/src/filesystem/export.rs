@@ -47,7 +47,7 @@ impl Fs {
         if self.vol.alloc.state(ino.block())? != BlockState::Inode {
             return Err(FsError::NotFound);
         }
-        let buf = self.vol.cache.get(ino.block(), BlockType::Inode)?;
+        let buf = self.vol.cache.get(ino.block(), BlockType::Inode, crate::cache::Cover::Inode(ino))?;
         // An inode a create has allocated but not written yet is all zeroes: not a file yet.
         if u32_at(&buf.read(), 32) & libc::S_IFMT == 0 {
             return Err(FsError::NotFound);

@@ -1,9 +1,10 @@
 //! The filesystem proper: POSIX operations on a mounted volume, independent of FUSE (the FUSE
 //! glue in `fs/fuse/` only translates; the POSIX rules for ACLs and set-ID bits are here too, in
-//! `acl.rs` and `setid.rs`). Each operation joins the journal's running transaction
-//! through a `Handle`, takes its inode locks (see `locks.rs` for the order), changes blocks in
+//! `acl.rs` and `setid.rs`). Each operation takes its inode locks (see `locks.rs` for the
+//! order), then joins the journal's running transaction through a `Handle`, changes blocks in
 //! the metadata cache and returns.
 pub mod acl;
+mod ag_plan;
 pub mod attr;
 mod data;
 pub mod export;
@@ -125,6 +126,11 @@ impl Fs {
         let orphan_dir = InodeNo(vol.journal.slot().orphan_dir);
         let others = (0..vol.sb.layout.slot_count).map(|s| InodeNo(crate::mkfs::orphan_dir_ino(&vol.sb, s))).filter(|d| *d != orphan_dir);
         let orphan_dirs = std::iter::once(orphan_dir).chain(others).collect();
+        if cluster.ag_locks() {
+            vol.alloc.share_groups();
+            // Read before the locks were known: nothing of it may be trusted later.
+            vol.cache.drop_clean();
+        }
         Fs {
             vol,
             locks: InodeLocks::new(cluster),
@@ -142,21 +148,20 @@ impl Fs {
 
     /// Joins the running transaction for an operation that frees or changes blocks in place.
     pub(crate) fn begin(&self) -> Result<Handle<'_>> {
-        self.vol.begin()
+        self.begin_in(&None)
     }
 
-    /// Joins the running transaction for an operation that may allocate: fails with ENOSPC
-    /// before changing anything if fewer blocks are available than such an operation can need.
-    pub(crate) fn begin_alloc(&self) -> Result<Handle<'_>> {
-        self.begin_alloc_for(0)
-    }
-
-    /// `begin_alloc` for an operation that also wants up to `data_blocks` blocks of file data.
-    /// Blocks freed by an uncommitted transaction become available by committing it; when they
-    /// are what stands between the operation and its blocks, that is done here, before the
-    /// handle is taken (a commit waits for every handle), as ext4 forces a commit before
-    /// giving up with ENOSPC.
-    pub(crate) fn begin_alloc_for(&self, data_blocks: u64) -> Result<Handle<'_>> {
+    /// An operation that may allocate fails with ENOSPC before changing anything if fewer
+    /// blocks are available than such an operation can need (up to `data_blocks` blocks of
+    /// file data besides its metadata). Blocks freed by an uncommitted transaction become
+    /// available by committing it; when they are what stands between the operation and its
+    /// blocks, that is done here, before the handle is taken (a commit waits for every
+    /// handle), as ext4 forces a commit before giving up with ENOSPC.
+    pub(crate) fn ensure_room_for(&self, data_blocks: u64) -> Result<()> {
+        if self.locks.cluster().ag_locks() {
+            // Counted per group, under the groups' locks (`hold_ags`).
+            return Ok(());
+        }
         let alloc = &self.vol.alloc;
         if alloc.available() <= data_blocks.saturating_add(METADATA_RESERVE) && alloc.quarantined() > 0 {
             self.vol.commit()?;
@@ -165,7 +170,7 @@ impl Fs {
             tracing::debug!(free = alloc.free_blocks(), quarantined = alloc.quarantined(), "no space for an operation's metadata blocks");
             return Err(FsError::NoSpace);
         }
-        self.vol.begin()
+        Ok(())
     }
 
     /// The inode block and its decoded fields. The caller holds the inode's lock.
@@ -174,7 +179,7 @@ impl Fs {
         if ino.get() < l.ag_start || ino.get() >= l.total_blocks {
             return Err(FsError::NotFound);
         }
-        let buf = self.vol.cache.get(ino.block(), BlockType::Inode)?;
+        let buf = self.vol.cache.get(ino.block(), BlockType::Inode, crate::cache::Cover::Inode(ino))?;
         let inode = Inode::decode(&buf.read(), ino)?;
         Ok((buf, inode))
     }
@@ -288,6 +293,33 @@ impl Fs {
     /// in-memory maps are reloaded, so the next read comes from the device. Call it with no
     /// operation running on what it covers (today: the whole node).
     pub fn write_back_and_forget(&self) -> Result<()> {
+        self.write_back()?;
+        self.vol.cache.drop_clean();
+        self.vol.alloc.reload();
+        Ok(())
+    }
+
+    /// [`Fs::write_back_and_forget`] for what one lock covers (cluster mode with a lock per
+    /// inode and per allocation group): everything is committed, written home and retired
+    /// from the journal as there, but only the blocks `cover` covers are dropped (and, for a
+    /// group, the allocator's map of it), so the node keeps its cache of everything else, and
+    /// its operations on other inodes go on meanwhile. Call it with no operation using what
+    /// `cover` covers.
+    pub fn write_back_and_forget_cover(&self, cover: crate::cache::Cover) -> Result<()> {
+        self.write_back()?;
+        let kept = self.vol.cache.drop_covered(cover);
+        if kept > 0 {
+            tracing::warn!(?cover, kept, "cached blocks still in use when their lock was given up");
+        }
+        if let crate::cache::Cover::Group(a) = cover {
+            self.vol.alloc.forget_ag(a);
+        }
+        Ok(())
+    }
+
+    /// Commits, writes home and retires from the journal everything done so far: afterwards
+    /// no replay of this node's journal can write over a block another node changes next.
+    fn write_back(&self) -> Result<()> {
         // From now on other nodes may find what this node made: those of its new inodes that
         // are open here need their open locks first.
         let made = std::mem::take(&mut *self.made_here.lock());
@@ -301,10 +333,7 @@ impl Fs {
         }
         // Written home is not enough: a crash would replay the journal's older images over
         // what the next node writes.
-        self.vol.journal.retire_committed()?;
-        self.vol.cache.drop_clean();
-        self.vol.alloc.reload();
-        Ok(())
+        self.vol.journal.retire_committed()
     }
 
     /// fsync / fsyncdir / syncfs: everything done so far becomes durable.

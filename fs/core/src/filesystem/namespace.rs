@@ -1,7 +1,10 @@
 //! Names: lookup, create (files, directories, symlinks, device nodes, fifos, sockets), link,
 //! unlink, rmdir, readdir and readlink (rename has its own module).
+use super::ag_plan::AgPlan;
+use super::orphans::{LinkDrop, OrphanDirLock};
 use super::{acl, Caller, Fs, MAX_LINKS};
 use crate::alloc::BlockState;
+use crate::cache::Cover;
 use crate::dir::{self, DirEntry};
 use crate::error::{FsError, Result};
 use crate::format::header::BlockType;
@@ -52,7 +55,8 @@ impl Fs {
     /// it inherits are stored in the transaction that creates it (`acl::inherit`).
     pub fn create(&self, parent: InodeNo, name: &[u8], node: NewNode, who: Caller) -> Result<Inode> {
         check_new_node(name, &node)?;
-        let h = self.begin_alloc()?;
+        // Before any lock: it may commit, to make what a delete freed available.
+        self.ensure_room_for(0)?;
         if let Some(target) = node.symlink_target {
             self.ensure_room_for_target(target)?;
         }
@@ -62,11 +66,18 @@ impl Fs {
         self.check_parent_takes(&pbuf, &p, name, is_dir)?;
         let default_acl = self.xattrs_of(&p)?.into_iter().find(|(n, _)| n == acl::DEFAULT).map(|(_, v)| v);
         let inherited = acl::inherit(default_acl.as_deref(), node.mode, who.umask)?;
-        let ino = InodeNo::from_block(self.vol.alloc.alloc(&h, 1, Some(parent.block()), BlockState::Inode)?.0);
-        // Held until the inode is whole: a late reclaim of the inode that last had this number
-        // must not read it half made.
+        // The new inode's number before the handle, so that it is locked before the handle
+        // too. Held until the inode is whole: a late reclaim of the inode that last had this
+        // number must not read it half made.
+        let mut plan = self.ag_plan();
+        plan.allocates(super::METADATA_OP_BLOCKS + u64::from(node.symlink_target.is_some()));
+        let ags = self.hold_ags(plan)?;
+        let reserved = self.vol.alloc.reserve(Some(parent.block()), ags.as_ref().map(|a| a.ags()))?;
+        let ino = InodeNo::from_block(reserved.block());
         let _ig = self.locks.lock(ino, Mode::Exclusive)?;
-        let buf = self.vol.cache.create(ino.block(), BlockType::Inode);
+        let h = self.begin_in(&ags)?;
+        reserved.claim(&h, BlockState::Inode)?;
+        let buf = self.vol.cache.create(ino.block(), BlockType::Inode, Cover::Inode(ino));
         let now = Timespec::now();
         let mut inode = new_inode(ino, &p, &node, inherited.mode, &who, now);
         // With the inode, in this transaction: a node must never exist without the ACLs its
@@ -141,7 +152,6 @@ impl Fs {
         if ino == parent {
             return Err(FsError::NotPermitted); // a directory cannot be hard-linked
         }
-        let h = self.begin()?;
         let _pg = self.locks.lock(parent, Mode::Exclusive)?;
         let _ig = self.locks.lock(ino, Mode::Exclusive)?;
         let (pbuf, mut p) = self.iget(parent)?;
@@ -162,6 +172,10 @@ impl Fs {
             return Err(FsError::Exists);
         }
         self.ensure_space_for_entry(&pbuf, name)?;
+        let mut plan = self.ag_plan();
+        plan.allocates(super::METADATA_OP_BLOCKS);
+        let ags = self.hold_ags(plan)?;
+        let h = self.begin_in(&ags)?;
         let mut t = self.tree_mut(&h, &pbuf);
         dir::add(&mut t, name, ino, dir::dtype_of_mode(inode.mode))?;
         p.blocks = (p.blocks as i64 + t.blocks_delta) as u64;
@@ -176,26 +190,56 @@ impl Fs {
         Ok(inode)
     }
 
-    /// Drops one link of `child` (its lock held). At zero links, a closed inode small enough to
-    /// free within this transaction is freed at once; any other is listed as an orphan and
-    /// freed later. Returns true if the inode is gone (the caller must not write it back).
+    /// Drops one link of `child` (its lock held) as `plan` says (`plan_link_drop`, made under
+    /// the same lock; `orphans` is this slot's orphan directory, locked if the plan lists the
+    /// inode). Returns true if the inode is gone (the caller must not write it back).
     pub(super) fn drop_link(
         &self,
         h: &Handle,
         cbuf: &std::sync::Arc<crate::cache::MetaBuf>,
         child: &mut Inode,
         now: Timespec,
+        plan: LinkDrop,
+        orphans: Option<&OrphanDirLock>,
     ) -> Result<bool> {
         child.nlink = if child.is_dir() { 0 } else { child.nlink.saturating_sub(1) };
         child.ctime = now;
-        if child.nlink > 0 {
-            return Ok(false);
+        match plan {
+            LinkDrop::Keeps => Ok(false),
+            LinkDrop::FreesNow => self.free_inode_now(h, cbuf, child).map(|()| true),
+            LinkDrop::Lists => {
+                let od = orphans.ok_or(FsError::Invalid("an unlinked inode to list without its orphan directory's lock"))?;
+                self.add_orphan(h, od, child.ino)?;
+                Ok(false)
+            }
         }
-        if self.unused_everywhere(child.ino, false)? && self.free_inode_now(h, cbuf, child)? {
-            return Ok(true);
+    }
+
+    /// What dropping a link as `plan` says does to the allocator: freeing the inode frees all
+    /// its blocks; listing it adds an entry to the orphan directory.
+    pub(super) fn plan_link_drop_ags(
+        &self,
+        ags: &mut AgPlan,
+        plan: LinkDrop,
+        cbuf: &std::sync::Arc<crate::cache::MetaBuf>,
+        c: &Inode,
+    ) -> Result<()> {
+        match plan {
+            LinkDrop::Keeps => Ok(()),
+            LinkDrop::FreesNow => self.plan_data_frees(ags, cbuf, c, 0, u64::MAX >> 16, true),
+            LinkDrop::Lists => {
+                ags.allocates(super::METADATA_OP_BLOCKS);
+                Ok(())
+            }
         }
-        self.add_orphan(h, child.ino)?;
-        Ok(false)
+    }
+
+    /// The orphan directory's lock if `plan` lists an inode there.
+    pub(super) fn orphans_for(&self, plan: LinkDrop) -> Result<Option<OrphanDirLock>> {
+        match plan {
+            LinkDrop::Lists => self.lock_orphans().map(Some),
+            _ => Ok(None),
+        }
     }
 
     pub fn unlink(&self, parent: InodeNo, name: &[u8], rmdir: bool) -> Result<()> {
@@ -203,7 +247,6 @@ impl Fs {
             return Err(FsError::NameTooLong);
         }
         let victim = {
-            let h = self.begin()?;
             let _pg = self.locks.lock(parent, Mode::Exclusive)?;
             let (pbuf, mut p) = self.iget(parent)?;
             if !p.is_dir() {
@@ -222,6 +265,13 @@ impl Fs {
             } else if c.is_dir() {
                 return Err(FsError::IsDir);
             }
+            let plan = self.plan_link_drop(&cbuf, &c)?;
+            let orphans = self.orphans_for(plan)?;
+            let mut ag_plan = self.ag_plan();
+            self.plan_key_removal(&mut ag_plan, &pbuf, e.key)?;
+            self.plan_link_drop_ags(&mut ag_plan, plan, &cbuf, &c)?;
+            let ags = self.hold_ags(ag_plan)?;
+            let h = self.begin_in(&ags)?;
             let mut t = self.tree_mut(&h, &pbuf);
             dir::remove(&mut t, e.key)?;
             p.blocks = (p.blocks as i64 + t.blocks_delta) as u64;
@@ -232,7 +282,7 @@ impl Fs {
             }
             p.mtime = now;
             p.ctime = now;
-            let gone = self.drop_link(&h, &cbuf, &mut c, now)?;
+            let gone = self.drop_link(&h, &cbuf, &mut c, now, plan, orphans.as_ref())?;
             self.iput(&h, &pbuf, &p);
             if !gone {
                 self.iput(&h, &cbuf, &c);

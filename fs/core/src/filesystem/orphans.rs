@@ -3,6 +3,7 @@
 //! directory (in the same transaction as the unlink), then freed in bounded steps once no one
 //! has it open. A crash anywhere in between leaves it listed, and the next mount of the slot
 //! (or, in cluster mode, the node recovering it) finishes the job.
+use super::ag_plan::AgPlan;
 use super::data::{extents_in, EXTENTS_PER_STEP};
 use super::Fs;
 use crate::alloc::BlockState;
@@ -12,8 +13,29 @@ use crate::error::{FsError, Result};
 use crate::format::inode::Inode;
 use crate::format::InodeNo;
 use crate::journal::Handle;
-use crate::locks::Mode;
+use crate::locks::{InodeGuard, Mode};
 use std::sync::Arc;
+
+/// An orphan directory locked exclusively, taken (as every inode lock) before the journal
+/// handle of the operation that lists or unlists an inode in it.
+pub(crate) struct OrphanDirLock {
+    dir: InodeNo,
+    _guard: InodeGuard,
+}
+
+/// What dropping an inode's link will do, decided under the inode's lock before the
+/// transaction, so that the operation knows whether it needs the orphan directory's lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LinkDrop {
+    /// Links remain.
+    Keeps,
+    /// The last link goes and the inode is closed everywhere and small: freed in the
+    /// transaction.
+    FreesNow,
+    /// The last link goes; the inode is open somewhere or too big for one transaction: listed
+    /// in this slot's orphan directory and freed later.
+    Lists,
+}
 
 /// Which inodes a reclaim frees.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,10 +101,46 @@ impl Fs {
         Ok(!self.is_open(ino) && (self.made_here.lock().contains(&ino) || self.locks.cluster().unused_elsewhere(ino, wait)?))
     }
 
-    /// Lists `ino` in the orphan directory (the caller holds the inode's lock and `h`).
-    pub(crate) fn add_orphan(&self, h: &Handle, ino: InodeNo) -> Result<()> {
-        let _g = self.locks.lock(self.orphan_dir, Mode::Exclusive)?;
-        let (dbuf, mut d) = self.iget(self.orphan_dir)?;
+    /// Locks this slot's orphan directory (before the handle, after the inode locks).
+    pub(crate) fn lock_orphans(&self) -> Result<OrphanDirLock> {
+        self.lock_orphan_dir(self.orphan_dir)
+    }
+
+    fn lock_orphan_dir(&self, dir: InodeNo) -> Result<OrphanDirLock> {
+        Ok(OrphanDirLock { dir, _guard: self.locks.lock(dir, Mode::Exclusive)? })
+    }
+
+    /// What dropping one link of `inode` (locked by the caller) will do.
+    pub(crate) fn plan_link_drop(&self, buf: &Arc<MetaBuf>, inode: &Inode) -> Result<LinkDrop> {
+        if !inode.is_dir() && inode.nlink > 1 {
+            return Ok(LinkDrop::Keeps);
+        }
+        let small = inode.stuffed() || !(inode.is_reg() || inode.is_symlink()) || !self.more_than_a_step(buf, 0)?;
+        Ok(if small && self.unused_everywhere(inode.ino, false)? { LinkDrop::FreesNow } else { LinkDrop::Lists })
+    }
+
+    /// Whether freeing the data at and after logical block `from` takes more than one bounded
+    /// step (so a crash in between must find the inode listed).
+    pub(crate) fn more_than_a_step(&self, buf: &Arc<MetaBuf>, from: u64) -> Result<bool> {
+        Ok(extents_in(&self.tree(buf), from, u64::MAX >> 16, EXTENTS_PER_STEP + 1)?.len() > EXTENTS_PER_STEP)
+    }
+
+    /// What listing or unlisting `ino` in the orphan directory `od` does to the allocator: an
+    /// entry removed may free nodes on its way, one added may split them.
+    pub(crate) fn plan_orphan_change(&self, plan: &mut AgPlan, od: &OrphanDirLock, ino: InodeNo) -> Result<()> {
+        let (dbuf, _) = self.iget(od.dir)?;
+        if let Some(e) = dir::lookup(&self.tree(&dbuf), &orphan_name(ino))? {
+            self.plan_key_removal(plan, &dbuf, e.key)?;
+        }
+        plan.allocates(super::METADATA_OP_BLOCKS);
+        Ok(())
+    }
+
+    /// Lists `ino` in this slot's orphan directory (the caller holds the inode's lock, the
+    /// directory's, and `h`).
+    pub(crate) fn add_orphan(&self, h: &Handle, od: &OrphanDirLock, ino: InodeNo) -> Result<()> {
+        debug_assert_eq!(od.dir, self.orphan_dir, "inodes are listed in this slot's orphan directory");
+        let (dbuf, mut d) = self.iget(od.dir)?;
         if dir::lookup(&self.tree(&dbuf), &orphan_name(ino))?.is_some() {
             return Ok(()); // already listed (a truncate in progress, then its last unlink)
         }
@@ -94,13 +152,9 @@ impl Fs {
         Ok(())
     }
 
-    pub(crate) fn remove_orphan(&self, h: &Handle, ino: InodeNo) -> Result<()> {
-        self.remove_orphan_from(h, self.orphan_dir, ino)
-    }
-
-    fn remove_orphan_from(&self, h: &Handle, dir: InodeNo, ino: InodeNo) -> Result<()> {
-        let _g = self.locks.lock(dir, Mode::Exclusive)?;
-        let (dbuf, mut d) = self.iget(dir)?;
+    /// Unlists `ino` from the orphan directory `od` locks.
+    pub(crate) fn remove_orphan(&self, h: &Handle, od: &OrphanDirLock, ino: InodeNo) -> Result<()> {
+        let (dbuf, mut d) = self.iget(od.dir)?;
         let Some(e) = dir::lookup(&self.tree(&dbuf), &orphan_name(ino))? else { return Ok(()) };
         let mut t = self.tree_mut(h, &dbuf);
         dir::remove(&mut t, e.key)?;
@@ -128,13 +182,13 @@ impl Fs {
             return Ok(());
         }
         loop {
-            let h = self.begin()?;
             let _g = self.locks.lock(ino, Mode::Exclusive)?;
             // Decided under the inode's lock: a racing close or unlink may have freed it (and
             // unlisted it in the same transaction), and a create may since have reused the
             // number, its new inode not yet written. Only a listed number is still the inode
             // the caller meant, and one opened again waits for its last close. Open on another
-            // node, it waits for the last close there, which frees it.
+            // node, it waits for the last close there, which frees it. An inode is listed and
+            // unlisted only under its own lock, so the answer holds while it is held.
             let listing = match which {
                 Reclaim::Listed(dir) => dir,
                 Reclaim::Unlinked => match self.listing_orphan_dir_if(ino, || Ok(self.has_no_links(ino)))? {
@@ -154,10 +208,21 @@ impl Fs {
                 Err(FsError::NotFound) => return Ok(()),
                 Err(e) => return Err(e),
             };
+            if inode.nlink != 0 && which == Reclaim::Unlinked {
+                return Ok(()); // linked again, or the number now names another inode
+            }
+            if inode.nlink == 0 && !unlinked {
+                // Unlinked since the check above (a racing unlink): the next close frees it.
+                return Ok(());
+            }
+            let od = self.lock_orphan_dir(listing)?;
+            let mut plan = self.ag_plan();
+            let (from, whole) = if inode.nlink != 0 { (inode.size.div_ceil(crate::format::BLOCK_SIZE as u64), false) } else { (0, true) };
+            self.plan_data_frees(&mut plan, &buf, &inode, from, u64::MAX >> 16, whole)?;
+            self.plan_orphan_change(&mut plan, &od, ino)?;
+            let ags = self.hold_ags(plan)?;
+            let h = self.begin_in(&ags)?;
             if inode.nlink != 0 {
-                if which == Reclaim::Unlinked {
-                    return Ok(()); // linked again, or the number now names another inode
-                }
                 // Still linked: listed by a truncate that a crash interrupted. Finish freeing
                 // what lies past EOF, then unlist it.
                 let from = inode.size.div_ceil(crate::format::BLOCK_SIZE as u64);
@@ -166,34 +231,27 @@ impl Fs {
                     continue;
                 }
                 self.iput(&h, &buf, &inode);
-                return self.remove_orphan_from(&h, listing, ino);
-            }
-            if !unlinked {
-                // Unlinked since the check above (a racing unlink): the next close frees it.
-                return Ok(());
+                return self.remove_orphan(&h, &od, ino);
             }
             if (inode.is_reg() || inode.is_symlink()) && !self.free_data_from(&h, &buf, &mut inode, 0, EXTENTS_PER_STEP)? {
                 self.iput(&h, &buf, &inode);
                 continue;
             }
             self.free_inode_blocks(&h, &buf, &inode)?;
-            self.remove_orphan_from(&h, listing, ino)?;
+            self.remove_orphan(&h, &od, ino)?;
             return Ok(());
         }
     }
 
-    /// Frees an inode whose last link is gone, if its data fits in one bounded step; returns
-    /// false (and changes nothing) if it is too big to free in this transaction.
-    pub(crate) fn free_inode_now(&self, h: &Handle, buf: &Arc<MetaBuf>, inode: &mut Inode) -> Result<bool> {
-        if (inode.is_reg() || inode.is_symlink()) && !inode.stuffed() {
-            let n = extents_in(&self.tree(buf), 0, u64::MAX >> 16, EXTENTS_PER_STEP + 1)?.len();
-            if n > EXTENTS_PER_STEP {
-                return Ok(false);
-            }
-            self.free_data_from(h, buf, inode, 0, EXTENTS_PER_STEP)?;
+    /// Frees an inode whose last link is gone and whose data fits in one bounded step
+    /// ([`LinkDrop::FreesNow`]).
+    pub(crate) fn free_inode_now(&self, h: &Handle, buf: &Arc<MetaBuf>, inode: &mut Inode) -> Result<()> {
+        if (inode.is_reg() || inode.is_symlink()) && !inode.stuffed() && !self.free_data_from(h, buf, inode, 0, EXTENTS_PER_STEP)? {
+            // The plan said one step; the tree said otherwise (a damaged tree): a half-freed
+            // unlisted inode would leak, so stop the transaction's author here.
+            return Err(FsError::corrupt(inode.ino, "inode's extents changed between the plan to free it and the freeing"));
         }
-        self.free_inode_blocks(h, buf, inode)?;
-        Ok(true)
+        self.free_inode_blocks(h, buf, inode)
     }
 
     /// Frees the tree nodes, xattr block and inode block of an inode with no data left.

@@ -1,9 +1,11 @@
 //! rename(2) and renameat2(2) with RENAME_NOREPLACE and RENAME_EXCHANGE: move a name, replace
 //! the name it lands on, or swap two names, in one transaction.
 //!
-//! Locks (after the journal handle, as every operation): the rename lock when two directories
+//! Locks (before the journal handle, as every operation): the rename lock when two directories
 //! are involved (it keeps the ancestry walk stable), the parents (an ancestor before its
-//! descendant, else ascending), then the moved inode and the one it replaces, ascending.
+//! descendant, else ascending), then the moved inode and the one it replaces, ascending, and
+//! this slot's orphan directory if the replaced inode loses its last name.
+use super::orphans::{LinkDrop, OrphanDirLock};
 use super::Fs;
 use crate::btree::TreeWrite;
 use crate::cache::MetaBuf;
@@ -72,6 +74,14 @@ struct Node {
     inode: Inode,
 }
 
+/// The inode a rename replaces, with what losing its name does to it (planned before the
+/// transaction) and the orphan directory's lock if that lists it.
+struct Victim<'a> {
+    node: Node,
+    plan: LinkDrop,
+    orphans: Option<&'a OrphanDirLock>,
+}
+
 fn check_request(sname: &[u8], dname: &[u8], flags: u32) -> Result<()> {
     dir::check_name(dname)?;
     if sname.len() > crate::format::MAX_NAME_LEN {
@@ -98,7 +108,6 @@ impl Fs {
     fn rename_in_transaction(&self, sp: InodeNo, sname: &[u8], dp: InodeNo, dname: &[u8], flags: u32) -> Result<Option<InodeNo>> {
         // No blanket space reservation: a rename allocates only if the new name splits a
         // directory node, checked below before anything changes, so a full volume still renames.
-        let h = self.begin()?;
         let _rename = (sp != dp).then(|| self.rename_lock.lock());
         let _parent_locks = self.lock_rename_parents(sp, dp)?;
         let mut parents = self.load_parents(sp, dp)?;
@@ -122,6 +131,22 @@ impl Fs {
             Some(d) => Some((d.clone(), self.iget(d.ino)?)),
             None => None,
         };
+        // What the replaced inode's lost name does to it, decided under its lock.
+        let plan = match &target {
+            Some((_, (buf, inode))) if flags & RENAME_EXCHANGE == 0 => self.plan_link_drop(buf, inode)?,
+            _ => LinkDrop::Keeps,
+        };
+        let orphans = self.orphans_for(plan)?;
+        // The source entry's removal may free nodes of its directory; a new or longer entry
+        // may split the destination's; the replaced inode may go.
+        let mut ag_plan = self.ag_plan();
+        self.plan_key_removal(&mut ag_plan, &parents.src().buf, se.key)?;
+        ag_plan.allocates(2 * super::METADATA_OP_BLOCKS);
+        if let Some((_, (buf, inode))) = &target {
+            self.plan_link_drop_ags(&mut ag_plan, plan, buf, inode)?;
+        }
+        let ags = self.hold_ags(ag_plan)?;
+        let h = self.begin_in(&ags)?;
         let now = Timespec::now();
         let left_over = match target {
             None if flags & RENAME_EXCHANGE != 0 => return Err(FsError::NotFound),
@@ -131,7 +156,8 @@ impl Fs {
                 None
             }
             Some((de, (buf, inode))) => {
-                let replaced = self.replace_target(&h, &mut parents, &moved.inode, &de, dname, Node { buf, inode }, now)?;
+                let victim = Victim { node: Node { buf, inode }, plan, orphans: orphans.as_ref() };
+                let replaced = self.replace_target(&h, &mut parents, &moved.inode, &de, dname, victim, now)?;
                 self.remove_source(&h, &mut parents, &se, &mut moved.inode)?;
                 replaced
             }
@@ -240,9 +266,10 @@ impl Fs {
         moved: &Inode,
         de: &DirEntry,
         dname: &[u8],
-        mut victim: Node,
+        victim: Victim,
         now: Timespec,
     ) -> Result<Option<InodeNo>> {
+        let Victim { node: mut victim, plan, orphans } = victim;
         if moved.is_dir() {
             if !victim.inode.is_dir() {
                 return Err(FsError::NotDir);
@@ -259,7 +286,7 @@ impl Fs {
         if victim.inode.is_dir() {
             dst.inode.nlink -= 1;
         }
-        if self.drop_link(h, &victim.buf, &mut victim.inode, now)? {
+        if self.drop_link(h, &victim.buf, &mut victim.inode, now, plan, orphans)? {
             return Ok(None); // freed on the spot
         }
         self.iput(h, &victim.buf, &victim.inode);

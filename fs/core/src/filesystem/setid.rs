@@ -94,8 +94,8 @@ impl Fs {
             return Ok(());
         }
         if privileged_bits(cur.mode) != 0 && setid() {
-            let h = self.begin()?;
             let _g = self.locks.lock(ino, Mode::Exclusive)?;
+            let h = self.begin()?;
             let (buf, mut inode) = self.iget(ino)?;
             // Again under the lock: a chmod may have come in between.
             let bits = privileged_bits(inode.mode);

@@ -137,8 +137,8 @@ mod tests {
     }
 
     fn set_size(fs: &Fs, ino: InodeNo, size: u64) {
-        let h = fs.begin().expect("begin");
         let _g = fs.locks.lock(ino, Mode::Exclusive).expect("lock");
+        let h = fs.begin().expect("begin");
         let (buf, mut inode) = fs.iget(ino).expect("iget");
         inode.size = size;
         fs.iput(&h, &buf, &inode);
@@ -172,8 +172,8 @@ mod tests {
     fn a_long_target_without_its_block_is_flagged() {
         let fs = fs();
         let ino = link(&fs, b"long", &[b'z'; 4000]);
-        let h = fs.begin().expect("begin");
         let _g = fs.locks.lock(ino, Mode::Exclusive).expect("lock");
+        let h = fs.begin().expect("begin");
         let (buf, mut inode) = fs.iget(ino).expect("iget");
         assert!(fs.free_data_from(&h, &buf, &mut inode, 0, 8).expect("free"));
         fs.iput(&h, &buf, &inode);

@@ -148,9 +148,11 @@ pub(super) fn apply_repairs(dev: Arc<dyn BlockDevice>, ex: &Examined, rep: &mut 
     for &ino in &w.disconnected {
         let nlink = w.inodes.get(&ino).map(|i| i.nlink).unwrap_or(0);
         if nlink == 0 {
-            let h = fs.begin()?;
-            fs.add_orphan(&h, InodeNo(ino))?;
-            drop(h);
+            {
+                let od = fs.lock_orphans()?;
+                let h = fs.begin()?;
+                fs.add_orphan(&h, &od, InodeNo(ino))?;
+            }
             fs.reclaim(InodeNo(ino))?;
             rep.fixed.push(format!("inode {ino}: finished its interrupted delete"));
         } else {
@@ -164,13 +166,13 @@ pub(super) fn apply_repairs(dev: Arc<dyn BlockDevice>, ex: &Examined, rep: &mut 
 
 impl Fs {
     /// fsck: changes inode `ino` (and, through the tree writer, its index tree) in one
-    /// transaction, taken before the inode lock (fs/core/src/locks.rs). If `f` sets the flag it is
+    /// transaction, taken after the inode lock (fs/core/src/locks.rs). If `f` sets the flag it is
     /// given, the tree's node block delta goes into the inode's block count. The inode is
     /// written back unless `f` fails.
     fn edit_inode<T>(&self, ino: u64, f: impl FnOnce(&mut crate::btree::TreeWrite, &mut bool, &mut Inode) -> Result<T>) -> Result<T> {
         let ino = InodeNo(ino);
-        let h = self.begin()?;
         let _g = self.locks.lock(ino, Mode::Exclusive)?;
+        let h = self.begin()?;
         let (buf, mut inode) = self.iget(ino)?;
         let mut t = self.tree_mut(&h, &buf);
         let mut count_blocks = false;
@@ -201,9 +203,9 @@ impl Fs {
     /// fsck: gives a disconnected inode the name `#ino` in lost+found.
     pub(crate) fn attach_to_lost_found(&self, ino: u64) -> Result<()> {
         let (lf, ino) = (InodeNo(self.vol.sb.lost_found_ino), InodeNo(ino));
-        let h = self.begin()?;
         let _pg = self.locks.lock(lf, Mode::Exclusive)?;
         let _cg = self.locks.lock(ino, Mode::Exclusive)?;
+        let h = self.begin()?;
         let (pbuf, mut p) = self.iget(lf)?;
         let (cbuf, mut c) = self.iget(ino)?;
         let name = format!("#{ino}");

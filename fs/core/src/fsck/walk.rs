@@ -3,7 +3,7 @@
 use super::{what_is_wrong, Problem, Report};
 use crate::alloc::BlockState;
 use crate::btree::{Record, TreeRead};
-use crate::cache::MetaCache;
+use crate::cache::{Cover, MetaCache};
 use crate::dir;
 use crate::error::Result;
 use crate::format::dirent::{key_hash, name_hash, DirEntry};
@@ -91,7 +91,7 @@ pub(super) fn find_disconnected(
         if walker.w.used.contains_key(&ino) {
             continue;
         }
-        if cache.get(BlockNo(ino), BlockType::Inode).and_then(|b| Inode::decode(&b.read(), InodeNo(ino))).is_err() {
+        if cache.get(BlockNo(ino), BlockType::Inode, Cover::Volume).and_then(|b| Inode::decode(&b.read(), InodeNo(ino))).is_err() {
             continue; // not an inode: compare_bitmaps reports the block as leaked
         }
         walker.visit(Visit { ino, parent: ino, via: None })?;
@@ -136,7 +136,7 @@ impl Walker<'_> {
             self.bad_reference(&v, format!("inode {ino} outside every allocation group"));
             return Ok(());
         }
-        let read = self.cache.get(BlockNo(ino), BlockType::Inode).and_then(|buf| {
+        let read = self.cache.get(BlockNo(ino), BlockType::Inode, Cover::Volume).and_then(|buf| {
             let inode = Inode::decode(&buf.read(), InodeNo(ino))?;
             Ok((buf, inode))
         });
@@ -185,7 +185,7 @@ impl Walker<'_> {
         }
         // Claimed even when unreadable: still pointed at until a repair cuts the reference.
         self.claim(blk, BlockState::Meta, ino);
-        match self.cache.get(BlockNo(blk), BlockType::Xattr).and_then(|b| crate::xattr::parse(&b.read(), blk).map(|_| ())) {
+        match self.cache.get(BlockNo(blk), BlockType::Xattr, Cover::Volume).and_then(|b| crate::xattr::parse(&b.read(), blk).map(|_| ())) {
             Ok(()) => 1,
             Err(e) => {
                 self.rep.problems.push(Problem::XattrBlockUnreadable { ino, block: blk, why: what_is_wrong(&e) });

@@ -81,6 +81,9 @@ struct Committer {
 pub struct Handle<'a> {
     j: &'a Journal,
     _gate: RwLockReadGuard<'a, ()>,
+    /// The allocation groups this operation holds (cluster mode's AG locks, taken before the
+    /// handle): the allocator allocates and frees only there. `None`: any group (standalone).
+    ags: Option<Box<[u32]>>,
 }
 
 impl Drop for Handle<'_> {
@@ -198,7 +201,7 @@ impl Journal {
     /// that one transaction never outgrows the journal.
     pub fn begin(&self) -> Result<Handle<'_>> {
         self.check_fatal()?;
-        let h = Handle { j: self, _gate: self.gate.read() };
+        let h = Handle { j: self, _gate: self.gate.read(), ags: None };
         HANDLES_HERE.with(|n| n.set(n.get() + 1));
         Ok(h)
     }
@@ -405,6 +408,18 @@ fn write_home(dev: &dyn BlockDevice, images: &[(BlockNo, Vec<u8>)], run: &mut Ve
 }
 
 impl Handle<'_> {
+    /// Limits the operation's allocations and frees to the allocation groups `ags` (those it
+    /// holds the locks of); `None` leaves every group open to it.
+    pub fn limit_to_ags(mut self, ags: Option<&[u32]>) -> Self {
+        self.ags = ags.map(Box::from);
+        self
+    }
+
+    /// Whether this operation may allocate in, or free into, allocation group `ag`.
+    pub fn may_use_ag(&self, ag: u32) -> bool {
+        self.ags.as_ref().is_none_or(|a| a.contains(&ag))
+    }
+
     /// Write access to `buf`, joining it to the running transaction.
     pub fn write<'b>(&self, buf: &'b Arc<MetaBuf>) -> parking_lot::RwLockWriteGuard<'b, Box<[u8]>> {
         if !buf.dirty.swap(true, Ordering::AcqRel) {

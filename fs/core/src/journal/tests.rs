@@ -41,7 +41,7 @@ fn targets(vol: &Volume, n: u64) -> Vec<u64> {
 fn stamp(vol: &Volume, blocks: &[u64], v: u64) {
     let h = vol.journal.begin().unwrap();
     for &b in blocks {
-        let buf = vol.cache.create(BlockNo(b), BlockType::TreeNode);
+        let buf = vol.cache.create(BlockNo(b), BlockType::TreeNode, crate::cache::Cover::Volume);
         let mut d = h.write(&buf);
         put_u64(&mut d, HEADER_LEN, v);
         put_u64(&mut d, BLOCK_SIZE - 8, v ^ b);
