@@ -114,5 +114,5 @@ for _ in range(reps):
     rates.append(n / (time.time() - t))
     os.close(fa); os.close(fb)
 r = statistics.median(rates)
-print(f"alternating O_APPEND writes from two nodes: {r:.0f} writes/s, {r:.0f} volume-lock hand-overs/s (each write takes the lock from the other node)")
+print(f"alternating O_APPEND writes from two nodes: {r:.0f} writes/s, {r:.0f} lock hand-overs/s (each write takes the file's lock from the other node)")
 PY

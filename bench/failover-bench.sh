@@ -2,7 +2,7 @@
 # The two failure timings issue 12 asks for beside the recovery of a killed node
 # (bench/recovery-bench.sh), REPS times each:
 #  (1) a lockd election under load: `mafs cluster up` with 3 lockd replicas and 2 nodes that
-#      change each other's directories all the time (every change a volume lock hand-over); kill -9
+#      change each other's directories all the time (every change a lock hand-over); kill -9
 #      of the lockd leader; the time until another replica reports itself leader, and the longest
 #      pause between two completed changes on either node around it (what applications feel);
 #  (2) the replay of a full journal: a standalone volume (32 MiB journal per slot) whose mount

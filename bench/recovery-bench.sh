@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Recovery time of a killed node (issue 12), with the default lease, REPS times:
-# `mafs cluster up` with two nodes; node1 changes files and fsyncs (so it holds the volume lock
+# `mafs cluster up` with two nodes; node1 changes files and fsyncs (so it holds their locks
 # with a journal to replay); kill -9 of node1; then node2 writes that file. Prints the time from the
 # kill to node2's write returning, broken down from node2's log: until the survivor started
 # the recovery (lockd's expiry of the lease + the survivors' poll), the recovery itself (replay

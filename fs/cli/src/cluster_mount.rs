@@ -44,7 +44,7 @@ impl Membership for Node {
         self.current.lock().volume_lock()
     }
     fn cluster_locks(&self) -> Box<dyn mafs_core::locks::ClusterLocks> {
-        Box::new(self.current.lock().open_locks())
+        Box::new(self.current.lock().inode_locks())
     }
     fn attach(&self, fs: &Arc<Fs>) {
         self.current.lock().attach(fs)
@@ -98,7 +98,7 @@ pub fn run(cfg: &MountConfig, endpoints: Vec<String>, slot: Option<u32>) -> anyh
     // a lease after its last heartbeat, sent at most a third of a lease before it went quiet:
     // what the kernel cached by then must be stale sooner than that.
     let cfg = &MountConfig { attr_ttl: cfg.attr_ttl.min(opts.lease / 2), ..cfg.clone() };
-    let first = ClusterNode::join(&sb.uuid_string(), sb.layout.slot_count, &opts).with_context(cannot)?;
+    let first = ClusterNode::join_with_device(&sb.uuid_string(), sb.layout.slot_count, &opts, dev.clone()).with_context(cannot)?;
     tracing::info!(
         "node {} mounts slot {} of {} (lockd session {})",
         cfg.node_name,

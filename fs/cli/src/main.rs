@@ -118,7 +118,7 @@ enum Command {
     /// Show the superblock, slots and free space of a volume.
     Info { volume: PathBuf },
     /// Show a volume's slots and, with lockd, the nodes mounted on them: their sessions, how
-    /// many locks each holds, who holds the volume lock, and nodes being recovered.
+    /// many locks each holds (and how many exclusively), and nodes being recovered.
     Status {
         volume: PathBuf,
         /// lockd replicas, HOST:PORT comma-separated (default: $MAFS_LOCKD_ENDPOINTS).

@@ -1,6 +1,6 @@
 //! `mafs status`: a volume's slots as the volume records them, and, with lockd, which node and
-//! session holds each, how many locks each node holds on the volume, and which nodes hold the
-//! volume lock.
+//! session holds each, how many locks each node holds on the volume, and how many of them
+//! exclusively (what a recovery of that node would keep until its journal is replayed).
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -20,9 +20,16 @@ pub fn run(volume: &Path, endpoints: Vec<String>) -> anyhow::Result<i32> {
     let names = mafs_cluster::VolumeNames::new(&sb.uuid_string());
     let held: Option<Vec<Holder>> = if endpoints.is_empty() { None } else { Some(lockd_holders(&endpoints, &names.prefix())?) };
     println!("volume {}  uuid {}  {} slots", volume.display(), sb.uuid_string(), sb.layout.slot_count);
-    println!("{:>4}  {:<8} {:<20} {:<20} {:>8} {:>6}  volume lock", "SLOT", "STATE", "OWNER (volume)", "NODE (lockd)", "SESSION", "LOCKS");
-    let per_session: BTreeMap<u64, usize> = held.iter().flatten().fold(BTreeMap::new(), |mut m, h| {
-        *m.entry(h.session_id).or_insert(0) += 1;
+    println!(
+        "{:>4}  {:<8} {:<20} {:<20} {:>8} {:>6} {:>9}",
+        "SLOT", "STATE", "OWNER (volume)", "NODE (lockd)", "SESSION", "LOCKS", "EXCLUSIVE"
+    );
+    // Per session: (locks, of which exclusive). The node's name and slot locks are always two
+    // of its exclusive ones.
+    let per_session: BTreeMap<u64, (usize, usize)> = held.iter().flatten().fold(BTreeMap::new(), |mut m, h| {
+        let e = m.entry(h.session_id).or_insert((0, 0));
+        e.0 += 1;
+        e.1 += usize::from(h.mode == Some(lockd_client::Mode::EX));
         m
     });
     for s in 0..sb.layout.slot_count {
@@ -33,17 +40,16 @@ pub fn run(volume: &Path, endpoints: Vec<String>) -> anyhow::Result<i32> {
             Err(e) => ("unreadable", e.to_string()),
         };
         let holder = held.iter().flatten().find(|h| names.slot_of(&h.resource) == Some(s));
-        let (node, session, locks, volume_lock) = match holder {
+        let (node, session, locks, exclusive) = match holder {
             Some(h) => {
-                let vl = held.iter().flatten().find(|v| v.session_id == h.session_id && v.resource == names.volume());
-                let vl = vl.and_then(|v| v.mode).map(|m| m.to_string()).unwrap_or_else(|| "-".into());
                 let node = if h.recovering { format!("{} (DEAD, recovering)", h.node_name) } else { h.node_name.clone() };
-                (node, h.session_id.to_string(), per_session.get(&h.session_id).copied().unwrap_or(0).to_string(), vl)
+                let (locks, ex) = per_session.get(&h.session_id).copied().unwrap_or((0, 0));
+                (node, h.session_id.to_string(), locks.to_string(), ex.to_string())
             }
             None if held.is_some() => ("-".into(), "-".into(), "-".into(), "-".into()),
             None => ("(give --lockd)".into(), "".into(), "".into(), "".into()),
         };
-        println!("{s:>4}  {state:<8} {owner:<20} {node:<20} {session:>8} {locks:>6}  {volume_lock}");
+        println!("{s:>4}  {state:<8} {owner:<20} {node:<20} {session:>8} {locks:>6} {exclusive:>9}");
     }
     Ok(0)
 }

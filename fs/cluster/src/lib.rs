@@ -1,16 +1,17 @@
 //! Cluster mode: what makes a `mafs mount` one node among several on one volume. A node opens a
 //! lockd session, makes its name unique on the volume, takes a free slot (its journal), and
-//! passes every request through the volume lock (`volume_lock.rs`), which it gives up, after
-//! writing everything back and forgetting what it cached, when another node needs it. See
-//! docs/design.md, "Cluster mode", for why one volume-wide lock comes first and what replaces
-//! it.
+//! takes a lock per inode and per allocation group (`inode_locks.rs`), each of which it gives
+//! up, after writing back and forgetting what it covers, when another node needs it. See
+//! docs/design.md, "Cluster mode".
 //!
-//! Modules: `node` (joining and leaving: session, name, slot), `volume_lock` (the gate every
-//! request passes, and the revocation that hands the volume on), `open_locks` (which nodes
-//! have an inode open), `recovery` (replaying a dead node's slot), `names` (the lockd resource
-//! names of a volume), `error`.
+//! Modules: `node` (joining and leaving: session, name, slot), `inode_locks` (the locks the
+//! filesystem takes), `volume_lock` (the gate every request passes, and the revocation that
+//! hands any lock on), `open_locks` (which nodes have an inode open), `recovery` (replaying a
+//! dead node's slot), `fence` (self-fencing), `names` (the lockd resource names of a volume),
+//! `error`.
 mod error;
 mod fence;
+mod inode_locks;
 mod names;
 mod node;
 mod open_locks;
@@ -30,6 +31,7 @@ pub(crate) fn assert_no_journal_handle(what: &str) {
         "{what} while this thread holds a journal handle: could deadlock nodes across their commits"
     );
 }
+pub use inode_locks::{InodeLocks, INODE_BATCH};
 pub use names::VolumeNames;
 pub use node::{ClusterNode, JoinOptions, DEFAULT_LEASE};
 pub use open_locks::OpenLocks;

@@ -17,9 +17,37 @@ impl VolumeNames {
         format!("{}/", self.prefix)
     }
 
-    /// The volume lock: PR to read the volume's metadata, EX to change it.
+    /// The volume lock: every request holds it PR; EX freezes the volume (every node writes it
+    /// back and waits).
     pub fn volume(&self) -> String {
         format!("{}/volume", self.prefix)
+    }
+
+    /// An inode's lock (`inode_locks.rs`): PR to read the inode and what hangs below it (its
+    /// tree, its xattr block, a directory's entries), EX to change them.
+    pub fn inode(&self, ino: u64) -> String {
+        format!("{}/inode/{ino}", self.prefix)
+    }
+
+    /// The inode whose lock `resource` is, if it is one of this volume's.
+    pub fn inode_of(&self, resource: &str) -> Option<u64> {
+        resource.strip_prefix(&self.prefix)?.strip_prefix("/inode/")?.parse().ok()
+    }
+
+    /// An allocation group's lock, EX by the node that allocates from it or frees into it.
+    pub fn group(&self, ag: u32) -> String {
+        format!("{}/group/{ag}", self.prefix)
+    }
+
+    /// The allocation group whose lock `resource` is, if it is one of this volume's.
+    pub fn group_of(&self, resource: &str) -> Option<u32> {
+        resource.strip_prefix(&self.prefix)?.strip_prefix("/group/")?.parse().ok()
+    }
+
+    /// Held EX for a rename between two directories (the VFS's s_vfs_rename_mutex, cluster
+    /// wide): parent links change only under it, so an ancestry walk under it is stable.
+    pub fn rename(&self) -> String {
+        format!("{}/rename", self.prefix)
     }
 
     /// Held PR by every node that has inode `ino` open (see `open_locks.rs`).

@@ -1,5 +1,5 @@
 //! Joining the cluster as a node of one volume, and leaving it: the lockd session, the node's
-//! unique name, its slot, and the volume lock its requests pass.
+//! unique name, its slot, and the locks its filesystem takes.
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -51,6 +51,44 @@ impl ClusterNode {
         match node.take_name_and_slot(slot_count, opts) {
             Ok(()) => Ok(node),
             Err(why) => Err(node.refuse(why)),
+        }
+    }
+
+    /// [`Self::join`] for a mount that has the volume's device: when the node's name is still
+    /// held by a session of that name that died (a node that withdrew or was killed, with no
+    /// live node left to recover it), it recovers that slot itself, as the next mount after
+    /// everyone died must, and takes the name then. A name a live node holds is refused at once.
+    pub fn join_with_device(
+        volume_uuid: &str,
+        slot_count: u32,
+        opts: &JoinOptions,
+        dev: Arc<dyn BlockDevice>,
+    ) -> Result<ClusterNode, JoinError> {
+        let mut node = Self::open(volume_uuid, slot_count, opts)?;
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            match node.take_name_and_slot(slot_count, opts) {
+                Ok(()) => return Ok(node),
+                Err(JoinError::NameInUse { .. }) if std::time::Instant::now() < deadline && node.name_held_by_the_dead(&opts.node_name) => {
+                    if let Err(e) = node.recoverer(dev.clone(), slot_count).recover_dead_slots() {
+                        tracing::warn!("recovering the slot of the dead node that had this name: {e}");
+                    }
+                    std::thread::sleep(Duration::from_millis(250));
+                }
+                Err(why) => return Err(node.refuse(why)),
+            }
+        }
+    }
+
+    /// Whether the node lock of `name` is held by a session lockd is recovering (dead).
+    fn name_held_by_the_dead(&self, name: &str) -> bool {
+        let resource = self.names.node(name);
+        match self.runtime.block_on(self.session.recovering_holders(&resource)) {
+            Ok(held) => held.iter().any(|h| h.resource == resource),
+            Err(e) => {
+                tracing::warn!("cannot ask lockd who holds the name {name}: {e}");
+                false
+            }
         }
     }
 
@@ -164,14 +202,14 @@ impl ClusterNode {
         Arc::new(VolumeLock::new(self.runtime.handle().clone(), self.session.clone(), self.names.volume()))
     }
 
-    /// The node's open locks, for the filesystem it mounts.
-    pub fn open_locks(&self) -> crate::open_locks::OpenLocks {
-        crate::open_locks::OpenLocks::new(self.runtime.handle().clone(), self.session.clone(), self.names.clone())
+    /// The node's inode, group, rename and open locks, for the filesystem it mounts.
+    pub fn inode_locks(&self) -> crate::inode_locks::InodeLocks {
+        crate::inode_locks::InodeLocks::new(self.runtime.handle().clone(), self.session.clone(), self.names.clone())
     }
 
     /// Starts watching for nodes of this volume that die, and recovering their slots, through
-    /// `dev` (fenced like the mount's). Before the mount takes the volume lock: a dead node's
-    /// lock is released only by a recovery.
+    /// `dev` (fenced like the mount's). Before the mount takes any lock: a dead node's locks
+    /// are released only by a recovery.
     pub fn watch_for_dead_nodes(&self, dev: Arc<dyn BlockDevice>, slot_count: u32) -> std::io::Result<crate::RecoveryWatcher> {
         crate::recovery::watch(self.recoverer(dev, slot_count))
     }

@@ -43,7 +43,7 @@ fn lockd_error(what: &str, e: Error) -> FsError {
 }
 
 impl ClusterLocks for OpenLocks {
-    /// Inodes are covered by the volume lock the request holds (see `volume_lock.rs`).
+    /// Used inside `inode_locks.rs`, which takes the inode locks themselves.
     fn hold(&self, _ino: InodeNo, _mode: InodeMode) -> Result<ClusterHold> {
         Ok(Box::new(()))
     }

@@ -1,13 +1,13 @@
 //! Recovering a dead node: when a node's lockd session expires, lockd keeps every lock it held
-//! (the session is opened with `hold_locks_on_expiry`), so no other node can take the volume
-//! lock and read half-written metadata. Every node watches for such sessions on the volume's
-//! slot locks; one (the winner of the slot's recovery lock) replays the dead slot's journal on
-//! the device and marks the slot clean, then asks lockd to complete the recovery, which
-//! releases the dead node's locks, and the others go on with the recovered volume.
+//! under which it could change something (the session is opened with `hold_locks_on_expiry`),
+//! so no other node can take those inodes' or groups' locks and read half-written metadata.
+//! Every node watches for such sessions on the volume's slot locks; one (the winner of the
+//! slot's recovery lock) replays the dead slot's journal on the device and marks the slot
+//! clean, then asks lockd to complete the recovery, which releases the dead node's locks.
 //!
-//! The winner needs no volume lock to replay: the dead node's kept locks hold every other node
-//! off what its journal covers (it held the volume lock EX if it changed anything since its
-//! last hand-over; a node that only read has an empty journal).
+//! The winner needs no lock of its own to replay: a block in the dead node's journal is one it
+//! changed since it last gave up the lock covering it (each give-up retires the journal), so
+//! that lock is one the dead node still held EX, kept until the recovery completes.
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -63,9 +63,13 @@ pub(crate) fn watch(r: Recoverer) -> std::io::Result<RecoveryWatcher> {
     let stopping = stop.clone();
     let mut notices = r.session.peer_recoveries();
     let thread = std::thread::Builder::new().name("mafs-recovery".into()).spawn(move || {
+        let mut withdrawn = false;
         while !stopping.asked.load(Ordering::Acquire) {
             if let Err(e) = r.recover_dead_slots() {
                 tracing::warn!("looking for dead nodes to recover: {e}");
+            }
+            if !withdrawn {
+                withdrawn = r.withdraw_if_stopped();
             }
             r.runtime.block_on(async {
                 tokio::select! {
@@ -111,6 +115,22 @@ impl Recoverer {
         Ok(())
     }
 
+    /// A node whose filesystem stopped writing (a device error) withdraws from the cluster, as
+    /// GFS2 does: it gives its session up without a goodbye, lockd expires it and keeps its
+    /// locks, and a survivor replays its journal once the device lets it. Otherwise what it
+    /// changed and could not write would stay locked away from the others for as long as it
+    /// runs. It answers EIO, and rejoins like a fenced node once its slot is recovered. True
+    /// once it has withdrawn.
+    fn withdraw_if_stopped(&self) -> bool {
+        let Some(why) = self.attached.fs().and_then(|w| w.upgrade()).and_then(|fs| fs.stopped()) else { return false };
+        tracing::error!(
+            "the filesystem stopped writing ({why}): withdrawing from the cluster so that another node recovers this \
+             node's journal; this node answers EIO until it rejoins"
+        );
+        self.session.abandon();
+        true
+    }
+
     fn recover(&self, slot: u32, session: u64, node: &str) -> Result<(), Error> {
         let start = Instant::now();
         // The monotonic clock is every process's on a host: a test compares it with the dead
@@ -142,7 +162,7 @@ impl Recoverer {
     }
 
     /// Frees what the recovered node left orphaned and nobody has open, through this node's
-    /// filesystem (its journal, under the volume lock like any change), so the space comes
+    /// filesystem (its journal, with the locks any operation takes), so the space comes
     /// back now rather than at the slot's next mount. Before this node is mounted, that mount
     /// is left to do it.
     fn free_orphans_of(&self, slot: u32, node: &str) {

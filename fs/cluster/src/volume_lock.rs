@@ -1,19 +1,21 @@
-//! The volume lock: the gate every request of a cluster node passes (PR to read, EX to
-//! change), and what the node does when another node asks for it.
+//! The volume lock — the gate every request of a cluster node passes, in PR — and what the
+//! node does when another node asks for one of its locks (`revoke`).
 //!
-//! Giving it up is GFS2's "sync and invalidate" for the whole volume: commit the journal, write
-//! every changed block home, move the journal's tail past them (so a later replay of this
-//! node's journal can never write an old image over what another node writes next), forget
-//! every cached metadata block and the allocator's in-memory maps, and only then release (or
-//! downgrade to PR for a reader). Released, it also drops what the kernel caches of the mount
-//! (names and attributes: `mafs_core::locks::KernelCaches`); a reader that downgrades keeps
-//! them, since nobody can change the volume while it holds PR.
+//! Giving a lock up is GFS2's "sync and invalidate" for what it covers: commit the journal, write every changed block home, move the journal's tail past them (so a
+//! later replay of this node's journal can never write an old image over what another node
+//! writes next), forget the cached blocks the lock covers (an inode's, or a group's and the
+//! allocator's map of it; everything, for the volume lock), and only then release (or
+//! downgrade to PR for a reader). An inode lock released also drops what the kernel caches of
+//! the mount (names and attributes: `mafs_core::locks::KernelCaches`); a reader that
+//! downgrades keeps them, since nobody can change the inode while it holds PR.
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use lockd_client::{BlockingNotice, Error, LockOptions, Mode, Revoke, Session};
+use mafs_core::cache::Cover;
 use mafs_core::error::{FsError, Result};
 use mafs_core::filesystem::Fs;
+use mafs_core::format::InodeNo;
 use mafs_core::locks::{Access, ClusterHold, KernelCaches, VolumeGate};
 
 use crate::names::VolumeNames;
@@ -37,46 +39,49 @@ impl VolumeLock {
     pub(crate) fn new(runtime: tokio::runtime::Handle, session: Arc<Session>, resource: String) -> VolumeLock {
         VolumeLock { runtime, session, resource }
     }
+}
 
-    async fn acquire(&self, mode: Mode) -> Result<lockd_client::LockGuard> {
-        let start = Instant::now();
-        loop {
-            match self.session.lock(&self.resource, mode, LockOptions::wait(QUEUE_WAIT)).await {
-                Ok(g) => return Ok(g),
-                // Two nodes converting PR -> EX at once: lockd refuses the second. Its PR stays
-                // cached, and the blocking notice the first conversion sent makes this node give
-                // it up (writing back and forgetting, like any revocation) once it is idle;
-                // then the next try queues for EX afresh. The pause lets that revocation in.
-                Err(Error::Deadlock { .. }) => {
-                    tracing::debug!(resource = self.resource, %mode, "conversion deadlock; retrying");
-                    let pause = rand::random::<u64>() % 20 + 5;
-                    tokio::time::sleep(Duration::from_millis(pause)).await;
+/// Takes `resource` in `mode` from lockd, for as long as it takes: conversion deadlocks and
+/// queue timeouts are retried (logged once the wait is long), never surfaced; only a lost
+/// session or an unreachable lockd fails (the operation then did nothing).
+pub(crate) async fn wait_for_lock(session: &Session, resource: &str, mode: Mode) -> Result<lockd_client::LockGuard> {
+    let start = Instant::now();
+    loop {
+        match session.lock(resource, mode, LockOptions::wait(QUEUE_WAIT)).await {
+            Ok(g) => return Ok(g),
+            // Two nodes converting PR -> EX at once: lockd refuses the second. Its PR stays
+            // cached, and the blocking notice the first conversion sent makes this node give
+            // it up (writing back and forgetting, like any revocation) once it is idle; then
+            // the next try queues for EX afresh. The pause lets that revocation in.
+            Err(Error::Deadlock { .. }) => {
+                tracing::debug!(resource, %mode, "conversion deadlock; retrying");
+                let pause = rand::random::<u64>() % 20 + 5;
+                tokio::time::sleep(Duration::from_millis(pause)).await;
+            }
+            // The holder has not given it up yet (a long write-back, many waiters, or a dead
+            // node's lock kept until its journal is recovered).
+            Err(e @ (Error::TimedOut { .. } | Error::NotGranted { .. })) => {
+                tracing::debug!(resource, %mode, "not granted yet ({e}); asking again");
+                if start.elapsed() >= WARN_AFTER {
+                    tracing::warn!(resource, "still waiting for a lock after {:?}", start.elapsed());
                 }
-                // The holder has not given it up yet (a long write-back, or many waiters).
-                Err(e @ (Error::TimedOut { .. } | Error::NotGranted { .. })) => {
-                    tracing::debug!(resource = self.resource, %mode, "not granted yet ({e}); asking again");
-                    if start.elapsed() >= WARN_AFTER {
-                        tracing::warn!(resource = self.resource, "still waiting for the volume lock after {:?}", start.elapsed());
-                    }
-                }
-                Err(e) => {
-                    return Err(FsError::Cluster(format!(
-                        "cannot take the volume lock {} ({mode}) from lockd: {e}; the operation did nothing",
-                        self.resource
-                    )))
-                }
+            }
+            Err(e) => {
+                return Err(FsError::Cluster(format!(
+                    "cannot take the lock {resource} ({mode}) from lockd: {e}; the operation did nothing"
+                )))
             }
         }
     }
 }
 
 impl VolumeGate for VolumeLock {
-    fn enter(&self, access: Access) -> Result<ClusterHold> {
-        let mode = match access {
-            Access::Read => Mode::PR,
-            Access::Write => Mode::EX,
-        };
-        let guard = self.runtime.block_on(self.acquire(mode))?;
+    fn enter(&self, _access: Access) -> Result<ClusterHold> {
+        // Shared by every request, whatever it does: inodes and groups have locks of their own
+        // (`inode_locks.rs`), and this one is asked for EX only to have every node write the
+        // whole volume back and stop (a freeze).
+        let mode = Mode::PR;
+        let guard = self.runtime.block_on(wait_for_lock(&self.session, &self.resource, mode))?;
         Ok(Box::new(guard))
     }
 }
@@ -110,14 +115,29 @@ pub(crate) fn revoke(names: &VolumeNames, attached: &Attached, notice: &Blocking
     if let Some(ino) = names.open_ino(&notice.resource) {
         return crate::open_locks::revoke_open_lock(ino, attached.fs(), notice);
     }
-    if notice.resource != names.volume() {
+    // What the lock covers: the whole volume (the volume lock, taken EX only to freeze the
+    // volume), one inode, or one allocation group.
+    let cover = if notice.resource == names.volume() {
+        None
+    } else if let Some(ino) = names.inode_of(&notice.resource) {
+        Some(Cover::Inode(InodeNo(ino)))
+    } else if let Some(ag) = names.group_of(&notice.resource) {
+        Some(Cover::Group(ag))
+    } else if notice.resource == names.rename() {
+        // Covers no block: parent links are the inodes' own.
+        return Revoke::Release { lvb: None };
+    } else {
         // The node's name and slot locks are held for the whole mount; whoever asks for them
         // is told they are taken (try-locks), never waited for.
         return Revoke::Keep;
-    }
+    };
     if let Some(fs) = attached.fs().as_ref().and_then(Weak::upgrade) {
         let start = Instant::now();
-        if let Err(e) = fs.write_back_and_forget() {
+        let written = match cover {
+            None => fs.write_back_and_forget(),
+            Some(c) => fs.write_back_and_forget_cover(c),
+        };
+        if let Err(e) = written {
             // Giving the lock up now would let other nodes read blocks this node changed but
             // could not write home, and a replay of its journal later would write over theirs.
             // Keeping it while staying in the cluster would stall them for ever. So the node
@@ -126,24 +146,27 @@ pub(crate) fn revoke(names: &VolumeNames, attached: &Attached, notice: &Blocking
             // the device lets it — and only then is the lock handed on. This node fences itself
             // at once (its requests answer EIO) and rejoins once its slot is recovered.
             tracing::error!(
-                "cannot write the volume back to give the volume lock up ({e}): withdrawing from the cluster so that \
-                 another node recovers this node's journal; this node answers EIO until it rejoins"
+                "cannot write back what {} covers to give it up ({e}): withdrawing from the cluster so that another \
+                 node recovers this node's journal; this node answers EIO until it rejoins",
+                notice.resource
             );
             if let Some(s) = attached.session.get().and_then(Weak::upgrade) {
                 s.abandon();
             }
             return Revoke::Keep;
         }
-        tracing::debug!(held = %notice.held, requested = %notice.requested, "volume lock handed on after {:?} of write-back", start.elapsed());
+        tracing::debug!(resource = notice.resource, held = %notice.held, requested = %notice.requested, "handed on after {:?} of write-back", start.elapsed());
     }
     if notice.held == Mode::EX && notice.requested == Mode::PR {
-        // A reader wants it: keep reading alongside it.
+        // A reader wants it: keep reading alongside it (and keep what the kernel caches).
         Revoke::Downgrade { mode: Mode::PR, lvb: None }
     } else {
-        // Now, with no request of this node in the gate: a reply sent before carries a
-        // lifetime the drop ends (see the FUSE glue's kernel_cache.rs), and none can be sent
-        // after until the lock is granted again.
-        attached.drop_kernel_caches();
+        if !matches!(cover, Some(Cover::Group(_))) {
+            // Now, with no request of this node using the lock: a reply sent before carries a
+            // lifetime the drop ends (see the FUSE glue's kernel_cache.rs), and none can be
+            // sent after until the lock is granted again.
+            attached.drop_kernel_caches();
+        }
         Revoke::Release { lvb: None }
     }
 }

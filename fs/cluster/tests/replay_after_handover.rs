@@ -1,8 +1,9 @@
-//! A node that gave the volume lock up must leave nothing in its journal that a replay could
-//! write over what another node changed afterwards. Two filesystem instances on one crash-test
-//! device, each a cluster node with its own slot and lockd session (a real lockd replica,
-//! in-process), take turns through the volume lock: the hand-over is lockd's revocation, not a
-//! call of the test's. Then the first node "crashes" and its slot is replayed.
+//! A node that gave a lock up must leave nothing in its journal that a replay could write over
+//! what another node changed afterwards under that lock. Two filesystem instances on one
+//! crash-test device, each a cluster node with its own slot and lockd session (a real lockd
+//! replica, in-process), take turns on one directory, its files and one allocation group: the
+//! hand-overs are lockd's revocations of those locks, not calls of the test's. Then the first
+//! node "crashes" and its slot is replayed (issue 11: "replay never overwrites newer blocks").
 mod common;
 
 use std::sync::Arc;
@@ -34,8 +35,9 @@ fn replaying_a_node_that_gave_the_volume_lock_up_never_writes_over_the_next_hold
         (root, d)
     });
 
-    // Node B takes the volume lock (lockd asks A to give it up, and A writes back and
-    // forgets), empties the directory, and writes a file over the freed blocks.
+    // Node B takes the directory's, the files' and A's group's locks (lockd asks A to give each
+    // up, and A writes back and forgets what it covers), empties the directory, and writes a
+    // file over the freed blocks in A's group.
     let b = Node::mount(&shared, &endpoint, "node-b");
     let data = vec![0xab; 4 << 20];
     b.write(|fs| {
@@ -43,6 +45,8 @@ fn replaying_a_node_that_gave_the_volume_lock_up_never_writes_over_the_next_hold
             fs.unlink(d.ino, format!("file-{i:04}").as_bytes(), false).expect("unlink");
         }
         fs.sync().expect("sync b");
+        // Into A's group, where the freed blocks are (B would use its own first).
+        fs.vol.alloc.set_current_ag(fs.vol.alloc.ag_index_of(d.ino.block()).expect("d's group"));
         let big = fs.create(root, b"big", node(libc::S_IFREG | 0o644), WHO).expect("create big");
         fs.open(big.ino).expect("open big");
         fs.write(big.ino, 0, &data).expect("write big");

@@ -83,6 +83,15 @@ impl Allocator {
         }
     }
 
+    /// Blocks that can be allocated now in the groups the operation of `h` may use: with shared
+    /// groups, the loaded ones it holds; otherwise [`Allocator::available`].
+    pub fn available_to(&self, h: &Handle) -> u64 {
+        if !self.is_shared() {
+            return self.available();
+        }
+        self.ags.iter().filter(|ag| h.may_use_ag(ag.index)).filter_map(|ag| ag.mem.lock().as_ref().map(|m| m.free)).sum()
+    }
+
     /// Groups are shared with other nodes, each under a cluster lock of its own (cluster mode
     /// with per-group locks): from now on the allocator reads a group's header and bitmap
     /// into the cache only for an operation that holds the group (`Handle::may_use_ag`); a
@@ -93,7 +102,9 @@ impl Allocator {
         self.reload();
     }
 
-    fn is_shared(&self) -> bool {
+    /// Whether groups are shared ([`Allocator::share_groups`]): then room is counted per group,
+    /// under the groups' locks, and [`Allocator::available`] knows only the groups loaded.
+    pub fn is_shared(&self) -> bool {
         self.shared.load(std::sync::atomic::Ordering::Acquire)
     }
 
@@ -227,14 +238,31 @@ impl Allocator {
         Ok((BlockNo(ag.first + rel), len))
     }
 
-    /// Sets one free block aside, near `goal`, before the transaction that will use it
-    /// ([`Reserved::claim`]): an operation learns the number of the inode it will create while
-    /// it can still lock it (inode locks come before the journal handle, `locks.rs`). Nothing
-    /// changes on disk; dropped unclaimed, the block is available again.
-    /// In cluster mode only a group in `ags` (those the operation holds) is used.
-    pub fn reserve(&self, goal: Option<BlockNo>, ags: Option<&[u32]>) -> Result<Reserved<'_>> {
-        let (a, rel, _) = self.pick(1, goal, &|a| ags.is_none_or(|held| held.contains(&a)))?;
-        Ok(Reserved { alloc: self, blk: BlockNo(self.ags[a].first + rel), claimed: false })
+    /// Sets up to `n` free blocks aside (at least one, or ENOSPC), near `goal`, before the
+    /// transaction that will use them: an operation learns the number of the inode it will
+    /// create while it can still lock it (inode locks come before the journal handle,
+    /// `locks.rs`). Only groups in `ags` (those the operation holds, in cluster mode) are used.
+    /// Nothing changes on disk; each is claimed with [`Allocator::claim_reserved`] or given
+    /// back with [`Allocator::unreserve`].
+    pub fn reserve_many(&self, goal: Option<BlockNo>, ags: Option<&[u32]>, n: usize) -> Result<Vec<BlockNo>> {
+        let usable = |a: u32| ags.is_none_or(|held| held.contains(&a));
+        let mut out = Vec::with_capacity(n);
+        let mut goal = goal;
+        while out.len() < n {
+            match self.pick(1, goal, &usable) {
+                Ok((a, rel, _)) => {
+                    let b = BlockNo(self.ags[a].first + rel);
+                    goal = Some(b + 1);
+                    out.push(b);
+                }
+                Err(FsError::NoSpace) if !out.is_empty() => break,
+                Err(e) => {
+                    out.into_iter().for_each(|b| self.unreserve(b));
+                    return Err(e);
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// Finds up to `want` contiguous available blocks and takes them out of the in-memory map:
@@ -278,7 +306,7 @@ impl Allocator {
     }
 
     /// Gives a reserved, unclaimed block back to the in-memory map.
-    fn unreserve(&self, blk: BlockNo) {
+    pub fn unreserve(&self, blk: BlockNo) {
         let Some(a) = self.layout.ag_of(blk.get()) else { return };
         let ag = &self.ags[a as usize];
         if let Some(mem) = ag.mem.lock().as_mut() {
@@ -361,11 +389,6 @@ impl Allocator {
         self.current_ag.store(a, std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// Group `a`'s free count as last read, without reading anything (`None`: not known).
-    pub fn free_hint_of(&self, a: u32) -> Option<u64> {
-        self.ags.get(a as usize).and_then(|ag| *ag.free_hint.lock())
-    }
-
     /// Blocks group `a` can hand out now (free, and not waiting for their freeing commit),
     /// from its bitmap, read now if it is not loaded. Cluster mode: call with the group held.
     pub fn available_in(&self, a: u32) -> Result<u64> {
@@ -385,6 +408,14 @@ impl Allocator {
             *ag.free_hint.lock() = None;
             *mem = None;
         }
+    }
+
+    /// Marks a reserved block `kind` on disk, in `h`'s transaction.
+    pub fn claim_reserved(&self, h: &Handle, blk: BlockNo, kind: BlockState) -> Result<()> {
+        let a = self.layout.ag_of(blk.get()).ok_or_else(|| FsError::corrupt(blk.get(), "reserved block outside every allocation group"))?;
+        let ag = &self.ags[a as usize];
+        self.set_states(h, ag, blk.get() - ag.first, 1, kind)?;
+        self.adjust_header(h, ag, -1)
     }
 
     /// Blocks left in use because an operation freed them in a group it did not hold (should
@@ -439,44 +470,6 @@ impl Allocator {
 
     pub fn ag_index_of(&self, blk: BlockNo) -> Option<u32> {
         self.layout.ag_of(blk.get()).map(|a| self.ags[a as usize].index)
-    }
-}
-
-/// A block set aside by [`Allocator::reserve`]: claimed in a transaction, or given back when
-/// dropped.
-pub struct Reserved<'a> {
-    alloc: &'a Allocator,
-    blk: BlockNo,
-    claimed: bool,
-}
-
-impl Reserved<'_> {
-    pub fn block(&self) -> BlockNo {
-        self.blk
-    }
-
-    /// Marks the block `kind` on disk, in `h`'s transaction.
-    pub fn claim(mut self, h: &Handle, kind: BlockState) -> Result<BlockNo> {
-        let a = self
-            .alloc
-            .layout
-            .ag_of(self.blk.get())
-            .ok_or_else(|| FsError::corrupt(self.blk.get(), "reserved block outside every allocation group"))?;
-        let ag = &self.alloc.ags[a as usize];
-        // Kept out of the map even if the transaction fails halfway: a block unavailable
-        // until the next reload is safer than one handed out twice.
-        self.claimed = true;
-        self.alloc.set_states(h, ag, self.blk.get() - ag.first, 1, kind)?;
-        self.alloc.adjust_header(h, ag, -1)?;
-        Ok(self.blk)
-    }
-}
-
-impl Drop for Reserved<'_> {
-    fn drop(&mut self) {
-        if !self.claimed {
-            self.alloc.unreserve(self.blk);
-        }
     }
 }
 

@@ -42,6 +42,25 @@ pub trait ClusterLocks: Send + Sync {
     /// (the operation then fails with EIO).
     fn hold(&self, ino: InodeNo, mode: Mode) -> Result<ClusterHold>;
 
+    /// How many inode numbers the filesystem reserves at a time for its creates, taking their
+    /// locks together (`prefetch_new`), so that a create finds its new inode's lock cached.
+    /// 1 (standalone): one number per create, reserved by the create itself.
+    fn inode_batch(&self) -> usize {
+        1
+    }
+
+    /// Takes the (exclusive) locks of reserved inode numbers into this node's cache, all at
+    /// once; the creates that use the numbers then hold them without a round trip.
+    fn prefetch_new(&self, _inos: &[InodeNo]) -> Result<()> {
+        Ok(())
+    }
+
+    /// The cluster-wide rename lock, for a rename between two directories: parent links
+    /// change only under it. Standalone: the node's own rename mutex is enough.
+    fn hold_rename(&self) -> Result<ClusterHold> {
+        Ok(Box::new(()))
+    }
+
     /// This node has just counted `ino` open (its first handle here): make sure it holds the
     /// inode's open lock (OCFS2's, `open/<ino>`), which it gives up to another node only while
     /// the inode is not open here (the backend asks `Fs::is_open_here`). An unlinked inode is
@@ -97,18 +116,18 @@ impl AgHolds {
 
 /// What a request passes before it touches the volume, and holds until it has finished with
 /// it (journal handle closed, blocks released): cluster mode's volume lock (the `mafs-cluster`
-/// crate), taken *before* the request joins a transaction, so that giving the lock up (which
-/// commits the journal) never waits for a request that waits for a lock. Standalone passes
-/// every request ([`Standalone`]).
+/// crate), entered shared by every request before it joins a transaction, and asked for
+/// exclusively only to freeze the whole volume. Standalone passes every request
+/// ([`Standalone`]).
 pub trait VolumeGate: Send + Sync {
     /// Waits until this node may `access` the volume; the hold keeps that right until dropped.
     fn enter(&self, access: Access) -> Result<ClusterHold>;
 }
 
 /// What the kernel caches of a cluster node's mount: names (negative ones too) and
-/// attributes, kept only while the node holds the volume lock. The node drops them when it
-/// gives the lock up to a writer, and when it loses its lockd session (then another node may
-/// take the volume once it is recovered). Called once no request of the node holds the lock,
+/// attributes, kept only under the node's inode locks. The node drops them when it gives an
+/// inode lock up to a writer, and when it loses its lockd session (then other nodes may take
+/// its locks once it is recovered). Called once no request of the node holds the lock,
 /// so it must never wait for a request: dropping is a FUSE notification the kernel handles
 /// without taking an inode lock (the FUSE glue's `kernel_cache.rs`).
 pub trait KernelCaches: Send + Sync {
@@ -194,12 +213,21 @@ impl InodeLocks {
     }
 
     pub fn lock(&self, ino: InodeNo, mode: Mode) -> Result<InodeGuard> {
+        self.check_no_handle(ino);
+        let cluster = self.cluster.hold(ino, mode)?;
+        self.local(ino, mode, cluster)
+    }
+
+    fn check_no_handle(&self, ino: InodeNo) {
         debug_assert_eq!(
             crate::journal::handles_held_here(),
             0,
             "inode {ino} locked while this thread holds a journal handle: inode locks come before the journal (locks.rs)"
         );
-        let cluster = self.cluster.hold(ino, mode)?;
+    }
+
+    /// The local lock over the cluster hold.
+    fn local(&self, ino: InodeNo, mode: Mode, cluster: ClusterHold) -> Result<InodeGuard> {
         let l = self.entry(ino);
         let local = match mode {
             Mode::Shared => LocalGuard::Shared(l.read_arc()),

@@ -1,10 +1,10 @@
-//! What the kernel caches of a cluster node's mount, and dropping it when the node gives the
-//! volume lock up (docs/design.md, "Kernel caches").
+//! What the kernel caches of a cluster node's mount, and dropping it when the node gives an
+//! inode lock up (docs/design.md, "Kernel caches").
 //!
 //! Names are dropped all at once with FUSE_NOTIFY_INC_EPOCH (Linux 6.16): every dentry made by
 //! a request the kernel started before it fails its next revalidation and is looked up again.
 //! The kernel takes no lock for it, unlike FUSE_NOTIFY_INVAL_ENTRY, which takes the parent
-//! directory's i_rwsem: a CREATE waiting in the gate for the volume lock holds that, and the
+//! directory's i_rwsem: a CREATE waiting for the directory's lock holds that, and the
 //! revocation that would let the CREATE through would wait for it. Attributes are dropped inode
 //! by inode with FUSE_NOTIFY_INVAL_INODE at a negative offset (attributes only: no page lock,
 //! and pages are not cached in cluster mode); a reply to a request the kernel started before

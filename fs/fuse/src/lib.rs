@@ -95,7 +95,7 @@ pub struct MafsFuse {
     current: Arc<Current>,
     /// How long the kernel may trust attributes and names. A standalone node holds every lock
     /// for ever, so every change goes through this kernel and long TTLs are safe. A cluster
-    /// node gives them only while it holds the volume lock (see [`KernelCache`]).
+    /// node gives them only under its inode locks (see [`KernelCache`]).
     ttl: Duration,
     root: InodeNo,
     cache: KernelCache,
@@ -107,7 +107,7 @@ pub enum KernelCache {
     /// Everything (standalone: every change to the volume goes through this kernel): pages
     /// are kept across opens, and atime is updated on reads.
     All,
-    /// Names (negative ones too) and attributes, for as long as the node holds the volume lock
+    /// Names (negative ones too) and attributes, for as long as the node holds the inode locks
     /// (cluster mode, see docs/design.md "Kernel caches"): the node drops them before it gives
     /// the lock to a writer, through `kernel_cache::Dropper`, which needs the lookups counted
     /// here. File I/O bypasses the page cache (FOPEN_DIRECT_IO): dropping pages takes page

@@ -38,7 +38,7 @@ pub trait Membership {
     fn cluster_locks(&self) -> Box<dyn mafs_core::locks::ClusterLocks>;
     /// The filesystem its revocations write back, once made.
     fn attach(&self, fs: &Arc<Fs>);
-    /// What the kernel caches of the mount, which the node drops when it gives the volume lock
+    /// What the kernel caches of the mount, which the node drops when it gives an inode lock
     /// to a writer or loses its lockd session.
     fn attach_kernel_caches(&self, caches: Arc<dyn mafs_core::locks::KernelCaches>);
     /// The device as the node may write it: not past its lease (self-fencing).
@@ -66,8 +66,8 @@ pub fn mount(cfg: &MountConfig, cluster: Option<&(dyn Membership + Sync)>) -> an
         Some(m) => m.gate(),
         None => Arc::new(mafs_core::locks::Standalone),
     };
-    // Replay, orphan reclaim and the first reads all change or trust the volume: done holding
-    // the volume lock exclusively (kept cached afterwards, so the first requests cost nothing).
+    // Opened inside the volume lock, as any request (shared: the node's own slot lock covers
+    // its journal's replay, and orphan reclaim takes the inode locks any operation takes).
     let opening = gate.enter(Access::Write).context("cannot take the volume lock to open the volume")?;
     let current = Current::new(open_filesystem(cfg, cluster)?, gate);
     // Multi-mount protection from here on, through everything below (orphan reclaim can take a
@@ -125,7 +125,7 @@ pub fn mount(cfg: &MountConfig, cluster: Option<&(dyn Membership + Sync)>) -> an
 }
 
 /// The filesystem of the volume as this node opens it (replayed, its orphans not reclaimed
-/// yet), made known to the cluster membership. The caller holds the volume lock exclusively.
+/// yet), made known to the cluster membership. The caller is inside the volume lock.
 fn open_filesystem(cfg: &MountConfig, cluster: Option<&(dyn Membership + Sync)>) -> anyhow::Result<Arc<Fs>> {
     let vol = open_volume(cfg, cluster.map(|m| m as &dyn Membership))?;
     let fs = Arc::new(match cluster {

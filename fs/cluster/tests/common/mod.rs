@@ -41,8 +41,8 @@ pub struct Node {
 }
 
 impl Node {
-    /// Joins the cluster and opens the volume through its slot, holding the volume lock EX as
-    /// a mount does.
+    /// Joins the cluster and opens the volume through its slot, inside the volume lock as a
+    /// mount does.
     pub fn mount(dev: &Arc<dyn BlockDevice>, endpoint: &str, name: &str) -> Node {
         let (sb, _) = read_superblock(&**dev).expect("superblock");
         let opts =
@@ -52,13 +52,14 @@ impl Node {
         let fs = {
             let _hold = gate.enter(Access::Write).expect("volume lock");
             let vol = Volume::open(dev.clone(), cluster.slot(), name, 4096).expect("open slot");
-            Arc::new(Fs::with_cluster_locks(vol, Box::new(cluster.open_locks())))
+            Arc::new(Fs::with_cluster_locks(vol, Box::new(cluster.inode_locks())))
         };
         cluster.attach(&fs);
         Node { fs, gate, _cluster: cluster }
     }
 
-    /// Runs `f` as a request that changes the volume would: inside the volume lock, EX.
+    /// Runs `f` as a request would: inside the volume lock (shared); the filesystem takes the
+    /// inode and group locks it needs.
     pub fn write<T>(&self, f: impl FnOnce(&Fs) -> T) -> T {
         let _hold = self.gate.enter(Access::Write).expect("volume lock");
         f(&self.fs)

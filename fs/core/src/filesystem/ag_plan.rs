@@ -23,6 +23,8 @@ pub(crate) struct AgPlan {
     active: bool,
     frees: BTreeSet<u32>,
     alloc: u64,
+    /// Some of it is file data (`allocates_data`).
+    data: bool,
 }
 
 impl AgPlan {
@@ -30,12 +32,39 @@ impl AgPlan {
     pub(crate) fn allocates(&mut self, blocks: u64) {
         self.alloc = self.alloc.saturating_add(blocks);
     }
+
+    /// The operation may allocate up to `data` blocks of file data and `meta` blocks of
+    /// metadata. File data may not take a group's last `METADATA_RESERVE` blocks (kept for the
+    /// tree nodes that map it), so a group is enough only with those spare.
+    pub(crate) fn allocates_data(&mut self, data: u64, meta: u64) {
+        self.allocates(data.saturating_add(meta));
+        self.data = true;
+    }
+
+    /// The least room worth going on with: the operation's metadata, and for file data the
+    /// reserve plus a block (a write then stops short).
+    fn minimum(&self) -> u64 {
+        if self.data {
+            super::METADATA_RESERVE + 1
+        } else {
+            super::METADATA_OP_BLOCKS.min(self.alloc)
+        }
+    }
+
+    /// The room a group must have for the operation's allocations.
+    fn wanted(&self) -> u64 {
+        if self.data {
+            self.alloc.saturating_add(super::METADATA_RESERVE)
+        } else {
+            self.alloc
+        }
+    }
 }
 
 impl Fs {
     /// An empty plan; inactive (every call a no-op) unless groups have locks of their own.
     pub(crate) fn ag_plan(&self) -> AgPlan {
-        AgPlan { active: self.locks.cluster().ag_locks(), frees: BTreeSet::new(), alloc: 0 }
+        AgPlan { active: self.locks.cluster().ag_locks(), frees: BTreeSet::new(), alloc: 0, data: false }
     }
 
     /// The operation frees block `b`.
@@ -104,77 +133,52 @@ impl Fs {
     }
 
     /// Takes the groups `plan` needs, ascending: those it frees into, and for its
-    /// allocations the group this node allocates from now and, if that has too little room
-    /// (counted under its lock), the next ones with room. `None` when groups have no locks.
+    /// allocations the group this node allocates from now — if that has too little room
+    /// (counted under its lock), the first of the others, in turn, that has enough; if none
+    /// has, the one with the most, as long as that holds the operation's metadata (a write then
+    /// stops short), else ENOSPC before anything changed. `None` when groups have no locks.
     pub(crate) fn hold_ags(&self, plan: AgPlan) -> Result<Option<AgHolds>> {
         if !plan.active {
             return Ok(None);
         }
         let alloc = &self.vol.alloc;
-        let n = alloc.ag_count();
-        let mut start = alloc.current_ag();
-        for attempt in 0..=n {
-            let mut candidates = BTreeSet::new();
-            let mut span = 0;
-            if plan.alloc > 0 {
-                // From the current group on, those that said they had room when last counted
-                // (a group never counted may have room), until they say they have enough: a
-                // hint, counted again under the locks.
-                let mut hinted = 0u64;
-                while span < n && hinted < plan.alloc {
-                    let a = (start + span) % n;
-                    let free = alloc.free_hint_of(a).unwrap_or(plan.alloc);
-                    if free > 0 || span == 0 {
-                        candidates.insert(a);
-                        hinted = hinted.saturating_add(free);
-                    }
-                    span += 1;
-                }
-            }
-            let want: Vec<u32> = plan.frees.union(&candidates).copied().collect();
-            let holds = self.locks.hold_ags(&want)?;
-            let mut room = self.room_in(&holds, &candidates)?;
-            if plan.alloc > 0 && room < plan.alloc && alloc.quarantined() > 0 {
+        let hold = |a: Option<u32>| -> Result<AgHolds> {
+            let want: Vec<u32> = plan.frees.iter().copied().chain(a).collect();
+            self.locks.hold_ags(&want)
+        };
+        if plan.alloc == 0 {
+            return hold(None).map(Some);
+        }
+        let (n, current, wanted) = (alloc.ag_count(), alloc.current_ag(), plan.wanted());
+        let mut best: Option<(u64, u32)> = None;
+        for i in 0..n {
+            let a = (current + i) % n;
+            let holds = hold(Some(a))?;
+            let mut room = alloc.available_in(a)?;
+            if room < wanted && alloc.quarantined() > 0 {
                 // Blocks freed by the running transaction come back when it commits (as
                 // `ensure_room_for` does on a node that owns every group).
                 self.vol.commit()?;
-                room = self.room_in(&holds, &candidates)?;
+                room = alloc.available_in(a)?;
             }
-            if plan.alloc == 0 || room >= plan.alloc {
+            tracing::trace!(group = a, room, wanted = wanted, "room in a group");
+            if room >= wanted {
+                alloc.set_current_ag(a);
                 return Ok(Some(holds));
             }
-            if span >= n || attempt == n {
-                // Every group looked at: what there is, if it is enough for the operation's
-                // metadata (a write may then stop short), else ENOSPC before anything changed.
-                if room < super::METADATA_OP_BLOCKS {
-                    return Err(crate::error::FsError::NoSpace);
-                }
-                return Ok(Some(holds));
+            if best.is_none_or(|(r, _)| room > r) {
+                best = Some((room, a));
             }
-            // The hints were stale: look further on (the counts just taken correct them).
-            drop(holds);
-            start = (start + span.max(1)) % n;
         }
-        unreachable!("the last attempt returns")
-    }
-
-    /// Blocks the held groups can hand out now. The first of the `candidates` for allocation
-    /// with room becomes the group this node allocates from (a group held only to free into
-    /// may be another node's own).
-    fn room_in(&self, holds: &AgHolds, candidates: &BTreeSet<u32>) -> Result<u64> {
-        let mut room = 0u64;
-        let mut current = None;
-        for &a in holds.ags() {
-            let free = self.vol.alloc.available_in(a)?;
-            if free > 0 && current.is_none() && candidates.contains(&a) {
-                current = Some(a);
+        tracing::debug!(wanted = wanted, ?best, groups = n, "no allocation group has the room an operation wants");
+        match best {
+            // Too little for all of it: the group with the most, if that is worth it.
+            Some((room, a)) if room >= plan.minimum() => {
+                alloc.set_current_ag(a);
+                hold(Some(a)).map(Some)
             }
-            room += free;
+            _ => Err(crate::error::FsError::NoSpace),
         }
-        if let Some(a) = current {
-            self.vol.alloc.set_current_ag(a);
-        }
-        Ok(room)
     }
 
     /// Joins the running transaction, allocating and freeing only in the groups `holds`

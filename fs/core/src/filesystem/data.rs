@@ -145,7 +145,7 @@ impl Fs {
             }
         };
         // Data may not take the last blocks: tree nodes for the new extents need them.
-        let room = self.vol.alloc.available().saturating_sub(super::METADATA_RESERVE);
+        let room = self.vol.alloc.available_to(h).saturating_sub(super::METADATA_RESERVE);
         if room == 0 {
             tracing::debug!(free = self.vol.alloc.free_blocks(), quarantined = self.vol.alloc.quarantined(), "no space for file data");
             return Err(FsError::NoSpace);
@@ -268,7 +268,7 @@ impl Fs {
         };
         let _g = self.locks.lock(ino, Mode::Exclusive)?;
         let mut plan = self.ag_plan();
-        plan.allocates(blocks.saturating_add(super::METADATA_OP_BLOCKS));
+        plan.allocates_data(blocks, super::METADATA_OP_BLOCKS);
         let ags = self.hold_ags(plan)?;
         let h = self.begin_alloc_in(blocks, &ags)?;
         let (buf, mut inode) = self.iget(ino)?;
@@ -472,7 +472,7 @@ impl Fs {
         let (buf, mut inode) = self.iget(ino)?;
         let blocks = end.div_ceil(BS) - off / BS;
         let mut plan = self.ag_plan();
-        plan.allocates(blocks.saturating_add(super::METADATA_OP_BLOCKS));
+        plan.allocates_data(blocks, super::METADATA_OP_BLOCKS);
         // A fallocate that runs out of space unmaps what it mapped, which may free tree nodes.
         self.plan_data_frees(&mut plan, &buf, &inode, 0, 0, false)?;
         let ags = self.hold_ags(plan)?;

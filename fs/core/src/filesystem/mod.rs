@@ -9,6 +9,7 @@ pub mod attr;
 mod data;
 pub mod export;
 pub mod namespace;
+mod new_inode;
 mod orphans;
 pub mod rename;
 pub mod setid;
@@ -103,6 +104,8 @@ pub struct Fs {
     /// can have opened them, so their open locks wait for the hand-over (a node making and
     /// closing files alone then makes no lockd call for them).
     made_here: Mutex<std::collections::HashSet<InodeNo>>,
+    /// Cluster mode: inode numbers set aside, their locks taken (`new_inode.rs`).
+    inode_pool: Mutex<Vec<InodeNo>>,
 }
 
 impl Fs {
@@ -139,6 +142,7 @@ impl Fs {
             orphan_dir,
             orphan_dirs,
             made_here: Mutex::new(Default::default()),
+            inode_pool: Mutex::new(Vec::new()),
         }
     }
 
@@ -295,6 +299,7 @@ impl Fs {
     pub fn write_back_and_forget(&self) -> Result<()> {
         self.write_back()?;
         self.vol.cache.drop_clean();
+        self.forget_pooled_inodes(None);
         self.vol.alloc.reload();
         Ok(())
     }
@@ -312,6 +317,7 @@ impl Fs {
             tracing::warn!(?cover, kept, "cached blocks still in use when their lock was given up");
         }
         if let crate::cache::Cover::Group(a) = cover {
+            self.forget_pooled_inodes(Some(a));
             self.vol.alloc.forget_ag(a);
         }
         Ok(())
@@ -334,6 +340,12 @@ impl Fs {
         // Written home is not enough: a crash would replay the journal's older images over
         // what the next node writes.
         self.vol.journal.retire_committed()
+    }
+
+    /// Why the filesystem stopped writing (a device error latched by the journal), if it did:
+    /// from then on every change fails with EIO. Cluster mode then withdraws the node.
+    pub fn stopped(&self) -> Option<String> {
+        self.vol.journal.fatal_error()
     }
 
     /// fsync / fsyncdir / syncfs: everything done so far becomes durable.

@@ -3,7 +3,6 @@
 use super::ag_plan::AgPlan;
 use super::orphans::{LinkDrop, OrphanDirLock};
 use super::{acl, Caller, Fs, MAX_LINKS};
-use crate::alloc::BlockState;
 use crate::cache::Cover;
 use crate::dir::{self, DirEntry};
 use crate::error::{FsError, Result};
@@ -72,11 +71,11 @@ impl Fs {
         let mut plan = self.ag_plan();
         plan.allocates(super::METADATA_OP_BLOCKS + u64::from(node.symlink_target.is_some()));
         let ags = self.hold_ags(plan)?;
-        let reserved = self.vol.alloc.reserve(Some(parent.block()), ags.as_ref().map(|a| a.ags()))?;
-        let ino = InodeNo::from_block(reserved.block());
+        let new = self.new_inode_number(parent, &ags)?;
+        let ino = new.ino();
         let _ig = self.locks.lock(ino, Mode::Exclusive)?;
         let h = self.begin_in(&ags)?;
-        reserved.claim(&h, BlockState::Inode)?;
+        new.claim(&h)?;
         let buf = self.vol.cache.create(ino.block(), BlockType::Inode, Cover::Inode(ino));
         let now = Timespec::now();
         let mut inode = new_inode(ino, &p, &node, inherited.mode, &who, now);
@@ -140,6 +139,11 @@ impl Fs {
     /// ENOSPC, before anything changes, if adding `name` to the directory could need more
     /// blocks than are available (an operation must not fail halfway).
     pub(super) fn ensure_space_for_entry(&self, dbuf: &std::sync::Arc<crate::cache::MetaBuf>, name: &[u8]) -> Result<()> {
+        if self.vol.alloc.is_shared() {
+            // Counted under the groups' locks instead (`hold_ags` wants room for an operation's
+            // metadata).
+            return Ok(());
+        }
         let need = self.tree(dbuf).insert_need(crate::format::dirent::value_len(name))?;
         if self.vol.alloc.available() < need {
             return Err(FsError::NoSpace);
@@ -295,21 +299,24 @@ impl Fs {
         }
     }
 
-    /// True if `ancestor` is directory `dir` or one of its ancestors (a non-directory never
-    /// is). Called with the rename lock held: parent fields change only under it, so the walk
-    /// needs no inode locks (and must take none: it runs while this rename holds directory
-    /// locks, and locking upwards would invert the parent-before-child order).
-    pub(super) fn is_ancestor(&self, ancestor: InodeNo, mut dir: InodeNo) -> Result<bool> {
+    /// Directory `dir` and its ancestors up to the root, each parent link read under the
+    /// directory's lock. Called with the rename lock held and no inode lock: parent links
+    /// change only under the rename lock, so the chain stays true while it is held, and taking
+    /// the ancestors' locks here, before the rename locks its parents, keeps the
+    /// parent-before-child order (locking upwards while holding a directory would invert it).
+    pub(super) fn ancestry(&self, mut dir: InodeNo) -> Result<Vec<InodeNo>> {
         let root = self.root();
+        let mut chain = vec![dir];
         // A chain longer than the volume has blocks can only be a loop (corruption).
         for _ in 0..self.vol.sb.layout.total_blocks {
-            if dir == ancestor {
-                return Ok(true);
-            }
             if dir == root {
-                return Ok(false);
+                return Ok(chain);
             }
-            dir = self.iget(dir)?.1.parent;
+            dir = {
+                let _g = self.locks.lock(dir, Mode::Shared)?;
+                self.iget(dir)?.1.parent
+            };
+            chain.push(dir);
         }
         Err(FsError::corrupt(dir, "directory parent chain does not reach the root"))
     }

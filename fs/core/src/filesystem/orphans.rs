@@ -284,12 +284,15 @@ impl Fs {
     }
 
     fn reclaim_listed_in(&self, orphan_dir: InodeNo) -> Result<()> {
-        let (dbuf, _) = self.iget(orphan_dir)?;
         let mut inos = Vec::new();
-        dir::list(&self.tree(&dbuf), 0, &mut |e| {
-            inos.push(e.ino);
-            true
-        })?;
+        {
+            let _g = self.locks.lock(orphan_dir, Mode::Shared)?;
+            let (dbuf, _) = self.iget(orphan_dir)?;
+            dir::list(&self.tree(&dbuf), 0, &mut |e| {
+                inos.push(e.ino);
+                true
+            })?;
+        }
         for ino in inos {
             self.reclaim_inode(ino, Reclaim::Listed(orphan_dir))?;
         }

@@ -93,6 +93,25 @@ fn check_request(sname: &[u8], dname: &[u8], flags: u32) -> Result<()> {
     Ok(())
 }
 
+/// Refuses to move a directory into itself, before the children are locked: a child that is
+/// an ancestor of the other parent would be locked after its own descendant, against the lock
+/// order. The chains are the parents' ancestries (`Fs::ancestry`).
+fn refuse_loops(s_chain: &[InodeNo], d_chain: &[InodeNo], se: &DirEntry, de: Option<&DirEntry>, flags: u32) -> Result<()> {
+    if d_chain.contains(&se.ino) {
+        return Err(FsError::Invalid("cannot move a directory into itself"));
+    }
+    if let Some(d) = de {
+        if s_chain.contains(&d.ino) {
+            return Err(if flags & RENAME_EXCHANGE != 0 {
+                FsError::Invalid("cannot move a directory into itself")
+            } else {
+                FsError::NotEmpty
+            });
+        }
+    }
+    Ok(())
+}
+
 impl Fs {
     pub fn rename(&self, sp: InodeNo, sname: &[u8], dp: InodeNo, dname: &[u8], flags: u32) -> Result<()> {
         check_request(sname, dname, flags)?;
@@ -108,8 +127,16 @@ impl Fs {
     fn rename_in_transaction(&self, sp: InodeNo, sname: &[u8], dp: InodeNo, dname: &[u8], flags: u32) -> Result<Option<InodeNo>> {
         // No blanket space reservation: a rename allocates only if the new name splits a
         // directory node, checked below before anything changes, so a full volume still renames.
-        let _rename = (sp != dp).then(|| self.rename_lock.lock());
-        let _parent_locks = self.lock_rename_parents(sp, dp)?;
+        // Between two directories: the rename lock (the cluster's, then this node's), and the
+        // ancestry of both parents, read before any inode is locked.
+        let (_cluster_rename, _rename) = if sp != dp {
+            let cluster = self.locks.cluster().hold_rename()?;
+            (Some(cluster), Some(self.rename_lock.lock()))
+        } else {
+            (None, None)
+        };
+        let (s_chain, d_chain) = if sp != dp { (self.ancestry(sp)?, self.ancestry(dp)?) } else { (Vec::new(), Vec::new()) };
+        let _parent_locks = self.lock_rename_parents(sp, dp, &s_chain, &d_chain)?;
         let mut parents = self.load_parents(sp, dp)?;
         let se = self.entry(&parents.src().buf, sname)?.ok_or(FsError::NotFound)?;
         let de = self.entry(&parents.dst().buf, dname)?;
@@ -117,7 +144,7 @@ impl Fs {
             return Ok(None); // both names are links to one inode: nothing to do (POSIX)
         }
         if sp != dp {
-            self.refuse_loops(sp, dp, &se, de.as_ref(), flags)?;
+            refuse_loops(&s_chain, &d_chain, &se, de.as_ref(), flags)?;
         }
         if de.is_none() {
             self.ensure_space_for_entry(&parents.dst().buf, dname)?;
@@ -178,14 +205,15 @@ impl Fs {
         Ok(left_over)
     }
 
-    /// The rename lock is the caller's; this takes the parents' locks in the documented order.
-    fn lock_rename_parents(&self, sp: InodeNo, dp: InodeNo) -> Result<Vec<InodeGuard>> {
+    /// The rename lock is the caller's; this takes the parents' locks in the documented order,
+    /// from their ancestries (`Fs::ancestry`; empty within one directory).
+    fn lock_rename_parents(&self, sp: InodeNo, dp: InodeNo, s_chain: &[InodeNo], d_chain: &[InodeNo]) -> Result<Vec<InodeGuard>> {
         // Parents: an ancestor before its descendant (parent-before-child), else ascending.
         let order = if sp == dp {
             vec![sp]
-        } else if self.is_ancestor(sp, dp)? {
+        } else if d_chain.contains(&sp) {
             vec![sp, dp]
-        } else if self.is_ancestor(dp, sp)? {
+        } else if s_chain.contains(&dp) {
             vec![dp, sp]
         } else {
             vec![sp.min(dp), sp.max(dp)]
@@ -202,25 +230,6 @@ impl Fs {
             Ok(Dir { buf, inode })
         };
         Ok(if sp == dp { Parents::One(load(sp)?) } else { Parents::Two { src: load(sp)?, dst: load(dp)? } })
-    }
-
-    /// Refuses to move a directory into itself, before the children are locked: a child that
-    /// is an ancestor of the other parent would be locked after its own descendant, against
-    /// the lock order.
-    fn refuse_loops(&self, sp: InodeNo, dp: InodeNo, se: &DirEntry, de: Option<&DirEntry>, flags: u32) -> Result<()> {
-        if self.is_ancestor(se.ino, dp)? {
-            return Err(FsError::Invalid("cannot move a directory into itself"));
-        }
-        if let Some(d) = de {
-            if self.is_ancestor(d.ino, sp)? {
-                return Err(if flags & RENAME_EXCHANGE != 0 {
-                    FsError::Invalid("cannot move a directory into itself")
-                } else {
-                    FsError::NotEmpty
-                });
-            }
-        }
-        Ok(())
     }
 
     /// Changes `d`'s entry tree and charges `d` for the tree blocks that came or went.

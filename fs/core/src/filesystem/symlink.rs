@@ -37,6 +37,9 @@ impl Fs {
     /// ENOSPC, before anything changes, if the target needs a block and file data may not
     /// take another (the last blocks are kept for metadata, as for any file's data).
     pub(crate) fn ensure_room_for_target(&self, target: &[u8]) -> Result<()> {
+        if self.vol.alloc.is_shared() {
+            return Ok(()); // counted under the groups' locks (`hold_ags`)
+        }
         if needs_block(target) && self.vol.alloc.available() <= METADATA_RESERVE {
             return Err(FsError::NoSpace);
         }

@@ -156,6 +156,11 @@ impl Journal {
         }
     }
 
+    /// Why the journal stopped writing (its first fatal error), if it did.
+    pub fn fatal_error(&self) -> Option<String> {
+        self.fatal.lock().clone()
+    }
+
     /// True if the running transaction has grown past its limit and should be committed
     /// before another handle joins it.
     pub fn is_full(&self) -> bool {

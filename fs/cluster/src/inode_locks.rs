@@ -1,0 +1,101 @@
+//! A lock per inode and per allocation group (GFS2's inode and resource-group glocks), the
+//! cluster locks the filesystem takes through `mafs_core::locks::ClusterLocks`: `inode/<n>` PR
+//! to read an inode and what hangs below it, EX to change it; `group/<a>` EX to allocate from
+//! a group or free into it; `rename` EX for a rename between directories. Every lock stays
+//! cached after use, so a node working alone makes no lockd round trip; another node's request
+//! makes this node write back and forget what the lock covers (`revoke` in `volume_lock.rs`).
+//!
+//! A new inode's lock is taken before the inode exists: the filesystem reserves inode numbers
+//! a batch at a time (`ClusterLocks::inode_batch`) and this backend takes their locks all at
+//! once (`prefetch_new`; lockd commits concurrent requests together), so a create finds its
+//! inode's lock cached and makes no lockd round trip of its own.
+use std::sync::Arc;
+
+use lockd_client::{Mode, Session};
+use mafs_core::error::{FsError, Result};
+use mafs_core::format::InodeNo;
+use mafs_core::locks::{ClusterHold, ClusterLocks, Mode as InodeMode};
+
+use crate::names::VolumeNames;
+use crate::open_locks::OpenLocks;
+use crate::volume_lock::wait_for_lock;
+
+/// Inode numbers a node reserves, and locks, at a time.
+pub const INODE_BATCH: usize = 64;
+
+pub struct InodeLocks {
+    runtime: tokio::runtime::Handle,
+    session: Arc<Session>,
+    names: VolumeNames,
+    open: OpenLocks,
+}
+
+impl InodeLocks {
+    pub(crate) fn new(runtime: tokio::runtime::Handle, session: Arc<Session>, names: VolumeNames) -> InodeLocks {
+        let open = OpenLocks::new(runtime.clone(), session.clone(), names.clone());
+        InodeLocks { runtime, session, names, open }
+    }
+
+    fn wait(&self, resource: &str, mode: Mode) -> Result<ClusterHold> {
+        crate::assert_no_journal_handle("taking a cluster lock");
+        Ok(Box::new(self.runtime.block_on(wait_for_lock(&self.session, resource, mode))?))
+    }
+}
+
+impl ClusterLocks for InodeLocks {
+    fn hold(&self, ino: InodeNo, mode: InodeMode) -> Result<ClusterHold> {
+        let mode = match mode {
+            InodeMode::Shared => Mode::PR,
+            InodeMode::Exclusive => Mode::EX,
+        };
+        self.wait(&self.names.inode(ino.get()), mode)
+    }
+
+    fn inode_batch(&self) -> usize {
+        INODE_BATCH
+    }
+
+    fn prefetch_new(&self, inos: &[InodeNo]) -> Result<()> {
+        crate::assert_no_journal_handle("taking the locks of new inodes");
+        let taken = self.runtime.block_on(async {
+            let mut set = tokio::task::JoinSet::new();
+            for ino in inos {
+                let (session, resource) = (self.session.clone(), self.names.inode(ino.get()));
+                set.spawn(async move { wait_for_lock(&session, &resource, Mode::EX).await.map(drop) });
+            }
+            let mut first_error = None;
+            while let Some(r) = set.join_next().await {
+                let r = r.map_err(|e| FsError::Cluster(format!("taking the locks of new inodes: {e}"))).and_then(|r| r);
+                if let Err(e) = r {
+                    first_error.get_or_insert(e);
+                }
+            }
+            first_error.map_or(Ok(()), Err)
+        });
+        taken
+    }
+
+    fn hold_rename(&self) -> Result<ClusterHold> {
+        self.wait(&self.names.rename(), Mode::EX)
+    }
+
+    fn open_lock(&self, ino: InodeNo) -> Result<()> {
+        self.open.open_lock(ino)
+    }
+
+    fn shares_inodes(&self) -> bool {
+        true
+    }
+
+    fn unused_elsewhere(&self, ino: InodeNo, wait: bool) -> Result<bool> {
+        self.open.unused_elsewhere(ino, wait)
+    }
+
+    fn ag_locks(&self) -> bool {
+        true
+    }
+
+    fn hold_ag(&self, ag: u32) -> Result<ClusterHold> {
+        self.wait(&self.names.group(ag), Mode::EX)
+    }
+}
