@@ -23,6 +23,11 @@ impl VolumeNames {
         format!("{}/volume", self.prefix)
     }
 
+    /// The number after this volume's `kind` in `resource` (`/inode/7` -> 7), if it is one.
+    fn numbered<T: std::str::FromStr>(&self, resource: &str, kind: &str) -> Option<T> {
+        resource.strip_prefix(&self.prefix)?.strip_prefix(kind)?.parse().ok()
+    }
+
     /// An inode's lock (`inode_locks.rs`): PR to read the inode and what hangs below it (its
     /// tree, its xattr block, a directory's entries), EX to change them.
     pub fn inode(&self, ino: u64) -> String {
@@ -31,7 +36,7 @@ impl VolumeNames {
 
     /// The inode whose lock `resource` is, if it is one of this volume's.
     pub fn inode_of(&self, resource: &str) -> Option<u64> {
-        resource.strip_prefix(&self.prefix)?.strip_prefix("/inode/")?.parse().ok()
+        self.numbered(resource, "/inode/")
     }
 
     /// An allocation group's lock, EX by the node that allocates from it or frees into it.
@@ -41,7 +46,7 @@ impl VolumeNames {
 
     /// The allocation group whose lock `resource` is, if it is one of this volume's.
     pub fn group_of(&self, resource: &str) -> Option<u32> {
-        resource.strip_prefix(&self.prefix)?.strip_prefix("/group/")?.parse().ok()
+        self.numbered(resource, "/group/")
     }
 
     /// Held EX for a rename between two directories (the VFS's s_vfs_rename_mutex, cluster
@@ -57,7 +62,7 @@ impl VolumeNames {
 
     /// The inode whose open lock `resource` is, if it is one of this volume's.
     pub fn open_ino(&self, resource: &str) -> Option<u64> {
-        resource.strip_prefix(&self.prefix)?.strip_prefix("/open/")?.parse().ok()
+        self.numbered(resource, "/open/")
     }
 
     /// Where the slot locks are: a prefix for lockd's dump.

@@ -76,11 +76,7 @@ impl Allocator {
     /// Nothing is read here: what this node read now could already be stale when it next
     /// allocates.
     pub fn reload(&self) {
-        for ag in &self.ags {
-            let mut mem = ag.mem.lock();
-            *ag.free_hint.lock() = None;
-            *mem = None;
-        }
+        (0..self.ag_count()).for_each(|a| self.forget_ag(a));
     }
 
     /// Blocks that can be allocated now in the groups the operation of `h` may use: with shared
@@ -351,29 +347,11 @@ impl Allocator {
             }
             self.set_states(h, ag, s - ag.first, end - s, BlockState::Free)?;
             self.adjust_header(h, ag, (end - s) as i64)?;
+            h.freed(BlockNo(s), end - s);
             s = end;
-        }
-        if freed == len {
-            h.freed(first, len);
-        } else {
-            self.freed_in_held_parts(h, start, len);
         }
         self.quarantined.fetch_add(freed, std::sync::atomic::Ordering::AcqRel);
         Ok(())
-    }
-
-    /// `Handle::freed` for the parts of an extent in groups the operation holds.
-    fn freed_in_held_parts(&self, h: &Handle, start: u64, len: u64) {
-        let mut s = start;
-        while s < start + len {
-            let Some(a) = self.layout.ag_of(s) else { return };
-            let ag = &self.ags[a as usize];
-            let end = (start + len).min(ag.first + ag.len);
-            if h.may_use_ag(a) {
-                h.freed(BlockNo(s), end - s);
-            }
-            s = end;
-        }
     }
 
     pub fn ag_count(&self) -> u32 {

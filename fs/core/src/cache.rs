@@ -50,6 +50,12 @@ pub struct MetaBuf {
 }
 
 impl MetaBuf {
+    /// Whether the cache may let the block go: nobody holds it, it is not in the running
+    /// transaction, and everything that captured it (up to `checkpointed`) is at home.
+    fn is_droppable(self: &Arc<Self>, checkpointed: u64) -> bool {
+        Arc::strong_count(self) == 1 && !self.dirty.load(Ordering::Acquire) && self.last_seq.load(Ordering::Acquire) <= checkpointed
+    }
+
     fn new(blkno: BlockNo, cover: Cover, data: Box<[u8]>) -> Arc<MetaBuf> {
         Arc::new(MetaBuf {
             blkno,
@@ -150,9 +156,7 @@ impl MetaCache {
     /// cached copy the transaction will journal, not in one the map no longer knows.
     pub fn drop_clean(&self) {
         let done = self.checkpointed_seq.load(Ordering::Acquire);
-        self.map
-            .lock()
-            .retain(|_, b| Arc::strong_count(b) > 1 || b.dirty.load(Ordering::Acquire) || b.last_seq.load(Ordering::Acquire) > done);
+        self.map.lock().retain(|_, b| !b.is_droppable(done));
     }
 
     /// Drops the clean, checkpointed blocks `cover` covers that nobody holds (cluster mode:
@@ -166,7 +170,7 @@ impl MetaCache {
             if b.cover.load(Ordering::Relaxed) != code {
                 return true;
             }
-            let keep = Arc::strong_count(b) > 1 || b.dirty.load(Ordering::Acquire) || b.last_seq.load(Ordering::Acquire) > done;
+            let keep = !b.is_droppable(done);
             kept += usize::from(keep);
             keep
         });
@@ -190,12 +194,7 @@ impl MetaCache {
     fn evict(&self, map: &mut HashMap<BlockNo, Arc<MetaBuf>>) {
         let done = self.checkpointed_seq.load(Ordering::Acquire);
         let target = self.capacity / 4;
-        let victims: Vec<BlockNo> = map
-            .iter()
-            .filter(|(_, b)| Arc::strong_count(b) == 1 && !b.dirty.load(Ordering::Acquire) && b.last_seq.load(Ordering::Acquire) <= done)
-            .map(|(k, _)| *k)
-            .take(target)
-            .collect();
+        let victims: Vec<BlockNo> = map.iter().filter(|(_, b)| b.is_droppable(done)).map(|(k, _)| *k).take(target).collect();
         for k in victims {
             map.remove(&k);
         }

@@ -28,6 +28,11 @@ pub(crate) struct AgPlan {
 }
 
 impl AgPlan {
+    /// Whether groups have locks of their own (else the plan is not worth working out).
+    pub(crate) fn is_active(&self) -> bool {
+        self.active
+    }
+
     /// The operation may allocate up to `blocks` more blocks.
     pub(crate) fn allocates(&mut self, blocks: u64) {
         self.alloc = self.alloc.saturating_add(blocks);

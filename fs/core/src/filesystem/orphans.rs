@@ -128,6 +128,9 @@ impl Fs {
     /// What listing or unlisting `ino` in the orphan directory `od` does to the allocator: an
     /// entry removed may free nodes on its way, one added may split them.
     pub(crate) fn plan_orphan_change(&self, plan: &mut AgPlan, od: &OrphanDirLock, ino: InodeNo) -> Result<()> {
+        if !plan.is_active() {
+            return Ok(()); // standalone: no lookup for a plan nobody reads
+        }
         let (dbuf, _) = self.iget(od.dir)?;
         if let Some(e) = dir::lookup(&self.tree(&dbuf), &orphan_name(ino))? {
             self.plan_key_removal(plan, &dbuf, e.key)?;
