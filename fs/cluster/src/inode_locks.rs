@@ -6,9 +6,9 @@
 //! makes this node write back and forget what the lock covers (`revoke` in `volume_lock.rs`).
 //!
 //! A new inode's lock is taken before the inode exists: the filesystem reserves inode numbers
-//! a batch at a time (`ClusterLocks::inode_batch`) and this backend takes their locks all at
-//! once (`prefetch_new`; lockd commits concurrent requests together), so a create finds its
-//! inode's lock cached and makes no lockd round trip of its own.
+//! a batch at a time (`ClusterLocks::inode_batch`) and this backend takes their inode and open
+//! locks in one lockd request (`prefetch_new`, a TryLockMany: one log entry for the batch), so
+//! a create finds both cached and makes no lockd round trip of its own.
 use std::sync::Arc;
 
 use lockd_client::{Mode, Session};
@@ -57,10 +57,24 @@ impl ClusterLocks for InodeLocks {
 
     fn prefetch_new(&self, inos: &[InodeNo]) -> Result<()> {
         crate::assert_no_journal_handle("taking the locks of new inodes");
-        let taken = self.runtime.block_on(async {
+        // The inode and open locks of the whole batch in one lockd request (one log entry):
+        // nobody should hold a free inode's locks, and a node that still caches one gives it
+        // up when asked below. An open lock not taken now is taken at the first open.
+        let inode_names: Vec<String> = inos.iter().map(|i| self.names.inode(i.get())).collect();
+        let mut names = inode_names.clone();
+        names.extend(inos.iter().map(|i| self.names.open(i.get())));
+        let taken = self
+            .runtime
+            .block_on(self.session.try_lock_many(&names, Mode::EX))
+            .map_err(|e| FsError::Cluster(format!("taking the locks of new inodes: {e}")))?;
+        let missing: Vec<String> = inode_names.into_iter().zip(&taken).filter(|(_, &t)| !t).map(|(n, _)| n).collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        self.runtime.block_on(async {
             let mut set = tokio::task::JoinSet::new();
-            for ino in inos {
-                let (session, resource) = (self.session.clone(), self.names.inode(ino.get()));
+            for resource in missing {
+                let session = self.session.clone();
                 set.spawn(async move { wait_for_lock(&session, &resource, Mode::EX).await.map(drop) });
             }
             let mut first_error = None;
@@ -71,8 +85,7 @@ impl ClusterLocks for InodeLocks {
                 }
             }
             first_error.map_or(Ok(()), Err)
-        });
-        taken
+        })
     }
 
     fn hold_rename(&self) -> Result<ClusterHold> {

@@ -22,6 +22,9 @@ pub enum Error {
     Rejected { kind: Refusal, message: String },
     #[error("bad endpoint {0:?}")]
     BadEndpoint(String),
+    /// An answer that does not fit the request (a lockd with a bug, or not lockd).
+    #[error("lockd answered out of protocol: {0}")]
+    Protocol(String),
 }
 
 /// Who refused a request, and how they said so.

@@ -2,7 +2,8 @@
 //! caches granted locks and answers blocking notifications (see docs/lockd.md, "Client").
 //!
 //! Modules, each using only those listed after it: `recovery` (other sessions' recovery:
-//! what they hold, and ending it), `session` (the API), `background`
+//! what they hold, and ending it), `many` (many try-locks in one request), `session` (the
+//! API), `background`
 //! (heartbeats, the event stream, asynchronous releases), `revoke` (answering blocking
 //! notices), `state` (what a session shares with its tasks, and its RPCs), `cache` (a cached
 //! lock's record), `conn` (leader following), `types` and `error` (public values).
@@ -10,6 +11,7 @@ mod background;
 mod cache;
 mod conn;
 mod error;
+mod many;
 mod recovery;
 mod revoke;
 mod session;

@@ -13,6 +13,6 @@ pub mod wire;
 
 pub use error_kind::ErrorKind;
 pub use ids::{FencingToken, RequestId, SessionId};
-pub use limits::{validate_lvb, validate_resource, InputError, MAX_LVB, MAX_NODE_NAME, MAX_RESOURCE_NAME};
+pub use limits::{validate_lvb, validate_many, validate_resource, InputError, MAX_LVB, MAX_NODE_NAME, MAX_RESOURCE_NAME, MAX_TRY_MANY};
 pub use mode::Mode;
 pub use role::Role;

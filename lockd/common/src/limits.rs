@@ -7,6 +7,8 @@ pub const MAX_RESOURCE_NAME: usize = 256;
 /// Largest lock value block in bytes (the Linux DLM uses 32 or 64).
 pub const MAX_LVB: usize = 64;
 pub const MAX_NODE_NAME: usize = 256;
+/// Most resources one TryLockMany names: its log entry stays small (≈ 300 KiB at most).
+pub const MAX_TRY_MANY: usize = 1024;
 
 /// A resource name or lock value block outside the limits.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -15,6 +17,8 @@ pub enum InputError {
     BadResource(String),
     #[error("lock value block of {0} bytes exceeds the {MAX_LVB}-byte limit")]
     LvbTooLarge(usize),
+    #[error("invalid TryLockMany: {0}")]
+    BadBatch(String),
 }
 
 impl InputError {
@@ -22,6 +26,7 @@ impl InputError {
         match self {
             InputError::BadResource(_) => ErrorKind::BadResource,
             InputError::LvbTooLarge(_) => ErrorKind::LvbTooLarge,
+            InputError::BadBatch(_) => ErrorKind::Invalid,
         }
     }
 }
@@ -36,6 +41,22 @@ pub fn validate_resource(name: &str) -> Result<(), InputError> {
     }
     if name.contains('\0') {
         return Err(InputError::BadResource("contains NUL".into()));
+    }
+    Ok(())
+}
+
+/// The resources of one TryLockMany: 1..=[`MAX_TRY_MANY`] valid names, none twice (a repeat
+/// would be answered twice from one grant, which a caller could not tell apart).
+pub fn validate_many(names: &[String]) -> Result<(), InputError> {
+    if names.is_empty() || names.len() > MAX_TRY_MANY {
+        return Err(InputError::BadBatch(format!("{} resources, must be 1..={MAX_TRY_MANY}", names.len())));
+    }
+    let mut seen = std::collections::HashSet::with_capacity(names.len());
+    for n in names {
+        validate_resource(n)?;
+        if !seen.insert(n.as_str()) {
+            return Err(InputError::BadBatch(format!("{n:?} named twice")));
+        }
     }
     Ok(())
 }

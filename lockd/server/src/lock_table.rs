@@ -382,6 +382,30 @@ impl LockTable {
         outcome
     }
 
+    /// Try-locks of many resources in `mode`, applied as one (TryLockMany): each is Granted if
+    /// grantable now (or already held in `mode`), otherwise NotGranted, also when the session
+    /// holds it in another mode or waits on it. Nothing queues, so no holder is told. The
+    /// names are checked before anything changes, so an entry applies whole or not at all.
+    pub fn try_lock_many(
+        &mut self,
+        s: SessionId,
+        names: &[String],
+        mode: Mode,
+        fx: &mut Vec<Effect>,
+    ) -> Result<Vec<LockOutcome>, LockError> {
+        lockd_common::validate_many(names)?;
+        self.active(s)?;
+        names
+            .iter()
+            .map(|name| match self.lock(s, name, mode, false, true, None, fx) {
+                Err(LockError::AlreadyHeld { .. } | LockError::AlreadyQueued { .. }) => Ok(LockOutcome::NotGranted),
+                // A queued request for this very mode is still not a grant.
+                Ok(LockOutcome::Queued) => Ok(LockOutcome::NotGranted),
+                other => other,
+            })
+            .collect()
+    }
+
     /// Keeps the session's resource index and the resource map tidy after a request.
     fn settle(&mut self, s: SessionId, name: &str, outcome: &Result<LockOutcome, LockError>) {
         let involved = matches!(outcome, Ok(LockOutcome::Granted(_)) | Ok(LockOutcome::Queued));

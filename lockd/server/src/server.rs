@@ -241,6 +241,27 @@ impl Lockd for LockdService {
         Ok(Response::new(resp))
     }
 
+    async fn try_lock_many(&self, req: Request<pb::TryLockManyRequest>) -> Result<Response<pb::TryLockManyResponse>, Status> {
+        let r = req.into_inner();
+        let mode = mode_of(r.mode)?;
+        lockd_common::validate_many(&r.resources)?;
+        self.node.require_leader()?;
+        let outcomes = match self.propose(Command::TryLockMany { session: r.session_id, resources: r.resources, mode }).await? {
+            CmdResult::Many(o) => o,
+            r => return Err(unexpected(r)),
+        };
+        let results = outcomes
+            .iter()
+            .map(|o| match o {
+                LockOutcome::Granted(g) => granted(g),
+                LockOutcome::NotGranted | LockOutcome::Queued => {
+                    pb::LockResponse { status: pb::LockStatus::NotGranted as i32, mode: mode.to_wire(), ..Default::default() }
+                }
+            })
+            .collect();
+        Ok(Response::new(pb::TryLockManyResponse { results }))
+    }
+
     async fn cancel(&self, req: Request<pb::CancelRequest>) -> Result<Response<pb::CancelResponse>, Status> {
         let r = req.into_inner();
         validate_resource(&r.resource)?;

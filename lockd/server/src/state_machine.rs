@@ -10,10 +10,13 @@ use serde::{Deserialize, Serialize};
 use crate::errors::LockdError;
 use crate::lock_table::{CancelOutcome, Effect, LockError, LockOutcome, LockTable};
 
+/// Format 3 marks commands format 2 did not have (`TryLockMany`): an older replica must stop
+/// at them with a clear message rather than fail to decode them.
+const COMMAND_FORMAT_V3: u8 = 3;
 /// Format 2 marks entries that use fields format 1 did not have (`Release.token`,
 /// `LockCmd.release_first`): a replica that predates them would drop them silently and apply
 /// the entry differently from the others, so it must refuse the entry instead.
-const COMMAND_FORMAT: u8 = 2;
+const COMMAND_FORMAT_V2: u8 = 2;
 const COMMAND_FORMAT_V1: u8 = 1;
 const SNAPSHOT_FORMAT: u8 = 1;
 
@@ -35,6 +38,12 @@ pub enum Command {
         session: SessionId,
     },
     Lock(LockCmd),
+    /// Try-locks of many resources in one entry (see `LockTable::try_lock_many`).
+    TryLockMany {
+        session: SessionId,
+        resources: Vec<String>,
+        mode: Mode,
+    },
     Cancel {
         session: SessionId,
         resource: String,
@@ -85,13 +94,14 @@ pub struct PendingRelease {
 pub enum CmdResult {
     Session(SessionId),
     Lock(LockOutcome),
+    Many(Vec<LockOutcome>),
     Cancel(CancelOutcome),
     Released(u32),
     Done,
 }
 
 impl Command {
-    /// Whether an older replica would misread this entry (see [`COMMAND_FORMAT`]).
+    /// Whether an older replica would misread this entry (see [`COMMAND_FORMAT_V2`]).
     fn needs_format_2(&self) -> bool {
         match self {
             Command::Release { token, .. } => token.is_some(),
@@ -101,7 +111,11 @@ impl Command {
     }
 
     pub fn encode(&self) -> Result<Vec<u8>, LockdError> {
-        let format = if self.needs_format_2() { COMMAND_FORMAT } else { COMMAND_FORMAT_V1 };
+        let format = match self {
+            Command::TryLockMany { .. } => COMMAND_FORMAT_V3,
+            c if c.needs_format_2() => COMMAND_FORMAT_V2,
+            _ => COMMAND_FORMAT_V1,
+        };
         let mut out = vec![format];
         serde_json::to_writer(&mut out, self).map_err(|e| LockdError::Invalid(e.to_string()))?;
         Ok(out)
@@ -109,10 +123,10 @@ impl Command {
 
     pub fn decode(b: &[u8]) -> Result<Command, LockdError> {
         match b.split_first() {
-            Some((&(COMMAND_FORMAT_V1 | COMMAND_FORMAT), rest)) => {
+            Some((&(COMMAND_FORMAT_V1 | COMMAND_FORMAT_V2 | COMMAND_FORMAT_V3), rest)) => {
                 serde_json::from_slice(rest).map_err(|e| LockdError::Storage(format!("undecodable log entry: {e}")))
             }
-            Some((v, _)) => Err(LockdError::Storage(format!("log entry format {v} is newer than this lockd ({COMMAND_FORMAT})"))),
+            Some((v, _)) => Err(LockdError::Storage(format!("log entry format {v} is newer than this lockd ({COMMAND_FORMAT_V3})"))),
             None => Err(LockdError::Storage("empty log entry".into())),
         }
     }
@@ -158,6 +172,7 @@ impl StateMachine {
                 }
                 CmdResult::Lock(outcome)
             }
+            Command::TryLockMany { session, resources, mode } => CmdResult::Many(t.try_lock_many(session, &resources, mode, fx)?),
             Command::Cancel { session, resource, request } => CmdResult::Cancel(t.cancel(session, &resource, request, fx)?),
             Command::Release { session, resource, lvb, token } => {
                 t.release(session, &resource, lvb.as_deref(), token, fx)?;
@@ -304,5 +319,46 @@ mod tests {
         let release = Command::Release { session: a, resource: "r".into(), lvb: None, token: Some(second.token) };
         sm.apply(release, fx).expect("release of the current grant");
         assert_eq!(granted(sm.apply(lock_ex(b, None), fx)).lvb, b"v1");
+    }
+    #[test]
+    fn try_lock_many_grants_what_is_free_in_one_entry_tells_no_holder_and_applies_whole_or_not_at_all() {
+        let mut sm = StateMachine::default();
+        let (a, b) = (open(&mut sm, "a"), open(&mut sm, "b"));
+        let fx = &mut vec![];
+        let held_by_b = granted(sm.apply(lock_ex(b, None), fx));
+        let mut pr = lock_ex(a, None);
+        if let Command::Lock(c) = &mut pr {
+            c.resource = "mine-pr".into();
+            c.mode = Mode::PR;
+        }
+        granted(sm.apply(pr, fx));
+        fx.clear();
+        let names: Vec<String> = ["free1", "r", "mine-pr", "free2"].iter().map(|n| n.to_string()).collect();
+        let many = Command::TryLockMany { session: a, resources: names.clone(), mode: Mode::EX };
+        assert_eq!(many.encode().unwrap()[0], 3, "an older replica must stop at TryLockMany, not misread it");
+        assert_eq!(Command::decode(&many.encode().unwrap()).unwrap(), many);
+        let outcomes = match sm.apply(many.clone(), fx) {
+            Ok(CmdResult::Many(o)) => o,
+            r => panic!("{r:?}"),
+        };
+        let kinds: Vec<bool> = outcomes.iter().map(|o| matches!(o, LockOutcome::Granted(_))).collect();
+        // r is b's and mine-pr is a's in another mode: neither granted; both free ones are.
+        assert_eq!(kinds, [true, false, false, true]);
+        assert!(fx.is_empty(), "a try-lock told a holder: {fx:?}");
+        // A retry is answered with the same grants.
+        let again = match sm.apply(many, fx) {
+            Ok(CmdResult::Many(o)) => o,
+            r => panic!("{r:?}"),
+        };
+        assert_eq!(again, outcomes);
+        // b still holds r under its token.
+        assert_eq!(sm.apply(lock_ex(b, None), fx).ok(), Some(CmdResult::Lock(LockOutcome::Granted(held_by_b))));
+        // A bad name anywhere refuses the whole entry: the free name before it stays free.
+        let before = sm.table.counts();
+        let bad = Command::TryLockMany { session: b, resources: vec!["free3".into(), String::new()], mode: Mode::EX };
+        assert!(matches!(sm.apply(bad, fx), Err(LockError::Input(_))));
+        let twice = Command::TryLockMany { session: b, resources: vec!["free3".into(), "free3".into()], mode: Mode::EX };
+        assert!(matches!(sm.apply(twice, fx), Err(LockError::Input(_))));
+        assert_eq!(sm.table.counts(), before);
     }
 }

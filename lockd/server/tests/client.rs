@@ -200,6 +200,25 @@ async fn bad_input_gets_clear_statuses_and_the_service_stays_up() {
         assert_eq!(st.code(), code, "{what}: {st:?}");
         assert_eq!(kind_name(&st), Some(kind), "{what}");
     }
+    let many = |resources: Vec<String>, mode: i32| pb::TryLockManyRequest { session_id: sid, resources, mode };
+    let many_cases: Vec<(&str, pb::TryLockManyRequest, Code, &str)> = vec![
+        ("no resources", many(vec![], Mode::EX.to_wire()), Code::InvalidArgument, "invalid"),
+        ("over 1024 resources", many((0..1025).map(|i| format!("m{i}")).collect(), Mode::EX.to_wire()), Code::InvalidArgument, "invalid"),
+        ("a name twice", many(vec!["m".into(), "m".into()], Mode::EX.to_wire()), Code::InvalidArgument, "invalid"),
+        ("an empty name among good ones", many(vec!["m".into(), String::new()], Mode::EX.to_wire()), Code::InvalidArgument, "bad-resource"),
+        ("mode out of range", many(vec!["m".into()], 17), Code::InvalidArgument, "invalid"),
+        (
+            "unknown session",
+            pb::TryLockManyRequest { session_id: 9999, ..many(vec!["m".into()], Mode::EX.to_wire()) },
+            Code::NotFound,
+            "unknown-session",
+        ),
+    ];
+    for (what, req, code, kind) in many_cases {
+        let st = c.try_lock_many(req).await.expect_err(what);
+        assert_eq!(st.code(), code, "{what}: {st:?}");
+        assert_eq!(kind_name(&st), Some(kind), "{what}");
+    }
     let st = c.release(pb::ReleaseRequest { session_id: sid, resource: "never-held".into(), ..Default::default() }).await.unwrap_err();
     assert_eq!(st.code(), Code::FailedPrecondition);
     let st = c.heartbeat(pb::HeartbeatRequest { session_id: 424242 }).await.unwrap_err();
@@ -541,4 +560,54 @@ async fn new_local_users_wait_behind_a_pending_revocation() {
     drop(first);
     let second = tokio::time::timeout(Duration::from_secs(10), again).await.expect("the new user never got the lock").unwrap().unwrap();
     assert!(second > token, "the new user got the old grant back instead of a new one after the revocation");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn try_lock_many_takes_the_free_locks_in_one_log_entry_and_leaves_the_held_ones_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let eps = cluster(3, dir.path()).await;
+    let notices = Arc::new(Mutex::new(Vec::new()));
+    let mut oa = opts("holder");
+    let seen = notices.clone();
+    oa.on_blocking = Some(Arc::new(move |n: &BlockingNotice| {
+        seen.lock().push(n.clone());
+        Revoke::Keep
+    }));
+    let a = Session::open(&eps, oa).await.unwrap();
+    let b = Session::open(&eps, opts("batcher")).await.unwrap();
+    drop(a.lock("inode/5", Mode::PR, LockOptions::default()).await.unwrap());
+    drop(b.lock("inode/9", Mode::PR, LockOptions::default()).await.unwrap());
+    let mut names: Vec<String> = (0..300).map(|i| format!("inode/{}", 1000 + i)).collect();
+    names.extend(["inode/5".to_string(), "inode/9".to_string()]);
+    let mut c = LockdClient::connect(format!("http://{}", eps[0])).await.unwrap();
+    let commit_index = |s: pb::StatusResponse| s.commit_index;
+    let leader = |s: &pb::StatusResponse| s.leader_addr.clone();
+    let st = c.status(pb::StatusRequest {}).await.unwrap().into_inner();
+    let mut c = LockdClient::connect(format!("http://{}", leader(&st))).await.unwrap();
+    let before = commit_index(c.status(pb::StatusRequest {}).await.unwrap().into_inner());
+    let trips = b.round_trips();
+    let taken = b.try_lock_many(&names, Mode::EX).await.unwrap();
+    assert_eq!(b.round_trips(), trips + 1, "one request for all of them");
+    let after = commit_index(c.status(pb::StatusRequest {}).await.unwrap().into_inner());
+    assert_eq!(after - before, 1, "one log entry for all of them");
+    assert!(taken[..300].iter().all(|&t| t), "every free lock is taken");
+    // inode/5 is a's, inode/9 is b's own PR (a cached lock is left to `lock`): neither taken.
+    assert_eq!(&taken[300..], &[false, false]);
+    assert_eq!(b.cached("inode/5"), None);
+    assert_eq!(b.cached("inode/9"), Some(Mode::PR));
+    // The holder was not asked for its lock.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(notices.lock().is_empty(), "{:?}", notices.lock());
+    // The taken ones are cached: using them costs no round trip, and they are EX at lockd.
+    let trips = b.round_trips();
+    for n in &names[..300] {
+        assert_eq!(b.lock(n, Mode::EX, LockOptions::default()).await.unwrap().grant.mode, Mode::EX);
+    }
+    assert_eq!(b.round_trips(), trips);
+    assert!(matches!(a.lock("inode/1000", Mode::PR, LockOptions::try_now()).await, Err(Error::NotGranted { .. })));
+    // Asked again, nothing new is taken and nothing is lost.
+    assert!(b.try_lock_many(&names[..300], Mode::EX).await.unwrap().iter().all(|&t| !t));
+    assert_eq!(b.cached("inode/1000"), Some(Mode::EX));
+    a.close().await.unwrap();
+    b.close().await.unwrap();
 }
