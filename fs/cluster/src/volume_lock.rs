@@ -102,9 +102,15 @@ impl Attached {
         self.fs.get().cloned()
     }
 
-    pub(crate) fn drop_kernel_caches(&self) {
-        if let Some(k) = self.kernel.get() {
-            k.drop_all();
+    /// Drops what the kernel caches under the lock of `cover`: one inode's attributes (and
+    /// every name, if it may be a directory), or everything for the volume lock.
+    pub(crate) fn drop_kernel_caches(&self, cover: Option<Cover>, is_dir: Option<bool>) {
+        let Some(k) = self.kernel.get() else { return };
+        match cover {
+            None | Some(Cover::Volume) => k.drop_all(),
+            Some(Cover::Inode(ino)) => k.drop_inode(ino, is_dir != Some(false)),
+            // The kernel caches nothing a group covers.
+            Some(Cover::Group(_)) => {}
         }
     }
 }
@@ -131,7 +137,12 @@ pub(crate) fn revoke(names: &VolumeNames, attached: &Attached, notice: &Blocking
         // is told they are taken (try-locks), never waited for.
         return Revoke::Keep;
     };
+    let mut is_dir = None;
     if let Some(fs) = attached.fs().as_ref().and_then(Weak::upgrade) {
+        // Known only before the write-back forgets the inode: whether the kernel's names go too.
+        if let Some(Cover::Inode(ino)) = cover {
+            is_dir = fs.cached_is_dir(ino);
+        }
         let start = Instant::now();
         let written = match cover {
             None => fs.write_back_and_forget(),
@@ -161,12 +172,10 @@ pub(crate) fn revoke(names: &VolumeNames, attached: &Attached, notice: &Blocking
         // A reader wants it: keep reading alongside it (and keep what the kernel caches).
         Revoke::Downgrade { mode: Mode::PR, lvb: None }
     } else {
-        if !matches!(cover, Some(Cover::Group(_))) {
-            // Now, with no request of this node using the lock: a reply sent before carries a
-            // lifetime the drop ends (see the FUSE glue's kernel_cache.rs), and none can be
-            // sent after until the lock is granted again.
-            attached.drop_kernel_caches();
-        }
+        // Now, with no request of this node using the lock: a reply sent before carries a
+        // lifetime the drop ends (see the FUSE glue's kernel_cache.rs), and none can be sent
+        // after until the lock is granted again.
+        attached.drop_kernel_caches(cover, is_dir);
         Revoke::Release { lvb: None }
     }
 }

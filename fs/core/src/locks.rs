@@ -132,6 +132,9 @@ pub trait VolumeGate: Send + Sync {
 /// without taking an inode lock (the FUSE glue's `kernel_cache.rs`).
 pub trait KernelCaches: Send + Sync {
     fn drop_all(&self);
+    /// Drops what the kernel caches under one inode's lock: its attributes, and with
+    /// `names_in_it` (a directory, or an inode not known to be none) the names looked up in it.
+    fn drop_inode(&self, ino: InodeNo, names_in_it: bool);
     /// From now on replies give the kernel nothing to cache (the node lost its session).
     fn stop(&self);
     /// The node joined the cluster again: replies may give lifetimes again.

@@ -119,6 +119,21 @@ impl Dropper {
     }
 }
 
+impl Dropper {
+    fn drop_names(&self) {
+        if let Err(e) = self.next_epoch() {
+            tracing::error!("cannot drop the kernel's cached names: {e}");
+        }
+    }
+
+    fn drop_attributes(&self, node: u64) {
+        // ENOENT (the kernel let the inode go meanwhile) is no error to fuser.
+        if let Err(e) = self.notifier.inval_inode(INodeNo(node), -1, 0) {
+            tracing::error!(node, "cannot drop the kernel's cached attributes: {e}");
+        }
+    }
+}
+
 impl KernelCaches for Dropper {
     fn stop(&self) {
         self.lookups.may_cache.store(false, Ordering::Release);
@@ -132,14 +147,21 @@ impl KernelCaches for Dropper {
         if !self.epochs {
             return;
         }
-        if let Err(e) = self.next_epoch() {
-            tracing::error!("cannot drop the kernel's cached names: {e}");
-        }
+        self.drop_names();
         for node in self.lookups.all() {
-            // ENOENT (the kernel let the inode go meanwhile) is no error to fuser.
-            if let Err(e) = self.notifier.inval_inode(INodeNo(node), -1, 0) {
-                tracing::error!(node, "cannot drop the kernel's cached attributes: {e}");
-            }
+            self.drop_attributes(node);
         }
+    }
+
+    fn drop_inode(&self, ino: mafs_core::format::InodeNo, names_in_it: bool) {
+        if !self.epochs {
+            return;
+        }
+        // The kernel keeps no names per directory that could be dropped without the directory's
+        // i_rwsem (see the top of this file): all of them go, for one directory's lock.
+        if names_in_it {
+            self.drop_names();
+        }
+        self.drop_attributes(ino.get());
     }
 }

@@ -188,6 +188,14 @@ impl Fs {
         Ok((buf, inode))
     }
 
+    /// Whether `ino` is a directory, if this node has the inode cached (nothing is read).
+    pub fn cached_is_dir(&self, ino: InodeNo) -> Option<bool> {
+        if !self.vol.cache.contains(ino.block()) {
+            return None;
+        }
+        self.iget(ino).ok().map(|(_, inode)| inode.is_dir())
+    }
+
     pub(crate) fn iput(&self, h: &Handle, buf: &Arc<MetaBuf>, inode: &Inode) {
         inode.encode_into(&mut h.write(buf));
     }
