@@ -1020,31 +1020,109 @@ fn a_node_killed_while_all_three_write_is_recovered_with_every_fsynced_write_int
 fn mafs_status_shows_each_nodes_slot_session_and_lock_counts() {
     let c = ClusterVolume::new(2, "128M");
     fs::write(c.node(1).path("last-writer"), b"node2").unwrap();
-    let eps = c.lockd.endpoints();
-    let (code, text) = code_and_text(&mafs(["status".as_ref(), c.vol.as_os_str(), "--lockd".as_ref(), eps.as_ref()]));
-    assert_eq!(code, 0, "{text}");
-    let row = |node: &str| {
-        text.lines()
-            .find(|l| l.contains(node) && l.contains("in use"))
-            .unwrap_or_else(|| panic!("no in-use slot row for {node}:\n{text}"))
-            .to_string()
-    };
-    let (n1, n2) = (row("node1"), row("node2"));
-    // The last two columns: locks held, of which exclusively. Each node holds its name and
-    // slot locks exclusively; node2, which wrote last, also the root directory's and its
-    // allocation group's.
-    let counts = |row: &str| -> (usize, usize) {
-        let v: Vec<usize> = row.split_whitespace().rev().take(2).map(|n| n.parse().unwrap_or_else(|_| panic!("counts in {row}"))).collect();
-        (v[1], v[0])
-    };
-    let (n1_locks, n1_ex) = counts(&n1);
-    let (n2_locks, n2_ex) = counts(&n2);
-    assert!(n1_ex >= 2 && n1_locks >= n1_ex, "node1's row: {n1}");
-    assert!(n2_ex >= 4 && n2_locks >= n2_ex, "node2's row: {n2}");
+    // Each node holds its name and slot locks exclusively; node2, which wrote last, also the
+    // root directory's and its allocation group's.
+    let (n1_locks, n1_ex) = lock_counts(&c, "node1");
+    let (n2_locks, n2_ex) = lock_counts(&c, "node2");
+    assert!(n1_ex >= 2 && n1_locks >= n1_ex, "node1: {n1_locks} locks, {n1_ex} exclusive");
+    assert!(n2_ex >= 4 && n2_locks >= n2_ex, "node2: {n2_locks} locks, {n2_ex} exclusive");
     // Without lockd, the volume's own view.
     let (code, text) = code_and_text(&mafs(["status".as_ref(), c.vol.as_os_str()]));
     assert_eq!(code, 0, "{text}");
     assert!(text.contains("(give --lockd)"), "{text}");
+    c.finish();
+}
+
+/// The locks `node` holds, and how many of them exclusively: the last two columns of its
+/// slot's row in `mafs status`.
+fn lock_counts(c: &ClusterVolume, node: &str) -> (usize, usize) {
+    let eps = c.lockd.endpoints();
+    let (code, text) = code_and_text(&mafs(["status".as_ref(), c.vol.as_os_str(), "--lockd".as_ref(), eps.as_ref()]));
+    assert_eq!(code, 0, "{text}");
+    let row =
+        text.lines().find(|l| l.contains(node) && l.contains("in use")).unwrap_or_else(|| panic!("no in-use slot row for {node}:\n{text}"));
+    let v: Vec<usize> = row.split_whitespace().rev().take(2).map(|n| n.parse().unwrap_or_else(|_| panic!("counts in {row}"))).collect();
+    (v[1], v[0])
+}
+
+/// Whether `node` holds the inode lock of any of `inodes`, as `mafs lockd dump` shows.
+fn holds_inode_lock(c: &ClusterVolume, node: &str, inodes: &[u64]) -> bool {
+    let eps = c.lockd.endpoints();
+    let (code, text) = code_and_text(&mafs(["lockd", "dump", "--endpoints", eps.as_str()]));
+    assert_eq!(code, 0, "{text}");
+    let wanted: std::collections::HashSet<String> = inodes.iter().map(|i| format!("/inode/{i}")).collect();
+    let mut resource = "";
+    for line in text.lines() {
+        if line.starts_with("  mafs/") {
+            resource = line.trim();
+        } else if line.contains("granted") && line.contains(&format!("({node})")) && wanted.iter().any(|w| resource.ends_with(w.as_str())) {
+            return true;
+        }
+    }
+    false
+}
+
+/// A node keeps about its limit of locks cached at most: past it, the least recently used
+/// ones no request uses are written back and given up. Nothing they covered is lost (the other
+/// node reads every file whole at once), the node goes on (it takes them again), and the open
+/// lock of a file it has open stays: the other node's unlink does not free the file under it,
+/// even when that node then fills the volume.
+#[test]
+fn a_node_past_its_lock_limit_gives_up_idle_locks_loses_nothing_and_keeps_open_files_open() {
+    const FILES: usize = 1500;
+    const LIMIT: usize = 400;
+    let mut c = ClusterVolume::unmounted("128M", &[]);
+    let limit = LIMIT.to_string();
+    let (ia, ib) = (c.mount("node1", &["--max-cached-locks", &limit]), c.mount("node2", &[]));
+    let (a, b) = (c.node(ia), c.node(ib));
+    let held_body: Vec<u8> = (0..4 << 20).map(|i: u32| (i * 13 + i / 4096) as u8).collect();
+    fs::write(a.path("held"), &held_body).unwrap();
+    // Open before all the rest: its locks are among the least recently used.
+    let mut held = fs::File::open(a.path("held")).unwrap();
+    fs::create_dir(a.path("d")).unwrap();
+    let body = |i: usize| format!("file {i}; ").repeat(i % 40 + 1).into_bytes();
+    for i in 0..FILES {
+        fs::write(a.path(format!("d/f{i}")), body(i)).unwrap();
+    }
+    let trimmed = mafs_tests::wait_until(Duration::from_secs(20), || lock_counts(&c, "node1").0 <= LIMIT);
+    assert!(trimmed, "node1 still holds {} locks, over its limit of {LIMIT}:\n{}", lock_counts(&c, "node1").0, a.log());
+    for i in 0..FILES {
+        assert_eq!(fs::read(b.path(format!("d/f{i}"))).unwrap(), body(i), "d/f{i} as node2 reads it after node1 gave its lock up");
+    }
+    fs::remove_file(b.path("held")).unwrap();
+    // Had node1 given the open lock up, node2 would have freed the file: filling the volume
+    // would write over it.
+    let mut filler = fs::File::create(b.path("filler")).unwrap();
+    let chunk = vec![0xeeu8; 1 << 20];
+    while filler.write_all(&chunk).is_ok() {}
+    drop(filler);
+    let mut seen = Vec::new();
+    held.read_to_end(&mut seen).unwrap();
+    assert!(seen == held_body, "node1's open file changed after node2 unlinked it and filled the volume");
+    drop(held);
+    fs::remove_file(b.path("filler")).unwrap();
+    // node1 rewrites files node2 has read (it takes their locks back), then makes enough new
+    // ones elsewhere that it gives those up again: node2, which still caches the directory
+    // and so makes node1 write back nothing by asking, reads what node1 wrote.
+    for i in 0..20 {
+        fs::write(a.path(format!("d/f{i}")), format!("again {i}")).unwrap();
+    }
+    let rewritten: Vec<u64> = (0..20).map(|i| fs::metadata(a.path(format!("d/f{i}"))).unwrap().ino()).collect();
+    fs::create_dir(a.path("e")).unwrap();
+    for i in 0..FILES {
+        fs::write(a.path(format!("e/f{i}")), body(i)).unwrap();
+    }
+    let gone = mafs_tests::wait_until(Duration::from_secs(20), || !holds_inode_lock(&c, "node1", &rewritten));
+    assert!(gone, "node1 kept the locks of the files it rewrote:\n{}", a.log());
+    for i in 0..20 {
+        assert_eq!(fs::read(b.path(format!("d/f{i}"))).unwrap(), format!("again {i}").into_bytes(), "d/f{i} on node2");
+        fs::write(b.path(format!("d/f{i}")), format!("node2's {i}")).unwrap();
+    }
+    // And node1 forgot what it had cached of them: it reads node2's.
+    for i in 0..20 {
+        assert_eq!(fs::read(a.path(format!("d/f{i}"))).unwrap(), format!("node2's {i}").into_bytes(), "d/f{i} on node1");
+    }
+    assert_eq!(fs::read_dir(a.path("d")).unwrap().count(), FILES);
     c.finish();
 }
 

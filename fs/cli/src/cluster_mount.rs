@@ -84,7 +84,7 @@ impl Membership for Node {
     }
 }
 
-pub fn run(cfg: &MountConfig, endpoints: Vec<String>, slot: Option<u32>) -> anyhow::Result<()> {
+pub fn run(cfg: &MountConfig, endpoints: Vec<String>, slot: Option<u32>, max_cached_locks: usize) -> anyhow::Result<()> {
     let cannot = || format!("cannot mount {} as a cluster node", cfg.volume.display());
     mafs_core::claim::check_volume_path(&cfg.volume).with_context(cannot)?;
     let dev: Arc<dyn BlockDevice> = Arc::new(
@@ -92,7 +92,7 @@ pub fn run(cfg: &MountConfig, endpoints: Vec<String>, slot: Option<u32>) -> anyh
             .with_context(|| format!("cannot open volume {}", cfg.volume.display()))?,
     );
     let (sb, _) = mafs_core::volume::read_superblock(&*dev).with_context(cannot)?;
-    let opts = JoinOptions { endpoints, node_name: cfg.node_name.clone(), slot, lease: mafs_cluster::DEFAULT_LEASE };
+    let opts = JoinOptions { endpoints, node_name: cfg.node_name.clone(), slot, lease: mafs_cluster::DEFAULT_LEASE, max_cached_locks };
     // The kernel serves its caches without asking this process, even while it is frozen
     // (SIGSTOP, a stalled VM) and cannot drop them. lockd expires a silent node no sooner than
     // a lease after its last heartbeat, sent at most a third of a lease before it went quiet:

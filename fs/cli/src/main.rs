@@ -91,6 +91,10 @@ enum Command {
         /// dead and cut off from the device).
         #[arg(long)]
         override_mmp: bool,
+        /// Most lockd locks a cluster node keeps cached for re-use; past it, the least recently
+        /// used ones no request needs are written back and given up.
+        #[arg(long, default_value_t = mafs_cluster::DEFAULT_MAX_CACHED_LOCKS, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(100..))]
+        max_cached_locks: usize,
     },
     /// Unmount a mafs mount point and wait until its volume is clean.
     Umount {
@@ -214,6 +218,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             attr_timeout,
             slot,
             override_mmp,
+            max_cached_locks,
         } => {
             let endpoints = cluster_mount::endpoints(lockd);
             if !standalone && endpoints.is_empty() {
@@ -237,7 +242,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             if standalone {
                 mafs_fuse::mount::mount(&cfg, None)?;
             } else {
-                cluster_mount::run(&cfg, endpoints, slot)?;
+                cluster_mount::run(&cfg, endpoints, slot, max_cached_locks)?;
             }
             Ok(0)
         }

@@ -6,12 +6,13 @@
 //!
 //! Modules: `node` (joining and leaving: session, name, slot), `inode_locks` (the locks the
 //! filesystem takes), `volume_lock` (the gate every request passes, and the revocation that
-//! hands any lock on), `open_locks` (which nodes have an inode open), `recovery` (replaying a
+//! hands any lock on), `lock_trim` (giving up the least recently used locks past a limit), `open_locks` (which nodes have an inode open), `recovery` (replaying a
 //! dead node's slot), `fence` (self-fencing), `names` (the lockd resource names of a volume),
 //! `error`.
 mod error;
 mod fence;
 mod inode_locks;
+mod lock_trim;
 mod names;
 mod node;
 mod open_locks;
@@ -32,6 +33,7 @@ pub(crate) fn assert_no_journal_handle(what: &str) {
     );
 }
 pub use inode_locks::{InodeLocks, INODE_BATCH};
+pub use lock_trim::DEFAULT_MAX_CACHED_LOCKS;
 pub use names::VolumeNames;
 pub use node::{ClusterNode, JoinOptions, DEFAULT_LEASE};
 pub use open_locks::OpenLocks;

@@ -29,6 +29,9 @@ pub struct JoinOptions {
     /// A slot of the node's choosing; `None` takes the first free one.
     pub slot: Option<u32>,
     pub lease: Duration,
+    /// Most locks the node keeps cached; past it, the least recently used idle ones are given
+    /// up (`lock_trim.rs`).
+    pub max_cached_locks: usize,
 }
 
 /// A node of the cluster, from joining to leaving.
@@ -40,6 +43,7 @@ pub struct ClusterNode {
     attached: Arc<Attached>,
     /// The name and slot locks, held until the node leaves.
     held: Vec<LockGuard>,
+    max_cached_locks: usize,
 }
 
 impl ClusterNode {
@@ -144,7 +148,7 @@ impl ClusterNode {
         })?;
         let session = Arc::new(session);
         let _ = attached.session.set(Arc::downgrade(&session));
-        Ok(ClusterNode { runtime, session, names, slot: 0, attached, held: Vec::new() })
+        Ok(ClusterNode { runtime, session, names, slot: 0, attached, held: Vec::new(), max_cached_locks: opts.max_cached_locks })
     }
 
     /// Takes the node's name, then the first free slot (or the one `opts` names).
@@ -245,8 +249,12 @@ impl ClusterNode {
     }
 
     /// The filesystem a revocation writes back and forgets. Set once the mount has made it.
+    /// From then on the node also keeps the locks it caches under its limit.
     pub fn attach(&self, fs: &Arc<Fs>) {
-        let _ = self.attached.fs.set(Arc::downgrade(fs));
+        if self.attached.fs.set(Arc::downgrade(fs)).is_ok() {
+            let session = Arc::downgrade(&self.session);
+            crate::lock_trim::start(self.runtime.handle(), session, self.names.clone(), self.attached.clone(), self.max_cached_locks);
+        }
     }
 
     /// What the kernel caches of the node's mount: dropped whenever the node gives the volume

@@ -108,9 +108,21 @@ impl Attached {
         let Some(k) = self.kernel.get() else { return };
         match cover {
             None | Some(Cover::Volume) => k.drop_all(),
-            Some(Cover::Inode(ino)) => k.drop_inode(ino, is_dir != Some(false)),
+            Some(Cover::Inode(ino)) => self.drop_kernel_inodes(&[(ino, is_dir)]),
             // The kernel caches nothing a group covers.
             Some(Cover::Group(_)) => {}
+        }
+    }
+
+    /// Drops what the kernel caches under the locks of `inodes` (each with whether it is a
+    /// directory, if known): their attributes, and every name once if any may be a directory.
+    pub(crate) fn drop_kernel_inodes(&self, inodes: &[(InodeNo, Option<bool>)]) {
+        let Some(k) = self.kernel.get() else { return };
+        let mut names_dropped = false;
+        for &(ino, is_dir) in inodes {
+            let names = is_dir != Some(false) && !names_dropped;
+            names_dropped |= names;
+            k.drop_inode(ino, names);
         }
     }
 }

@@ -159,15 +159,16 @@ impl MetaCache {
         self.map.lock().retain(|_, b| !b.is_droppable(done));
     }
 
-    /// Drops the clean, checkpointed blocks `cover` covers that nobody holds (cluster mode:
-    /// the node gave that lock up, after writing everything home). Returns how many blocks of
-    /// that cover it had to keep: held by an operation, or changed since (none, when no
-    /// operation holds the lock, as a revocation ensures).
-    pub fn drop_covered(&self, cover: Cover) -> usize {
-        let (done, code) = (self.checkpointed_seq.load(Ordering::Acquire), cover.encode());
+    /// Drops the clean, checkpointed blocks that `covers` cover and nobody holds (cluster mode:
+    /// the node gave those locks up, after writing everything home), in one pass over the
+    /// cache. Returns how many such blocks it had to keep: held by an operation, or changed
+    /// since (none, when no operation holds the locks, as a revocation ensures).
+    pub fn drop_covered(&self, covers: &[Cover]) -> usize {
+        let done = self.checkpointed_seq.load(Ordering::Acquire);
+        let codes: std::collections::HashSet<u64> = covers.iter().map(|c| c.encode()).collect();
         let mut kept = 0;
         self.map.lock().retain(|_, b| {
-            if b.cover.load(Ordering::Relaxed) != code {
+            if !codes.contains(&b.cover.load(Ordering::Relaxed)) {
                 return true;
             }
             let keep = !b.is_droppable(done);

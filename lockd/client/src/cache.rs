@@ -1,5 +1,7 @@
 //! What a session remembers about each resource it holds or is acquiring, and about the
 //! releases it sent without waiting for them.
+use std::time::Instant;
+
 use lockd_common::{FencingToken, Mode};
 use mafs_proto::v1 as pb;
 
@@ -52,6 +54,9 @@ pub(crate) struct Cached {
     pub(crate) lvb: Vec<u8>,
     /// Local users inside a LockGuard.
     pub(crate) users: usize,
+    /// When a local user last took or left it (or it was granted): the least recently used
+    /// idle locks are the ones a holder trimming its cache gives up first.
+    pub(crate) last_used: Instant,
     pub(crate) revocation: Revocation,
 }
 
@@ -71,7 +76,7 @@ impl Cached {
 
     /// The record of a first request, sent now.
     pub(crate) fn acquiring() -> Cached {
-        Cached { state: State::Acquiring, token: None, lvb: Vec::new(), users: 0, revocation: Revocation::None }
+        Cached { state: State::Acquiring, token: None, lvb: Vec::new(), users: 0, last_used: Instant::now(), revocation: Revocation::None }
     }
 
     /// Puts the lock in `mode` (busy still, if it was).

@@ -2,8 +2,8 @@
 //! caches granted locks and answers blocking notifications (see docs/lockd.md, "Client").
 //!
 //! Modules, each using only those listed after it: `recovery` (other sessions' recovery:
-//! what they hold, and ending it), `many` (many try-locks in one request), `session` (the
-//! API), `background`
+//! what they hold, and ending it), `many` (many try-locks in one request), `give_up`
+//! (trimming the cache: idle locks given up in batches), `session` (the API), `background`
 //! (heartbeats, the event stream, asynchronous releases), `revoke` (answering blocking
 //! notices), `state` (what a session shares with its tasks, and its RPCs), `cache` (a cached
 //! lock's record), `conn` (leader following), `types` and `error` (public values).
@@ -11,6 +11,7 @@ mod background;
 mod cache;
 mod conn;
 mod error;
+mod give_up;
 mod many;
 mod recovery;
 mod revoke;

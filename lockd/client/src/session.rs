@@ -56,6 +56,7 @@ impl Drop for LockGuard {
         if let Some(inner) = self.inner.upgrade() {
             if let Some(c) = inner.cache.lock().get_mut(&self.grant.resource) {
                 c.users = c.users.saturating_sub(1);
+                c.last_used = Instant::now();
             }
             inner.changed.notify_waiters();
         }
@@ -82,6 +83,7 @@ impl Inner {
                 Some(c) => match c.state {
                     State::Held(held) if held.covers(mode) => {
                         c.users += 1;
+                        c.last_used = Instant::now();
                         CacheAnswer::Hit(Grant { resource: resource.to_string(), mode: held, token: c.token, lvb: c.lvb.clone() })
                     }
                     State::Held(held) => {
@@ -111,6 +113,7 @@ impl Inner {
                 c.token = grant.token;
                 c.lvb = grant.lvb.clone();
                 c.users += 1;
+                c.last_used = Instant::now();
             }
             true
         });
@@ -129,6 +132,25 @@ impl Inner {
             converting && !stale
         });
     }
+}
+
+/// Releases `resource`, which the caller has marked busy (`Inner::claim_held`), held under
+/// `token`: asynchronously when lockd can tell grants apart by token, else waiting.
+pub(crate) async fn release_claimed(inner: &Arc<Inner>, resource: &str, token: Option<FencingToken>, lvb: Option<Vec<u8>>) -> Result<()> {
+    let token = match token {
+        Some(token) if inner.release_by_token => token,
+        _ => {
+            // Whatever grant lockd has: only safe to send while no later one can exist, so wait.
+            let r = inner.rpc_release(resource, lvb, None).await;
+            inner.finish(resource, |_| r.is_err());
+            return r;
+        }
+    };
+    // Recorded before the cache entry goes, so a `lock` that finds no entry finds this.
+    inner.releasing.lock().insert(resource.to_string(), Releasing { token, lvb: lvb.clone() });
+    inner.finish(resource, |_| false);
+    tokio::spawn(send_release(inner.clone(), resource.to_string(), token, lvb));
+    Ok(())
 }
 
 /// A Lock call's answer as the caller sees it: the response if granted, otherwise why not.
@@ -235,7 +257,7 @@ impl Session {
         LeaseWatch(Arc::downgrade(&self.inner))
     }
 
-    pub(crate) fn inner(&self) -> &Inner {
+    pub(crate) fn inner(&self) -> &Arc<Inner> {
         &self.inner
     }
 
@@ -313,20 +335,7 @@ impl Session {
             Err(Error::Rejected { .. }) => return Ok(()),
             Err(e) => return Err(e),
         };
-        let token = match token {
-            Some(token) if inner.release_by_token => token,
-            _ => {
-                // Whatever grant lockd has: only safe to send while no later one can exist, so wait.
-                let r = inner.rpc_release(resource, lvb, None).await;
-                inner.finish(resource, |_| r.is_err());
-                return r;
-            }
-        };
-        // Recorded before the cache entry goes, so a `lock` that finds no entry finds this.
-        inner.releasing.lock().insert(resource.to_string(), Releasing { token, lvb: lvb.clone() });
-        inner.finish(resource, |_| false);
-        tokio::spawn(send_release(inner.clone(), resource.to_string(), token, lvb));
-        Ok(())
+        release_claimed(inner, resource, token, lvb).await
     }
 
     /// Waits until lockd has confirmed every release made so far.

@@ -45,8 +45,13 @@ impl Node {
     /// mount does.
     pub fn mount(dev: &Arc<dyn BlockDevice>, endpoint: &str, name: &str) -> Node {
         let (sb, _) = read_superblock(&**dev).expect("superblock");
-        let opts =
-            JoinOptions { endpoints: vec![endpoint.to_string()], node_name: name.into(), slot: None, lease: Duration::from_secs(10) };
+        let opts = JoinOptions {
+            endpoints: vec![endpoint.to_string()],
+            node_name: name.into(),
+            slot: None,
+            lease: Duration::from_secs(10),
+            max_cached_locks: mafs_cluster::DEFAULT_MAX_CACHED_LOCKS,
+        };
         let cluster = ClusterNode::join(&sb.uuid_string(), sb.layout.slot_count, &opts).expect("join");
         let gate = cluster.volume_lock();
         let fs = {

@@ -319,14 +319,22 @@ impl Fs {
     /// its operations on other inodes go on meanwhile. Call it with no operation using what
     /// `cover` covers.
     pub fn write_back_and_forget_cover(&self, cover: crate::cache::Cover) -> Result<()> {
+        self.write_back_and_forget_covers(&[cover])
+    }
+
+    /// [`Fs::write_back_and_forget_cover`] for several locks given up together: one commit and
+    /// one pass over the cache (a node trimming the locks it caches).
+    pub fn write_back_and_forget_covers(&self, covers: &[crate::cache::Cover]) -> Result<()> {
         self.write_back()?;
-        let kept = self.vol.cache.drop_covered(cover);
+        let kept = self.vol.cache.drop_covered(covers);
         if kept > 0 {
-            tracing::warn!(?cover, kept, "cached blocks still in use when their lock was given up");
+            tracing::warn!(?covers, kept, "cached blocks still in use when their lock was given up");
         }
-        if let crate::cache::Cover::Group(a) = cover {
-            self.forget_pooled_inodes(Some(a));
-            self.vol.alloc.forget_ag(a);
+        for cover in covers {
+            if let crate::cache::Cover::Group(a) = *cover {
+                self.forget_pooled_inodes(Some(a));
+                self.vol.alloc.forget_ag(a);
+            }
         }
         Ok(())
     }

@@ -1,0 +1,88 @@
+//! Keeping the number of locks a node caches bounded. A node keeps every lock it took after
+//! use, so that taking it again costs no lockd round trip; left alone, a node that walks a
+//! large tree would keep a lock per inode it ever touched, and lockd's table (and each of its
+//! snapshots) would grow with them. Once a node caches more than its limit, the least
+//! recently used inode and open locks that no request uses are given up, a batch at a time,
+//! as GFS2 reclaims idle glocks: one write-back for the batch (commit, write home, retire the
+//! journal, forget the blocks they cover), the kernel's caches under them dropped, then the
+//! releases. A lock given up is simply taken again when next needed.
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use lockd_client::Session;
+use mafs_core::cache::Cover;
+use mafs_core::format::InodeNo;
+
+use crate::names::VolumeNames;
+use crate::volume_lock::Attached;
+
+/// Locks a node keeps cached by default: about 10,000 inodes' inode and open locks. lockd
+/// holds some 300 bytes per lock.
+pub const DEFAULT_MAX_CACHED_LOCKS: usize = 20_000;
+
+/// How often a node looks whether it caches too many locks.
+const LOOK_EVERY: Duration = Duration::from_secs(1);
+
+/// Starts trimming the locks of `session` down to `max` (to three quarters of it, so that a
+/// node just over its limit does not give up a few locks every second).
+pub(crate) fn start(runtime: &tokio::runtime::Handle, session: Weak<Session>, names: VolumeNames, attached: Arc<Attached>, max: usize) {
+    runtime.spawn(async move {
+        loop {
+            tokio::time::sleep(LOOK_EVERY).await;
+            let Some(session) = session.upgrade() else { return };
+            if session.is_lost() {
+                return;
+            }
+            let cached = session.cached_count();
+            if cached <= max {
+                continue;
+            }
+            let victims = session.least_recently_used(cached - max * 3 / 4, |r| names.inode_of(r).is_some() || names.open_ino(r).is_some());
+            let (inodes, opens): (Vec<String>, Vec<String>) = victims.into_iter().partition(|r| names.inode_of(r).is_some());
+            let given = trim(&session, inodes, flush_inodes(names.clone(), attached.clone())).await
+                + trim(&session, opens, unopened(names.clone(), attached.clone())).await;
+            tracing::debug!(cached, max, given, "gave up least recently used locks");
+        }
+    });
+}
+
+async fn trim(session: &Session, resources: Vec<String>, flush: impl FnOnce(Vec<String>) -> Vec<String> + Send + 'static) -> usize {
+    if resources.is_empty() {
+        return 0;
+    }
+    match session.give_up_idle(resources, flush).await {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::warn!("could not give cached locks up: {e}");
+            0
+        }
+    }
+}
+
+/// Writes back and forgets what the inode locks `resources` cover, drops what the kernel
+/// caches under them, and answers them all to be released (none if the write-back failed:
+/// the journal then stops the node, which withdraws).
+fn flush_inodes(names: VolumeNames, attached: Arc<Attached>) -> impl FnOnce(Vec<String>) -> Vec<String> + Send + 'static {
+    move |resources| {
+        let Some(fs) = attached.fs().and_then(|f| f.upgrade()) else { return Vec::new() };
+        let inodes: Vec<InodeNo> = resources.iter().filter_map(|r| names.inode_of(r)).map(InodeNo).collect();
+        // Known only before the write-back forgets them: whether the kernel's names go too.
+        let kinds: Vec<(InodeNo, Option<bool>)> = inodes.iter().map(|&i| (i, fs.cached_is_dir(i))).collect();
+        let covers: Vec<Cover> = inodes.iter().map(|&i| Cover::Inode(i)).collect();
+        if let Err(e) = fs.write_back_and_forget_covers(&covers) {
+            tracing::error!("cannot write back what {} cached inode locks cover to give them up: {e}; keeping them", covers.len());
+            return Vec::new();
+        }
+        attached.drop_kernel_inodes(&kinds);
+        resources
+    }
+}
+
+/// The open locks of `resources` whose inodes are not open here: those go (an open one says
+/// so to a node that would free the inode).
+fn unopened(names: VolumeNames, attached: Arc<Attached>) -> impl FnOnce(Vec<String>) -> Vec<String> + Send + 'static {
+    move |resources| {
+        let Some(fs) = attached.fs().and_then(|f| f.upgrade()) else { return Vec::new() };
+        resources.into_iter().filter(|r| names.open_ino(r).is_some_and(|i| !fs.is_open_here(InodeNo(i)))).collect()
+    }
+}
