@@ -2,7 +2,9 @@
 # Cluster-mode benchmark of issue 11, side by side in one run (medians of REPS repetitions):
 #  (a) one node in cluster mode vs a standalone mount of the same kind of volume: small files
 #      (create/stat/warmstat/unlink) and fio (sequential write and read, 4 KiB random read),
-#      with the lockd commands the cluster node made (raft commit index before/after);
+#      with the lockd commands the cluster node made (raft commit index before/after); also a
+#      standalone mount with --direct-io (device I/O bypassing the host page cache, as a
+#      cluster node's does), which separates what locks cost from what the page cache gives;
 #  (b) 1, 2 and 3 nodes each creating small files in their own directory at once: aggregate rate;
 #  (c) two nodes taking turns on one file (one O_APPEND write each, alternately): operations and
 #      lock hand-overs per second, i.e. what a revocation costs;
@@ -19,10 +21,11 @@ SMALLFILES="$REPO/target/release/smallfiles"
 command -v fio >/dev/null || { apt-get update -q >/dev/null; DEBIAN_FRONTEND=noninteractive apt-get install -y -q fio >/dev/null; }
 [ "${NOBUILD:-0}" = 1 ] || (cd "$REPO" && cargo build --release -p mafs-cli -p mafs-bench)
 mkdir -p "$WORK"; RES="$WORK/results"; rm -rf "$RES"; mkdir -p "$RES"
-C="$WORK/cluster"; S="$WORK/standalone"
+C="$WORK/cluster"; S="$WORK/standalone"; SD="$WORK/standalone-direct"
 cleanup() {
     "$MAFS" cluster down --dir "$C" >/dev/null 2>&1 || true
     mountpoint -q "$S/mnt" 2>/dev/null && umount "$S/mnt"
+    mountpoint -q "$SD/mnt" 2>/dev/null && umount "$SD/mnt"
     true
 }
 trap cleanup EXIT
@@ -39,14 +42,16 @@ up() { # nodes
 }
 
 echo "== (a) one cluster node vs standalone"
-rm -rf "$S"; mkdir -p "$S/mnt"
+rm -rf "$S" "$SD"; mkdir -p "$S/mnt" "$SD/mnt"
 "$MAFS" mkfs "$S/vol" --size 8G >/dev/null
+"$MAFS" mkfs "$SD/vol" --size 8G >/dev/null
 "$MAFS" mount "$S/vol" "$S/mnt" --standalone >"$S/mount.log" 2>&1 &
+"$MAFS" mount "$SD/vol" "$SD/mnt" --standalone --direct-io >"$SD/mount.log" 2>&1 &
 up 1
-for _ in $(seq 60); do mountpoint -q "$S/mnt" && break; sleep 0.2; done
+for _ in $(seq 60); do mountpoint -q "$S/mnt" && mountpoint -q "$SD/mnt" && break; sleep 0.2; done
 for r in $(seq "$REPS"); do
-    for t in standalone cluster; do
-        d=$([ $t = standalone ] && echo "$S/mnt" || echo "$C/node1")
+    for t in standalone direct cluster; do
+        case $t in standalone) d="$S/mnt" ;; direct) d="$SD/mnt" ;; cluster) d="$C/node1" ;; esac
         before=$([ $t = cluster ] && commit_index || echo 0)
         "$SMALLFILES" "$d" --files "$FILES" --label "$t" >> "$RES/a-$t.txt"
         after=$([ $t = cluster ] && commit_index || echo 0)
@@ -58,18 +63,20 @@ for r in $(seq "$REPS"); do
         rm -f "$d"/seqw* "$d"/seqr* "$d"/randr*
     done
 done
-umount "$S/mnt"; wait
+umount "$S/mnt"; umount "$SD/mnt"; wait
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a/b}'; }
 {
-    echo "| workload | standalone | cluster node | cluster / standalone |"
-    echo "|---|---|---|---|"
+    echo "| workload | standalone | standalone --direct-io | cluster node | cluster / standalone | cluster / standalone --direct-io |"
+    echo "|---|---|---|---|---|---|"
     for p in create stat warmstat unlink; do
         s=$(grep -h "phase=$p " "$RES/a-standalone.txt" | sed 's/.*ops_per_sec=//' | median)
+        sd=$(grep -h "phase=$p " "$RES/a-direct.txt" | sed 's/.*ops_per_sec=//' | median)
         c=$(grep -h "phase=$p " "$RES/a-cluster.txt" | sed 's/.*ops_per_sec=//' | median)
-        echo "| smallfiles $p ($FILES files), ops/s | $s | $c | $(awk -v a="$c" -v b="$s" 'BEGIN {printf "%.2f", a/b}') |"
+        echo "| smallfiles $p ($FILES files), ops/s | $s | $sd | $c | $(ratio "$c" "$s") | $(ratio "$c" "$sd") |"
     done
     for k in seqwrite seqread randread; do
-        s=$(median < "$RES/a-standalone-$k.txt"); c=$(median < "$RES/a-cluster-$k.txt")
-        echo "| fio $k, MiB/s | $s | $c | $(awk -v a="$c" -v b="$s" 'BEGIN {printf "%.2f", a/b}') |"
+        s=$(median < "$RES/a-standalone-$k.txt"); sd=$(median < "$RES/a-direct-$k.txt"); c=$(median < "$RES/a-cluster-$k.txt")
+        echo "| fio $k, MiB/s | $s | $sd | $c | $(ratio "$c" "$s") | $(ratio "$c" "$sd") |"
     done
     echo
     echo "lockd commands (raft entries) made by the cluster node in each smallfiles run of $((FILES * 4)) operations: $(tr '\n' ' ' < "$RES/a-cluster-lockd.txt")"

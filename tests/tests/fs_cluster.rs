@@ -1045,21 +1045,55 @@ fn lock_counts(c: &ClusterVolume, node: &str) -> (usize, usize) {
     (v[1], v[0])
 }
 
-/// Whether `node` holds the inode lock of any of `inodes`, as `mafs lockd dump` shows.
-fn holds_inode_lock(c: &ClusterVolume, node: &str, inodes: &[u64]) -> bool {
+/// Every grant lockd holds, as (resource, holder line) — "granted    PR session 1 (node1)
+/// token 4" — from `mafs lockd dump`.
+fn lockd_grants(c: &ClusterVolume) -> Vec<(String, String)> {
     let eps = c.lockd.endpoints();
     let (code, text) = code_and_text(&mafs(["lockd", "dump", "--endpoints", eps.as_str()]));
     assert_eq!(code, 0, "{text}");
-    let wanted: std::collections::HashSet<String> = inodes.iter().map(|i| format!("/inode/{i}")).collect();
-    let mut resource = "";
+    let mut resource = String::new();
+    let mut grants = Vec::new();
     for line in text.lines() {
         if line.starts_with("  mafs/") {
-            resource = line.trim();
-        } else if line.contains("granted") && line.contains(&format!("({node})")) && wanted.iter().any(|w| resource.ends_with(w.as_str())) {
-            return true;
+            resource = line.trim().to_string();
+        } else if line.trim_start().starts_with("granted") {
+            grants.push((resource.clone(), line.trim().to_string()));
         }
     }
-    false
+    grants
+}
+
+/// The grants of inode `ino`'s lock.
+fn inode_lock_grants(c: &ClusterVolume, ino: u64) -> Vec<String> {
+    let name = format!("/inode/{ino}");
+    lockd_grants(c).into_iter().filter(|(r, _)| r.ends_with(&name)).map(|(_, g)| g).collect()
+}
+
+/// Whether `node` holds the inode lock of any of `inodes`.
+fn holds_inode_lock(c: &ClusterVolume, node: &str, inodes: &[u64]) -> bool {
+    let holder = format!("({node})");
+    inodes.iter().any(|&i| inode_lock_grants(c, i).iter().any(|g| g.contains(&holder)))
+}
+
+/// Readers opening and closing one file on two nodes take nothing from each other: the
+/// inode's lock stays shared on both, under the same grants, however often they open it (a
+/// first open and a last close need only this node's own ordering).
+#[test]
+fn readers_opening_one_file_on_two_nodes_keep_sharing_its_lock() {
+    let c = ClusterVolume::new(2, "128M");
+    let (a, b) = (c.node(0), c.node(1));
+    fs::write(a.path("input"), b"shared input").unwrap();
+    let ino = fs::metadata(a.path("input")).unwrap().ino();
+    assert_eq!(fs::read(b.path("input")).unwrap(), b"shared input");
+    assert_eq!(fs::read(a.path("input")).unwrap(), b"shared input");
+    let before = inode_lock_grants(&c, ino);
+    assert!(before.len() == 2 && before.iter().all(|g| g.contains(" PR ")), "both nodes should read under PR: {before:?}");
+    for _ in 0..50 {
+        assert_eq!(fs::read(a.path("input")).unwrap(), b"shared input");
+        assert_eq!(fs::read(b.path("input")).unwrap(), b"shared input");
+    }
+    assert_eq!(inode_lock_grants(&c, ino), before, "opening the file took its lock from the other node");
+    c.finish();
 }
 
 /// A node keeps about its limit of locks cached at most: past it, the least recently used

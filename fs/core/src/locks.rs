@@ -221,6 +221,15 @@ impl InodeLocks {
         self.local(ino, mode, cluster)
     }
 
+    /// The inode's local lock exclusively, over a shared cluster hold: orders what only this
+    /// node's view of the inode depends on (its first open and last close here, which change
+    /// nothing on the volume) without taking the inode away from other nodes that read it.
+    pub fn lock_here_exclusive(&self, ino: InodeNo) -> Result<InodeGuard> {
+        self.check_no_handle(ino);
+        let cluster = self.cluster.hold(ino, Mode::Shared)?;
+        self.local(ino, Mode::Exclusive, cluster)
+    }
+
     fn check_no_handle(&self, ino: InodeNo) {
         debug_assert_eq!(
             crate::journal::handles_held_here(),

@@ -224,11 +224,13 @@ impl Fs {
             *n += 1;
             return Ok(inode);
         }
-        // A first open and a last close of one inode are ordered by its lock. The inode is
-        // counted open before the open lock is asked for (a network call in cluster mode, so
-        // not under the node-wide map's mutex): a revocation that comes once the lock is held
-        // then always finds it open here, and keeps the lock.
-        let _g = self.locks.lock(ino, Mode::Exclusive)?;
+        // A first open and a last close of one inode here are ordered by its local lock; the
+        // cluster lock is shared, so readers opening one file on several nodes do not take it
+        // from each other (the open lock says who has it open). The inode is counted open
+        // before the open lock is asked for (a network call in cluster mode, so not under the
+        // node-wide map's mutex): a revocation that comes once the lock is held then always
+        // finds it open here, and keeps the lock.
+        let _g = self.locks.lock_here_exclusive(ino)?;
         if let Some(n) = self.open.lock().get_mut(&ino) {
             *n += 1;
             return Ok(inode);
@@ -269,7 +271,7 @@ impl Fs {
             *n -= 1;
             return Ok(false);
         }
-        let _g = self.locks.lock(ino, Mode::Exclusive)?;
+        let _g = self.locks.lock_here_exclusive(ino)?;
         let mut open = self.open.lock();
         let Some(n) = open.get_mut(&ino) else { return Ok(false) };
         if *n > 1 {
