@@ -1055,7 +1055,8 @@ fn lockd_grants(c: &ClusterVolume) -> Vec<(String, String)> {
     let mut grants = Vec::new();
     for line in text.lines() {
         if line.starts_with("  mafs/") {
-            resource = line.trim().to_string();
+            // "  mafs/<uuid>/inode/12  lvb 8 bytes": the name is the first word.
+            resource = line.split_whitespace().next().unwrap_or_default().to_string();
         } else if line.trim_start().starts_with("granted") {
             grants.push((resource.clone(), line.trim().to_string()));
         }

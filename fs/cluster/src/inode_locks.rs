@@ -18,7 +18,7 @@ use mafs_core::locks::{ClusterHold, ClusterLocks, Mode as InodeMode};
 
 use crate::names::VolumeNames;
 use crate::open_locks::OpenLocks;
-use crate::volume_lock::wait_for_lock;
+use crate::volume_lock::{wait_for_lock, Attached};
 
 /// Inode numbers a node reserves, and locks, at a time.
 pub const INODE_BATCH: usize = 64;
@@ -28,12 +28,14 @@ pub struct InodeLocks {
     session: Arc<Session>,
     names: VolumeNames,
     open: OpenLocks,
+    /// The filesystem, whose blocks kept across a hand-over are checked at each grant.
+    attached: Arc<Attached>,
 }
 
 impl InodeLocks {
-    pub(crate) fn new(runtime: tokio::runtime::Handle, session: Arc<Session>, names: VolumeNames) -> InodeLocks {
+    pub(crate) fn new(runtime: tokio::runtime::Handle, session: Arc<Session>, names: VolumeNames, attached: Arc<Attached>) -> InodeLocks {
         let open = OpenLocks::new(runtime.clone(), session.clone(), names.clone());
-        InodeLocks { runtime, session, names, open }
+        InodeLocks { runtime, session, names, open, attached }
     }
 
     fn wait(&self, resource: &str, mode: Mode) -> Result<ClusterHold> {
@@ -48,7 +50,14 @@ impl ClusterLocks for InodeLocks {
             InodeMode::Shared => Mode::PR,
             InodeMode::Exclusive => Mode::EX,
         };
-        self.wait(&self.names.inode(ino.get()), mode)
+        crate::assert_no_journal_handle("taking a cluster lock");
+        let guard = self.runtime.block_on(wait_for_lock(&self.session, &self.names.inode(ino.get()), mode))?;
+        // Before the request reads anything of the inode: what this node kept of it while
+        // the lock was elsewhere stays only if the version is the same (`lock_value.rs`).
+        if let Some(fs) = self.attached.fs().and_then(|f| f.upgrade()) {
+            fs.settle_kept(ino, &guard.grant.lvb);
+        }
+        Ok(Box::new(guard))
     }
 
     fn inode_batch(&self) -> usize {

@@ -6,13 +6,15 @@
 //!
 //! Modules: `node` (joining and leaving: session, name, slot), `inode_locks` (the locks the
 //! filesystem takes), `volume_lock` (the gate every request passes, and the revocation that
-//! hands any lock on), `lock_trim` (giving up the least recently used locks past a limit), `open_locks` (which nodes have an inode open), `recovery` (replaying a
+//! hands any lock on), `lock_trim` (giving up the least recently used locks past a limit), `lock_value` (what
+//! an inode lock's value block holds), `open_locks` (which nodes have an inode open), `recovery` (replaying a
 //! dead node's slot), `fence` (self-fencing), `names` (the lockd resource names of a volume),
 //! `error`.
 mod error;
 mod fence;
 mod inode_locks;
 mod lock_trim;
+mod lock_value;
 mod names;
 mod node;
 mod open_locks;

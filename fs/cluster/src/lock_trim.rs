@@ -46,7 +46,10 @@ pub(crate) fn start(runtime: &tokio::runtime::Handle, session: Weak<Session>, na
     });
 }
 
-async fn trim(session: &Session, resources: Vec<String>, flush: impl FnOnce(Vec<String>) -> Vec<String> + Send + 'static) -> usize {
+/// Which locks of a batch to release, each with the lock value block to write.
+type Released = Vec<(String, Option<Vec<u8>>)>;
+
+async fn trim(session: &Session, resources: Vec<String>, flush: impl FnOnce(Vec<String>) -> Released + Send + 'static) -> usize {
     if resources.is_empty() {
         return 0;
     }
@@ -60,29 +63,40 @@ async fn trim(session: &Session, resources: Vec<String>, flush: impl FnOnce(Vec<
 }
 
 /// Writes back and forgets what the inode locks `resources` cover, drops what the kernel
-/// caches under them, and answers them all to be released (none if the write-back failed:
-/// the journal then stops the node, which withdraws).
-fn flush_inodes(names: VolumeNames, attached: Arc<Attached>) -> impl FnOnce(Vec<String>) -> Vec<String> + Send + 'static {
+/// caches under them, and answers them all to be released, with a new version in the lock
+/// value block of those the node changed (none if the write-back failed: the journal then
+/// stops the node, which withdraws). Nothing is kept for a later grant: a lock nobody else
+/// holds loses its value block once released.
+fn flush_inodes(names: VolumeNames, attached: Arc<Attached>) -> impl FnOnce(Vec<String>) -> Released + Send + 'static {
     move |resources| {
         let Some(fs) = attached.fs().and_then(|f| f.upgrade()) else { return Vec::new() };
-        let inodes: Vec<InodeNo> = resources.iter().filter_map(|r| names.inode_of(r)).map(InodeNo).collect();
+        let session = attached.session.get().and_then(|s| s.upgrade());
+        let inodes: Vec<(String, InodeNo)> = resources.into_iter().filter_map(|r| names.inode_of(&r).map(|i| (r, InodeNo(i)))).collect();
         // Known only before the write-back forgets them: whether the kernel's names go too.
-        let kinds: Vec<(InodeNo, Option<bool>)> = inodes.iter().map(|&i| (i, fs.cached_is_dir(i))).collect();
-        let covers: Vec<Cover> = inodes.iter().map(|&i| Cover::Inode(i)).collect();
+        let kinds: Vec<(InodeNo, Option<bool>)> = inodes.iter().map(|&(_, i)| (i, fs.cached_is_dir(i))).collect();
+        let covers: Vec<Cover> = inodes.iter().map(|&(_, i)| Cover::Inode(i)).collect();
+        let released: Released = inodes
+            .into_iter()
+            .map(|(r, i)| {
+                let grant = session.as_ref().and_then(|s| s.cached_grant(&r));
+                let lvb = crate::lock_value::hand_over(&fs, i, grant.as_ref()).lvb;
+                (r, lvb)
+            })
+            .collect();
         if let Err(e) = fs.write_back_and_forget_covers(&covers) {
             tracing::error!("cannot write back what {} cached inode locks cover to give them up: {e}; keeping them", covers.len());
             return Vec::new();
         }
         attached.drop_kernel_inodes(&kinds);
-        resources
+        released
     }
 }
 
 /// The open locks of `resources` whose inodes are not open here: those go (an open one says
 /// so to a node that would free the inode).
-fn unopened(names: VolumeNames, attached: Arc<Attached>) -> impl FnOnce(Vec<String>) -> Vec<String> + Send + 'static {
+fn unopened(names: VolumeNames, attached: Arc<Attached>) -> impl FnOnce(Vec<String>) -> Released + Send + 'static {
     move |resources| {
         let Some(fs) = attached.fs().and_then(|f| f.upgrade()) else { return Vec::new() };
-        resources.into_iter().filter(|r| names.open_ino(r).is_some_and(|i| !fs.is_open_here(InodeNo(i)))).collect()
+        resources.into_iter().filter(|r| names.open_ino(r).is_some_and(|i| !fs.is_open_here(InodeNo(i)))).map(|r| (r, None)).collect()
     }
 }

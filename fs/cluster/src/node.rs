@@ -208,7 +208,7 @@ impl ClusterNode {
 
     /// The node's inode, group, rename and open locks, for the filesystem it mounts.
     pub fn inode_locks(&self) -> crate::inode_locks::InodeLocks {
-        crate::inode_locks::InodeLocks::new(self.runtime.handle().clone(), self.session.clone(), self.names.clone())
+        crate::inode_locks::InodeLocks::new(self.runtime.handle().clone(), self.session.clone(), self.names.clone(), self.attached.clone())
     }
 
     /// Starts watching for nodes of this volume that die, and recovering their slots, through

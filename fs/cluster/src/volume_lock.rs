@@ -127,6 +127,33 @@ impl Attached {
     }
 }
 
+/// Writes back what the lock `resource` covers before the node gives it up (or downgrades it
+/// to PR, `downgrade`): everything for the volume lock; for an inode, its blocks stay cached
+/// when they can (under the PR kept, or for the version the lock value block will hold;
+/// `lock_value.rs`), and the answer is the lock value block to write.
+fn write_back(
+    fs: &Fs,
+    attached: &Attached,
+    resource: &str,
+    cover: Option<Cover>,
+    downgrade: bool,
+) -> mafs_core::error::Result<Option<Vec<u8>>> {
+    match cover {
+        None => fs.write_back_and_forget().map(|()| None),
+        Some(Cover::Inode(ino)) => {
+            let grant = attached.session.get().and_then(Weak::upgrade).and_then(|s| s.cached_grant(resource));
+            let h = crate::lock_value::hand_over(fs, ino, grant.as_ref());
+            match (downgrade, h.version) {
+                (true, _) => fs.write_back_and_keep(ino, None)?,
+                (false, Some(version)) => fs.write_back_and_keep(ino, Some(version))?,
+                (false, None) => fs.write_back_and_forget_cover(Cover::Inode(ino))?,
+            }
+            Ok(h.lvb)
+        }
+        Some(c) => fs.write_back_and_forget_cover(c).map(|()| None),
+    }
+}
+
 /// Answers a blocking notice on one of the node's locks. Called by the lockd client once no
 /// request of this node holds the lock, on a blocking thread.
 pub(crate) fn revoke(names: &VolumeNames, attached: &Attached, notice: &BlockingNotice) -> Revoke {
@@ -149,17 +176,15 @@ pub(crate) fn revoke(names: &VolumeNames, attached: &Attached, notice: &Blocking
         // is told they are taken (try-locks), never waited for.
         return Revoke::Keep;
     };
-    let mut is_dir = None;
+    let downgrade = notice.held == Mode::EX && notice.requested == Mode::PR;
+    let (mut is_dir, mut lvb) = (None, None);
     if let Some(fs) = attached.fs().as_ref().and_then(Weak::upgrade) {
         // Known only before the write-back forgets the inode: whether the kernel's names go too.
         if let Some(Cover::Inode(ino)) = cover {
             is_dir = fs.cached_is_dir(ino);
         }
         let start = Instant::now();
-        let written = match cover {
-            None => fs.write_back_and_forget(),
-            Some(c) => fs.write_back_and_forget_cover(c),
-        };
+        let written = write_back(&fs, attached, &notice.resource, cover, downgrade);
         if let Err(e) = written {
             // Giving the lock up now would let other nodes read blocks this node changed but
             // could not write home, and a replay of its journal later would write over theirs.
@@ -178,16 +203,17 @@ pub(crate) fn revoke(names: &VolumeNames, attached: &Attached, notice: &Blocking
             }
             return Revoke::Keep;
         }
+        lvb = written.unwrap_or_default();
         tracing::debug!(resource = notice.resource, held = %notice.held, requested = %notice.requested, "handed on after {:?} of write-back", start.elapsed());
     }
-    if notice.held == Mode::EX && notice.requested == Mode::PR {
+    if downgrade {
         // A reader wants it: keep reading alongside it (and keep what the kernel caches).
-        Revoke::Downgrade { mode: Mode::PR, lvb: None }
+        Revoke::Downgrade { mode: Mode::PR, lvb }
     } else {
         // Now, with no request of this node using the lock: a reply sent before carries a
         // lifetime the drop ends (see the FUSE glue's kernel_cache.rs), and none can be sent
         // after until the lock is granted again.
         attached.drop_kernel_caches(cover, is_dir);
-        Revoke::Release { lvb: None }
+        Revoke::Release { lvb }
     }
 }

@@ -1,6 +1,7 @@
 //! The metadata block cache. Every metadata block a node reads or changes lives here as a
 //! `MetaBuf`; changes are made in memory under the buffer's own lock and reach the disk only
 //! through the journal (`journal::Journal::commit`), never directly.
+use crate::cover_versions::CoverVersions;
 use crate::device::BlockDevice;
 use crate::error::Result;
 use crate::format::header::{self, BlockType};
@@ -35,6 +36,14 @@ impl Cover {
             Cover::Volume => Self::VOLUME,
         }
     }
+
+    fn decode(code: u64) -> Cover {
+        match code {
+            Self::VOLUME => Cover::Volume,
+            c if c & Self::GROUP != 0 => Cover::Group((c & !Self::GROUP) as u32),
+            c => Cover::Inode(InodeNo(c)),
+        }
+    }
 }
 
 pub struct MetaBuf {
@@ -54,6 +63,11 @@ impl MetaBuf {
     /// transaction, and everything that captured it (up to `checkpointed`) is at home.
     fn is_droppable(self: &Arc<Self>, checkpointed: u64) -> bool {
         Arc::strong_count(self) == 1 && !self.dirty.load(Ordering::Acquire) && self.last_seq.load(Ordering::Acquire) <= checkpointed
+    }
+
+    /// The lock that covers the block.
+    pub(crate) fn cover(&self) -> Cover {
+        Cover::decode(self.cover.load(Ordering::Relaxed))
     }
 
     fn new(blkno: BlockNo, cover: Cover, data: Box<[u8]>) -> Arc<MetaBuf> {
@@ -82,11 +96,21 @@ pub struct MetaCache {
     capacity: usize,
     /// Highest transaction whose blocks are all at home.
     pub(crate) checkpointed_seq: AtomicU64,
+    /// Cluster mode: which inodes this node changed under its locks, and whose blocks it kept
+    /// when it gave their lock up.
+    pub versions: CoverVersions,
 }
 
 impl MetaCache {
     pub fn new(dev: Arc<dyn BlockDevice>, seed: u32, capacity: usize) -> MetaCache {
-        MetaCache { dev, seed, map: Mutex::new(HashMap::new()), capacity, checkpointed_seq: AtomicU64::new(0) }
+        MetaCache {
+            dev,
+            seed,
+            map: Mutex::new(HashMap::new()),
+            capacity,
+            checkpointed_seq: AtomicU64::new(0),
+            versions: CoverVersions::default(),
+        }
     }
 
     /// The device the blocks come from (fsck reads file data beside metadata through it).
@@ -98,8 +122,15 @@ impl MetaCache {
     /// from disk on a miss.
     pub fn get(&self, blkno: BlockNo, ty: BlockType, cover: Cover) -> Result<Arc<MetaBuf>> {
         if let Some(b) = self.map.lock().get(&blkno) {
-            b.cover.store(cover.encode(), Ordering::Relaxed);
-            return Ok(b.clone());
+            // A clean copy cached under another lock is stale if anything: a block changes
+            // owner only when freed and reused, and a node drops what it frees itself; so it
+            // was another node's doing, while this one kept the block for its old owner
+            // (`CoverVersions`). Read again.
+            let moved = b.cover.load(Ordering::Relaxed) != cover.encode();
+            if !moved || !b.is_droppable(self.checkpointed_seq.load(Ordering::Acquire)) {
+                b.cover.store(cover.encode(), Ordering::Relaxed);
+                return Ok(b.clone());
+            }
         }
         let data = self.read_verified(blkno, ty)?;
         // Read from home, so it is checkpointed by definition.
@@ -108,7 +139,15 @@ impl MetaCache {
         if map.len() >= self.capacity {
             self.evict(&mut map);
         }
-        Ok(map.entry(blkno).or_insert(buf).clone())
+        let entry = map.entry(blkno).or_insert_with(|| buf.clone());
+        if entry.cover.load(Ordering::Relaxed) != cover.encode() {
+            if entry.is_droppable(self.checkpointed_seq.load(Ordering::Acquire)) {
+                *entry = buf;
+            } else {
+                entry.cover.store(cover.encode(), Ordering::Relaxed);
+            }
+        }
+        Ok(entry.clone())
     }
 
     /// A copy of block `blkno` (of type `ty`): the cached one if there is one, else read from
@@ -157,6 +196,7 @@ impl MetaCache {
     pub fn drop_clean(&self) {
         let done = self.checkpointed_seq.load(Ordering::Acquire);
         self.map.lock().retain(|_, b| !b.is_droppable(done));
+        self.versions.forget_kept();
     }
 
     /// Drops the clean, checkpointed blocks that `covers` cover and nobody holds (cluster mode:

@@ -4,6 +4,7 @@ pub mod alloc;
 pub mod btree;
 pub mod cache;
 pub mod claim;
+pub mod cover_versions;
 pub mod device;
 pub mod dir;
 pub mod error;

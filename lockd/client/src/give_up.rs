@@ -35,13 +35,14 @@ impl Session {
 
     /// Gives up, as one batch, those of `resources` that are still idle (held, no local user,
     /// nobody asking): they are marked busy, so that a local user that wants one meanwhile
-    /// waits; `flush` runs once, on a blocking thread, with them and answers which to release
-    /// (it writes back what they cover first); the others stay cached. The releases are
-    /// asynchronous, as [`Session::release`]'s. Answers how many were released.
+    /// waits; `flush` runs once, on a blocking thread, with them and answers which to release,
+    /// each with the lock value block to write, if any (it writes back what they cover first);
+    /// the others stay cached. The releases are asynchronous, as [`Session::release`]'s.
+    /// Answers how many were released.
     pub async fn give_up_idle(
         &self,
         resources: Vec<String>,
-        flush: impl FnOnce(Vec<String>) -> Vec<String> + Send + 'static,
+        flush: impl FnOnce(Vec<String>) -> Vec<(String, Option<Vec<u8>>)> + Send + 'static,
     ) -> Result<usize> {
         let inner = self.inner();
         inner.check()?;
@@ -62,16 +63,16 @@ impl Session {
                 .collect()
         };
         let names: Vec<String> = claimed.iter().map(|(r, _)| r.clone()).collect();
-        let release: std::collections::HashSet<String> =
+        let mut release: std::collections::HashMap<String, Option<Vec<u8>>> =
             tokio::task::spawn_blocking(move || flush(names)).await.unwrap_or_default().into_iter().collect();
         let mut released = 0;
         let mut first_error = None;
         for (r, token) in claimed {
-            if !release.contains(&r) {
+            let Some(lvb) = release.remove(&r) else {
                 inner.finish(&r, |_| true);
                 continue;
-            }
-            match release_claimed(inner, &r, token, None).await {
+            };
+            match release_claimed(inner, &r, token, lvb).await {
                 Ok(()) => released += 1,
                 Err(e) => {
                     first_error.get_or_insert(e);

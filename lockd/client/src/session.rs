@@ -270,6 +270,14 @@ impl Session {
         self.inner.cache.lock().get(resource).and_then(|c| c.state.mode())
     }
 
+    /// The grant of `resource` the session caches, if any: its mode, token and the lock value
+    /// block it came with (for a revocation handler deciding what to write there).
+    pub fn cached_grant(&self, resource: &str) -> Option<Grant> {
+        let cache = self.inner.cache.lock();
+        let c = cache.get(resource)?;
+        Some(Grant { resource: resource.to_string(), mode: c.state.mode()?, token: c.token, lvb: c.lvb.clone() })
+    }
+
     fn guard(&self, grant: Grant) -> LockGuard {
         LockGuard { inner: Arc::downgrade(&self.inner), grant }
     }

@@ -292,6 +292,12 @@ impl LockTable {
                 continue;
             };
             let before = res.granted.len();
+            // A holder that could write the lock value block may have changed what it
+            // describes without writing it (it died, or left without a last release): the
+            // block is reset, so no later holder trusts it (the DLM marks it invalid).
+            if res.granted.iter().any(|h| h.session == s && h.mode.may_write_lvb()) {
+                res.lvb.clear();
+            }
             res.granted.retain(|h| h.session != s);
             released += (before - res.granted.len()) as u32;
             res.converting.retain(|r| r.session != s);

@@ -37,19 +37,24 @@ pub fn lockd(dir: &std::path::Path) -> (tokio::runtime::Runtime, String) {
 pub struct Node {
     pub fs: Arc<Fs>,
     gate: Arc<VolumeLock>,
-    _cluster: ClusterNode,
+    pub cluster: ClusterNode,
 }
 
 impl Node {
     /// Joins the cluster and opens the volume through its slot, inside the volume lock as a
     /// mount does.
     pub fn mount(dev: &Arc<dyn BlockDevice>, endpoint: &str, name: &str) -> Node {
+        Self::mount_with_lease(dev, endpoint, name, Duration::from_secs(10))
+    }
+
+    /// [`Node::mount`] with a lockd session lease of `lease`.
+    pub fn mount_with_lease(dev: &Arc<dyn BlockDevice>, endpoint: &str, name: &str, lease: Duration) -> Node {
         let (sb, _) = read_superblock(&**dev).expect("superblock");
         let opts = JoinOptions {
             endpoints: vec![endpoint.to_string()],
             node_name: name.into(),
             slot: None,
-            lease: Duration::from_secs(10),
+            lease,
             max_cached_locks: mafs_cluster::DEFAULT_MAX_CACHED_LOCKS,
         };
         let cluster = ClusterNode::join(&sb.uuid_string(), sb.layout.slot_count, &opts).expect("join");
@@ -60,7 +65,7 @@ impl Node {
             Arc::new(Fs::with_cluster_locks(vol, Box::new(cluster.inode_locks())))
         };
         cluster.attach(&fs);
-        Node { fs, gate, _cluster: cluster }
+        Node { fs, gate, cluster }
     }
 
     /// Runs `f` as a request would: inside the volume lock (shared); the filesystem takes the

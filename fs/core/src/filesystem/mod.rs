@@ -129,6 +129,9 @@ impl Fs {
         let orphan_dir = InodeNo(vol.journal.slot().orphan_dir);
         let others = (0..vol.sb.layout.slot_count).map(|s| InodeNo(crate::mkfs::orphan_dir_ino(&vol.sb, s))).filter(|d| *d != orphan_dir);
         let orphan_dirs = std::iter::once(orphan_dir).chain(others).collect();
+        if cluster.shares_inodes() {
+            vol.cache.versions.track();
+        }
         if cluster.ag_locks() {
             vol.alloc.share_groups();
             // Read before the locks were known: nothing of it may be trusted later.
@@ -322,6 +325,37 @@ impl Fs {
     /// `cover` covers.
     pub fn write_back_and_forget_cover(&self, cover: crate::cache::Cover) -> Result<()> {
         self.write_back_and_forget_covers(&[cover])
+    }
+
+    /// What a node does before giving up or downgrading the lock of inode `ino` whose blocks
+    /// it may keep: commit, write home and retire the journal (as
+    /// [`Fs::write_back_and_forget_cover`]), but keep the blocks: valid under the PR lock it
+    /// downgrades to (`kept_for` None), or, once released, for version `kept_for` of the
+    /// inode (`mafs_core::cover_versions`), checked when the node takes the lock again
+    /// ([`Fs::settle_kept`]).
+    pub fn write_back_and_keep(&self, ino: InodeNo, kept_for: Option<Vec<u8>>) -> Result<()> {
+        self.write_back()?;
+        if let Some(version) = kept_for {
+            self.vol.cache.versions.keep(ino, version, |gone| {
+                let covers: Vec<crate::cache::Cover> = gone.iter().map(|&i| crate::cache::Cover::Inode(i)).collect();
+                self.vol.cache.drop_covered(&covers);
+            });
+        }
+        Ok(())
+    }
+
+    /// The node holds the lock of `ino` again, granted with lock value block `lvb`: blocks it
+    /// kept for another version go. Call before the request reads anything of the inode.
+    pub fn settle_kept(&self, ino: InodeNo, lvb: &[u8]) {
+        self.vol.cache.versions.settle(ino, lvb, || {
+            self.vol.cache.drop_covered(&[crate::cache::Cover::Inode(ino)]);
+        });
+    }
+
+    /// Whether this node changed `ino` since it last gave its lock up or downgraded it (and
+    /// forgets that it did): then the lock value block gets a new version.
+    pub fn take_changed(&self, ino: InodeNo) -> bool {
+        self.vol.cache.versions.take_changed(ino)
     }
 
     /// [`Fs::write_back_and_forget_cover`] for several locks given up together: one commit and

@@ -428,6 +428,9 @@ impl Handle<'_> {
     /// Write access to `buf`, joining it to the running transaction.
     pub fn write<'b>(&self, buf: &'b Arc<MetaBuf>) -> parking_lot::RwLockWriteGuard<'b, Box<[u8]>> {
         if !buf.dirty.swap(true, Ordering::AcqRel) {
+            if let crate::cache::Cover::Inode(ino) = buf.cover() {
+                self.j.cache.versions.note_changed(ino);
+            }
             let mut run = self.j.running.lock();
             run.revokes.remove(&buf.blkno);
             run.dirty.insert(buf.blkno, buf.clone());

@@ -145,6 +145,32 @@ fn lvb_is_written_only_by_pw_or_ex_and_read_on_grant() {
 }
 
 #[test]
+fn a_writer_that_dies_or_leaves_without_a_release_resets_the_lvb_and_a_reader_does_not() {
+    for (leaves_by, mode, kept) in [("expiry", EX, false), ("close", PW, false), ("close", PR, true), ("expiry", CR, true)] {
+        let mut t = LockTable::default();
+        let holder = t.open_session("holder", 5000, true).unwrap();
+        let (keeper, other) = (t.open_session("keeper", 5000, false).unwrap(), t.open_session("other", 5000, false).unwrap());
+        let mut fx = vec![];
+        granted(&lock(&mut t, keeper, "r", NL, &mut fx)); // keeps the resource (and its LVB) alive
+        granted(&lock(&mut t, other, "r", EX, &mut fx));
+        t.release(other, "r", Some(b"v1"), None, &mut fx).unwrap();
+        granted(&lock(&mut t, holder, "r", mode, &mut fx));
+        match leaves_by {
+            "expiry" => {
+                t.expire_session(holder, &mut fx).unwrap();
+                t.complete_recovery(holder, &mut fx).unwrap();
+            }
+            _ => {
+                t.close_session(holder, &mut fx).unwrap();
+            }
+        }
+        let g = granted(&lock(&mut t, other, "r", PR, &mut fx));
+        let want: &[u8] = if kept { b"v1" } else { b"" };
+        assert_eq!(g.lvb, want, "{mode} holder gone by {leaves_by}");
+    }
+}
+
+#[test]
 fn retrying_a_request_is_idempotent() {
     let (mut t, s) = table_with(2);
     let mut fx = vec![];
