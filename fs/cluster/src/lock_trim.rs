@@ -75,18 +75,21 @@ fn flush_inodes(names: VolumeNames, attached: Arc<Attached>) -> impl FnOnce(Vec<
         // Known only before the write-back forgets them: whether the kernel's names go too.
         let kinds: Vec<(InodeNo, Option<bool>)> = inodes.iter().map(|&(_, i)| (i, fs.cached_is_dir(i))).collect();
         let covers: Vec<Cover> = inodes.iter().map(|&(_, i)| Cover::Inode(i)).collect();
+        let mut changed = false;
         let released: Released = inodes
             .into_iter()
             .map(|(r, i)| {
                 let grant = session.as_ref().and_then(|s| s.cached_grant(&r));
-                let lvb = crate::lock_value::hand_over(&fs, i, grant.as_ref()).lvb;
-                (r, lvb)
+                let h = crate::lock_value::hand_over(&fs, i, grant.as_ref());
+                changed |= h.changed;
+                (r, h.lvb)
             })
             .collect();
-        if let Err(e) = fs.write_back_and_forget_covers(&covers) {
+        if let Err(e) = if changed { fs.write_back() } else { Ok(()) } {
             tracing::error!("cannot write back what {} cached inode locks cover to give them up: {e}; keeping them", covers.len());
             return Vec::new();
         }
+        fs.forget_covers(&covers);
         attached.drop_kernel_inodes(&kinds);
         released
     }

@@ -11,6 +11,10 @@ use mafs_core::format::InodeNo;
 
 /// What giving up (or downgrading) an inode's lock writes and keeps.
 pub(crate) struct HandOver {
+    /// The node changed the inode since it last gave the lock up or downgraded it: those
+    /// changes must be written back first. Otherwise nothing of the inode is in its journal
+    /// (that hand-over wrote everything back), and nothing need be.
+    pub(crate) changed: bool,
     /// The lock value block to write, if it changes.
     pub(crate) lvb: Option<Vec<u8>>,
     /// The version the node's cached blocks of the inode stay valid for once the lock is
@@ -25,11 +29,11 @@ pub(crate) fn hand_over(fs: &Fs, ino: InodeNo, grant: Option<&Grant>) -> HandOve
     match (changed, grant.and_then(|g| g.token)) {
         (true, Some(token)) => {
             let v = token.get().to_le_bytes().to_vec();
-            HandOver { lvb: Some(v.clone()), version: Some(v) }
+            HandOver { changed, lvb: Some(v.clone()), version: Some(v) }
         }
         // Changed under a grant whose token the node does not know: nobody may trust the
         // version any more.
-        (true, None) => HandOver { lvb: Some(Vec::new()), version: None },
-        (false, _) => HandOver { lvb: None, version: grant.map(|g| g.lvb.clone()).filter(|v| !v.is_empty()) },
+        (true, None) => HandOver { changed, lvb: Some(Vec::new()), version: None },
+        (false, _) => HandOver { changed, lvb: None, version: grant.map(|g| g.lvb.clone()).filter(|v| !v.is_empty()) },
     }
 }

@@ -128,9 +128,9 @@ impl Attached {
 }
 
 /// Writes back what the lock `resource` covers before the node gives it up (or downgrades it
-/// to PR, `downgrade`): everything for the volume lock; for an inode, its blocks stay cached
-/// when they can (under the PR kept, or for the version the lock value block will hold;
-/// `lock_value.rs`), and the answer is the lock value block to write.
+/// to PR, `downgrade`): everything for the volume lock; for an inode, only if the node changed
+/// it, and its blocks stay cached when they can (under the PR kept, or for the version the
+/// lock value block will hold; `lock_value.rs`); the answer is the lock value block to write.
 fn write_back(
     fs: &Fs,
     attached: &Attached,
@@ -143,10 +143,15 @@ fn write_back(
         Some(Cover::Inode(ino)) => {
             let grant = attached.session.get().and_then(Weak::upgrade).and_then(|s| s.cached_grant(resource));
             let h = crate::lock_value::hand_over(fs, ino, grant.as_ref());
+            // Unchanged since the last hand-over: no commit, no flush (the node may have other
+            // changes pending; they need not wait for this).
+            if h.changed {
+                fs.write_back()?;
+            }
             match (downgrade, h.version) {
-                (true, _) => fs.write_back_and_keep(ino, None)?,
-                (false, Some(version)) => fs.write_back_and_keep(ino, Some(version))?,
-                (false, None) => fs.write_back_and_forget_cover(Cover::Inode(ino))?,
+                (true, _) => {}
+                (false, Some(version)) => fs.keep_inode(ino, version),
+                (false, None) => fs.forget_covers(&[Cover::Inode(ino)]),
             }
             Ok(h.lvb)
         }

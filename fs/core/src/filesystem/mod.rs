@@ -327,21 +327,15 @@ impl Fs {
         self.write_back_and_forget_covers(&[cover])
     }
 
-    /// What a node does before giving up or downgrading the lock of inode `ino` whose blocks
-    /// it may keep: commit, write home and retire the journal (as
-    /// [`Fs::write_back_and_forget_cover`]), but keep the blocks: valid under the PR lock it
-    /// downgrades to (`kept_for` None), or, once released, for version `kept_for` of the
-    /// inode (`mafs_core::cover_versions`), checked when the node takes the lock again
+    /// Keeps the cached blocks of inode `ino`, whose lock the node gives up (after
+    /// [`Fs::write_back`] if it changed the inode), for version `version` of the inode
+    /// (`mafs_core::cover_versions`): checked when the node takes the lock again
     /// ([`Fs::settle_kept`]).
-    pub fn write_back_and_keep(&self, ino: InodeNo, kept_for: Option<Vec<u8>>) -> Result<()> {
-        self.write_back()?;
-        if let Some(version) = kept_for {
-            self.vol.cache.versions.keep(ino, version, |gone| {
-                let covers: Vec<crate::cache::Cover> = gone.iter().map(|&i| crate::cache::Cover::Inode(i)).collect();
-                self.vol.cache.drop_covered(&covers);
-            });
-        }
-        Ok(())
+    pub fn keep_inode(&self, ino: InodeNo, version: Vec<u8>) {
+        self.vol.cache.versions.keep(ino, version, |gone| {
+            let covers: Vec<crate::cache::Cover> = gone.iter().map(|&i| crate::cache::Cover::Inode(i)).collect();
+            self.vol.cache.drop_covered(&covers);
+        });
     }
 
     /// The node holds the lock of `ino` again, granted with lock value block `lvb`: blocks it
@@ -362,6 +356,14 @@ impl Fs {
     /// one pass over the cache (a node trimming the locks it caches).
     pub fn write_back_and_forget_covers(&self, covers: &[crate::cache::Cover]) -> Result<()> {
         self.write_back()?;
+        self.forget_covers(covers);
+        Ok(())
+    }
+
+    /// Drops what this node caches under the locks `covers` (for a group, also the
+    /// allocator's map of it and the inode numbers set aside in it), which it gives up with
+    /// nothing of theirs left in its journal.
+    pub fn forget_covers(&self, covers: &[crate::cache::Cover]) {
         let kept = self.vol.cache.drop_covered(covers);
         if kept > 0 {
             tracing::warn!(?covers, kept, "cached blocks still in use when their lock was given up");
@@ -372,12 +374,11 @@ impl Fs {
                 self.vol.alloc.forget_ag(a);
             }
         }
-        Ok(())
     }
 
     /// Commits, writes home and retires from the journal everything done so far: afterwards
     /// no replay of this node's journal can write over a block another node changes next.
-    fn write_back(&self) -> Result<()> {
+    pub fn write_back(&self) -> Result<()> {
         // From now on other nodes may find what this node made: those of its new inodes that
         // are open here need their open locks first.
         let made = std::mem::take(&mut *self.made_here.lock());
