@@ -65,8 +65,12 @@ pub type Result<T> = std::result::Result<T, Error>;
 /// Worth trying again (elsewhere or later): the replica is not the leader, is down, or the log
 /// did not commit in time. A status of a kind this library does not know is not retried.
 pub(crate) fn retryable(st: &Status) -> bool {
-    matches!(st.code(), Code::Unavailable | Code::Cancelled | Code::DeadlineExceeded | Code::Unknown)
-        && kind_name(st).is_none_or(|name| ErrorKind::from_name(name).is_some_and(ErrorKind::is_retryable))
+    // RESOURCE_EXHAUSTED comes from the transport, never from lockd itself (an HTTP/2 peer
+    // that closed the connection with ENHANCE_YOUR_CALM): the next connection may do.
+    let transport_exhausted = st.code() == Code::ResourceExhausted && kind_name(st).is_none();
+    transport_exhausted
+        || matches!(st.code(), Code::Unavailable | Code::Cancelled | Code::DeadlineExceeded | Code::Unknown)
+            && kind_name(st).is_none_or(|name| ErrorKind::from_name(name).is_some_and(ErrorKind::is_retryable))
 }
 
 pub(crate) fn from_status(st: &Status, resource: &str) -> Error {

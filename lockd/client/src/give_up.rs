@@ -2,13 +2,17 @@
 //! (to make no round trip when it takes one again) trims its cache with these, least recently
 //! used first, as GFS2 reclaims idle glocks. lockd's table then stays as large as what the
 //! holders use, not as everything they ever touched.
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use lockd_common::FencingToken;
+use lockd_common::{FencingToken, MAX_TRY_MANY};
+use mafs_proto::v1 as pb;
 
-use crate::cache::{Revocation, State};
-use crate::error::Result;
+use crate::background::send_release;
+use crate::cache::{Releasing, Revocation, State};
+use crate::error::{Error, Result};
 use crate::session::{release_claimed, Session};
+use crate::state::Inner;
 
 impl Session {
     /// How many locks the session has cached (held, or being acquired).
@@ -67,18 +71,85 @@ impl Session {
             tokio::task::spawn_blocking(move || flush(names)).await.unwrap_or_default().into_iter().collect();
         let mut released = 0;
         let mut first_error = None;
+        let mut batch = Vec::new();
         for (r, token) in claimed {
             let Some(lvb) = release.remove(&r) else {
                 inner.finish(&r, |_| true);
                 continue;
             };
-            match release_claimed(inner, &r, token, lvb).await {
-                Ok(()) => released += 1,
+            match token {
+                Some(token) if inner.release_by_token => batch.push((r, token, lvb)),
+                // A grant lockd cannot name: released alone, and waited for.
+                _ => match release_claimed(inner, &r, token, lvb).await {
+                    Ok(()) => released += 1,
+                    Err(e) => {
+                        first_error.get_or_insert(e);
+                    }
+                },
+            }
+        }
+        released += inner.release_batch(batch).await;
+        first_error.map_or(Ok(released), Err)
+    }
+}
+
+impl Inner {
+    /// Releases claimed grants, named by their tokens, with one ReleaseMany per
+    /// [`MAX_TRY_MANY`]: asynchronous releases as far as the rest of the session can tell
+    /// (a `lock` of one of them meanwhile carries its release in front). A batch lockd did not
+    /// confirm is sent again release by release, as [`Session::release`] does.
+    async fn release_batch(self: &Arc<Self>, batch: Vec<(String, FencingToken, Option<Vec<u8>>)>) -> usize {
+        {
+            // Recorded before the cache entries go, so a `lock` that finds no entry finds this.
+            let mut releasing = self.releasing.lock();
+            for (r, token, lvb) in &batch {
+                releasing.insert(r.clone(), Releasing { token: *token, lvb: lvb.clone() });
+            }
+        }
+        for (r, _, _) in &batch {
+            self.finish(r, |_| false);
+        }
+        for chunk in batch.chunks(MAX_TRY_MANY) {
+            match self.rpc_release_many(chunk).await {
+                Ok(()) | Err(Error::SessionLost(_)) => {
+                    for (r, token, _) in chunk {
+                        self.forget_release(r, *token);
+                    }
+                }
                 Err(e) => {
-                    first_error.get_or_insert(e);
+                    tracing::warn!(
+                        session = self.id,
+                        "a batch of {} releases was not confirmed ({e}); sending them one by one",
+                        chunk.len()
+                    );
+                    for (r, token, lvb) in chunk {
+                        tokio::spawn(send_release(self.clone(), r.clone(), *token, lvb.clone()));
+                    }
                 }
             }
         }
-        first_error.map_or(Ok(released), Err)
+        batch.len()
+    }
+
+    async fn rpc_release_many(&self, chunk: &[(String, FencingToken, Option<Vec<u8>>)]) -> Result<()> {
+        let req = pb::ReleaseManyRequest {
+            session_id: self.id,
+            releases: chunk
+                .iter()
+                .map(|(r, token, lvb)| pb::ManyRelease {
+                    resource: r.clone(),
+                    fencing_token: token.get(),
+                    write_lvb: lvb.is_some(),
+                    lvb: lvb.clone().unwrap_or_default(),
+                })
+                .collect(),
+        };
+        self.conn
+            .call("release-many", Instant::now() + self.retry_for, Duration::from_secs(6), |mut c| {
+                let req = req.clone();
+                async move { c.release_many(req).await }
+            })
+            .await
+            .map(drop)
     }
 }

@@ -7,7 +7,8 @@ pub const MAX_RESOURCE_NAME: usize = 256;
 /// Largest lock value block in bytes (the Linux DLM uses 32 or 64).
 pub const MAX_LVB: usize = 64;
 pub const MAX_NODE_NAME: usize = 256;
-/// Most resources one TryLockMany names: its log entry stays small (≈ 300 KiB at most).
+/// Most resources one TryLockMany or ReleaseMany names: its log entry stays small (≈ 300 KiB
+/// at most).
 pub const MAX_TRY_MANY: usize = 1024;
 
 /// A resource name or lock value block outside the limits.
@@ -17,7 +18,7 @@ pub enum InputError {
     BadResource(String),
     #[error("lock value block of {0} bytes exceeds the {MAX_LVB}-byte limit")]
     LvbTooLarge(usize),
-    #[error("invalid TryLockMany: {0}")]
+    #[error("invalid batch request: {0}")]
     BadBatch(String),
 }
 
@@ -45,8 +46,9 @@ pub fn validate_resource(name: &str) -> Result<(), InputError> {
     Ok(())
 }
 
-/// The resources of one TryLockMany: 1..=[`MAX_TRY_MANY`] valid names, none twice (a repeat
-/// would be answered twice from one grant, which a caller could not tell apart).
+/// The resources of one TryLockMany or ReleaseMany: 1..=[`MAX_TRY_MANY`] valid names, none
+/// twice (a repeat would be answered twice from one grant, which a caller could not tell
+/// apart).
 pub fn validate_many(names: &[String]) -> Result<(), InputError> {
     if names.is_empty() || names.len() > MAX_TRY_MANY {
         return Err(InputError::BadBatch(format!("{} resources, must be 1..={MAX_TRY_MANY}", names.len())));

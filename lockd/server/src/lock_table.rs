@@ -545,6 +545,32 @@ impl LockTable {
         Ok(())
     }
 
+    /// Releases of many grants applied as one (ReleaseMany): each as [`LockTable::release`]
+    /// naming its token, one no longer held skipped. Checked whole before anything changes.
+    /// Answers how many were released.
+    pub fn release_many(
+        &mut self,
+        s: SessionId,
+        releases: &[(String, FencingToken, Option<Vec<u8>>)],
+        fx: &mut Vec<Effect>,
+    ) -> Result<u32, LockError> {
+        let names: Vec<String> = releases.iter().map(|(n, _, _)| n.clone()).collect();
+        lockd_common::validate_many(&names)?;
+        for (_, _, lvb) in releases {
+            validate_lvb(lvb.as_deref())?;
+        }
+        self.active(s)?;
+        let mut released = 0;
+        for (name, token, lvb) in releases {
+            match self.release(s, name, lvb.as_deref(), Some(*token), fx) {
+                Ok(()) => released += 1,
+                Err(LockError::NotHeld { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(released)
+    }
+
     /// Grants whatever became grantable, in queue order: conversions first, then new requests,
     /// each queue strictly FIFO (a request never overtakes an older one, so nobody starves).
     fn process(&mut self, name: &str, fx: &mut Vec<Effect>) {

@@ -262,6 +262,26 @@ impl Lockd for LockdService {
         Ok(Response::new(pb::TryLockManyResponse { results }))
     }
 
+    async fn release_many(&self, req: Request<pb::ReleaseManyRequest>) -> Result<Response<pb::ReleaseManyResponse>, Status> {
+        let r = req.into_inner();
+        let releases = r
+            .releases
+            .into_iter()
+            .map(|m| match FencingToken::from_wire(m.fencing_token) {
+                Some(token) => Ok((m.resource, token, lvb_arg(m.write_lvb, m.lvb)?)),
+                None => Err(Status::from(LockdError::Invalid(format!("release of {:?} names no fencing token (got 0)", m.resource)))),
+            })
+            .collect::<Result<Vec<_>, Status>>()?;
+        let names: Vec<String> = releases.iter().map(|(n, _, _)| n.clone()).collect();
+        lockd_common::validate_many(&names)?;
+        self.node.require_leader()?;
+        let released = match self.propose(Command::ReleaseMany { session: r.session_id, releases }).await? {
+            CmdResult::Released(n) => n,
+            r => return Err(unexpected(r)),
+        };
+        Ok(Response::new(pb::ReleaseManyResponse { released }))
+    }
+
     async fn cancel(&self, req: Request<pb::CancelRequest>) -> Result<Response<pb::CancelResponse>, Status> {
         let r = req.into_inner();
         validate_resource(&r.resource)?;

@@ -10,7 +10,8 @@ use serde::{Deserialize, Serialize};
 use crate::errors::LockdError;
 use crate::lock_table::{CancelOutcome, Effect, LockError, LockOutcome, LockTable};
 
-/// Format 3 marks commands format 2 did not have (`TryLockMany`): an older replica must stop
+/// Format 3 marks commands format 2 did not have (`TryLockMany`, `ReleaseMany`): an older
+/// replica must stop
 /// at them with a clear message rather than fail to decode them.
 const COMMAND_FORMAT_V3: u8 = 3;
 /// Format 2 marks entries that use fields format 1 did not have (`Release.token`,
@@ -43,6 +44,11 @@ pub enum Command {
         session: SessionId,
         resources: Vec<String>,
         mode: Mode,
+    },
+    /// Releases of many grants in one entry (see `LockTable::release_many`).
+    ReleaseMany {
+        session: SessionId,
+        releases: Vec<(String, FencingToken, Option<Vec<u8>>)>,
     },
     Cancel {
         session: SessionId,
@@ -112,7 +118,7 @@ impl Command {
 
     pub fn encode(&self) -> Result<Vec<u8>, LockdError> {
         let format = match self {
-            Command::TryLockMany { .. } => COMMAND_FORMAT_V3,
+            Command::TryLockMany { .. } | Command::ReleaseMany { .. } => COMMAND_FORMAT_V3,
             c if c.needs_format_2() => COMMAND_FORMAT_V2,
             _ => COMMAND_FORMAT_V1,
         };
@@ -173,6 +179,7 @@ impl StateMachine {
                 CmdResult::Lock(outcome)
             }
             Command::TryLockMany { session, resources, mode } => CmdResult::Many(t.try_lock_many(session, &resources, mode, fx)?),
+            Command::ReleaseMany { session, releases } => CmdResult::Released(t.release_many(session, &releases, fx)?),
             Command::Cancel { session, resource, request } => CmdResult::Cancel(t.cancel(session, &resource, request, fx)?),
             Command::Release { session, resource, lvb, token } => {
                 t.release(session, &resource, lvb.as_deref(), token, fx)?;
@@ -292,17 +299,22 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_lock_carrying_its_sessions_pending_release_is_applied_after_it_and_late_copies_do_nothing() {
-        let mut sm = StateMachine::default();
-        let (a, b, keeper) = (open(&mut sm, "a"), open(&mut sm, "b"), open(&mut sm, "keeper"));
-        let fx = &mut vec![];
-        // An NL holder keeps the resource, and with it the lock value block, in existence.
+    /// `keeper` holds "r" NL, which keeps the resource, and with it the lock value block, in
+    /// existence.
+    fn keep_alive(sm: &mut StateMachine, keeper: SessionId, fx: &mut Vec<Effect>) {
         let mut nl = lock_ex(keeper, None);
         if let Command::Lock(c) = &mut nl {
             c.mode = Mode::NL;
         }
         granted(sm.apply(nl, fx));
+    }
+
+    #[test]
+    fn a_lock_carrying_its_sessions_pending_release_is_applied_after_it_and_late_copies_do_nothing() {
+        let mut sm = StateMachine::default();
+        let (a, b, keeper) = (open(&mut sm, "a"), open(&mut sm, "b"), open(&mut sm, "keeper"));
+        let fx = &mut vec![];
+        keep_alive(&mut sm, keeper, fx);
         let first = granted(sm.apply(lock_ex(a, None), fx));
         // Without the release in front, the same request would be answered with the grant
         // being given up.
@@ -359,6 +371,37 @@ mod tests {
         assert!(matches!(sm.apply(bad, fx), Err(LockError::Input(_))));
         let twice = Command::TryLockMany { session: b, resources: vec!["free3".into(), "free3".into()], mode: Mode::EX };
         assert!(matches!(sm.apply(twice, fx), Err(LockError::Input(_))));
+        assert_eq!(sm.table.counts(), before);
+    }
+
+    #[test]
+    fn release_many_releases_the_named_grants_in_one_entry_skips_gone_ones_and_applies_whole_or_not_at_all() {
+        let mut sm = StateMachine::default();
+        let (a, b, keeper) = (open(&mut sm, "a"), open(&mut sm, "b"), open(&mut sm, "keeper"));
+        let fx = &mut vec![];
+        keep_alive(&mut sm, keeper, fx);
+        let r = granted(sm.apply(lock_ex(a, None), fx));
+        let many = match sm.apply(Command::TryLockMany { session: a, resources: vec!["x".into(), "y".into()], mode: Mode::EX }, fx) {
+            Ok(CmdResult::Many(o)) => o,
+            other => panic!("{other:?}"),
+        };
+        let x = match &many[0] {
+            LockOutcome::Granted(g) => g.token,
+            other => panic!("{other:?}"),
+        };
+        let stale = token(x.get() + 1000);
+        let releases = vec![("r".to_string(), r.token, Some(b"v2".to_vec())), ("x".to_string(), x, None), ("y".to_string(), stale, None)];
+        let cmd = Command::ReleaseMany { session: a, releases: releases.clone() };
+        assert_eq!(cmd.encode().unwrap()[0], 3);
+        assert_eq!(Command::decode(&cmd.encode().unwrap()).unwrap(), cmd);
+        // y is held under another token: skipped, still held.
+        assert_eq!(sm.apply(cmd.clone(), fx), Ok(CmdResult::Released(2)));
+        assert_eq!(sm.apply(cmd, fx), Ok(CmdResult::Released(0)), "a re-sent copy releases nothing new");
+        assert_eq!(granted(sm.apply(lock_ex(b, None), fx)).lvb, b"v2");
+        // One bad name refuses the whole entry.
+        let before = sm.table.counts();
+        let bad = Command::ReleaseMany { session: a, releases: vec![("y".into(), stale, None), (String::new(), stale, None)] };
+        assert!(matches!(sm.apply(bad, fx), Err(LockError::Input(_))));
         assert_eq!(sm.table.counts(), before);
     }
 }

@@ -219,6 +219,24 @@ async fn bad_input_gets_clear_statuses_and_the_service_stays_up() {
         assert_eq!(st.code(), code, "{what}: {st:?}");
         assert_eq!(kind_name(&st), Some(kind), "{what}");
     }
+    let rel = |resource: &str, fencing_token: u64, lvb: usize| pb::ManyRelease {
+        resource: resource.into(),
+        fencing_token,
+        write_lvb: lvb > 0,
+        lvb: vec![7; lvb],
+    };
+    let release_cases: Vec<(&str, Vec<pb::ManyRelease>, Code, &str)> = vec![
+        ("no releases", vec![], Code::InvalidArgument, "invalid"),
+        ("no token", vec![rel("m", 0, 0)], Code::InvalidArgument, "invalid"),
+        ("a name twice", vec![rel("m", 1, 0), rel("m", 2, 0)], Code::InvalidArgument, "invalid"),
+        ("LVB over 64 bytes", vec![rel("m", 1, 65)], Code::InvalidArgument, "lvb-too-large"),
+        ("an empty name", vec![rel("", 1, 0)], Code::InvalidArgument, "bad-resource"),
+    ];
+    for (what, releases, code, kind) in release_cases {
+        let st = c.release_many(pb::ReleaseManyRequest { session_id: sid, releases }).await.expect_err(what);
+        assert_eq!(st.code(), code, "{what}: {st:?}");
+        assert_eq!(kind_name(&st), Some(kind), "{what}");
+    }
     let st = c.release(pb::ReleaseRequest { session_id: sid, resource: "never-held".into(), ..Default::default() }).await.unwrap_err();
     assert_eq!(st.code(), Code::FailedPrecondition);
     let st = c.heartbeat(pb::HeartbeatRequest { session_id: 424242 }).await.unwrap_err();
@@ -608,6 +626,27 @@ async fn try_lock_many_takes_the_free_locks_in_one_log_entry_and_leaves_the_held
     // Asked again, nothing new is taken and nothing is lost.
     assert!(b.try_lock_many(&names[..300], Mode::EX).await.unwrap().iter().all(|&t| !t));
     assert_eq!(b.cached("inode/1000"), Some(Mode::EX));
+    // Given up as a batch: one request, one log entry, each with the value block it names.
+    let before = commit_index(c.status(pb::StatusRequest {}).await.unwrap().into_inner());
+    let trips = b.round_trips();
+    let flushed = Arc::new(Mutex::new(Vec::new()));
+    let seen = flushed.clone();
+    let given = b
+        .give_up_idle(names[..300].to_vec(), move |claimed| {
+            seen.lock().extend(claimed.iter().cloned());
+            claimed.into_iter().map(|r| (r, Some(b"v2".to_vec()))).collect()
+        })
+        .await
+        .unwrap();
+    assert_eq!((given, flushed.lock().len()), (300, 300));
+    b.released().await.unwrap();
+    assert_eq!(b.round_trips(), trips + 1, "one request for all the releases");
+    let after = commit_index(c.status(pb::StatusRequest {}).await.unwrap().into_inner());
+    assert_eq!(after - before, 1, "one log entry for all the releases");
+    assert_eq!(b.cached("inode/1000"), None);
+    let g = a.lock("inode/1000", Mode::EX, LockOptions::try_now()).await.unwrap();
+    assert_eq!(g.grant.lvb, b"", "the released lock went idle, and its value block with it");
+    drop(g);
     a.close().await.unwrap();
     b.close().await.unwrap();
 }
