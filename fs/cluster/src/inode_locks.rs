@@ -18,7 +18,7 @@ use mafs_core::locks::{ClusterHold, ClusterLocks, Mode as InodeMode};
 
 use crate::names::VolumeNames;
 use crate::open_locks::OpenLocks;
-use crate::volume_lock::{wait_for_lock, Attached};
+use crate::volume_lock::{take_lock, wait_for_lock, Attached};
 
 /// Inode numbers a node reserves, and locks, at a time.
 pub const INODE_BATCH: usize = 64;
@@ -40,7 +40,7 @@ impl InodeLocks {
 
     fn wait(&self, resource: &str, mode: Mode) -> Result<ClusterHold> {
         crate::assert_no_journal_handle("taking a cluster lock");
-        Ok(Box::new(self.runtime.block_on(wait_for_lock(&self.session, resource, mode))?))
+        Ok(Box::new(take_lock(&self.runtime, &self.session, resource, mode)?))
     }
 }
 
@@ -51,7 +51,7 @@ impl ClusterLocks for InodeLocks {
             InodeMode::Exclusive => Mode::EX,
         };
         crate::assert_no_journal_handle("taking a cluster lock");
-        let guard = self.runtime.block_on(wait_for_lock(&self.session, &self.names.inode(ino.get()), mode))?;
+        let guard = take_lock(&self.runtime, &self.session, &self.names.inode(ino.get()), mode)?;
         // Before the request reads anything of the inode: what this node kept of it while
         // the lock was elsewhere stays only if the version is the same (`lock_value.rs`).
         if let Some(fs) = self.attached.fs().and_then(|f| f.upgrade()) {

@@ -51,6 +51,11 @@ impl ClusterLocks for OpenLocks {
     fn open_lock(&self, ino: InodeNo) -> Result<()> {
         crate::assert_no_journal_handle("taking an open lock");
         let resource = self.names.open(ino.get());
+        // Cached (EX from the batch that made the inode, or PR from an earlier open): no
+        // round trip, and no runtime.
+        if self.session.lock_cached(&resource, Mode::PR).is_some() {
+            return Ok(());
+        }
         let held = self.runtime.block_on(async {
             if self.session.cached(&resource).is_none() {
                 // Nobody else has it (a file this node just made, typically): EX, so that

@@ -44,6 +44,20 @@ impl VolumeLock {
 /// Takes `resource` in `mode` from lockd, for as long as it takes: conversion deadlocks and
 /// queue timeouts are retried (logged once the wait is long), never surfaced; only a lost
 /// session or an unreachable lockd fails (the operation then did nothing).
+/// [`wait_for_lock`] from a thread outside the runtime (a request's): a cached lock is taken
+/// at once, without entering the runtime.
+pub(crate) fn take_lock(
+    runtime: &tokio::runtime::Handle,
+    session: &Session,
+    resource: &str,
+    mode: Mode,
+) -> Result<lockd_client::LockGuard> {
+    match session.lock_cached(resource, mode) {
+        Some(g) => Ok(g),
+        None => runtime.block_on(wait_for_lock(session, resource, mode)),
+    }
+}
+
 pub(crate) async fn wait_for_lock(session: &Session, resource: &str, mode: Mode) -> Result<lockd_client::LockGuard> {
     let start = Instant::now();
     loop {
@@ -81,7 +95,7 @@ impl VolumeGate for VolumeLock {
         // (`inode_locks.rs`), and this one is asked for EX only to have every node write the
         // whole volume back and stop (a freeze).
         let mode = Mode::PR;
-        let guard = self.runtime.block_on(wait_for_lock(&self.session, &self.resource, mode))?;
+        let guard = take_lock(&self.runtime, &self.session, &self.resource, mode)?;
         Ok(Box::new(guard))
     }
 }

@@ -34,6 +34,9 @@ pub(crate) struct Inner {
     pub(crate) release_by_token: bool,
     /// The `Session` is gone: no heartbeats any more, so nobody will mark it lost.
     pub(crate) dropped: AtomicBool,
+    /// Calls waiting for a lock's last local user to leave (other than revocations, which
+    /// mark the lock): a guard that leaves last wakes waiters only if someone waits so.
+    pub(crate) idle_waiters: std::sync::atomic::AtomicUsize,
     /// How many `PeerRecovering` notices the session has heard (another session's lease
     /// lapsed with its locks kept for recovery).
     pub(crate) peer_recoveries: tokio::sync::watch::Sender<u64>,
@@ -110,6 +113,16 @@ impl Inner {
     /// Marks a held lock busy for a release or conversion (waiting for local users to leave
     /// when `unused`), and answers the fencing token of its grant.
     pub(crate) async fn claim_held(&self, resource: &str, unused: bool) -> Result<Option<FencingToken>> {
+        struct Waiting<'a>(&'a std::sync::atomic::AtomicUsize);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+            }
+        }
+        let _waiting = unused.then(|| {
+            self.idle_waiters.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+            Waiting(&self.idle_waiters)
+        });
         let held = self
             .with_idle(
                 resource,
