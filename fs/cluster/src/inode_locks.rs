@@ -38,9 +38,13 @@ impl InodeLocks {
         InodeLocks { runtime, session, names, open, attached }
     }
 
-    fn wait(&self, resource: &str, mode: Mode) -> Result<ClusterHold> {
+    fn take(&self, resource: &str, mode: Mode) -> Result<lockd_client::LockGuard> {
         crate::assert_no_journal_handle("taking a cluster lock");
-        Ok(Box::new(take_lock(&self.runtime, &self.session, resource, mode)?))
+        take_lock(&self.runtime, &self.session, resource, mode)
+    }
+
+    fn wait(&self, resource: &str, mode: Mode) -> Result<ClusterHold> {
+        Ok(Box::new(self.take(resource, mode)?))
     }
 }
 
@@ -50,8 +54,7 @@ impl ClusterLocks for InodeLocks {
             InodeMode::Shared => Mode::PR,
             InodeMode::Exclusive => Mode::EX,
         };
-        crate::assert_no_journal_handle("taking a cluster lock");
-        let guard = take_lock(&self.runtime, &self.session, &self.names.inode(ino.get()), mode)?;
+        let guard = self.take(&self.names.inode(ino.get()), mode)?;
         // Before the request reads anything of the inode: what this node kept of it while
         // the lock was elsewhere stays only if the version is the same (`lock_value.rs`).
         if let Some(fs) = self.attached.fs().and_then(|f| f.upgrade()) {

@@ -155,8 +155,7 @@ fn write_back(
     match cover {
         None => fs.write_back_and_forget().map(|()| None),
         Some(Cover::Inode(ino)) => {
-            let grant = attached.session.get().and_then(Weak::upgrade).and_then(|s| s.cached_grant(resource));
-            let h = crate::lock_value::hand_over(fs, ino, grant.as_ref());
+            let h = crate::lock_value::hand_over(fs, attached, resource, ino);
             // Unchanged since the last hand-over: no commit, no flush (the node may have other
             // changes pending; they need not wait for this).
             if h.changed {

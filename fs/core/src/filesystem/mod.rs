@@ -332,18 +332,19 @@ impl Fs {
     /// (`mafs_core::cover_versions`): checked when the node takes the lock again
     /// ([`Fs::settle_kept`]).
     pub fn keep_inode(&self, ino: InodeNo, version: Vec<u8>) {
-        self.vol.cache.versions.keep(ino, version, |gone| {
-            let covers: Vec<crate::cache::Cover> = gone.iter().map(|&i| crate::cache::Cover::Inode(i)).collect();
-            self.vol.cache.drop_covered(&covers);
-        });
+        self.vol.cache.versions.keep(ino, version, |gone| self.forget_inodes(gone));
+    }
+
+    /// Drops what this node caches of inodes `inos` (their lock is elsewhere).
+    fn forget_inodes(&self, inos: &[InodeNo]) {
+        let covers: Vec<crate::cache::Cover> = inos.iter().map(|&i| crate::cache::Cover::Inode(i)).collect();
+        self.vol.cache.drop_covered(&covers);
     }
 
     /// The node holds the lock of `ino` again, granted with lock value block `lvb`: blocks it
     /// kept for another version go. Call before the request reads anything of the inode.
     pub fn settle_kept(&self, ino: InodeNo, lvb: &[u8]) {
-        self.vol.cache.versions.settle(ino, lvb, || {
-            self.vol.cache.drop_covered(&[crate::cache::Cover::Inode(ino)]);
-        });
+        self.vol.cache.versions.settle(ino, lvb, || self.forget_inodes(&[ino]));
     }
 
     /// Whether this node changed `ino` since it last gave its lock up or downgraded it (and
