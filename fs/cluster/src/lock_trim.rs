@@ -70,6 +70,7 @@ async fn trim(session: &Session, resources: Vec<String>, flush: impl FnOnce(Vec<
 fn flush_inodes(names: VolumeNames, attached: Arc<Attached>) -> impl FnOnce(Vec<String>) -> Released + Send + 'static {
     move |resources| {
         let Some(fs) = attached.fs().and_then(|f| f.upgrade()) else { return Vec::new() };
+        let session = attached.session();
         let inodes: Vec<(String, InodeNo)> = resources.into_iter().filter_map(|r| names.inode_of(&r).map(|i| (r, InodeNo(i)))).collect();
         // Known only before the write-back forgets them: whether the kernel's names go too.
         let kinds: Vec<(InodeNo, Option<bool>)> = inodes.iter().map(|&(_, i)| (i, fs.cached_is_dir(i))).collect();
@@ -78,7 +79,7 @@ fn flush_inodes(names: VolumeNames, attached: Arc<Attached>) -> impl FnOnce(Vec<
         let released: Released = inodes
             .into_iter()
             .map(|(r, i)| {
-                let h = crate::lock_value::hand_over(&fs, &attached, &r, i);
+                let h = crate::lock_value::hand_over(&fs, session.as_deref(), &r, i);
                 changed |= h.changed;
                 (r, h.lvb)
             })

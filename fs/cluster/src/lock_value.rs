@@ -5,12 +5,9 @@
 //! version it was granted with; taking the lock again, it keeps them only if the version is
 //! still the same (`mafs_core::cover_versions`; docs/design.md, "Keeping a cache across a
 //! hand-over").
-use std::sync::Weak;
-
+use lockd_client::Session;
 use mafs_core::filesystem::Fs;
 use mafs_core::format::InodeNo;
-
-use crate::volume_lock::Attached;
 
 /// What giving up (or downgrading) an inode's lock writes and keeps.
 pub(crate) struct HandOver {
@@ -27,8 +24,8 @@ pub(crate) struct HandOver {
 
 /// The hand-over of inode `ino`, whose lock `resource` the node holds (under the grant its
 /// lockd client caches, if it knows it).
-pub(crate) fn hand_over(fs: &Fs, attached: &Attached, resource: &str, ino: InodeNo) -> HandOver {
-    let grant = attached.session.get().and_then(Weak::upgrade).and_then(|s| s.cached_grant(resource));
+pub(crate) fn hand_over(fs: &Fs, session: Option<&Session>, resource: &str, ino: InodeNo) -> HandOver {
+    let grant = session.and_then(|s| s.cached_grant(resource));
     let grant = grant.as_ref();
     let changed = fs.take_changed(ino);
     match (changed, grant.and_then(|g| g.token)) {

@@ -112,6 +112,11 @@ pub(crate) struct Attached {
 }
 
 impl Attached {
+    /// The node's lockd session, while it lives.
+    pub(crate) fn session(&self) -> Option<Arc<lockd_client::Session>> {
+        self.session.get().and_then(Weak::upgrade)
+    }
+
     pub(crate) fn fs(&self) -> Option<Weak<Fs>> {
         self.fs.get().cloned()
     }
@@ -155,7 +160,7 @@ fn write_back(
     match cover {
         None => fs.write_back_and_forget().map(|()| None),
         Some(Cover::Inode(ino)) => {
-            let h = crate::lock_value::hand_over(fs, attached, resource, ino);
+            let h = crate::lock_value::hand_over(fs, attached.session().as_deref(), resource, ino);
             // Unchanged since the last hand-over: no commit, no flush (the node may have other
             // changes pending; they need not wait for this).
             if h.changed {
