@@ -72,6 +72,11 @@ enum Command {
         /// Bypass the host page cache for device I/O (O_DIRECT).
         #[arg(long)]
         direct_io: bool,
+        /// Memory for file data read or written lately, kept while the node holds the files'
+        /// locks, when device I/O bypasses the host page cache (a cluster node, or
+        /// --direct-io); 0 turns it off. K, M, G suffixes.
+        #[arg(long, default_value = "256M", value_parser = size_arg::parse_size)]
+        data_cache: u64,
         /// FUSE worker threads (default: one per CPU, 2 to 8).
         #[arg(long, default_value_t = default_threads())]
         threads: usize,
@@ -213,6 +218,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             lockd,
             node_name,
             direct_io,
+            data_cache,
             threads,
             commit_interval,
             attr_timeout,
@@ -232,6 +238,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                 volume,
                 mountpoint,
                 direct_io,
+                data_cache,
                 slot: slot.unwrap_or(0),
                 threads,
                 commit_interval: Duration::from_secs(commit_interval.max(1)),

@@ -107,6 +107,33 @@ fn a_node_keeps_what_it_cached_of_an_inode_nobody_changed_while_its_lock_was_els
     assert!(t.a_dev.reads_of(t.d) > before, "node A did not read d again after node B changed it");
 }
 
+/// File data (mafs_core's data_cache.rs) follows the inode's lock like its metadata: kept when
+/// A downgrades for a reader (A reads the file again without a device read), gone when B
+/// changes the file (A reads B's bytes).
+#[test]
+fn file_data_stays_cached_for_a_reader_and_is_read_again_after_another_nodes_write() {
+    let t = two_nodes();
+    let b = Node::mount(&t.shared, &t.endpoint, "node-b");
+    let data = vec![1u8; 256 << 10];
+    let f = t.a.write(|fs| {
+        let f = fs.create(fs.root(), b"f", node(libc::S_IFREG | 0o644), WHO).expect("create f").ino;
+        fs.write(f, 0, &data).expect("write f");
+        f
+    });
+    let read = |n: &Node| n.write(|fs| fs.read(f, 0, data.len() as u32)).expect("read f");
+    assert!(read(&b) == data, "node B reads A's bytes");
+    let before: u64 = t.a_dev.reads.lock().values().sum();
+    assert!(read(&t.a) == data);
+    let after: u64 = t.a_dev.reads.lock().values().sum();
+    assert_eq!(after, before, "node A read f from the device again although only a reader took its lock");
+
+    let newer = vec![2u8; 8192];
+    b.write(|fs| fs.write(f, 4096, &newer)).expect("write on b");
+    let mut want = data.clone();
+    want[4096..4096 + 8192].copy_from_slice(&newer);
+    assert!(read(&t.a) == want, "node A read stale file data after node B wrote it");
+}
+
 #[test]
 fn giving_up_an_inode_unchanged_since_its_last_hand_over_commits_nothing() {
     let t = two_nodes();

@@ -2,6 +2,7 @@
 //! `MetaBuf`; changes are made in memory under the buffer's own lock and reach the disk only
 //! through the journal (`journal::Journal::commit`), never directly.
 use crate::cover_versions::CoverVersions;
+use crate::data_cache::DataCache;
 use crate::device::BlockDevice;
 use crate::error::Result;
 use crate::format::header::{self, BlockType};
@@ -99,6 +100,8 @@ pub struct MetaCache {
     /// Cluster mode: which inodes this node changed under its locks, and whose blocks it kept
     /// when it gave their lock up.
     pub versions: CoverVersions,
+    /// File data blocks, under the same inode locks: dropped with the inode's metadata.
+    pub data: DataCache,
 }
 
 impl MetaCache {
@@ -110,6 +113,7 @@ impl MetaCache {
             capacity,
             checkpointed_seq: AtomicU64::new(0),
             versions: CoverVersions::default(),
+            data: DataCache::default(),
         }
     }
 
@@ -196,16 +200,21 @@ impl MetaCache {
     pub fn drop_clean(&self) {
         let done = self.checkpointed_seq.load(Ordering::Acquire);
         self.map.lock().retain(|_, b| !b.is_droppable(done));
+        self.data.clear();
         self.versions.forget_kept();
     }
 
     /// Drops the clean, checkpointed blocks that `covers` cover and nobody holds (cluster mode:
     /// the node gave those locks up, after writing everything home), in one pass over the
-    /// cache. Returns how many such blocks it had to keep: held by an operation, or changed
+    /// cache, and the covered inodes' data blocks. Returns how many such blocks it had to keep: held by an operation, or changed
     /// since (none, when no operation holds the locks, as a revocation ensures).
     pub fn drop_covered(&self, covers: &[Cover]) -> usize {
         let done = self.checkpointed_seq.load(Ordering::Acquire);
         let codes: std::collections::HashSet<u64> = covers.iter().map(|c| c.encode()).collect();
+        self.data.forget_inodes(covers.iter().filter_map(|c| match c {
+            Cover::Inode(i) => Some(*i),
+            _ => None,
+        }));
         let mut kept = 0;
         self.map.lock().retain(|_, b| {
             if !codes.contains(&b.cover.load(Ordering::Relaxed)) {

@@ -5,6 +5,7 @@ pub mod btree;
 pub mod cache;
 pub mod claim;
 pub mod cover_versions;
+pub mod data_cache;
 pub mod device;
 pub mod dir;
 pub mod error;

@@ -21,6 +21,9 @@ pub struct MountConfig {
     pub volume: PathBuf,
     pub mountpoint: PathBuf,
     pub direct_io: bool,
+    /// Bytes of file data the node keeps in memory under its inode locks when its device I/O
+    /// bypasses the host page cache (cluster mode, `direct_io`); 0: none.
+    pub data_cache: u64,
     pub slot: u32,
     pub threads: usize,
     pub commit_interval: Duration,
@@ -281,6 +284,11 @@ fn open_volume(cfg: &MountConfig, cluster: Option<&dyn Membership>) -> anyhow::R
     }
     mafs_core::mmp::claim(&*dev, &sb, slot, &cfg.node_name).with_context(cannot_mount)?;
     let vol = Volume::open_with(dev, slot, &cfg.node_name, DEFAULT_CACHE_BLOCKS, true).with_context(cannot_mount)?;
+    if direct {
+        // Without the host page cache, a file read just now or written just now would be
+        // read from the device again (mafs_core's data_cache.rs).
+        vol.cache.data.set_capacity(cfg.data_cache);
+    }
     if vol.used_backup_superblock {
         tracing::warn!(
             "primary superblock of {} is damaged; mounted with the backup copy (run `mafs fsck --repair` to rewrite it)",

@@ -101,8 +101,68 @@ enum WriteAt {
 }
 
 impl Fs {
-    fn dev_write(&self, data: &[u8], pblk: BlockNo, within: u64) -> Result<()> {
-        self.vol.dev.write_at(data, pblk.byte_offset() + within)
+    /// Writes file data of inode `ino` (through the node's data cache, `data_cache.rs`).
+    fn dev_write(&self, ino: InodeNo, data: &[u8], pblk: BlockNo, within: u64) -> Result<()> {
+        let cache = &self.vol.cache.data;
+        match self.vol.dev.write_at(data, pblk.byte_offset() + within) {
+            Ok(()) => {
+                cache.wrote(ino, pblk, within as usize, data);
+                Ok(())
+            }
+            Err(e) => {
+                // What the device holds now is not known.
+                cache.forget(pblk, (within + data.len() as u64).div_ceil(BS));
+                Err(e)
+            }
+        }
+    }
+
+    /// Zeroes `len` bytes of file data from byte `within` of block `pblk` on.
+    fn dev_zero(&self, pblk: BlockNo, within: u64, len: u64) -> Result<()> {
+        self.vol.cache.data.forget(pblk, (within + len).div_ceil(BS));
+        self.vol.dev.zero_range(pblk.byte_offset() + within, len)
+    }
+
+    /// Reads bytes [s, en) of the file, which extent `e` maps, into `dst`: cached blocks from
+    /// the data cache, runs of the others from the device in one read each (whole blocks,
+    /// which the cache then keeps).
+    fn read_mapped(&self, ino: InodeNo, e: Extent, s: u64, en: u64, dst: &mut [u8]) -> Result<()> {
+        let cache = &self.vol.cache.data;
+        if !cache.enabled() {
+            return self.vol.dev.read_at(dst, e.pblk.byte_offset() + (s - e.lblk * BS));
+        }
+        let (first, last) = (s / BS, (en - 1) / BS);
+        // Blocks [miss, l) are not cached and not read yet.
+        let mut miss = None;
+        for l in first..=last + 1 {
+            let hit = l <= last && {
+                let (bs, be) = ((l * BS).max(s), ((l + 1) * BS).min(en));
+                cache.read(ino, e.pblk_of(l), (bs - l * BS) as usize, &mut dst[(bs - s) as usize..(be - s) as usize])
+            };
+            match (hit || l > last, miss) {
+                (false, None) => miss = Some(l),
+                (true, Some(m)) => {
+                    self.read_blocks_into(ino, e, m, l, s, en, dst)?;
+                    miss = None;
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads logical blocks [from, to) of extent `e` whole from the device, caches them, and
+    /// copies their part of bytes [s, en) into `dst` (which holds [s, en)).
+    #[allow(clippy::too_many_arguments)]
+    fn read_blocks_into(&self, ino: InodeNo, e: Extent, from: u64, to: u64, s: u64, en: u64, dst: &mut [u8]) -> Result<()> {
+        let mut whole = vec![0u8; ((to - from) * BS) as usize];
+        self.vol.dev.read_at(&mut whole, e.pblk_of(from).byte_offset())?;
+        for (i, block) in whole.chunks_exact(BS as usize).enumerate() {
+            self.vol.cache.data.put(ino, e.pblk_of(from + i as u64), block);
+        }
+        let (bs, be) = ((from * BS).max(s), (to * BS).min(en));
+        dst[(bs - s) as usize..(be - s) as usize].copy_from_slice(&whole[(bs - from * BS) as usize..(be - from * BS) as usize]);
+        Ok(())
     }
 
     /// Moves a stuffed file's bytes out of the inode into a data block.
@@ -117,7 +177,7 @@ impl Fs {
             let (p, _) = self.vol.alloc.alloc(h, 1, Some(buf.blkno + 1), BlockState::Data)?;
             let mut block = vec![0u8; BLOCK_SIZE];
             block[..inline.len()].copy_from_slice(&inline);
-            self.dev_write(&block, p, 0)?;
+            self.dev_write(inode.ino, &block, p, 0)?;
             let mut t = self.tree_mut(h, buf);
             insert_extent(&mut t, Extent { lblk: 0, pblk: p, len: 1 })?;
             inode.blocks = (inode.blocks as i64 + 1 + t.blocks_delta) as u64;
@@ -154,6 +214,7 @@ impl Fs {
         // Data first, then the mapping (ordered mode). Blocks that could not be filled are
         // given back, or they would be in use with nothing pointing at them.
         if let Err(e) = fill(lblk, p, got) {
+            self.vol.cache.data.forget(p, got);
             self.vol.alloc.free(h, p, got)?;
             return Err(e);
         }
@@ -168,6 +229,7 @@ impl Fs {
     /// write that runs out of space partway can report a short write.
     fn write_extents(&self, h: &Handle, buf: &Arc<MetaBuf>, inode: &mut Inode, off: u64, data: &[u8], progress: &mut u64) -> Result<()> {
         let end = off + data.len() as u64;
+        let ino = inode.ino;
         let mut lblk = off / BS;
         let last = (end - 1) / BS;
         while lblk <= last {
@@ -189,7 +251,7 @@ impl Fs {
                     let bstart = (lblk * BS).max(off);
                     let bend = (run_end * BS).min(end);
                     let src = &data[(bstart - off) as usize..(bend - off) as usize];
-                    self.dev_write(src, e.pblk_of(lblk), bstart - lblk * BS)?;
+                    self.dev_write(ino, src, e.pblk_of(lblk), bstart - lblk * BS)?;
                     lblk = run_end;
                     *progress = bend - off;
                 }
@@ -200,13 +262,13 @@ impl Fs {
                         let bend = (l0 + n) * BS;
                         let (ds, de) = (bstart.max(off), bend.min(end));
                         if ds == bstart && de == bend {
-                            return self.dev_write(&data[(ds - off) as usize..(de - off) as usize], p, 0);
+                            return self.dev_write(ino, &data[(ds - off) as usize..(de - off) as usize], p, 0);
                         }
                         // Partial blocks at the edges of a new run: the rest reads as zeros.
                         let mut tmp = vec![0u8; (n * BS) as usize];
                         tmp[(ds - bstart) as usize..(de - bstart) as usize]
                             .copy_from_slice(&data[(ds - off) as usize..(de - off) as usize]);
-                        self.dev_write(&tmp, p, 0)
+                        self.dev_write(ino, &tmp, p, 0)
                     })?;
                     lblk += got;
                     *progress = (lblk * BS).min(end) - off;
@@ -228,7 +290,7 @@ impl Fs {
             if let Some(e) = extent_at(&t, from / BS)? {
                 let within = from % BS;
                 let n = (BS - within).min(to - from);
-                self.vol.dev.zero_range(e.pblk_of(from / BS).byte_offset() + within, n)?;
+                self.dev_zero(e.pblk_of(from / BS), within, n)?;
             }
         }
         let last_blk = to.div_ceil(BS);
@@ -237,7 +299,7 @@ impl Fs {
                 let s = e.lblk.max(first_full);
                 let eend = (e.lblk + e.len).min(last_blk);
                 if s < eend {
-                    self.vol.dev.zero_range(e.pblk_of(s).byte_offset(), (eend - s) * BS)?;
+                    self.dev_zero(e.pblk_of(s), 0, (eend - s) * BS)?;
                 }
             }
         }
@@ -331,8 +393,7 @@ impl Fs {
             let s = (e.lblk * BS).max(off);
             let en = ((e.lblk + e.len) * BS).min(end);
             if s < en {
-                let dst = &mut out[(s - off) as usize..(en - off) as usize];
-                self.vol.dev.read_at(dst, e.pblk.byte_offset() + (s - e.lblk * BS))?;
+                self.read_mapped(ino, e, s, en, &mut out[(s - off) as usize..(en - off) as usize])?;
             }
         }
         Ok(out)
@@ -369,6 +430,7 @@ impl Fs {
             if e.lblk + e.len > en {
                 put_extent(&mut t, Extent { lblk: en, pblk: e.pblk_of(en), len: e.lblk + e.len - en })?;
             }
+            self.vol.cache.data.forget(e.pblk_of(s), en - s);
             self.vol.alloc.free(h, e.pblk_of(s), en - s)?;
             freed += en - s;
         }
@@ -541,8 +603,7 @@ impl Fs {
                 false
             })?;
             let hole_end = next.min(to);
-            let dev = &self.vol.dev;
-            let got = self.fill_hole(h, buf, inode, lblk, hole_end - lblk, &mut |_, p, n| dev.zero_range(p.byte_offset(), n * BS))?;
+            let got = self.fill_hole(h, buf, inode, lblk, hole_end - lblk, &mut |_, p, n| self.dev_zero(p, 0, n * BS))?;
             mapped.push((lblk, got));
             lblk += got;
         }
@@ -582,7 +643,7 @@ impl Fs {
                 for (s, e) in [(off, end.min(off.div_ceil(BS) * BS)), ((end / BS * BS).max(off), end)] {
                     if s < e && (s % BS != 0 || e % BS != 0) {
                         if let Some(x) = extent_at(&t, s / BS)? {
-                            self.vol.dev.zero_range(x.pblk_of(s / BS).byte_offset() + s % BS, e - s)?;
+                            self.dev_zero(x.pblk_of(s / BS), s % BS, e - s)?;
                         }
                     }
                 }

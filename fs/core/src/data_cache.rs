@@ -1,0 +1,316 @@
+//! File data blocks a node read or wrote, kept in its memory while it holds the file's inode
+//! lock (GPFS's pagepool). A cluster node reads and writes the device past the host page cache
+//! (other nodes change the device behind it), so without this every read of a file is a device
+//! read, however recently the node wrote or read it.
+//!
+//! Why a cached block is right: every write of a data block on this node goes through here
+//! (write-through: a whole block is put, a part of one patches the cached copy), and another
+//! node can change a file's blocks only under the file's inode lock, which this node gives up
+//! first — and then drops the file's blocks (`MetaCache::drop_covered`, the same place that drops
+//! the inode's metadata, so blocks kept across a hand-over for an unchanged version are kept
+//! together with it). A block is cached for one inode and found only for that inode: a block
+//! freed by one file and reused by another never shows the first file's bytes; freeing drops it
+//! anyway.
+//!
+//! Concurrency: one mutex over the map, held for a lookup and a copy of at most one block,
+//! never across device I/O. A block is filled after its device read without the mutex; the
+//! caller holds the inode's lock (shared to read, exclusive to change), so no write of the same
+//! block runs meanwhile.
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use parking_lot::Mutex;
+
+use crate::format::{BlockNo, InodeNo, BLOCK_SIZE};
+
+struct Slot {
+    pblk: u64,
+    ino: u64,
+    data: Box<[u8]>,
+    /// Used since the clock hand last passed (second chance).
+    referenced: bool,
+}
+
+#[derive(Default)]
+struct Blocks {
+    slots: Vec<Slot>,
+    /// Block number to slot.
+    index: HashMap<u64, usize>,
+    /// Each inode's cached blocks, to drop them when its lock goes.
+    by_ino: HashMap<u64, HashSet<u64>>,
+    /// Slots whose block was dropped, to fill before evicting.
+    free: Vec<usize>,
+    hand: usize,
+}
+
+impl Blocks {
+    fn unlink(&mut self, slot: usize) {
+        let (pblk, ino) = (self.slots[slot].pblk, self.slots[slot].ino);
+        self.index.remove(&pblk);
+        if let Some(set) = self.by_ino.get_mut(&ino) {
+            set.remove(&pblk);
+            if set.is_empty() {
+                self.by_ino.remove(&ino);
+            }
+        }
+    }
+
+    fn remove(&mut self, pblk: u64) {
+        if let Some(&slot) = self.index.get(&pblk) {
+            self.unlink(slot);
+            self.free.push(slot);
+        }
+    }
+
+    /// A slot to fill: a dropped one, a new one below `capacity`, or the clock's victim.
+    fn vacant(&mut self, capacity: usize) -> usize {
+        if let Some(s) = self.free.pop() {
+            return s;
+        }
+        if self.slots.len() < capacity {
+            self.slots.push(Slot { pblk: 0, ino: 0, data: vec![0u8; BLOCK_SIZE].into_boxed_slice(), referenced: false });
+            return self.slots.len() - 1;
+        }
+        loop {
+            let s = self.hand % self.slots.len();
+            self.hand = s + 1;
+            if std::mem::take(&mut self.slots[s].referenced) {
+                continue;
+            }
+            self.unlink(s);
+            return s;
+        }
+    }
+}
+
+/// A node's cache of file data blocks (see the top of this file). Empty and unused while its
+/// capacity is 0 (a standalone mount, which has the host page cache).
+#[derive(Default)]
+pub struct DataCache {
+    blocks: Mutex<Blocks>,
+    /// In blocks.
+    capacity: AtomicUsize,
+}
+
+impl DataCache {
+    /// Sets how many bytes of data the cache may hold (rounded down to blocks); 0 turns it off
+    /// and drops what it held.
+    pub fn set_capacity(&self, bytes: u64) {
+        let blocks = usize::try_from(bytes / BLOCK_SIZE as u64).unwrap_or(usize::MAX);
+        self.capacity.store(blocks, Ordering::Release);
+        self.clear();
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.capacity.load(Ordering::Acquire) > 0
+    }
+
+    /// Copies bytes `within..within + dst.len()` of block `pblk` of inode `ino` into `dst`, if
+    /// cached; answers whether it was.
+    pub fn read(&self, ino: InodeNo, pblk: BlockNo, within: usize, dst: &mut [u8]) -> bool {
+        let mut b = self.blocks.lock();
+        let Some(&s) = b.index.get(&pblk.0) else { return false };
+        let slot = &mut b.slots[s];
+        if slot.ino != ino.get() {
+            return false;
+        }
+        slot.referenced = true;
+        dst.copy_from_slice(&slot.data[within..within + dst.len()]);
+        true
+    }
+
+    /// Records the whole content of block `pblk` of inode `ino`.
+    pub fn put(&self, ino: InodeNo, pblk: BlockNo, block: &[u8]) {
+        let capacity = self.capacity.load(Ordering::Acquire);
+        if capacity == 0 {
+            return;
+        }
+        let mut b = self.blocks.lock();
+        let s = match b.index.get(&pblk.0) {
+            Some(&s) if b.slots[s].ino == ino.get() => s,
+            Some(_) => {
+                b.remove(pblk.0);
+                b.vacant(capacity)
+            }
+            None => b.vacant(capacity),
+        };
+        let slot = &mut b.slots[s];
+        slot.pblk = pblk.0;
+        slot.ino = ino.get();
+        slot.referenced = true;
+        slot.data.copy_from_slice(block);
+        b.index.insert(pblk.0, s);
+        b.by_ino.entry(ino.get()).or_default().insert(pblk.0);
+    }
+
+    /// `data` was written at byte `within` of block `pblk` of inode `ino`, and the whole
+    /// blocks after it: whole blocks are recorded, a cached block written in part is patched.
+    pub fn wrote(&self, ino: InodeNo, pblk: BlockNo, within: usize, data: &[u8]) {
+        if !self.enabled() {
+            return;
+        }
+        let (mut at, mut blk) = (0usize, pblk.0);
+        let mut off = within;
+        while at < data.len() {
+            let n = (BLOCK_SIZE - off).min(data.len() - at);
+            if n == BLOCK_SIZE {
+                self.put(ino, BlockNo(blk), &data[at..at + n]);
+            } else {
+                self.patch(ino, BlockNo(blk), off, &data[at..at + n]);
+            }
+            at += n;
+            blk += 1;
+            off = 0;
+        }
+    }
+
+    fn patch(&self, ino: InodeNo, pblk: BlockNo, within: usize, data: &[u8]) {
+        let mut b = self.blocks.lock();
+        let Some(&s) = b.index.get(&pblk.0) else { return };
+        if b.slots[s].ino == ino.get() {
+            b.slots[s].data[within..within + data.len()].copy_from_slice(data);
+        } else {
+            b.remove(pblk.0);
+        }
+    }
+
+    /// Drops blocks `pblk..pblk + n` (freed, zeroed in place, or written with an outcome not
+    /// known).
+    pub fn forget(&self, pblk: BlockNo, n: u64) {
+        if !self.enabled() {
+            return;
+        }
+        let mut b = self.blocks.lock();
+        if n as usize > b.index.len() {
+            // A large range (a big file truncated): walk what is cached, not the range.
+            let gone: Vec<u64> = b.index.keys().copied().filter(|k| (pblk.0..pblk.0 + n).contains(k)).collect();
+            gone.into_iter().for_each(|k| b.remove(k));
+        } else {
+            (pblk.0..pblk.0 + n).for_each(|k| b.remove(k));
+        }
+    }
+
+    /// Drops every block of the inodes `inos` (their lock goes elsewhere).
+    pub fn forget_inodes(&self, inos: impl IntoIterator<Item = InodeNo>) {
+        if !self.enabled() {
+            return;
+        }
+        let mut b = self.blocks.lock();
+        for ino in inos {
+            if let Some(set) = b.by_ino.remove(&ino.get()) {
+                for pblk in set {
+                    if let Some(s) = b.index.remove(&pblk) {
+                        b.free.push(s);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Drops everything.
+    pub fn clear(&self) {
+        let mut b = self.blocks.lock();
+        *b = Blocks::default();
+    }
+
+    /// How many blocks are cached.
+    pub fn len(&self) -> usize {
+        self.blocks.lock().index.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn block(byte: u8) -> Vec<u8> {
+        vec![byte; BLOCK_SIZE]
+    }
+
+    fn cache(blocks: u64) -> DataCache {
+        let c = DataCache::default();
+        c.set_capacity(blocks * BLOCK_SIZE as u64);
+        c
+    }
+
+    fn cached(c: &DataCache, ino: u64, pblk: u64) -> Option<u8> {
+        let mut b = [0u8; 1];
+        c.read(InodeNo(ino), BlockNo(pblk), 0, &mut b).then_some(b[0])
+    }
+
+    #[test]
+    fn a_block_is_found_only_for_the_inode_it_was_cached_for() {
+        let c = cache(4);
+        c.put(InodeNo(7), BlockNo(100), &block(1));
+        assert_eq!(cached(&c, 7, 100), Some(1));
+        assert_eq!(cached(&c, 8, 100), None, "a reused block must not show another file's bytes");
+        c.put(InodeNo(8), BlockNo(100), &block(2));
+        assert_eq!(cached(&c, 7, 100), None);
+        assert_eq!(cached(&c, 8, 100), Some(2));
+        c.forget_inodes([InodeNo(7)]);
+        assert_eq!(cached(&c, 8, 100), Some(2), "dropping inode 7 keeps inode 8's block");
+    }
+
+    #[test]
+    fn partial_writes_patch_cached_blocks_and_whole_ones_are_recorded() {
+        let c = cache(8);
+        c.put(InodeNo(7), BlockNo(10), &block(1));
+        // Bytes 4000.. of block 10, all of 11, the start of 12 (not cached: stays so).
+        let data = vec![9u8; (BLOCK_SIZE - 4000) + BLOCK_SIZE + 10];
+        c.wrote(InodeNo(7), BlockNo(10), 4000, &data);
+        let mut b = vec![0u8; BLOCK_SIZE];
+        assert!(c.read(InodeNo(7), BlockNo(10), 0, &mut b));
+        assert!(b[..4000].iter().all(|&x| x == 1) && b[4000..].iter().all(|&x| x == 9));
+        assert_eq!(cached(&c, 7, 11), Some(9));
+        assert_eq!(cached(&c, 7, 12), None, "a block known only in part is not cached");
+    }
+
+    #[test]
+    fn dropping_an_inode_or_a_range_drops_exactly_those_blocks() {
+        let c = cache(16);
+        for p in 0..4 {
+            c.put(InodeNo(1), BlockNo(p), &block(1));
+            c.put(InodeNo(2), BlockNo(100 + p), &block(2));
+        }
+        c.forget_inodes([InodeNo(1)]);
+        assert!((0..4).all(|p| cached(&c, 1, p).is_none()));
+        assert!((0..4).all(|p| cached(&c, 2, 100 + p) == Some(2)));
+        c.forget(BlockNo(101), 2);
+        assert_eq!((0..4).map(|p| cached(&c, 2, 100 + p).is_some()).collect::<Vec<_>>(), [true, false, false, true]);
+        c.forget(BlockNo(0), u64::MAX / 2);
+        assert!(c.is_empty());
+    }
+
+    #[test]
+    fn a_full_cache_evicts_blocks_not_used_since_the_hand_passed() {
+        let c = cache(4);
+        for p in 0..4 {
+            c.put(InodeNo(1), BlockNo(p), &block(p as u8));
+        }
+        // Every block was just used: one sweep clears the marks, then block 0 goes.
+        c.put(InodeNo(1), BlockNo(4), &block(4));
+        assert_eq!(c.len(), 4);
+        assert_eq!(cached(&c, 1, 0), None);
+        // Block 1 is used again; the next eviction takes block 2 instead.
+        assert_eq!(cached(&c, 1, 1), Some(1));
+        c.put(InodeNo(1), BlockNo(5), &block(5));
+        assert_eq!(cached(&c, 1, 1), Some(1));
+        assert_eq!(cached(&c, 1, 2), None);
+        c.forget_inodes([InodeNo(1)]);
+        assert!(c.is_empty());
+        c.put(InodeNo(3), BlockNo(9), &block(3));
+        assert_eq!(cached(&c, 3, 9), Some(3), "freed slots are reused");
+    }
+
+    #[test]
+    fn a_cache_of_size_zero_holds_nothing() {
+        let c = DataCache::default();
+        c.put(InodeNo(1), BlockNo(1), &block(1));
+        c.wrote(InodeNo(1), BlockNo(2), 0, &block(1));
+        assert!(c.is_empty());
+    }
+}
