@@ -102,7 +102,16 @@ impl DataCache {
     pub fn set_capacity(&self, bytes: u64) {
         let blocks = usize::try_from(bytes / BLOCK_SIZE as u64).unwrap_or(usize::MAX);
         let mut b = self.blocks.lock();
-        *b = Blocks { arena: Arena::new(blocks), capacity: blocks, ..Blocks::default() };
+        // Sized once: growing the map and the slots as the cache first fills cost page faults
+        // inside requests (perf).
+        *b = Blocks {
+            slots: Vec::with_capacity(blocks),
+            arena: Arena::new(blocks),
+            capacity: blocks,
+            index: FxHashMap::with_capacity_and_hasher(blocks, Default::default()),
+            free: Vec::with_capacity(blocks),
+            hand: 0,
+        };
         self.capacity.store(blocks, Ordering::Release);
     }
 

@@ -2,6 +2,7 @@
 //! positioned reads and writes (pread/pwrite) and fdatasync, with optional O_DIRECT.
 use super::BlockDevice;
 use crate::error::{FsError, Result};
+use std::cell::RefCell;
 use std::fs::File;
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::os::unix::io::AsRawFd;
@@ -131,6 +132,32 @@ fn io_loop(len: usize, offset: u64, mut step: impl FnMut(usize) -> isize, on_zer
     Ok(())
 }
 
+/// Bounce buffers up to this size are kept, one per thread, between calls.
+const KEPT_BOUNCE: usize = 4 << 20;
+
+thread_local! {
+    static BOUNCE: RefCell<Option<AlignedBuf>> = const { RefCell::new(None) };
+}
+
+/// Runs `f` on an aligned buffer of `len` bytes for unaligned O_DIRECT I/O (contents
+/// undefined: `f` fills it). The thread's buffer is kept between calls: a fresh zeroed one each
+/// time cost a page fault and a page clear per 4 KiB (perf: a fifth of the time of large
+/// writes on a --direct-io mount).
+fn with_bounce<R>(len: usize, f: impl FnOnce(&mut [u8]) -> R) -> R {
+    if len > KEPT_BOUNCE {
+        return f(AlignedBuf::new(len).as_mut());
+    }
+    BOUNCE.with(|cell| {
+        // `f` does raw I/O and copies only: it never asks for a bounce buffer itself.
+        let mut kept = cell.borrow_mut();
+        let buf = match kept.take() {
+            Some(b) if b.len >= len => kept.insert(b),
+            _ => kept.insert(AlignedBuf::new(len.next_power_of_two().clamp(64 << 10, KEPT_BOUNCE))),
+        };
+        f(&mut buf.as_mut()[..len])
+    })
+}
+
 /// A heap buffer aligned for O_DIRECT.
 struct AlignedBuf {
     ptr: *mut u8,
@@ -170,11 +197,12 @@ impl BlockDevice for FileDevice {
             return self.raw_pread(buf, offset);
         }
         let (start, len) = Self::window(offset, buf.len());
-        let mut bounce = AlignedBuf::new(len);
-        self.raw_pread(bounce.as_mut(), start)?;
-        let skip = (offset - start) as usize;
-        buf.copy_from_slice(&bounce.as_mut()[skip..skip + buf.len()]);
-        Ok(())
+        with_bounce(len, |bounce| {
+            self.raw_pread(bounce, start)?;
+            let skip = (offset - start) as usize;
+            buf.copy_from_slice(&bounce[skip..skip + buf.len()]);
+            Ok(())
+        })
     }
 
     fn write_at(&self, buf: &[u8], offset: u64) -> Result<()> {
@@ -186,13 +214,14 @@ impl BlockDevice for FileDevice {
         }
         // Read-modify-write of the aligned window; callers serialize writes to one block.
         let (start, len) = Self::window(offset, buf.len());
-        let mut bounce = AlignedBuf::new(len);
-        let skip = (offset - start) as usize;
-        if skip != 0 || len != buf.len() {
-            self.raw_pread(bounce.as_mut(), start)?;
-        }
-        bounce.as_mut()[skip..skip + buf.len()].copy_from_slice(buf);
-        self.raw_pwrite(bounce.as_mut(), start)
+        with_bounce(len, |bounce| {
+            let skip = (offset - start) as usize;
+            if skip != 0 || len != buf.len() {
+                self.raw_pread(bounce, start)?;
+            }
+            bounce[skip..skip + buf.len()].copy_from_slice(buf);
+            self.raw_pwrite(bounce, start)
+        })
     }
 
     fn flush(&self) -> Result<()> {
