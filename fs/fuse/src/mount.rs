@@ -287,7 +287,8 @@ fn open_volume(cfg: &MountConfig, cluster: Option<&dyn Membership>) -> anyhow::R
     if direct {
         // Without the host page cache, a file read just now or written just now would be
         // read from the device again (mafs_core's data_cache.rs).
-        vol.cache.data.set_capacity(cfg.data_cache);
+        // No more than the volume holds.
+        vol.cache.data.set_capacity(cfg.data_cache.min(vol.dev.size()));
     }
     if vol.used_backup_superblock {
         tracing::warn!(

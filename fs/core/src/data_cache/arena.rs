@@ -13,7 +13,7 @@ use crate::format::BLOCK_SIZE;
 /// Faulted in this much at a time, so that the thread can stop early.
 const POPULATE_STEP: usize = 32 << 20;
 
-struct Mapping {
+pub(super) struct Mapping {
     ptr: NonNull<u8>,
     len: usize,
 }
@@ -63,6 +63,10 @@ impl Arena {
         let map = Arc::new(Mapping::new(blocks * BLOCK_SIZE));
         let m = map.clone();
         let spawned = std::thread::Builder::new().name("mafs-data-cache".into()).spawn(move || {
+            // Lowest priority: requests come first (on two cores, two nodes of a test
+            // populating at full speed delayed their first requests by a second).
+            // SAFETY: plain syscalls about this thread.
+            unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 19) };
             let mut at = 0;
             // Stops once the arena is gone (only this thread holds the mapping then).
             while at < m.len && Arc::strong_count(&m) > 1 {
@@ -87,6 +91,13 @@ impl Arena {
         assert!((i + 1) * BLOCK_SIZE <= m.len, "block {i} is beyond the data cache's room");
         // SAFETY: in bounds of the mapping (checked above).
         unsafe { m.ptr.as_ptr().add(i * BLOCK_SIZE) }
+    }
+
+    /// Block `i`'s memory for a device write outside the cache's mutex, with the mapping kept
+    /// alive by the caller's clone of it.
+    pub(super) fn pinned(&self, i: usize) -> Option<(Arc<Mapping>, *const u8)> {
+        let m = self.map.as_ref()?;
+        Some((m.clone(), self.at(i)))
     }
 
     pub(super) fn block(&self, i: usize) -> &[u8] {

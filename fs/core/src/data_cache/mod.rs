@@ -26,6 +26,7 @@ use parking_lot::Mutex;
 
 use arena::Arena;
 
+use crate::error::Result;
 use crate::format::{BlockNo, InodeNo, BLOCK_SIZE};
 
 struct Slot {
@@ -33,6 +34,8 @@ struct Slot {
     ino: u64,
     /// Holds a block the index points at (not dropped).
     live: bool,
+    /// Being written to the device from the cache's memory: not to be evicted or refilled.
+    pinned: bool,
     /// Used since the clock hand last passed (second chance).
     referenced: bool,
 }
@@ -56,7 +59,10 @@ impl Blocks {
     fn drop_slot(&mut self, slot: usize) {
         self.index.remove(&self.slots[slot].pblk);
         self.slots[slot].live = false;
-        self.free.push(slot);
+        // A pinned slot is freed when its write ends (`write_through`).
+        if !self.slots[slot].pinned {
+            self.free.push(slot);
+        }
     }
 
     fn remove(&mut self, pblk: u64) {
@@ -67,23 +73,45 @@ impl Blocks {
 
     /// A slot to fill: a dropped one, a new one below the capacity, or the clock's victim.
     /// The capacity is not 0.
-    fn vacant(&mut self) -> usize {
+    fn vacant(&mut self) -> Option<usize> {
         if let Some(s) = self.free.pop() {
-            return s;
+            return Some(s);
         }
         if self.slots.len() < self.capacity {
-            self.slots.push(Slot { pblk: 0, ino: 0, live: false, referenced: false });
-            return self.slots.len() - 1;
+            self.slots.push(Slot { pblk: 0, ino: 0, live: false, pinned: false, referenced: false });
+            return Some(self.slots.len() - 1);
         }
-        loop {
+        // Two sweeps find a victim unless nearly everything is pinned (writes in flight take
+        // at most an eighth of the cache each): then the block is not cached.
+        for _ in 0..2 * self.slots.len() {
             let s = self.hand % self.slots.len();
             self.hand = s + 1;
-            if std::mem::take(&mut self.slots[s].referenced) {
+            if self.slots[s].pinned || std::mem::take(&mut self.slots[s].referenced) {
                 continue;
             }
             self.index.remove(&self.slots[s].pblk);
-            return s;
+            return Some(s);
         }
+        None
+    }
+
+    /// The slot to hold block `pblk` of inode `ino`: its own, or a vacant one.
+    fn slot_for(&mut self, ino: u64, pblk: u64) -> Option<usize> {
+        match self.index.get(&pblk) {
+            Some(&s) if self.slots[s].ino == ino => Some(s),
+            Some(_) => {
+                self.remove(pblk);
+                self.vacant()
+            }
+            None => self.vacant(),
+        }
+    }
+
+    /// Fills slot `s` with block `pblk` of inode `ino`.
+    fn fill(&mut self, s: usize, ino: u64, pblk: u64, block: &[u8]) {
+        self.slots[s] = Slot { pblk, ino, live: true, pinned: false, referenced: true };
+        self.arena.block_mut(s).copy_from_slice(block);
+        self.index.insert(pblk, s);
     }
 }
 
@@ -142,17 +170,63 @@ impl DataCache {
         if b.capacity == 0 {
             return;
         }
-        let s = match b.index.get(&pblk.0) {
-            Some(&s) if b.slots[s].ino == ino.get() => s,
-            Some(_) => {
-                b.remove(pblk.0);
-                b.vacant()
+        if let Some(s) = b.slot_for(ino.get(), pblk.0) {
+            b.fill(s, ino.get(), pblk.0, block);
+        }
+    }
+
+    /// Writes whole blocks `data` of inode `ino`, from block `pblk` on, through the cache: they
+    /// are copied into it, pinned, and `write` writes them to the device from there (so an
+    /// O_DIRECT device needs no bounce copy of its own); a failed write drops them. Blocks the
+    /// cache has no room for are written from `data`.
+    pub fn write_through(&self, ino: InodeNo, pblk: BlockNo, data: &[u8], write: impl FnOnce(&[&[u8]]) -> Result<()>) -> Result<()> {
+        let n = data.len() / BLOCK_SIZE;
+        let mut pins = Vec::with_capacity(n);
+        {
+            let mut b = self.blocks.lock();
+            if !data.len().is_multiple_of(BLOCK_SIZE) || n == 0 || n > b.capacity / 8 {
+                drop(b);
+                let r = write(&[data]);
+                match &r {
+                    Ok(()) => self.wrote(ino, pblk, 0, data),
+                    Err(_) => self.forget(pblk, n.max(1) as u64),
+                }
+                return r;
             }
-            None => b.vacant(),
-        };
-        b.slots[s] = Slot { pblk: pblk.0, ino: ino.get(), live: true, referenced: true };
-        b.arena.block_mut(s).copy_from_slice(block);
-        b.index.insert(pblk.0, s);
+            for (i, block) in data.chunks_exact(BLOCK_SIZE).enumerate() {
+                let p = pblk.0 + i as u64;
+                let slot = b.slot_for(ino.get(), p).and_then(|s| {
+                    b.fill(s, ino.get(), p, block);
+                    b.slots[s].pinned = true;
+                    b.arena.pinned(s).map(|m| (s, m))
+                });
+                pins.push(slot);
+            }
+        }
+        // SAFETY: a pinned slot is neither evicted nor refilled until unpinned below, nothing
+        // else writes a block of this inode meanwhile (the caller holds its lock exclusively),
+        // and the mapping lives while `pins` holds its clone.
+        let bufs: Vec<&[u8]> = pins
+            .iter()
+            .zip(data.chunks_exact(BLOCK_SIZE))
+            .map(|(pin, block)| match pin {
+                Some((_, (_, ptr))) => unsafe { std::slice::from_raw_parts(*ptr, BLOCK_SIZE) },
+                None => block,
+            })
+            .collect();
+        let r = write(&bufs);
+        let mut b = self.blocks.lock();
+        for (s, _) in pins.iter().flatten() {
+            b.slots[*s].pinned = false;
+            if !b.slots[*s].live {
+                b.free.push(*s);
+            } else if r.is_err() {
+                // What the device holds now is not known.
+                let p = b.slots[*s].pblk;
+                b.remove(p);
+            }
+        }
+        r
     }
 
     /// `data` was written at byte `within` of block `pblk` of inode `ino`, and the whole
@@ -226,7 +300,8 @@ impl DataCache {
         let b = &mut *b;
         b.index.clear();
         b.slots.iter_mut().for_each(|s| s.live = false);
-        b.free = (0..b.slots.len()).rev().collect();
+        // A pinned slot is freed when its write ends.
+        b.free = (0..b.slots.len()).rev().filter(|&s| !b.slots[s].pinned).collect();
     }
 
     /// How many blocks are cached.
@@ -320,6 +395,46 @@ mod tests {
         assert!(c.is_empty());
         c.put(InodeNo(3), BlockNo(9), &block(3));
         assert_eq!(cached(&c, 3, 9), Some(3), "freed slots are reused");
+    }
+
+    #[test]
+    fn blocks_written_through_are_written_from_the_cache_and_a_failed_write_drops_them() {
+        let c = cache(64);
+        let data = vec![5u8; 4 * BLOCK_SIZE];
+        c.write_through(InodeNo(1), BlockNo(10), &data, |bufs| {
+            assert_eq!(bufs.len(), 4);
+            assert!(bufs.iter().all(|b| (b.as_ptr() as usize).is_multiple_of(4096) && b.iter().all(|&x| x == 5)));
+            Ok(())
+        })
+        .expect("write");
+        assert!((10..14).all(|p| cached(&c, 1, p) == Some(5)));
+        let r = c.write_through(InodeNo(1), BlockNo(10), &vec![6u8; 2 * BLOCK_SIZE], |_| Err(crate::error::FsError::NoSpace));
+        assert!(r.is_err());
+        assert_eq!((10..14).map(|p| cached(&c, 1, p)).collect::<Vec<_>>(), [None, None, Some(5), Some(5)]);
+    }
+
+    #[test]
+    fn blocks_being_written_from_the_cache_are_not_evicted_or_refilled() {
+        let c = cache(16);
+        let data = vec![7u8; 2 * BLOCK_SIZE];
+        c.write_through(InodeNo(1), BlockNo(0), &data, |bufs| {
+            // Meanwhile other files fill the cache many times over.
+            for p in 100..200 {
+                c.put(InodeNo(2), BlockNo(p), &block(9));
+            }
+            c.clear();
+            for p in 200..300 {
+                c.put(InodeNo(2), BlockNo(p), &block(8));
+            }
+            assert!(bufs.iter().all(|b| b.iter().all(|&x| x == 7)), "a block was refilled while being written");
+            Ok(())
+        })
+        .expect("write");
+        // Dropped by the clear while pinned, the two slots are free once the write ends.
+        assert_eq!(c.len(), 14);
+        c.put(InodeNo(2), BlockNo(300), &block(8));
+        c.put(InodeNo(2), BlockNo(301), &block(8));
+        assert_eq!(c.len(), 16, "the pinned slots came back to the cache");
     }
 
     #[test]

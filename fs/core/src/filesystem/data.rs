@@ -101,20 +101,35 @@ enum WriteAt {
 }
 
 impl Fs {
-    /// Writes file data of inode `ino` (through the node's data cache, `data_cache.rs`).
+    /// Writes file data of inode `ino` (through the node's data cache, `data_cache.rs`): the
+    /// whole blocks from the cache's memory, a partial block at either end patched into it.
     fn dev_write(&self, ino: InodeNo, data: &[u8], pblk: BlockNo, within: u64) -> Result<()> {
         let cache = &self.vol.cache.data;
-        match self.vol.dev.write_at(data, pblk.byte_offset() + within) {
-            Ok(()) => {
-                cache.wrote(ino, pblk, within as usize, data);
-                Ok(())
-            }
-            Err(e) => {
-                // What the device holds now is not known.
-                cache.forget(pblk, (within + data.len() as u64).div_ceil(BS));
-                Err(e)
-            }
+        let at = pblk.byte_offset() + within;
+        if !cache.enabled() {
+            return self.vol.dev.write_at(data, at);
         }
+        let len = data.len() as u64;
+        let head = ((BS - at % BS) % BS).min(len);
+        let body = (len - head) / BS * BS;
+        for (from, n) in [(head, body), (0, head), (head + body, len - head - body)] {
+            if n == 0 {
+                continue;
+            }
+            let (part, off) = (&data[from as usize..(from + n) as usize], at + from);
+            let block = BlockNo(off / BS);
+            if from == head && n == body {
+                cache.write_through(ino, block, part, |bufs| self.vol.dev.write_vectored(bufs, off))?;
+                continue;
+            }
+            if let Err(e) = self.vol.dev.write_at(part, off) {
+                // What the device holds now is not known.
+                cache.forget(block, 1);
+                return Err(e);
+            }
+            cache.wrote(ino, block, (off % BS) as usize, part);
+        }
+        Ok(())
     }
 
     /// Zeroes `len` bytes of file data from byte `within` of block `pblk` on.
