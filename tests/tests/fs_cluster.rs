@@ -952,11 +952,30 @@ fn md5_hex(body: &[u8]) -> String {
 /// visible, the killed node mounts again under its name, and fsck is clean at the end.
 #[test]
 fn a_node_killed_while_all_three_write_is_recovered_with_every_fsynced_write_intact() {
+    kill_one_of_three_writers_three_times(None);
+}
+
+/// As above with every node over its lock limit all the time (`--max-cached-locks 100`), so a
+/// node is killed while it trims: giving up a batch of locks (write-back, then one ReleaseMany)
+/// at any point of that must lose no fsynced write either.
+#[test]
+fn a_node_killed_while_it_trims_its_lock_cache_is_recovered_with_every_fsynced_write_intact() {
+    kill_one_of_three_writers_three_times(Some(100));
+}
+
+/// Nodes mount with `--max-cached-locks lock_limit`, if given.
+fn kill_one_of_three_writers_three_times(lock_limit: Option<usize>) {
     use rand::{Rng, SeedableRng};
+    let limit = lock_limit.map(|l| l.to_string());
+    let mount_args: Vec<&str> = limit.iter().flat_map(|l| ["--max-cached-locks", l.as_str()]).collect();
+    let mount_args = mount_args.as_slice();
     let seed: u64 = std::env::var("MAFS_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(rand::random);
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let mut c = ClusterVolume::new(3, "256M");
+    let mut c = ClusterVolume::unmounted("256M", &["--slots", "4"]);
     let names = ["node1", "node2", "node3"];
+    for n in names {
+        c.mount(n, mount_args);
+    }
     for n in names {
         fs::create_dir(c.node(0).path(n)).unwrap();
     }
@@ -1005,13 +1024,25 @@ fn a_node_killed_while_all_three_write_is_recovered_with_every_fsynced_write_int
             }
         }
         let survivors: Vec<usize> = (0..3).filter(|k| *k != victim).map(|k| at[k]).collect();
+        if let Some(limit) = lock_limit {
+            // The survivors did trim: idle now, each comes down to its limit.
+            for k in (0..3).filter(|k| *k != victim) {
+                let trimmed = mafs_tests::wait_until(Duration::from_secs(20), || lock_counts(&c, names[k]).0 <= limit);
+                assert!(
+                    trimmed,
+                    "seed {seed} round {round}: {} holds {} locks, over its limit {limit}",
+                    names[k],
+                    lock_counts(&c, names[k]).0
+                );
+            }
+        }
         for n in names {
             check_workload(&c, &survivors, n, &host.join(format!("{n}.writes")), seed);
         }
         let recovered: String = survivors.iter().map(|&s| c.node(s).log()).collect();
         assert!(recovered.contains("recovered slot"), "seed {seed} round {round}: no survivor logged a recovery:\n{recovered}");
         at[victim] = c
-            .try_mount_as(&format!("{}-{round}", names[victim]), names[victim], &[])
+            .try_mount_as(&format!("{}-{round}", names[victim]), names[victim], mount_args)
             .unwrap_or_else(|e| panic!("seed {seed}: {} could not mount again after its recovery: {e}", names[victim]));
     }
     c.finish();
