@@ -107,7 +107,7 @@ fn a_node_keeps_what_it_cached_of_an_inode_nobody_changed_while_its_lock_was_els
     assert!(t.a_dev.reads_of(t.d) > before, "node A did not read d again after node B changed it");
 }
 
-/// File data (mafs_core's data_cache.rs) follows the inode's lock like its metadata: kept when
+/// File data (mafs_core's data_cache/) follows the inode's lock like its metadata: kept when
 /// A downgrades for a reader (A reads the file again without a device read), gone when B
 /// changes the file (A reads B's bytes).
 #[test]

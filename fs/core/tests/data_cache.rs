@@ -1,4 +1,4 @@
-//! The node's data cache (mafs_core's data_cache.rs) never answers a read with bytes the device
+//! The node's data cache (mafs_core's data_cache/) never answers a read with bytes the device
 //! no longer holds: after every kind of change this node makes (writes of every shape,
 //! truncates, holes punched and filled, blocks freed and reused by other files, evictions), and
 //! after another node changes a file whose lock this node gave up.

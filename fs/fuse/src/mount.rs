@@ -286,7 +286,7 @@ fn open_volume(cfg: &MountConfig, cluster: Option<&dyn Membership>) -> anyhow::R
     let vol = Volume::open_with(dev, slot, &cfg.node_name, DEFAULT_CACHE_BLOCKS, true).with_context(cannot_mount)?;
     if direct {
         // Without the host page cache, a file read just now or written just now would be
-        // read from the device again (mafs_core's data_cache.rs).
+        // read from the device again (mafs_core's data_cache/).
         // No more than the volume holds.
         vol.cache.data.set_capacity(cfg.data_cache.min(vol.dev.size()));
     }

@@ -63,7 +63,7 @@ impl Node {
             let _hold = gate.enter(Access::Write).expect("volume lock");
             let vol = Volume::open(dev.clone(), cluster.slot(), name, 4096).expect("open slot");
             // As a mount whose device I/O bypasses the host page cache does (mafs_core's
-            // data_cache.rs), small enough to evict.
+            // data_cache/), small enough to evict.
             vol.cache.data.set_capacity(1 << 20);
             Arc::new(Fs::with_cluster_locks(vol, Box::new(cluster.inode_locks())))
         };

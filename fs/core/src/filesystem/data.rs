@@ -101,7 +101,7 @@ enum WriteAt {
 }
 
 impl Fs {
-    /// Writes file data of inode `ino` (through the node's data cache, `data_cache.rs`): the
+    /// Writes file data of inode `ino` (through the node's data cache, `data_cache/`): the
     /// whole blocks from the cache's memory, a partial block at either end patched into it.
     fn dev_write(&self, ino: InodeNo, data: &[u8], pblk: BlockNo, within: u64) -> Result<()> {
         let cache = &self.vol.cache.data;
