@@ -93,8 +93,8 @@ impl Arena {
         unsafe { m.ptr.as_ptr().add(i * BLOCK_SIZE) }
     }
 
-    /// Block `i`'s memory for a device write outside the cache's mutex, with the mapping kept
-    /// alive by the caller's clone of it.
+    /// The memory of block `i` (and the blocks after it) for a device write outside the
+    /// cache's mutex, with the mapping kept alive by the caller's clone of it.
     pub(super) fn pinned(&self, i: usize) -> Option<(Arc<Mapping>, *const u8)> {
         let m = self.map.as_ref()?;
         Some((m.clone(), self.at(i)))
@@ -103,6 +103,18 @@ impl Arena {
     pub(super) fn block(&self, i: usize) -> &[u8] {
         // SAFETY: BLOCK_SIZE bytes of a live mapping this arena owns, borrowed with `self`.
         unsafe { std::slice::from_raw_parts(self.at(i), BLOCK_SIZE) }
+    }
+
+    /// Blocks `first..first + n`, one after another in memory.
+    pub(super) fn run_mut(&mut self, first: usize, n: usize) -> &mut [u8] {
+        if n == 0 {
+            return &mut [];
+        }
+        // Checks that the last block is within the mapping too.
+        self.at(first + n - 1);
+        // SAFETY: n blocks from `first` on, all within the mapping (checked above); `&mut
+        // self` makes the borrow exclusive.
+        unsafe { std::slice::from_raw_parts_mut(self.at(first), n * BLOCK_SIZE) }
     }
 
     pub(super) fn block_mut(&mut self, i: usize) -> &mut [u8] {

@@ -74,8 +74,11 @@ impl Blocks {
     /// A slot to fill: a dropped one, a new one below the capacity, or the clock's victim.
     /// The capacity is not 0.
     fn vacant(&mut self) -> Option<usize> {
-        if let Some(s) = self.free.pop() {
-            return Some(s);
+        // A free slot a write's run took since is skipped (taken out lazily).
+        while let Some(s) = self.free.pop() {
+            if !self.slots[s].live && !self.slots[s].pinned {
+                return Some(s);
+            }
         }
         if self.slots.len() < self.capacity {
             self.slots.push(Slot { pblk: 0, ino: 0, live: false, pinned: false, referenced: false });
@@ -93,6 +96,34 @@ impl Blocks {
             return Some(s);
         }
         None
+    }
+
+    /// `n` consecutive slots for a write (none pinned), emptied: new ones while the cache
+    /// grows, else those from the clock hand on, whatever they hold (a write streams through
+    /// the cache, first in, first out).
+    fn contiguous_run(&mut self, n: usize) -> Option<usize> {
+        if self.slots.len() + n <= self.capacity {
+            let first = self.slots.len();
+            self.slots.extend((0..n).map(|_| Slot { pblk: 0, ino: 0, live: false, pinned: false, referenced: false }));
+            return Some(first);
+        }
+        let len = self.slots.len();
+        let first = match self.hand % len.max(1) {
+            h if h + n <= len => h,
+            _ => 0,
+        };
+        if first + n > len || self.slots[first..first + n].iter().any(|s| s.pinned) {
+            return None;
+        }
+        for s in first..first + n {
+            if self.slots[s].live {
+                let p = self.slots[s].pblk;
+                self.index.remove(&p);
+                self.slots[s].live = false;
+            }
+        }
+        self.hand = first + n;
+        Some(first)
     }
 
     /// The slot to hold block `pblk` of inode `ino`: its own, or a vacant one.
@@ -176,53 +207,51 @@ impl DataCache {
     }
 
     /// Writes whole blocks `data` of inode `ino`, from block `pblk` on, through the cache: they
-    /// are copied into it, pinned, and `write` writes them to the device from there (so an
-    /// O_DIRECT device needs no bounce copy of its own); a failed write drops them. Blocks the
-    /// cache has no room for are written from `data`.
-    pub fn write_through(&self, ino: InodeNo, pblk: BlockNo, data: &[u8], write: impl FnOnce(&[&[u8]]) -> Result<()>) -> Result<()> {
+    /// are copied into a run of consecutive slots, pinned, and `write` writes that run to the
+    /// device as one buffer (page-aligned, so an O_DIRECT device needs no bounce copy of its
+    /// own, and contiguous, so the device gets the I/O it would get without the cache: a
+    /// pwritev of scattered 4 KiB slots made it several requests and writes ran 35% slower); a
+    /// failed write drops them. Without such a run the blocks are written from `data`.
+    pub fn write_through(&self, ino: InodeNo, pblk: BlockNo, data: &[u8], write: impl FnOnce(&[u8]) -> Result<()>) -> Result<()> {
         let n = data.len() / BLOCK_SIZE;
-        let mut pins = Vec::with_capacity(n);
-        {
+        let run = {
             let mut b = self.blocks.lock();
-            if !data.len().is_multiple_of(BLOCK_SIZE) || n == 0 || n > b.capacity / 8 {
-                drop(b);
-                let r = write(&[data]);
-                match &r {
-                    Ok(()) => self.wrote(ino, pblk, 0, data),
-                    Err(_) => self.forget(pblk, n.max(1) as u64),
+            let fits = data.len().is_multiple_of(BLOCK_SIZE) && n > 0 && n <= b.capacity / 8;
+            match fits.then(|| b.contiguous_run(n)).flatten() {
+                Some(first) => {
+                    for i in 0..n {
+                        let p = pblk.0 + i as u64;
+                        // An older copy elsewhere goes.
+                        b.remove(p);
+                        b.slots[first + i] = Slot { pblk: p, ino: ino.get(), live: true, pinned: true, referenced: true };
+                        b.index.insert(p, first + i);
+                    }
+                    b.arena.run_mut(first, n).copy_from_slice(data);
+                    b.arena.pinned(first).map(|pin| (first, pin))
                 }
-                return r;
+                None => None,
             }
-            for (i, block) in data.chunks_exact(BLOCK_SIZE).enumerate() {
-                let p = pblk.0 + i as u64;
-                let slot = b.slot_for(ino.get(), p).and_then(|s| {
-                    b.fill(s, ino.get(), p, block);
-                    b.slots[s].pinned = true;
-                    b.arena.pinned(s).map(|m| (s, m))
-                });
-                pins.push(slot);
+        };
+        let Some((first, (_mapping, ptr))) = run else {
+            let r = write(data);
+            match &r {
+                Ok(()) => self.wrote(ino, pblk, 0, data),
+                Err(_) => self.forget(pblk, data.len().div_ceil(BLOCK_SIZE) as u64),
             }
-        }
-        // SAFETY: a pinned slot is neither evicted nor refilled until unpinned below, nothing
-        // else writes a block of this inode meanwhile (the caller holds its lock exclusively),
-        // and the mapping lives while `pins` holds its clone.
-        let bufs: Vec<&[u8]> = pins
-            .iter()
-            .zip(data.chunks_exact(BLOCK_SIZE))
-            .map(|(pin, block)| match pin {
-                Some((_, (_, ptr))) => unsafe { std::slice::from_raw_parts(*ptr, BLOCK_SIZE) },
-                None => block,
-            })
-            .collect();
-        let r = write(&bufs);
+            return r;
+        };
+        // SAFETY: the run's slots are pinned, so nothing evicts or refills them until they are
+        // unpinned below; nothing else writes a block of this inode meanwhile (the caller holds
+        // its lock exclusively); the mapping lives while `_mapping` holds its clone.
+        let r = write(unsafe { std::slice::from_raw_parts(ptr, n * BLOCK_SIZE) });
         let mut b = self.blocks.lock();
-        for (s, _) in pins.iter().flatten() {
-            b.slots[*s].pinned = false;
-            if !b.slots[*s].live {
-                b.free.push(*s);
+        for s in first..first + n {
+            b.slots[s].pinned = false;
+            if !b.slots[s].live {
+                b.free.push(s);
             } else if r.is_err() {
                 // What the device holds now is not known.
-                let p = b.slots[*s].pblk;
+                let p = b.slots[s].pblk;
                 b.remove(p);
             }
         }
@@ -398,27 +427,53 @@ mod tests {
     }
 
     #[test]
-    fn blocks_written_through_are_written_from_the_cache_and_a_failed_write_drops_them() {
+    fn blocks_written_through_are_written_from_one_run_of_the_cache_and_a_failed_write_drops_them() {
         let c = cache(64);
+        c.put(InodeNo(1), BlockNo(11), &block(1));
         let data = vec![5u8; 4 * BLOCK_SIZE];
-        c.write_through(InodeNo(1), BlockNo(10), &data, |bufs| {
-            assert_eq!(bufs.len(), 4);
-            assert!(bufs.iter().all(|b| (b.as_ptr() as usize).is_multiple_of(4096) && b.iter().all(|&x| x == 5)));
+        c.write_through(InodeNo(1), BlockNo(10), &data, |buf| {
+            assert_eq!(buf.len(), 4 * BLOCK_SIZE);
+            assert!((buf.as_ptr() as usize).is_multiple_of(4096) && buf.iter().all(|&x| x == 5));
             Ok(())
         })
         .expect("write");
-        assert!((10..14).all(|p| cached(&c, 1, p) == Some(5)));
+        assert!((10..14).all(|p| cached(&c, 1, p) == Some(5)), "the older copy of block 11 is gone");
+        assert_eq!(c.len(), 4);
         let r = c.write_through(InodeNo(1), BlockNo(10), &vec![6u8; 2 * BLOCK_SIZE], |_| Err(crate::error::FsError::NoSpace));
         assert!(r.is_err());
         assert_eq!((10..14).map(|p| cached(&c, 1, p)).collect::<Vec<_>>(), [None, None, Some(5), Some(5)]);
+        // Slots freed on the way are used again, not handed out twice.
+        for p in 100..200 {
+            c.put(InodeNo(2), BlockNo(p), &block(2));
+        }
+        assert_eq!(c.len(), 64);
+        assert!((100..200).rev().take(60).all(|p| cached(&c, 2, p) == Some(2)));
+    }
+
+    #[test]
+    fn a_full_cache_writes_through_runs_from_the_hand_on() {
+        let c = cache(64);
+        for p in 0..64 {
+            c.put(InodeNo(2), BlockNo(1000 + p), &block(2));
+        }
+        for round in 0..20u64 {
+            let data = vec![round as u8 + 10; 8 * BLOCK_SIZE];
+            c.write_through(InodeNo(1), BlockNo(round * 8), &data, |buf| {
+                assert_eq!(buf.len(), 8 * BLOCK_SIZE, "written as one run");
+                Ok(())
+            })
+            .expect("write");
+            assert!((0..8).all(|i| cached(&c, 1, round * 8 + i) == Some(round as u8 + 10)), "round {round}");
+            assert_eq!(c.len(), 64);
+        }
     }
 
     #[test]
     fn blocks_being_written_from_the_cache_are_not_evicted_or_refilled() {
         let c = cache(16);
         let data = vec![7u8; 2 * BLOCK_SIZE];
-        c.write_through(InodeNo(1), BlockNo(0), &data, |bufs| {
-            // Meanwhile other files fill the cache many times over.
+        c.write_through(InodeNo(1), BlockNo(0), &data, |buf| {
+            // Meanwhile other files fill the cache many times over, and it is cleared.
             for p in 100..200 {
                 c.put(InodeNo(2), BlockNo(p), &block(9));
             }
@@ -426,7 +481,7 @@ mod tests {
             for p in 200..300 {
                 c.put(InodeNo(2), BlockNo(p), &block(8));
             }
-            assert!(bufs.iter().all(|b| b.iter().all(|&x| x == 7)), "a block was refilled while being written");
+            assert!(buf.iter().all(|&x| x == 7), "a block was refilled while being written");
             Ok(())
         })
         .expect("write");

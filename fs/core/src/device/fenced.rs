@@ -100,11 +100,6 @@ impl BlockDevice for FencedDevice {
         self.logged("write", offset, buf.len() as u64, || self.inner.write_at(buf, offset))
     }
 
-    fn write_vectored(&self, bufs: &[&[u8]], offset: u64) -> Result<()> {
-        let len = bufs.iter().map(|b| b.len() as u64).sum();
-        self.logged("write", offset, len, || self.inner.write_vectored(bufs, offset))
-    }
-
     fn flush(&self) -> Result<()> {
         self.logged("flush", 0, 0, || self.inner.flush())
     }

@@ -102,35 +102,6 @@ impl FileDevice {
         )
     }
 
-    /// Writes `bufs` (at most IOV_MAX) one after another at `offset` in one pwritev; what a
-    /// short write leaves is written buffer by buffer.
-    fn raw_pwritev(&self, bufs: &[&[u8]], offset: u64) -> Result<()> {
-        let iov: Vec<libc::iovec> = bufs.iter().map(|b| libc::iovec { iov_base: b.as_ptr() as *mut _, iov_len: b.len() }).collect();
-        let n = loop {
-            // SAFETY: every iovec points at a live buffer of its length, read-only to the call.
-            let n = unsafe { libc::pwritev(self.file.as_raw_fd(), iov.as_ptr(), iov.len() as libc::c_int, offset as libc::off_t) };
-            if n >= 0 {
-                break n as u64;
-            }
-            let e = std::io::Error::last_os_error();
-            if e.kind() != std::io::ErrorKind::Interrupted {
-                return Err(io_err(offset, e));
-            }
-        };
-        let (mut at, mut skip) = (offset, n);
-        for b in bufs {
-            let len = b.len() as u64;
-            if skip >= len {
-                skip -= len;
-            } else {
-                self.write_at(&b[skip as usize..], at + skip)?;
-                skip = 0;
-            }
-            at += len;
-        }
-        Ok(())
-    }
-
     /// The aligned window around [offset, offset+len) for O_DIRECT bounce I/O.
     fn window(offset: u64, len: usize) -> (u64, usize) {
         let a = DIRECT_ALIGN as u64;
@@ -251,30 +222,6 @@ impl BlockDevice for FileDevice {
             bounce[skip..skip + buf.len()].copy_from_slice(buf);
             self.raw_pwrite(bounce, start)
         })
-    }
-
-    fn write_vectored(&self, bufs: &[&[u8]], offset: u64) -> Result<()> {
-        let aligned = bufs.iter().all(|b| self.aligned(b.as_ptr() as usize, b.len(), 0)) && self.aligned(0, 0, offset);
-        if !self.direct || !aligned {
-            // Buffered: the page cache copies anyway. Unaligned: each write bounces.
-            let mut at = offset;
-            for b in bufs {
-                self.write_at(b, at)?;
-                at += b.len() as u64;
-            }
-            return Ok(());
-        }
-        let total: u64 = bufs.iter().map(|b| b.len() as u64).sum();
-        if offset + total > self.size {
-            return Err(FsError::DeviceFull { offset });
-        }
-        let mut at = offset;
-        // IOV_MAX (1024) buffers to a call.
-        for group in bufs.chunks(1024) {
-            self.raw_pwritev(group, at)?;
-            at += group.iter().map(|b| b.len() as u64).sum::<u64>();
-        }
-        Ok(())
     }
 
     fn flush(&self) -> Result<()> {

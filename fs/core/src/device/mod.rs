@@ -20,16 +20,6 @@ pub trait BlockDevice: Send + Sync {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()>;
     /// Writes all of `buf` at `offset`.
     fn write_at(&self, buf: &[u8], offset: u64) -> Result<()>;
-    /// Writes `bufs` one after another from `offset` on. The data cache hands whole blocks
-    /// from page-aligned memory, which an O_DIRECT backend writes with no copy of its own.
-    fn write_vectored(&self, bufs: &[&[u8]], offset: u64) -> Result<()> {
-        let mut at = offset;
-        for b in bufs {
-            self.write_at(b, at)?;
-            at += b.len() as u64;
-        }
-        Ok(())
-    }
     /// Makes every write that returned before this call durable (fdatasync / cache flush).
     fn flush(&self) -> Result<()>;
     /// Size of the device in bytes.

@@ -119,7 +119,7 @@ impl Fs {
             let (part, off) = (&data[from as usize..(from + n) as usize], at + from);
             let block = BlockNo(off / BS);
             if from == head && n == body {
-                cache.write_through(ino, block, part, |bufs| self.vol.dev.write_vectored(bufs, off))?;
+                cache.write_through(ino, block, part, |buf| self.vol.dev.write_at(buf, off))?;
                 continue;
             }
             if let Err(e) = self.vol.dev.write_at(part, off) {
