@@ -1207,6 +1207,35 @@ fn a_node_past_its_lock_limit_gives_up_idle_locks_loses_nothing_and_keeps_open_f
     c.finish();
 }
 
+/// A node that makes and deletes files gives up the locks of the inodes it freed (in batches,
+/// within seconds), far below its lock limit: they would otherwise pile up until the node
+/// trims every second. What the files' directory holds is still read right on the other node.
+#[test]
+fn a_node_gives_up_the_locks_of_inodes_it_freed() {
+    const FILES: usize = 1000;
+    let c = ClusterVolume::new(2, "128M");
+    let (a, b) = (c.node(0), c.node(1));
+    fs::create_dir(a.path("d")).unwrap();
+    fs::write(a.path("d/kept"), b"kept").unwrap();
+    let (before, _) = lock_counts(&c, "node1");
+    let entries_before = lockd_commit_index(&c);
+    for i in 0..FILES {
+        fs::write(a.path(format!("d/f{i}")), format!("file {i}")).unwrap();
+    }
+    let (made, _) = lock_counts(&c, "node1");
+    assert!(made >= before + FILES, "node1 holds {made} locks after making {FILES} files (before: {before})");
+    for i in 0..FILES {
+        fs::remove_file(a.path(format!("d/f{i}"))).unwrap();
+    }
+    let dropped = mafs_tests::wait_until(Duration::from_secs(10), || lock_counts(&c, "node1").0 <= before + 100);
+    assert!(dropped, "node1 still holds {} locks after deleting its {FILES} files (before: {before})", lock_counts(&c, "node1").0);
+    let entries = lockd_commit_index(&c) - entries_before;
+    assert!(entries < 100, "making and deleting {FILES} files took {entries} lockd log entries");
+    let names: Vec<String> = fs::read_dir(b.path("d")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    assert_eq!(names, ["kept"]);
+    assert_eq!(fs::read(b.path("d/kept")).unwrap(), b"kept");
+}
+
 /// `mafs_cluster::WRITE_LOG_ENV`: where a node logs every device write with its monotonic time.
 const WRITE_LOG_ENV: &str = "MAFS_WRITE_LOG";
 

@@ -112,6 +112,10 @@ impl ClusterLocks for InodeLocks {
         true
     }
 
+    fn inode_freed(&self, ino: InodeNo) {
+        self.attached.freed.lock().push(ino);
+    }
+
     fn unused_elsewhere(&self, ino: InodeNo, wait: bool) -> Result<bool> {
         self.open.unused_elsewhere(ino, wait)
     }

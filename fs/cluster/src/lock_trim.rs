@@ -33,17 +33,35 @@ pub(crate) fn start(runtime: &tokio::runtime::Handle, session: Weak<Session>, na
             if session.is_lost() {
                 return;
             }
+            // The locks of inodes the node freed first, whatever the count: they would only
+            // pile up (a node that makes and deletes files by the thousand reached its limit
+            // within seconds, and then trimmed every second).
+            let freed = std::mem::take(&mut *attached.freed.lock());
+            if !freed.is_empty() {
+                let given = give_up(&session, &names, &attached, freed.iter().map(|i| names.inode(i.get())).collect()).await;
+                tracing::debug!(freed = freed.len(), given, "gave up the locks of freed inodes");
+            }
             let cached = session.cached_count();
             if cached <= max {
                 continue;
             }
             let victims = session.least_recently_used(cached - max * 3 / 4, |r| names.inode_of(r).is_some() || names.open_ino(r).is_some());
-            let (inodes, opens): (Vec<String>, Vec<String>) = victims.into_iter().partition(|r| names.inode_of(r).is_some());
-            let given = trim(&session, inodes, flush_inodes(names.clone(), attached.clone())).await
-                + trim(&session, opens, unopened(names.clone(), attached.clone())).await;
+            let given = give_up(&session, &names, &attached, victims).await;
             tracing::debug!(cached, max, given, "gave up least recently used locks");
         }
     });
+}
+
+/// Gives up those of the inode and open locks `victims` (or, for an inode lock, also its open
+/// lock) that are idle: the inode locks after a write-back, the open locks of inodes not open
+/// here.
+async fn give_up(session: &Session, names: &VolumeNames, attached: &Arc<Attached>, victims: Vec<String>) -> usize {
+    let (inodes, mut opens): (Vec<String>, Vec<String>) = victims.into_iter().partition(|r| names.inode_of(r).is_some());
+    opens.extend(inodes.iter().filter_map(|r| names.inode_of(r)).map(|i| names.open(i)));
+    opens.sort_unstable();
+    opens.dedup();
+    trim(session, inodes, flush_inodes(names.clone(), attached.clone())).await
+        + trim(session, opens, unopened(names.clone(), attached.clone())).await
 }
 
 /// Which locks of a batch to release, each with the lock value block to write.

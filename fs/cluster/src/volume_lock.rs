@@ -109,6 +109,8 @@ pub(crate) struct Attached {
     pub(crate) kernel: OnceLock<Arc<dyn KernelCaches>>,
     /// The node's lockd session, to withdraw from the cluster when the device fails it.
     pub(crate) session: OnceLock<Weak<lockd_client::Session>>,
+    /// Inodes the node freed since the lock trimmer last looked: their locks go next.
+    pub(crate) freed: parking_lot::Mutex<Vec<InodeNo>>,
 }
 
 impl Attached {

@@ -76,6 +76,11 @@ pub trait ClusterLocks: Send + Sync {
         false
     }
 
+    /// This node freed inode `ino` (in a transaction not yet committed): its locks are no use
+    /// to the node any more, and a cluster backend gives them up soon, in a batch. Called
+    /// inside the transaction: must not wait for anything.
+    fn inode_freed(&self, _ino: InodeNo) {}
+
     /// Whether no other node has `ino` open (in cluster mode: whether this node holds its open
     /// lock exclusively). With `wait`, nodes that hold the open lock cached but have the inode
     /// closed are asked to give it up, and the answer waits a moment for them: never inside a

@@ -267,7 +267,9 @@ impl Fs {
             self.vol.alloc.free(h, xb, 1)?;
         }
         h.revoke(inode.ino.block());
-        self.vol.alloc.free(h, inode.ino.block(), 1)
+        self.vol.alloc.free(h, inode.ino.block(), 1)?;
+        self.locks.cluster().inode_freed(inode.ino);
+        Ok(())
     }
 
     /// At mount: frees everything a previous mount of this slot left orphaned.
