@@ -2,6 +2,8 @@
 //! replicas: a release is confirmed only once it has committed, `close` waits for it so its lock
 //! value block lands, and releases in flight when the leader is killed with -9 are sent again
 //! to the new leader: nothing stays held, and no two sessions ever hold one resource at once.
+//! A TryLockMany whose answer never came (the request may commit later) is released the same
+//! way: the session cannot be left holding locks it never heard it was granted.
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -132,4 +134,49 @@ fn asynchronous_releases_survive_a_leader_crash() {
             );
         }
     }
+}
+
+#[test]
+fn a_try_lock_many_whose_answer_never_came_leaves_no_lock_held() {
+    let c = LockdCluster::start(3, &[]);
+    let leader = c.wait_leader(Duration::from_secs(15));
+    let eps = endpoints(&c);
+    let names: Vec<String> = (0..3).map(|i| format!("batch/{i}")).collect();
+    runtime().block_on(async {
+        let mut o = opts("a");
+        o.retry_for = Duration::from_secs(2);
+        // Alive throughout: an expired session would lose its locks anyway, proving nothing.
+        o.lease = Duration::from_secs(60);
+        let a = Session::open(&eps, o).await.expect("session");
+        // With both followers silent the request is in the leader's log but cannot commit:
+        // the call gives up without an answer, and the grants may still happen once they are
+        // back.
+        let followers: Vec<u64> = (1..=3).filter(|&id| id != leader).collect();
+        for &id in &followers {
+            c.freeze(id, true);
+        }
+        let r = a.try_lock_many(&names, Mode::EX).await;
+        assert!(r.is_err(), "TryLockMany answered with no follower to commit it: {r:?}");
+        for &id in &followers {
+            c.freeze(id, false);
+        }
+        for n in &names {
+            assert!(a.cached_grant(n).is_none(), "session a caches {n} after a TryLockMany that got no answer");
+        }
+        // Whatever committed, nothing stays held by a: another session takes every one.
+        let b = Session::open(&eps, opts("b")).await.expect("session");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let taken = b.try_lock_many(&names, Mode::EX).await.expect("TryLockMany of b");
+            if taken.iter().all(|&t| t) {
+                break;
+            }
+            for (n, _) in names.iter().zip(&taken).filter(|(_, &t)| t) {
+                b.release(n, None).await.expect("release");
+            }
+            b.released().await.expect("released");
+            assert!(Instant::now() < deadline, "session a still holds some of {names:?} ({taken:?} taken by b)");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
 }

@@ -1,5 +1,6 @@
 //! Many try-locks in one lockd request (TryLockMany): for locks nobody is expected to hold, such
 //! as those of a node's next batch of new inodes, one log entry instead of one per lock.
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lockd_common::{FencingToken, Mode, MAX_TRY_MANY};
@@ -75,22 +76,41 @@ impl Inner {
     /// Ends the tries of a TryLockMany that got no answer. If lockd may have applied it
     /// (`unknown`), it may hold grants this session never heard of, which no blocking notice
     /// could get back (a notice about a lock the cache does not know is ignored): they are
-    /// released first, while the entries still keep any new `lock` of them waiting.
-    async fn abandon_tries(&self, resources: &[String], unknown: bool) {
-        if unknown {
+    /// released first, while the entries still keep any new `lock` of them waiting. In the
+    /// background, and again until lockd answers: the try may commit long after the call gave
+    /// up (a leader cut off from its followers keeps it in its log and, elected again, commits
+    /// it once they are back), and a release that lockd never heard would leave the grant
+    /// held for as long as the session lives. Found by the test
+    /// `a_try_lock_many_whose_answer_never_came_leaves_no_lock_held`.
+    async fn abandon_tries(self: &Arc<Self>, resources: &[String], unknown: bool) {
+        if !unknown {
             for r in resources {
-                if let Err(e) = self.rpc_release(r, None, None).await {
-                    tracing::warn!(
-                        session = self.id,
-                        resource = r.as_str(),
-                        "could not release a lock a failed TryLockMany may have taken: {e}"
-                    );
-                }
+                self.finish(r, |_| false);
             }
+            return;
         }
-        for r in resources {
-            self.finish(r, |_| false);
-        }
+        let (inner, resources) = (self.clone(), resources.to_vec());
+        tokio::spawn(async move {
+            for r in resources {
+                loop {
+                    match inner.rpc_release(&r, None, None).await {
+                        Ok(_) => break,
+                        Err(e) if e.is_refusal(lockd_common::ErrorKind::NotHeld) => break,
+                        // A lost session's locks go with it.
+                        Err(_) if inner.check().is_err() => break,
+                        Err(e) => {
+                            tracing::warn!(
+                                session = inner.id,
+                                resource = r.as_str(),
+                                "releasing a lock a TryLockMany with no answer may have taken, again shortly: {e}"
+                            );
+                            tokio::time::sleep(Duration::from_millis(500)).await;
+                        }
+                    }
+                }
+                inner.finish(&r, |_| false);
+            }
+        });
     }
 
     async fn rpc_try_lock_many(&self, resources: &[String], mode: Mode) -> Result<Vec<pb::LockResponse>> {
