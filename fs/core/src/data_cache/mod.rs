@@ -29,6 +29,7 @@ use arena::Arena;
 use crate::error::Result;
 use crate::format::{BlockNo, InodeNo, BLOCK_SIZE};
 
+#[derive(Default)]
 struct Slot {
     pblk: u64,
     ino: u64,
@@ -56,9 +57,14 @@ struct Blocks {
 }
 
 impl Blocks {
-    fn drop_slot(&mut self, slot: usize) {
+    /// Takes slot `slot`'s block out of the index.
+    fn evict(&mut self, slot: usize) {
         self.index.remove(&self.slots[slot].pblk);
         self.slots[slot].live = false;
+    }
+
+    fn drop_slot(&mut self, slot: usize) {
+        self.evict(slot);
         // A pinned slot is freed when its write ends (`write_through`).
         if !self.slots[slot].pinned {
             self.free.push(slot);
@@ -81,7 +87,7 @@ impl Blocks {
             }
         }
         if self.slots.len() < self.capacity {
-            self.slots.push(Slot { pblk: 0, ino: 0, live: false, pinned: false, referenced: false });
+            self.slots.push(Slot::default());
             return Some(self.slots.len() - 1);
         }
         // Two sweeps find a victim unless nearly everything is pinned (writes in flight take
@@ -92,7 +98,7 @@ impl Blocks {
             if self.slots[s].pinned || std::mem::take(&mut self.slots[s].referenced) {
                 continue;
             }
-            self.index.remove(&self.slots[s].pblk);
+            self.evict(s);
             return Some(s);
         }
         None
@@ -104,7 +110,7 @@ impl Blocks {
     fn contiguous_run(&mut self, n: usize) -> Option<usize> {
         if self.slots.len() + n <= self.capacity {
             let first = self.slots.len();
-            self.slots.extend((0..n).map(|_| Slot { pblk: 0, ino: 0, live: false, pinned: false, referenced: false }));
+            self.slots.extend((0..n).map(|_| Slot::default()));
             return Some(first);
         }
         let len = self.slots.len();
@@ -117,9 +123,7 @@ impl Blocks {
         }
         for s in first..first + n {
             if self.slots[s].live {
-                let p = self.slots[s].pblk;
-                self.index.remove(&p);
-                self.slots[s].live = false;
+                self.evict(s);
             }
         }
         self.hand = first + n;
@@ -206,17 +210,25 @@ impl DataCache {
         }
     }
 
-    /// Writes whole blocks `data` of inode `ino`, from block `pblk` on, through the cache: they
-    /// are copied into a run of consecutive slots, pinned, and `write` writes that run to the
-    /// device as one buffer (page-aligned, so an O_DIRECT device needs no bounce copy of its
-    /// own, and contiguous, so the device gets the I/O it would get without the cache: a
-    /// pwritev of scattered 4 KiB slots made it several requests and writes ran 35% slower); a
-    /// failed write drops them. Without such a run the blocks are written from `data`.
-    pub fn write_through(&self, ino: InodeNo, pblk: BlockNo, data: &[u8], write: impl FnOnce(&[u8]) -> Result<()>) -> Result<()> {
+    /// Writes `data` of inode `ino` at byte `within` of block `pblk` through the cache. Whole
+    /// blocks are copied into a run of consecutive slots, pinned, and `write` writes that run
+    /// to the device as one buffer (page-aligned, so an O_DIRECT device needs no bounce copy of
+    /// its own, and contiguous, so the device gets the I/O it would get without the cache: a
+    /// pwritev of scattered 4 KiB slots made it several requests and writes ran 35% slower).
+    /// Anything else (a part of a block, or no run to be had) is written from `data` and then
+    /// recorded ([`DataCache::wrote`]). A failed write drops the blocks it touched.
+    pub fn write_through(
+        &self,
+        ino: InodeNo,
+        pblk: BlockNo,
+        within: usize,
+        data: &[u8],
+        write: impl FnOnce(&[u8]) -> Result<()>,
+    ) -> Result<()> {
         let n = data.len() / BLOCK_SIZE;
         let run = {
             let mut b = self.blocks.lock();
-            let fits = data.len().is_multiple_of(BLOCK_SIZE) && n > 0 && n <= b.capacity / 8;
+            let fits = within == 0 && data.len().is_multiple_of(BLOCK_SIZE) && n > 0 && n <= b.capacity / 8;
             match fits.then(|| b.contiguous_run(n)).flatten() {
                 Some(first) => {
                     for i in 0..n {
@@ -235,8 +247,9 @@ impl DataCache {
         let Some((first, (_mapping, ptr))) = run else {
             let r = write(data);
             match &r {
-                Ok(()) => self.wrote(ino, pblk, 0, data),
-                Err(_) => self.forget(pblk, data.len().div_ceil(BLOCK_SIZE) as u64),
+                Ok(()) => self.wrote(ino, pblk, within, data),
+                // What the device holds now is not known.
+                Err(_) => self.forget(pblk, (within + data.len()).div_ceil(BLOCK_SIZE) as u64),
             }
             return r;
         };
@@ -431,7 +444,7 @@ mod tests {
         let c = cache(64);
         c.put(InodeNo(1), BlockNo(11), &block(1));
         let data = vec![5u8; 4 * BLOCK_SIZE];
-        c.write_through(InodeNo(1), BlockNo(10), &data, |buf| {
+        c.write_through(InodeNo(1), BlockNo(10), 0, &data, |buf| {
             assert_eq!(buf.len(), 4 * BLOCK_SIZE);
             assert!((buf.as_ptr() as usize).is_multiple_of(4096) && buf.iter().all(|&x| x == 5));
             Ok(())
@@ -439,7 +452,7 @@ mod tests {
         .expect("write");
         assert!((10..14).all(|p| cached(&c, 1, p) == Some(5)), "the older copy of block 11 is gone");
         assert_eq!(c.len(), 4);
-        let r = c.write_through(InodeNo(1), BlockNo(10), &vec![6u8; 2 * BLOCK_SIZE], |_| Err(crate::error::FsError::NoSpace));
+        let r = c.write_through(InodeNo(1), BlockNo(10), 0, &vec![6u8; 2 * BLOCK_SIZE], |_| Err(crate::error::FsError::NoSpace));
         assert!(r.is_err());
         assert_eq!((10..14).map(|p| cached(&c, 1, p)).collect::<Vec<_>>(), [None, None, Some(5), Some(5)]);
         // Slots freed on the way are used again, not handed out twice.
@@ -458,7 +471,7 @@ mod tests {
         }
         for round in 0..20u64 {
             let data = vec![round as u8 + 10; 8 * BLOCK_SIZE];
-            c.write_through(InodeNo(1), BlockNo(round * 8), &data, |buf| {
+            c.write_through(InodeNo(1), BlockNo(round * 8), 0, &data, |buf| {
                 assert_eq!(buf.len(), 8 * BLOCK_SIZE, "written as one run");
                 Ok(())
             })
@@ -472,7 +485,7 @@ mod tests {
     fn blocks_being_written_from_the_cache_are_not_evicted_or_refilled() {
         let c = cache(16);
         let data = vec![7u8; 2 * BLOCK_SIZE];
-        c.write_through(InodeNo(1), BlockNo(0), &data, |buf| {
+        c.write_through(InodeNo(1), BlockNo(0), 0, &data, |buf| {
             // Meanwhile other files fill the cache many times over, and it is cleared.
             for p in 100..200 {
                 c.put(InodeNo(2), BlockNo(p), &block(9));

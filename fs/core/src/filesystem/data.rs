@@ -112,22 +112,12 @@ impl Fs {
         let len = data.len() as u64;
         let head = ((BS - at % BS) % BS).min(len);
         let body = (len - head) / BS * BS;
-        for (from, n) in [(head, body), (0, head), (head + body, len - head - body)] {
-            if n == 0 {
-                continue;
+        for (from, n) in [(0, head), (head, body), (head + body, len - head - body)] {
+            if n > 0 {
+                let off = at + from;
+                let part = &data[from as usize..(from + n) as usize];
+                cache.write_through(ino, BlockNo(off / BS), (off % BS) as usize, part, |buf| self.vol.dev.write_at(buf, off))?;
             }
-            let (part, off) = (&data[from as usize..(from + n) as usize], at + from);
-            let block = BlockNo(off / BS);
-            if from == head && n == body {
-                cache.write_through(ino, block, part, |buf| self.vol.dev.write_at(buf, off))?;
-                continue;
-            }
-            if let Err(e) = self.vol.dev.write_at(part, off) {
-                // What the device holds now is not known.
-                cache.forget(block, 1);
-                return Err(e);
-            }
-            cache.wrote(ino, block, (off % BS) as usize, part);
         }
         Ok(())
     }
