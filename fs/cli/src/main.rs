@@ -17,6 +17,7 @@ mod fsck;
 mod info;
 mod mkfs;
 mod size_arg;
+mod snapshot_cmd;
 mod status;
 mod umount;
 
@@ -135,12 +136,87 @@ enum Command {
         lockd: Option<String>,
     },
     /// A local cluster in one directory: a volume file, lockd, and nodes mounted at DIR/node1..N.
+    /// Snapshots of a volume kept in a store off the volume: create, list, show, diff, delete.
+    #[command(subcommand)]
+    Snapshot(SnapshotCommand),
+    /// Write a snapshot out as a new volume (a file or an empty block device) with a UUID of
+    /// its own, every chunk checked.
+    Restore {
+        /// The snapshot's id (`mafs snapshot list`).
+        snapshot: String,
+        /// The new volume: a path that does not exist yet, or an empty block device.
+        new_volume: PathBuf,
+        /// Where the snapshot is: a directory, file://PATH or s3://BUCKET[/PREFIX] (default:
+        /// $MAFS_STORE, else /var/lib/mafs/snapshots).
+        #[arg(long)]
+        store: Option<String>,
+        /// Size of the new volume file (at least the snapshot's volume; growing is not
+        /// supported yet).
+        #[arg(long, value_parser = size_arg::parse_size)]
+        size: Option<u64>,
+    },
     #[command(subcommand)]
     Cluster(ClusterCommand),
     /// Run a lockd replica, or administer lockd (status, dump, membership).
     Lockd(lockd_cli::LockdCommand),
     /// Run a command while holding a cluster-wide lock.
     Lock(lockd_cli::LockCommand),
+}
+
+#[derive(Subcommand)]
+enum SnapshotCommand {
+    /// Take a consistent snapshot while the volume is in use; prints the new id last.
+    Create {
+        volume: PathBuf,
+        /// Where to keep it: a directory, file://PATH or s3://BUCKET[/PREFIX] (default:
+        /// $MAFS_STORE, else /var/lib/mafs/snapshots).
+        #[arg(long)]
+        store: Option<String>,
+        /// The lockd replicas of the volume's cluster, to freeze its nodes (HOST:PORT,
+        /// comma-separated; default: $MAFS_LOCKD_ENDPOINTS). Without it, a standalone mount on
+        /// this host is frozen through its control socket, or the volume must be unmounted.
+        #[arg(long, value_name = "HOST:PORT[,...]")]
+        lockd: Option<String>,
+        /// A KEY=VALUE to keep with the snapshot (repeatable).
+        #[arg(long = "tag", value_parser = snapshot_cmd::parse_tag)]
+        tags: Vec<(String, String)>,
+        /// Read every chunk, even if an earlier snapshot of the volume would let this one read
+        /// only the changed ones.
+        #[arg(long)]
+        full: bool,
+    },
+    /// List the snapshots in a store, oldest first.
+    List {
+        /// The store (default: $MAFS_STORE, else /var/lib/mafs/snapshots).
+        #[arg(long)]
+        store: Option<String>,
+        /// Only the snapshots of the volume with this UUID.
+        #[arg(long)]
+        volume_uuid: Option<String>,
+    },
+    /// Describe one snapshot.
+    Show {
+        snapshot: String,
+        /// The store (default: $MAFS_STORE, else /var/lib/mafs/snapshots).
+        #[arg(long)]
+        store: Option<String>,
+    },
+    /// List the chunks that differ between two snapshots of one volume.
+    Diff {
+        first: String,
+        second: String,
+        /// The store (default: $MAFS_STORE, else /var/lib/mafs/snapshots).
+        #[arg(long)]
+        store: Option<String>,
+    },
+    /// Delete snapshots and every chunk no remaining snapshot needs.
+    Delete {
+        #[arg(required = true)]
+        snapshots: Vec<String>,
+        /// The store (default: $MAFS_STORE, else /var/lib/mafs/snapshots).
+        #[arg(long)]
+        store: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -260,6 +336,22 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Fsck { volume, repair, override_mmp, lockd } => fsck::run(&volume, repair, override_mmp, cluster_mount::endpoints(lockd)),
         Command::Info { volume } => info::run(&volume),
         Command::Status { volume, lockd } => status::run(&volume, cluster_mount::endpoints(lockd)),
+        Command::Snapshot(SnapshotCommand::Create { volume, store, lockd, tags, full }) => {
+            snapshot_cmd::create(&volume, &snapshot_cmd::store_spec(store), cluster_mount::endpoints(lockd), tags, full)
+        }
+        Command::Snapshot(SnapshotCommand::List { store, volume_uuid }) => {
+            snapshot_cmd::list(&snapshot_cmd::store_spec(store), volume_uuid.as_deref())
+        }
+        Command::Snapshot(SnapshotCommand::Show { snapshot, store }) => snapshot_cmd::show(&snapshot_cmd::store_spec(store), &snapshot),
+        Command::Snapshot(SnapshotCommand::Diff { first, second, store }) => {
+            snapshot_cmd::diff(&snapshot_cmd::store_spec(store), &first, &second)
+        }
+        Command::Snapshot(SnapshotCommand::Delete { snapshots, store }) => {
+            snapshot_cmd::delete(&snapshot_cmd::store_spec(store), &snapshots)
+        }
+        Command::Restore { snapshot, new_volume, store, size } => {
+            snapshot_cmd::restore(&snapshot_cmd::store_spec(store), &snapshot, &new_volume, size)
+        }
         Command::Cluster(ClusterCommand::Up { dir, nodes, size, replicas }) => {
             cluster_cmd::up(&dir, &cluster_cmd::UpOptions { nodes, size, replicas })
         }

@@ -203,7 +203,7 @@ impl ClusterNode {
 
     /// The gate every request of the node passes.
     pub fn volume_lock(&self) -> Arc<VolumeLock> {
-        Arc::new(VolumeLock::new(self.runtime.handle().clone(), self.session.clone(), self.names.volume()))
+        Arc::new(VolumeLock::new(self.runtime.handle().clone(), self.session.clone(), self.names.volume(), self.attached.clone()))
     }
 
     /// The node's inode, group, rename and open locks, for the filesystem it mounts.
@@ -251,6 +251,9 @@ impl ClusterNode {
     /// The filesystem a revocation writes back and forgets. Set once the mount has made it.
     /// From then on the node also keeps the locks it caches under its limit.
     pub fn attach(&self, fs: &Arc<Fs>) {
+        if let Some(t) = &fs.vol.tracker {
+            let _ = self.attached.tracker.set(t.clone());
+        }
         if self.attached.fs.set(Arc::downgrade(fs)).is_ok() {
             let session = Arc::downgrade(&self.session);
             crate::lock_trim::start(self.runtime.handle(), session, self.names.clone(), self.attached.clone(), self.max_cached_locks);

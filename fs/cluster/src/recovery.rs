@@ -167,7 +167,7 @@ impl Recoverer {
     /// is left to do it.
     fn free_orphans_of(&self, slot: u32, node: &str) {
         let Some(fs) = self.attached.fs().and_then(|w| w.upgrade()) else { return };
-        let gate = VolumeLock::new(self.runtime.clone(), self.session.clone(), self.names.volume());
+        let gate = VolumeLock::new(self.runtime.clone(), self.session.clone(), self.names.volume(), self.attached.clone());
         match gate.enter(Access::Write).and_then(|_hold| fs.reclaim_orphans_of_slot(slot)) {
             Ok(()) => tracing::info!(slot, node, "freed what node {node} left orphaned in slot {slot}"),
             Err(e) => tracing::warn!(slot, node, "cannot free what node {node} left orphaned ({e}); the slot's next mount will"),

@@ -33,11 +33,12 @@ pub struct VolumeLock {
     runtime: tokio::runtime::Handle,
     session: Arc<Session>,
     resource: String,
+    attached: Arc<Attached>,
 }
 
 impl VolumeLock {
-    pub(crate) fn new(runtime: tokio::runtime::Handle, session: Arc<Session>, resource: String) -> VolumeLock {
-        VolumeLock { runtime, session, resource }
+    pub(crate) fn new(runtime: tokio::runtime::Handle, session: Arc<Session>, resource: String, attached: Arc<Attached>) -> VolumeLock {
+        VolumeLock { runtime, session, resource, attached }
     }
 }
 
@@ -95,7 +96,22 @@ impl VolumeGate for VolumeLock {
         // (`inode_locks.rs`), and this one is asked for EX only to have every node write the
         // whole volume back and stop (a freeze).
         let mode = Mode::PR;
-        let guard = take_lock(&self.runtime, &self.session, &self.resource, mode)?;
+        let tracker = self.attached.tracker.get();
+        let guard = match self.session.lock_cached(&self.resource, mode) {
+            Some(g) => g,
+            None => {
+                // A snapshot may have moved the change generation while this node held no
+                // volume lock: it is read again before anything is written under the new grant
+                // (`mafs_core::change_tracking`; docs/design.md, "Snapshots").
+                if let Some(t) = tracker {
+                    t.expect_new_generation();
+                }
+                self.runtime.block_on(wait_for_lock(&self.session, &self.resource, mode))?
+            }
+        };
+        if let Some(t) = tracker {
+            t.refresh_if_stale()?;
+        }
         Ok(Box::new(guard))
     }
 }
@@ -109,6 +125,8 @@ pub(crate) struct Attached {
     pub(crate) kernel: OnceLock<Arc<dyn KernelCaches>>,
     /// The node's lockd session, to withdraw from the cluster when the device fails it.
     pub(crate) session: OnceLock<Weak<lockd_client::Session>>,
+    /// The mount's change tracker, told when the volume lock is granted anew.
+    pub(crate) tracker: OnceLock<Arc<mafs_core::change_tracking::ChangeTracker>>,
     /// Inodes the node freed since the lock trimmer last looked: their locks go next.
     pub(crate) freed: parking_lot::Mutex<Vec<InodeNo>>,
 }

@@ -3,6 +3,7 @@
 pub mod alloc;
 pub mod btree;
 pub mod cache;
+pub mod change_tracking;
 pub mod claim;
 pub mod cover_versions;
 pub mod data_cache;

@@ -5,12 +5,13 @@ use crate::device::BlockDevice;
 use crate::error::{FsError, Result};
 use crate::format::ag::{bitmap_fill, AgHeader};
 use crate::format::btree_node::{Node, NodePlace};
+use crate::format::change_map::{self, ChangeState};
 use crate::format::dirent::{entry_key, name_hash, DirEntry};
 use crate::format::header::{self, BlockType};
 use crate::format::inode::{Inode, Timespec, FLAG_SYSTEM};
 use crate::format::layout::Layout;
 use crate::format::slot::SlotHeader;
-use crate::format::superblock::{Superblock, BACKUP_SUPERBLOCK_BLKNO, LABEL_LEN, SUPERBLOCK_BLKNO};
+use crate::format::superblock::{Superblock, BACKUP_SUPERBLOCK_BLKNO, INCOMPAT_CHANGE_TRACKING, LABEL_LEN, SUPERBLOCK_BLKNO};
 use crate::format::{BlockNo, InodeNo, BLOCK_SIZE};
 
 #[derive(Debug, Clone)]
@@ -70,6 +71,10 @@ pub fn mkfs(dev: &dyn BlockDevice, opts: &MkfsOptions) -> Result<Superblock> {
     write_allocation_groups(dev, &layout, system_inode_count(&layout), sb.crc_seed())?;
     write_system_directories(dev, &sb, now)?;
     write_slot_headers(dev, &sb)?;
+    if layout.tracks_changes() {
+        let region = change_map::blank_region(&layout, ChangeState::NEW, sb.crc_seed());
+        dev.write_at(&region, BlockNo(layout.cbt_start()).byte_offset())?;
+    }
     // Superblocks last: until they are written, the device is not a mafs volume.
     dev.flush()?;
     for blk in [BACKUP_SUPERBLOCK_BLKNO, SUPERBLOCK_BLKNO] {
@@ -91,14 +96,16 @@ fn new_superblock(layout: Layout, label: &str, now: Timespec) -> Result<Superblo
         return Err(FsError::Unsupported("first allocation group too small for the system inodes".into()));
     }
     let root_ino = layout.ag_first_block(0) + overhead;
+    let uuid = *uuid::Uuid::new_v4().as_bytes();
     Ok(Superblock {
-        uuid: *uuid::Uuid::new_v4().as_bytes(),
+        uuid,
+        crc_seed: crc32c::crc32c(&uuid),
         label: label.to_string(),
         layout,
         root_ino,
         lost_found_ino: root_ino + 1,
         created_sec: now.sec,
-        incompat: 0,
+        incompat: if layout.tracks_changes() { INCOMPAT_CHANGE_TRACKING } else { 0 },
     })
 }
 

@@ -2,6 +2,7 @@
 //! metadata cache and the allocator.
 use crate::alloc::Allocator;
 use crate::cache::MetaCache;
+use crate::change_tracking::{ChangeTracker, TrackedDevice};
 use crate::device::BlockDevice;
 use crate::error::{FsError, Result};
 use crate::format::slot::SlotHeader;
@@ -22,6 +23,8 @@ pub struct Volume {
     pub journal: Journal,
     pub alloc: Allocator,
     pub replayed: ReplayStats,
+    /// Marks the chunks this node writes (None on a volume made before change tracking).
+    pub tracker: Option<Arc<ChangeTracker>>,
     /// The primary superblock was unreadable and the backup copy was used.
     pub used_backup_superblock: bool,
 }
@@ -67,6 +70,12 @@ impl Volume {
     pub fn open_with(dev: Arc<dyn BlockDevice>, slot: u32, owner: &str, cache_blocks: usize, keep_alive: bool) -> Result<Volume> {
         let (sb, used_backup_superblock) = read_superblock(&*dev)?;
         let seed = sb.crc_seed();
+        // Every write of this volume from here on, the replay's included, is marked first.
+        let tracker = ChangeTracker::open(dev.clone(), &sb, slot)?;
+        let dev: Arc<dyn BlockDevice> = match &tracker {
+            Some(t) => Arc::new(TrackedDevice::new(dev, t.clone())),
+            None => dev,
+        };
         let hdr = read_slot(&*dev, &sb, slot)?;
         let replayed = if keep_alive {
             let done = std::sync::atomic::AtomicBool::new(false);
@@ -98,7 +107,7 @@ impl Volume {
         let cache = Arc::new(MetaCache::new(dev.clone(), seed, cache_blocks));
         let journal = Journal::start(dev.clone(), cache.clone(), sb.layout, seed, hdr, replayed.next_seq, owner)?;
         let alloc = Allocator::open(cache.clone(), sb.layout, slot)?;
-        Ok(Volume { dev, sb, seed, cache, journal, alloc, replayed, used_backup_superblock })
+        Ok(Volume { dev, sb, seed, cache, journal, alloc, replayed, tracker, used_backup_superblock })
     }
 
     /// Joins the running transaction, committing it first if it is full.

@@ -28,6 +28,8 @@ pub enum BlockType {
     Xattr = 0x4d41_5841,
     JournalDesc = 0x4d41_4a44,
     JournalCommit = 0x4d41_4a43,
+    ChangeState = 0x4d41_4353,
+    ChangeMap = 0x4d41_434d,
 }
 
 impl BlockType {
@@ -42,11 +44,15 @@ impl BlockType {
             BlockType::Xattr => "extended attribute block",
             BlockType::JournalDesc => "journal descriptor",
             BlockType::JournalCommit => "journal commit",
+            BlockType::ChangeState => "change tracking state",
+            BlockType::ChangeMap => "change map",
         }
     }
     pub fn from_magic(m: u32) -> Option<BlockType> {
         use BlockType::*;
-        [Superblock, Slot, AgHeader, Bitmap, Inode, TreeNode, Xattr, JournalDesc, JournalCommit].into_iter().find(|t| *t as u32 == m)
+        [Superblock, Slot, AgHeader, Bitmap, Inode, TreeNode, Xattr, JournalDesc, JournalCommit, ChangeState, ChangeMap]
+            .into_iter()
+            .find(|t| *t as u32 == m)
     }
 }
 

@@ -5,6 +5,8 @@
 //! block 0            superblock          block 1   backup superblock
 //! 2 .. 2+max_slots   slot headers (one block per node slot)
 //! journal_start      slot 0 journal, slot 1 journal, ... (journal_blocks each)
+//! cbt_start          change tracking: [state block][slot 0 change map][slot 1 change map] ...
+//!                    (volumes made before change tracking have none: ag_start follows the journals)
 //! ag_start           AG 0: [AG header][bitmap blocks][data, inodes, tree nodes ...]
 //!                    AG 1 ... (ag_blocks each; the last AG may be shorter)
 //! ```
@@ -17,6 +19,11 @@ pub const STATES_PER_BITMAP_BLOCK: u64 = ((BLOCK_SIZE - HEADER_LEN) * 8 / BITS_P
 pub const DEFAULT_AG_BLOCKS: u32 = 1 << 18; // 1 GiB
 pub const MIN_AG_BLOCKS: u32 = 256; // 1 MiB: small test volumes still get one group per slot
 pub const DEFAULT_MAX_SLOTS: u32 = 256;
+/// Snapshots read, track and store the volume in chunks of this many blocks (512 KiB, the
+/// block size of EBS's snapshot APIs).
+pub const CHUNK_BLOCKS: u64 = 128;
+/// Change marks (u32 each) in one change map block, after its header.
+pub const MARKS_PER_BLOCK: u64 = ((BLOCK_SIZE - HEADER_LEN) / 4) as u64;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Layout {
@@ -31,6 +38,9 @@ pub struct Layout {
     pub ag_count: u32,
     pub ag_blocks: u32,
     pub bitmap_blocks_per_ag: u32,
+    /// Blocks of each slot's change map (`format/change_map.rs`); 0 on a volume made before
+    /// change tracking, which has no tracking region at all.
+    pub cbt_blocks_per_slot: u32,
 }
 
 impl Layout {
@@ -50,7 +60,8 @@ impl Layout {
         }
         let slot_table_start = 2;
         let journal_start = slot_table_start + DEFAULT_MAX_SLOTS as u64;
-        let ag_start = journal_start + slots as u64 * journal_blocks as u64;
+        let cbt_blocks_per_slot = Self::change_map_blocks(total_blocks);
+        let ag_start = journal_start + slots as u64 * journal_blocks as u64 + 1 + slots as u64 * cbt_blocks_per_slot as u64;
         // At least one allocation group per slot, so that each node allocates from a group of
         // its own (`Allocator`'s home group), and at least four.
         let min_ags = slots.max(4) as u64;
@@ -83,6 +94,7 @@ impl Layout {
             ag_count,
             ag_blocks,
             bitmap_blocks_per_ag,
+            cbt_blocks_per_slot,
         };
         l.validate()?;
         Ok(l)
@@ -95,8 +107,11 @@ impl Layout {
         if self.journal_start != self.slot_table_start + self.max_slots as u64 {
             return Err("journals do not follow the slot table".into());
         }
-        if self.ag_start != self.journal_start + self.slot_count as u64 * self.journal_blocks as u64 {
-            return Err("allocation groups do not follow the journals".into());
+        if self.ag_start != self.journal_start + self.slot_count as u64 * self.journal_blocks as u64 + self.cbt_region_blocks() {
+            return Err("allocation groups do not follow the journals and the change tracking region".into());
+        }
+        if self.cbt_blocks_per_slot != 0 && self.cbt_blocks_per_slot != Self::change_map_blocks(self.total_blocks) {
+            return Err("change map size does not match the volume size".into());
         }
         if self.ag_count == 0 || self.ag_blocks < MIN_AG_BLOCKS {
             return Err("no usable allocation group".into());
@@ -108,6 +123,44 @@ impl Layout {
             return Err("allocation groups extend past the end of the volume".into());
         }
         Ok(())
+    }
+
+    /// Blocks of a change map covering a volume of `total_blocks`: one mark per chunk.
+    pub fn change_map_blocks(total_blocks: u64) -> u32 {
+        total_blocks.div_ceil(CHUNK_BLOCKS).div_ceil(MARKS_PER_BLOCK) as u32
+    }
+
+    /// Whether this volume records which chunks change (volumes made before it do not).
+    pub fn tracks_changes(&self) -> bool {
+        self.cbt_blocks_per_slot > 0
+    }
+
+    /// Chunks of [`CHUNK_BLOCKS`] covering the volume (the last may be short).
+    pub fn chunk_count(&self) -> u64 {
+        self.total_blocks.div_ceil(CHUNK_BLOCKS)
+    }
+
+    /// The change tracking region: the state block, then one change map per slot.
+    pub fn cbt_start(&self) -> u64 {
+        self.journal_start + self.slot_count as u64 * self.journal_blocks as u64
+    }
+
+    pub fn cbt_region_blocks(&self) -> u64 {
+        if self.tracks_changes() {
+            1 + self.slot_count as u64 * self.cbt_blocks_per_slot as u64
+        } else {
+            0
+        }
+    }
+
+    /// The block holding the volume's change generation (`format/change_map.rs`).
+    pub fn cbt_state_blkno(&self) -> u64 {
+        self.cbt_start()
+    }
+
+    /// Block `i` of `slot`'s change map.
+    pub fn change_map_blkno(&self, slot: u32, i: u64) -> u64 {
+        self.cbt_start() + 1 + slot as u64 * self.cbt_blocks_per_slot as u64 + i
     }
 
     pub fn slot_header_blkno(&self, slot: u32) -> u64 {

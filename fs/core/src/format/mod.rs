@@ -7,6 +7,7 @@
 //! stands in its struct, checked against the documented size at compile time.
 pub mod ag;
 pub mod btree_node;
+pub mod change_map;
 pub mod dirent;
 pub mod extent;
 pub mod header;

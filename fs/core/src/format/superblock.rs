@@ -13,8 +13,11 @@ pub const BACKUP_SUPERBLOCK_BLKNO: u64 = 1;
 /// volume's UUID (the seed of every other block) is known.
 pub const SUPERBLOCK_SEED: u32 = 0x6d61_6673;
 pub const LABEL_LEN: usize = 64;
-/// No incompatible features are defined yet; a volume with unknown bits set is refused.
-pub const SUPPORTED_INCOMPAT: u32 = 0;
+/// The volume has a change tracking region (`Layout::cbt_blocks_per_slot`): a mafs that does
+/// not know it would write without marking what changed, and snapshots would miss the change.
+pub const INCOMPAT_CHANGE_TRACKING: u32 = 1;
+/// A volume with unknown bits set is refused.
+pub const SUPPORTED_INCOMPAT: u32 = INCOMPAT_CHANGE_TRACKING;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Superblock {
@@ -25,13 +28,16 @@ pub struct Superblock {
     pub lost_found_ino: u64,
     pub created_sec: i64,
     pub incompat: u32,
+    /// Seed of every other block's checksum: crc32c of the UUID mkfs gave the volume. A restored
+    /// or launched copy gets a UUID of its own and keeps the seed, so its blocks stay valid.
+    pub crc_seed: u32,
 }
 
 impl Superblock {
     /// Seed of every non-superblock checksum: ties each block to this volume, so blocks left by
     /// an earlier format on the same device never verify.
     pub fn crc_seed(&self) -> u32 {
-        crc32c::crc32c(&self.uuid)
+        self.crc_seed
     }
 
     pub fn uuid_string(&self) -> String {
@@ -60,6 +66,8 @@ impl Superblock {
         put_u32(&mut b, 192, self.crc_seed());
         put_u32(&mut b, 196, self.incompat);
         put_u32(&mut b, 200, l.max_slots);
+        put_u32(&mut b, 204, l.cbt_blocks_per_slot);
+        put_u32(&mut b, 208, if l.tracks_changes() { super::layout::CHUNK_BLOCKS as u32 } else { 0 });
         header::seal(&mut b, BlockType::Superblock, blkno, 0, SUPERBLOCK_SEED);
         b
     }
@@ -85,6 +93,7 @@ impl Superblock {
             ag_blocks: u32_at(b, 156),
             bitmap_blocks_per_ag: u32_at(b, 160),
             max_slots: u32_at(b, 200),
+            cbt_blocks_per_slot: u32_at(b, 204),
         };
         let sb = Superblock {
             uuid,
@@ -94,9 +103,15 @@ impl Superblock {
             lost_found_ino: u64_at(b, 176),
             created_sec: i64_at(b, 184),
             incompat: u32_at(b, 196),
+            crc_seed: u32_at(b, 192),
         };
         if sb.incompat & !SUPPORTED_INCOMPAT != 0 {
             return Err(FsError::Unsupported(format!("volume uses features {:#x} this mafs does not know; upgrade mafs", sb.incompat)));
+        }
+        if sb.layout.tracks_changes() != (sb.incompat & INCOMPAT_CHANGE_TRACKING != 0)
+            || (sb.layout.tracks_changes() && u32_at(b, 208) as u64 != super::layout::CHUNK_BLOCKS)
+        {
+            return Err(FsError::corrupt(blkno, "superblock's change tracking fields disagree with its feature bits"));
         }
         sb.layout.validate().map_err(|what| FsError::corrupt(blkno, format!("superblock geometry is inconsistent: {what}")))?;
         Ok(sb)
