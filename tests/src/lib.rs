@@ -5,6 +5,7 @@ pub mod fs_mount;
 pub mod lock_history;
 pub mod lockd_cluster;
 pub mod net_proxy;
+pub mod workload;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};

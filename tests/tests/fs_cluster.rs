@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use mafs_tests::fs_cluster::ClusterVolume;
 use mafs_tests::fs_mount::{code_and_text, getxattr, mafs, run_as_nobody, setxattr, statfs};
 use mafs_tests::net_proxy::LinkMode;
+use mafs_tests::workload::{written_size, Writer};
 
 /// Everything about a path that one node can change and another must see at once.
 fn look(p: &Path) -> Option<(u64, u32, u32, u64, i64, Vec<u8>)> {
@@ -796,76 +797,6 @@ fn a_file_open_on_its_maker_opens_at_once_on_another_node() {
     assert_eq!(all, "made on node1, read on node2");
     drop((mine, theirs));
     c.finish();
-}
-
-/// The size of the `i`th file a [`Writer`] makes: never the same twice in a row, so a file
-/// cut short or taken from the wrong round shows.
-fn written_size(i: u64) -> u64 {
-    4096 + (i % 50) * 509
-}
-
-/// A node's write workload in a child process (its own process group, so it stops at once):
-/// each round writes `tmpI`, fsyncs it, renames it to `fI`, fsyncs the directory, appends a
-/// record to the shared `journal` (O_APPEND from every node) and fsyncs it, and only then logs
-/// `ok I MD5` on the host; every 20th round it logs `del J` and unlinks an old file. The log
-/// is on the host's own disk, so a line in it is a write the node had made durable. A
-/// workload started again on a node mounted again goes on after the last number it began.
-struct Writer {
-    child: std::process::Child,
-    log: std::path::PathBuf,
-}
-
-impl Writer {
-    fn start(mnt: &Path, name: &str, log: std::path::PathBuf) -> Writer {
-        use std::os::unix::process::CommandExt;
-        let script = format!(
-            r#"d={m}/{n}; i=$(cat {log}.next 2>/dev/null || echo 0)
-            while true; do
-              echo $((i + 1)) > {log}.next.new && mv {log}.next.new {log}.next
-              s=$((4096 + (i % 50) * 509))
-              head -c $s /dev/urandom > $d/tmp$i && sync $d/tmp$i && mv $d/tmp$i $d/f$i && sync $d || exit 3
-              echo "{n} rec $i" >> {m}/journal && sync {m}/journal || exit 4
-              sum=$(md5sum < $d/f$i) || exit 6
-              echo "ok $i ${{sum%% *}}" >> {log}
-              if [ $((i % 20)) = 19 ]; then echo "del $((i - 19))" >> {log}; rm -f $d/f$((i - 19)) || exit 5; fi
-              i=$((i + 1))
-            done"#,
-            m = mnt.display(),
-            n = name,
-            log = log.display()
-        );
-        let child = std::process::Command::new("sh")
-            .args(["-c", &script])
-            .stderr(std::fs::OpenOptions::new().create(true).append(true).open(log.with_extension("err")).unwrap())
-            .process_group(0)
-            .spawn()
-            .unwrap();
-        Writer { child, log }
-    }
-
-    /// Why the workload stopped on its own, if it did: its exit and what it printed.
-    fn stopped(&mut self) -> Option<String> {
-        let st = self.child.try_wait().unwrap()?;
-        Some(format!("{st}: {}", fs::read_to_string(self.log.with_extension("err")).unwrap_or_default()))
-    }
-
-    fn logged(&self) -> usize {
-        fs::read_to_string(&self.log).map(|l| l.lines().filter(|l| l.starts_with("ok ")).count()).unwrap_or(0)
-    }
-
-    /// Stops the workload; panics if it had stopped on its own (a system call failed on a
-    /// node that was not killed).
-    fn stop_expecting_no_error(mut self, who: &str) {
-        let early = self.stopped();
-        self.stop();
-        assert!(early.is_none(), "{who}'s workload stopped on its own: {early:?}");
-    }
-
-    /// Kills the whole process group (the shell and whatever it runs now).
-    fn stop(&mut self) {
-        unsafe { libc::kill(-(self.child.id() as i32), libc::SIGKILL) };
-        let _ = self.child.wait();
-    }
 }
 
 /// What survivors must show of one node's workload: every logged file with its checksum

@@ -68,6 +68,11 @@ impl ChangeTracker {
         Ok(())
     }
 
+    /// A freeze moved the generation on but it could not be read: marks go one further.
+    pub fn assume_next_generation(&self) {
+        self.known.fetch_add(1, Ordering::AcqRel);
+    }
+
     /// The node is about to ask for the volume lock afresh: until the generation is read again
     /// ([`refresh_if_stale`](Self::refresh_if_stale)), a request holding it must not write.
     pub fn expect_new_generation(&self) {

@@ -12,6 +12,7 @@ pub mod dir;
 pub mod error;
 pub mod filesystem;
 pub mod format;
+pub mod freeze_gate;
 pub mod fsck;
 pub mod journal;
 pub mod locks;

@@ -1,6 +1,7 @@
 //! The FUSE glue: translates kernel requests into `filesystem::Fs` calls and replies, and
 //! errors into errno values (`FsError::errno`). Nothing here decides filesystem behaviour.
 mod caller;
+pub mod control;
 pub mod kernel_cache;
 pub mod mount;
 

@@ -65,9 +65,12 @@ pub fn mount(cfg: &MountConfig, cluster: Option<&(dyn Membership + Sync)>) -> an
         None => claim_volume(&cfg.volume, Duration::from_secs(10))?,
         Some(_) => claim_volume_shared(&cfg.volume, Duration::from_secs(10))?,
     };
+    // A standalone mount is frozen for a snapshot through its control socket (`control.rs`),
+    // a cluster node through lockd's volume lock.
+    let freeze_gate = mafs_core::freeze_gate::FreezeGate::new();
     let gate: Arc<dyn VolumeGate> = match cluster {
         Some(m) => m.gate(),
-        None => Arc::new(mafs_core::locks::Standalone),
+        None => Arc::new(mafs_core::freeze_gate::StandaloneGate(freeze_gate.clone())),
     };
     // Opened inside the volume lock, as any request (shared: the node's own slot lock covers
     // its journal's replay, and orphan reclaim takes the inode locks any operation takes).
@@ -87,6 +90,16 @@ pub fn mount(cfg: &MountConfig, cluster: Option<&(dyn Membership + Sync)>) -> an
         return Err(e).context("cannot finish recovery of the volume");
     }
     drop(opening);
+    let _control = match cluster {
+        Some(_) => None,
+        None => match crate::control::ControlSocket::start(&current.fs().vol.sb.uuid_string(), freeze_gate, current.clone()) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::warn!("cannot open the mount's control socket ({e}): snapshots of this mount will be refused");
+                None
+            }
+        },
+    };
     let lookups = Arc::new(KernelLookups::default());
     let kernel_cache = if cluster.is_some() { KernelCache::UnderLock(lookups.clone()) } else { KernelCache::All };
     let glue = MafsFuse::with_current(current.clone(), cfg.attr_ttl, kernel_cache);

@@ -127,11 +127,6 @@ impl Freezer for ClusterFreeze {
     }
 }
 
-/// Where a standalone mount of the volume `uuid` listens for freeze requests.
-pub fn control_socket_path(uuid: &str) -> PathBuf {
-    PathBuf::from(format!("/run/mafs/control-{uuid}.sock"))
-}
-
 /// A standalone mount, frozen through its control socket (`mafs_fuse::control`).
 pub struct StandaloneFreeze {
     path: PathBuf,
@@ -140,7 +135,7 @@ pub struct StandaloneFreeze {
 impl StandaloneFreeze {
     /// The mount of `uuid` on this host, if one listens.
     pub fn find(uuid: &str) -> Option<StandaloneFreeze> {
-        let path = control_socket_path(uuid);
+        let path = mafs_core::freeze_gate::control_socket_path(uuid);
         UnixStream::connect(&path).ok().map(|_| StandaloneFreeze { path })
     }
 }
