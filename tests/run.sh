@@ -22,6 +22,8 @@ bash tests/pjdfstest/install-deps.sh
 if ! command -v cargo-nextest >/dev/null 2>&1; then
     cargo install --locked cargo-nextest
 fi
+# The snapshot tests' S3-compatible server (started on 127.0.0.1 by fs_snapshot).
+python3 -c 'import moto.server, flask, flask_cors' 2>/dev/null || python3 -m pip install --quiet 'moto[server]'
 cargo fmt --version >/dev/null 2>&1 || rustup component add rustfmt
 cargo clippy --version >/dev/null 2>&1 || rustup component add clippy
 [ -e /dev/fuse ] || modprobe fuse

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use mafs_tests::fs_cluster::ClusterVolume;
-use mafs_tests::fs_mount::{code_and_text, mafs, spawn_mount, tear_down};
+use mafs_tests::fs_mount::{code_and_text, mafs, spawn_mount, tear_down, Mounted};
 use mafs_tests::workload::{written_size, Writer};
 
 /// `mafs ARGS`, which must succeed; its standard output.
@@ -172,4 +172,265 @@ fn snapshots_during_a_three_node_workload_restore_to_the_state_at_their_freeze_e
     restore_and_check(&c, &store, &first, &at_first, &logs);
     restore_and_check(&c, &store, &second, &at_second, &logs);
     c.finish();
+}
+
+/// Writes `mib` MiB of random bytes to `path` and makes them durable.
+fn write_random(path: &Path, offset_mib: u64, mib: u64) {
+    use std::io::{Read, Seek, SeekFrom, Write};
+    let mut data = vec![0u8; (mib << 20) as usize];
+    fs::File::open("/dev/urandom").unwrap().read_exact(&mut data).unwrap();
+    let mut f = fs::OpenOptions::new().create(true).write(true).truncate(false).open(path).unwrap();
+    f.seek(SeekFrom::Start(offset_mib << 20)).unwrap();
+    f.write_all(&data).unwrap();
+    f.sync_all().unwrap();
+}
+
+/// Every regular file under `dir` with its md5sum, by relative path.
+fn tree_sums(dir: &Path) -> std::collections::BTreeMap<String, String> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            let t = e.file_type().unwrap();
+            if t.is_dir() {
+                todo.push(e.path());
+            } else if t.is_file() {
+                out.insert(e.path().strip_prefix(dir).unwrap().display().to_string(), md5_of(&e.path()));
+            }
+        }
+    }
+    out
+}
+
+fn create_snapshot(vol: &Path, store: &Path) -> String {
+    last_line(&mafs_ok(&["snapshot", "create", vol.to_str().unwrap(), "--store", store.to_str().unwrap()]))
+}
+
+/// Restores `id` into `scratch`, checks it with fsck and returns its files' sums.
+fn restored_tree(store: &Path, id: &str, scratch: &Path) -> std::collections::BTreeMap<String, String> {
+    let img = scratch.join(format!("{id}.img"));
+    mafs_ok(&["restore", id, img.to_str().unwrap(), "--store", store.to_str().unwrap()]);
+    let (code, text) = code_and_text(&mafs(["fsck".as_ref(), img.as_os_str()]));
+    assert_eq!(code, 0, "fsck of the restored {id}:\n{text}");
+    let mnt = scratch.join(format!("{id}.mnt"));
+    fs::create_dir_all(&mnt).unwrap();
+    let child = spawn_mount(&img, &mnt, &["--standalone"], &scratch.join(format!("{id}.log"))).unwrap_or_else(|e| panic!("mount {id}: {e}"));
+    let mut sums = tree_sums(&mnt);
+    sums.retain(|k, _| !k.starts_with("lost+found"));
+    tear_down(&mnt, Some(child));
+    fs::remove_file(&img).unwrap();
+    sums
+}
+
+#[test]
+fn an_incremental_snapshot_after_changing_one_percent_of_the_data_stores_about_one_percent_more() {
+    let m = Mounted::new("256M");
+    for i in 0..20 {
+        write_random(&m.path(format!("f{i}")), 0, 10);
+    }
+    let store = m.scratch().join("store");
+    let first = create_snapshot(&m.vol, &store);
+    // 2 MiB of the 200 MiB.
+    write_random(&m.path("f7"), 3, 2);
+    let want = tree_sums(&m.mnt);
+    let second = create_snapshot(&m.vol, &store);
+    assert_eq!(show_field(&store, &second, "parent"), first);
+    let added = |id: &str| show_field(&store, id, "bytes added").parse::<f64>().unwrap();
+    let ratio = added(&second) / added(&first);
+    eprintln!("first snapshot added {} bytes, the second {} ({:.2}%)", added(&first), added(&second), ratio * 100.0);
+    assert!((0.008..0.025).contains(&ratio), "a 1% change stored {:.2}% more", ratio * 100.0);
+    let mut got = restored_tree(&store, &second, m.scratch());
+    got.retain(|k, _| want.contains_key(k));
+    assert_eq!(got, want, "the restored incremental snapshot differs from the volume");
+    m.finish();
+}
+
+#[test]
+fn a_snapshot_killed_mid_upload_leaves_no_snapshot_and_the_next_one_succeeds() {
+    let mut m = Mounted::new("512M");
+    for i in 0..10 {
+        write_random(&m.path(format!("f{i}")), 0, 40);
+    }
+    let want = tree_sums(&m.mnt);
+    m.unmount_clean();
+    let store = m.scratch().join("store");
+    let mut child = std::process::Command::new(mafs_tests::mafs_bin())
+        .args(["snapshot", "create", m.vol.to_str().unwrap(), "--store", store.to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let chunks = || fs::read_dir(store.join("chunks")).map(|d| d.flatten().map(|s| fs::read_dir(s.path()).map(|f| f.count()).unwrap_or(0)).sum()).unwrap_or(0usize);
+    assert!(mafs_tests::wait_until(Duration::from_secs(30), || chunks() >= 40), "the upload did not start");
+    assert!(child.try_wait().unwrap().is_none(), "the snapshot finished before it could be killed");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let listed = mafs_ok(&["snapshot", "list", "--store", store.to_str().unwrap()]);
+    assert_eq!(listed.lines().count(), 1, "a killed snapshot is listed:\n{listed}");
+    let id = create_snapshot(&m.vol, &store);
+    let listed = mafs_ok(&["snapshot", "list", "--store", store.to_str().unwrap()]);
+    assert!(listed.contains(&id) && listed.lines().count() == 2, "{listed}");
+    assert_eq!(restored_tree(&store, &id, m.scratch()), want);
+    m.finish();
+}
+
+#[test]
+fn a_store_that_fills_up_gives_a_clear_error_and_no_snapshot() {
+    let mut m = Mounted::new("256M");
+    for i in 0..4 {
+        write_random(&m.path(format!("f{i}")), 0, 10);
+    }
+    m.unmount_clean();
+    let store = m.scratch().join("small-store");
+    fs::create_dir(&store).unwrap();
+    let st = std::process::Command::new("mount").args(["-t", "tmpfs", "-o", "size=12m", "tmpfs"]).arg(&store).status().unwrap();
+    assert!(st.success(), "cannot mount a small tmpfs for the store");
+    let o = mafs(["snapshot", "create", m.vol.to_str().unwrap(), "--store", store.to_str().unwrap()]);
+    let (code, text) = code_and_text(&o);
+    let listed = mafs(["snapshot", "list", "--store", store.to_str().unwrap()]);
+    let _ = std::process::Command::new("umount").arg(&store).status();
+    assert_ne!(code, 0, "a snapshot into a full store succeeded:\n{text}");
+    assert!(text.contains("full"), "the error does not say the store is full:\n{text}");
+    assert_eq!(String::from_utf8_lossy(&listed.stdout).lines().count(), 1, "a failed snapshot is listed");
+    m.finish();
+}
+
+#[test]
+fn deleting_snapshots_keeps_every_chunk_the_others_need_even_while_one_is_created() {
+    let m = Mounted::new("256M");
+    let store = m.scratch().join("store");
+    write_random(&m.path("a"), 0, 30);
+    let s1 = create_snapshot(&m.vol, &store);
+    let t1 = tree_sums(&m.mnt);
+    write_random(&m.path("a"), 5, 3);
+    write_random(&m.path("b"), 0, 20);
+    let s2 = create_snapshot(&m.vol, &store);
+    fs::remove_file(m.path("b")).unwrap();
+    write_random(&m.path("c"), 0, 10);
+    let s3 = create_snapshot(&m.vol, &store);
+    let t3 = tree_sums(&m.mnt);
+    write_random(&m.path("d"), 0, 10);
+    let t4 = tree_sums(&m.mnt);
+    // A create and a delete at once: the delete's collection must not take chunks the create
+    // found in the store and names in its manifest.
+    let (vol, st) = (m.vol.clone(), store.clone());
+    let creating = std::thread::spawn(move || create_snapshot(&vol, &st));
+    mafs_ok(&["snapshot", "delete", &s2, "--store", store.to_str().unwrap()]);
+    let s4 = creating.join().unwrap();
+    let (code, text) = code_and_text(&mafs(["snapshot", "delete", &s1, "--store", store.to_str().unwrap()]));
+    assert_eq!(code, 0, "{text}");
+    // s1 alone named the bytes of `a` that s2 overwrote.
+    let removed: usize = text.split(" unused chunks removed").next().and_then(|t| t.rsplit(' ').next()).and_then(|n| n.parse().ok()).unwrap_or(0);
+    assert!(removed >= 6, "deleting the first snapshot removed {removed} chunks; its 3 MiB of overwritten data alone are 6:\n{text}");
+    let listed = mafs_ok(&["snapshot", "list", "--store", store.to_str().unwrap()]);
+    assert!(!listed.contains(&s1) && !listed.contains(&s2) && listed.contains(&s3) && listed.contains(&s4), "{listed}");
+    let strip = |mut t: std::collections::BTreeMap<String, String>| {
+        t.retain(|k, _| !k.starts_with("lost+found"));
+        t
+    };
+    assert_eq!(restored_tree(&store, &s3, m.scratch()), strip(t3));
+    assert_eq!(restored_tree(&store, &s4, m.scratch()), strip(t4));
+    assert_ne!(t1.len(), 0);
+    m.finish();
+}
+
+/// An S3-compatible server (moto, from PyPI) on 127.0.0.1 with one bucket, reached through a
+/// link that can be cut; stopped on drop.
+struct S3Server {
+    child: std::process::Child,
+    net: mafs_tests::net_proxy::Net,
+    endpoint: String,
+}
+
+impl S3Server {
+    fn start(bucket: &str) -> S3Server {
+        let port = mafs_tests::free_port();
+        let child = std::process::Command::new("python3")
+            .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start the moto S3 server (pip install 'moto[server]')");
+        let target = format!("127.0.0.1:{port}");
+        let up = mafs_tests::wait_until(Duration::from_secs(30), || std::net::TcpStream::connect(&target).is_ok());
+        assert!(up, "the moto S3 server did not come up on {target}");
+        let mut net = mafs_tests::net_proxy::Net::new();
+        let endpoint = format!("http://{}", net.link(0, 1, &target));
+        // Make the bucket: a bare S3 PUT.
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(&target).unwrap();
+        write!(s, "PUT /{bucket} HTTP/1.1\r\nHost: {target}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").unwrap();
+        let mut reply = String::new();
+        s.read_to_string(&mut reply).unwrap();
+        assert!(reply.starts_with("HTTP/1.1 200"), "cannot make the bucket: {reply}");
+        S3Server { child, net, endpoint }
+    }
+
+    /// `mafs ARGS` with the server as its S3 endpoint.
+    fn mafs(&self, args: &[&str]) -> std::process::Command {
+        let mut c = std::process::Command::new(mafs_tests::mafs_bin());
+        c.args(args)
+            .env("AWS_ENDPOINT_URL", &self.endpoint)
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .env("AWS_DEFAULT_REGION", "us-east-1");
+        c
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let o = self.mafs(args).output().unwrap();
+        let (code, text) = code_and_text(&o);
+        assert_eq!(code, 0, "mafs {args:?} failed:\n{text}");
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn an_s3_store_keeps_snapshots_and_a_server_gone_mid_upload_leaves_none() {
+    let s3 = S3Server::start("snaps");
+    let store = "s3://snaps/volumes";
+    let mut m = Mounted::new("256M");
+    write_random(&m.path("a"), 0, 20);
+    let first_tree = tree_sums(&m.mnt);
+    m.unmount_clean();
+    let vol = m.vol.to_str().unwrap().to_string();
+    let first = last_line(&s3.ok(&["snapshot", "create", &vol, "--store", store]));
+    let img = m.scratch().join("from-s3.img");
+    s3.ok(&["restore", &first, img.to_str().unwrap(), "--store", store]);
+    let mnt = m.scratch().join("from-s3");
+    fs::create_dir(&mnt).unwrap();
+    let child = spawn_mount(&img, &mnt, &["--standalone"], &m.scratch().join("from-s3.log")).unwrap();
+    let mut got = tree_sums(&mnt);
+    tear_down(&mnt, Some(child));
+    got.retain(|k, _| !k.starts_with("lost+found"));
+    let mut want = first_tree;
+    want.retain(|k, _| !k.starts_with("lost+found"));
+    assert_eq!(got, want, "the volume restored from S3 differs");
+
+    m.mount();
+    write_random(&m.path("b"), 0, 150);
+    m.unmount_clean();
+    let mut creating = s3.mafs(&["snapshot", "create", &vol, "--store", store, "--full"]).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(creating.try_wait().unwrap().is_none(), "the snapshot finished before the server could go");
+    s3.net.set(0, 1, mafs_tests::net_proxy::LinkMode::Drop);
+    let out = creating.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a snapshot whose server went away succeeded");
+    assert!(err.contains("s3://snaps/volumes"), "the error does not name the store:\n{err}");
+    s3.net.heal();
+    let listed = s3.ok(&["snapshot", "list", "--store", store]);
+    assert_eq!(listed.lines().count(), 2, "only the first snapshot is listed:\n{listed}");
+    let third = last_line(&s3.ok(&["snapshot", "create", &vol, "--store", store]));
+    let listed = s3.ok(&["snapshot", "list", "--store", store]);
+    assert!(listed.contains(&third) && listed.lines().count() == 3, "{listed}");
+    m.finish();
 }
