@@ -2,7 +2,7 @@
 //! `mafs snapshot`/`restore` commands, a kill -9 in the middle.
 use std::collections::{HashMap, HashSet};
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use mafs_tests::fs_cluster::ClusterVolume;
@@ -215,7 +215,8 @@ fn restored_tree(store: &Path, id: &str, scratch: &Path) -> std::collections::BT
     assert_eq!(code, 0, "fsck of the restored {id}:\n{text}");
     let mnt = scratch.join(format!("{id}.mnt"));
     fs::create_dir_all(&mnt).unwrap();
-    let child = spawn_mount(&img, &mnt, &["--standalone"], &scratch.join(format!("{id}.log"))).unwrap_or_else(|e| panic!("mount {id}: {e}"));
+    let child =
+        spawn_mount(&img, &mnt, &["--standalone"], &scratch.join(format!("{id}.log"))).unwrap_or_else(|e| panic!("mount {id}: {e}"));
     let mut sums = tree_sums(&mnt);
     sums.retain(|k, _| !k.starts_with("lost+found"));
     tear_down(&mnt, Some(child));
@@ -261,7 +262,11 @@ fn a_snapshot_killed_mid_upload_leaves_no_snapshot_and_the_next_one_succeeds() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let chunks = || fs::read_dir(store.join("chunks")).map(|d| d.flatten().map(|s| fs::read_dir(s.path()).map(|f| f.count()).unwrap_or(0)).sum()).unwrap_or(0usize);
+    let chunks = || {
+        fs::read_dir(store.join("chunks"))
+            .map(|d| d.flatten().map(|s| fs::read_dir(s.path()).map(|f| f.count()).unwrap_or(0)).sum())
+            .unwrap_or(0usize)
+    };
     assert!(mafs_tests::wait_until(Duration::from_secs(30), || chunks() >= 40), "the upload did not start");
     assert!(child.try_wait().unwrap().is_none(), "the snapshot finished before it could be killed");
     child.kill().unwrap();
@@ -321,7 +326,8 @@ fn deleting_snapshots_keeps_every_chunk_the_others_need_even_while_one_is_create
     let (code, text) = code_and_text(&mafs(["snapshot", "delete", &s1, "--store", store.to_str().unwrap()]));
     assert_eq!(code, 0, "{text}");
     // s1 alone named the bytes of `a` that s2 overwrote.
-    let removed: usize = text.split(" unused chunks removed").next().and_then(|t| t.rsplit(' ').next()).and_then(|n| n.parse().ok()).unwrap_or(0);
+    let removed: usize =
+        text.split(" unused chunks removed").next().and_then(|t| t.rsplit(' ').next()).and_then(|n| n.parse().ok()).unwrap_or(0);
     assert!(removed >= 6, "deleting the first snapshot removed {removed} chunks; its 3 MiB of overwritten data alone are 6:\n{text}");
     let listed = mafs_ok(&["snapshot", "list", "--store", store.to_str().unwrap()]);
     assert!(!listed.contains(&s1) && !listed.contains(&s2) && listed.contains(&s3) && listed.contains(&s4), "{listed}");
@@ -418,7 +424,8 @@ fn an_s3_store_keeps_snapshots_and_a_server_gone_mid_upload_leaves_none() {
     m.mount();
     write_random(&m.path("b"), 0, 150);
     m.unmount_clean();
-    let mut creating = s3.mafs(&["snapshot", "create", &vol, "--store", store, "--full"]).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let mut creating =
+        s3.mafs(&["snapshot", "create", &vol, "--store", store, "--full"]).stderr(std::process::Stdio::piped()).spawn().unwrap();
     std::thread::sleep(Duration::from_millis(300));
     assert!(creating.try_wait().unwrap().is_none(), "the snapshot finished before the server could go");
     s3.net.set(0, 1, mafs_tests::net_proxy::LinkMode::Drop);
@@ -433,4 +440,136 @@ fn an_s3_store_keeps_snapshots_and_a_server_gone_mid_upload_leaves_none() {
     let listed = s3.ok(&["snapshot", "list", "--store", store]);
     assert!(listed.contains(&third) && listed.lines().count() == 3, "{listed}");
     m.finish();
+}
+
+/// A POSIX ACL as its xattr holds it: (tag, permissions, id) entries after version 2.
+fn acl_xattr(entries: &[(u16, u16, u32)]) -> Vec<u8> {
+    let mut v = 2u32.to_le_bytes().to_vec();
+    for &(tag, perm, id) in entries {
+        v.extend_from_slice(&tag.to_le_bytes());
+        v.extend_from_slice(&perm.to_le_bytes());
+        v.extend_from_slice(&id.to_le_bytes());
+    }
+    v
+}
+
+/// A tree with every kind of file the image keeps.
+fn make_tree(root: &Path) {
+    use mafs_tests::fs_mount::setxattr;
+    use std::os::unix::fs::PermissionsExt;
+    let cmd = |args: &[&str]| assert!(std::process::Command::new(args[0]).args(&args[1..]).status().unwrap().success(), "{args:?}");
+    fs::create_dir_all(root.join("etc/app")).unwrap();
+    fs::create_dir_all(root.join("shared")).unwrap();
+    fs::write(root.join("etc/app/config"), "threads = 8\n").unwrap();
+    write_random(&root.join("blob"), 0, 3);
+    // Sparse: 64 MiB with data only at 40 MiB.
+    let sparse = fs::File::create(root.join("sparse")).unwrap();
+    sparse.set_len(64 << 20).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&sparse, b"island", 40 << 20).unwrap();
+    fs::hard_link(root.join("etc/app/config"), root.join("shared/config-link")).unwrap();
+    std::os::unix::fs::symlink("../etc/app/config", root.join("shared/config-sym")).unwrap();
+    std::os::unix::fs::symlink("x".repeat(300), root.join("long-symlink")).unwrap();
+    cmd(&["mknod", root.join("null").to_str().unwrap(), "c", "1", "3"]);
+    cmd(&["mknod", root.join("loopish").to_str().unwrap(), "b", "7", "200"]);
+    cmd(&["mkfifo", root.join("fifo").to_str().unwrap()]);
+    drop(std::os::unix::net::UnixListener::bind(root.join("socket")).unwrap());
+    setxattr(&root.join("blob"), "user.origin", b"golden", 0).unwrap();
+    setxattr(&root.join("etc/app/config"), "user.big", &vec![b'v'; 2000], 0).unwrap();
+    let nobody = (2u16, 4u16, 65534u32);
+    let (uo, go, mask, other) = ((1u16, 7u16, u32::MAX), (4u16, 5u16, u32::MAX), (0x10u16, 5u16, u32::MAX), (0x20u16, 5u16, u32::MAX));
+    setxattr(&root.join("blob"), "system.posix_acl_access", &acl_xattr(&[uo, nobody, go, mask, other]), 0).unwrap();
+    setxattr(&root.join("shared"), "system.posix_acl_default", &acl_xattr(&[uo, nobody, go, mask, other]), 0).unwrap();
+    cmd(&["chown", "1234:5678", root.join("blob").to_str().unwrap()]);
+    fs::set_permissions(root.join("blob"), fs::Permissions::from_mode(0o4754)).unwrap();
+    cmd(&["chown", "-h", "42:43", root.join("shared/config-sym").to_str().unwrap()]);
+    cmd(&["touch", "-h", "-d", "2021-03-04 05:06:07.123456789", root.join("shared/config-sym").to_str().unwrap()]);
+    cmd(&["touch", "-d", "2020-01-02 03:04:05", root.join("etc").to_str().unwrap()]);
+}
+
+/// What a tree shows of each entry: type and mode, owner, size, mtime, device number, link
+/// target, data sum, extended attributes, and which names are one file.
+fn describe_tree(root: &Path) -> Vec<String> {
+    use mafs_tests::fs_mount::{getxattr, listxattr};
+    use std::os::unix::fs::MetadataExt;
+    let mut out = Vec::new();
+    let mut inodes: HashMap<u64, String> = HashMap::new();
+    let mut todo = vec![root.to_path_buf()];
+    while let Some(p) = todo.pop() {
+        let m = fs::symlink_metadata(&p).unwrap();
+        let rel = p.strip_prefix(root).unwrap().display().to_string();
+        if rel.starts_with("lost+found") {
+            continue;
+        }
+        let mut line = format!("{rel} {:o} {}:{} rdev {} mtime {}.{}", m.mode(), m.uid(), m.gid(), m.rdev(), m.mtime(), m.mtime_nsec());
+        if !m.is_dir() {
+            line += &format!(" size {}", m.len());
+        }
+        if m.file_type().is_symlink() {
+            line += &format!(" -> {}", fs::read_link(&p).unwrap().display());
+        } else {
+            if m.is_file() {
+                line += &format!(" md5 {}", md5_of(&p));
+                if m.nlink() > 1 {
+                    let first = inodes.entry(m.ino()).or_insert_with(|| rel.clone());
+                    line += &format!(" same file as {first}");
+                }
+                if m.len() > (32 << 20) {
+                    assert!(m.blocks() * 512 < (4 << 20), "{rel}: {} bytes allocated for a sparse file", m.blocks() * 512);
+                }
+            }
+            let mut names = listxattr(&p).unwrap_or_default();
+            names.sort();
+            for n in names {
+                line += &format!(" {n}={:?}", getxattr(&p, &n).unwrap());
+            }
+        }
+        out.push(line);
+        if m.is_dir() {
+            let mut kids: Vec<PathBuf> = fs::read_dir(&p).unwrap().map(|e| e.unwrap().path()).collect();
+            kids.sort();
+            todo.extend(kids.into_iter().rev());
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn an_image_of_a_tree_with_every_file_type_launches_three_volumes_that_mount_at_once_and_equal_the_tree() {
+    let dir = tempfile::Builder::new().prefix("mafs-image-test.").tempdir().unwrap();
+    let root = fs::canonicalize(dir.path()).unwrap();
+    let src = root.join("src");
+    make_tree(&src);
+    let want = describe_tree(&src);
+    let (one, two) = (root.join("one.img"), root.join("two.img"));
+    let uuid = last_line(&mafs_ok(&["image", "build", "--from", src.to_str().unwrap(), "--size", "256M", one.to_str().unwrap()]));
+    mafs_ok(&["image", "build", "--from", src.to_str().unwrap(), "--size", "256M", two.to_str().unwrap()]);
+    assert!(fs::read(&one).unwrap() == fs::read(&two).unwrap(), "the same tree built twice gave different bytes");
+    let launched: Vec<PathBuf> =
+        mafs_ok(&["image", "launch", one.to_str().unwrap(), "--count", "3", "--out", root.join("vols").to_str().unwrap()])
+            .lines()
+            .map(PathBuf::from)
+            .collect();
+    assert_eq!(launched.len(), 3);
+    let mut uuids = HashSet::from([uuid]);
+    let mut mounts = Vec::new();
+    for (k, vol) in launched.iter().enumerate() {
+        let (code, text) = code_and_text(&mafs(["fsck".as_ref(), vol.as_os_str()]));
+        assert_eq!(code, 0, "fsck of {}:\n{text}", vol.display());
+        let info = mafs_ok(&["info", vol.to_str().unwrap()]);
+        let u = info.lines().find(|l| l.starts_with("uuid:")).unwrap().split_whitespace().nth(1).unwrap().to_string();
+        assert!(uuids.insert(u), "{} shares a UUID", vol.display());
+        let mnt = root.join(format!("mnt{k}"));
+        fs::create_dir(&mnt).unwrap();
+        let child = spawn_mount(vol, &mnt, &["--standalone"], &root.join(format!("mnt{k}.log")))
+            .unwrap_or_else(|e| panic!("mount {}: {e}", vol.display()));
+        mounts.push((mnt, child));
+    }
+    // All three mounted at once, each equal to the tree.
+    for (mnt, _) in &mounts {
+        assert_eq!(describe_tree(mnt), want, "{} differs from the source tree", mnt.display());
+    }
+    for (mnt, child) in mounts {
+        tear_down(&mnt, Some(child));
+    }
 }

@@ -85,7 +85,13 @@ pub fn up(dir: &Path, opts: &UpOptions) -> anyhow::Result<i32> {
         let mkfs = crate::mkfs::run(
             &volume,
             Some(opts.size),
-            &mafs_core::mkfs::MkfsOptions { slots: opts.nodes.max(8), label: "mafs-cluster".into(), journal_blocks: None, force: false },
+            &mafs_core::mkfs::MkfsOptions {
+                slots: opts.nodes.max(8),
+                label: "mafs-cluster".into(),
+                journal_blocks: None,
+                force: false,
+                uuid: None,
+            },
             false,
         )?;
         if mkfs != 0 {

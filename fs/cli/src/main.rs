@@ -14,6 +14,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 mod cluster_cmd;
 mod cluster_mount;
 mod fsck;
+mod image_cmd;
 mod info;
 mod mkfs;
 mod size_arg;
@@ -155,6 +156,9 @@ enum Command {
         #[arg(long, value_parser = size_arg::parse_size)]
         size: Option<u64>,
     },
+    /// Golden images: build a volume from a directory tree, launch volumes from it.
+    #[command(subcommand)]
+    Image(ImageCommand),
     #[command(subcommand)]
     Cluster(ClusterCommand),
     /// Run a lockd replica, or administer lockd (status, dump, membership).
@@ -216,6 +220,40 @@ enum SnapshotCommand {
         /// The store (default: $MAFS_STORE, else /var/lib/mafs/snapshots).
         #[arg(long)]
         store: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ImageCommand {
+    /// Make a volume file from a directory tree (owners, modes, times, extended attributes,
+    /// ACLs, symlinks, hard links, device nodes, sparse files); the same tree gives the same
+    /// bytes. Prints the image's UUID last.
+    Build {
+        /// The tree to copy.
+        #[arg(long)]
+        from: PathBuf,
+        /// The image's size, e.g. 1G.
+        #[arg(long, value_parser = size_arg::parse_size)]
+        size: u64,
+        /// The image file to make (must not exist).
+        image: PathBuf,
+        /// Node slots of the volumes launched from it.
+        #[arg(long, default_value_t = 8)]
+        slots: u32,
+        /// A name for the volume, up to 64 bytes.
+        #[arg(long, default_value = "")]
+        label: String,
+    },
+    /// Make volumes from an image, each with a UUID of its own, sharing the image's blocks
+    /// where the host filesystem can (reflink), sparse copies otherwise. Prints their paths.
+    Launch {
+        image: PathBuf,
+        /// How many volumes.
+        #[arg(long, default_value_t = 1)]
+        count: u32,
+        /// The folder to make them in.
+        #[arg(long)]
+        out: PathBuf,
     },
 }
 
@@ -284,7 +322,8 @@ fn prints_and_exits(c: &Command) -> bool {
 fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
         Command::Mkfs { volume, size, slots, label, journal_size, force, override_mmp } => {
-            let opts = mafs_core::mkfs::MkfsOptions { slots, label, journal_blocks: journal_size.map(|j| (j / 4096) as u32), force };
+            let opts =
+                mafs_core::mkfs::MkfsOptions { slots, label, journal_blocks: journal_size.map(|j| (j / 4096) as u32), force, uuid: None };
             mkfs::run(&volume, size, &opts, override_mmp)
         }
         Command::Mount {
@@ -352,6 +391,8 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Restore { snapshot, new_volume, store, size } => {
             snapshot_cmd::restore(&snapshot_cmd::store_spec(store), &snapshot, &new_volume, size)
         }
+        Command::Image(ImageCommand::Build { from, size, image, slots, label }) => image_cmd::build(&from, size, &image, slots, label),
+        Command::Image(ImageCommand::Launch { image, count, out }) => image_cmd::launch(&image, count, &out),
         Command::Cluster(ClusterCommand::Up { dir, nodes, size, replicas }) => {
             cluster_cmd::up(&dir, &cluster_cmd::UpOptions { nodes, size, replicas })
         }

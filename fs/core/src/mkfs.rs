@@ -20,11 +20,14 @@ pub struct MkfsOptions {
     pub label: String,
     pub journal_blocks: Option<u32>,
     pub force: bool,
+    /// The volume's UUID (a random one if None): an image build names its volume after the
+    /// tree it holds.
+    pub uuid: Option<[u8; 16]>,
 }
 
 impl Default for MkfsOptions {
     fn default() -> Self {
-        MkfsOptions { slots: 8, label: String::new(), journal_blocks: None, force: false }
+        MkfsOptions { slots: 8, label: String::new(), journal_blocks: None, force: false, uuid: None }
     }
 }
 
@@ -67,7 +70,7 @@ pub fn mkfs(dev: &dyn BlockDevice, opts: &MkfsOptions) -> Result<Superblock> {
     }
     let layout = check_options(dev.size(), opts)?;
     let now = Timespec::now();
-    let sb = new_superblock(layout, &opts.label, now)?;
+    let sb = new_superblock(layout, &opts.label, now, opts.uuid)?;
     write_allocation_groups(dev, &layout, system_inode_count(&layout), sb.crc_seed())?;
     write_system_directories(dev, &sb, now)?;
     write_slot_headers(dev, &sb)?;
@@ -90,13 +93,13 @@ fn system_inode_count(layout: &Layout) -> u64 {
 }
 
 /// A new volume's identity, with its system inodes in AG 0 right after its header and bitmap.
-fn new_superblock(layout: Layout, label: &str, now: Timespec) -> Result<Superblock> {
+fn new_superblock(layout: Layout, label: &str, now: Timespec, uuid: Option<[u8; 16]>) -> Result<Superblock> {
     let overhead = layout.ag_overhead() as u64;
     if system_inode_count(&layout) + overhead + 16 > layout.ag_len(0) as u64 {
         return Err(FsError::Unsupported("first allocation group too small for the system inodes".into()));
     }
     let root_ino = layout.ag_first_block(0) + overhead;
-    let uuid = *uuid::Uuid::new_v4().as_bytes();
+    let uuid = uuid.unwrap_or_else(|| *uuid::Uuid::new_v4().as_bytes());
     Ok(Superblock {
         uuid,
         crc_seed: crc32c::crc32c(&uuid),

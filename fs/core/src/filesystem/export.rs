@@ -66,6 +66,11 @@ impl Fs {
 /// 1-in-2^32 chance, whichever node or mount frees and reuses the number, and without any
 /// on-disk counter (the old inode's block is gone by the time its number is reused). Never 0.
 pub(crate) fn new_generation() -> u64 {
+    static COUNTED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    if crate::format::inode::Timespec::clock_is_fixed() {
+        // An image build: the same tree must give the same bytes.
+        return COUNTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
     let mut b = [0u8; 4];
     loop {
         // SAFETY: writes at most 4 bytes into `b`.

@@ -20,8 +20,25 @@ pub struct Timespec {
     pub nsec: u32,
 }
 
+/// Set by [`Timespec::fix_clock`]: the time every `now()` of the process returns.
+static FIXED_NOW: std::sync::OnceLock<Timespec> = std::sync::OnceLock::new();
+
 impl Timespec {
+    /// Makes every later `now()` of this process return `t`, and inode generations count up
+    /// from 1 instead of being random: for `mafs image build`, whose bytes must depend on the
+    /// source tree alone. Never called by a mount.
+    pub fn fix_clock(t: Timespec) {
+        let _ = FIXED_NOW.set(t);
+    }
+
+    pub fn clock_is_fixed() -> bool {
+        FIXED_NOW.get().is_some()
+    }
+
     pub fn now() -> Timespec {
+        if let Some(t) = FIXED_NOW.get() {
+            return *t;
+        }
         let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
         Timespec { sec: d.as_secs() as i64, nsec: d.subsec_nanos() }
     }

@@ -41,7 +41,11 @@ impl S3Store {
         }
         // object_store retries a failed request for up to three minutes by default: a server
         // that is gone should fail the snapshot in seconds, with the store's error.
-        b = b.with_retry(object_store::RetryConfig { max_retries: 3, retry_timeout: std::time::Duration::from_secs(15), ..Default::default() });
+        b = b.with_retry(object_store::RetryConfig {
+            max_retries: 3,
+            retry_timeout: std::time::Duration::from_secs(15),
+            ..Default::default()
+        });
         let store = b.build().map_err(|e| SnapshotError::store(&format!("s3://{spec}"), format!("cannot set up: {e}")))?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
