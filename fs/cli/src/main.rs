@@ -319,6 +319,18 @@ fn prints_and_exits(c: &Command) -> bool {
     }
 }
 
+fn run_snapshot(c: SnapshotCommand) -> anyhow::Result<i32> {
+    match c {
+        SnapshotCommand::Create { volume, store, lockd, tags, full } => {
+            snapshot_cmd::create(&volume, &snapshot_cmd::store_spec(store), cluster_mount::endpoints(lockd), tags, full)
+        }
+        SnapshotCommand::List { store, volume_uuid } => snapshot_cmd::list(&snapshot_cmd::store_spec(store), volume_uuid.as_deref()),
+        SnapshotCommand::Show { snapshot, store } => snapshot_cmd::show(&snapshot_cmd::store_spec(store), &snapshot),
+        SnapshotCommand::Diff { first, second, store } => snapshot_cmd::diff(&snapshot_cmd::store_spec(store), &first, &second),
+        SnapshotCommand::Delete { snapshots, store } => snapshot_cmd::delete(&snapshot_cmd::store_spec(store), &snapshots),
+    }
+}
+
 fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
         Command::Mkfs { volume, size, slots, label, journal_size, force, override_mmp } => {
@@ -375,19 +387,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Fsck { volume, repair, override_mmp, lockd } => fsck::run(&volume, repair, override_mmp, cluster_mount::endpoints(lockd)),
         Command::Info { volume } => info::run(&volume),
         Command::Status { volume, lockd } => status::run(&volume, cluster_mount::endpoints(lockd)),
-        Command::Snapshot(SnapshotCommand::Create { volume, store, lockd, tags, full }) => {
-            snapshot_cmd::create(&volume, &snapshot_cmd::store_spec(store), cluster_mount::endpoints(lockd), tags, full)
-        }
-        Command::Snapshot(SnapshotCommand::List { store, volume_uuid }) => {
-            snapshot_cmd::list(&snapshot_cmd::store_spec(store), volume_uuid.as_deref())
-        }
-        Command::Snapshot(SnapshotCommand::Show { snapshot, store }) => snapshot_cmd::show(&snapshot_cmd::store_spec(store), &snapshot),
-        Command::Snapshot(SnapshotCommand::Diff { first, second, store }) => {
-            snapshot_cmd::diff(&snapshot_cmd::store_spec(store), &first, &second)
-        }
-        Command::Snapshot(SnapshotCommand::Delete { snapshots, store }) => {
-            snapshot_cmd::delete(&snapshot_cmd::store_spec(store), &snapshots)
-        }
+        Command::Snapshot(c) => run_snapshot(c),
         Command::Restore { snapshot, new_volume, store, size } => {
             snapshot_cmd::restore(&snapshot_cmd::store_spec(store), &snapshot, &new_volume, size)
         }

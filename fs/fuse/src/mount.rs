@@ -90,16 +90,7 @@ pub fn mount(cfg: &MountConfig, cluster: Option<&(dyn Membership + Sync)>) -> an
         return Err(e).context("cannot finish recovery of the volume");
     }
     drop(opening);
-    let _control = match cluster {
-        Some(_) => None,
-        None => match crate::control::ControlSocket::start(&current.fs().vol.sb.uuid_string(), freeze_gate, current.clone()) {
-            Ok(c) => Some(c),
-            Err(e) => {
-                tracing::warn!("cannot open the mount's control socket ({e}): snapshots of this mount will be refused");
-                None
-            }
-        },
-    };
+    let _control = if cluster.is_none() { control_socket(freeze_gate, &current) } else { None };
     let lookups = Arc::new(KernelLookups::default());
     let kernel_cache = if cluster.is_some() { KernelCache::UnderLock(lookups.clone()) } else { KernelCache::All };
     let glue = MafsFuse::with_current(current.clone(), cfg.attr_ttl, kernel_cache);
@@ -138,6 +129,17 @@ pub fn mount(cfg: &MountConfig, cluster: Option<&(dyn Membership + Sync)>) -> an
     result.context("FUSE session failed")?;
     closed.context("could not leave the volume clean")?;
     Ok(())
+}
+
+/// A standalone mount's control socket, through which a snapshot freezes it.
+fn control_socket(gate: Arc<mafs_core::freeze_gate::FreezeGate>, current: &Arc<Current>) -> Option<crate::control::ControlSocket> {
+    match crate::control::ControlSocket::start(&current.fs().vol.sb.uuid_string(), gate, current.clone()) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            tracing::warn!("cannot open the mount's control socket ({e}): snapshots of this mount will be refused");
+            None
+        }
+    }
 }
 
 /// The filesystem of the volume as this node opens it (replayed, its orphans not reclaimed

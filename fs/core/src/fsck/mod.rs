@@ -134,6 +134,11 @@ pub fn check_with(dev: Arc<dyn BlockDevice>, repair: bool, progress: Progress) -
     if rep.problems.is_empty() {
         return Ok(rep);
     }
+    // Repairs write blocks without marking every one in a change map: the next snapshot must
+    // read the whole volume rather than trust the marks.
+    if first.sb.layout.tracks_changes() {
+        force_full_snapshot(&*dev, &first.sb, &mut rep)?;
+    }
     rebuild_alloc_metadata(&*dev, &first.sb, &first.walk, &mut rep)?;
     repair_structures(dev.clone(), &first, &mut rep)?;
     let second = examine(dev.clone(), true)?;
@@ -141,6 +146,22 @@ pub fn check_with(dev: Arc<dyn BlockDevice>, repair: bool, progress: Progress) -
     let last = examine(Arc::new(OverlayDevice::new(dev)), false)?;
     rep.remaining = Some(last.rep.problems);
     Ok(rep)
+}
+
+/// Makes the next snapshot read every chunk. A damaged state block is written anew, past
+/// every mark the change maps hold (so marks stay below what nodes write next).
+fn force_full_snapshot(dev: &dyn BlockDevice, sb: &Superblock, rep: &mut Report) -> Result<()> {
+    use crate::format::change_map::ChangeState;
+    let st = match crate::change_tracking::read_state(dev, sb) {
+        Ok(st) => st,
+        Err(e) => {
+            let highest =
+                crate::change_tracking::read_volume_marks(dev, sb).map(|m| m.into_iter().max().unwrap_or(0) as u64).unwrap_or(1 << 31);
+            rep.fixed.push(format!("rewrote the change tracking state ({e})"));
+            ChangeState { generation: highest + 1, full_since: 0 }
+        }
+    };
+    crate::change_tracking::write_state(dev, sb, ChangeState { full_since: st.generation + 1, ..st })
 }
 
 /// The primary and backup superblocks agree (`backup`: the primary could not be read).
