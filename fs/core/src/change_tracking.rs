@@ -221,3 +221,88 @@ fn read_slot_marks(dev: &dyn BlockDevice, layout: &Layout, seed: u32, slot: u32)
     marks.truncate(layout.chunk_count() as usize);
     Ok(marks)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::device::CrashDevice;
+    use crate::test_support::scratch_device;
+
+    /// Records the writes that reach the device, and fails the next one when told.
+    struct Recorder {
+        inner: Arc<CrashDevice>,
+        writes: parking_lot::Mutex<Vec<u64>>,
+        fail_next: std::sync::atomic::AtomicBool,
+    }
+
+    impl BlockDevice for Recorder {
+        fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+            self.inner.read_at(buf, offset)
+        }
+        fn write_at(&self, buf: &[u8], offset: u64) -> Result<()> {
+            if self.fail_next.swap(false, Ordering::AcqRel) {
+                return Err(crate::error::FsError::Io { offset, source: std::io::Error::from_raw_os_error(libc::EIO) });
+            }
+            self.writes.lock().push(offset / BLOCK_SIZE as u64);
+            self.inner.write_at(buf, offset)
+        }
+        fn flush(&self) -> Result<()> {
+            self.inner.flush()
+        }
+        fn size(&self) -> u64 {
+            self.inner.size()
+        }
+    }
+
+    fn setup() -> (Arc<Recorder>, Superblock, TrackedDevice) {
+        let inner = scratch_device();
+        let (sb, _) = crate::volume::read_superblock(&*inner).expect("superblock");
+        let rec = Arc::new(Recorder { inner, writes: Default::default(), fail_next: Default::default() });
+        let tracker = ChangeTracker::open(rec.clone(), &sb, 0).expect("open").expect("a new volume tracks changes");
+        (rec.clone(), sb, TrackedDevice::new(rec, tracker))
+    }
+
+    #[test]
+    fn a_chunk_is_marked_on_the_device_before_its_first_write_in_a_generation_and_only_then() {
+        let (rec, sb, dev) = setup();
+        let map_block = sb.layout.change_map_blkno(0, 0);
+        let data_block = 100 * CHUNK_BLOCKS + 5;
+        let gen = read_state(&*rec, &sb).expect("state").generation;
+        dev.write_at(&[7u8; BLOCK_SIZE], data_block * BLOCK_SIZE as u64).expect("write");
+        assert_eq!(*rec.writes.lock(), vec![map_block, data_block], "the mark goes first");
+        assert_eq!(read_volume_marks(&*rec, &sb).expect("marks")[100], gen as u32 + 1);
+        dev.write_at(&[8u8; 2 * BLOCK_SIZE], (data_block + 1) * BLOCK_SIZE as u64).expect("write");
+        assert_eq!(rec.writes.lock().len(), 3, "a chunk marked in this generation is not marked again");
+        // A snapshot moves the generation on; the node reads it when granted the volume again.
+        write_state(&*rec, &sb, ChangeState { generation: gen + 1, ..ChangeState::NEW }).expect("bump");
+        dev.tracker.expect_new_generation();
+        dev.tracker.refresh_if_stale().expect("refresh");
+        rec.writes.lock().clear();
+        dev.write_at(&[9u8; BLOCK_SIZE], data_block * BLOCK_SIZE as u64).expect("write");
+        let state_block = sb.layout.cbt_state_blkno();
+        assert_eq!(rec.writes.lock().iter().filter(|&&b| b != state_block).copied().collect::<Vec<_>>(), vec![map_block, data_block]);
+        assert_eq!(read_volume_marks(&*rec, &sb).expect("marks")[100], gen as u32 + 2);
+    }
+
+    #[test]
+    fn a_mark_that_cannot_be_written_fails_the_write_and_is_tried_again_by_the_next() {
+        let (rec, sb, dev) = setup();
+        let data_block = 10 * CHUNK_BLOCKS;
+        rec.fail_next.store(true, Ordering::Release);
+        assert!(dev.write_at(&[1u8; BLOCK_SIZE], data_block * BLOCK_SIZE as u64).is_err());
+        assert!(rec.writes.lock().is_empty(), "the data was written without its mark");
+        dev.write_at(&[1u8; BLOCK_SIZE], data_block * BLOCK_SIZE as u64).expect("write");
+        assert_eq!(*rec.writes.lock(), vec![sb.layout.change_map_blkno(0, 0), data_block]);
+        assert!(read_volume_marks(&*rec, &sb).expect("marks")[10] > 0);
+    }
+
+    #[test]
+    fn a_write_across_chunks_marks_each_and_a_zeroed_range_is_marked_too() {
+        let (rec, sb, dev) = setup();
+        dev.write_at(&vec![3u8; 3 * CHUNK_BYTES as usize], 20 * CHUNK_BYTES).expect("write");
+        dev.zero_range(40 * CHUNK_BYTES + 4096, 4096).expect("zero");
+        let marks = read_volume_marks(&*rec, &sb).expect("marks");
+        let marked: Vec<usize> = (0..marks.len()).filter(|&c| marks[c] > 0).collect();
+        assert_eq!(marked, vec![20, 21, 22, 40]);
+    }
+}
